@@ -1,0 +1,185 @@
+"""The one interface every backbone implements: ``fit(train, valid)`` and ``predict(data) -> Forecast``.
+
+Shapes: ``n`` rows of the panel, ``F`` features, ``H`` horizons.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quantml.schema import FORECAST_FIELDS, QuantmlInputError, SYMBOL, TIMESTAMP
+
+
+@dataclass
+class PanelData:
+    """The model-ready panel: features and targets for every row, sorted by (symbol, timestamp).
+
+    Attributes
+    ----------
+    keys : DataFrame [n, 2]   ``symbol``, ``timestamp`` (tz-aware UTC).
+    X : float32 array [n, F]  causal features (NaN during warm-up).
+    feature_names : list of F names; ``feature_modalities`` maps each to its modality.
+    known_future : names of features known in advance (calendar), for models that use them.
+    horizons : list of H horizon names (``"1h"``, ``"1d"`` ...).
+    y_ret, y_dir, y_vol : float arrays [n, H]  forward log return, 1[ret > 0], realised vol
+        over the label interval; NaN where the label interval runs past the data.
+    t0, t1 : datetime64[ns] arrays [n]  the label interval of each row (t1 = end of the
+        longest horizon; NaT when unknown).
+    symbol_codes : int array [n]; ``symbols`` the names behind the codes.
+    """
+
+    keys: pd.DataFrame
+    X: np.ndarray
+    feature_names: list[str]
+    feature_modalities: dict[str, str]
+    horizons: list[str]
+    y_ret: np.ndarray
+    y_dir: np.ndarray
+    y_vol: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    symbol_codes: np.ndarray
+    symbols: list[str]
+    known_future: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        for name in ("X", "y_ret", "y_dir", "y_vol", "t0", "t1", "symbol_codes"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"PanelData.{name} has {len(getattr(self, name))} rows, keys has {n}")
+        # start position of each row's symbol segment, for lazy windowing
+        codes = self.symbol_codes
+        starts = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1]
+        seg_id = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+        self.segment_start = starts[seg_id] if n else np.zeros(0, dtype=np.int64)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.keys)
+
+    def labelled_rows(self) -> np.ndarray:
+        """Positions of rows whose every horizon has a label."""
+        return np.flatnonzero(np.isfinite(self.y_ret).all(axis=1))
+
+    def subset(self, rows: np.ndarray) -> "SampleSet":
+        return SampleSet(self, np.asarray(rows, dtype=np.int64))
+
+
+@dataclass
+class SampleSet:
+    """A selection of rows of a :class:`PanelData` (a fold's train, valid or test part).
+
+    Sequence models read windows ``data.X[max(segment_start[r], r-L+1) : r+1]`` for each
+    row ``r``, so nothing ``[n, L, F]`` is ever built.
+    """
+
+    data: PanelData
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.data.X[self.rows]
+
+    @property
+    def y_ret(self) -> np.ndarray:
+        return self.data.y_ret[self.rows]
+
+    @property
+    def y_dir(self) -> np.ndarray:
+        return self.data.y_dir[self.rows]
+
+    @property
+    def y_vol(self) -> np.ndarray:
+        return self.data.y_vol[self.rows]
+
+    @property
+    def keys(self) -> pd.DataFrame:
+        return self.data.keys.iloc[self.rows].reset_index(drop=True)
+
+
+@dataclass
+class Forecast:
+    """Per-horizon forecasts for ``n`` rows; every array is float [n, H].
+
+    Quantiles never cross: ``q10 <= q50 <= q90``. ``prob_up`` is P(forward return > 0).
+    """
+
+    horizons: list[str]
+    expected_return: np.ndarray
+    q10: np.ndarray
+    q50: np.ndarray
+    q90: np.ndarray
+    prob_up: np.ndarray
+    vol_forecast: np.ndarray
+
+    def __post_init__(self) -> None:
+        shape = (len(self.expected_return), len(self.horizons))
+        for name in FORECAST_FIELDS:
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"Forecast.{name} has shape {arr.shape}, expected {shape}")
+            setattr(self, name, arr)
+
+    def __len__(self) -> int:
+        return len(self.expected_return)
+
+    def to_frame(self, keys: pd.DataFrame) -> pd.DataFrame:
+        """Long frame, one row per (symbol, timestamp, horizon), horizon-major order."""
+        if len(keys) != len(self):
+            raise ValueError(f"{len(keys)} keys for {len(self)} forecast rows")
+        frames = []
+        for j, h in enumerate(self.horizons):
+            part = pd.DataFrame({SYMBOL: keys[SYMBOL].to_numpy(), TIMESTAMP: keys[TIMESTAMP].to_numpy()})
+            part["horizon"] = h
+            for name in FORECAST_FIELDS:
+                part[name] = getattr(self, name)[:, j]
+            frames.append(part)
+        return pd.concat(frames, ignore_index=True)
+
+    @staticmethod
+    def concat(parts: list["Forecast"]) -> "Forecast":
+        return Forecast(
+            parts[0].horizons,
+            **{f: np.concatenate([getattr(p, f) for p in parts]) for f in FORECAST_FIELDS},
+        )
+
+
+class Forecaster(ABC):
+    """A backbone. Subclasses take ``horizons`` and ``seed`` plus their own hyper-parameters."""
+
+    def __init__(self, horizons: list[str], seed: int = 0) -> None:
+        if not horizons:
+            raise QuantmlInputError("a backbone needs at least one horizon; set horizon=1d (or another)")
+        self.horizons = list(horizons)
+        self.seed = int(seed)
+
+    @abstractmethod
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "Forecaster":
+        """Fit on ``train``; ``valid`` (purged, earlier than test) is for early stopping only."""
+
+    @abstractmethod
+    def predict(self, data: SampleSet) -> Forecast:
+        """Forecast every row of ``data`` (rows need no labels)."""
+
+    def feature_importance(self) -> pd.Series | None:
+        """Importance per feature name, or None when the backbone has none."""
+        return None
+
+    def figures(self) -> dict:
+        """Extra matplotlib figures to log (e.g. attention), keyed by file name."""
+        return {}
+
+
+def residual_quantiles(expected: np.ndarray, vol: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Quantiles ``expected + vol * z_q`` from sorted standardised-residual quantiles ``z`` [3, H].
+
+    Sorting ``z`` makes the quantiles non-crossing by construction.
+    """
+    z = np.sort(np.asarray(z, dtype=np.float64), axis=0)
+    return tuple(expected + vol * z[i] for i in range(3))
