@@ -1,0 +1,1 @@
+"""Thin console entrypoints: parse arguments/config, call the library."""

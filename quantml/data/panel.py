@@ -1,0 +1,287 @@
+"""The panel contract: validation, bar frequency, bars per year and a content fingerprint.
+
+A panel is a long table, one row per ``(symbol, timestamp)``: ``timestamp``
+(datetime64[ns, UTC], bar close time), ``symbol`` (str), ``open, high, low, close,
+volume`` (float64) and optional exogenous columns, sorted by ``(symbol, timestamp)``
+with a fresh ``RangeIndex``.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from quantml.schema import OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+# Daily bars stamped at a fixed local close move by one hour in UTC twice a year (DST).
+DAILY_TOLERANCE = pd.Timedelta("2h")
+# A run of this many consecutive equal gaps larger than the bar is a change of frequency,
+# not a weekend/holiday/outage (those come one gap at a time).
+SWITCH_RUN = 8
+_YEAR = pd.Timedelta(days=365.25)
+
+
+def _fmt_rows(df: pd.DataFrame, mask: np.ndarray, cols: tuple[str, ...] = (), limit: int = 3) -> str:
+    rows = df.loc[mask, [SYMBOL, TIMESTAMP, *cols]].head(limit)
+    parts = []
+    for rec in rows.itertuples(index=False):
+        extra = ", ".join(f"{c}={v!r}" for c, v in zip(cols, rec[2:]))
+        parts.append(f"({rec[0]}, {rec[1]}{', ' + extra if extra else ''})")
+    more = int(mask.sum()) - len(rows)
+    return "; ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
+def _to_utc(ts: pd.Series) -> pd.Series:
+    """Parse/convert a timestamp column to datetime64[ns, UTC]; naive input is an error."""
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype) and not pd.api.types.is_datetime64_any_dtype(ts):
+        try:
+            parsed = pd.to_datetime(ts, format="ISO8601")
+        except (ValueError, TypeError):
+            try:  # mixed UTC offsets parse only into UTC
+                parsed = pd.to_datetime(ts, utc=True, format="ISO8601")
+            except (ValueError, TypeError) as exc:
+                raise QuantmlInputError(
+                    f"column 'timestamp' could not be parsed as dates ({exc}); write ISO-8601 "
+                    "timestamps with a UTC offset, e.g. '2024-01-01T00:00:00Z'"
+                ) from None
+        ts = parsed
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+        first = ts.iloc[0] if len(ts) else None
+        raise QuantmlInputError(
+            f"column 'timestamp' is timezone-naive (first value {first}); quantml needs the bar "
+            "close time in UTC: localise it, e.g. df['timestamp'] = "
+            "df['timestamp'].dt.tz_localize('UTC') (or tz_localize('<exchange tz>').dt.tz_convert('UTC')), "
+            "or write offsets like '2024-01-01T00:00:00Z' in the file"
+        )
+    return ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+
+
+def _symbol_segments(symbols: np.ndarray) -> np.ndarray:
+    """Start positions of each symbol's run in a (symbol, timestamp)-sorted array, plus n."""
+    n = len(symbols)
+    if n == 0:
+        return np.array([0], dtype=np.int64)
+    change = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1
+    return np.r_[0, change, n].astype(np.int64)
+
+
+def _modal_step(diffs: np.ndarray) -> np.int64:
+    values, counts = np.unique(diffs, return_counts=True)
+    return values[np.argmax(counts)]
+
+
+def _check_frequency(df: pd.DataFrame) -> None:
+    """Raise when a symbol mixes bar sizes or symbols use different bar sizes."""
+    ts = df[TIMESTAMP].to_numpy().view("int64")
+    sym = df[SYMBOL].to_numpy()
+    bounds = _symbol_segments(sym)
+    steps: dict[str, int] = {}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a < 3:
+            continue
+        d = np.diff(ts[a:b])
+        step = int(_modal_step(d))
+        tol = DAILY_TOLERANCE.value if step >= pd.Timedelta("1D").value else 0
+        s = sym[a]
+        step_td = pd.Timedelta(step, unit="ns")
+        small = np.flatnonzero(d < step - tol)
+        if small.size:
+            i = a + small[0] + 1
+            raise QuantmlInputError(
+                f"mixed bar frequencies for symbol {s!r}: most bars are {step_td} apart but the bar at "
+                f"{df[TIMESTAMP].iloc[i]} comes {pd.Timedelta(int(d[small[0]]), unit='ns')} after the "
+                f"previous one; resample the symbol to one bar size (e.g. "
+                f"df.resample('{_freq_alias(step_td)}', on='timestamp')) before loading"
+            )
+        off = d % step
+        off = np.minimum(off, step - off)
+        bad = np.flatnonzero(off > tol)
+        if bad.size:
+            i = a + bad[0] + 1
+            raise QuantmlInputError(
+                f"mixed bar frequencies for symbol {s!r}: bars are {step_td} apart but the bar at "
+                f"{df[TIMESTAMP].iloc[i]} is off that grid ({pd.Timedelta(int(d[bad[0]]), unit='ns')} "
+                "after the previous bar); resample to one bar size before loading"
+            )
+        big = d > step + tol
+        if big.sum() >= SWITCH_RUN:
+            # longest run of identical over-sized gaps
+            dd = np.where(big, d, -1)
+            brk = np.r_[True, dd[1:] != dd[:-1]]
+            run_id = np.cumsum(brk)
+            run_len = np.bincount(run_id)[run_id]
+            hit = np.flatnonzero(big & (run_len >= SWITCH_RUN))
+            if hit.size:
+                i = a + hit[0] + 1
+                raise QuantmlInputError(
+                    f"mixed bar frequencies for symbol {s!r}: bars are {step_td} apart but from "
+                    f"{df[TIMESTAMP].iloc[i - 1]} they are {pd.Timedelta(int(d[hit[0]]), unit='ns')} apart "
+                    f"for {int(run_len[hit[0]])}+ bars (the bar size changes mid-series); resample the "
+                    "whole series to the coarser bar size before loading"
+                )
+        steps[s] = step
+    if len(set(steps.values())) > 1:
+        desc = ", ".join(f"{k}: {pd.Timedelta(v, unit='ns')}" for k, v in list(steps.items())[:6])
+        raise QuantmlInputError(
+            f"symbols use different bar frequencies ({desc}); features and horizons are defined on one "
+            "bar size: resample every symbol to the coarsest one, or load them in separate runs"
+        )
+
+
+def _freq_alias(td: pd.Timedelta) -> str:
+    mins = td / pd.Timedelta("1min")
+    if td >= pd.Timedelta("1D") and td % pd.Timedelta("1D") == pd.Timedelta(0):
+        return f"{int(td / pd.Timedelta('1D'))}D"
+    if td % pd.Timedelta("1h") == pd.Timedelta(0):
+        return f"{int(td / pd.Timedelta('1h'))}h"
+    return f"{int(mins)}min"
+
+
+def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.DataFrame:
+    """Check a panel against the data contract; return a normalised, sorted copy.
+
+    Normalises: timestamp -> datetime64[ns, UTC], symbol -> str, OHLCV and numeric
+    exogenous columns -> float64, rows sorted by (symbol, timestamp), RangeIndex.
+
+    Raises ``QuantmlInputError`` for: missing required columns, an empty panel, naive or
+    unparseable timestamps, duplicate (symbol, timestamp), NaN/inf or non-positive prices,
+    NaN/inf/negative volume, high < low, open/close outside [low, high], inf in an exogenous
+    column, mixed bar frequencies within a symbol (or across symbols).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise QuantmlInputError(f"a panel must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise QuantmlInputError(
+            f"panel is missing required column(s) {missing}; it has {list(df.columns)[:20]}. "
+            "A panel needs timestamp (UTC bar close), symbol, open, high, low, close, volume "
+            "(rename your columns, e.g. df.rename(columns={'Date': 'timestamp', 'Close': 'close'}))"
+        )
+    if len(df) == 0:
+        raise QuantmlInputError("panel has no rows; check the file and the symbols/start/end filters")
+    out = df.copy()
+    out[TIMESTAMP] = _to_utc(out[TIMESTAMP])
+    if out[TIMESTAMP].isna().any():
+        bad = out[TIMESTAMP].isna().to_numpy()
+        raise QuantmlInputError(
+            f"column 'timestamp' has {int(bad.sum())} missing values (first at row "
+            f"{int(np.flatnonzero(bad)[0])}); drop or fill those rows"
+        )
+    if out[SYMBOL].isna().any():
+        raise QuantmlInputError(
+            f"column 'symbol' has {int(out[SYMBOL].isna().sum())} missing values; every row needs a symbol"
+        )
+    out[SYMBOL] = out[SYMBOL].astype(str)
+    for c in OHLCV:
+        try:
+            out[c] = pd.to_numeric(out[c], errors="raise").astype("float64")
+        except (ValueError, TypeError):
+            raise QuantmlInputError(
+                f"column {c!r} is not numeric (dtype {df[c].dtype}); convert it to float"
+            ) from None
+    out = out.sort_values([SYMBOL, TIMESTAMP], kind="mergesort").reset_index(drop=True)
+
+    dup = out.duplicated([SYMBOL, TIMESTAMP], keep=False).to_numpy()
+    if dup.any():
+        raise QuantmlInputError(
+            f"duplicate (symbol, timestamp) rows: {_fmt_rows(out, dup)}; keep one row per symbol and "
+            "bar, e.g. df.drop_duplicates(['symbol', 'timestamp'], keep='last')"
+        )
+    for c in PRICE_COLUMNS:
+        v = out[c].to_numpy()
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise QuantmlInputError(
+                f"column {c!r} has NaN/inf prices at {_fmt_rows(out, bad, (c,))}; drop or repair those bars"
+            )
+        bad = v <= 0
+        if bad.any():
+            raise QuantmlInputError(
+                f"column {c!r} has non-positive prices at {_fmt_rows(out, bad, (c,))}; prices must be > 0 "
+                "(log returns): drop those bars or fix the data"
+            )
+    vol = out["volume"].to_numpy()
+    bad = ~np.isfinite(vol) | (vol < 0)
+    if bad.any():
+        raise QuantmlInputError(
+            f"column 'volume' has NaN/inf or negative values at {_fmt_rows(out, bad, ('volume',))}; "
+            "use 0 for bars without trades"
+        )
+    hi, lo = out["high"].to_numpy(), out["low"].to_numpy()
+    bad = hi < lo
+    if bad.any():
+        raise QuantmlInputError(
+            f"high < low at {_fmt_rows(out, bad, ('high', 'low'))}; swap or drop those bars"
+        )
+    for c in ("open", "close"):
+        v = out[c].to_numpy()
+        # relative tolerance: vendors round OHLC independently
+        bad = (v > hi * (1 + 1e-9)) | (v < lo * (1 - 1e-9))
+        if bad.any():
+            raise QuantmlInputError(
+                f"{c} outside [low, high] at {_fmt_rows(out, bad, (c, 'low', 'high'))}; repair those bars "
+                "(e.g. high = max(open, high, close), low = min(open, low, close))"
+            )
+    for c in out.columns:
+        if c in REQUIRED_COLUMNS:
+            continue
+        if pd.api.types.is_bool_dtype(out[c]) or pd.api.types.is_numeric_dtype(out[c]):
+            v = out[c].to_numpy(dtype="float64", na_value=np.nan)
+            bad = np.isinf(v)
+            if bad.any():
+                raise QuantmlInputError(
+                    f"exogenous column {c!r} has inf values at {_fmt_rows(out, bad, (c,))}; "
+                    "use NaN for missing values"
+                )
+            out[c] = v
+    if check_frequency:
+        _check_frequency(out)
+    return out
+
+
+def infer_bar_frequency(panel: pd.DataFrame) -> pd.Timedelta:
+    """The bar size: the most common gap between consecutive bars of the same symbol.
+
+    Weekends, holidays and outages are larger gaps and do not change the answer.
+    Raises ``QuantmlInputError`` when no symbol has two bars.
+    """
+    ts = panel[TIMESTAMP].to_numpy().view("int64")
+    sym = panel[SYMBOL].to_numpy()
+    same = sym[1:] == sym[:-1]
+    d = np.diff(ts)[same]
+    d = d[d > 0]
+    if d.size == 0:
+        raise QuantmlInputError(
+            "cannot infer the bar frequency: no symbol has two bars; load a longer period"
+        )
+    return pd.Timedelta(int(_modal_step(d)), unit="ns")
+
+
+def periods_per_year(panel: pd.DataFrame) -> float:
+    """Bars per year actually observed: sum over symbols of (bars - 1) / time spanned.
+
+    About 252 for daily equities (weekends and holidays have no bars), 8766 for
+    hourly 24/7 crypto, 365.25 for daily crypto.
+    """
+    ts = panel[TIMESTAMP].to_numpy().view("int64")
+    bounds = _symbol_segments(panel[SYMBOL].to_numpy())
+    gaps, span = 0, 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a >= 2:
+            gaps += b - a - 1
+            span += int(ts[b - 1] - ts[a])
+    if gaps == 0 or span == 0:
+        return float(_YEAR / infer_bar_frequency(panel))
+    return float(gaps / (span / _YEAR.value))
+
+
+def data_fingerprint(panel: pd.DataFrame) -> str:
+    """Short sha256 (16 hex) of the panel's columns, dtypes and values; stable across runs."""
+    h = hashlib.sha256()
+    for c in panel.columns:
+        h.update(f"{c}:{panel[c].dtype};".encode())
+    row_hash = pd.util.hash_pandas_object(panel, index=False, categorize=False).to_numpy()
+    h.update(np.ascontiguousarray(row_hash).tobytes())
+    return h.hexdigest()[:16]

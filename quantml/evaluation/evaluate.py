@@ -1,0 +1,111 @@
+"""One call from a prediction frame to every named metric: ``evaluate_predictions``."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from quantml.backtest import CostModel
+from quantml.evaluation.forecast_backtest import backtest_forecasts
+from quantml.evaluation.metrics import (
+    average_precision,
+    check_ic_mode,
+    hit_rate,
+    information_coefficients,
+    probability_metrics,
+    quantile_metrics,
+    regression_metrics,
+)
+from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP, metric_name
+
+REQUIRED_COLUMNS = (SYMBOL, TIMESTAMP, "horizon", "expected_return", "q10", "q50", "q90", "prob_up",
+                    "ret", "dir", "ret_next_bar")
+BACKTEST_KEYS = ("ann_return", "sharpe_after_cost", "max_drawdown", "turnover", "information_ratio")
+
+
+def check_prediction_frame(frame: pd.DataFrame, required=REQUIRED_COLUMNS, what: str = "prediction frame") -> None:
+    """Raise :class:`QuantmlInputError` naming the missing columns / bad timestamp dtype."""
+    if not isinstance(frame, pd.DataFrame):
+        raise QuantmlInputError(f"the {what} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise QuantmlInputError(
+            f"the {what} lacks column(s) {missing}; it needs {list(required)} "
+            "(forecast columns from Forecast.to_frame plus the realised columns of the contract)")
+    if TIMESTAMP in frame.columns and not isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
+        raise QuantmlInputError(
+            f"column {TIMESTAMP!r} of the {what} has dtype {frame[TIMESTAMP].dtype}; convert it to "
+            "tz-aware UTC with pd.to_datetime(..., utc=True)")
+
+
+def horizon_metrics(frame: pd.DataFrame, periods_per_year: float, costs: CostModel, ic_mode: str,
+                    ece_bins: int = 10, ic_bucket: str | None = None) -> dict[str, float]:
+    """Every metric key (un-prefixed) for the rows of ONE horizon and ONE path."""
+    er = frame["expected_return"].to_numpy(np.float64)
+    ret = frame["ret"].to_numpy(np.float64)
+    out: dict[str, float] = {}
+    out.update(regression_metrics(er, ret))
+    out["hit_rate"] = hit_rate(er, ret)
+    out["ap"] = average_precision(frame["prob_up"].to_numpy(np.float64), frame["dir"].to_numpy(np.float64))
+    out.update(information_coefficients(frame, ic_mode, bucket=ic_bucket))
+    bt = backtest_forecasts(frame, ic_mode, costs, periods_per_year)
+    out.update({k: bt.stats[k] for k in BACKTEST_KEYS})
+    direction = frame["dir"].to_numpy(np.float64)
+    out.update(probability_metrics(frame["prob_up"].to_numpy(np.float64), direction, ece_bins))
+    raw_col = "prob_up_raw" if "prob_up_raw" in frame.columns else "prob_up"
+    raw = probability_metrics(frame[raw_col].to_numpy(np.float64), direction, ece_bins)
+    out.update({f"{k}_raw": v for k, v in raw.items()})
+    out.update(quantile_metrics(frame["q10"], frame["q50"], frame["q90"], ret))
+    return out
+
+
+def evaluate_predictions(frame: pd.DataFrame, split: str, periods_per_year: float, costs: CostModel,
+                         ic_mode: str, *, ece_bins: int = 10, ic_bucket: str | None = None) -> dict[str, float]:
+    """Every metric of a prediction frame, named ``<split>_<metric>/<horizon>``.
+
+    Parameters
+    ----------
+    frame : long prediction frame, one row per (symbol, timestamp, horizon[, path]) with the
+        forecast columns (``expected_return, q10, q50, q90, prob_up`` [+ ``prob_up_raw``]) and
+        the realised ones (``ret, dir, ret_next_bar``). Several ``path`` values (CPCV): the
+        metrics are computed per path and averaged (NaN-aware).
+    split : ``"val"``, ``"test"`` or ``"oos"``.
+    periods_per_year : bars per year, to annualise the backtest.
+    costs : the cost model of the after-cost backtest.
+    ic_mode : ``"cross_sectional"`` or ``"time_series"`` (see :func:`ic_mode_for`).
+    ece_bins, ic_bucket : ECE bins; time-series IC bucket (pandas period alias, None = by bar
+        spacing). :func:`evaluation_options` reads both from ``cfg.evaluation``.
+
+    Returns
+    -------
+    dict ``{metric_name(split, key, h): float}`` for every horizon of ``frame`` and every key
+    of the contract (plus ``ece_mass`` and the ``*_raw`` calibration keys).
+    """
+    check_prediction_frame(frame)
+    check_ic_mode(ic_mode)
+    if not (np.isfinite(periods_per_year) and periods_per_year > 0):
+        raise QuantmlInputError(f"periods_per_year={periods_per_year!r} must be a positive number "
+                                "(e.g. 252 for daily equity bars, 8760 for hourly crypto bars)")
+    if not isinstance(costs, CostModel):
+        raise QuantmlInputError("costs must be a quantml.backtest.CostModel (CostModel.from_config(cfg.cost))")
+    out: dict[str, float] = {}
+    paths = frame["path"] if "path" in frame.columns else pd.Series(0, index=frame.index)
+    for h in pd.unique(frame["horizon"]):
+        rows = frame["horizon"].to_numpy() == h
+        per_path = [horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket)
+                    for _, part in frame[rows].groupby(paths[rows], sort=True)]
+        for key in per_path[0]:
+            values = np.array([m[key] for m in per_path], dtype=np.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN -> NaN
+                out[metric_name(split, key, str(h))] = float(np.nanmean(values))
+    return out
+
+
+def evaluation_options(cfg_evaluation) -> dict:
+    """Keyword arguments of :func:`evaluate_predictions` from ``cfg.evaluation`` (``ece_bins``, ``ic_bucket``)."""
+    cfg = cfg_evaluation if cfg_evaluation is not None else {}
+    bucket = cfg.get("ic_bucket", None)
+    return {"ece_bins": int(cfg.get("ece_bins", 10)),
+            "ic_bucket": None if bucket in (None, "auto") else str(bucket)}

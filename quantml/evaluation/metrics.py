@@ -1,0 +1,254 @@
+"""Quant metrics of one horizon's predictions: errors, direction, IC family, calibration, quantiles.
+
+Every function takes plain arrays or a long prediction frame restricted to ONE horizon
+(and one CPCV path); :func:`quantml.evaluation.evaluate_predictions` loops over
+horizons and paths and names the results. Exact definitions: ``docs/evaluation.md``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, mean_pinball_loss
+
+from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
+
+IC_MODES = ("cross_sectional", "time_series")
+QUANTILES = {"q10": 0.1, "q50": 0.5, "q90": 0.9}
+PROB_CLIP = 1e-6
+# A correlation needs at least this many finite pairs in its group (timestamp or bucket).
+MIN_CS_PAIRS = 3
+MIN_TS_PAIRS = 10
+# Time-series IC bucket by bar spacing: (largest spacing, pandas period alias).
+_TS_BUCKETS = (
+    (pd.Timedelta("1h") - pd.Timedelta("1ns"), "D"),   # sub-hourly bars: one day (288 x 5m)
+    (pd.Timedelta("1D") - pd.Timedelta("1ns"), "W"),   # 1h..<1d bars: one week (168 x 1h)
+    (pd.Timedelta("7D") - pd.Timedelta("1ns"), "M"),   # daily bars: one month (~21 trading days)
+)
+_TS_BUCKET_COARSE = "Y"                               # weekly bars or coarser: one year
+
+
+def ic_mode_for(n_symbols: int) -> str:
+    """``"cross_sectional"`` with 3+ symbols, else ``"time_series"`` (IC within calendar buckets)."""
+    return "cross_sectional" if int(n_symbols) >= 3 else "time_series"
+
+
+def check_ic_mode(ic_mode: str) -> str:
+    if ic_mode not in IC_MODES:
+        raise QuantmlInputError(
+            f"ic_mode={ic_mode!r} is unknown; use one of {IC_MODES} "
+            "(quantml.evaluation.ic_mode_for(n_symbols) picks it from the number of symbols)")
+    return ic_mode
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+def regression_metrics(forecast: np.ndarray, realised: np.ndarray) -> dict[str, float]:
+    """``rmse``, ``mae`` of ``forecast`` vs ``realised`` (arrays [n]) over finite pairs."""
+    f, r = _finite_pairs(forecast, realised)
+    if not len(f):
+        return {"rmse": np.nan, "mae": np.nan}
+    err = f - r
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def hit_rate(forecast: np.ndarray, realised: np.ndarray) -> float:
+    """Share of rows where the forecast's direction ``1[f > 0]`` equals the realised ``1[r > 0]``."""
+    f, r = _finite_pairs(forecast, realised)
+    return float(np.mean((f > 0) == (r > 0))) if len(f) else np.nan
+
+
+def average_precision(prob_up: np.ndarray, direction: np.ndarray) -> float:
+    """Average precision of ``prob_up`` ranking the up moves (``direction`` 1/0); NaN if one class."""
+    p, y = _finite_pairs(prob_up, direction)
+    if not len(p) or np.unique(y).size < 2:
+        return np.nan
+    return float(average_precision_score(y.astype(int), p))
+
+
+# ----------------------------------------------------------------------------- IC family
+
+
+def bar_spacing(frame: pd.DataFrame) -> pd.Timedelta:
+    """Median gap between consecutive timestamps of the same symbol (the bar frequency)."""
+    ts = frame[[SYMBOL, TIMESTAMP]].drop_duplicates().sort_values([SYMBOL, TIMESTAMP])
+    gaps = ts.groupby(SYMBOL, sort=False)[TIMESTAMP].diff().dropna()
+    gaps = gaps[gaps > pd.Timedelta(0)]
+    return pd.Timedelta(gaps.median()) if len(gaps) else pd.Timedelta("1D")
+
+
+def ts_bucket_for(spacing: pd.Timedelta) -> str:
+    """Calendar bucket of the time-series IC for a bar spacing: D (<1h), W (<1d), M (<7d), else Y."""
+    for upper, alias in _TS_BUCKETS:
+        if spacing <= upper:
+            return alias
+    return _TS_BUCKET_COARSE
+
+
+def _grouped_corr(x: np.ndarray, y: np.ndarray, groups: list[np.ndarray], min_pairs: int) -> pd.Series:
+    """Pearson correlation of x and y within each group (vectorised; NaN pairs dropped).
+
+    Groups with fewer than ``min_pairs`` pairs or (numerically) zero variance are left out.
+    """
+    ok = np.isfinite(x) & np.isfinite(y)
+    names = [f"g{i}" for i in range(len(groups))]
+    df = pd.DataFrame({"x": x[ok], "y": y[ok], **{n: g[ok] for n, g in zip(names, groups)}})
+    grp = df.groupby(names, sort=True)
+    df["dx"] = df["x"] - grp["x"].transform("mean")
+    df["dy"] = df["y"] - grp["y"].transform("mean")
+    df["xy"], df["xx"], df["yy"] = df["dx"] * df["dy"], df["dx"] ** 2, df["dy"] ** 2
+    df["x2"], df["y2"] = df["x"] ** 2, df["y"] ** 2
+    sums = df.groupby(names, sort=True)[["xy", "xx", "yy", "x2", "y2"]].sum()
+    n = df.groupby(names, sort=True).size()
+    # a constant column leaves float residue after demeaning: compare with the raw scale
+    varying = (sums["xx"] > 1e-20 * sums["x2"]) & (sums["yy"] > 1e-20 * sums["y2"]) \
+        & (sums["xx"] > 0) & (sums["yy"] > 0)
+    valid = (n >= min_pairs) & varying
+    corr = sums["xy"][valid] / np.sqrt(sums["xx"][valid] * sums["yy"][valid])
+    return corr.clip(-1.0, 1.0)
+
+
+def ic_series(frame: pd.DataFrame, ic_mode: str, method: str = "pearson",
+              forecast: str = "expected_return", realised: str = "ret",
+              bucket: str | None = None) -> pd.Series:
+    """The IC time series of one horizon's predictions.
+
+    ``cross_sectional``: one correlation per timestamp across symbols (index: timestamp).
+    ``time_series``: one correlation per (symbol, calendar bucket) over the bars of that
+    bucket, averaged over symbols per bucket (index: bucket start, UTC). ``method="spearman"``
+    ranks forecast and realised within each group first (Rank IC, ties averaged).
+    """
+    check_ic_mode(ic_mode)
+    if method not in ("pearson", "spearman"):
+        raise QuantmlInputError(f"IC method={method!r} is unknown; use 'pearson' or 'spearman'")
+    df = frame[[SYMBOL, TIMESTAMP, forecast, realised]]
+    df = df[np.isfinite(df[forecast].to_numpy(np.float64)) & np.isfinite(df[realised].to_numpy(np.float64))]
+    if df.empty:
+        return pd.Series(dtype=np.float64)
+    if ic_mode == "cross_sectional":
+        keys = [df[TIMESTAMP]]
+        min_pairs = MIN_CS_PAIRS
+    else:
+        alias = bucket or ts_bucket_for(bar_spacing(frame))
+        ts = df[TIMESTAMP]
+        naive = ts.dt.tz_convert("UTC").dt.tz_localize(None) if ts.dt.tz is not None else ts
+        period = naive.dt.to_period(alias).dt.start_time.dt.tz_localize("UTC")
+        keys = [period, df[SYMBOL]]
+        min_pairs = MIN_TS_PAIRS
+    codes, uniques = zip(*(pd.factorize(k, sort=True) for k in keys))
+    x = df[forecast].to_numpy(np.float64)
+    y = df[realised].to_numpy(np.float64)
+    if method == "spearman":
+        tmp = pd.DataFrame({"x": x, "y": y, **{f"g{i}": c for i, c in enumerate(codes)}})
+        grp = tmp.groupby([f"g{i}" for i in range(len(codes))], sort=False)
+        x = grp["x"].rank(method="average").to_numpy(np.float64)
+        y = grp["y"].rank(method="average").to_numpy(np.float64)
+    corr = _grouped_corr(x, y, list(codes), min_pairs)
+    first = corr.index.get_level_values(0) if isinstance(corr.index, pd.MultiIndex) else corr.index
+    corr.index = pd.Index(uniques[0].take(np.asarray(first, dtype=np.int64)))
+    if ic_mode == "time_series":  # average the symbols of each bucket
+        corr = corr.groupby(level=0).mean()
+    corr.index.name = TIMESTAMP
+    return corr.astype(np.float64).sort_index()
+
+
+def ic_summary(series: pd.Series) -> tuple[float, float]:
+    """``(mean, mean / std)`` of an IC series (std with ddof=1; ICIR NaN with < 2 values or std 0)."""
+    s = series.dropna().to_numpy(np.float64)
+    if not len(s):
+        return np.nan, np.nan
+    mean = float(np.mean(s))
+    if len(s) < 2:
+        return mean, np.nan
+    std = float(np.std(s, ddof=1))
+    return mean, (mean / std if std > 0 else np.nan)
+
+
+def information_coefficients(frame: pd.DataFrame, ic_mode: str, bucket: str | None = None) -> dict[str, float]:
+    """``ic``, ``icir``, ``rank_ic``, ``rank_icir`` of expected_return vs ret for one horizon."""
+    ic, icir = ic_summary(ic_series(frame, ic_mode, "pearson", bucket=bucket))
+    ric, ricir = ic_summary(ic_series(frame, ic_mode, "spearman", bucket=bucket))
+    return {"ic": ic, "icir": icir, "rank_ic": ric, "rank_icir": ricir}
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def expected_calibration_error(prob: np.ndarray, outcome: np.ndarray, bins: int = 10,
+                               strategy: str = "uniform") -> float:
+    """ECE = sum_b (n_b / n) |mean(prob_b) - mean(outcome_b)|.
+
+    ``strategy="uniform"``: ``bins`` equal-width bins on [0, 1] (the last one closed);
+    ``"quantile"``: equal-mass bins (the sorted probabilities cut into ``bins`` chunks).
+    """
+    p, y = _finite_pairs(prob, outcome)
+    if not len(p):
+        return np.nan
+    if strategy == "uniform":
+        idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    elif strategy == "quantile":
+        order = np.argsort(p, kind="stable")
+        idx = np.empty(len(p), dtype=int)
+        for b, chunk in enumerate(np.array_split(order, bins)):
+            idx[chunk] = b
+    else:
+        raise QuantmlInputError(f"ECE strategy={strategy!r} is unknown; use 'uniform' or 'quantile'")
+    n_b = np.bincount(idx, minlength=bins)
+    sum_p = np.bincount(idx, weights=p, minlength=bins)
+    sum_y = np.bincount(idx, weights=y, minlength=bins)
+    return float(np.sum(np.abs(sum_p - sum_y)) / len(p))
+
+
+def reliability_table(prob: np.ndarray, outcome: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Per equal-width bin: ``count``, mean predicted ``prob`` and observed ``freq`` (empty bins dropped)."""
+    p, y = _finite_pairs(prob, outcome)
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    df = pd.DataFrame({"bin": idx, "prob": p, "freq": y})
+    out = df.groupby("bin").agg(count=("prob", "size"), prob=("prob", "mean"), freq=("freq", "mean"))
+    return out.reset_index()
+
+
+def probability_metrics(prob: np.ndarray, outcome: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """``ece`` (equal width), ``ece_mass`` (equal mass), ``brier``, ``log_loss`` of P(up) vs 1[up]."""
+    p, y = _finite_pairs(prob, outcome)
+    if not len(p):
+        return {"ece": np.nan, "ece_mass": np.nan, "brier": np.nan, "log_loss": np.nan}
+    p = np.clip(p, PROB_CLIP, 1 - PROB_CLIP)
+    y = y.astype(int)
+    return {
+        "ece": expected_calibration_error(p, y, bins, "uniform"),
+        "ece_mass": expected_calibration_error(p, y, bins, "quantile"),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+    }
+
+
+# ----------------------------------------------------------------------------- quantiles
+
+
+def quantile_metrics(q10: np.ndarray, q50: np.ndarray, q90: np.ndarray, realised: np.ndarray) -> dict[str, float]:
+    """Coverage (share of ``realised <= q``; of ``q10 <= realised <= q90`` for ``coverage_80``)
+    and pinball loss per quantile (sklearn ``mean_pinball_loss``) plus their mean ``pinball``."""
+    arr = np.column_stack([np.asarray(a, dtype=np.float64) for a in (q10, q50, q90, realised)])
+    arr = arr[np.isfinite(arr).all(axis=1)]
+    keys = ["coverage_80", "coverage_q10", "coverage_q50", "coverage_q90",
+            "pinball_q10", "pinball_q50", "pinball_q90", "pinball"]
+    if not len(arr):
+        return dict.fromkeys(keys, np.nan)
+    y = arr[:, 3]
+    out = {"coverage_80": float(np.mean((arr[:, 0] <= y) & (y <= arr[:, 2])))}
+    pinballs = []
+    for j, (name, level) in enumerate(QUANTILES.items()):
+        out[f"coverage_{name}"] = float(np.mean(y <= arr[:, j]))
+        loss = float(mean_pinball_loss(y, arr[:, j], alpha=level))
+        out[f"pinball_{name}"] = loss
+        pinballs.append(loss)
+    out["pinball"] = float(np.mean(pinballs))
+    return out
+
+
+def _finite_pairs(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return a[ok], b[ok]

@@ -1,0 +1,102 @@
+"""Tabular backbones: the last-step feature vector -> one model per head and horizon.
+
+Heads per horizon: expected return (regression on the forward return), direction
+(classifier on 1[ret > 0]), volatility (regression on log realised vol), and
+P10/P50/P90 from the empirical quantiles of the vol-standardised residuals, measured
+on the validation slice when there is one (out-of-sample residuals), else on train.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import pandas as pd
+
+from quantml.models.base import Forecast, Forecaster, SampleSet, residual_quantiles
+
+QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+_VOL_FLOOR = 1e-8
+
+
+class TabularForecaster(Forecaster):
+    """Shared fit/predict for backbones that see one feature row per sample."""
+
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "TabularForecaster":
+        X, Xv = self._prepare(train.X, fit=True), None
+        if valid is not None and len(valid):
+            Xv = self._prepare(valid.X)
+        self.return_models_, self.direction_models_, self.vol_models_ = [], [], []
+        for j in range(len(self.horizons)):
+            y_ret, y_dir, y_logvol = _targets(train, j)
+            v = _targets(valid, j) if Xv is not None else None
+            self.return_models_.append(self._fit_regressor(X, y_ret, Xv, v and v[0]))
+            self.direction_models_.append(self._fit_direction(X, y_dir, Xv, v and v[1]))
+            self.vol_models_.append(self._fit_regressor(X, y_logvol, Xv, v and v[2]))
+        self.residual_z_ = self._residual_z(valid if Xv is not None else train)
+        self.feature_names_ = list(train.data.feature_names)
+        return self
+
+    def predict(self, data: SampleSet) -> Forecast:
+        X = self._prepare(data.X)
+        return self._forecast(X)
+
+    def _forecast(self, X: np.ndarray) -> Forecast:
+        n, H = len(X), len(self.horizons)
+        er, pu, vol = np.zeros((n, H)), np.zeros((n, H)), np.zeros((n, H))
+        for j in range(H):
+            er[:, j] = self.return_models_[j].predict(X)
+            pu[:, j] = _predict_proba(self.direction_models_[j], X)
+            vol[:, j] = np.exp(self.vol_models_[j].predict(X))
+        z = getattr(self, "residual_z_", np.tile(np.array([[-1.2816], [0.0], [1.2816]]), (1, H)))
+        q10, q50, q90 = residual_quantiles(er, vol, z)
+        return Forecast(self.horizons, er, q10, q50, q90, pu, vol)
+
+    def _residual_z(self, data: SampleSet) -> np.ndarray:
+        fc = self._forecast(self._prepare(data.X))
+        resid = (data.y_ret - fc.expected_return) / np.maximum(fc.vol_forecast, _VOL_FLOOR)
+        z = np.zeros((3, len(self.horizons)))
+        for j in range(len(self.horizons)):
+            r = resid[:, j][np.isfinite(resid[:, j])]
+            z[:, j] = np.quantile(r, QUANTILE_LEVELS) if len(r) else (-1.2816, 0.0, 1.2816)
+        return z
+
+    def _fit_direction(self, X, y, Xv, yv):
+        classes = np.unique(y)
+        if len(classes) < 2:  # one-sided training fold: a constant probability is all we can say
+            return _ConstantProbability(float(classes[0]) if len(classes) else 0.5)
+        return self._fit_classifier(X, y, Xv, yv)
+
+    @abstractmethod
+    def _prepare(self, X: np.ndarray, fit: bool = False) -> np.ndarray:
+        """Turn raw features [n, F] into model inputs; ``fit`` learns any statistics."""
+
+    @abstractmethod
+    def _fit_regressor(self, X, y, Xv, yv):
+        """A fitted regressor with ``predict``."""
+
+    @abstractmethod
+    def _fit_classifier(self, X, y, Xv, yv):
+        """A fitted binary classifier with ``predict_proba``."""
+
+
+class _ConstantProbability:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.full(len(X), 1 - self.p), np.full(len(X), self.p)])
+
+
+def _predict_proba(model, X: np.ndarray) -> np.ndarray:
+    return model.predict_proba(X)[:, 1]
+
+
+def _targets(data: SampleSet, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y_ret = np.nan_to_num(data.y_ret[:, j])
+    y_dir = np.nan_to_num(data.y_dir[:, j]).astype(int)
+    y_logvol = np.log(np.maximum(np.nan_to_num(data.y_vol[:, j]), _VOL_FLOOR))
+    return y_ret, y_dir, y_logvol
+
+
+def importance_series(names: list[str], values: np.ndarray) -> pd.Series:
+    return pd.Series(np.asarray(values, dtype=float), index=names).sort_values(ascending=False)

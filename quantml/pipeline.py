@@ -1,0 +1,349 @@
+"""One experiment, as the data flows: panel -> features -> labels -> folds -> fit/predict
+-> calibration -> signals -> metrics -> MLflow (parent run + one nested run per fold).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quantml.backtest import CostModel
+from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
+from quantml.evaluation import best_monitor, evaluate_predictions, ic_mode_for
+from quantml.evaluation.calibration import fit_calibrator
+from quantml.evaluation.drift import population_stability_index
+from quantml.evaluation.report import build_report
+from quantml.features import build_features, event_activity_mask
+from quantml.labels import make_labels
+from quantml.models.base import Forecaster, PanelData, SampleSet
+from quantml.schema import SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError, metric_name
+from quantml.signals import SignalConfig, compute_signals
+from quantml.tracking import ExperimentTracker, TrackedRun, flatten_config, git_commit, prepare_store
+from quantml.tracking.pyfunc import FeatureContract, ModelBundle, log_bundle
+from quantml.tracking.store import resolve_tracking_uri
+from quantml.validation import audit_folds, inner_validation_split, make_splitter
+
+log = logging.getLogger(__name__)
+
+REALISED = ("ret", "ret_after_cost", "dir", "vol", "ret_next_bar")
+
+
+@dataclass
+class PreparedData:
+    """The model-ready panel plus what evaluation needs to know about it."""
+
+    panel: pd.DataFrame
+    data: PanelData
+    samples: np.ndarray          # positions (into data) of usable samples, in time order
+    realised: pd.DataFrame       # per row: ret/ret_after_cost/dir/vol per horizon + ret_next_bar
+    contract: FeatureContract
+    fingerprint: str
+    bar: pd.Timedelta
+    periods_per_year: float
+    skipped_blocks: dict
+
+
+@dataclass
+class ExperimentResult:
+    parent_run_id: str
+    oos: pd.DataFrame
+    fold_metrics: pd.DataFrame
+    metrics: dict[str, float]
+    model_uri: str | None = None
+    report: object | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    """Load the panel, build causal features and cost-aware labels, select samples."""
+    horizons = list(cfg.horizon.horizons)
+    costs = CostModel.from_config(cfg.cost)
+    panel = load_panel(cfg.data)
+    drop = list(cfg.ablation.drop_modalities or [])
+    features = build_features(panel, OmegaConf.to_container(cfg.feature_set, resolve=True), drop)
+    labels = make_labels(panel, horizons, costs.round_trip)
+    if features.frame.shape[1] == 0:
+        raise QuantmlInputError(
+            f"feature_set={cfg.feature_set.get('name', '?')} with ablation={cfg.ablation.name} leaves no "
+            f"features for this panel (skipped: {features.skipped}); choose a feature_set whose inputs "
+            f"the data has, e.g. feature_set=price")
+    codes, symbols = pd.factorize(panel[SYMBOL])
+    data = PanelData(
+        keys=panel[[SYMBOL, TIMESTAMP]].reset_index(drop=True),
+        X=features.frame.to_numpy(dtype=np.float32),
+        feature_names=list(features.frame.columns),
+        feature_modalities=dict(features.modalities),
+        horizons=horizons,
+        y_ret=labels.ret, y_dir=labels.dir, y_vol=labels.vol,
+        t0=panel[TIMESTAMP].to_numpy(dtype="datetime64[ns]"),
+        t1=labels.t1_max,
+        symbol_codes=codes.astype(np.int64), symbols=list(symbols),
+        known_future=list(features.known_future),
+    )
+    samples = data.labelled_rows()
+    if cfg.ablation.get("event_window"):
+        samples = samples[event_activity_mask(panel, cfg.ablation.event_window)[samples]]
+    # time order (then symbol) so splitters and reports see a timeline
+    samples = samples[np.lexsort((data.symbol_codes[samples], data.t0[samples]))]
+    if len(samples) == 0:
+        raise QuantmlInputError(
+            "no labelled samples: the panel is shorter than the longest horizon "
+            f"({horizons[-1]}) or the event window keeps nothing; use more data or shorter horizons")
+    realised = {f"{name}@{h}": getattr(labels, name)[:, j]
+                for j, h in enumerate(horizons) for name in ("ret", "ret_after_cost", "dir", "vol")}
+    realised["ret_next_bar"] = labels.ret_next_bar
+    contract = FeatureContract(
+        input_columns=sorted(set(features.input_columns) | {TIMESTAMP, SYMBOL}),
+        feature_names=list(features.frame.columns),
+        feature_set=OmegaConf.to_container(cfg.feature_set, resolve=True),
+        drop_modalities=drop, horizons=horizons)
+    return PreparedData(panel=panel, data=data, samples=samples, realised=pd.DataFrame(realised),
+                        contract=contract, fingerprint=data_fingerprint(panel),
+                        bar=infer_bar_frequency(panel),
+                        periods_per_year=float(cfg.data.get("periods_per_year") or periods_per_year(panel)),
+                        skipped_blocks=dict(features.skipped))
+
+
+def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame) -> pd.DataFrame:
+    """Forecasts of ``part`` in the long contract layout, joined with what was realised."""
+    frame = model.predict(part).to_frame(part.keys)
+    n = len(part)
+    for j, h in enumerate(part.data.horizons):
+        block = slice(j * n, (j + 1) * n)
+        for name in ("ret", "ret_after_cost", "dir", "vol"):
+            frame.loc[block, name] = realised[f"{name}@{h}"].to_numpy()[part.rows]
+    frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], len(part.data.horizons))
+    return frame
+
+
+def _time_range(data: PanelData, rows: np.ndarray) -> tuple[str, str]:
+    if not len(rows):
+        return "", ""
+    t = data.t0[rows]
+    return str(pd.Timestamp(t.min(), tz="UTC")), str(pd.Timestamp(t.max(), tz="UTC"))
+
+
+def _build_model(cfg: DictConfig, horizons: list[str]) -> Forecaster:
+    try:
+        return instantiate(cfg.backbone, horizons=horizons, seed=int(cfg.seed))
+    except Exception as exc:
+        raise QuantmlInputError(f"could not build backbone={cfg.backbone.get('_target_')}: {exc}") from exc
+
+
+def fit_with_calibration(cfg: DictConfig, prep: PreparedData, fit_rows: np.ndarray,
+                         valid_rows: np.ndarray):
+    """Fit a backbone on ``fit_rows``, a calibrator on its ``valid_rows`` predictions."""
+    model = _build_model(cfg, prep.data.horizons)
+    valid = prep.data.subset(valid_rows) if len(valid_rows) else None
+    model.fit(prep.data.subset(fit_rows), valid)
+    valid_frame = prediction_frame(model, valid, prep.realised) if valid is not None else None
+    calibrator = fit_calibrator(valid_frame, cfg.evaluation) if valid_frame is not None else None
+    if calibrator is not None:
+        valid_frame = calibrator.transform(valid_frame)
+    return model, calibrator, valid_frame
+
+
+def _signal_config(cfg: DictConfig, costs: CostModel) -> SignalConfig:
+    return SignalConfig.from_config(cfg.signal, cost=costs.round_trip)
+
+
+def run_fold(cfg, prep: PreparedData, fold, embargo: pd.Timedelta, signal: SignalConfig, costs: CostModel,
+             ic_mode: str, run: TrackedRun) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Train and evaluate one fold; logs its params and metrics to its nested run."""
+    train = prep.samples[fold.train]
+    test = prep.samples[fold.test]
+    fit_pos, valid_pos = inner_validation_split(fold.train, prep.data.t0[prep.samples], prep.data.t1[prep.samples],
+                                                float(cfg.validation.valid_fraction), embargo)
+    fit_rows, valid_rows = prep.samples[fit_pos], prep.samples[valid_pos]
+    (tr0, tr1), (va0, va1), (te0, te1) = (_time_range(prep.data, r) for r in (fit_rows, valid_rows, test))
+    run.log_params({"fold_id": fold.fold_id, "train_start": tr0, "train_end": tr1, "valid_start": va0,
+                    "valid_end": va1, "test_start": te0, "test_end": te1, "n_train": len(fit_rows),
+                    "n_valid": len(valid_rows), "n_test": len(test), "n_train_before_inner_split": len(train)})
+    model, calibrator, valid_frame = fit_with_calibration(cfg, prep, fit_rows, valid_rows)
+    test_frame = prediction_frame(model, prep.data.subset(test), prep.realised)
+    if calibrator is not None:
+        test_frame = calibrator.transform(test_frame)
+    test_frame = compute_signals(test_frame, signal)
+    test_frame["fold"] = fold.fold_id
+    test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
+    metrics = evaluate_predictions(test_frame, "test", prep.periods_per_year, costs, ic_mode)
+    if valid_frame is not None:
+        metrics.update(evaluate_predictions(compute_signals(valid_frame, signal), "val",
+                                            prep.periods_per_year, costs, ic_mode))
+    run.log_metrics(metrics)
+    return test_frame, metrics
+
+
+def _aggregate(fold_metrics: pd.DataFrame) -> dict[str, float]:
+    """``test_ic/1d`` over folds -> ``test_ic_mean/1d`` and ``test_ic_std/1d``."""
+    out = {}
+    for name in fold_metrics.columns:
+        base, _, horizon = name.partition("/")
+        values = fold_metrics[name].astype(float)
+        out[f"{base}_mean/{horizon}" if horizon else f"{base}_mean"] = float(values.mean())
+        out[f"{base}_std/{horizon}" if horizon else f"{base}_std"] = float(values.std(ddof=0))
+    return out
+
+
+def _drift(folds: list[pd.DataFrame], horizons: list[str]) -> list[dict[str, float]]:
+    """PSI of each fold's expected returns against the previous fold's, per horizon."""
+    out = [{} for _ in folds]
+    for i in range(1, len(folds)):
+        for h in horizons:
+            prev = folds[i - 1].loc[folds[i - 1]["horizon"] == h, "expected_return"].to_numpy()
+            cur = folds[i].loc[folds[i]["horizon"] == h, "expected_return"].to_numpy()
+            out[i][metric_name("test", "psi", h)] = population_stability_index(prev, cur)
+    return out
+
+
+def _report_fold(cfg: DictConfig, fold_id: int, metrics: dict[str, float]) -> None:
+    """Hook for hyper-parameter search: report a fold's metrics so a bad trial can be pruned."""
+    if cfg.get("hparams_search") is None:
+        return
+    from quantml.tuning import pruning
+
+    pruning.report(cfg, fold_id, metrics)
+
+
+def _choices():
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}, hc
+    except ValueError:  # not running under Hydra (library use, tests)
+        return {}, None
+
+
+def default_run_name(cfg: DictConfig, choices: dict[str, str]) -> str:
+    if cfg.get("run_name"):
+        return str(cfg.run_name)
+    parts = [choices.get(g) for g in ("backbone", "data", "feature_set", "horizon", "ablation", "validation")]
+    return "-".join(p for p in parts if p) or f"{cfg.backbone._target_.rsplit('.', 1)[-1]}"
+
+
+def run_experiment(cfg: DictConfig) -> ExperimentResult:
+    """Run one experiment end to end and log it to MLflow. Returns what was measured."""
+    seed_everything(int(cfg.seed))
+    experiment_id = prepare_store(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
+    choices, hydra_cfg = _choices()
+    tracker = ExperimentTracker(experiment_id)
+    tags = {"quantml.kind": "parent", "quantml.seed": int(cfg.seed), "quantml.git_commit": git_commit(),
+            "quantml.schema_version": SCHEMA_VERSION, "quantml.validation": cfg.validation.method,
+            "quantml.horizons": ",".join(cfg.horizon.horizons),
+            **{f"choice.{k}": v for k, v in choices.items()}}
+    if hydra_cfg is not None:
+        tags["quantml.sweep_dir"] = hydra_cfg.sweep.dir if hydra_cfg.mode.name == "MULTIRUN" else hydra_cfg.run.dir
+        tags["quantml.output_dir"] = hydra_cfg.runtime.output_dir
+    with tracker.run(default_run_name(cfg, choices), tags) as parent:
+        parent.log_params(flatten_config(cfg))
+        parent.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+        return _run_in_parent(cfg, tracker, parent)
+
+
+def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun) -> ExperimentResult:
+    prep = prepare_data(cfg)
+    costs = CostModel.from_config(cfg.cost)
+    signal = _signal_config(cfg, costs)
+    n_symbols = int(prep.panel[SYMBOL].nunique())
+    ic_mode = ic_mode_for(n_symbols)
+    parent.set_tags({"quantml.data_fingerprint": prep.fingerprint,
+                     "quantml.feature_contract_hash": prep.contract.hash, "quantml.ic_mode": ic_mode,
+                     "quantml.bar": str(prep.bar), "quantml.n_symbols": n_symbols,
+                     "quantml.n_features": len(prep.contract.feature_names)})
+    parent.log_params({"derived.periods_per_year": prep.periods_per_year, "derived.n_samples": len(prep.samples),
+                       "derived.skipped_blocks": ",".join(prep.skipped_blocks) or "none"})
+
+    splitter = make_splitter(cfg.validation)
+    embargo = pd.Timedelta(cfg.validation.embargo)
+    t0s, t1s = prep.data.t0[prep.samples], prep.data.t1[prep.samples]
+    folds = splitter.split(t0s, t1s)
+    audit = audit_folds(prep.data.keys.iloc[prep.samples].reset_index(drop=True), t0s, t1s, folds, embargo)
+    parent.log_dict(audit, "audit/leakage_audit.json")
+    parent.set_tags({"quantml.leakage_audit": "clean" if audit["clean"] else "violations",
+                     "quantml.n_folds": len(folds)})
+
+    fold_frames, fold_rows = [], []
+    for fold in folds:
+        fold_tags = {"quantml.kind": "fold", "quantml.fold_id": fold.fold_id,
+                     "quantml.path_ids": ",".join(map(str, sorted(set(np.asarray(fold.test_paths).tolist()))))}
+        with tracker.run(f"fold-{fold.fold_id}", fold_tags, parent=parent) as child:
+            frame, metrics = run_fold(cfg, prep, fold, embargo, signal, costs, ic_mode, child)
+            fold_frames.append(frame)
+            fold_rows.append({"fold": fold.fold_id, **metrics})
+            _report_fold(cfg, fold.fold_id, metrics)
+    for row, drift, frame in zip(fold_rows, _drift(fold_frames, prep.data.horizons), fold_frames):
+        row.update(drift)
+    fold_metrics = pd.DataFrame(fold_rows).set_index("fold")
+    oos = pd.concat(fold_frames, ignore_index=True)
+
+    metrics = evaluate_predictions(oos, "oos", prep.periods_per_year, costs, ic_mode)
+    metrics.update(_aggregate(fold_metrics))
+    monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)
+    metrics["best_monitor"] = monitor_value
+    parent.set_tags({"quantml.monitor": monitor_name})
+    parent.log_metrics(metrics)
+    parent.log_frame(oos, "predictions/oos_predictions.parquet")
+    parent.log_frame(fold_metrics.reset_index(), "report/fold_metrics.csv")
+
+    report = build_report(oos, fold_metrics, prep.periods_per_year, costs, ic_mode)
+    parent.log_frame(report.by_symbol_horizon, "report/report_by_symbol_horizon.csv")
+    parent.log_text(report.html, "report/report.html")
+    for file_name, figure in report.figures.items():
+        parent.log_figure(figure, f"figures/{file_name}")
+
+    model_uri = None
+    final_model, calibrator, _ = _fit_final(cfg, prep, embargo)
+    importance = final_model.feature_importance()
+    if importance is not None:
+        parent.log_frame(importance.rename("importance").rename_axis("feature").reset_index(),
+                         "report/feature_importance.csv")
+        parent.log_figure(_importance_figure(importance), "figures/feature_importance.png")
+    for file_name, figure in final_model.figures().items():
+        parent.log_figure(figure, f"figures/{file_name}")
+    if cfg.tracking.get("log_model", True):
+        bundle = ModelBundle(forecaster=final_model, calibrator=calibrator, contract=prep.contract,
+                             signal=signal.to_dict(), data_fingerprint=prep.fingerprint,
+                             metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year})
+        model_uri = log_bundle(bundle, parent.run_id)
+
+    if cfg.get("print_report", True):
+        print(report.summary)
+        print(f"\nMLflow parent run {parent.run_id}: mlflow ui --backend-store-uri "
+              f"{resolve_tracking_uri(cfg.tracking.get('uri'))}")
+    return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report)
+
+
+def _fit_final(cfg: DictConfig, prep: PreparedData, embargo: pd.Timedelta):
+    """The model that gets logged: fitted on every sample, calibrated on the last purged slice."""
+    positions = np.arange(len(prep.samples))
+    fit_pos, valid_pos = inner_validation_split(positions, prep.data.t0[prep.samples], prep.data.t1[prep.samples],
+                                                float(cfg.validation.valid_fraction), embargo)
+    return fit_with_calibration(cfg, prep, prep.samples[fit_pos], prep.samples[valid_pos])
+
+
+def _importance_figure(importance: pd.Series, top: int = 25):
+    import matplotlib.pyplot as plt
+
+    top_items = importance.head(top)[::-1]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.28 * len(top_items))))
+    ax.barh(top_items.index, top_items.to_numpy())
+    ax.set_title("Feature importance (final model)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,316 @@
+"""Time-series splitters: walk-forward, purged K-fold, combinatorial purged CV (CPCV).
+
+Samples are rows of a multi-symbol panel, so many share a timestamp. Every splitter cuts
+the sorted UNIQUE sample times ``t0`` into contiguous blocks with ``numpy.array_split``
+(``T`` timestamps into ``B`` blocks: the first ``T mod B`` blocks get one extra timestamp),
+so all symbols at one time always land in the same block. Training positions are then
+purged against each contiguous test segment (see :mod:`quantml.validation.purging`).
+
+* ``walk_forward``: ``n_splits + 1`` blocks; fold ``k`` (0-based) tests on block ``k + 1``
+  and trains on blocks ``0..k`` (``mode=expanding``) or on the last ``train_blocks`` of them
+  (``mode=rolling``). Training is strictly before the test once purged.
+* ``purged_kfold``: ``n_splits`` blocks; fold ``k`` tests on block ``k``, trains on all
+  the others (before and after), purged, with the embargo after the test block.
+* ``cpcv``: ``n_groups`` blocks; one fold per combination of ``n_test_groups`` test groups
+  (``itertools.combinations`` order), ``C(N, k)`` folds and ``C(N-1, k-1)`` backtest paths.
+  Test group ``g`` in the ``j``-th fold (in fold order) that tests ``g`` belongs to path ``j``,
+  so every path covers every group exactly once.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quantml.schema import QuantmlInputError
+from quantml.validation.purging import (
+    _purge_ns,
+    check_intervals,
+    check_valid_fraction,
+    inner_validation_split,
+    parse_embargo,
+    to_ns,
+)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One train/test split.
+
+    train : int64 [n_train] sorted positions into ``t0``/``t1`` (already purged).
+    test : int64 [n_test] sorted positions.
+    test_paths : int64 [n_test] CPCV path id of each test sample (zeros otherwise).
+    test_groups : the block ids tested (CPCV groups; the test block for the others).
+    """
+
+    fold_id: int
+    train: np.ndarray
+    test: np.ndarray
+    test_paths: np.ndarray
+    test_groups: tuple[int, ...] = ()
+
+
+class Splitter(ABC):
+    """Base class: blocks of unique timestamps, purge, embargo, minimum fold sizes.
+
+    Attributes
+    ----------
+    embargo : pd.Timedelta   no training label may start within it after a test segment.
+    valid_fraction : float   share of each fold's training timestamps kept for validation.
+    min_train_samples, min_test_samples : int   a smaller fold is an error.
+    """
+
+    method: str = ""
+
+    def __init__(
+        self,
+        *,
+        embargo="0s",
+        valid_fraction: float = 0.2,
+        min_train_samples: int = 1,
+        min_test_samples: int = 1,
+    ) -> None:
+        self.embargo = parse_embargo(embargo)
+        self.valid_fraction = check_valid_fraction(valid_fraction)
+        self.min_train_samples = _positive_int(min_train_samples, "min_train_samples", minimum=1)
+        self.min_test_samples = _positive_int(min_test_samples, "min_test_samples", minimum=1)
+
+    @property
+    def n_paths(self) -> int:
+        """Number of complete backtest paths the test predictions form (1 except CPCV)."""
+        return 1
+
+    @property
+    @abstractmethod
+    def n_blocks(self) -> int:
+        """Number of contiguous blocks the unique timestamps are cut into."""
+
+    @abstractmethod
+    def _plan(self) -> list[tuple[list[int], list[int], dict[int, int]]]:
+        """Per fold: (train block ids, test block ids, path id of each test block)."""
+
+    def get_n_splits(self) -> int:
+        return len(self._plan())
+
+    def split(self, t0, t1) -> list[Fold]:
+        """Folds for samples with label intervals ``[t0, t1]`` (datetime64[ns] [n], any order).
+
+        Raises :class:`QuantmlInputError` on NaT, ``t1 < t0``, more blocks than unique
+        timestamps, or a fold below ``min_train_samples`` / ``min_test_samples``.
+        """
+        t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
+        check_intervals(t0n, t1n)
+        times, ts_idx = np.unique(t0n, return_inverse=True)
+        if self.n_blocks > len(times):
+            raise QuantmlInputError(
+                f"validation.method={self.method} needs {self.n_blocks} blocks but the samples have "
+                f"only {len(times)} unique timestamps: use fewer splits/groups or more data"
+            )
+        block_of_ts = np.concatenate(
+            [np.full(len(b), i) for i, b in enumerate(np.array_split(np.arange(len(times)), self.n_blocks))]
+        )
+        block = block_of_ts[ts_idx]
+        order = np.argsort(block, kind="stable")
+        bounds = np.searchsorted(block[order], np.arange(self.n_blocks + 1))
+        members = [np.sort(order[bounds[b] : bounds[b + 1]]) for b in range(self.n_blocks)]
+        emb = int(self.embargo.value)
+
+        folds = []
+        for fold_id, (train_blocks, test_blocks, paths) in enumerate(self._plan()):
+            test = np.concatenate([members[b] for b in test_blocks])
+            test.sort()
+            candidates = np.concatenate([members[b] for b in train_blocks]) if train_blocks else np.zeros(0, np.int64)
+            candidates.sort()
+            train = _purge_ns(candidates.astype(np.int64), test.astype(np.int64), t0n, t1n, emb)
+            test_paths = np.array([paths[b] for b in block[test]], dtype=np.int64)
+            fold = Fold(fold_id, train, test.astype(np.int64), test_paths, tuple(int(b) for b in test_blocks))
+            self._check_size(fold, t0n, len(candidates))
+            folds.append(fold)
+        return folds
+
+    def inner_split(self, fold: Fold, t0, t1) -> tuple[np.ndarray, np.ndarray]:
+        """``(fit, valid)`` of a fold with this splitter's ``valid_fraction`` and ``embargo``."""
+        return inner_validation_split(
+            fold.train, t0, t1, self.valid_fraction, self.embargo, fold_id=fold.fold_id
+        )
+
+    def _check_size(self, fold: Fold, t0n: np.ndarray, n_candidates: int) -> None:
+        if len(fold.train) < self.min_train_samples:
+            purged = n_candidates - len(fold.train)
+            raise QuantmlInputError(
+                f"fold {fold.fold_id} has {len(fold.train)} training samples ({purged} purged) "
+                f"(< min_train_samples={self.min_train_samples}): use fewer splits/groups, a shorter "
+                "embargo or more data"
+            )
+        if len(fold.test) < self.min_test_samples:
+            start = pd.Timestamp(int(t0n[fold.test].min())) if len(fold.test) else None
+            raise QuantmlInputError(
+                f"fold {fold.fold_id} has {len(fold.test)} test samples from {start} "
+                f"(< min_test_samples={self.min_test_samples}): use fewer splits/groups or more data"
+            )
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({params})"
+
+    def _params(self) -> dict:
+        return {
+            "embargo": str(self.embargo),
+            "valid_fraction": self.valid_fraction,
+            "min_train_samples": self.min_train_samples,
+            "min_test_samples": self.min_test_samples,
+        }
+
+
+class WalkForward(Splitter):
+    """Expanding or rolling walk-forward over ``n_splits + 1`` blocks of unique timestamps."""
+
+    method = "walk_forward"
+
+    def __init__(self, n_splits: int = 5, mode: str = "expanding", train_blocks: int | None = None, **kw) -> None:
+        super().__init__(**kw)
+        self.n_splits = _positive_int(n_splits, "n_splits", minimum=1)
+        if mode not in ("expanding", "rolling"):
+            raise QuantmlInputError(f"validation.mode={mode!r} is unknown: use 'expanding' or 'rolling'")
+        self.mode = mode
+        if mode == "rolling":
+            if train_blocks is None:
+                raise QuantmlInputError(
+                    "validation.mode=rolling needs validation.train_blocks (blocks per training window), e.g. 2"
+                )
+            self.train_blocks = _positive_int(train_blocks, "train_blocks", minimum=1)
+        elif train_blocks is not None:
+            raise QuantmlInputError(
+                f"validation.train_blocks={train_blocks} is only used with mode=rolling: set "
+                "validation.mode=rolling or validation.train_blocks=null"
+            )
+        else:
+            self.train_blocks = None
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_splits + 1
+
+    def _plan(self):
+        plan = []
+        for k in range(self.n_splits):
+            first = 0 if self.mode == "expanding" else max(0, k + 1 - self.train_blocks)
+            plan.append((list(range(first, k + 1)), [k + 1], {k + 1: 0}))
+        return plan
+
+    def _params(self) -> dict:
+        return {"n_splits": self.n_splits, "mode": self.mode, "train_blocks": self.train_blocks, **super()._params()}
+
+
+class PurgedKFold(Splitter):
+    """K contiguous blocks; each is the test once, all others (purged, embargoed) train."""
+
+    method = "purged_kfold"
+
+    def __init__(self, n_splits: int = 5, **kw) -> None:
+        super().__init__(**kw)
+        self.n_splits = _positive_int(n_splits, "n_splits", minimum=2)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_splits
+
+    def _plan(self):
+        ids = range(self.n_splits)
+        return [([b for b in ids if b != k], [k], {k: 0}) for k in ids]
+
+    def _params(self) -> dict:
+        return {"n_splits": self.n_splits, **super()._params()}
+
+
+class CombinatorialPurgedCV(Splitter):
+    """CPCV (López de Prado, AFML ch. 12): all ``C(N, k)`` choices of ``k`` test groups."""
+
+    method = "cpcv"
+
+    def __init__(self, n_groups: int = 6, n_test_groups: int = 2, **kw) -> None:
+        super().__init__(**kw)
+        self.n_groups = _positive_int(n_groups, "n_groups", minimum=2)
+        self.n_test_groups = _positive_int(n_test_groups, "n_test_groups", minimum=1)
+        if self.n_test_groups >= self.n_groups:
+            raise QuantmlInputError(
+                f"validation.n_test_groups={self.n_test_groups} must be < n_groups={self.n_groups}: "
+                "lower n_test_groups or raise n_groups"
+            )
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_groups
+
+    @property
+    def n_paths(self) -> int:
+        return math.comb(self.n_groups - 1, self.n_test_groups - 1)
+
+    def _plan(self):
+        seen = [0] * self.n_groups
+        plan = []
+        for test in itertools.combinations(range(self.n_groups), self.n_test_groups):
+            paths = {}
+            for g in test:
+                paths[g] = seen[g]
+                seen[g] += 1
+            plan.append(([g for g in range(self.n_groups) if g not in test], list(test), paths))
+        return plan
+
+    def _params(self) -> dict:
+        return {"n_groups": self.n_groups, "n_test_groups": self.n_test_groups, **super()._params()}
+
+
+_SPLITTERS: dict[str, type[Splitter]] = {
+    "walk_forward": WalkForward,
+    "purged_kfold": PurgedKFold,
+    "cpcv": CombinatorialPurgedCV,
+}
+_COMMON = ("embargo", "valid_fraction", "min_train_samples", "min_test_samples")
+_KEYS = {
+    "walk_forward": ("n_splits", "mode", "train_blocks", *_COMMON),
+    "purged_kfold": ("n_splits", *_COMMON),
+    "cpcv": ("n_groups", "n_test_groups", *_COMMON),
+}
+
+
+def make_splitter(cfg) -> Splitter:
+    """Build the splitter of the ``validation`` config group (a DictConfig or a mapping).
+
+    ``cfg.method`` picks the class; every other key must be a setting of that method (a typo
+    such as ``n_split`` is an error, not silently ignored).
+    """
+    if not isinstance(cfg, Mapping):
+        try:
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as exc:  # noqa: BLE001 - anything not a config is bad input
+            raise QuantmlInputError(
+                f"validation config must be a mapping or DictConfig, got {type(cfg).__name__}"
+            ) from exc
+    params = dict(cfg)
+    method = params.pop("method", None)
+    if method not in _SPLITTERS:
+        raise QuantmlInputError(
+            f"validation.method={method!r} is unknown: use one of {sorted(_SPLITTERS)} "
+            "(e.g. validation=walk_forward on the command line)"
+        )
+    unknown = sorted(set(params) - set(_KEYS[method]))
+    if unknown:
+        raise QuantmlInputError(
+            f"validation.{unknown[0]} is not a setting of method={method}: its settings are "
+            f"{list(_KEYS[method])}"
+        )
+    return _SPLITTERS[method](**params)
+
+
+def _positive_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise QuantmlInputError(f"validation.{name}={value!r} must be an integer >= {minimum}")
+    return int(value)
