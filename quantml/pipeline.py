@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from quantml.backtest import CostModel
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
 from quantml.evaluation import best_monitor, evaluate_predictions, ic_mode_for
+from quantml.evaluation.evaluate import evaluation_options
 from quantml.evaluation.calibration import fit_calibrator
 from quantml.evaluation.drift import population_stability_index
 from quantml.evaluation.report import build_report
 from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
 from quantml.models.base import Forecaster, PanelData, SampleSet
-from quantml.schema import SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError, metric_name
+from quantml.schema import REQUIRED_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError, metric_name
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import ExperimentTracker, TrackedRun, flatten_config, git_commit, prepare_store
 from quantml.tracking.pyfunc import FeatureContract, ModelBundle, log_bundle
@@ -109,7 +110,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
                 for j, h in enumerate(horizons) for name in ("ret", "ret_after_cost", "dir", "vol")}
     realised["ret_next_bar"] = labels.ret_next_bar
     contract = FeatureContract(
-        input_columns=sorted(set(features.input_columns) | {TIMESTAMP, SYMBOL}),
+        input_columns=sorted(set(features.input_columns) | set(REQUIRED_COLUMNS)),
         feature_names=list(features.frame.columns),
         feature_set=OmegaConf.to_container(cfg.feature_set, resolve=True),
         drop_modalities=drop, horizons=horizons)
@@ -163,13 +164,25 @@ def _signal_config(cfg: DictConfig, costs: CostModel) -> SignalConfig:
     return SignalConfig.from_config(cfg.signal, cost=costs.round_trip)
 
 
-def run_fold(cfg, prep: PreparedData, fold, embargo: pd.Timedelta, signal: SignalConfig, costs: CostModel,
-             ic_mode: str, run: TrackedRun) -> tuple[pd.DataFrame, dict[str, float]]:
+@dataclass
+class Evaluation:
+    """How every prediction frame of a run is scored (the same settings for val, test, oos)."""
+
+    periods_per_year: float
+    costs: CostModel
+    ic_mode: str
+    options: dict
+
+    def __call__(self, frame: pd.DataFrame, split: str) -> dict[str, float]:
+        return evaluate_predictions(frame, split, self.periods_per_year, self.costs, self.ic_mode, **self.options)
+
+
+def run_fold(cfg, prep: PreparedData, splitter, fold, signal: SignalConfig, evaluate: Evaluation,
+             run: TrackedRun) -> tuple[pd.DataFrame, dict[str, float]]:
     """Train and evaluate one fold; logs its params and metrics to its nested run."""
     train = prep.samples[fold.train]
     test = prep.samples[fold.test]
-    fit_pos, valid_pos = inner_validation_split(fold.train, prep.data.t0[prep.samples], prep.data.t1[prep.samples],
-                                                float(cfg.validation.valid_fraction), embargo)
+    fit_pos, valid_pos = splitter.inner_split(fold, prep.data.t0[prep.samples], prep.data.t1[prep.samples])
     fit_rows, valid_rows = prep.samples[fit_pos], prep.samples[valid_pos]
     (tr0, tr1), (va0, va1), (te0, te1) = (_time_range(prep.data, r) for r in (fit_rows, valid_rows, test))
     run.log_params({"fold_id": fold.fold_id, "train_start": tr0, "train_end": tr1, "valid_start": va0,
@@ -182,10 +195,9 @@ def run_fold(cfg, prep: PreparedData, fold, embargo: pd.Timedelta, signal: Signa
     test_frame = compute_signals(test_frame, signal)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
-    metrics = evaluate_predictions(test_frame, "test", prep.periods_per_year, costs, ic_mode)
+    metrics = evaluate(test_frame, "test")
     if valid_frame is not None:
-        metrics.update(evaluate_predictions(compute_signals(valid_frame, signal), "val",
-                                            prep.periods_per_year, costs, ic_mode))
+        metrics.update(evaluate(compute_signals(valid_frame, signal), "val"))
     run.log_metrics(metrics)
     return test_frame, metrics
 
@@ -201,14 +213,14 @@ def _aggregate(fold_metrics: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _drift(folds: list[pd.DataFrame], horizons: list[str]) -> list[dict[str, float]]:
+def _drift(folds: list[pd.DataFrame], horizons: list[str], bins: int) -> list[dict[str, float]]:
     """PSI of each fold's expected returns against the previous fold's, per horizon."""
     out = [{} for _ in folds]
     for i in range(1, len(folds)):
         for h in horizons:
             prev = folds[i - 1].loc[folds[i - 1]["horizon"] == h, "expected_return"].to_numpy()
             cur = folds[i].loc[folds[i]["horizon"] == h, "expected_return"].to_numpy()
-            out[i][metric_name("test", "psi", h)] = population_stability_index(prev, cur)
+            out[i][metric_name("test", "psi", h)] = population_stability_index(prev, cur, bins=bins)
     return out
 
 
@@ -263,6 +275,7 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
     signal = _signal_config(cfg, costs)
     n_symbols = int(prep.panel[SYMBOL].nunique())
     ic_mode = ic_mode_for(n_symbols)
+    evaluate = Evaluation(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation))
     parent.set_tags({"quantml.data_fingerprint": prep.fingerprint,
                      "quantml.feature_contract_hash": prep.contract.hash, "quantml.ic_mode": ic_mode,
                      "quantml.bar": str(prep.bar), "quantml.n_symbols": n_symbols,
@@ -271,10 +284,10 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
                        "derived.skipped_blocks": ",".join(prep.skipped_blocks) or "none"})
 
     splitter = make_splitter(cfg.validation)
-    embargo = pd.Timedelta(cfg.validation.embargo)
     t0s, t1s = prep.data.t0[prep.samples], prep.data.t1[prep.samples]
     folds = splitter.split(t0s, t1s)
-    audit = audit_folds(prep.data.keys.iloc[prep.samples].reset_index(drop=True), t0s, t1s, folds, embargo)
+    audit = audit_folds(prep.data.keys.iloc[prep.samples].reset_index(drop=True), t0s, t1s, folds,
+                        splitter.embargo, valid_fraction=splitter.valid_fraction)
     parent.log_dict(audit, "audit/leakage_audit.json")
     parent.set_tags({"quantml.leakage_audit": "clean" if audit["clean"] else "violations",
                      "quantml.n_folds": len(folds)})
@@ -284,32 +297,32 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
         fold_tags = {"quantml.kind": "fold", "quantml.fold_id": fold.fold_id,
                      "quantml.path_ids": ",".join(map(str, sorted(set(np.asarray(fold.test_paths).tolist()))))}
         with tracker.run(f"fold-{fold.fold_id}", fold_tags, parent=parent) as child:
-            frame, metrics = run_fold(cfg, prep, fold, embargo, signal, costs, ic_mode, child)
+            frame, metrics = run_fold(cfg, prep, splitter, fold, signal, evaluate, child)
             fold_frames.append(frame)
             fold_rows.append({"fold": fold.fold_id, **metrics})
             _report_fold(cfg, fold.fold_id, metrics)
-    for row, drift, frame in zip(fold_rows, _drift(fold_frames, prep.data.horizons), fold_frames):
+    for row, drift, frame in zip(fold_rows, _drift(fold_frames, prep.data.horizons, int(cfg.evaluation.get("psi_bins", 10))), fold_frames):
         row.update(drift)
     fold_metrics = pd.DataFrame(fold_rows).set_index("fold")
     oos = pd.concat(fold_frames, ignore_index=True)
 
-    metrics = evaluate_predictions(oos, "oos", prep.periods_per_year, costs, ic_mode)
+    metrics = evaluate(oos, "oos")
     metrics.update(_aggregate(fold_metrics))
     monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)
     metrics["best_monitor"] = monitor_value
-    parent.set_tags({"quantml.monitor": monitor_name})
+    parent.set_tags({"quantml.monitor": cfg.evaluation.monitor, "quantml.best_monitor": monitor_name})
     parent.log_metrics(metrics)
     parent.log_frame(oos, "predictions/oos_predictions.parquet")
     parent.log_frame(fold_metrics.reset_index(), "report/fold_metrics.csv")
 
-    report = build_report(oos, fold_metrics, prep.periods_per_year, costs, ic_mode)
+    report = build_report(oos, fold_metrics, prep.periods_per_year, costs, ic_mode, **evaluate.options)
     parent.log_frame(report.by_symbol_horizon, "report/report_by_symbol_horizon.csv")
     parent.log_text(report.html, "report/report.html")
     for file_name, figure in report.figures.items():
         parent.log_figure(figure, f"figures/{file_name}")
 
     model_uri = None
-    final_model, calibrator, _ = _fit_final(cfg, prep, embargo)
+    final_model, calibrator, _ = _fit_final(cfg, prep, splitter)
     importance = final_model.feature_importance()
     if importance is not None:
         parent.log_frame(importance.rename("importance").rename_axis("feature").reset_index(),
@@ -330,11 +343,11 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report)
 
 
-def _fit_final(cfg: DictConfig, prep: PreparedData, embargo: pd.Timedelta):
+def _fit_final(cfg: DictConfig, prep: PreparedData, splitter):
     """The model that gets logged: fitted on every sample, calibrated on the last purged slice."""
     positions = np.arange(len(prep.samples))
     fit_pos, valid_pos = inner_validation_split(positions, prep.data.t0[prep.samples], prep.data.t1[prep.samples],
-                                                float(cfg.validation.valid_fraction), embargo)
+                                                splitter.valid_fraction, splitter.embargo)
     return fit_with_calibration(cfg, prep, prep.samples[fit_pos], prep.samples[valid_pos])
 
 

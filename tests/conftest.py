@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ from quantml.cli.common import CONFIG_DIR
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 REPO = Path(__file__).resolve().parents[1]
-
-# Overrides that make any experiment a few seconds long.
-TINY = [
-    "data=synthetic", "data.n_symbols=3", "data.n_bars=700", "data.freq=1h",
-    "feature_set=price_volume_regime", "horizon=4h", "validation.n_splits=3",
-    "validation.min_train_samples=50", "validation.embargo=4h", "print_report=false",
-]
-
 
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
@@ -47,11 +38,3 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
-
-
-def train_cli() -> str:
-    """Path of the installed ``quantml-train`` (next to this interpreter)."""
-    import sys
-
-    exe = Path(sys.executable).parent / "quantml-train"
-    return str(exe) if exe.exists() else shutil.which("quantml-train") or "quantml-train"

@@ -5,6 +5,12 @@ paper replay, so the two can only agree.
 
 Positions decided at the close of bar ``t`` earn the return of bar ``t+1``
 (``ret_next_bar``): the signal is never applied on the bar it was computed from.
+
+Costs of a trade of size ``|trade|`` (fraction of capital), in basis points of traded
+notional: ``fee + slippage + impact_bps`` plus a square-root market impact
+``impact_coef * sqrt(participation / participation_cap)``, where participation is the
+trade's notional over the bar's traded notional (``|trade| * capital / volume``) when a
+volume is given, else ``|trade|`` itself (capital taken as one bar's volume).
 """
 from __future__ import annotations
 
@@ -17,8 +23,8 @@ import numpy as np
 class CostModel:
     """Costs in basis points of traded notional, one way.
 
-    ``impact_coef`` scales a square-root participation impact: ``impact_coef *
-    sqrt(|trade| / participation_cap)`` bps, a common stylised market-impact law.
+    ``impact_coef`` is the impact in bps of a trade whose participation equals
+    ``participation_cap``; impact grows with the square root of participation.
     """
 
     fee_bps: float = 1.0
@@ -42,39 +48,77 @@ class CostModel:
         """Fixed round-trip cost as a fraction (log-return units for small costs)."""
         return 2.0 * self.one_way
 
-    def trade_cost(self, trade: np.ndarray) -> np.ndarray:
-        """Cost of trading ``trade`` (signed change in position, fraction of capital)."""
+    def to_dict(self) -> dict[str, float]:
+        return {"fee_bps": self.fee_bps, "slippage_bps": self.slippage_bps, "impact_bps": self.impact_bps,
+                "impact_coef": self.impact_coef, "participation_cap": self.participation_cap}
+
+    def trade_cost(self, trade: np.ndarray, participation: np.ndarray | None = None) -> np.ndarray:
+        """Cost of trading ``trade`` (signed change in position, fraction of capital).
+
+        ``participation`` (same shape, >= 0): the trade's share of the bar's volume; when
+        None, ``|trade|`` stands in for it.
+        """
         size = np.abs(trade)
         cost = size * self.one_way
         if self.impact_coef:
-            cost = cost + size * self.impact_coef * np.sqrt(size / self.participation_cap) / 1e4
+            part = size if participation is None else np.asarray(participation, dtype=np.float64)
+            cost = cost + size * self.impact_coef * np.sqrt(part / self.participation_cap) / 1e4
         return cost
 
 
+def participation_rate(trade: np.ndarray, volume: np.ndarray | None, capital: float,
+                       participation_cap: float = 1.0) -> np.ndarray | None:
+    """``|trade| * capital / volume`` (volume = traded notional of the bar the trade is decided on).
+
+    A bar with no usable volume (NaN or <= 0) is charged as trading at ``participation_cap``.
+    Returns None when ``volume`` is None (the cost model then uses ``|trade|``).
+    """
+    if volume is None:
+        return None
+    volume = np.asarray(volume, dtype=np.float64)
+    ok = np.isfinite(volume) & (volume > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        part = np.abs(trade) * float(capital) / np.where(ok, volume, 1.0)
+    return np.where(ok, part, participation_cap)
+
+
 def execute_bar(prev_position: np.ndarray, position: np.ndarray, ret_next_bar: np.ndarray,
-                costs: CostModel) -> tuple[float, float, float]:
-    """One bar: returns ``(gross_pnl, cost, turnover)`` for the positions held over the next bar."""
-    trade = position - prev_position
-    gross = float(np.nansum(position * ret_next_bar))
-    cost = float(np.sum(costs.trade_cost(trade)))
+                costs: CostModel, volume: np.ndarray | None = None,
+                capital: float = 1.0) -> tuple[float, float, float]:
+    """One bar: returns ``(gross_pnl, cost, turnover)`` for the positions held over the next bar.
+
+    Shapes: every array is ``[N]`` (one entry per asset). ``volume`` is the traded notional
+    of the decision bar per asset (optional, for participation-dependent impact).
+    """
+    position = np.nan_to_num(np.asarray(position, dtype=np.float64))
+    trade = position - np.nan_to_num(np.asarray(prev_position, dtype=np.float64))
+    gross = float(np.nansum(position * np.asarray(ret_next_bar, dtype=np.float64)))
+    part = participation_rate(trade, volume, capital, costs.participation_cap)
+    cost = float(np.sum(costs.trade_cost(trade, part)))
     return gross, cost, float(np.sum(np.abs(trade)))
 
 
-def execute(positions: np.ndarray, ret_next_bar: np.ndarray, costs: CostModel) -> dict[str, np.ndarray]:
+def execute(positions: np.ndarray, ret_next_bar: np.ndarray, costs: CostModel,
+            volume: np.ndarray | None = None, capital: float = 1.0) -> dict[str, np.ndarray]:
     """Vectorised execution over a ``[T, N]`` position matrix (rows: bars, cols: assets).
 
     Returns arrays of length ``T``: ``gross``, ``cost``, ``pnl`` (= gross - cost),
     ``turnover`` (sum of |trade|), ``equity`` (cumulative pnl, additive) and ``drawdown``.
+    ``volume`` ([T, N], optional): traded notional per bar, for participation-dependent impact.
     """
     positions = np.nan_to_num(np.asarray(positions, dtype=np.float64))
     ret_next_bar = np.asarray(ret_next_bar, dtype=np.float64)
     if positions.ndim == 1:
         positions, ret_next_bar = positions[:, None], ret_next_bar[:, None]
+        volume = None if volume is None else np.asarray(volume, dtype=np.float64)[:, None]
     if positions.shape != ret_next_bar.shape:
         raise ValueError(f"positions {positions.shape} and returns {ret_next_bar.shape} differ in shape")
+    if volume is not None and np.shape(volume) != positions.shape:
+        raise ValueError(f"volume {np.shape(volume)} and positions {positions.shape} differ in shape")
     trades = np.diff(positions, axis=0, prepend=np.zeros((1, positions.shape[1])))
     gross = np.nansum(positions * ret_next_bar, axis=1)
-    cost = costs.trade_cost(trades).sum(axis=1)
+    part = participation_rate(trades, volume, capital, costs.participation_cap)
+    cost = costs.trade_cost(trades, part).sum(axis=1)
     pnl = gross - cost
     equity = np.cumsum(pnl)
     drawdown = equity - np.maximum.accumulate(np.maximum(equity, 0.0))

@@ -57,3 +57,26 @@ def performance_stats(pnl: np.ndarray, turnover: np.ndarray, periods_per_year: f
         "calmar": calmar_ratio(pnl, periods_per_year),
         "turnover": float(np.mean(turnover)) if len(turnover) else float("nan"),
     }
+
+
+def infer_periods_per_year(timestamps) -> float:
+    """Bars per year from bar timestamps (tz-aware or naive, any order, duplicates allowed).
+
+    Markets that trade on weekends (crypto) have 365.25 days a year, others 252. Daily bars:
+    ``days_per_year``; intraday bars: ``days_per_year`` times the median number of bars per
+    calendar day; bars of two days or more: ``365.25 / bar_days``.
+    """
+    import pandas as pd
+
+    ts = pd.DatetimeIndex(pd.unique(pd.DatetimeIndex(timestamps))).sort_values()
+    if len(ts) < 2:
+        raise ValueError("need at least two distinct timestamps to infer periods per year; set periods_per_year")
+    step = pd.Series(ts[1:] - ts[:-1]).median()
+    day = pd.Timedelta("1D")
+    if step >= 2 * day:
+        return 365.25 / (step / day)
+    days_per_year = 365.25 if bool((ts.dayofweek >= 5).any()) else 252.0
+    if step >= day:
+        return days_per_year
+    per_day = pd.Series(1, index=ts).groupby(ts.normalize()).size().median()
+    return float(days_per_year * per_day)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from quantml.cli.common import CONFIG_DIR, fail_cleanly
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 log = logging.getLogger(__name__)
 
 

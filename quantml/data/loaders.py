@@ -65,11 +65,12 @@ def repair_ohlc(df: pd.DataFrame, source: str) -> pd.DataFrame:
         df = df.loc[~dup]
     o, h, l, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
     hi, lo = np.maximum.reduce([o, h, l, c]), np.minimum.reduce([o, h, l, c])
-    fixed = (hi != h) | (lo != l)
-    if fixed.any():
-        log.warning("%s: repaired high/low of %d bars (high < low or open/close outside the range)",
-                    source, int(fixed.sum()))
-        df = df.assign(high=hi, low=lo)
+    # price adjustment leaves 1e-15 rounding outside the range: fix silently, log real repairs
+    real = (hi > h * (1 + 1e-9)) | (lo < l * (1 - 1e-9))
+    if real.any():
+        log.warning("%s: repaired high/low of %d bars (high < low or open/close outside the range): %s",
+                    source, int(real.sum()), df.loc[real, [SYMBOL, TIMESTAMP]].head(5).to_dict("records"))
+    df = df.assign(high=hi, low=lo)
     neg = df["volume"].to_numpy() < 0
     if neg.any():
         log.warning("%s: set negative volume to 0 on %d bars", source, int(neg.sum()))
@@ -166,6 +167,8 @@ def _filter(df: pd.DataFrame, cfg: Mapping) -> pd.DataFrame:
         except ValueError:
             raise QuantmlInputError(f"data.{key}={value!r} is not a date; use e.g. 2005-01-01") from None
         bound = bound.tz_localize("UTC") if bound.tzinfo is None else bound.tz_convert("UTC")
+        if key == "end" and len(str(value).strip()) <= 10:  # a bare date: include that whole day
+            bound, op = bound + pd.Timedelta("1D"), "lt"
         df = df[getattr(df[TIMESTAMP], op)(bound)]
     if len(df) == 0:
         raise QuantmlInputError(

@@ -58,6 +58,11 @@ def _to_utc(ts: pd.Series) -> pd.Series:
     return ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
 
 
+def ts_int64(s: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of a datetime column, tz-aware or not."""
+    return pd.DatetimeIndex(s).asi8
+
+
 def _symbol_segments(symbols: np.ndarray) -> np.ndarray:
     """Start positions of each symbol's run in a (symbol, timestamp)-sorted array, plus n."""
     n = len(symbols)
@@ -74,7 +79,7 @@ def _modal_step(diffs: np.ndarray) -> np.int64:
 
 def _check_frequency(df: pd.DataFrame) -> None:
     """Raise when a symbol mixes bar sizes or symbols use different bar sizes."""
-    ts = df[TIMESTAMP].to_numpy().view("int64")
+    ts = ts_int64(df[TIMESTAMP])
     sym = df[SYMBOL].to_numpy()
     bounds = _symbol_segments(sym)
     steps: dict[str, int] = {}
@@ -181,7 +186,11 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
             raise QuantmlInputError(
                 f"column {c!r} is not numeric (dtype {df[c].dtype}); convert it to float"
             ) from None
-    out = out.sort_values([SYMBOL, TIMESTAMP], kind="mergesort").reset_index(drop=True)
+    codes = pd.factorize(out[SYMBOL], sort=True)[0]
+    order = np.lexsort((ts_int64(out[TIMESTAMP]), codes))
+    if (order != np.arange(len(out))).any():
+        out = out.take(order)
+    out = out.reset_index(drop=True)
 
     dup = out.duplicated([SYMBOL, TIMESTAMP], keep=False).to_numpy()
     if dup.any():
@@ -247,7 +256,7 @@ def infer_bar_frequency(panel: pd.DataFrame) -> pd.Timedelta:
     Weekends, holidays and outages are larger gaps and do not change the answer.
     Raises ``QuantmlInputError`` when no symbol has two bars.
     """
-    ts = panel[TIMESTAMP].to_numpy().view("int64")
+    ts = ts_int64(panel[TIMESTAMP])
     sym = panel[SYMBOL].to_numpy()
     same = sym[1:] == sym[:-1]
     d = np.diff(ts)[same]
@@ -265,7 +274,7 @@ def periods_per_year(panel: pd.DataFrame) -> float:
     About 252 for daily equities (weekends and holidays have no bars), 8766 for
     hourly 24/7 crypto, 365.25 for daily crypto.
     """
-    ts = panel[TIMESTAMP].to_numpy().view("int64")
+    ts = ts_int64(panel[TIMESTAMP])
     bounds = _symbol_segments(panel[SYMBOL].to_numpy())
     gaps, span = 0, 0
     for a, b in zip(bounds[:-1], bounds[1:]):

@@ -90,7 +90,7 @@ def evaluate_predictions(frame: pd.DataFrame, split: str, periods_per_year: floa
     if not isinstance(costs, CostModel):
         raise QuantmlInputError("costs must be a quantml.backtest.CostModel (CostModel.from_config(cfg.cost))")
     out: dict[str, float] = {}
-    paths = frame["path"] if "path" in frame.columns else pd.Series(0, index=frame.index)
+    paths = frame["path"].to_numpy() if "path" in frame.columns else np.zeros(len(frame), dtype=np.int64)
     for h in pd.unique(frame["horizon"]):
         rows = frame["horizon"].to_numpy() == h
         per_path = [horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket)

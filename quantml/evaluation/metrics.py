@@ -85,27 +85,25 @@ def ts_bucket_for(spacing: pd.Timedelta) -> str:
     return _TS_BUCKET_COARSE
 
 
-def _grouped_corr(x: np.ndarray, y: np.ndarray, groups: list[np.ndarray], min_pairs: int) -> pd.Series:
-    """Pearson correlation of x and y within each group (vectorised; NaN pairs dropped).
+def _grouped_corr(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int, min_pairs: int) -> pd.Series:
+    """Pearson correlation of finite x, y within each integer ``group`` in ``[0, n_groups)`` (numpy).
 
-    Groups with fewer than ``min_pairs`` pairs or (numerically) zero variance are left out.
+    Returns a Series indexed by group id; groups with fewer than ``min_pairs`` pairs or
+    (numerically) zero variance are left out.
     """
-    ok = np.isfinite(x) & np.isfinite(y)
-    names = [f"g{i}" for i in range(len(groups))]
-    df = pd.DataFrame({"x": x[ok], "y": y[ok], **{n: g[ok] for n, g in zip(names, groups)}})
-    grp = df.groupby(names, sort=True)
-    df["dx"] = df["x"] - grp["x"].transform("mean")
-    df["dy"] = df["y"] - grp["y"].transform("mean")
-    df["xy"], df["xx"], df["yy"] = df["dx"] * df["dy"], df["dx"] ** 2, df["dy"] ** 2
-    df["x2"], df["y2"] = df["x"] ** 2, df["y"] ** 2
-    sums = df.groupby(names, sort=True)[["xy", "xx", "yy", "x2", "y2"]].sum()
-    n = df.groupby(names, sort=True).size()
+    n = np.bincount(group, minlength=n_groups).astype(np.float64)
+    safe = np.maximum(n, 1.0)
+    dx = x - (np.bincount(group, x, n_groups) / safe)[group]
+    dy = y - (np.bincount(group, y, n_groups) / safe)[group]
+    sxy = np.bincount(group, dx * dy, n_groups)
+    sxx = np.bincount(group, dx * dx, n_groups)
+    syy = np.bincount(group, dy * dy, n_groups)
     # a constant column leaves float residue after demeaning: compare with the raw scale
-    varying = (sums["xx"] > 1e-20 * sums["x2"]) & (sums["yy"] > 1e-20 * sums["y2"]) \
-        & (sums["xx"] > 0) & (sums["yy"] > 0)
-    valid = (n >= min_pairs) & varying
-    corr = sums["xy"][valid] / np.sqrt(sums["xx"][valid] * sums["yy"][valid])
-    return corr.clip(-1.0, 1.0)
+    raw_x, raw_y = np.bincount(group, x * x, n_groups), np.bincount(group, y * y, n_groups)
+    valid = (n >= min_pairs) & (sxx > 1e-20 * raw_x) & (syy > 1e-20 * raw_y) & (sxx > 0) & (syy > 0)
+    ids = np.flatnonzero(valid)
+    corr = np.clip(sxy[ids] / np.sqrt(sxx[ids] * syy[ids]), -1.0, 1.0)
+    return pd.Series(corr, index=ids)
 
 
 def ic_series(frame: pd.DataFrame, ic_mode: str, method: str = "pearson",
@@ -135,17 +133,25 @@ def ic_series(frame: pd.DataFrame, ic_mode: str, method: str = "pearson",
         period = naive.dt.to_period(alias).dt.start_time.dt.tz_localize("UTC")
         keys = [period, df[SYMBOL]]
         min_pairs = MIN_TS_PAIRS
-    codes, uniques = zip(*(pd.factorize(k, sort=True) for k in keys))
+    # one integer id per group; the first key (timestamp or bucket) labels the result
+    first_codes, first_values = pd.factorize(keys[0], sort=True)
+    if len(keys) > 1:
+        group, _ = pd.factorize(pd.MultiIndex.from_arrays([first_codes, pd.factorize(keys[1])[0]]))
+    else:
+        group = first_codes
+    group = np.asarray(group, dtype=np.int64)
+    n_groups = int(group.max()) + 1
+    group_first = np.zeros(n_groups, dtype=np.int64)
+    group_first[group] = first_codes
     x = df[forecast].to_numpy(np.float64)
     y = df[realised].to_numpy(np.float64)
     if method == "spearman":
-        tmp = pd.DataFrame({"x": x, "y": y, **{f"g{i}": c for i, c in enumerate(codes)}})
-        grp = tmp.groupby([f"g{i}" for i in range(len(codes))], sort=False)
+        tmp = pd.DataFrame({"x": x, "y": y, "g": group})
+        grp = tmp.groupby("g", sort=False)
         x = grp["x"].rank(method="average").to_numpy(np.float64)
         y = grp["y"].rank(method="average").to_numpy(np.float64)
-    corr = _grouped_corr(x, y, list(codes), min_pairs)
-    first = corr.index.get_level_values(0) if isinstance(corr.index, pd.MultiIndex) else corr.index
-    corr.index = pd.Index(uniques[0].take(np.asarray(first, dtype=np.int64)))
+    corr = _grouped_corr(x, y, group, n_groups, min_pairs)
+    corr.index = pd.Index(first_values.take(group_first[corr.index.to_numpy()]))
     if ic_mode == "time_series":  # average the symbols of each bucket
         corr = corr.groupby(level=0).mean()
     corr.index.name = TIMESTAMP

@@ -4,15 +4,26 @@
 round trip), ``score = sign(expected_return) * max(edge, 0) / max(vol_forecast, eps)``,
 and ``action`` in {long, flat, short}: long when ``score >= threshold[h]`` and
 ``confidence >= min_confidence[h]``, short symmetrically, flat otherwise.
+
+The thresholds are a :class:`SignalConfig`; ``quantml-tune`` fits them on out-of-sample
+predictions and attaches ``SignalConfig.to_dict()`` (JSON) to a registered model version as
+the tag ``quantml.signal`` (:data:`SIGNAL_TAG`); ``SignalConfig.from_json`` reads it back.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from quantml.schema import QuantmlInputError
+
 ACTIONS = ("short", "flat", "long")
+ACTION_SIGN = {"short": -1.0, "flat": 0.0, "long": 1.0}
+# Model-version tag carrying the tuned thresholds (JSON of SignalConfig.to_dict()).
+SIGNAL_TAG = "quantml.signal"
+SIGNAL_INPUT_COLUMNS = ("horizon", "expected_return", "q10", "q90", "prob_up", "vol_forecast")
 
 
 def confidence_score(prob_up: np.ndarray, q10: np.ndarray, q90: np.ndarray,
@@ -31,7 +42,11 @@ def confidence_score(prob_up: np.ndarray, q10: np.ndarray, q90: np.ndarray,
 
 @dataclass
 class SignalConfig:
-    """Per-horizon thresholds; ``default`` applies to a horizon with no entry."""
+    """Per-horizon thresholds; ``default`` applies to a horizon with no entry.
+
+    ``threshold[h]``: minimum ``|score|`` to trade horizon ``h``; ``min_confidence[h]``:
+    minimum confidence; ``cost``: round-trip cost subtracted from ``|expected_return|``.
+    """
 
     threshold: dict[str, float] = field(default_factory=dict)
     min_confidence: dict[str, float] = field(default_factory=dict)
@@ -39,6 +54,16 @@ class SignalConfig:
     eps: float = 1e-6
     default_threshold: float = 0.0
     default_min_confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, values in (("threshold", self.threshold), ("min_confidence", self.min_confidence)):
+            for h, v in {**values, "default": getattr(self, f"default_{name}")}.items():
+                if not np.isfinite(v) or v < 0:
+                    raise QuantmlInputError(
+                        f"signal.{name}.{h} = {v}: thresholds must be finite and >= 0; "
+                        f"set signal.{name}.{h} to a non-negative number")
+        if self.eps <= 0:
+            raise QuantmlInputError(f"signal.eps = {self.eps} must be > 0; set signal.eps=1e-6")
 
     @classmethod
     def from_config(cls, cfg, cost: float) -> "SignalConfig":
@@ -52,6 +77,21 @@ class SignalConfig:
             default_threshold=float(thr.get("default", 0.0)),
             default_min_confidence=float(conf.get("default", 0.0)),
         )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SignalConfig":
+        """Inverse of :meth:`to_dict`."""
+        return cls.from_config(d, cost=float(d.get("cost", 0.0)))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SignalConfig":
+        """Read the ``quantml.signal`` model-version tag."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise QuantmlInputError(f"the {SIGNAL_TAG} tag is not JSON ({exc}); "
+                                    "re-attach thresholds with quantml-tune ... attach=NAME:VERSION") from exc
+        return cls.from_dict(d)
 
     def threshold_for(self, horizon: str) -> float:
         return self.threshold.get(horizon, self.default_threshold)
@@ -67,12 +107,43 @@ class SignalConfig:
             "eps": self.eps,
         }
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def decide_actions(score: np.ndarray, confidence: np.ndarray, threshold: np.ndarray,
+                   min_confidence: np.ndarray) -> np.ndarray:
+    """Sign of the action (+1 long, 0 flat, -1 short) for arrays that broadcast together.
+
+    Long when ``score > 0``, ``score >= threshold`` and ``confidence >= min_confidence``;
+    short symmetrically; NaN scores are flat.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        sure = np.asarray(confidence, dtype=np.float64) >= min_confidence
+        long_ = (score > 0) & (score >= threshold) & sure
+        short = (score < 0) & (-score >= threshold) & sure
+    return long_.astype(np.float64) - short.astype(np.float64)
+
+
+def apply_thresholds(frame: pd.DataFrame, config: SignalConfig) -> pd.Series:
+    """``action`` for a frame that already has ``horizon, score, confidence`` (new thresholds only)."""
+    _require(frame, ("horizon", "score", "confidence"), "apply_thresholds")
+    horizons = frame["horizon"].to_numpy()
+    thr = np.array([config.threshold_for(h) for h in horizons], dtype=np.float64)
+    min_conf = np.array([config.min_confidence_for(h) for h in horizons], dtype=np.float64)
+    sign = decide_actions(frame["score"].to_numpy(dtype=np.float64),
+                          frame["confidence"].to_numpy(dtype=np.float64), thr, min_conf)
+    return pd.Series(np.asarray(ACTIONS, dtype=object)[sign.astype(np.int64) + 1], index=frame.index,
+                     name="action")
+
 
 def compute_signals(frame: pd.DataFrame, config: SignalConfig) -> pd.DataFrame:
     """Add ``edge``, ``score``, ``confidence`` and ``action`` to a long prediction frame.
 
     ``frame`` needs ``horizon, expected_return, q10, q90, prob_up, vol_forecast``.
     """
+    _require(frame, SIGNAL_INPUT_COLUMNS, "compute_signals")
     out = frame.copy()
     er = out["expected_return"].to_numpy(dtype=np.float64)
     vol = out["vol_forecast"].to_numpy(dtype=np.float64)
@@ -81,12 +152,12 @@ def compute_signals(frame: pd.DataFrame, config: SignalConfig) -> pd.DataFrame:
     out["score"] = out["edge"] / np.maximum(vol, config.eps)
     out["confidence"] = confidence_score(out["prob_up"].to_numpy(), out["q10"].to_numpy(),
                                          out["q90"].to_numpy(), er)
-    horizons = out["horizon"].to_numpy()
-    thr = np.array([config.threshold_for(h) for h in horizons], dtype=np.float64)
-    min_conf = np.array([config.min_confidence_for(h) for h in horizons], dtype=np.float64)
-    score = out["score"].to_numpy()
-    sure = out["confidence"].to_numpy() >= min_conf
-    action = np.where((score > 0) & (score >= thr) & sure, "long",
-                      np.where((score < 0) & (-score >= thr) & sure, "short", "flat"))
-    out["action"] = action
+    out["action"] = apply_thresholds(out, config)
     return out
+
+
+def _require(frame: pd.DataFrame, columns, where: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise QuantmlInputError(f"{where}: the frame lacks column(s) {missing}; pass a prediction frame "
+                                f"with {list(columns)} (see quantml.schema.PREDICTION_COLUMNS)")

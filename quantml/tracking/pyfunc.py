@@ -11,6 +11,7 @@ import hashlib
 import json
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from quantml.schema import (
     PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError,
@@ -142,9 +143,12 @@ class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def _signature(contract: FeatureContract) -> ModelSignature:
+    # AnyType for the timestamp: MLflow's datetime type refuses tz-aware values and its string
+    # type refuses datetimes, while callers send either (Python: datetimes, REST: ISO strings).
     numeric = [c for c in contract.input_columns if c not in (TIMESTAMP, SYMBOL)]
-    inputs = Schema([ColSpec("string", TIMESTAMP), ColSpec("string", SYMBOL),
-                     *[ColSpec("double", c) for c in numeric]])
+    inputs = Schema([ColSpec(AnyType(), TIMESTAMP), ColSpec("string", SYMBOL),
+                     *[ColSpec("double", c, required=False) for c in numeric],
+                     ColSpec("string", "schema_version", required=False)])
     outputs = Schema([ColSpec("string", c) if c in (SYMBOL, TIMESTAMP, "horizon", "action", "model_name",
                                                     "model_version", "schema_version", "data_version")
                       else ColSpec("double", c) for c in PREDICTION_COLUMNS])
@@ -161,9 +165,12 @@ def log_bundle(bundle: ModelBundle, run_id: str) -> str:
         path = Path(tmp) / "bundle.pkl"
         with open(path, "wb") as fh:
             pickle.dump(bundle, fh)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # the bundle is our own pickle; MLflow's notes on type hints / cloudpickle / input
+            # examples do not apply to a panel-in, contract-out model
+            warnings.simplefilter("ignore", UserWarning)
             retrying(mlflow.pyfunc.log_model)(
-                name=MODEL_NAME, python_model=QuantmlPyfunc(), artifacts={"bundle": str(path)},
+                name=MODEL_NAME, python_model=str(Path(__file__).with_name("model_code.py")), artifacts={"bundle": str(path)},
                 signature=_signature(bundle.contract), pip_requirements=_requirements(),
                 code_paths=None)
     return f"runs:/{run_id}/{MODEL_NAME}"

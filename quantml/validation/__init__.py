@@ -17,6 +17,7 @@ from quantml.validation.splitters import (
     PurgedKFold,
     Splitter,
     WalkForward,
+    describe_fold,
     make_splitter,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Splitter",
     "WalkForward",
     "audit_folds",
+    "describe_fold",
     "inner_validation_split",
     "make_splitter",
     "parse_embargo",

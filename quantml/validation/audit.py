@@ -12,7 +12,15 @@ import numpy as np
 import pandas as pd
 
 from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
-from quantml.validation.purging import _NAT, _embargo_ns, check_valid_fraction, overlaps_any, to_ns
+from quantml.validation.purging import (
+    _NAT,
+    _embargo_ns,
+    check_valid_fraction,
+    intersect_sorted,
+    overlaps_any,
+    to_ns,
+    unique_sorted,
+)
 from quantml.validation.purging import inner_validation_split
 from quantml.validation.splitters import Fold
 
@@ -100,14 +108,17 @@ def audit_folds(
     )
 
     ts = to_ns(keys[TIMESTAMP], "keys.timestamp")
-    sym = keys[SYMBOL].to_numpy()
-    same = sym[1:] == sym[:-1]
-    back = np.flatnonzero(same & (ts[1:] < ts[:-1])) + 1
+    # each symbol's rows in their given order (the panel may be symbol- or time-major)
+    codes, names = pd.factorize(keys[SYMBOL])
+    order = np.argsort(codes, kind="stable")
+    same = codes[order][1:] == codes[order][:-1]
+    back = order[np.flatnonzero(same & (ts[order][1:] < ts[order][:-1])) + 1]
+    prev = order[np.flatnonzero(same & (ts[order][1:] < ts[order][:-1]))]
     checks["time_order"] = _check(
         len(back),
-        f"time goes backwards {len(back)} time(s) within a symbol, first {sym[back[0]]!r} at row "
-        f"{int(back[0])} ({_fmt(ts[back[0]])} after {_fmt(ts[back[0] - 1])}): sort keys by "
-        "(symbol, timestamp)" if len(back) else "",
+        f"time goes backwards {len(back)} time(s) within a symbol, first {names[codes[back[0]]]!r} at "
+        f"row {int(back[0])} ({_fmt(ts[back[0]])} after {_fmt(ts[prev[0]])} at row {int(prev[0])}): "
+        "sort keys by (symbol, timestamp) or (timestamp, symbol)" if len(back) else "",
         "timestamps increase within each symbol",
     )
 
@@ -124,12 +135,12 @@ def audit_folds(
     n_overlap = n_tsplit = n_purge = 0
     where_overlap = where_tsplit = where_purge = ""
     for f in folds:
-        train, test = np.asarray(f.train, np.int64), np.asarray(f.test, np.int64)
-        both = np.intersect1d(train, test)
+        train, test = _sorted_rows(f.train), _sorted_rows(f.test)
+        both = intersect_sorted(train, test)
         if len(both) and not where_overlap:
             where_overlap = f"fold {f.fold_id} position {int(both[0])}"
         n_overlap += len(both)
-        shared = np.intersect1d(t0n[train], t0n[test])
+        shared = intersect_sorted(unique_sorted(t0n[train]), unique_sorted(t0n[test]))
         if len(shared) and not where_tsplit:
             where_tsplit = f"fold {f.fold_id} at {_fmt(shared[0])}"
         n_tsplit += len(shared)
@@ -172,13 +183,12 @@ def audit_folds(
         n_vt = n_vp = 0
         where_vt = where_vp = ""
         for f, (fit, valid) in zip(folds, inner):
-            fit, valid = np.asarray(fit, np.int64), np.asarray(valid, np.int64)
-            test = np.asarray(f.test, np.int64)
-            vt = np.union1d(np.intersect1d(valid, test), valid[_leaks(valid, test, t0n, t1a, emb)])
+            fit, valid, test = _sorted_rows(fit), _sorted_rows(valid), _sorted_rows(f.test)
+            vt = np.union1d(intersect_sorted(valid, test), valid[_leaks(valid, test, t0n, t1a, emb)])
             if len(vt) and not where_vt:
                 where_vt = f"fold {f.fold_id} valid position {int(vt[0])}"
             n_vt += len(vt)
-            vp = np.union1d(np.intersect1d(fit, valid), fit[_leaks(fit, valid, t0n, t1a, emb)])
+            vp = np.union1d(intersect_sorted(fit, valid), fit[_leaks(fit, valid, t0n, t1a, emb)])
             if len(vp) and not where_vp:
                 where_vp = f"fold {f.fold_id} fit position {int(vp[0])}"
             n_vp += len(vp)
@@ -193,6 +203,10 @@ def audit_folds(
     return {"clean": all(c["ok"] for c in checks.values()), "checks": checks}
 
 
+def _sorted_rows(x) -> np.ndarray:
+    return unique_sorted(np.asarray(x, dtype=np.int64).ravel())
+
+
 def _check_paths(folds: Sequence[Fold]) -> dict:
     """Within a path no sample is tested twice; every path covers the same samples."""
     if not folds:
@@ -201,15 +215,23 @@ def _check_paths(folds: Sequence[Fold]) -> dict:
     path = np.concatenate([np.asarray(f.test_paths, np.int64) for f in folds])
     if len(test) != len(path):
         return _check(1, "a fold's test_paths has not one entry per test sample", "")
-    pairs = pd.DataFrame({"row": test, "path": path})
-    twice = int(pairs.duplicated().sum())
-    covered = pairs.drop_duplicates().groupby("path")["row"].apply(lambda r: frozenset(r))
-    all_rows = frozenset(test.tolist())
-    incomplete = int(sum(1 for rows in covered if rows != all_rows))
+    span = int(test.max()) + 1 if len(test) else 1
+    code = np.sort((path - path.min()) * span + test)
+    path, test = code // span + path.min(), code % span
+    repeat = (test[1:] == test[:-1]) & (path[1:] == path[:-1])
+    twice = int(repeat.sum())
+    keep = np.r_[True, ~repeat]
+    test, path = test[keep], path[keep]
+    all_rows = unique_sorted(test)
+    bounds = np.r_[0, np.flatnonzero(path[1:] != path[:-1]) + 1, len(path)]
+    n_paths = len(bounds) - 1
+    incomplete = sum(
+        1 for a, b in zip(bounds[:-1], bounds[1:]) if not np.array_equal(test[a:b], all_rows)
+    )
     n = twice + incomplete
     return _check(
         n,
-        f"{twice} (sample, path) tested twice and {incomplete} of {len(covered)} path(s) not covering "
+        f"{twice} (sample, path) tested twice and {incomplete} of {n_paths} path(s) not covering "
         "every tested sample",
-        f"{len(covered)} path(s), each testing every tested sample exactly once",
+        f"{n_paths} path(s), each testing every tested sample exactly once",
     )

@@ -100,8 +100,24 @@ def _embargo_ns(embargo) -> int:
     return int(parse_embargo(embargo, "embargo").value)
 
 
+def unique_sorted(x: np.ndarray) -> np.ndarray:
+    """Sorted unique values (sort-based: several times faster than ``np.unique`` on int64)."""
+    s = np.sort(x)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
+def intersect_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Values of sorted-unique ``a`` that are in sorted-unique ``b``."""
+    if len(a) == 0 or len(b) == 0:
+        return a[:0]
+    idx = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return a[b[idx] == a]
+
+
 def _rows(x, n: int, name: str) -> np.ndarray:
-    rows = np.unique(np.asarray(x, dtype=np.int64))
+    rows = np.asarray(x, dtype=np.int64).ravel()
+    if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():
+        rows = unique_sorted(rows)
     if len(rows) and (rows[0] < 0 or rows[-1] >= n):
         raise QuantmlInputError(f"{name} holds positions outside [0, {n}): pass positions into t0/t1")
     return rows
@@ -117,9 +133,9 @@ def segments_of(
     """
     if len(test) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    universe = np.unique(t0[np.concatenate([train, test])])
+    universe = unique_sorted(t0[np.concatenate([train, test])])
     test_ts = np.searchsorted(universe, t0[test])
-    ts_used = np.unique(test_ts)
+    ts_used = unique_sorted(test_ts)
     breaks = np.flatnonzero(np.diff(ts_used) != 1) + 1
     run_first = np.r_[0, breaks]
     run_of_ts = np.zeros(len(universe), np.int64)
@@ -172,7 +188,8 @@ def purge(train, test, t0, t1, embargo) -> np.ndarray:
     t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
     n = len(t0n)
     train, test = _rows(train, n, "train"), _rows(test, n, "test")
-    check_intervals(t0n, t1n, np.union1d(train, test))
+    check_intervals(t0n, t1n, train)
+    check_intervals(t0n, t1n, test)
     return _purge_ns(train, test, t0n, t1n, _embargo_ns(embargo))
 
 
@@ -209,7 +226,7 @@ def inner_validation_split(
     t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
     train = _rows(train, len(t0n), "train")
     check_intervals(t0n, t1n, train)
-    times = np.unique(t0n[train])
+    times = unique_sorted(t0n[train])
     if len(times) < 2:
         raise QuantmlInputError(
             f"{where}the training set has {len(times)} timestamp(s): a validation slice needs at "

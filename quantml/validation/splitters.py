@@ -35,6 +35,7 @@ from quantml.validation.purging import (
     inner_validation_split,
     parse_embargo,
     to_ns,
+    unique_sorted,
 )
 
 
@@ -105,7 +106,8 @@ class Splitter(ABC):
         """
         t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
         check_intervals(t0n, t1n)
-        times, ts_idx = np.unique(t0n, return_inverse=True)
+        times = unique_sorted(t0n)
+        ts_idx = np.searchsorted(times, t0n)
         if self.n_blocks > len(times):
             raise QuantmlInputError(
                 f"validation.method={self.method} needs {self.n_blocks} blocks but the samples have "
@@ -127,7 +129,9 @@ class Splitter(ABC):
             candidates = np.concatenate([members[b] for b in train_blocks]) if train_blocks else np.zeros(0, np.int64)
             candidates.sort()
             train = _purge_ns(candidates.astype(np.int64), test.astype(np.int64), t0n, t1n, emb)
-            test_paths = np.array([paths[b] for b in block[test]], dtype=np.int64)
+            path_of_block = np.zeros(self.n_blocks, np.int64)
+            path_of_block[list(paths)] = list(paths.values())
+            test_paths = path_of_block[block[test]]
             fold = Fold(fold_id, train, test.astype(np.int64), test_paths, tuple(int(b) for b in test_blocks))
             self._check_size(fold, t0n, len(candidates))
             folds.append(fold)
@@ -314,3 +318,27 @@ def _positive_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise QuantmlInputError(f"validation.{name}={value!r} must be an integer >= {minimum}")
     return int(value)
+
+
+def describe_fold(fold: Fold, t0, fit=None, valid=None) -> dict:
+    """Child-run params of a fold: ``fold_id, train_start, train_end, valid_start, valid_end,
+    test_start, test_end, n_train, n_valid, n_test`` (times as ISO strings, "" when empty).
+
+    ``train_*`` describe ``fit`` when given (the samples the model is fitted on), else
+    ``fold.train``.
+    """
+    t0n = to_ns(t0, "t0")
+    train = fold.train if fit is None else np.asarray(fit, np.int64)
+    valid = np.zeros(0, np.int64) if valid is None else np.asarray(valid, np.int64)
+
+    def span(rows):
+        if len(rows) == 0:
+            return "", ""
+        v = t0n[rows]
+        return pd.Timestamp(int(v.min())).isoformat(), pd.Timestamp(int(v.max())).isoformat()
+
+    out = {"fold_id": fold.fold_id}
+    for name, rows in (("train", train), ("valid", valid), ("test", fold.test)):
+        out[f"{name}_start"], out[f"{name}_end"] = span(rows)
+    out.update(n_train=len(train), n_valid=len(valid), n_test=len(fold.test))
+    return out

@@ -1,0 +1,62 @@
+"""Log a backtest to the active MLflow run: summary metrics, per-bar table and figures."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+from mlflow.entities import Metric
+
+from quantml.backtest.figures import equity_figure, positions_figure
+from quantml.backtest.vectorised import BacktestResult
+from quantml.schema import metric_name
+
+# performance_stats key -> MLflow metric key (after-cost figures get the contract's names)
+STAT_NAMES = {"sharpe": "sharpe_after_cost", "ann_return": "ann_return", "ann_vol": "ann_vol",
+              "max_drawdown": "max_drawdown", "calmar": "calmar", "turnover": "turnover"}
+
+
+def backtest_metrics(result: BacktestResult, prefix: str) -> dict[str, float]:
+    """``{prefix}_sharpe_after_cost`` ... plus per horizon bucket ``{prefix}_sharpe_after_cost/<h>``."""
+    out = {f"{prefix}_{STAT_NAMES[k]}": float(v) for k, v in result.stats.items() if k in STAT_NAMES}
+    for h, stats in result.horizon_stats().items():
+        for k in ("sharpe", "ann_return", "max_drawdown"):
+            out[metric_name(prefix, STAT_NAMES[k], str(h))] = float(stats[k])
+    # MLflow stores NaN but not inf
+    return {k: (v if v == v and abs(v) != float("inf") else float("nan")) for k, v in out.items()}
+
+
+def log_backtest(result: BacktestResult, prefix: str, per_bar_steps: bool = True, split_at=None,
+                 log_stats: bool = True) -> dict[str, float]:
+    """Log ``result`` under ``prefix`` to the active run and return the metrics logged.
+
+    Artifacts: ``backtest/<prefix>_bars.csv`` (per-bar gross, cost, pnl, turnover, equity,
+    drawdown and positions), ``figures/<prefix>_equity.png``, ``figures/<prefix>_positions.png``.
+    ``log_stats=False`` skips the summary metrics (the caller logs its own).
+    With ``per_bar_steps`` the equity and drawdown curves are also stepped metrics
+    (``<prefix>_equity``, step = bar number) for the MLflow UI's charts.
+    """
+    metrics = backtest_metrics(result, prefix)
+    if log_stats:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+    with tempfile.TemporaryDirectory() as tmp:
+        table = result.bars.join(result.positions.add_prefix("pos_"))
+        if result.horizon_pnl is not None:
+            table = table.join(result.horizon_pnl.add_prefix("pnl_"))
+        path = Path(tmp) / f"{prefix}_bars.csv"
+        table.to_csv(path)
+        mlflow.log_artifact(str(path), artifact_path="backtest")
+        for name, fig in ((f"{prefix}_equity.png", equity_figure(result, prefix, split_at)),
+                          (f"{prefix}_positions.png", positions_figure(result, f"{prefix} positions"))):
+            mlflow.log_figure(fig, f"figures/{name}")
+            plt.close(fig)
+    if per_bar_steps:
+        run_id = mlflow.active_run().info.run_id
+        client = mlflow.MlflowClient()
+        rows = []
+        for step, (eq, dd) in enumerate(zip(result.bars["equity"], result.bars["drawdown"])):
+            rows += [Metric(f"{prefix}_equity", float(eq), 0, step), Metric(f"{prefix}_drawdown", float(dd), 0, step)]
+        for i in range(0, len(rows), 1000):
+            client.log_batch(run_id, metrics=rows[i:i + 1000])
+    return metrics

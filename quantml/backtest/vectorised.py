@@ -1,0 +1,117 @@
+"""Vectorised after-cost backtest of target positions, with per-horizon attribution.
+
+Positions decided at the close of bar ``t`` are held over bar ``t+1`` and earn
+``ret_next_bar[t]`` (a simple return here: PnL = position x simple return); the trade into them pays fees, slippage and impact at ``t``. All the
+arithmetic is :func:`quantml.backtest.execution.execute`, shared with the paper replay.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quantml.backtest.execution import CostModel, execute, participation_rate
+from quantml.backtest.performance import performance_stats
+from quantml.portfolio.allocator import AllocatorConfig
+from quantml.portfolio.strategy import SignalPanel, strategy_positions
+from quantml.signals.core import SignalConfig
+
+BAR_COLUMNS = ("gross", "cost", "pnl", "turnover", "equity", "drawdown")
+
+
+@dataclass
+class BacktestResult:
+    """``bars``: per bar (index timestamp) gross, cost, pnl, turnover, equity, drawdown;
+    ``positions``: ``[T, N]`` target positions (index timestamp, columns symbols);
+    ``horizon_pnl``: ``[T, H]`` after-cost PnL attributed to each horizon bucket (or None);
+    ``stats``: :func:`performance_stats` of ``bars.pnl`` (sharpe, calmar, ...)."""
+
+    bars: pd.DataFrame
+    positions: pd.DataFrame
+    horizon_pnl: pd.DataFrame | None
+    stats: dict[str, float]
+    periods_per_year: float
+
+    def slice(self, start=None, stop=None) -> "BacktestResult":
+        """Bars with ``start <= timestamp < stop``; equity and drawdown restart at 0, stats recomputed."""
+        idx = self.bars.index
+        keep = np.ones(len(idx), dtype=bool)
+        if start is not None:
+            keep &= idx >= start
+        if stop is not None:
+            keep &= idx < stop
+        bars = self.bars.loc[keep].copy()
+        bars["equity"] = bars["pnl"].cumsum()
+        bars["drawdown"] = bars["equity"] - np.maximum.accumulate(np.maximum(bars["equity"].to_numpy(), 0.0))
+        hp = None if self.horizon_pnl is None else self.horizon_pnl.loc[keep]
+        return BacktestResult(bars, self.positions.loc[keep], hp,
+                              performance_stats(bars["pnl"].to_numpy(), bars["turnover"].to_numpy(),
+                                                self.periods_per_year),
+                              self.periods_per_year)
+
+    def horizon_stats(self) -> dict[str, dict[str, float]]:
+        """Performance of each horizon bucket's attributed PnL (turnover not attributed: NaN)."""
+        if self.horizon_pnl is None:
+            return {}
+        return {h: performance_stats(self.horizon_pnl[h].to_numpy(), np.array([]), self.periods_per_year)
+                for h in self.horizon_pnl.columns}
+
+
+def attribute_pnl(attribution: np.ndarray, ret_next_bar: np.ndarray, costs: CostModel,
+                  volume: np.ndarray | None = None, capital: float = 1.0) -> np.ndarray:
+    """After-cost PnL per horizon bucket ``[T, H]`` from attribution ``[T, N, H]``.
+
+    Gross PnL is ``sum_n w[t, n, h] * r[t, n]``; each symbol's trading cost is split across
+    buckets in proportion to ``|change of w[., n, h]|``. Sums over ``h`` to the total PnL.
+    """
+    w = np.nan_to_num(np.asarray(attribution, dtype=np.float64))
+    r = np.nan_to_num(np.asarray(ret_next_bar, dtype=np.float64))
+    gross = np.einsum("tnh,tn->th", w, r)
+    pos = w.sum(axis=2)
+    trades = np.diff(pos, axis=0, prepend=np.zeros((1, pos.shape[1])))
+    sym_cost = costs.trade_cost(trades, participation_rate(trades, volume, capital, costs.participation_cap))
+    dw = np.abs(np.diff(w, axis=0, prepend=np.zeros((1, *w.shape[1:]))))
+    tot = dw.sum(axis=2, keepdims=True)
+    share = np.where(tot > 0, dw / np.where(tot > 0, tot, 1.0), 1.0 / w.shape[2])
+    return gross - np.einsum("tn,tnh->th", sym_cost, share)
+
+
+def backtest(positions: np.ndarray | pd.DataFrame, ret_next_bar: np.ndarray | pd.DataFrame, costs: CostModel,
+             periods_per_year: float, *, volume: np.ndarray | None = None, capital: float = 1.0,
+             attribution: np.ndarray | None = None, timestamps=None, symbols=None,
+             horizons=None) -> BacktestResult:
+    """Backtest a ``[T, N]`` position matrix against next-bar returns ``[T, N]``.
+
+    DataFrame inputs (index timestamps, columns symbols) supply ``timestamps``/``symbols``;
+    ``ret_next_bar`` is aligned to ``positions``. ``attribution [T, N, H]`` (optional, with
+    ``horizons``) adds per-horizon PnL.
+    """
+    if isinstance(positions, pd.DataFrame):
+        timestamps = positions.index if timestamps is None else timestamps
+        symbols = list(positions.columns) if symbols is None else symbols
+        if isinstance(ret_next_bar, pd.DataFrame):
+            ret_next_bar = ret_next_bar.reindex(index=positions.index, columns=positions.columns)
+        positions = positions.to_numpy(dtype=np.float64)
+    ret = np.asarray(ret_next_bar, dtype=np.float64)
+    pos = np.asarray(positions, dtype=np.float64)
+    T = len(pos)
+    timestamps = pd.RangeIndex(T) if timestamps is None else pd.Index(timestamps, name="timestamp")
+    symbols = list(range(pos.shape[1])) if symbols is None else list(symbols)
+    ex = execute(pos, ret, costs, volume=volume, capital=capital)
+    bars = pd.DataFrame({k: ex[k] for k in BAR_COLUMNS}, index=timestamps)
+    hp = None
+    if attribution is not None:
+        horizons = list(horizons) if horizons is not None else list(range(attribution.shape[2]))
+        hp = pd.DataFrame(attribute_pnl(attribution, ret, costs, volume, capital), index=timestamps,
+                          columns=horizons)
+    return BacktestResult(bars, pd.DataFrame(pos, index=timestamps, columns=symbols), hp,
+                          performance_stats(ex["pnl"], ex["turnover"], periods_per_year), float(periods_per_year))
+
+
+def backtest_signals(panel: SignalPanel, signal: SignalConfig, allocator: AllocatorConfig, costs: CostModel,
+                     periods_per_year: float, capital: float = 1.0) -> BacktestResult:
+    """Signals -> allocator -> positions -> after-cost backtest over every bar of ``panel``."""
+    pos, attr = strategy_positions(panel, signal, allocator, periods_per_year)
+    return backtest(pos, panel.next_return, costs, periods_per_year, volume=panel.volume, capital=capital,
+                    attribution=attr, timestamps=panel.timestamps, symbols=panel.symbols, horizons=panel.horizons)

@@ -1,0 +1,48 @@
+"""``quantml-tune run_id=<parent run>``: Optuna study over signal thresholds (Hydra key=value overrides)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from quantml.cli.common import CONFIG_DIR, fail_cleanly
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tune")
+def tune(cfg: DictConfig) -> float:
+    from quantml.backtest.execution import CostModel
+    from quantml.portfolio.allocator import AllocatorConfig
+    from quantml.tuning.run import run_tuning, settings_from_config
+
+    with fail_cleanly():
+        study = cfg.study
+        outcome = run_tuning(
+            run_id=cfg.run_id, tracking_uri=cfg.tracking_uri, settings=settings_from_config(cfg),
+            allocator=AllocatorConfig.from_dict(OmegaConf.to_container(cfg.allocator, resolve=True)),
+            costs=CostModel.from_config(cfg.cost) if cfg.get("cost") else None,
+            periods_per_year=cfg.periods_per_year, storage=study.storage, study_name=study.name,
+            n_trials=int(study.n_trials), n_jobs=int(study.n_jobs), timeout=study.timeout, seed=int(cfg.seed),
+            worker=int(study.worker), n_startup_trials=int(study.n_startup_trials),
+            log_to_mlflow=bool(cfg.log_to_mlflow), attach=cfg.attach, attach_force=bool(cfg.attach_force))
+    m = outcome.metrics
+    print(f"study {outcome.study_name}: {outcome.n_complete} trials; best params {outcome.best_params}")
+    print(f"tuning   {cfg.objective.name}: {m['tune_objective']:.4g}  sharpe_after_cost {m['tune_sharpe_after_cost']:.4g}")
+    print(f"hold-out {cfg.objective.name}: {m['holdout_objective']:.4g}  sharpe_after_cost "
+          f"{m['holdout_sharpe_after_cost']:.4g} (untuned baseline {m['holdout_baseline_sharpe_after_cost']:.4g})")
+    if outcome.tune_run_id:
+        print(f"logged as MLflow run {outcome.tune_run_id} (child of {cfg.run_id})")
+    return float(m["holdout_objective"])
+
+
+def main() -> None:
+    tune()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Evaluation like a quant: IC family, after-cost backtest, calibration, drift, reports.
+
+``quantml.evaluation.report`` (matplotlib) is imported on demand, not here, so serving
+code that only needs the calibrator stays light.
+"""
+from quantml.evaluation.calibration import Calibrator, CalibrationSettings, fit_calibrator
+from quantml.evaluation.drift import population_stability_index, prediction_drift
+from quantml.evaluation.evaluate import evaluate_predictions, evaluation_options, horizon_metrics
+from quantml.evaluation.metrics import ic_mode_for, ic_series
+from quantml.evaluation.monitor import best_monitor, higher_is_better, monitor_for, monitor_mode
+
+__all__ = [
+    "Calibrator",
+    "CalibrationSettings",
+    "best_monitor",
+    "evaluate_predictions",
+    "evaluation_options",
+    "fit_calibrator",
+    "higher_is_better",
+    "horizon_metrics",
+    "ic_mode_for",
+    "ic_series",
+    "monitor_for",
+    "monitor_mode",
+    "population_stability_index",
+    "prediction_drift",
+]

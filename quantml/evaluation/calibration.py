@@ -1,0 +1,236 @@
+"""Post-hoc calibration fitted on a fold's validation slice and applied to its test part.
+
+- ``prob_up``: temperature scaling (one temperature ``T`` per horizon minimising the
+  log-loss of ``sigmoid(logit(p) / T)``, scipy) or isotonic regression (scikit-learn), or none.
+- ``q10`` / ``q90``: split-conformal adjustment in the style of conformalised quantile
+  regression (CQR, Romano et al. 2019): conformity scores of the validation residuals
+  give the shift that makes the P10-P90 interval cover ``1 - alpha`` of future returns
+  (finite-sample corrected quantile). ``asymmetric`` calibrates each tail to ``alpha / 2``
+  (so ``coverage_q10`` and ``coverage_q90`` are calibrated too); ``symmetric`` is the
+  original CQR with one score ``max(q10 - y, y - q90)``.
+
+The :class:`Calibrator` is a plain picklable object (it travels inside the pyfunc).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
+from sklearn.isotonic import IsotonicRegression
+
+from quantml.evaluation.evaluate import check_prediction_frame
+from quantml.schema import QuantmlInputError
+
+METHODS = ("temperature", "isotonic", "none")
+CONFORMAL_MODES = ("asymmetric", "symmetric")
+PROB_CLIP = 1e-6
+_LOG_T_BOUNDS = (-5.0, 5.0)   # T in [0.0067, 148]
+
+
+def _opt(cfg, key: str, default):
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+@dataclass
+class CalibrationSettings:
+    """What :func:`fit_calibrator` reads from ``cfg.evaluation`` (see ``conf/evaluation/default.yaml``)."""
+
+    method: str = "temperature"
+    min_samples: int = 50
+    conformal: bool = True
+    alpha: float = 0.2
+    conformal_mode: str = "asymmetric"
+
+    @classmethod
+    def from_config(cls, cfg_evaluation) -> "CalibrationSettings":
+        cal = _opt(cfg_evaluation, "calibration", None)
+        conf = _opt(cfg_evaluation, "conformal", None)
+        if isinstance(cal, str):           # shorthand: calibration: isotonic
+            cal = {"method": cal}
+        if isinstance(conf, bool):         # shorthand: conformal: false
+            conf = {"enabled": conf}
+        out = cls(
+            method=str(_opt(cal, "method", cls.method)),
+            min_samples=int(_opt(cal, "min_samples", cls.min_samples)),
+            conformal=bool(_opt(conf, "enabled", cls.conformal)),
+            alpha=float(_opt(conf, "alpha", cls.alpha)),
+            conformal_mode=str(_opt(conf, "mode", cls.conformal_mode)),
+        )
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise QuantmlInputError(f"evaluation.calibration.method={self.method!r} is unknown; use one of {METHODS}")
+        if self.conformal_mode not in CONFORMAL_MODES:
+            raise QuantmlInputError(
+                f"evaluation.conformal.mode={self.conformal_mode!r} is unknown; use one of {CONFORMAL_MODES}")
+        if not 0.0 < self.alpha < 1.0:
+            raise QuantmlInputError(f"evaluation.conformal.alpha={self.alpha} must be in (0, 1); 0.2 targets "
+                                    "the 80% P10-P90 interval")
+        if self.min_samples < 1:
+            raise QuantmlInputError(f"evaluation.calibration.min_samples={self.min_samples} must be >= 1")
+
+
+def fit_temperature(prob: np.ndarray, outcome: np.ndarray) -> float:
+    """The temperature ``T > 0`` minimising the mean log-loss of ``sigmoid(logit(prob) / T)``."""
+    z = logit(np.clip(np.asarray(prob, dtype=np.float64), PROB_CLIP, 1 - PROB_CLIP))
+    y = np.asarray(outcome, dtype=np.float64)
+
+    def loss(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    res = minimize_scalar(loss, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(res.x))
+
+
+def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
+    z = logit(np.clip(np.asarray(prob, dtype=np.float64), PROB_CLIP, 1 - PROB_CLIP))
+    return expit(z / temperature)
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ``ceil((n + 1) level) / n`` empirical quantile of ``scores`` (split-conformal, finite-sample)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    n = len(s)
+    k = math.ceil((n + 1) * level)
+    return float(s[min(k, n) - 1])
+
+
+@dataclass
+class Calibrator:
+    """Per-horizon calibration maps fitted on a validation slice. ``transform`` applies them.
+
+    Attributes
+    ----------
+    settings : the :class:`CalibrationSettings` used.
+    temperature : {horizon: T} (temperature method; 1.0 = identity).
+    isotonic : {horizon: fitted IsotonicRegression} (isotonic method).
+    shift : {horizon: (lower, upper)} conformal shifts: ``q10 - lower``, ``q90 + upper``.
+    n_fit : {horizon: number of validation rows used}.
+    fitted : {horizon: False when too few rows (identity maps kept, with a warning)}.
+    """
+
+    settings: CalibrationSettings
+    temperature: dict[str, float] = field(default_factory=dict)
+    isotonic: dict[str, IsotonicRegression] = field(default_factory=dict)
+    shift: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_fit: dict[str, int] = field(default_factory=dict)
+    fitted: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def horizons(self) -> list[str]:
+        return list(self.n_fit)
+
+    def calibrate_prob(self, prob: np.ndarray, horizon: str) -> np.ndarray:
+        prob = np.asarray(prob, dtype=np.float64)
+        out = prob.copy()
+        ok = np.isfinite(prob)
+        if self.settings.method == "temperature":
+            out[ok] = apply_temperature(prob[ok], self.temperature.get(horizon, 1.0))
+        elif self.settings.method == "isotonic" and horizon in self.isotonic:
+            out[ok] = self.isotonic[horizon].predict(prob[ok])
+        return np.where(ok, np.clip(out, PROB_CLIP, 1 - PROB_CLIP), np.nan)
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Calibrated copy of a prediction frame (columns ``horizon, prob_up, q10, q50, q90``).
+
+        Keeps the uncalibrated probability in ``prob_up_raw`` (and recalibrates from it when
+        present, so a second call does not calibrate twice), replaces ``prob_up``, shifts
+        ``q10``/``q90`` by the conformal shifts and keeps ``q10 <= q50 <= q90``. Apply it
+        once to a frame: the quantile shift is not idempotent.
+        """
+        check_prediction_frame(frame, ("horizon", "prob_up", "q10", "q50", "q90"), "frame to calibrate")
+        unknown = sorted(set(map(str, pd.unique(frame["horizon"]))) - set(self.n_fit))
+        if unknown:
+            raise QuantmlInputError(
+                f"the calibrator was fitted on horizons {self.horizons} but the frame has {unknown}; "
+                "fit it on a validation frame with the same horizons")
+        out = frame.copy()
+        raw = (out["prob_up_raw"] if "prob_up_raw" in out.columns else out["prob_up"]).to_numpy(np.float64)
+        prob = raw.copy()
+        q10 = out["q10"].to_numpy(np.float64).copy()
+        q50 = out["q50"].to_numpy(np.float64)
+        q90 = out["q90"].to_numpy(np.float64).copy()
+        horizons = out["horizon"].astype(str).to_numpy()
+        for h in self.n_fit:
+            rows = horizons == h
+            if not rows.any():
+                continue
+            prob[rows] = self.calibrate_prob(raw[rows], h)
+            lower, upper = self.shift.get(h, (0.0, 0.0))
+            q10[rows] = q10[rows] - lower
+            q90[rows] = q90[rows] + upper
+        out["prob_up_raw"] = raw
+        out["prob_up"] = prob
+        out["q10"] = np.fmin(q10, q50)
+        out["q90"] = np.fmax(q90, q50)
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary (for MLflow params/artifacts)."""
+        return {
+            "method": self.settings.method,
+            "conformal": self.settings.conformal,
+            "alpha": self.settings.alpha,
+            "conformal_mode": self.settings.conformal_mode,
+            "temperature": dict(self.temperature),
+            "shift": {h: list(v) for h, v in self.shift.items()},
+            "n_fit": dict(self.n_fit),
+            "fitted": dict(self.fitted),
+        }
+
+
+def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None) -> Calibrator:
+    """Fit a :class:`Calibrator` on validation-slice predictions, per horizon.
+
+    ``valid_frame``: long frame with ``horizon, prob_up, q10, q50, q90, ret, dir`` (rows
+    with NaN labels are ignored). A horizon with fewer than ``calibration.min_samples``
+    labelled rows keeps identity maps and raises a ``UserWarning``.
+    """
+    settings = CalibrationSettings.from_config(cfg_evaluation)
+    check_prediction_frame(valid_frame, ("horizon", "prob_up", "q10", "q50", "q90", "ret", "dir"),
+                           "validation frame")
+    cal = Calibrator(settings)
+    prob_col = "prob_up_raw" if "prob_up_raw" in valid_frame.columns else "prob_up"
+    for h, part in valid_frame.groupby(valid_frame["horizon"].astype(str), sort=False):
+        cols = part[[prob_col, "q10", "q90", "ret", "dir"]].to_numpy(np.float64)
+        cols = cols[np.isfinite(cols).all(axis=1)]
+        p, q10, q90, y, d = cols.T
+        n = len(cols)
+        cal.n_fit[h] = n
+        cal.temperature[h] = 1.0
+        cal.shift[h] = (0.0, 0.0)
+        if n < settings.min_samples:
+            cal.fitted[h] = False
+            warnings.warn(f"horizon {h}: only {n} labelled validation rows (< evaluation.calibration."
+                          f"min_samples={settings.min_samples}); calibration left as identity. Use a "
+                          "larger validation.valid_fraction or lower min_samples", UserWarning, stacklevel=2)
+            continue
+        cal.fitted[h] = True
+        two_classes = np.unique(d).size == 2
+        if settings.method == "temperature" and two_classes:
+            cal.temperature[h] = fit_temperature(p, d)
+        elif settings.method == "isotonic" and two_classes:
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            cal.isotonic[h] = iso.fit(p, d)
+        if settings.conformal:
+            a = settings.alpha
+            if settings.conformal_mode == "asymmetric":
+                cal.shift[h] = (conformal_quantile(q10 - y, 1 - a / 2), conformal_quantile(y - q90, 1 - a / 2))
+            else:
+                q = conformal_quantile(np.maximum(q10 - y, y - q90), 1 - a)
+                cal.shift[h] = (q, q)
+    if not cal.n_fit:
+        raise QuantmlInputError("the validation frame has no rows; the fold's inner validation slice is empty "
+                                "(raise validation.valid_fraction)")
+    return cal

@@ -1,0 +1,394 @@
+"""Feature blocks: small causal functions, each tagged with a modality.
+
+A block is ``fn(ctx, **params) -> None``; it reads raw columns through ``ctx.col`` (which
+records them as inputs) and adds features with ``ctx.add(name, values, modality)``.
+Windows, lags and half-lives are in **bars** of the panel. Blocks whose source columns are
+absent raise :class:`Skip` (reported in ``FeatureMatrix.skipped``, not an error).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quantml.features.ops import SegmentOps
+from quantml.schema import EXOGENOUS_MODALITY, OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, modality_of
+
+_LN2_4 = 4.0 * np.log(2.0)
+
+
+class Skip(Exception):
+    """A block (or part of one) cannot run on this panel; the message says why."""
+
+
+@dataclass
+class Context:
+    """What a block sees: the panel, per-symbol ops, and the features built so far."""
+
+    panel: pd.DataFrame
+    ops: SegmentOps
+    bar: pd.Timedelta
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    modalities: dict[str, str] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+    skipped: dict[str, str] = field(default_factory=dict)
+    known_future: list[str] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict)
+
+    def has(self, column: str) -> bool:
+        return column in self.panel.columns
+
+    def col(self, column: str) -> np.ndarray:
+        """Raw column as float64 (recorded as an input of the feature set)."""
+        if column not in self.panel.columns:
+            raise Skip(f"needs column {column!r}, absent from the panel")
+        self.used.add(column)
+        key = ("col", column)
+        if key not in self._cache:
+            self._cache[key] = self.panel[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        return self._cache[key]
+
+    def add(self, name: str, values: np.ndarray, modality: str, known_future: bool = False) -> None:
+        if name in self.features:
+            raise ValueError(f"feature {name!r} defined twice; rename it in the feature-set config")
+        self.features[name] = np.asarray(values, dtype=np.float64)
+        self.modalities[name] = modality
+        if known_future:
+            self.known_future.append(name)
+
+    def add_missing_flag(self, column: str, modality: str) -> None:
+        flag = f"{column}_missing"
+        if self.has(flag):
+            self.add(flag, self.col(flag), modality)
+
+    # -- shared building blocks, computed once
+    def logret(self) -> np.ndarray:
+        """1-bar log return of the close (NaN on each symbol's first bar)."""
+        if "r1" not in self._cache:
+            self._cache["r1"] = self.ops.diff(np.log(self.col("close")), 1)
+        return self._cache["r1"]
+
+    def realised_vol(self, window: int) -> np.ndarray:
+        key = ("rv", window)
+        if key not in self._cache:
+            r = self.logret()
+            self._cache[key] = np.sqrt(self.ops.mean(r * r, window))
+        return self._cache[key]
+
+    def atr_frac(self, window: int) -> np.ndarray:
+        """Average true range over ``window`` bars as a fraction of the close."""
+        key = ("atr", window)
+        if key not in self._cache:
+            h, lo, c = self.col("high"), self.col("low"), self.col("close")
+            pc = self.ops.shift(c, 1)
+            tr = np.fmax(h - lo, np.fmax(np.abs(h - pc), np.abs(lo - pc)))  # fmax: first bar uses h-l
+            self._cache[key] = self.ops.mean(tr / c, window)
+        return self._cache[key]
+
+
+def _safe_log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, np.log(np.where(x > 0, x, 1.0)), np.nan)
+
+
+def _log1p(x: np.ndarray) -> np.ndarray:
+    """log(1 + x) for counts; NaN where x <= -1 (corrupt input) instead of a warning."""
+    return _safe_log(1.0 + np.asarray(x, dtype=np.float64))
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+
+
+def _ints(values, name: str) -> list[int]:
+    out = [int(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    if any(v < 1 for v in out):
+        from quantml.schema import QuantmlInputError
+
+        raise QuantmlInputError(f"feature parameter {name}={values} must be positive whole numbers of bars")
+    return out
+
+
+def _minp(w: int) -> int:
+    """Min observations for exogenous rolling stats (they have gaps)."""
+    return max(2, w // 2)
+
+
+# ---------------------------------------------------------------------------- price
+def returns(ctx: Context, lags=(1, 2, 4, 8, 24)) -> None:
+    """``ret_<k>``: log(close_t / close_{t-k}) for each lag k (bars)."""
+    lc = np.log(ctx.col("close"))
+    for k in _ints(lags, "lags"):
+        ctx.add(f"ret_{k}", ctx.ops.diff(lc, k), "price")
+
+
+def volatility(ctx: Context, windows=(12, 48, 192), parkinson: bool = True) -> None:
+    """Realised vol ``rv_<w>`` = sqrt(mean r^2), term structure ``rv_ratio_<w0>_<w>`` =
+    log(rv_w0 / rv_w) for every longer window, Parkinson range vol ``pk_vol_<w0>``."""
+    ws = sorted(_ints(windows, "windows"))
+    for w in ws:
+        ctx.add(f"rv_{w}", ctx.realised_vol(w), "price")
+    for w in ws[1:]:
+        ctx.add(f"rv_ratio_{ws[0]}_{w}", _safe_log(_ratio(ctx.realised_vol(ws[0]), ctx.realised_vol(w))), "price")
+    if parkinson:
+        hl = np.log(ctx.col("high") / ctx.col("low"))
+        ctx.add(f"pk_vol_{ws[0]}", np.sqrt(ctx.ops.mean(hl * hl, ws[0]) / _LN2_4), "price")
+
+
+# ---------------------------------------------------------------------------- volume
+def volume(ctx: Context, windows=(24, 96), impact_window: int = 24) -> None:
+    """``volume_z_<w>``: z-score of log(1+volume); ``amihud_<w>``: log of the mean of
+    |r| / dollar volume (Amihud illiquidity; bars without volume are ignored)."""
+    lv = _log1p(ctx.col("volume"))
+    for w in _ints(windows, "windows"):
+        ctx.add(f"volume_z_{w}", ctx.ops.zscore(lv, w), "volume")
+    w = _ints(impact_window, "impact_window")[0]
+    dollar = ctx.col("close") * ctx.col("volume")
+    illiq = _ratio(np.abs(ctx.logret()), dollar)
+    illiq[dollar <= 0] = np.nan
+    ctx.add(f"amihud_{w}", _safe_log(ctx.ops.mean(illiq, w, _minp(w))), "volume")
+
+
+# ---------------------------------------------------------------------------- regime core
+def regime(ctx: Context, vol_window: int = 24, regime_window: int = 480, volume_fast: int = 12,
+           volume_slow: int = 96, momentum_window: int = 96, atr_window: int = 24, slope_lag: int = 24,
+           structure_window: int = 96) -> None:
+    """Regime core: volatility regime, volume regime, momentum, ATR slope, structure gap
+    (price/volume), and the funding / open-interest slopes (derivatives; skipped alone
+    when the column is absent)."""
+    vw, rw, vf, vs, mw, aw, sl, sw = _ints(
+        [vol_window, regime_window, volume_fast, volume_slow, momentum_window, atr_window, slope_lag,
+         structure_window], "regime windows")
+    ops = ctx.ops
+    lrv = _safe_log(ctx.realised_vol(vw))
+    ctx.add("regime_vol_z", ops.zscore(lrv, rw, _minp(rw)), "price")
+    lv = ctx.col("volume")
+    ctx.add("regime_volume", _safe_log(_ratio(ops.mean(lv, vf), ops.mean(lv, vs))), "volume")
+    lc = np.log(ctx.col("close"))
+    ctx.add(f"momentum_{mw}", _ratio(ops.diff(lc, mw), ctx.realised_vol(vw) * np.sqrt(mw)), "price")
+    atr = ctx.atr_frac(aw)
+    ctx.add("atr_slope", _safe_log(_ratio(atr, ops.shift(atr, sl))), "price")
+    hi = np.log(ops.max(ctx.col("high"), sw))
+    lo = np.log(ops.min(ctx.col("low"), sw))
+    ctx.add(f"gap_high_{sw}", _ratio(lc - hi, atr), "price")
+    ctx.add(f"gap_low_{sw}", _ratio(lc - lo, atr), "price")
+    ctx.add(f"range_pos_{sw}", _ratio(lc - lo, hi - lo), "price")
+    if ctx.has("funding_rate"):
+        f = ops.mean(ctx.col("funding_rate"), sl, _minp(sl)) * 1e4
+        ctx.add("funding_slope", ops.diff(f, sl), "derivatives")
+    else:
+        ctx.skipped["regime.funding_slope"] = "needs column 'funding_rate', absent from the panel"
+    if ctx.has("open_interest"):
+        ctx.add("oi_slope", ops.diff(_safe_log(ctx.col("open_interest")), sl), "derivatives")
+    else:
+        ctx.skipped["regime.oi_slope"] = "needs column 'open_interest', absent from the panel"
+
+
+# ---------------------------------------------------------------------------- derivatives
+DERIVATIVE_COLUMNS = ("funding_rate", "open_interest", "basis", "long_short_ratio", "taker_buy_sell_ratio")
+
+
+def derivatives(ctx: Context, z_window: int = 96, change_lags=(1, 24), smooth: int = 12) -> None:
+    """Funding (bps, z-score), open-interest change and z-score, basis (level, z-score),
+    long/short ratio (log, change), taker buy/sell ratio (log, smoothed); ``*_missing`` flags."""
+    present = [c for c in DERIVATIVE_COLUMNS if ctx.has(c)]
+    if not present:
+        raise Skip(f"needs at least one of {list(DERIVATIVE_COLUMNS)}, none in the panel")
+    ops, w = ctx.ops, _ints(z_window, "z_window")[0]
+    lags = _ints(change_lags, "change_lags")
+    sm = _ints(smooth, "smooth")[0]
+    m = "derivatives"
+    if "funding_rate" in present:
+        f = ctx.col("funding_rate") * 1e4
+        ctx.add("funding_bps", f, m)
+        ctx.add(f"funding_z_{w}", ops.zscore(f, w, _minp(w)), m)
+    if "open_interest" in present:
+        loi = _safe_log(ctx.col("open_interest"))
+        for k in lags:
+            ctx.add(f"oi_chg_{k}", ops.diff(loi, k), m)
+        ctx.add(f"oi_z_{w}", ops.zscore(loi, w, _minp(w)), m)
+    if "basis" in present:
+        bs = ctx.col("basis")
+        ctx.add("basis", bs, m)
+        ctx.add(f"basis_z_{w}", ops.zscore(bs, w, _minp(w)), m)
+    if "long_short_ratio" in present:
+        ls = _safe_log(ctx.col("long_short_ratio"))
+        ctx.add("ls_log", ls, m)
+        for k in lags:
+            ctx.add(f"ls_chg_{k}", ops.diff(ls, k), m)
+    if "taker_buy_sell_ratio" in present:
+        tk = _safe_log(ctx.col("taker_buy_sell_ratio"))
+        ctx.add("taker_log", tk, m)
+        ctx.add(f"taker_mean_{sm}", ops.mean(tk, sm, _minp(sm)), m)
+    for c in present:
+        ctx.add_missing_flag(c, m)
+
+
+# ---------------------------------------------------------------------------- on-chain
+def onchain(ctx: Context, windows=(24, 168)) -> None:
+    """``netflow_z_<w>``: z-score of exchange net flow; ``netflow_t_<w>``: mean / std
+    over the window (persistent in- or outflow)."""
+    x = ctx.col("onchain_netflow")
+    for w in _ints(windows, "windows"):
+        ctx.add(f"netflow_z_{w}", ctx.ops.zscore(x, w, _minp(w)), "onchain")
+        mu, sd = ctx.ops.mean(x, w, _minp(w)), ctx.ops.std(x, w, _minp(w))
+        ctx.add(f"netflow_t_{w}", _ratio(mu, sd), "onchain")
+    ctx.add_missing_flag("onchain_netflow", "onchain")
+
+
+# ---------------------------------------------------------------------------- text / social
+SOCIAL_COLUMNS = ("social_posts", "social_comments", "social_sentiment", "social_sources")
+
+
+def text(ctx: Context, fast: int = 6, slow: int = 72, sentiment_halflife: float = 12.0) -> None:
+    """Social statistics: post velocity (log posts vs slow mean), acceleration, comments per
+    post, sentiment (raw, EWM, change), source diversity, attention-weighted sentiment."""
+    present = [c for c in SOCIAL_COLUMNS if ctx.has(c)]
+    if not present:
+        raise Skip(f"needs at least one of {list(SOCIAL_COLUMNS)}, none in the panel")
+    ops = ctx.ops
+    fw, sw = _ints([fast, slow], "fast/slow")
+    m = "text"
+    velocity = None
+    if "social_posts" in present:
+        lp = _log1p(ctx.col("social_posts"))
+        velocity = lp - ops.mean(lp, sw, _minp(sw))
+        ctx.add("social_velocity", velocity, m)
+        ctx.add("social_accel", ops.mean(lp, fw, _minp(fw)) - ops.mean(lp, sw, _minp(sw)), m)
+        if "social_comments" in present:
+            ctx.add("comments_per_post", _log1p(ctx.col("social_comments")) - lp, m)
+    if "social_sentiment" in present:
+        s = ctx.col("social_sentiment")
+        ema = ops.ewm_mean(s, float(sentiment_halflife), min_periods=1)
+        ctx.add("sentiment", s, m)
+        ctx.add("sentiment_ewm", ema, m)
+        ctx.add("sentiment_chg", ema - ops.mean(s, sw, _minp(sw)), m)
+        if velocity is not None:
+            ctx.add("attention_sentiment", ema * np.fmax(velocity, 0.0), m)
+    if "social_sources" in present:
+        src = ctx.col("social_sources")
+        ctx.add("source_diversity", _log1p(src), m)
+        if "social_posts" in present:
+            ctx.add("sources_per_post", _ratio(src, ctx.col("social_posts") + 1.0), m)
+    for c in present:
+        ctx.add_missing_flag(c, m)
+
+
+# ---------------------------------------------------------------------------- events
+def event(ctx: Context, halflives=(6, 48)) -> None:
+    """Decayed event intensity ``event_intensity_<hl>`` (sum of counts, half-life hl bars),
+    decayed event sentiment ``event_sent_<hl>``, ``bars_since_event`` (log1p; NaN before
+    the first event)."""
+    cnt = np.nan_to_num(ctx.col("event_count"))
+    sent = ctx.col("event_sentiment") if ctx.has("event_sentiment") else None
+    for hl in _ints(halflives, "halflives"):
+        ctx.add(f"event_intensity_{hl}", ctx.ops.decay_sum(cnt, hl), "event")
+        if sent is not None:
+            ctx.add(f"event_sent_{hl}", ctx.ops.decay_sum(cnt * np.nan_to_num(sent), hl), "event")
+    ctx.add("bars_since_event", _log1p(ctx.ops.bars_since(cnt > 0)), "event")
+
+
+# ---------------------------------------------------------------------------- macro
+def macro(ctx: Context, halflife: int = 24, change_lag: int = 168) -> None:
+    """``macro_surprise`` (latest release, NaN when stale) and its decay since release
+    ``macro_surprise_decay``; ``macro_rate`` level and change ``macro_rate_chg_<lag>``."""
+    present = [c for c in ("macro_surprise", "macro_rate") if ctx.has(c)]
+    if not present:
+        raise Skip("needs column 'macro_surprise' or 'macro_rate', none in the panel")
+    hl, lag = _ints([halflife, change_lag], "halflife/change_lag")
+    ops = ctx.ops
+    if "macro_surprise" in present:
+        v = ctx.col("macro_surprise")
+        prev = ops.shift(v, 1)
+        new = np.isfinite(v) & ~((v == prev) | (np.isnan(v) & np.isnan(prev)))
+        age = ops.bars_since(new)
+        ctx.add("macro_surprise", v, "macro")
+        ctx.add("macro_surprise_decay", v * 0.5 ** (age / hl), "macro")
+    if "macro_rate" in present:
+        r = ctx.col("macro_rate")
+        ctx.add("macro_rate", r, "macro")
+        ctx.add(f"macro_rate_chg_{lag}", ops.diff(r, lag), "macro")
+    for c in present:
+        ctx.add_missing_flag(c, "macro")
+
+
+# ---------------------------------------------------------------------------- calendar
+def calendar(ctx: Context, hour: bool | None = None, day_of_week: bool = True, month: bool = False) -> None:
+    """Hour-of-day and day-of-week (and optionally month) as sin/cos; known in advance.
+    ``hour=None`` adds hour features only for intraday bars."""
+    ts = ctx.panel[TIMESTAMP].dt
+    use_hour = (ctx.bar < pd.Timedelta("1D")) if hour is None else bool(hour)
+    parts = []
+    if use_hour:
+        parts.append(("hour", (ts.hour.to_numpy() + ts.minute.to_numpy() / 60.0) / 24.0))
+    if day_of_week:
+        parts.append(("dow", ts.dayofweek.to_numpy() / 7.0))
+    if month:
+        parts.append(("month", (ts.month.to_numpy() - 1) / 12.0))
+    for name, frac in parts:
+        ctx.add(f"{name}_sin", np.sin(2 * np.pi * frac), "calendar", known_future=True)
+        ctx.add(f"{name}_cos", np.cos(2 * np.pi * frac), "calendar", known_future=True)
+
+
+# ---------------------------------------------------------------------------- cross-section
+def cross_section(ctx: Context, lags=(1, 24), vol_window: int = 48) -> None:
+    """Percentile rank across symbols at the same timestamp of ``ret_<k>`` and ``rv``
+    (uses only bars at t of other symbols: causal)."""
+    if ctx.panel[SYMBOL].nunique() < 2:
+        raise Skip("needs at least 2 symbols")
+    lc = np.log(ctx.col("close"))
+    codes = pd.factorize(pd.DatetimeIndex(ctx.panel[TIMESTAMP]).asi8)[0]
+    for k in _ints(lags, "lags"):
+        r = pd.Series(ctx.ops.diff(lc, k))
+        ctx.add(f"xs_rank_ret_{k}", r.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
+    w = _ints(vol_window, "vol_window")[0]
+    rv = pd.Series(ctx.realised_vol(w))
+    ctx.add(f"xs_rank_rv_{w}", rv.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
+
+
+# ---------------------------------------------------------------------------- passthrough
+KNOWN_EXOGENOUS = set(EXOGENOUS_MODALITY)
+
+
+def passthrough(ctx: Context, include_known: bool = False) -> None:
+    """User exogenous columns tagged by prefix (``macro_*``, ``text_*``, ``onchain_*`` ...)
+    that no other block reads, as raw values with their modality (+ ``*_missing`` flags)."""
+    added = 0
+    for c in ctx.panel.columns:
+        if c in REQUIRED_COLUMNS or c.endswith("_missing") or (c in KNOWN_EXOGENOUS and not include_known):
+            continue
+        mod = modality_of(c)
+        if mod is None or not pd.api.types.is_numeric_dtype(ctx.panel[c]):
+            continue
+        ctx.add(f"x_{c}", ctx.col(c), mod)
+        ctx.add_missing_flag(c, mod)
+        added += 1
+    if not added:
+        raise Skip("no extra exogenous columns (named <modality>_*) in the panel")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    fn: Callable
+    modalities: tuple[str, ...]  # modalities the block can produce (for drop_modalities)
+    requires: tuple[str, ...] = ()  # every one needed, else the block is skipped
+
+
+BLOCKS: dict[str, BlockSpec] = {
+    "returns": BlockSpec(returns, ("price",), ("close",)),
+    "volatility": BlockSpec(volatility, ("price",), ("close", "high", "low")),
+    "volume": BlockSpec(volume, ("volume",), ("close", "volume")),
+    "regime": BlockSpec(regime, ("price", "volume", "derivatives"), OHLCV),
+    "derivatives": BlockSpec(derivatives, ("derivatives",)),
+    "onchain": BlockSpec(onchain, ("onchain",), ("onchain_netflow",)),
+    "text": BlockSpec(text, ("text",)),
+    "event": BlockSpec(event, ("event",), ("event_count",)),
+    "macro": BlockSpec(macro, ("macro",)),
+    "calendar": BlockSpec(calendar, ("calendar",)),
+    "cross_section": BlockSpec(cross_section, ("cross_section",), ("close",)),
+    "passthrough": BlockSpec(passthrough, tuple(sorted({"price", "volume", "derivatives", "onchain", "macro",
+                                                        "text", "event", "calendar", "cross_section"}))),
+}

@@ -1,0 +1,176 @@
+"""Build a feature matrix from a panel and a feature-set config."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quantml.data.panel import infer_bar_frequency, ts_int64
+from quantml.features.blocks import BLOCKS, Context, Skip
+from quantml.features.ops import SegmentOps
+from quantml.schema import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError
+
+
+@dataclass
+class FeatureMatrix:
+    """Features for every row of the panel, in the panel's row order.
+
+    frame : DataFrame [n, F] float32 (NaN during warm-up / when a source is missing).
+    modalities : feature name -> modality. known_future : calendar features.
+    input_columns : raw panel columns the features read (besides timestamp, symbol).
+    skipped : block (or ``block.part``) -> why it was not built (absent source columns, or
+        every modality of the block dropped).
+    dropped : features of partly-dropped blocks removed by ``drop_modalities``.
+    """
+
+    frame: pd.DataFrame
+    modalities: dict[str, str]
+    known_future: list[str] = field(default_factory=list)
+    input_columns: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.frame.columns)
+
+    def by_modality(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name in self.frame.columns:
+            out.setdefault(self.modalities[name], []).append(name)
+        return out
+
+
+def _plain(cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _blocks_of(cfg: Mapping) -> dict[str, dict]:
+    blocks = cfg.get("blocks")
+    if blocks is None:
+        raise QuantmlInputError(
+            f"feature set {cfg.get('name', '?')!r} has no 'blocks' mapping; e.g. blocks: {{returns: {{lags: [1, 4]}}}}"
+        )
+    if isinstance(blocks, (list, tuple)):
+        blocks = {b: {} for b in blocks}
+    out = {}
+    for name, params in blocks.items():
+        if name not in BLOCKS:
+            raise QuantmlInputError(
+                f"unknown feature block {name!r} in feature set {cfg.get('name', '?')!r}; "
+                f"available blocks: {sorted(BLOCKS)}"
+            )
+        params = dict(params or {})
+        sig = inspect.signature(BLOCKS[name].fn)
+        allowed = [p for p in sig.parameters if p != "ctx"]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise QuantmlInputError(
+                f"feature block {name!r} has no parameter(s) {unknown}; its parameters are {allowed}"
+            )
+        out[name] = params
+    return out
+
+
+def _check_sorted(panel: pd.DataFrame) -> None:
+    sym = panel[SYMBOL].to_numpy()
+    ts = ts_int64(panel[TIMESTAMP])
+    same = sym[1:] == sym[:-1]
+    if (same & (np.diff(ts) <= 0)).any() or pd.Series(sym).ne(pd.Series(sym).shift()).sum() != pd.Series(sym).nunique():
+        raise QuantmlInputError(
+            "panel is not sorted by (symbol, timestamp) with unique timestamps per symbol; "
+            "pass it through quantml.data.validate_panel first"
+        )
+
+
+def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
+                   drop_modalities: Iterable[str] = ()) -> FeatureMatrix:
+    """Compute every block of the feature set on a validated panel.
+
+    Parameters
+    ----------
+    panel : validated panel (sorted by symbol, timestamp), n rows.
+    feature_set_cfg : ``{name: str, blocks: {block: {param: value}}}`` (a feature_set config).
+    drop_modalities : modalities whose features are removed (ablations), e.g. ["text", "event"].
+
+    Returns
+    -------
+    FeatureMatrix with ``frame`` [n, F] float32 in the panel's row order.
+    """
+    cfg = _plain(feature_set_cfg)
+    drop = set(drop_modalities or ())
+    unknown = sorted(drop - set(MODALITIES))
+    if unknown:
+        raise QuantmlInputError(f"drop_modalities {unknown} are not modalities; choose from {list(MODALITIES)}")
+    blocks = _blocks_of(cfg)
+    _check_sorted(panel)
+    bar = infer_bar_frequency(panel) if len(panel) > 1 else pd.Timedelta("1D")
+    ctx = Context(panel=panel, ops=SegmentOps(panel[SYMBOL].to_numpy()), bar=bar)
+    for name, params in blocks.items():
+        spec = BLOCKS[name]
+        if set(spec.modalities) <= drop:
+            ctx.skipped[name] = f"all its modalities {list(spec.modalities)} are in drop_modalities"
+            continue
+        missing = [c for c in spec.requires if c not in panel.columns]
+        if missing:
+            ctx.skipped[name] = f"needs column(s) {missing}, absent from the panel"
+            continue
+        try:
+            spec.fn(ctx, **params)
+        except Skip as why:
+            ctx.skipped[name] = str(why)
+    names = [n for n in ctx.features if ctx.modalities[n] not in drop]
+    dropped = [n for n in ctx.features if ctx.modalities[n] in drop]
+    if not names:
+        raise QuantmlInputError(
+            f"feature set {cfg.get('name', '?')!r} produced no features (skipped: {ctx.skipped}, "
+            f"dropped modalities: {sorted(drop)}); choose a feature set whose columns the panel has"
+        )
+    # one contiguous row per feature: pandas keeps it as a single float32 block [F, n]
+    block = np.empty((len(names), len(panel)), dtype=np.float32)
+    for j, n in enumerate(names):
+        block[j] = ctx.features[n]
+    block[~np.isfinite(block)] = np.nan
+    frame = pd.DataFrame(block.T, columns=names, index=panel.index, copy=False)
+    used = sorted(ctx.used)
+    return FeatureMatrix(
+        frame=frame,
+        modalities={n: ctx.modalities[n] for n in names},
+        known_future=[n for n in ctx.known_future if n in names],
+        input_columns=used,
+        skipped=dict(ctx.skipped),
+        dropped=dropped,
+    )
+
+
+def _parse_window(window: str) -> pd.Timedelta:
+    from quantml.labels import parse_horizon
+
+    return parse_horizon(str(window))
+
+
+def event_activity_mask(panel: pd.DataFrame, window: str) -> np.ndarray:
+    """Bool [n]: True where an event became available within the trailing ``window``
+    (``t - window < arrival <= t``) for that symbol. Needs the ``event_count`` column."""
+    if "event_count" not in panel.columns:
+        raise QuantmlInputError(
+            "ablation event_window needs an 'event_count' column (an events stream joined with "
+            "quantml.data.asof.join_streams, e.g. data=synthetic); use ablation=full for this panel"
+        )
+    w = _parse_window(window)
+    ops = SegmentOps(panel[SYMBOL].to_numpy())
+    ts = (ts_int64(panel[TIMESTAMP]) // 1000).astype(np.float64)  # microseconds: exact in float64
+    hit = np.nan_to_num(panel["event_count"].to_numpy(dtype=np.float64, na_value=np.nan)) > 0
+    last = ops.ffill(np.where(hit, ts, np.nan))
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(last) & ((ts - last) < w.value // 1000)

@@ -1,0 +1,141 @@
+"""Multi-horizon labels measured in time, not bars.
+
+For a bar at ``t`` and horizon ``h`` the label ends at ``t1``: the first bar of the same
+symbol with ``timestamp >= t + h`` (so weekends, holidays and outages are handled); the
+label is NaN when that bar is beyond the data.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quantml.data.panel import infer_bar_frequency, ts_int64
+from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
+
+_HORIZON = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNIT = {"m": "min", "min": "min", "h": "h", "d": "D", "w": "W"}
+
+
+def parse_horizon(text: str) -> pd.Timedelta:
+    """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` -> Timedelta (m = minutes)."""
+    m = _HORIZON.match(str(text))
+    if not m or int(m.group(1)) == 0:
+        hint = (" ('swing' and 'intraday' are presets of the horizon config group: horizon=swing)"
+                if str(text).strip().lower() in ("swing", "intraday") else "")
+        raise QuantmlInputError(
+            f"horizon {text!r} is not a duration; write a positive number and a unit m/h/d/w, "
+            f"e.g. 30m, 1h, 4h, 1d, 7d{hint}"
+        )
+    return pd.Timedelta(int(m.group(1)), unit=_UNIT[m.group(2).lower()])
+
+
+@dataclass
+class Labels:
+    """Targets for ``n`` panel rows and ``H`` horizons (NaN where the label runs past the data).
+
+    ret, ret_after_cost, dir, vol : float64 [n, H]
+        gross forward log return close[t1]/close[t]; ``sign(ret) * max(|ret| - cost, 0)``;
+        1.0 if ret > 0 else 0.0; sqrt of the sum of squared 1-bar log returns over (t, t1].
+    t0 : datetime64[ns] [n] (UTC, naive numpy)   the bar's own timestamp.
+    t1 : datetime64[ns] [n, H]   label end per horizon (NaT when past the data).
+    t1_max : datetime64[ns] [n]   latest t1 over horizons; NaT when any horizon is NaT
+        (its end is unknown, beyond the data).
+    ret_next_bar : float64 [n]   log return to the next bar of the same symbol (NaN at the end).
+    """
+
+    horizons: list[str]
+    ret: np.ndarray
+    ret_after_cost: np.ndarray
+    dir: np.ndarray
+    vol: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    t1_max: np.ndarray
+    ret_next_bar: np.ndarray
+
+    def frame(self, horizon: str) -> pd.DataFrame:
+        """Columns ret, ret_after_cost, dir, vol, t1 of one horizon, plus ret_next_bar."""
+        j = self.horizons.index(horizon)
+        return pd.DataFrame({"ret": self.ret[:, j], "ret_after_cost": self.ret_after_cost[:, j],
+                             "dir": self.dir[:, j], "vol": self.vol[:, j], "t1": self.t1[:, j],
+                             "ret_next_bar": self.ret_next_bar})
+
+
+def _suggest(bar: pd.Timedelta) -> str:
+    if bar >= pd.Timedelta("1D"):
+        return "use horizon=1d or swing (1d, 7d)"
+    if bar >= pd.Timedelta("1h"):
+        return f"use horizon={int(bar / pd.Timedelta('1h'))}h or longer (e.g. horizon=4h, 1d)"
+    return f"use horizon={int(bar / pd.Timedelta('1min'))}m or longer (e.g. horizon=1h)"
+
+
+def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: float) -> Labels:
+    """Forward returns, after-cost returns, direction and realised vol for each horizon.
+
+    Parameters
+    ----------
+    panel : validated panel sorted by (symbol, timestamp), n rows.
+    horizons : durations, e.g. ["1h", "4h", "1d"]; each must be >= one bar of the panel.
+    round_trip_cost : cost of entering and leaving, as a log-return fraction (>= 0).
+    """
+    horizons = [str(h) for h in (horizons or [])]
+    if not horizons:
+        raise QuantmlInputError("make_labels needs at least one horizon; set horizon=1d (or another)")
+    if len(set(horizons)) != len(horizons):
+        raise QuantmlInputError(f"horizons {horizons} contain duplicates; list each once")
+    try:
+        cost = float(round_trip_cost)
+    except (TypeError, ValueError):
+        raise QuantmlInputError(f"round_trip_cost={round_trip_cost!r} must be a number >= 0") from None
+    if not np.isfinite(cost) or cost < 0:
+        raise QuantmlInputError(f"round_trip_cost={round_trip_cost!r} must be finite and >= 0")
+    deltas = [parse_horizon(h) for h in horizons]
+    bar = infer_bar_frequency(panel)
+    for h, d in zip(horizons, deltas):
+        if d < bar:
+            raise QuantmlInputError(
+                f"horizon={h} is shorter than one bar ({bar}) of this panel, so it has no label; {_suggest(bar)}"
+            )
+    n, H = len(panel), len(horizons)
+    ts = ts_int64(panel[TIMESTAMP])
+    sym = panel[SYMBOL].to_numpy()
+    lc = np.log(panel["close"].to_numpy(dtype=np.float64))
+    change = np.flatnonzero(sym[1:] != sym[:-1]) + 1
+    bounds = np.r_[0, change, n]
+
+    r1 = np.full(n, np.nan)
+    r1[1:] = np.diff(lc)
+    r1[bounds[:-1]] = np.nan
+    ret_next = np.full(n, np.nan)
+    ret_next[:-1] = r1[1:]
+    ret_next[bounds[1:] - 1] = np.nan
+    cs = np.cumsum(np.nan_to_num(r1) ** 2)  # sum of r^2 up to each row (segment offsets cancel)
+
+    end = np.full((n, H), -1, dtype=np.int64)
+    for a, b in zip(bounds[:-1], bounds[1:]):  # loop over symbols, vectorised over rows
+        seg = ts[a:b]
+        for j, d in enumerate(deltas):
+            k = np.searchsorted(seg, seg + d.value, side="left")
+            end[a:b, j] = np.where(k < (b - a), a + k, -1)
+    ok = end >= 0
+    e = np.where(ok, end, 0)
+    rows = np.arange(n)[:, None]
+    ret = np.where(ok, lc[e] - lc[rows], np.nan)
+    vol = np.where(ok, np.sqrt(np.maximum(cs[e] - cs[rows], 0.0)), np.nan)
+    after = np.sign(ret) * np.maximum(np.abs(ret) - cost, 0.0)
+    direction = np.where(np.isnan(ret), np.nan, (ret > 0).astype(np.float64))
+    t1_ns = np.where(ok, ts[e], np.iinfo(np.int64).min)
+    t1 = t1_ns.view("datetime64[ns]")
+    t1_max = np.where(ok.all(axis=1), t1_ns.max(axis=1), np.iinfo(np.int64).min).view("datetime64[ns]")
+    empty = [h for h, any_ok in zip(horizons, ok.any(axis=0)) if not any_ok]
+    if empty:
+        raise QuantmlInputError(
+            f"horizon(s) {empty} are longer than every symbol's history, so no row has a label; "
+            "use a shorter horizon or load more data"
+        )
+    return Labels(horizons=horizons, ret=ret, ret_after_cost=after, dir=direction, vol=vol,
+                  t0=ts.view("datetime64[ns]").copy(), t1=t1, t1_max=t1_max, ret_next_bar=ret_next)

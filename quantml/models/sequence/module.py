@@ -1,0 +1,116 @@
+"""The shared network scaffold and the LightningModule that trains every sequence backbone.
+
+A backbone supplies an *encoder* ``(x [B, L, C], s [B, d]) -> [B, d]`` over the window
+(``C = F + 1``: the features and the real-step mask) and the static context ``s`` built
+from the symbol embedding and the per-symbol target statistics; :class:`SequenceNet` adds
+the static encoder, a fusion layer and the multi-horizon head. The TFT has its own net
+(same inputs and outputs) because its static context enters everywhere.
+"""
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from quantml.models.sequence.heads import LossWeights, MultiHorizonHead, multi_horizon_loss
+from quantml.models.sequence.windows import UNSEEN
+
+N_STATIC_REAL = 2  # per-symbol log ret-std ratio and log vol-level ratio (TargetScaler)
+
+
+def drop_symbols(sym: torch.Tensor, static: torch.Tensor, p: float, training: bool):
+    """With probability ``p`` (training only) a row is shown as an unseen symbol, so the
+    ``UNSEEN`` embedding learns the average symbol used at predict for new symbols."""
+    if not training or p <= 0:
+        return sym, static
+    drop = torch.rand(sym.shape, device=sym.device) < p
+    return torch.where(drop, torch.full_like(sym, UNSEEN), sym), static * (~drop).unsqueeze(-1)
+
+
+class StaticEncoder(nn.Module):
+    """Learned symbol embedding + static reals -> static context [B, d]."""
+
+    def __init__(self, n_symbols: int, symbol_dim: int, d: int, symbol_dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_symbols + 1, symbol_dim)
+        self.proj = nn.Sequential(nn.Linear(symbol_dim + N_STATIC_REAL, d), nn.ELU())
+        self.symbol_dropout = symbol_dropout
+
+    def forward(self, sym: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        sym, static = drop_symbols(sym, static, self.symbol_dropout, self.training)
+        return self.proj(torch.cat([self.embedding(sym), static], dim=-1))
+
+
+class SequenceNet(nn.Module):
+    """Static encoder + window encoder + fusion + :class:`MultiHorizonHead`."""
+
+    def __init__(self, encoder: nn.Module, n_symbols: int, d: int, n_horizons: int, symbol_dim: int,
+                 symbol_dropout: float, dropout: float) -> None:
+        super().__init__()
+        self.static = StaticEncoder(n_symbols, symbol_dim, d, symbol_dropout)
+        self.encoder = encoder
+        self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.ELU(), nn.Dropout(dropout), nn.LayerNorm(d))
+        self.head = MultiHorizonHead(d, n_horizons)
+        self.n_horizons = n_horizons
+
+    def forward(self, batch: dict) -> dict:
+        s = self.static(batch["sym"], batch["static"])
+        x = torch.cat([batch["x"], batch["mask"].unsqueeze(-1).to(batch["x"].dtype)], dim=-1)
+        h = self.fuse(torch.cat([self.encoder(x, s), s], dim=-1))
+        return self.head(h.unsqueeze(1).expand(-1, self.n_horizons, -1))
+
+
+class SequenceModule(pl.LightningModule):
+    """Trains a net with :func:`multi_horizon_loss`; logs ``train_loss`` and ``val_loss``.
+
+    ``val_loss`` leaves out the spread penalty: early stopping selects on forecast quality.
+    """
+
+    def __init__(self, net: nn.Module, weights: LossWeights, lr: float, weight_decay: float) -> None:
+        super().__init__()
+        self.net, self.weights, self.lr, self.weight_decay = net, weights, lr, weight_decay
+
+    def forward(self, batch: dict) -> dict:
+        return self.net(batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = multi_horizon_loss(self.net(batch), batch, self.weights, spread=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, _ = multi_horizon_loss(self.net(batch), batch, self.weights, spread=False)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class KeepBestState(pl.Callback):
+    """Keeps an in-memory copy of the net's weights at the best ``val_loss`` (no files),
+    and the per-epoch loss history for the loss-curve figure."""
+
+    def __init__(self) -> None:
+        self.best_score = float("inf")
+        self.best_state: dict | None = None
+        self.best_epoch = -1
+        self.history: list[dict] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: SequenceModule) -> None:
+        if trainer.sanity_checking:
+            return
+        val = trainer.callback_metrics.get("val_loss")
+        if val is None:
+            return
+        val = float(val)
+        if val < self.best_score:
+            self.best_score, self.best_epoch = val, trainer.current_epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.net.state_dict().items()})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: SequenceModule) -> None:
+        m = trainer.callback_metrics
+        self.history.append({"epoch": trainer.current_epoch,
+                             "train_loss": float(m["train_loss"]) if "train_loss" in m else float("nan"),
+                             "val_loss": float(m["val_loss"]) if "val_loss" in m else float("nan")})

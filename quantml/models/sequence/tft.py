@@ -1,0 +1,339 @@
+"""Temporal Fusion Transformer (Lim et al., 2021) for multi-horizon forecasts.
+
+Inputs, per row ``r`` of the panel:
+
+- static: the learned symbol embedding and two per-symbol real statistics fitted on the
+  training rows (log ratio of the symbol's return scale and volatility level to the panel's);
+- past-observed (encoder, steps ``r-L+1 .. r``): every feature, calendar ones included;
+- known-future (decoder, one step per horizon): the known-future (calendar) features of the
+  *current* row ``r`` — not values recomputed at future timestamps — plus a learned
+  embedding of the decoder step (which horizon it is).
+
+Blocks, as in the paper: per-variable embeddings -> variable selection networks (static,
+encoder, decoder; the last two conditioned on the static selection context) -> static
+covariate encoders (selection, enrichment, LSTM initial hidden and cell states) -> LSTM
+encoder-decoder with a gated skip -> static enrichment GRN -> interpretable multi-head
+attention (shared values, heads averaged; decoder steps query the encoder and earlier
+decoder steps) -> gated skip -> position-wise GRN -> gated skip -> per-horizon heads
+(P10/P50/P90 non-crossing, expected return, direction, volatility).
+
+The per-variable networks are evaluated for all variables at once (batched weights), not
+in a Python loop over variables.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantml.models.sequence.heads import MultiHorizonHead
+from quantml.models.sequence.module import N_STATIC_REAL, drop_symbols
+from quantml.models.sequence.trainer import SequenceForecaster
+from quantml.schema import QuantmlInputError
+
+STATIC_NAMES = ["symbol", "symbol_ret_scale", "symbol_vol_level"]
+STEP_NAME = "horizon_step"
+
+
+class GatedLinearUnit(nn.Module):
+    """Dropout -> Linear(d_in, 2 d_out) -> GLU."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(d_in, 2 * d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.glu(self.fc(self.drop(x)), dim=-1)
+
+
+class GateAddNorm(nn.Module):
+    """``LayerNorm(skip + GLU(x))``: the gated skip connection of the paper."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
+        super().__init__()
+        self.glu = GatedLinearUnit(d_in, d_out, dropout)
+        self.norm = nn.LayerNorm(d_out)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.norm(skip + self.glu(x))
+
+
+class GatedResidualNetwork(nn.Module):
+    """``LayerNorm(skip(a) + GLU(W1 ELU(W2 a + W3 c + b2) + b1))``; ``c`` is optional context
+    (broadcast over the time axis when given as [B, 1, d_c])."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float, d_context: int | None = None) -> None:
+        super().__init__()
+        self.skip = nn.Linear(d_in, d_out) if d_in != d_out else None
+        self.fc2 = nn.Linear(d_in, d_hidden)
+        self.ctx = nn.Linear(d_context, d_hidden, bias=False) if d_context else None
+        self.fc1 = nn.Linear(d_hidden, d_hidden)
+        self.gate = GateAddNorm(d_hidden, d_out, dropout)
+
+    def forward(self, a: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc2(a)
+        if c is not None and self.ctx is not None:
+            h = h + self.ctx(c)
+        h = self.fc1(F.elu(h))
+        return self.gate(h, a if self.skip is None else self.skip(a))
+
+
+class VarLinear(nn.Module):
+    """V independent linear maps applied at once: [..., V, d_in] -> [..., V, d_out]."""
+
+    def __init__(self, n_vars: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_vars, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(n_vars, d_out))
+        nn.init.uniform_(self.weight, -1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-2]
+        V, d_in = x.shape[-2:]
+        y = torch.bmm(x.reshape(-1, V, d_in).transpose(0, 1), self.weight)  # [V, N, d_out]
+        return (y.transpose(0, 1) + self.bias).reshape(*lead, V, -1)
+
+
+class VarGRN(nn.Module):
+    """One GRN per variable (no context), all variables evaluated together."""
+
+    def __init__(self, n_vars: int, d_in: int, d_hidden: int, d_out: int, dropout: float) -> None:
+        super().__init__()
+        self.skip = VarLinear(n_vars, d_in, d_out) if d_in != d_out else None
+        self.fc2 = VarLinear(n_vars, d_in, d_hidden)
+        self.fc1 = VarLinear(n_vars, d_hidden, d_hidden)
+        self.drop = nn.Dropout(dropout)
+        self.glu = VarLinear(n_vars, d_hidden, 2 * d_out)
+        self.norm = nn.LayerNorm(d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(F.elu(self.fc2(x)))
+        g = F.glu(self.glu(self.drop(h)), dim=-1)
+        return self.norm((x if self.skip is None else self.skip(x)) + g)
+
+
+class RealEmbedding(nn.Module):
+    """Each real variable -> its own ``d`` vector: [..., V] -> [..., V, d]."""
+
+    def __init__(self, n_vars: int, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_vars, d) * 0.5)
+        self.bias = nn.Parameter(torch.zeros(n_vars, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(-1) * self.weight + self.bias
+
+
+class VariableSelectionNetwork(nn.Module):
+    """Softmax weights over V variables from a GRN of their flattened embeddings (and the
+    context), times each variable's own GRN output: [..., V, d_var] -> [..., d], [..., V]."""
+
+    def __init__(self, n_vars: int, d_var: int, d: int, dropout: float, d_context: int | None = None) -> None:
+        super().__init__()
+        self.n_vars = n_vars
+        if n_vars > 1:
+            self.flat = GatedResidualNetwork(n_vars * d_var, min(d, n_vars), n_vars, dropout, d_context)
+        self.var_grn = VarGRN(n_vars, d_var, min(d_var, d), d, dropout)
+
+    def forward(self, e: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n_vars > 1:
+            w = torch.softmax(self.flat(e.flatten(-2), c), dim=-1)
+        else:
+            w = torch.ones(e.shape[:-1], dtype=e.dtype, device=e.device)
+        return (self.var_grn(e) * w.unsqueeze(-1)).sum(-2), w
+
+
+class InterpretableMultiHeadAttention(nn.Module):
+    """Per-head queries and keys, one value projection shared by all heads, heads averaged
+    (so the averaged attention weights explain the output)."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d // n_heads
+        self.q = nn.Linear(d, n_heads * self.d_head)
+        self.k = nn.Linear(d, n_heads * self.d_head)
+        self.v = nn.Linear(d, self.d_head)
+        self.out = nn.Linear(self.d_head, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query`` [B, Q, d], ``memory`` [B, T, d], ``allowed`` [B, Q, T] -> [B, Q, d], [B, heads, Q, T]."""
+        B, Q, _ = query.shape
+        T = memory.shape[1]
+        q = self.q(query).view(B, Q, self.n_heads, self.d_head).transpose(1, 2)
+        k = self.k(memory).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        heads = self.drop(attn) @ self.v(memory).unsqueeze(1)           # [B, heads, Q, d_head]
+        return self.out(heads.mean(1)), attn
+
+
+class TemporalFusionNet(nn.Module):
+    """The TFT; ``forward(batch)`` returns the head outputs plus ``static_weights`` [B, 3],
+    ``encoder_weights`` [B, L, F], ``decoder_weights`` [B, H, K+1] and ``attention``
+    [B, heads, H, L+H] for interpretation."""
+
+    def __init__(self, n_features: int, n_symbols: int, n_horizons: int, known_idx: list[int], d: int,
+                 d_var: int, symbol_dim: int, n_heads: int, lstm_layers: int, dropout: float,
+                 symbol_dropout: float) -> None:
+        super().__init__()
+        self.H, self.known_idx, self.symbol_dropout = n_horizons, list(known_idx), symbol_dropout
+        self.lstm_layers = lstm_layers
+        # static covariates
+        self.symbol_embedding = nn.Embedding(n_symbols + 1, symbol_dim)
+        self.symbol_proj = nn.Linear(symbol_dim, d_var)
+        self.static_real = RealEmbedding(N_STATIC_REAL, d_var)
+        self.static_vsn = VariableSelectionNetwork(1 + N_STATIC_REAL, d_var, d, dropout)
+        self.static_context = nn.ModuleDict({
+            name: GatedResidualNetwork(d, d, d, dropout) for name in ("selection", "enrichment", "h", "c")})
+        # time-varying inputs
+        self.encoder_embedding = RealEmbedding(n_features, d_var)
+        self.encoder_vsn = VariableSelectionNetwork(n_features, d_var, d, dropout, d_context=d)
+        self.known_embedding = RealEmbedding(len(self.known_idx), d_var) if self.known_idx else None
+        self.step_embedding = nn.Parameter(torch.randn(n_horizons, d_var) * 0.5)
+        self.decoder_vsn = VariableSelectionNetwork(len(self.known_idx) + 1, d_var, d, dropout, d_context=d)
+        # sequence to sequence
+        self.lstm_encoder = nn.LSTM(d, d, num_layers=lstm_layers, batch_first=True,
+                                    dropout=dropout if lstm_layers > 1 else 0.0)
+        self.lstm_decoder = nn.LSTM(d, d, num_layers=lstm_layers, batch_first=True,
+                                    dropout=dropout if lstm_layers > 1 else 0.0)
+        self.post_lstm = GateAddNorm(d, d, dropout)
+        self.enrichment = GatedResidualNetwork(d, d, d, dropout, d_context=d)
+        self.attention = InterpretableMultiHeadAttention(d, n_heads, dropout)
+        self.post_attention = GateAddNorm(d, d, dropout)
+        self.positionwise = GatedResidualNetwork(d, d, d, dropout)
+        self.pre_output = GateAddNorm(d, d, 0.0)
+        self.head = MultiHorizonHead(d, n_horizons)
+
+    def forward(self, batch: dict) -> dict:
+        x, mask = batch["x"], batch["mask"]
+        B, L, _ = x.shape
+        sym, static = drop_symbols(batch["sym"], batch["static"], self.symbol_dropout, self.training)
+        static_vars = torch.cat([self.symbol_proj(self.symbol_embedding(sym)).unsqueeze(1),
+                                 self.static_real(static)], dim=1)                   # [B, 3, d_var]
+        s, static_w = self.static_vsn(static_vars)
+        ctx = {k: grn(s) for k, grn in self.static_context.items()}
+
+        enc, enc_w = self.encoder_vsn(self.encoder_embedding(x), ctx["selection"].unsqueeze(1))
+        step = self.step_embedding.unsqueeze(0).expand(B, -1, -1).unsqueeze(2)      # [B, H, 1, d_var]
+        if self.known_idx:
+            known = x[:, -1, self.known_idx]                                          # current row's values
+            known = self.known_embedding(known).unsqueeze(1).expand(-1, self.H, -1, -1)
+            step = torch.cat([known, step], dim=2)
+        dec, dec_w = self.decoder_vsn(step, ctx["selection"].unsqueeze(1))
+
+        state = tuple(c.unsqueeze(0).expand(self.lstm_layers, -1, -1).contiguous() for c in (ctx["h"], ctx["c"]))
+        enc_out, state = self.lstm_encoder(enc, state)
+        dec_out, _ = self.lstm_decoder(dec, state)
+        vsn_seq = torch.cat([enc, dec], dim=1)
+        temporal = self.post_lstm(torch.cat([enc_out, dec_out], dim=1), vsn_seq)      # [B, L+H, d]
+        enriched = self.enrichment(temporal, ctx["enrichment"].unsqueeze(1))
+
+        allowed = torch.cat([mask.unsqueeze(1).expand(-1, self.H, -1),
+                             torch.ones(self.H, self.H, dtype=torch.bool, device=x.device).tril()
+                             .unsqueeze(0).expand(B, -1, -1)], dim=2)                 # [B, H, L+H]
+        att, attn_w = self.attention(enriched[:, L:], enriched, allowed)
+        h = self.post_attention(att, enriched[:, L:])
+        h = self.pre_output(self.positionwise(h), temporal[:, L:])
+        out = self.head(h)
+        out.update(static_weights=static_w, encoder_weights=enc_w, decoder_weights=dec_w, attention=attn_w)
+        return out
+
+
+class TFTForecaster(SequenceForecaster):
+    """Temporal Fusion Transformer behind the shared training wrapper.
+
+    Extra parameters: ``hidden_continuous_size`` (width of each variable's embedding and of
+    the per-variable GRNs), ``n_heads`` (attention heads), ``lstm_layers``,
+    ``interpret_rows`` (rows of the validation slice summarised for the figures).
+    """
+
+    def __init__(self, horizons: list[str], seed: int = 0, hidden_continuous_size: int = 8, n_heads: int = 4,
+                 lstm_layers: int = 1, interpret_rows: int = 2048, **kwargs) -> None:
+        super().__init__(horizons, seed, **kwargs)
+        if self.hidden_size % int(n_heads):
+            raise QuantmlInputError(f"backbone.hidden_size={self.hidden_size} must be a multiple of "
+                                    f"n_heads={n_heads}")
+        if int(hidden_continuous_size) < 1 or int(lstm_layers) < 1:
+            raise QuantmlInputError("backbone.hidden_continuous_size and lstm_layers must be >= 1")
+        self.hidden_continuous_size, self.n_heads = int(hidden_continuous_size), int(n_heads)
+        self.lstm_layers, self.interpret_rows = int(lstm_layers), int(interpret_rows)
+
+    def _build_net(self, spec: dict) -> nn.Module:
+        return TemporalFusionNet(spec["n_features"], spec["n_symbols"], spec["n_horizons"], spec["known_idx"],
+                                 self.hidden_size, self.hidden_continuous_size, self.symbol_dim, self.n_heads,
+                                 self.lstm_layers, self.dropout, self.symbol_dropout)
+
+    def _after_fit(self, data, rows: np.ndarray) -> None:
+        """Average variable-selection and attention weights over (up to) ``interpret_rows`` rows."""
+        if len(rows) > self.interpret_rows:
+            rows = rows[np.linspace(0, len(rows) - 1, self.interpret_rows).astype(np.int64)]
+        acc = {"static": 0.0, "encoder": 0.0, "decoder": 0.0, "attention": 0.0, "n": 0, "steps": 0.0}
+
+        def collect(out, batch):
+            m = batch["mask"].unsqueeze(-1).to(out["encoder_weights"].dtype)
+            acc["static"] = acc["static"] + out["static_weights"].sum(0).double().numpy()
+            acc["encoder"] = acc["encoder"] + (out["encoder_weights"] * m).sum((0, 1)).double().numpy()
+            acc["steps"] += float(m.sum())
+            acc["decoder"] = acc["decoder"] + out["decoder_weights"].sum(0).double().numpy()
+            acc["attention"] = acc["attention"] + out["attention"].mean(1).sum(0).double().numpy()
+            acc["n"] += len(batch["sym"])
+
+        self._run(data, rows, collect=collect)
+        n = max(acc["n"], 1)
+        known = [self.feature_names_[i] for i in self.net_spec_["known_idx"]]
+        self.interpretation_ = {
+            "static": pd.Series(acc["static"] / n, index=STATIC_NAMES),
+            "encoder": pd.Series(acc["encoder"] / max(acc["steps"], 1.0), index=self.feature_names_),
+            "decoder": pd.DataFrame(acc["decoder"] / n, index=self.horizons, columns=known + [STEP_NAME]),
+            "attention": acc["attention"] / n,  # [H, L + H]
+        }
+
+    def feature_importance(self) -> pd.Series | None:
+        """Mean encoder variable-selection weight of each feature (sums to 1)."""
+        interp = getattr(self, "interpretation_", None)
+        return None if interp is None else interp["encoder"].sort_values(ascending=False)
+
+    def figures(self) -> dict:
+        figs = super().figures()
+        interp = getattr(self, "interpretation_", None)
+        if interp is None:
+            return figs
+        import matplotlib.pyplot as plt
+
+        enc = interp["encoder"].sort_values()
+        top = enc.iloc[-25:]
+        fig, axes = plt.subplots(1, 3, figsize=(14, max(3.5, 0.25 * len(top) + 1)),
+                                 gridspec_kw={"width_ratios": [1, 2, 1]})
+        interp["static"].sort_values().plot.barh(ax=axes[0], color="tab:green")
+        axes[0].set_title("static")
+        top.plot.barh(ax=axes[1], color="tab:blue")
+        axes[1].set_title(f"past-observed (encoder), top {len(top)} of {len(enc)}")
+        interp["decoder"].mean(0).sort_values().plot.barh(ax=axes[2], color="tab:orange")
+        axes[2].set_title("known-future (decoder)")
+        for ax in axes:
+            ax.set_xlabel("mean selection weight")
+        fig.suptitle("TFT variable importance")
+        fig.tight_layout()
+        figs["tft_variable_importance.png"] = fig
+
+        att = interp["attention"]
+        L = att.shape[1] - len(self.horizons)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        lags = np.arange(-(L - 1), 1)
+        for j, h in enumerate(self.horizons):
+            ax.plot(lags, att[j, :L], label=f"{h}")
+        ax.set_xlabel("encoder step relative to the forecast row (0 = current bar)")
+        ax.set_ylabel("mean attention weight")
+        ax.set_title("TFT attention over the look-back, per horizon (decoder query)")
+        ax.legend(title="horizon")
+        fig.tight_layout()
+        figs["tft_attention.png"] = fig
+        return figs

@@ -1,0 +1,291 @@
+"""The one training wrapper behind every sequence backbone: a :class:`Forecaster` on Lightning.
+
+A subclass only says how to build its network (:meth:`SequenceForecaster._build_net`);
+windowing, normalisation, target scaling, the loss, early stopping, best-state restore,
+seeding, devices, prediction and pickling are shared here, so every feature set,
+ablation, horizon and validation method works unchanged for every backbone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from quantml.models.base import Forecast, Forecaster, SampleSet
+from quantml.models.sequence.heads import LossWeights
+from quantml.models.sequence.module import KeepBestState, SequenceModule, SequenceNet
+from quantml.models.sequence.windows import SymbolNormalizer, TargetScaler, WindowDataset, identity_collate
+from quantml.schema import QuantmlInputError
+
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
+
+
+class SequenceForecaster(Forecaster):
+    """Shared hyper-parameters (every ``backbone/*.yaml`` may set them).
+
+    Parameters
+    ----------
+    lookback : window length ``L`` in bars (the window of row r ends at r).
+    hidden_size, dropout, symbol_dim, symbol_dropout : network width, dropout, size of the
+        learned symbol embedding and the probability a training row is shown as an unseen
+        symbol (trains the embedding used for symbols absent at fit time).
+    batch_size, lr, weight_decay, grad_clip : AdamW training.
+    max_epochs, max_steps, limit_train_batches, limit_val_batches : Lightning budget
+        (``None`` = no limit); early stopping on the validation loss after ``patience`` epochs.
+    w_quantile, w_return, w_direction, w_vol, spread_penalty : loss weights (pinball, MSE of
+        the expected return, direction BCE, log-vol MSE, batch-spread penalty).
+    clip_features : normalised features are clipped to +-clip.
+    num_threads : torch CPU threads during fit/predict (``None`` = min(torch default, cores)).
+    accelerator : ``auto`` (GPU with bf16 autocast when CUDA is available, else CPU fp32),
+        ``cpu`` or ``gpu``.
+    """
+
+    def __init__(self, horizons: list[str], seed: int = 0, *, lookback: int = 32, hidden_size: int = 32,
+                 dropout: float = 0.1, symbol_dim: int = 8, symbol_dropout: float = 0.1,
+                 batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 grad_clip: float | None = 1.0, max_epochs: int = 20, max_steps: int | None = None,
+                 limit_train_batches: int | float | None = None,
+                 limit_val_batches: int | float | None = None, patience: int = 3,
+                 w_quantile: float = 1.0, w_return: float = 1.0, w_direction: float = 0.5,
+                 w_vol: float = 0.5, spread_penalty: float = 0.0, clip_features: float = 10.0,
+                 num_threads: int | None = None, accelerator: str = "auto",
+                 predict_batch_size: int = 2048) -> None:
+        super().__init__(horizons, seed)
+        for name, value in (("lookback", lookback), ("hidden_size", hidden_size), ("batch_size", batch_size),
+                            ("max_epochs", max_epochs), ("symbol_dim", symbol_dim),
+                            ("predict_batch_size", predict_batch_size)):
+            if int(value) < 1:
+                raise QuantmlInputError(f"backbone.{name} must be >= 1, got {value}; set a positive integer")
+        for name, value in (("dropout", dropout), ("symbol_dropout", symbol_dropout)):
+            if not 0 <= value < 1:
+                raise QuantmlInputError(f"backbone.{name} must be in [0, 1), got {value}")
+        for name, value in (("w_quantile", w_quantile), ("w_return", w_return), ("w_direction", w_direction),
+                            ("w_vol", w_vol), ("spread_penalty", spread_penalty), ("weight_decay", weight_decay)):
+            if value < 0:
+                raise QuantmlInputError(f"backbone.{name} must be >= 0, got {value}")
+        if not lr > 0:
+            raise QuantmlInputError(f"backbone.lr must be > 0, got {lr}; use e.g. 1e-3")
+        if accelerator not in ("auto", "cpu", "gpu"):
+            raise QuantmlInputError(f"backbone.accelerator must be auto, cpu or gpu, got {accelerator!r}")
+        self.lookback, self.hidden_size, self.dropout = int(lookback), int(hidden_size), float(dropout)
+        self.symbol_dim, self.symbol_dropout = int(symbol_dim), float(symbol_dropout)
+        self.batch_size, self.lr, self.weight_decay = int(batch_size), float(lr), float(weight_decay)
+        self.grad_clip = grad_clip
+        self.max_epochs, self.max_steps = int(max_epochs), max_steps
+        self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
+        self.patience = int(patience)
+        self.loss_weights = LossWeights(float(w_quantile), float(w_return), float(w_direction), float(w_vol),
+                                        float(spread_penalty))
+        self.clip_features, self.num_threads = float(clip_features), num_threads
+        self.accelerator, self.predict_batch_size = accelerator, int(predict_batch_size)
+
+    # ---- what a backbone supplies -------------------------------------------------------
+    def _build_encoder(self, n_inputs: int) -> torch.nn.Module:
+        """Encoder ``(x [B, L, n_inputs], s [B, hidden]) -> [B, hidden]``."""
+        raise NotImplementedError
+
+    def _build_net(self, spec: dict) -> torch.nn.Module:
+        """The whole net from ``spec`` (n_features, n_symbols, n_horizons, known_idx)."""
+        return SequenceNet(self._build_encoder(spec["n_features"] + 1), spec["n_symbols"], self.hidden_size,
+                           spec["n_horizons"], self.symbol_dim, self.symbol_dropout, self.dropout)
+
+    # ---- Forecaster ---------------------------------------------------------------------
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "SequenceForecaster":
+        import lightning.pytorch as pl
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        data = train.data
+        self._check_panel(data)
+        rows = train.rows[np.isfinite(data.y_ret[train.rows]).any(axis=1)]
+        if len(rows) == 0:
+            raise QuantmlInputError("the training fold has no labelled rows; use a longer data range "
+                                    "or a shorter horizon")
+        valid_rows = None
+        if valid is not None and len(valid):
+            valid_rows = valid.rows[np.isfinite(valid.data.y_ret[valid.rows]).any(axis=1)]
+            valid_rows = valid_rows if len(valid_rows) else None
+
+        with self._torch_threads(), _quiet_lightning():
+            pl.seed_everything(self.seed, workers=True, verbose=False)
+            self.normalizer_ = SymbolNormalizer(self.clip_features).fit(data, rows)
+            self.scaler_ = TargetScaler().fit(data, rows, self.normalizer_)
+            self.feature_names_ = list(data.feature_names)
+            known = [data.feature_names.index(f) for f in data.known_future if f in data.feature_names]
+            self.net_spec_ = {"n_features": data.X.shape[1], "n_symbols": len(self.normalizer_.symbols_),
+                              "n_horizons": len(self.horizons), "known_idx": known}
+            torch.manual_seed(self.seed)
+            net = self._build_net(self.net_spec_)
+            module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay)
+
+            train_ds = WindowDataset(data, rows, self.lookback, self.normalizer_, self.scaler_)
+            gen = torch.Generator().manual_seed(self.seed)
+            train_dl = DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, generator=gen,
+                                  drop_last=len(rows) >= 2 * self.batch_size, collate_fn=identity_collate,
+                                  num_workers=0)
+            keeper = KeepBestState()
+            callbacks = [keeper]
+            val_dl = None
+            if valid_rows is not None:
+                val_ds = WindowDataset(valid.data, valid_rows, self.lookback, self.normalizer_, self.scaler_)
+                val_dl = DataLoader(val_ds, batch_size=self.predict_batch_size, shuffle=False,
+                                    collate_fn=identity_collate, num_workers=0)
+                callbacks.append(EarlyStopping(monitor="val_loss", patience=self.patience, mode="min"))
+            gpu = self.accelerator == "gpu" or (self.accelerator == "auto" and torch.cuda.is_available())
+            with tempfile.TemporaryDirectory(prefix="quantml-seq-") as root:
+                trainer = pl.Trainer(
+                    accelerator="gpu" if gpu else "cpu", devices=1,
+                    precision="bf16-mixed" if gpu else "32-true",
+                    max_epochs=self.max_epochs, max_steps=-1 if self.max_steps is None else int(self.max_steps),
+                    limit_train_batches=1.0 if self.limit_train_batches is None else self.limit_train_batches,
+                    limit_val_batches=1.0 if self.limit_val_batches is None else self.limit_val_batches,
+                    gradient_clip_val=self.grad_clip, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=_show_progress(), enable_model_summary=False,
+                    num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root,
+                    deterministic=False)
+                trainer.fit(module, train_dl, val_dl)
+            net = module.net.cpu().float()
+            if keeper.best_state is not None:
+                net.load_state_dict(keeper.best_state)
+            net.eval()
+            self.net_ = net
+            self.history_ = keeper.history
+            self.best_epoch_ = keeper.best_epoch
+            self._after_fit(valid.data if valid_rows is not None else data,
+                            valid_rows if valid_rows is not None else rows)
+        return self
+
+    def predict(self, data: SampleSet) -> Forecast:
+        self._check_fitted()
+        H = len(self.horizons)
+        if len(data) == 0:
+            empty = np.zeros((0, H))
+            return Forecast(self.horizons, empty, empty, empty, empty, empty, empty)
+        self._check_panel(data.data)
+        out = self._run(data.data, data.rows)
+        s = self.scaler_
+        return Forecast(self.horizons,
+                        expected_return=out["mean"] * s.ret_scale_, q10=out["q10"] * s.ret_scale_,
+                        q50=out["q50"] * s.ret_scale_, q90=out["q90"] * s.ret_scale_,
+                        prob_up=1.0 / (1.0 + np.exp(-out["logit"])), vol_forecast=out["vol"] * s.vol_scale_)
+
+    def figures(self) -> dict:
+        if not getattr(self, "history_", None):
+            return {}
+        import matplotlib.pyplot as plt
+
+        hist = pd.DataFrame(self.history_)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(hist["epoch"], hist["train_loss"], marker="o", label="train")
+        if hist["val_loss"].notna().any():
+            ax.plot(hist["epoch"], hist["val_loss"], marker="o", label="validation")
+            ax.axvline(self.best_epoch_, color="grey", ls="--", lw=1, label="restored")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{type(self).__name__}: training curve")
+        ax.legend()
+        fig.tight_layout()
+        return {f"{self._figure_prefix()}_loss_curve.png": fig}
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _figure_prefix(self) -> str:
+        return type(self).__name__.replace("Forecaster", "").lower()
+
+    def _after_fit(self, data, rows: np.ndarray) -> None:
+        """Hook for interpretation summaries (TFT) on the validation (else training) rows."""
+
+    def _run(self, data, rows: np.ndarray, collect=None) -> dict[str, np.ndarray]:
+        """Net outputs (scaled units) for ``rows`` in order, [n, H] numpy arrays each."""
+        ds = WindowDataset(data, rows, self.lookback, self.normalizer_, self.scaler_, targets=False)
+        dl = DataLoader(ds, batch_size=self.predict_batch_size, shuffle=False, collate_fn=identity_collate)
+        keys = ("mean", "q10", "q50", "q90", "logit", "vol")
+        parts = {k: [] for k in keys}
+        self.net_.eval()
+        with self._torch_threads(), torch.inference_mode():
+            for batch in dl:
+                out = self.net_(batch)
+                for k in keys:
+                    parts[k].append(out[k].double().numpy())
+                if collect is not None:
+                    collect(out, batch)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise QuantmlInputError(f"{type(self).__name__} is not fitted: call fit(train, valid) first")
+
+    def _check_panel(self, data) -> None:
+        if len(data.horizons) != len(self.horizons):
+            raise QuantmlInputError(
+                f"the panel has horizons {data.horizons}, the backbone was built for {self.horizons}; "
+                f"build the labels with the same horizon config")
+        if hasattr(self, "feature_names_") and list(data.feature_names) != self.feature_names_:
+            raise QuantmlInputError(
+                f"the panel's features differ from the {len(self.feature_names_)} the model was fitted on "
+                f"(first fitted: {self.feature_names_[:3]}); use the same feature_set and ablation")
+
+    @contextmanager
+    def _torch_threads(self):
+        before = torch.get_num_threads()
+        n = self.num_threads or min(before, os.cpu_count() or before)
+        torch.set_num_threads(int(n))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ---- pickling: weights + hyper-parameters, never the Lightning objects ------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        net = state.pop("net_", None)
+        if net is not None:
+            state["net_state_"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        net_state = state.pop("net_state_", None)
+        self.__dict__.update(state)
+        if net_state is not None:
+            net = self._build_net(self.net_spec_)
+            net.load_state_dict(net_state)
+            self.net_ = net.eval()
+
+
+def _show_progress() -> bool:
+    """A progress bar only on an interactive terminal and never inside a Hydra multirun."""
+    if not sys.stdout.isatty():
+        return False
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode != RunMode.MULTIRUN
+    except Exception:  # Hydra not running
+        return True
+
+
+@contextmanager
+def _quiet_lightning():
+    """Silence Lightning's device banners and data-loader advice during fit."""
+    loggers = [logging.getLogger(n) for n in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)

@@ -1,0 +1,145 @@
+"""Batch prediction with a registered model: resolve, load, predict, apply tuned signals, write.
+
+``predict_panel(model_uri, panel)`` pins an alias (``models:/NAME@champion``) to the version
+it points at *once*, loads exactly that version, asks the pyfunc for the prediction
+contract (``schema.PREDICTION_COLUMNS``) with ``model_name/model_version`` filled from the
+resolved version, and re-derives ``score, confidence, action`` with the version's tuned
+thresholds (model-version tag ``quantml.signal``, JSON of ``SignalConfig.to_dict()``) when
+the tag is there.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from quantml.registry.store import RegistryError, RegistryStore, normalise_version
+from quantml.schema import PREDICTION_COLUMNS, QuantmlInputError
+from quantml.signals import SignalConfig, compute_signals
+
+SIGNAL_TAG = "quantml.signal"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
+
+
+@dataclass
+class ResolvedModel:
+    """A model URI pinned to one artifact: what is loaded and what the output is stamped with."""
+
+    requested: str
+    load_uri: str  # models:/NAME/<version> or the runs:/ URI itself
+    name: str = ""  # "" for an unregistered runs:/ model
+    version: str = ""
+    run_id: str = ""
+    signal: SignalConfig | None = None
+
+
+def parse_signal_tag(value: str, where: str) -> SignalConfig:
+    """``SignalConfig`` from the JSON of ``SignalConfig.to_dict()`` stored in a tag."""
+    try:
+        data = json.loads(value)
+        return SignalConfig.from_config(data, cost=float(data.get("cost", 0.0)))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise QuantmlInputError(
+            f"tag {SIGNAL_TAG} of {where} is not the JSON of SignalConfig.to_dict() ({exc}); "
+            f"re-run quantml-tune or delete the tag") from None
+
+
+def resolve_model(model_uri: str, store: RegistryStore) -> ResolvedModel:
+    """Pin ``models:/NAME@alias``, ``models:/NAME/<version|latest>`` or ``runs:/<id>/model``."""
+    model_uri = model_uri.strip()
+    m = _MODELS_URI.match(model_uri)
+    if m:
+        name = m["name"]
+        if m["alias"]:
+            try:
+                mv = store.client.get_model_version_by_alias(name, m["alias"])
+            except MlflowException:
+                aliases = store.aliases(name)  # raises "does not exist" for an unknown model
+                raise QuantmlInputError(
+                    f"model {name!r} has no alias {m['alias']!r} (aliases: {aliases or 'none'}); "
+                    f"promote a version first (`quantml-registry promote {name} VERSION`) or use "
+                    f"models:/{name}/<version>") from None
+        elif m["version"] == "latest":
+            versions = store.versions(name)
+            if not versions:
+                raise QuantmlInputError(f"model {name!r} has no versions; register a run first")
+            mv = versions[-1]
+        else:
+            try:
+                mv = store.get_version(name, m["version"])
+            except RegistryError as exc:
+                raise QuantmlInputError(str(exc)) from None
+        version = normalise_version(mv.version)
+        tag = (mv.tags or {}).get(SIGNAL_TAG)
+        signal = parse_signal_tag(tag, f"{name} v{version}") if tag else None
+        return ResolvedModel(model_uri, f"models:/{name}/{version}", name, version, mv.run_id or "", signal)
+    r = _RUNS_URI.match(model_uri)
+    if r:
+        return ResolvedModel(model_uri, model_uri, run_id=r["run_id"])
+    raise QuantmlInputError(f"model={model_uri!r} is not a model URI; use models:/NAME@champion, "
+                            f"models:/NAME/3 or runs:/<run_id>/model")
+
+
+def apply_signal(predictions: pd.DataFrame, signal: SignalConfig) -> pd.DataFrame:
+    """Recompute ``score, confidence, action`` of a prediction-contract frame with ``signal``."""
+    out = compute_signals(predictions, signal)
+    return out[list(predictions.columns)]
+
+
+def predict_panel(model_uri: str, panel: pd.DataFrame, *, store: RegistryStore | None = None,
+                  last_only: bool = True) -> tuple[pd.DataFrame, ResolvedModel]:
+    """Prediction contract for ``panel`` from the model at ``model_uri``.
+
+    Returns ``(frame [rows, len(PREDICTION_COLUMNS)], resolved)``; one row per
+    (symbol, timestamp, horizon), only each symbol's latest bar with ``last_only``.
+    Raises ``QuantmlInputError`` when the panel does not match the model's feature contract.
+    """
+    import mlflow
+
+    store = store or RegistryStore()
+    resolved = resolve_model(model_uri, store)
+    with store.global_uri():
+        try:
+            model = mlflow.pyfunc.load_model(resolved.load_uri)
+        except MlflowException as exc:
+            raise QuantmlInputError(f"cannot load {resolved.load_uri} from {store.tracking_uri}: {exc.message}; "
+                                    f"check the URI and MLFLOW_TRACKING_URI") from None
+    params = {"last_only": bool(last_only), "model_name": resolved.name, "model_version": resolved.version}
+    try:
+        frame = model.predict(panel, params=params)
+    except QuantmlInputError:
+        raise
+    except MlflowException as exc:  # MLflow's schema enforcement: the panel does not fit the signature
+        raise QuantmlInputError(f"panel does not match the input schema of {resolved.load_uri}: {exc.message}; "
+                                f"supply the columns the model was trained with") from None
+    frame = pd.DataFrame(frame)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise QuantmlInputError(f"{resolved.load_uri} returned no {missing}: it is not a quantml model "
+                                f"(log models with quantml-train)")
+    frame = frame[list(PREDICTION_COLUMNS)]
+    if resolved.signal is not None:
+        frame = apply_signal(frame, resolved.signal)
+    return frame.reset_index(drop=True), resolved
+
+
+def default_output(resolved: ResolvedModel, root: str | Path = "outputs/predictions") -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    label = f"{resolved.name}-v{resolved.version}" if resolved.name else f"run-{resolved.run_id[:12]}"
+    return Path(root) / f"{label}-{stamp}.parquet"
+
+
+def write_predictions(frame: pd.DataFrame, output: str | Path) -> Path:
+    """Write the prediction contract as parquet (parent directories created)."""
+    output = Path(output)
+    if output.suffix not in (".parquet", ".pq"):
+        raise QuantmlInputError(f"output={output} must end in .parquet")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(output, index=False)
+    return output

@@ -1,0 +1,78 @@
+"""Tracking: run lifecycle (FINISHED / FAILED with the error attached), retries, params."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+from omegaconf import OmegaConf
+
+from quantml.tracking import ExperimentTracker, flatten_config, prepare_store, retrying
+from quantml.tracking.store import is_transient, resolve_tracking_uri
+
+
+def test_parent_and_child_runs_finish(tracking_uri):
+    tracker = ExperimentTracker(prepare_store(tracking_uri, "t"))
+    with tracker.run("parent", {"quantml.kind": "parent"}) as parent:
+        with tracker.run("fold-0", {"quantml.kind": "fold"}, parent=parent) as child:
+            child.log_metrics({"test_ic/1d": 0.1, "test_ap/1d": float("nan")})
+        parent.log_params({"a.b": 1})
+    client = mlflow.MlflowClient()
+    p, c = client.get_run(parent.run_id), client.get_run(child.run_id)
+    assert p.info.status == c.info.status == "FINISHED"
+    assert c.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert c.data.metrics == {"test_ic/1d": 0.1}  # NaN metrics are not logged
+    assert p.data.params == {"a.b": "1"}
+
+
+def test_error_ends_every_open_run_failed_with_traceback(tracking_uri):
+    tracker = ExperimentTracker(prepare_store(tracking_uri, "t"))
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.run("parent") as parent:
+            with tracker.run("fold-0", parent=parent) as child:
+                raise RuntimeError("boom")
+    client = mlflow.MlflowClient()
+    for run_id in (parent.run_id, child.run_id):
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert "RuntimeError: boom" in run.data.tags["quantml.error"]
+        local = client.download_artifacts(run_id, "error.txt")
+        assert "boom" in open(local).read()
+
+
+def test_retrying_retries_transient_errors_only():
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert retrying(flaky, base_delay=0.001)() == "ok"
+    assert calls["n"] == 3
+
+    def broken():
+        calls["n"] += 1
+        raise ValueError("bad value")
+
+    calls["n"] = 0
+    with pytest.raises(ValueError):
+        retrying(broken, base_delay=0.001)()
+    assert calls["n"] == 1
+    assert is_transient(RuntimeError("database is locked")) and not is_transient(KeyError("x"))
+
+
+def test_flatten_config_and_uri_resolution(monkeypatch):
+    cfg = OmegaConf.create({"data": {"freq": "1h", "n": 3}, "seed": 7, "h": {"list": [1, 2]}})
+    assert flatten_config(cfg) == {"data.freq": "1h", "data.n": "3", "seed": "7", "h.list": "[1, 2]"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    assert resolve_tracking_uri("sqlite:///y.db") == "sqlite:///x.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri("sqlite:///y.db") == "sqlite:///y.db"
+    assert resolve_tracking_uri(None) == "sqlite:///mlflow.db"
+
+
+def test_deleted_experiment_is_a_clear_error(tracking_uri):
+    exp_id = prepare_store(tracking_uri, "gone")
+    mlflow.MlflowClient().delete_experiment(exp_id)
+    with pytest.raises(Exception, match="restore it"):
+        prepare_store(tracking_uri, "gone")
