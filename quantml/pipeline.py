@@ -122,14 +122,12 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
 
 
 def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame) -> pd.DataFrame:
-    """Forecasts of ``part`` in the long contract layout, joined with what was realised."""
+    """Forecasts of ``part`` in the long contract layout (horizon-major), joined with what was realised."""
     frame = model.predict(part).to_frame(part.keys)
-    n = len(part)
-    for j, h in enumerate(part.data.horizons):
-        block = slice(j * n, (j + 1) * n)
-        for name in ("ret", "ret_after_cost", "dir", "vol"):
-            frame.loc[block, name] = realised[f"{name}@{h}"].to_numpy()[part.rows]
-    frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], len(part.data.horizons))
+    horizons = part.data.horizons
+    for name in ("ret", "ret_after_cost", "dir", "vol"):
+        frame[name] = np.concatenate([realised[f"{name}@{h}"].to_numpy()[part.rows] for h in horizons])
+    frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], len(horizons))
     return frame
 
 

@@ -1,13 +1,16 @@
 """Sources: bundled adjusted daily stocks, user parquet/CSV files and directories, dispatch errors."""
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from quantml.data import load_panel
-from quantml.data.loaders import load_stocks_daily, repair_ohlc
+from quantml.data.loaders import load_stocks_daily, repair_ohlc, stocks_csv_path
 from quantml.schema import QuantmlInputError
+
+DATA_CONF = Path(__file__).resolve().parents[1] / "quantml" / "conf" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def test_stocks_daily_is_split_adjusted(stocks):
         assert abs(r.loc[pd.Timestamp(f"{day} 21:00", tz="UTC")]) < 0.1
     assert aapl["close"].iloc[0] == pytest.approx(4.186663)  # Adj Close of 2000-03-01
     # O/H/L scaled by the same factor: the bar stays consistent, volume scaled inversely
-    raw = pd.read_csv(__import__("quantml.data.loaders", fromlist=["x"]).stocks_csv_path(), nrows=1)
+    raw = pd.read_csv(stocks_csv_path(), nrows=1)
     f = raw["Adj Close"][0] / raw["Close"][0]
     assert aapl["high"].iloc[0] == pytest.approx(raw["High"][0] * f)
     assert aapl["volume"].iloc[0] == pytest.approx(raw["Volume"][0] / f)
@@ -161,11 +164,11 @@ def test_user_file_bad_rows_strict(tmp_path):
 def test_hydra_config_group_loads():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load("quantml/conf/data/synthetic.yaml")
+    cfg = OmegaConf.load(DATA_CONF / "synthetic.yaml")
     cfg.seed = 3
     cfg.n_bars = 200
     p = load_panel(cfg)
     assert p["symbol"].nunique() == 4 and len(p) == 800
-    missing = OmegaConf.load("quantml/conf/data/parquet.yaml")  # path: ???
+    missing = OmegaConf.load(DATA_CONF / "parquet.yaml")  # path: ???
     with pytest.raises(QuantmlInputError, match="needs data.path"):
         load_panel(missing)

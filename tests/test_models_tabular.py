@@ -97,3 +97,20 @@ def test_bad_hyper_parameters_are_refused():
         RidgeForecaster(HORIZONS, alpha=0)
     with pytest.raises(ValueError, match="quantiles"):
         LightGBMForecaster(HORIZONS, quantiles="magic")
+
+
+def test_prediction_frame_aligns_realised_values_per_horizon():
+    from quantml.pipeline import prediction_frame
+
+    data = planted_panel(n_per_symbol=40, n_symbols=2)
+    rows = np.array([3, 10, 50, 61])
+    realised = pd.DataFrame({f"{name}@{h}": np.arange(data.n_rows) * (10 if h == "4h" else 1) + k / 10
+                             for h in HORIZONS for k, name in enumerate(("ret", "ret_after_cost", "dir", "vol"))})
+    realised["ret_next_bar"] = -np.arange(data.n_rows, dtype=float)
+    model = RidgeForecaster(HORIZONS).fit(data.subset(np.arange(data.n_rows)))
+    frame = prediction_frame(model, data.subset(rows), realised)
+    assert len(frame) == 8
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "1h", "ret"], rows)
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "ret"], rows * 10)
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "vol"], rows * 10 + 0.3)
+    np.testing.assert_array_equal(frame["ret_next_bar"], -np.tile(rows, 2))

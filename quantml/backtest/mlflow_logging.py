@@ -28,12 +28,13 @@ def backtest_metrics(result: BacktestResult, prefix: str) -> dict[str, float]:
 
 
 def log_backtest(result: BacktestResult, prefix: str, per_bar_steps: bool = True, split_at=None,
-                 log_stats: bool = True) -> dict[str, float]:
+                 log_stats: bool = True, figures: bool = True) -> dict[str, float]:
     """Log ``result`` under ``prefix`` to the active run and return the metrics logged.
 
     Artifacts: ``backtest/<prefix>_bars.csv`` (per-bar gross, cost, pnl, turnover, equity,
     drawdown and positions), ``figures/<prefix>_equity.png``, ``figures/<prefix>_positions.png``.
-    ``log_stats=False`` skips the summary metrics (the caller logs its own).
+    ``log_stats=False`` skips the summary metrics (the caller logs its own), ``figures=False``
+    the figures.
     With ``per_bar_steps`` the equity and drawdown curves are also stepped metrics
     (``<prefix>_equity``, step = bar number) for the MLflow UI's charts.
     """
@@ -47,10 +48,11 @@ def log_backtest(result: BacktestResult, prefix: str, per_bar_steps: bool = True
         path = Path(tmp) / f"{prefix}_bars.csv"
         table.to_csv(path)
         mlflow.log_artifact(str(path), artifact_path="backtest")
-        for name, fig in ((f"{prefix}_equity.png", equity_figure(result, prefix, split_at)),
-                          (f"{prefix}_positions.png", positions_figure(result, f"{prefix} positions"))):
-            mlflow.log_figure(fig, f"figures/{name}")
-            plt.close(fig)
+        if figures:
+            for name, fig in ((f"{prefix}_equity.png", equity_figure(result, prefix, split_at)),
+                              (f"{prefix}_positions.png", positions_figure(result, f"{prefix} positions"))):
+                mlflow.log_figure(fig, f"figures/{name}")
+                plt.close(fig)
     if per_bar_steps:
         run_id = mlflow.active_run().info.run_id
         client = mlflow.MlflowClient()

@@ -11,7 +11,7 @@ import pandas as pd
 from quantml.data.panel import infer_bar_frequency, ts_int64
 from quantml.features.blocks import BLOCKS, Context, Skip
 from quantml.features.ops import SegmentOps
-from quantml.schema import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.schema import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
 
 
 @dataclass
@@ -83,10 +83,11 @@ def _blocks_of(cfg: Mapping) -> dict[str, dict]:
 
 
 def _check_sorted(panel: pd.DataFrame) -> None:
-    sym = panel[SYMBOL].to_numpy()
+    codes, uniques = pd.factorize(panel[SYMBOL])
     ts = ts_int64(panel[TIMESTAMP])
-    same = sym[1:] == sym[:-1]
-    if (same & (np.diff(ts) <= 0)).any() or pd.Series(sym).ne(pd.Series(sym).shift()).sum() != pd.Series(sym).nunique():
+    same = codes[1:] == codes[:-1]
+    runs = int((~same).sum()) + (len(codes) > 0)
+    if (same & (np.diff(ts) <= 0)).any() or runs != len(uniques):
         raise QuantmlInputError(
             "panel is not sorted by (symbol, timestamp) with unique timestamps per symbol; "
             "pass it through quantml.data.validate_panel first"
@@ -142,7 +143,8 @@ def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
         block[j] = ctx.features[n]
     block[~np.isfinite(block)] = np.nan
     frame = pd.DataFrame(block.T, columns=names, index=panel.index, copy=False)
-    used = sorted(ctx.used)
+    # raw exogenous columns of a dropped modality feed only dropped features
+    used = sorted(c for c in ctx.used if modality_of(c.removesuffix("_missing")) not in drop)
     return FeatureMatrix(
         frame=frame,
         modalities={n: ctx.modalities[n] for n in names},

@@ -40,7 +40,7 @@ class LightGBMForecaster(TabularForecaster):
     def _fit_kwargs(self, Xv, yv) -> dict:
         if Xv is None or yv is None or not self.early_stopping_rounds:
             return {}
-        return {"eval_set": [(Xv, yv)],
+        return {"eval_X": (Xv,), "eval_y": (yv,),
                 "callbacks": [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]}
 
     def _fit_regressor(self, X, y, Xv, yv, **extra):

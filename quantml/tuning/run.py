@@ -148,7 +148,8 @@ def _log_child_run(study: ThresholdStudy, optuna_study: optuna.Study, signal: Si
             plt.close(fig)
         first = min(tuned.results)
         full = tuned.results[first]
-        log_backtest(full.slice(stop=study.split.cutoff), "tune", per_bar_steps=False, log_stats=False)
+        log_backtest(full.slice(stop=study.split.cutoff), "tune", per_bar_steps=False, log_stats=False,
+                     figures=False)
         log_backtest(full.slice(start=study.split.cutoff), "holdout", per_bar_steps=True, log_stats=False)
         fig = equity_figure(full, f"tuned, path {first}, tuning | hold-out", split_at=study.split.cutoff)
         mlflow.log_figure(fig, "figures/tuned_equity.png")
