@@ -6,31 +6,25 @@ label is NaN when that bar is beyond the data.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from quantml.data.panel import infer_bar_frequency, ts_int64
+from quantml.data.panel import infer_bar_frequency, parse_duration, ts_int64
 from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
-
-_HORIZON = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
-_UNIT = {"m": "min", "min": "min", "h": "h", "d": "D", "w": "W"}
-
 
 def parse_horizon(text: str) -> pd.Timedelta:
     """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` -> Timedelta (m = minutes)."""
-    m = _HORIZON.match(str(text))
-    if not m or int(m.group(1)) == 0:
-        hint = (" ('swing' and 'intraday' are presets of the horizon config group: horizon=swing)"
-                if str(text).strip().lower() in ("swing", "intraday") else "")
-        raise QuantmlInputError(
-            f"horizon {text!r} is not a duration; write a positive number and a unit m/h/d/w, "
-            f"e.g. 30m, 1h, 4h, 1d, 7d{hint}"
-        )
-    return pd.Timedelta(int(m.group(1)), unit=_UNIT[m.group(2).lower()])
+    try:
+        return parse_duration(text, "horizon")
+    except QuantmlInputError as err:
+        if str(text).strip().lower() in ("swing", "intraday"):
+            raise QuantmlInputError(
+                f"{err} ('swing' and 'intraday' are presets of the horizon config group: horizon=swing)"
+            ) from None
+        raise
 
 
 @dataclass

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,14 +63,9 @@ class ExperimentResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python and NumPy; backbones seed their own libraries (LightGBM, torch) from ``seed``."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
 
 
 def prepare_data(cfg: DictConfig) -> PreparedData:
@@ -310,24 +307,13 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
     metrics["best_monitor"] = monitor_value
     parent.set_tags({"quantml.monitor": cfg.evaluation.monitor, "quantml.best_monitor": monitor_name})
     parent.log_metrics(metrics)
-    parent.log_frame(oos, "predictions/oos_predictions.parquet")
-    parent.log_frame(fold_metrics.reset_index(), "report/fold_metrics.csv")
 
     report = build_report(oos, fold_metrics, prep.periods_per_year, costs, ic_mode, **evaluate.options)
-    parent.log_frame(report.by_symbol_horizon, "report/report_by_symbol_horizon.csv")
-    parent.log_text(report.html, "report/report.html")
-    for file_name, figure in report.figures.items():
-        parent.log_figure(figure, f"figures/{file_name}")
-
-    model_uri = None
     final_model, calibrator, _ = _fit_final(cfg, prep, splitter)
-    importance = final_model.feature_importance()
-    if importance is not None:
-        parent.log_frame(importance.rename("importance").rename_axis("feature").reset_index(),
-                         "report/feature_importance.csv")
-        parent.log_figure(_importance_figure(importance), "figures/feature_importance.png")
-    for file_name, figure in final_model.figures().items():
-        parent.log_figure(figure, f"figures/{file_name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        _stage_artifacts(Path(tmp), oos, fold_metrics, report, final_model)
+        parent.log_artifacts(tmp)
+    model_uri = None
     if cfg.tracking.get("log_model", True):
         bundle = ModelBundle(forecaster=final_model, calibrator=calibrator, contract=prep.contract,
                              signal=signal.to_dict(), data_fingerprint=prep.fingerprint,
@@ -349,11 +335,31 @@ def _fit_final(cfg: DictConfig, prep: PreparedData, splitter):
     return fit_with_calibration(cfg, prep, prep.samples[fit_pos], prep.samples[valid_pos])
 
 
+def _stage_artifacts(root: Path, oos: pd.DataFrame, fold_metrics: pd.DataFrame, report, model: Forecaster) -> None:
+    """Write the parent run's artifacts into ``root`` (one upload instead of one per file)."""
+    for folder in ("predictions", "report", "figures"):
+        (root / folder).mkdir()
+    oos.to_parquet(root / "predictions" / "oos_predictions.parquet", index=False)
+    fold_metrics.reset_index().to_csv(root / "report" / "fold_metrics.csv", index=False)
+    report.by_symbol_horizon.to_csv(root / "report" / "report_by_symbol_horizon.csv", index=False)
+    (root / "report" / "report.html").write_text(report.html, encoding="utf-8")
+    for name in report.figures:
+        (root / "figures" / name).write_bytes(report.png(name))
+    importance = model.feature_importance()
+    if importance is not None:
+        importance.rename("importance").rename_axis("feature").reset_index().to_csv(
+            root / "report" / "feature_importance.csv", index=False)
+        _importance_figure(importance).savefig(root / "figures" / "feature_importance.png")
+    for name, figure in model.figures().items():
+        figure.savefig(root / "figures" / name)
+
+
 def _importance_figure(importance: pd.Series, top: int = 25):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     top_items = importance.head(top)[::-1]
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.28 * len(top_items))))
+    fig = Figure(figsize=(7, max(3, 0.28 * len(top_items))))
+    ax = fig.subplots()
     ax.barh(top_items.index, top_items.to_numpy())
     ax.set_title("Feature importance (final model)")
     fig.tight_layout()

@@ -108,3 +108,38 @@ def test_stream_column_clash(bars):
     s = _stream([("X", T("00:30"), T("01:00"), 1.0)]).rename(columns={"v": "close"})
     with pytest.raises(QuantmlInputError, match="already exist in the bars"):
         join_streams(bars, {"s": s})
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_row = st.tuples(st.sampled_from(["X", "Y"]), st.integers(0, 400), st.integers(0, 300), st.floats(-5, 5))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(_row, min_size=1, max_size=25, unique_by=lambda r: (r[0], r[1] + r[2])),
+       st.integers(30, 500))
+def test_asof_matches_brute_force(rows, limit_min):
+    """Random streams with late and out-of-order publications vs a direct definition:
+    latest event_time among rows published at or before the bar, stale beyond the limit."""
+    base = T("00:00")
+    ts = pd.date_range(T("01:00"), periods=8, freq="1h")
+    bars = pd.concat([pd.DataFrame({"timestamp": ts, "symbol": s, "close": 1.0}) for s in ("X", "Y")],
+                     ignore_index=True)
+    stream = pd.DataFrame({
+        "symbol": [r[0] for r in rows],
+        "event_time": [base + pd.Timedelta(minutes=r[1]) for r in rows],
+        "available_at": [base + pd.Timedelta(minutes=r[1] + r[2]) for r in rows],
+        "v": [r[3] for r in rows]})
+    out = join_streams(bars, {"s": stream}, {"s": f"{limit_min}min"})
+    limit = pd.Timedelta(minutes=limit_min)
+    for i, bar in bars.iterrows():
+        seen = stream[(stream["symbol"] == bar["symbol"]) & (stream["available_at"] <= bar["timestamp"])]
+        if len(seen):
+            newest = seen[seen["event_time"] == seen["event_time"].max()]
+            pick = newest.loc[newest["available_at"].idxmax()]
+            fresh = bar["timestamp"] - pick["event_time"] <= limit
+        if len(seen) and fresh:
+            assert out.loc[i, "v"] == pick["v"] and out.loc[i, "v_missing"] == 0.0
+        else:
+            assert np.isnan(out.loc[i, "v"]) and out.loc[i, "v_missing"] == 1.0

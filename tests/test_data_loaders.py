@@ -126,7 +126,7 @@ def test_empty_file(tmp_path):
 def test_header_only_file(tmp_path):
     f = tmp_path / "header.csv"
     _frame().iloc[:0].to_csv(f, index=False)
-    with pytest.raises(QuantmlInputError, match="header but no rows"):
+    with pytest.raises(QuantmlInputError, match="columns but no rows"):
         load_panel({"source": "file", "path": str(f)})
 
 

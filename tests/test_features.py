@@ -136,6 +136,9 @@ def test_blocks_without_sources_are_skipped():
               "regime.funding_slope", "regime.oi_slope"):
         assert b in fm.skipped, b
     assert "onchain_netflow" in fm.skipped["onchain"]
+    partial = build_features(_tiny().drop(columns=["macro_surprise"]).assign(macro_rate=1.0), FULL)
+    assert partial.skipped["macro.macro_surprise"] == "column 'macro_surprise' absent from the panel"
+    assert "macro_rate" in partial.frame.columns
     assert "ret_1" in fm.frame.columns
 
 
@@ -184,3 +187,14 @@ def test_event_activity_mask_exact():
     np.testing.assert_array_equal(event_activity_mask(p, "1h"), [False, True, False, False, True, False])
     with pytest.raises(QuantmlInputError, match="needs an 'event_count' column"):
         event_activity_mask(p.drop(columns="event_count"), "1d")
+
+
+def test_expected_features_for_serving(panel):
+    fm = build_features(panel, FULL)
+    want = list(reversed(fm.names[:5]))
+    again = build_features(panel, FULL, expected=want)
+    assert again.names == want
+    pd.testing.assert_frame_equal(again.frame, fm.frame[want])
+    with pytest.raises(QuantmlInputError, match=r"needs feature\(s\) \['funding_bps'\].*funding_rate"):
+        build_features(panel.drop(columns=["funding_rate"]), {"name": "d", "blocks": {"derivatives": {}}},
+                       expected=["funding_bps"])

@@ -361,3 +361,18 @@ def test_cli_register_gates_promote_rollback_history(world, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli(uri, "unlock", name) == 0
     assert "was not locked" in capsys.readouterr().out
+
+
+def test_global_uri_scope_restores_mlflow_globals_and_environment(world, monkeypatch):
+    import mlflow
+
+    uri, store, runs = world
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    before = mlflow.get_tracking_uri()
+    with store.global_uri():
+        assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
+        assert os.environ["MLFLOW_REGISTRY_URI"] == uri  # what MLflow exports for subprocesses
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+    assert mlflow.get_tracking_uri() == before

@@ -1,5 +1,8 @@
-"""quantml-tune's library: time split, objectives, no look-ahead, seeding, resume, MLflow child run, attach."""
+"""quantml-tune: time split, objectives, no look-ahead, seeding, resume, processes sharing a storage,
+the CLI's MLflow child run and attach. One MLflow store per module (creating one costs seconds)."""
 import json
+import multiprocessing
+import sys
 
 import mlflow
 import numpy as np
@@ -7,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from quantml.cli.tune import tune
 from quantml.portfolio import AllocatorConfig
 from quantml.schema import QuantmlInputError
 from quantml.signals import SIGNAL_TAG, SignalConfig
@@ -19,6 +23,7 @@ from quantml.tuning.thresholds import SearchSpace, ThresholdStudy, TuneSettings,
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ALLOC = AllocatorConfig(cov_window=30, cov_min_periods=10)
+SMALL = ["study.n_trials=3", "study.n_startup_trials=2", "allocator.cov_window=30", "allocator.cov_min_periods=10"]
 
 
 def test_time_split_cuts_at_a_fold_boundary_for_disjoint_folds():
@@ -137,35 +142,6 @@ def test_resume_and_threads_share_one_storage(source, tmp_path):
         run_tuning(source.run_id, n_trials=1, **{**kw, "settings": TuneSettings(tune_fraction=0.5)})
 
 
-def test_study_is_logged_as_a_child_run_and_attached_to_a_model_version(source, tracking_uri, tmp_path):
-    client = mlflow.MlflowClient(tracking_uri)
-    client.create_registered_model("synthetic")
-    client.create_model_version("synthetic", f"runs:/{source.run_id}/model", run_id=source.run_id)
-    assert read_model_version_signal("synthetic", "1", tracking_uri) is None
-    out = run_tuning(source.run_id, tracking_uri, TuneSettings(), ALLOC, storage=None, n_trials=5,
-                     n_startup_trials=2, attach="synthetic:1")
-    child = client.get_run(out.tune_run_id)
-    assert child.data.tags["mlflow.parentRunId"] == source.run_id and child.info.status == "FINISHED"
-    m = child.data.metrics
-    for key in ("tune_sharpe_after_cost", "holdout_sharpe_after_cost", "holdout_baseline_sharpe_after_cost",
-                "holdout_calmar", "holdout_max_drawdown", "holdout_sharpe_after_cost/1d"):
-        assert key in m
-    assert m["tune_objective"] == pytest.approx(out.tuned.tune_objective)
-    assert m["best_value"] == pytest.approx(m["tune_sharpe_after_cost"], rel=1e-9)  # same tuning bars
-    arts = {f.path for d in ("tune", "figures", "backtest") for f in client.list_artifacts(out.tune_run_id, d)}
-    assert {"tune/trials.csv", "tune/best_params.json", "figures/optimization_history.png",
-            "figures/param_importances.png", "figures/holdout_equity.png", "backtest/holdout_bars.csv"} <= arts
-    trials = pd.read_csv(client.download_artifacts(out.tune_run_id, "tune/trials.csv", str(tmp_path)))
-    assert len(trials) == 5 and "params_threshold/1d" in trials.columns
-    # the tag on the model version is the tuned SignalConfig
-    tuned = read_model_version_signal("synthetic", "1", tracking_uri)
-    assert tuned == out.signal
-    assert tuned.threshold_for("1d") == pytest.approx(out.best_params["threshold/1d"])
-    mv = client.get_model_version("synthetic", "1")
-    assert json.loads(mv.tags["quantml.allocator"])["target_vol"] == pytest.approx(out.allocator.target_vol)
-    assert json.loads(mv.tags[SIGNAL_TAG]) == out.signal.to_dict()
-
-
 def test_attach_refuses_another_runs_version(source, tracking_uri):
     client = mlflow.MlflowClient(tracking_uri)
     other = log_synthetic_source_run(tracking_uri, n_symbols=2, n_bars=80)
@@ -196,3 +172,70 @@ def test_bad_source_runs_explain_the_fix(tracking_uri):
         load_source_run(fold, tracking_uri)
     with pytest.raises(QuantmlInputError, match="has no predictions/oos_predictions.parquet"):
         load_source_run(parent, tracking_uri)
+
+
+def _run_cli(monkeypatch, args):
+    monkeypatch.setattr(sys, "argv", ["quantml-tune", *args])
+    try:
+        tune()
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeypatch, capsys):
+    run_id = log_synthetic_source_run(tracking_uri, n_symbols=3, n_bars=250, seed=4)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    client.create_registered_model("syn")
+    client.create_model_version("syn", f"runs:/{run_id}/model", run_id=run_id)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    code = _run_cli(monkeypatch, [f"run_id={run_id}", f"study.storage={storage}", "objective.name=calmar",
+                                  "cost=crypto", "attach=syn:1", *SMALL])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "hold-out calmar" in out and "logged as MLflow run" in out
+    (child,) = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{run_id}' and tags.`quantml.kind` = 'tune'")
+    assert child.data.params["objective"] == "calmar" and child.data.params["cost.fee_bps"] == "4.0"
+    m = child.data.metrics
+    for key in ("tune_sharpe_after_cost", "holdout_sharpe_after_cost", "holdout_baseline_sharpe_after_cost",
+                "holdout_calmar", "holdout_max_drawdown", "holdout_sharpe_after_cost/1d", "best_value"):
+        assert key in m
+    assert m["best_value"] == pytest.approx(m["tune_calmar"], rel=1e-9)  # best trial re-scored on tuning bars
+    arts = {f.path for d in ("tune", "figures", "backtest") for f in client.list_artifacts(child.info.run_id, d)}
+    assert {"tune/trials.csv", "tune/best_params.json", "tune/signal.json", "figures/optimization_history.png",
+            "figures/param_importances.png", "figures/holdout_equity.png", "figures/tuned_equity.png",
+            "backtest/holdout_bars.csv"} <= arts
+    trials = pd.read_csv(client.download_artifacts(child.info.run_id, "tune/trials.csv", str(tmp_path)))
+    assert len(trials) == 3 and "params_threshold/1d" in trials.columns
+    study = optuna.load_study(study_name=f"quantml-tune-{run_id[:12]}-calmar", storage=storage)
+    assert len(study.trials) == 3
+    # the tag on the model version is the tuned SignalConfig (and the allocator's settings)
+    tuned = read_model_version_signal("syn", "1", tracking_uri)
+    assert tuned.threshold_for("1d") == pytest.approx(study.best_params["threshold/1d"])
+    assert tuned == SignalConfig.from_json(child.data.tags[SIGNAL_TAG])
+    mv = client.get_model_version("syn", "1")
+    assert json.loads(mv.tags["quantml.allocator"])["target_vol"] == pytest.approx(study.best_params["target_vol"])
+
+
+def _worker(source, storage, worker):
+    run_tuning(source, settings=TuneSettings(), allocator=AllocatorConfig(cov_window=30, cov_min_periods=10),
+               storage=storage, study_name="shared", n_trials=3, n_startup_trials=2, worker=worker,
+               log_to_mlflow=False)
+
+
+def test_two_processes_share_one_storage(source, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=storage, study_name="shared", direction="maximize")
+    ctx = multiprocessing.get_context("fork")  # forked workers skip the imports
+    procs = [ctx.Process(target=_worker, args=(source, storage, i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    done = optuna.load_study(study_name="shared", storage=storage).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 6
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 6  # the workers drew different trials

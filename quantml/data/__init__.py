@@ -1,13 +1,20 @@
 """Data: panel sources, the panel contract, as-of joins of exogenous streams, synthetic data."""
 from quantml.data.asof import join_streams
 from quantml.data.loaders import load_panel
-from quantml.data.panel import data_fingerprint, infer_bar_frequency, periods_per_year, validate_panel
+from quantml.data.panel import (
+    data_fingerprint,
+    infer_bar_frequency,
+    parse_duration,
+    periods_per_year,
+    validate_panel,
+)
 
 __all__ = [
     "data_fingerprint",
     "infer_bar_frequency",
     "join_streams",
     "load_panel",
+    "parse_duration",
     "periods_per_year",
     "validate_panel",
 ]

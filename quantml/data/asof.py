@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from quantml.data.panel import parse_duration
 from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
 
 EVENT_COUNT = "event_count"
@@ -96,9 +97,8 @@ def _drop_superseded(s: pd.DataFrame) -> pd.DataFrame:
 def _limit(name: str, col: str, max_staleness: Mapping, bar: pd.Timedelta) -> pd.Timedelta:
     for key in (col, name):
         if key in max_staleness and max_staleness[key] is not None:
-            return pd.Timedelta(str(max_staleness[key]).replace("m", "min") if str(max_staleness[key]).endswith("m")
-                                else str(max_staleness[key]))
-    default = pd.Timedelta(DEFAULT_MAX_STALENESS.get(name, FALLBACK_STALENESS))
+            return parse_duration(max_staleness[key], f"max_staleness[{key!r}]")
+    default = parse_duration(DEFAULT_MAX_STALENESS.get(name, FALLBACK_STALENESS))
     return max(default, 2 * bar)
 
 
@@ -155,9 +155,13 @@ def join_streams(bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame],
     out = bars
     new: dict[str, np.ndarray] = {}
     n = len(out)
-    bar = infer_bar_frequency(out) if n > 1 else pd.Timedelta(0)
+    try:  # staleness limits are never below 2 bars
+        bar = infer_bar_frequency(out)
+    except QuantmlInputError:  # one bar per symbol: no bar size to respect
+        bar = pd.Timedelta(0)
+    sym_codes, sym_names = pd.factorize(out[SYMBOL].astype(str))
     left = pd.DataFrame({TIMESTAMP: out[TIMESTAMP].astype("datetime64[ns, UTC]"),
-                         SYMBOL: out[SYMBOL].astype(str), "_row": np.arange(n, dtype=np.int64)})
+                         SYMBOL: sym_codes.astype(np.int64), "_row": np.arange(n, dtype=np.int64)})
     left = left.sort_values(TIMESTAMP, kind="mergesort")
     bar_ts = ts_int64(left[TIMESTAMP])
     order = left["_row"].to_numpy()
@@ -165,6 +169,9 @@ def join_streams(bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame],
     for name, stream in streams.items():
         s, values = _prepare(name, stream, taken)
         taken |= set(values)
+        if SYMBOL in s.columns:  # same integer codes as the bars (-1: symbol not in the bars)
+            s[SYMBOL] = pd.Index(sym_names).get_indexer(s[SYMBOL])
+            s = s[s[SYMBOL] >= 0]
         if EVENT_COUNT in values:
             new.update(_bucket_events(left, s, values, n))
             continue
@@ -188,4 +195,10 @@ def join_streams(bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame],
             flag[order] = stale.astype("float64")
             new[c] = col
             new[f"{c}_missing"] = flag
-    return pd.concat([bars.reset_index(drop=True), pd.DataFrame(new)], axis=1).set_axis(bars.index)
+    if not new:
+        return bars.copy()
+    block = np.empty((len(new), n), dtype=np.float64)  # one float block, no per-column copies
+    for j, v in enumerate(new.values()):
+        block[j] = v
+    extra = pd.DataFrame(block.T, columns=list(new), index=bars.index, copy=False)
+    return pd.concat([bars, extra], axis=1)

@@ -116,7 +116,7 @@ def _read_one(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise QuantmlInputError(f"data file {path} has no rows or columns; point data.path at a panel file") from None
     if len(df) == 0:
-        raise QuantmlInputError(f"data file {path} has a header but no rows; point data.path at a panel file")
+        raise QuantmlInputError(f"data file {path} has columns but no rows; point data.path at a panel file")
     return df
 
 

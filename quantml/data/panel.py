@@ -8,6 +8,7 @@ with a fresh ``RangeIndex``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,21 @@ DAILY_TOLERANCE = pd.Timedelta("2h")
 # not a weekend/holiday/outage (those come one gap at a time).
 SWITCH_RUN = 8
 _YEAR = pd.Timedelta(days=365.25)
+_DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNIT = {"m": "min", "min": "min", "h": "h", "d": "D", "w": "W"}
+
+
+def parse_duration(text, what: str = "duration") -> pd.Timedelta:
+    """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` (m = minutes) or a Timedelta -> Timedelta > 0."""
+    if isinstance(text, pd.Timedelta) and text > pd.Timedelta(0):
+        return text
+    m = _DURATION.match(str(text))
+    if not m or int(m.group(1)) == 0:
+        raise QuantmlInputError(
+            f"{what} {text!r} is not a duration; write a positive number and a unit m/h/d/w, "
+            "e.g. 30m, 1h, 4h, 1d, 7d"
+        )
+    return pd.Timedelta(int(m.group(1)), unit=_UNIT[m.group(2).lower()])
 
 
 def _fmt_rows(df: pd.DataFrame, mask: np.ndarray, cols: tuple[str, ...] = (), limit: int = 3) -> str:
@@ -166,8 +182,9 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
         )
     if len(df) == 0:
         raise QuantmlInputError("panel has no rows; check the file and the symbols/start/end filters")
-    out = df.copy()
-    out[TIMESTAMP] = _to_utc(out[TIMESTAMP])
+    out = df.copy(deep=False)  # copy-on-write: the caller's frame is never modified
+    if str(out[TIMESTAMP].dtype) != "datetime64[ns, UTC]":
+        out[TIMESTAMP] = _to_utc(out[TIMESTAMP])
     if out[TIMESTAMP].isna().any():
         bad = out[TIMESTAMP].isna().to_numpy()
         raise QuantmlInputError(
@@ -178,8 +195,11 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
         raise QuantmlInputError(
             f"column 'symbol' has {int(out[SYMBOL].isna().sum())} missing values; every row needs a symbol"
         )
-    out[SYMBOL] = out[SYMBOL].astype(str)
+    if not pd.api.types.is_string_dtype(out[SYMBOL]) or pd.api.types.is_object_dtype(out[SYMBOL]):
+        out[SYMBOL] = out[SYMBOL].astype(str)
     for c in OHLCV:
+        if out[c].dtype == np.float64:
+            continue
         try:
             out[c] = pd.to_numeric(out[c], errors="raise").astype("float64")
         except (ValueError, TypeError):
@@ -244,7 +264,8 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
                     f"exogenous column {c!r} has inf values at {_fmt_rows(out, bad, (c,))}; "
                     "use NaN for missing values"
                 )
-            out[c] = v
+            if out[c].dtype != np.float64:
+                out[c] = v
     if check_frequency:
         _check_frequency(out)
     return out

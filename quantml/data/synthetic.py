@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from quantml.data.panel import parse_duration
 from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
 
 NAMES = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")
@@ -148,10 +149,7 @@ class _Builder:
 
 
 def _check_args(freq: str, n_symbols: int, n_bars: int) -> pd.Timedelta:
-    try:
-        bar = pd.Timedelta(freq.replace("m", "min") if freq.endswith("m") else freq)
-    except ValueError:
-        raise QuantmlInputError(f"synthetic freq={freq!r} is not a duration; use 5m, 1h or 1d") from None
+    bar = parse_duration(freq, "synthetic freq")
     if bar <= pd.Timedelta(0) or bar > _DAY or (_DAY % bar) != pd.Timedelta(0):
         raise QuantmlInputError(f"synthetic freq={freq!r} must divide one day (e.g. 5m, 15m, 1h, 4h, 1d)")
     if n_symbols < 1 or n_bars < 10:

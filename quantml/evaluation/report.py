@@ -8,6 +8,8 @@ row per (fold, horizon).
 """
 from __future__ import annotations
 
+import base64
+
 import html as html_lib
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from quantml.evaluation.figures import (
     coverage_figure,
     cumulative_ic_figure,
     equity_figure,
-    figure_base64,
+    figure_png,
     reliability_figure,
 )
 from quantml.evaluation.forecast_backtest import backtest_forecasts
@@ -48,6 +50,13 @@ class Report:
     html: str = ""
     summary: str = ""
 
+    def png(self, name: str) -> bytes:
+        """The figure rendered once as PNG bytes (shared by the HTML page and the logged files)."""
+        cache = self.__dict__.setdefault("_png_cache", {})
+        if name not in cache:
+            cache[name] = figure_png(self.figures[name])
+        return cache[name]
+
     def write(self, directory) -> list[Path]:
         """Write ``report_by_symbol_horizon.csv``, ``fold_metrics.csv``, ``report.html`` and the PNGs."""
         out = Path(directory)
@@ -56,8 +65,8 @@ class Report:
         self.by_symbol_horizon.to_csv(paths[0], index=False)
         self.by_fold.to_csv(paths[1], index=False)
         paths[2].write_text(self.html, encoding="utf-8")
-        for name, fig in self.figures.items():
-            fig.savefig(out / name)
+        for name in self.figures:
+            (out / name).write_bytes(self.png(name))
             paths.append(out / name)
         return paths
 
@@ -151,9 +160,10 @@ def _html_page(report: Report, ic_mode: str, periods_per_year: float, costs: Cos
         return df.to_html(index=False, na_rep="nan", float_format=lambda v: f"{v:.4g}", border=0,
                           classes="t")
     imgs = "\n".join(
-        f'<figure><img alt="{html_lib.escape(name)}" src="data:image/png;base64,{figure_base64(fig)}">'
+        f'<figure><img alt="{html_lib.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(report.png(name)).decode("ascii")}">'
         f"<figcaption>{html_lib.escape(name)}</figcaption></figure>"
-        for name, fig in report.figures.items())
+        for name in report.figures)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>quantml evaluation report</title>
 <style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table.t{{border-collapse:collapse;font-size:12px}}

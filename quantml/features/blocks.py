@@ -53,10 +53,22 @@ class Context:
     def add(self, name: str, values: np.ndarray, modality: str, known_future: bool = False) -> None:
         if name in self.features:
             raise ValueError(f"feature {name!r} defined twice; rename it in the feature-set config")
-        self.features[name] = np.asarray(values, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = np.asarray(values, dtype=np.float32)  # stored as float32 at once: half the memory
+        v[~np.isfinite(v)] = np.nan
+        self.features[name] = v
         self.modalities[name] = modality
         if known_future:
             self.known_future.append(name)
+
+    def note_absent(self, block: str, wanted: tuple[str, ...]) -> list[str]:
+        """Columns of ``wanted`` present in the panel; each absent one is noted in ``skipped``."""
+        present = [c for c in wanted if self.has(c)]
+        if present:
+            for c in wanted:
+                if c not in present:
+                    self.skipped[f"{block}.{c}"] = f"column {c!r} absent from the panel"
+        return present
 
     def add_missing_flag(self, column: str, modality: str) -> None:
         flag = f"{column}_missing"
@@ -194,7 +206,7 @@ DERIVATIVE_COLUMNS = ("funding_rate", "open_interest", "basis", "long_short_rati
 def derivatives(ctx: Context, z_window: int = 96, change_lags=(1, 24), smooth: int = 12) -> None:
     """Funding (bps, z-score), open-interest change and z-score, basis (level, z-score),
     long/short ratio (log, change), taker buy/sell ratio (log, smoothed); ``*_missing`` flags."""
-    present = [c for c in DERIVATIVE_COLUMNS if ctx.has(c)]
+    present = ctx.note_absent("derivatives", DERIVATIVE_COLUMNS)
     if not present:
         raise Skip(f"needs at least one of {list(DERIVATIVE_COLUMNS)}, none in the panel")
     ops, w = ctx.ops, _ints(z_window, "z_window")[0]
@@ -246,7 +258,7 @@ SOCIAL_COLUMNS = ("social_posts", "social_comments", "social_sentiment", "social
 def text(ctx: Context, fast: int = 6, slow: int = 72, sentiment_halflife: float = 12.0) -> None:
     """Social statistics: post velocity (log posts vs slow mean), acceleration, comments per
     post, sentiment (raw, EWM, change), source diversity, attention-weighted sentiment."""
-    present = [c for c in SOCIAL_COLUMNS if ctx.has(c)]
+    present = ctx.note_absent("text", SOCIAL_COLUMNS)
     if not present:
         raise Skip(f"needs at least one of {list(SOCIAL_COLUMNS)}, none in the panel")
     ops = ctx.ops
@@ -295,7 +307,7 @@ def event(ctx: Context, halflives=(6, 48)) -> None:
 def macro(ctx: Context, halflife: int = 24, change_lag: int = 168) -> None:
     """``macro_surprise`` (latest release, NaN when stale) and its decay since release
     ``macro_surprise_decay``; ``macro_rate`` level and change ``macro_rate_chg_<lag>``."""
-    present = [c for c in ("macro_surprise", "macro_rate") if ctx.has(c)]
+    present = ctx.note_absent("macro", ("macro_surprise", "macro_rate"))
     if not present:
         raise Skip("needs column 'macro_surprise' or 'macro_rate', none in the panel")
     hl, lag = _ints([halflife, change_lag], "halflife/change_lag")

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from quantml.data.panel import infer_bar_frequency, ts_int64
+from quantml.data.panel import infer_bar_frequency, parse_duration, ts_int64
 from quantml.features.blocks import BLOCKS, Context, Skip
 from quantml.features.ops import SegmentOps
 from quantml.schema import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
@@ -95,7 +95,7 @@ def _check_sorted(panel: pd.DataFrame) -> None:
 
 
 def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
-                   drop_modalities: Iterable[str] = ()) -> FeatureMatrix:
+                   drop_modalities: Iterable[str] = (), expected: Sequence[str] | None = None) -> FeatureMatrix:
     """Compute every block of the feature set on a validated panel.
 
     Parameters
@@ -103,6 +103,9 @@ def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
     panel : validated panel (sorted by symbol, timestamp), n rows.
     feature_set_cfg : ``{name: str, blocks: {block: {param: value}}}`` (a feature_set config).
     drop_modalities : modalities whose features are removed (ablations), e.g. ["text", "event"].
+    expected : feature names a fitted model needs (serving). When given, the frame has exactly
+        these columns in this order, and a feature that cannot be built (its source column is
+        absent from this panel) is a ``QuantmlInputError`` naming the missing raw column.
 
     Returns
     -------
@@ -131,6 +134,14 @@ def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
         except Skip as why:
             ctx.skipped[name] = str(why)
     names = [n for n in ctx.features if ctx.modalities[n] not in drop]
+    if expected is not None:
+        lacking = [n for n in expected if n not in names]
+        if lacking:
+            raise QuantmlInputError(
+                f"the model needs feature(s) {lacking[:8]}{' ...' if len(lacking) > 8 else ''} that this panel "
+                f"cannot provide (skipped blocks: {ctx.skipped}); add the missing raw columns to the panel"
+            )
+        names = list(expected)
     dropped = [n for n in ctx.features if ctx.modalities[n] in drop]
     if not names:
         raise QuantmlInputError(
@@ -140,8 +151,7 @@ def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
     # one contiguous row per feature: pandas keeps it as a single float32 block [F, n]
     block = np.empty((len(names), len(panel)), dtype=np.float32)
     for j, n in enumerate(names):
-        block[j] = ctx.features[n]
-    block[~np.isfinite(block)] = np.nan
+        block[j] = ctx.features.pop(n)
     frame = pd.DataFrame(block.T, columns=names, index=panel.index, copy=False)
     # raw exogenous columns of a dropped modality feed only dropped features
     used = sorted(c for c in ctx.used if modality_of(c.removesuffix("_missing")) not in drop)
@@ -155,12 +165,6 @@ def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
     )
 
 
-def _parse_window(window: str) -> pd.Timedelta:
-    from quantml.labels import parse_horizon
-
-    return parse_horizon(str(window))
-
-
 def event_activity_mask(panel: pd.DataFrame, window: str) -> np.ndarray:
     """Bool [n]: True where an event became available within the trailing ``window``
     (``t - window < arrival <= t``) for that symbol. Needs the ``event_count`` column."""
@@ -169,7 +173,7 @@ def event_activity_mask(panel: pd.DataFrame, window: str) -> np.ndarray:
             "ablation event_window needs an 'event_count' column (an events stream joined with "
             "quantml.data.asof.join_streams, e.g. data=synthetic); use ablation=full for this panel"
         )
-    w = _parse_window(window)
+    w = parse_duration(window, "event_window")
     ops = SegmentOps(panel[SYMBOL].to_numpy())
     ts = (ts_int64(panel[TIMESTAMP]) // 1000).astype(np.float64)  # microseconds: exact in float64
     hit = np.nan_to_num(panel["event_count"].to_numpy(dtype=np.float64, na_value=np.nan)) > 0

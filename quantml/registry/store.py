@@ -154,24 +154,14 @@ class RegistryStore:
         self.client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = self.client.tracking_uri
 
-    @contextmanager
-    def global_uri(self) -> Iterator[None]:
-        """Point MLflow's global tracking/registry URI at this store for the block.
+    def global_uri(self):
+        """Point MLflow's global tracking/registry URI at this store for a ``with`` block.
 
         MLflow 3's SQL registry resolves ``models:/<model_id>`` sources and
         ``pyfunc.load_model`` resolves ``models:/`` URIs through the *global* client,
         whatever URI our ``MlflowClient`` was built with.
         """
-        import mlflow
-
-        previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.client._registry_uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
+        return mlflow_uri_scope(self.tracking_uri, self.client._registry_uri)
 
     # -- models and versions -------------------------------------------------------------
     def get_model(self, name: str) -> RegisteredModel:
@@ -318,6 +308,36 @@ class RegistryStore:
                 if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
                     raise
         return holder
+
+
+@contextmanager
+def mlflow_uri_scope(tracking_uri: str | None = None, registry_uri: str | None = None) -> Iterator[None]:
+    """Set MLflow's global URIs inside the block and put everything back exactly afterwards.
+
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` /
+    ``MLFLOW_REGISTRY_URI`` to the environment (for subprocesses); a plain "set it back"
+    would leave those pointing at this store for every later subprocess and client, so both
+    the module globals and the variables are restored.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_globals = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri or tracking_uri:
+        mlflow.set_registry_uri(registry_uri or tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved_globals
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _quote(text: str) -> str:

@@ -178,15 +178,12 @@ def log_fake_run(experiment: str = "quantml-test", *, tracking_uri: str | None =
             path.write_text(json.dumps({"clean": leakage == "clean", "checks": {"purging": leakage == "clean"}}))
             client.log_artifact(pid, str(path), "audit")
     if log_model:
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(client.tracking_uri)
-        try:
-            with mlflow.start_run(run_id=pid), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "add type hints", "no input example"
-                mlflow.pyfunc.log_model(name="model", python_model=ToyForecaster(horizons),
-                                        signature=TOY_SIGNATURE, pip_requirements=[])
-        finally:
-            mlflow.set_tracking_uri(previous)
+        from quantml.registry.store import mlflow_uri_scope
+
+        with mlflow_uri_scope(client.tracking_uri), mlflow.start_run(run_id=pid), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "add type hints", "no input example"
+            mlflow.pyfunc.log_model(name="model", python_model=ToyForecaster(horizons),
+                                    signature=TOY_SIGNATURE, pip_requirements=[])
     client.set_terminated(pid, status)
     return pid
 
@@ -288,3 +285,44 @@ def mlflow_tracking_server(directory: str | Path, timeout: float = 60.0):
     with background_server(cmd, f"{uri}/health", timeout=timeout, log_path=directory / "mlflow-server.log",
                            cwd=directory):
         yield uri
+
+
+@contextlib.contextmanager
+def mlflow_model_server(model_uri: str, tracking_uri: str, directory: str | Path, timeout: float = 120.0):
+    """``mlflow models serve -m <model_uri> --env-manager local`` on loopback; yields its base URL.
+
+    The server process resolves ``models:/`` through ``MLFLOW_TRACKING_URI``, finds
+    ``uvicorn`` on ``PATH`` (this interpreter's bin directory first) and imports quantml
+    from this checkout (``PYTHONPATH``), as an installed environment would.
+    """
+    import sys
+
+    port = free_port()
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {"MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    url = f"http://127.0.0.1:{port}"
+    with background_server(cmd, f"{url}/health", timeout=timeout, env=env,
+                           log_path=Path(directory) / "model-server.log", cwd=directory):
+        yield url
+
+
+def post_json(url: str, payload: dict, timeout: float = 60.0) -> tuple[int, dict]:
+    """POST ``payload`` as JSON; returns (HTTP status, decoded body) for errors too."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, {"message": body.decode(errors="replace")}

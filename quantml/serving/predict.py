@@ -9,7 +9,6 @@ the tag is there.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,8 +20,7 @@ from mlflow.exceptions import MlflowException
 from quantml.registry.store import RegistryError, RegistryStore, normalise_version
 from quantml.schema import PREDICTION_COLUMNS, QuantmlInputError
 from quantml.signals import SignalConfig, compute_signals
-
-SIGNAL_TAG = "quantml.signal"
+from quantml.signals.core import SIGNAL_TAG
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
@@ -40,14 +38,14 @@ class ResolvedModel:
 
 
 def parse_signal_tag(value: str, where: str) -> SignalConfig:
-    """``SignalConfig`` from the JSON of ``SignalConfig.to_dict()`` stored in a tag."""
+    """``SignalConfig`` from the ``quantml.signal`` tag (JSON of ``SignalConfig.to_dict()``)."""
     try:
-        data = json.loads(value)
-        return SignalConfig.from_config(data, cost=float(data.get("cost", 0.0)))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise QuantmlInputError(
-            f"tag {SIGNAL_TAG} of {where} is not the JSON of SignalConfig.to_dict() ({exc}); "
-            f"re-run quantml-tune or delete the tag") from None
+        return SignalConfig.from_json(value)
+    except QuantmlInputError as exc:
+        raise QuantmlInputError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise QuantmlInputError(f"{where}: the {SIGNAL_TAG} tag is not the JSON of SignalConfig.to_dict() "
+                                f"({exc}); re-attach thresholds with quantml-tune or delete the tag") from None
 
 
 def resolve_model(model_uri: str, store: RegistryStore) -> ResolvedModel:

@@ -84,13 +84,9 @@ class ModelBundle:
         panel = _coerce_panel(panel)
         self.contract.check(panel)
         panel = validate_panel(panel)
-        features = build_features(panel, self.contract.feature_set, self.contract.drop_modalities)
-        missing = [f for f in self.contract.feature_names if f not in features.frame.columns]
-        if missing:
-            raise QuantmlInputError(
-                f"features {missing[:5]} could not be computed from this panel (the block's inputs "
-                f"are absent or empty); supply the inputs {self.contract.input_columns}")
-        X = features.frame[self.contract.feature_names].to_numpy(dtype=np.float32)
+        features = build_features(panel, self.contract.feature_set, self.contract.drop_modalities,
+                                  expected=self.contract.feature_names)
+        X = features.frame.to_numpy(dtype=np.float32)
         n, H = len(panel), len(self.contract.horizons)
         codes, symbols = pd.factorize(panel[SYMBOL])
         nan = np.full((n, H), np.nan)

@@ -13,16 +13,12 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
-
-from quantml.tracking.store import retrying  # noqa: E402
+from quantml.tracking.store import retrying
 
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -59,7 +55,9 @@ class TrackedRun:
 
     def log_figure(self, figure, artifact_file: str) -> None:
         retrying(self.client.log_figure)(self.run_id, figure, artifact_file)
-        plt.close(figure)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        retrying(self.client.log_artifacts)(self.run_id, local_dir, artifact_path)
 
     def log_frame(self, frame: pd.DataFrame, artifact_file: str) -> None:
         """A DataFrame as parquet or CSV, chosen by the file's extension."""

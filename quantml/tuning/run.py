@@ -23,7 +23,7 @@ from quantml.backtest.mlflow_logging import log_backtest  # noqa: E402
 from quantml.portfolio.allocator import AllocatorConfig  # noqa: E402
 from quantml.schema import QuantmlInputError, metric_name  # noqa: E402
 from quantml.signals.core import SIGNAL_TAG, SignalConfig  # noqa: E402
-from quantml.tuning.source import load_source_run  # noqa: E402
+from quantml.tuning.source import SourceRun, load_source_run  # noqa: E402
 from quantml.tuning.storage import make_storage, redact  # noqa: E402
 from quantml.tuning.thresholds import (Evaluation, SearchSpace, ThresholdStudy, TuneSettings,  # noqa: E402
                                        check_or_set_attrs, make_sampler, study_attrs, trials_frame)
@@ -53,7 +53,7 @@ def default_study_name(run_id: str, objective: str) -> str:
     return f"quantml-tune-{run_id[:12]}-{objective}"
 
 
-def run_tuning(run_id: str, tracking_uri: str | None = None, settings: TuneSettings | None = None,
+def run_tuning(run_id: str | SourceRun, tracking_uri: str | None = None, settings: TuneSettings | None = None,
                allocator: AllocatorConfig | None = None, costs: CostModel | None = None,
                periods_per_year: float | None = None, storage: str | None = "sqlite:///optuna.db",
                study_name: str | None = None, n_trials: int = 50, n_jobs: int = 1, timeout: float | None = None,
@@ -61,13 +61,15 @@ def run_tuning(run_id: str, tracking_uri: str | None = None, settings: TuneSetti
                attach: str | None = None, attach_force: bool = False) -> TuneOutcome:
     """Tune ``run_id``'s thresholds; see ``docs/signals.md``.
 
-    ``worker`` offsets the sampler seed so several processes sharing one ``storage`` draw
-    different first trials. ``n_trials=0`` only re-reports (and attaches) a stored study.
+    ``run_id``: a parent run id, or an already loaded :class:`SourceRun`. ``worker`` offsets
+    the sampler seed so several processes sharing one ``storage`` draw different first
+    trials. ``n_trials=0`` only re-reports (and attaches) a stored study.
     """
     settings = settings or TuneSettings()
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    source = load_source_run(run_id, tracking_uri)
+    source = run_id if isinstance(run_id, SourceRun) else load_source_run(run_id, tracking_uri)
+    run_id = source.run_id
     study = ThresholdStudy(source, settings, allocator, costs, periods_per_year)
     name = study_name or default_study_name(run_id, settings.objective)
     optuna_study = optuna.create_study(storage=make_storage(storage), study_name=name, direction="maximize",

@@ -16,10 +16,14 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal://"):]))
+    from quantml.tracking.store import retrying
+
+    # Processes starting together on a fresh database race to create its schema: the loser
+    # fails on the schema-version row and succeeds on retry, once the tables exist.
     if url.startswith("sqlite"):
         # several processes share one SQLite file: wait on its lock rather than fail at once
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+        return retrying(optuna.storages.RDBStorage)(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return retrying(optuna.storages.RDBStorage)(url)
 
 
 def redact(url: str | None) -> str:
