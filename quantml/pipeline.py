@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,9 +173,9 @@ class Evaluation:
         return evaluate_predictions(frame, split, self.periods_per_year, self.costs, self.ic_mode, **self.options)
 
 
-def run_fold(cfg, prep: PreparedData, splitter, fold, signal: SignalConfig, evaluate: Evaluation,
-             run: TrackedRun) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Train and evaluate one fold; logs its params and metrics to its nested run."""
+def train_fold(cfg, prep: PreparedData, splitter, fold, signal: SignalConfig,
+               run: TrackedRun) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Fit one fold on its purged training part; returns its (test, validation) prediction frames."""
     train = prep.samples[fold.train]
     test = prep.samples[fold.test]
     fit_pos, valid_pos = splitter.inner_split(fold, prep.data.t0[prep.samples], prep.data.t1[prep.samples])
@@ -190,11 +191,53 @@ def run_fold(cfg, prep: PreparedData, splitter, fold, signal: SignalConfig, eval
     test_frame = compute_signals(test_frame, signal)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
-    metrics = evaluate(test_frame, "test")
     if valid_frame is not None:
-        metrics.update(evaluate(compute_signals(valid_frame, signal), "val"))
-    run.log_metrics(metrics)
-    return test_frame, metrics
+        valid_frame = compute_signals(valid_frame, signal)
+    return test_frame, valid_frame
+
+
+def score_fold(run: TrackedRun, test_frame: pd.DataFrame, valid_frame: pd.DataFrame | None,
+               evaluate: Evaluation, extra: dict[str, float]) -> dict[str, float]:
+    """Score a fold's predictions, log them and end its run (runs on the background thread)."""
+    try:
+        metrics = evaluate(test_frame, "test")
+        if valid_frame is not None:
+            metrics.update(evaluate(valid_frame, "val"))
+        metrics.update(extra)
+        run.log_metrics(metrics)
+    except BaseException as exc:
+        run.fail(exc)
+        raise
+    run.end("FINISHED")
+    return metrics
+
+
+def run_folds(cfg, tracker: ExperimentTracker, parent: TrackedRun, prep: PreparedData, splitter, folds,
+              signal: SignalConfig, evaluate: Evaluation, background: ThreadPoolExecutor):
+    """Train folds one after another on this thread while the previous fold is scored and
+    logged on ``background``: model fitting (LightGBM, torch) releases the GIL, so on two
+    cores the quant evaluation and MLflow writes cost little wall time.
+
+    Returns the fold test frames and the fold metrics table (index ``fold``).
+    """
+    bins = int(cfg.evaluation.get("psi_bins", 10))
+    frames, pending = [], []
+    for fold in folds:
+        tags = {"quantml.kind": "fold", "quantml.fold_id": fold.fold_id,
+                "quantml.path_ids": ",".join(map(str, sorted(set(np.asarray(fold.test_paths).tolist()))))}
+        child = tracker.start(f"fold-{fold.fold_id}", tags, parent=parent)
+        try:
+            test_frame, valid_frame = train_fold(cfg, prep, splitter, fold, signal, child)
+        except BaseException as exc:
+            child.fail(exc)
+            raise
+        drift = _drift(frames[-1], test_frame, prep.data.horizons, bins) if frames else {}
+        frames.append(test_frame)
+        pending.append(background.submit(score_fold, child, test_frame, valid_frame, evaluate, drift))
+        if cfg.get("hparams_search") is not None:  # pruning needs this fold's score now
+            _report_fold(cfg, fold.fold_id, pending[-1].result())
+    rows = [{"fold": fold.fold_id, **future.result()} for fold, future in zip(folds, pending)]
+    return frames, pd.DataFrame(rows).set_index("fold")
 
 
 def _aggregate(fold_metrics: pd.DataFrame) -> dict[str, float]:
@@ -208,14 +251,13 @@ def _aggregate(fold_metrics: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _drift(folds: list[pd.DataFrame], horizons: list[str], bins: int) -> list[dict[str, float]]:
-    """PSI of each fold's expected returns against the previous fold's, per horizon."""
-    out = [{} for _ in folds]
-    for i in range(1, len(folds)):
-        for h in horizons:
-            prev = folds[i - 1].loc[folds[i - 1]["horizon"] == h, "expected_return"].to_numpy()
-            cur = folds[i].loc[folds[i]["horizon"] == h, "expected_return"].to_numpy()
-            out[i][metric_name("test", "psi", h)] = population_stability_index(prev, cur, bins=bins)
+def _drift(previous: pd.DataFrame, current: pd.DataFrame, horizons: list[str], bins: int) -> dict[str, float]:
+    """PSI of a fold's expected returns against the previous fold's, per horizon."""
+    out = {}
+    for h in horizons:
+        prev = previous.loc[previous["horizon"] == h, "expected_return"].to_numpy()
+        cur = current.loc[current["horizon"] == h, "expected_return"].to_numpy()
+        out[metric_name("test", "psi", h)] = population_stability_index(prev, cur, bins=bins)
     return out
 
 
@@ -287,29 +329,21 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
     parent.set_tags({"quantml.leakage_audit": "clean" if audit["clean"] else "violations",
                      "quantml.n_folds": len(folds)})
 
-    fold_frames, fold_rows = [], []
-    for fold in folds:
-        fold_tags = {"quantml.kind": "fold", "quantml.fold_id": fold.fold_id,
-                     "quantml.path_ids": ",".join(map(str, sorted(set(np.asarray(fold.test_paths).tolist()))))}
-        with tracker.run(f"fold-{fold.fold_id}", fold_tags, parent=parent) as child:
-            frame, metrics = run_fold(cfg, prep, splitter, fold, signal, evaluate, child)
-            fold_frames.append(frame)
-            fold_rows.append({"fold": fold.fold_id, **metrics})
-            _report_fold(cfg, fold.fold_id, metrics)
-    for row, drift, frame in zip(fold_rows, _drift(fold_frames, prep.data.horizons, int(cfg.evaluation.get("psi_bins", 10))), fold_frames):
-        row.update(drift)
-    fold_metrics = pd.DataFrame(fold_rows).set_index("fold")
-    oos = pd.concat(fold_frames, ignore_index=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantml-scoring") as background:
+        fold_frames, fold_metrics = run_folds(cfg, tracker, parent, prep, splitter, folds, signal, evaluate,
+                                              background)
+        oos = pd.concat(fold_frames, ignore_index=True)
+        oos_job = background.submit(evaluate, oos, "oos")
+        report_job = background.submit(build_report, oos, fold_metrics, prep.periods_per_year, costs,
+                                       ic_mode, **evaluate.options)
+        final_model, calibrator, _ = _fit_final(cfg, prep, splitter)
+        metrics, report = oos_job.result(), report_job.result()
 
-    metrics = evaluate(oos, "oos")
     metrics.update(_aggregate(fold_metrics))
     monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)
     metrics["best_monitor"] = monitor_value
     parent.set_tags({"quantml.monitor": cfg.evaluation.monitor, "quantml.best_monitor": monitor_name})
     parent.log_metrics(metrics)
-
-    report = build_report(oos, fold_metrics, prep.periods_per_year, costs, ic_mode, **evaluate.options)
-    final_model, calibrator, _ = _fit_final(cfg, prep, splitter)
     with tempfile.TemporaryDirectory() as tmp:
         _stage_artifacts(Path(tmp), oos, fold_metrics, report, final_model)
         parent.log_artifacts(tmp)

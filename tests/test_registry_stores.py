@@ -20,7 +20,8 @@ def server_uri(tmp_path_factory):
         yield uri
 
 
-@pytest.fixture(params=["sqlite", "server"])
+# The server variant costs ~30 s (server start-up + REST round trips): run it with -m slow.
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
 def store_uri(request, tmp_path):
     if request.param == "sqlite":
         return sqlite_store(tmp_path)

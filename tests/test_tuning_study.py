@@ -15,7 +15,7 @@ from quantml.portfolio import AllocatorConfig
 from quantml.schema import QuantmlInputError
 from quantml.signals import SIGNAL_TAG, SignalConfig
 from quantml.tuning.objectives import objective_value
-from quantml.tuning.run import (attach_to_model_version, parse_attach, read_model_version_signal, run_tuning)
+from quantml.tuning.run import attach_to_model_version, parse_attach, read_model_version_signal, run_tuning
 from quantml.tuning.source import load_source_run
 from quantml.tuning.split import time_split
 from quantml.tuning.synthetic import log_synthetic_source_run, synthetic_oos_frame

@@ -1,8 +1,11 @@
-"""Structured config of the sweeper, stored as ``hydra/sweeper=quantml_optuna``."""
-from __future__ import annotations
+"""Structured config of the sweeper, stored as ``hydra/sweeper=quantml_optuna``.
 
+No ``from __future__ import annotations`` here: Hydra's plugin scan executes this module
+before registering it in ``sys.modules``, and dataclasses then cannot resolve string
+annotations.
+"""
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -24,7 +27,7 @@ class QuantmlOptunaSweeperConf:
     percentile: float = 25.0               # pruner=percentile: prune below this percentile
     # search space: "<config key>": "<Hydra sweep: interval(a,b) | tag(log, interval(a,b)) |
     # int(interval(a,b)) | range(a,b[,step]) | choice(a,b,...)>"; command-line sweeps add to it
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Dict[str, Any] = field(default_factory=dict)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="quantml_optuna", node=QuantmlOptunaSweeperConf,

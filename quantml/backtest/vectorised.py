@@ -1,8 +1,8 @@
 """Vectorised after-cost backtest of target positions, with per-horizon attribution.
 
 Positions decided at the close of bar ``t`` are held over bar ``t+1`` and earn
-``ret_next_bar[t]`` (a simple return here: PnL = position x simple return); the trade into them pays fees, slippage and impact at ``t``. All the
-arithmetic is :func:`quantml.backtest.execution.execute`, shared with the paper replay.
+``ret_next_bar[t]`` (a simple return here: PnL = position x simple return); the trade into
+them pays fees, slippage and impact at ``t``. All the arithmetic is :func:`quantml.backtest.execution.execute`, shared with the paper replay.
 """
 from __future__ import annotations
 

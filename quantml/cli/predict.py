@@ -32,6 +32,7 @@ def compose_config(overrides: list[str]):
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from hydra.errors import HydraException
+    from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_predict(cfg)
     except QuantmlInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MlflowException as exc:  # e.g. the tracking server is unreachable
+        print(f"error: MLflow: {exc.message}", file=sys.stderr)
         return 2
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"error: {exc}\n(options: model=, data=, output=, last_only=, preview=, data.*=)", file=sys.stderr)

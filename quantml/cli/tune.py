@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +31,8 @@ def tune(cfg: DictConfig) -> float:
             log_to_mlflow=bool(cfg.log_to_mlflow), attach=cfg.attach, attach_force=bool(cfg.attach_force))
     m = outcome.metrics
     print(f"study {outcome.study_name}: {outcome.n_complete} trials; best params {outcome.best_params}")
-    print(f"tuning   {cfg.objective.name}: {m['tune_objective']:.4g}  sharpe_after_cost {m['tune_sharpe_after_cost']:.4g}")
+    print(f"tuning   {cfg.objective.name}: {m['tune_objective']:.4g}  "
+          f"sharpe_after_cost {m['tune_sharpe_after_cost']:.4g}")
     print(f"hold-out {cfg.objective.name}: {m['holdout_objective']:.4g}  sharpe_after_cost "
           f"{m['holdout_sharpe_after_cost']:.4g} (untuned baseline {m['holdout_baseline_sharpe_after_cost']:.4g})")
     if outcome.tune_run_id:

@@ -214,6 +214,15 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             from quantml.data.panel import _to_utc
 
             df[TIMESTAMP] = _to_utc(df[TIMESTAMP])
+        streams = _get(cfg, "streams")
+        if streams:
+            # separately published exogenous data: {name: file or directory} with
+            # event_time, available_at [, symbol] and value columns, joined as-of
+            from quantml.data.asof import join_streams
+
+            max_staleness = _get(cfg, "max_staleness")
+            df = join_streams(validate_panel(df), {name: load_files(p) for name, p in dict(streams).items()},
+                              dict(max_staleness) if max_staleness else None)
     else:
         raise QuantmlInputError(
             f"unknown data.source {source!r}; choose one of {list(SOURCES)} "

@@ -167,9 +167,8 @@ def allocate_panel(score: np.ndarray, confidence: np.ndarray, vol: np.ndarray, a
     ready = np.isfinite(cov).all(axis=(1, 2))
     cov = np.where(ready[:, None, None], cov, 0.0)
     eps = config.eps
-    raw = np.where(np.asarray(active) != 0,
-                   score * np.asarray(confidence, dtype=np.float64) / np.maximum(np.asarray(vol, dtype=np.float64), eps),
-                   0.0)
+    vol = np.maximum(np.asarray(vol, dtype=np.float64), eps)
+    raw = np.where(np.asarray(active) != 0, score * np.asarray(confidence, dtype=np.float64) / vol, 0.0)
     raw = np.where(np.isfinite(raw) & ready[:, None, None], raw, 0.0)
 
     if config.corr_threshold is not None and N > 1:

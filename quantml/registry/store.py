@@ -18,7 +18,7 @@ key of the SQL table; the REST server answers RESOURCE_ALREADY_EXISTS to the los
 is a correct mutex across processes and machines. Promotions are rare and short, so
 waiting on a lock costs nothing; a holder that dies leaves the lock behind, which the
 next writer reports with the holder's user, host, pid and time
-(``quantml-registry unlock NAME`` breaks it after checking).
+(``quantml-registry unlock NAME`` breaks it once that process is known to be gone).
 """
 from __future__ import annotations
 
@@ -206,11 +206,11 @@ class RegistryStore:
 
     def get_version(self, name: str, version) -> ModelVersion:
         version = normalise_version(version)
-        self.get_model(name)
         try:
             return self.client.get_model_version(name, version)
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                self.get_model(name)  # "model does not exist" when that is the problem
                 known = [str(v.version) for v in self.versions(name)]
                 raise RegistryError(
                     f"model {name!r} has no version {version} (versions: {', '.join(known) or 'none'}); "

@@ -252,7 +252,7 @@ def background_server(cmd: Sequence[str], health_url: str, *, timeout: float = 6
                 raise RuntimeError(f"{' '.join(cmd[:4])}... did not start: {exc}\n{tail}") from exc
             yield proc
         finally:
-            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
                 if proc.poll() is not None:
                     break
                 try:

@@ -29,7 +29,9 @@ def data_overrides(overrides: list[str]) -> list[str]:
 
 
 def _looks_like_path(value: str) -> bool:
-    return value.lower().endswith(_SUFFIXES) or "/" in value or Path(value).expanduser().exists()
+    """A file name, an explicit path, or something that exists; not a (nested) group choice."""
+    return (value.lower().endswith(_SUFFIXES) or value.startswith(("/", "./", "../", "~"))
+            or Path(value).expanduser().exists())
 
 
 @dataclass

@@ -100,14 +100,19 @@ class ExperimentTracker:
         run = retrying(self.client.create_run)(self.experiment_id, run_name=run_name, tags=all_tags)
         return TrackedRun(self.client, run.info.run_id)
 
+    def start(self, run_name: str, tags: Mapping[str, object] | None = None,
+              parent: TrackedRun | None = None) -> TrackedRun:
+        """A run the caller ends with ``end``/``fail`` (for runs finished on another thread)."""
+        tags = dict(tags or {})
+        if parent is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+        return self._create(run_name, tags)
+
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, object] | None = None,
             parent: TrackedRun | None = None):
         """A run that ends FINISHED on success and FAILED (with ``error.txt``) on any error."""
-        tags = dict(tags or {})
-        if parent is not None:
-            tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
-        tracked = self._create(run_name, tags)
+        tracked = self.start(run_name, tags, parent)
         try:
             yield tracked
         except BaseException as exc:

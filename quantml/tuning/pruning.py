@@ -20,14 +20,15 @@ import optuna
 
 log = logging.getLogger(__name__)
 
-# Studies of sweeps running in this process (in-memory storage with Hydra's basic launcher).
-_LOCAL_STUDIES: dict[str, optuna.Study] = {}
+# Studies of sweeps running in this process, with their storage (the sweeper registers them;
+# an in-memory study is only reachable this way, i.e. with Hydra's in-process basic launcher).
+_LOCAL_STUDIES: dict[str, tuple[optuna.Study, optuna.storages.BaseStorage]] = {}
 _TRIALS: dict[tuple[str, int], optuna.Trial] = {}
 
 
-def register_study(study: optuna.Study) -> None:
+def register_study(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     """Make ``study`` reachable by name from jobs of this process (the sweeper calls it)."""
-    _LOCAL_STUDIES[study.study_name] = study
+    _LOCAL_STUDIES[study.study_name] = (study, storage)
 
 
 def metric_value(metrics: Mapping[str, float], name: str) -> float | None:
@@ -39,16 +40,22 @@ def metric_value(metrics: Mapping[str, float], name: str) -> float | None:
     return sign * float(value)
 
 
-def _trial(study_name: str, storage: str | None, number: int) -> optuna.Trial:
+def _trial(study_name: str, storage_url: str | None, number: int) -> optuna.Trial | None:
     key = (study_name, int(number))
     if key not in _TRIALS:
-        study = _LOCAL_STUDIES.get(study_name)
-        if study is None:
+        if study_name in _LOCAL_STUDIES:
+            study, storage = _LOCAL_STUDIES[study_name]
+        else:
             from quantml.tuning.storage import make_storage
 
-            study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
-        st = study._storage  # noqa: SLF001 - public BaseStorage API on the study's storage
-        trial_id = st.get_trial_id_from_study_id_trial_number(st.get_study_id_from_name(study_name), int(number))
+            storage = make_storage(storage_url)
+            if storage is None:
+                log.warning("study %s is in memory in another process: pruning needs a storage URL "
+                            "(hydra.sweeper.storage=sqlite:///optuna.db)", study_name)
+                return None
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name),
+                                                                   int(number))
         _TRIALS[key] = optuna.trial.Trial(study, trial_id)
     return _TRIALS[key]
 
@@ -63,6 +70,8 @@ def report(cfg, step: int, metrics: Mapping[str, float]) -> None:
         log.warning("fold %s has no finite %s: nothing reported for pruning", step, hs.prune_metric)
         return
     trial = _trial(str(hs.study_name), hs.get("storage"), int(hs.trial))
+    if trial is None:
+        return
     trial.report(value, int(step))
     if trial.should_prune():
         raise optuna.TrialPruned(f"trial {hs.trial} pruned after fold {step}: {hs.prune_metric}={value:.4g}")

@@ -54,10 +54,12 @@ class SourceRun:
         return SignalConfig.from_config(tree, cost=max(cost, 0.0))
 
     def periods_per_year(self) -> float:
-        """``data.periods_per_year`` when the run set it, else inferred from the timestamps."""
-        value = self.params.get("data.periods_per_year")
-        if value not in (None, "", "None", "null") and _is_number(value):
-            return float(value)
+        """The run's own (``derived.periods_per_year``, else ``data.periods_per_year``), else
+        inferred from the timestamps."""
+        for key in ("derived.periods_per_year", "data.periods_per_year"):
+            value = self.params.get(key)
+            if value not in (None, "", "None", "null") and _is_number(value):
+                return float(value)
         return infer_periods_per_year(self.frame[TIMESTAMP])
 
     def paths(self) -> list[int]:

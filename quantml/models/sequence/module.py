@@ -15,31 +15,21 @@ import torch
 from torch import nn
 
 from quantml.models.sequence.heads import LossWeights, MultiHorizonHead, multi_horizon_loss
-from quantml.models.sequence.windows import UNSEEN
 
 N_STATIC_REAL = 2  # per-symbol log ret-std ratio and log vol-level ratio (TargetScaler)
 
 
-def drop_symbols(sym: torch.Tensor, static: torch.Tensor, p: float, training: bool):
-    """With probability ``p`` (training only) a row is shown as an unseen symbol, so the
-    ``UNSEEN`` embedding learns the average symbol used at predict for new symbols."""
-    if not training or p <= 0:
-        return sym, static
-    drop = torch.rand(sym.shape, device=sym.device) < p
-    return torch.where(drop, torch.full_like(sym, UNSEEN), sym), static * (~drop).unsqueeze(-1)
-
-
 class StaticEncoder(nn.Module):
-    """Learned symbol embedding + static reals -> static context [B, d]."""
+    """Learned symbol embedding (index ``UNSEEN`` = 0 for a symbol absent at fit; training
+    windows are shown as unseen with probability ``symbol_dropout`` by the data set, so it
+    learns the average symbol) + static reals -> static context [B, d]."""
 
-    def __init__(self, n_symbols: int, symbol_dim: int, d: int, symbol_dropout: float) -> None:
+    def __init__(self, n_symbols: int, symbol_dim: int, d: int) -> None:
         super().__init__()
         self.embedding = nn.Embedding(n_symbols + 1, symbol_dim)
         self.proj = nn.Sequential(nn.Linear(symbol_dim + N_STATIC_REAL, d), nn.ELU())
-        self.symbol_dropout = symbol_dropout
 
     def forward(self, sym: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        sym, static = drop_symbols(sym, static, self.symbol_dropout, self.training)
         return self.proj(torch.cat([self.embedding(sym), static], dim=-1))
 
 
@@ -47,9 +37,9 @@ class SequenceNet(nn.Module):
     """Static encoder + window encoder + fusion + :class:`MultiHorizonHead`."""
 
     def __init__(self, encoder: nn.Module, n_symbols: int, d: int, n_horizons: int, symbol_dim: int,
-                 symbol_dropout: float, dropout: float) -> None:
+                 dropout: float) -> None:
         super().__init__()
-        self.static = StaticEncoder(n_symbols, symbol_dim, d, symbol_dropout)
+        self.static = StaticEncoder(n_symbols, symbol_dim, d)
         self.encoder = encoder
         self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.ELU(), nn.Dropout(dropout), nn.LayerNorm(d))
         self.head = MultiHorizonHead(d, n_horizons)

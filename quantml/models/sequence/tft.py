@@ -18,7 +18,9 @@ decoder steps) -> gated skip -> position-wise GRN -> gated skip -> per-horizon h
 (P10/P50/P90 non-crossing, expected return, direction, volatility).
 
 The per-variable networks are evaluated for all variables at once (batched weights), not
-in a Python loop over variables.
+in a Python loop over variables, and the encoder's variable selection — a per-step block
+that depends only on the step's features and the symbol — runs once per distinct panel row
+of a batch (``xu``) and is gathered into the windows, instead of once per window step.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantml.models.sequence.heads import MultiHorizonHead
-from quantml.models.sequence.module import N_STATIC_REAL, drop_symbols
+from quantml.models.sequence.module import N_STATIC_REAL
 from quantml.models.sequence.trainer import SequenceForecaster
 from quantml.schema import QuantmlInputError
 
@@ -181,10 +183,9 @@ class TemporalFusionNet(nn.Module):
     [B, heads, H, L+H] for interpretation."""
 
     def __init__(self, n_features: int, n_symbols: int, n_horizons: int, known_idx: list[int], d: int,
-                 d_var: int, symbol_dim: int, n_heads: int, lstm_layers: int, dropout: float,
-                 symbol_dropout: float) -> None:
+                 d_var: int, symbol_dim: int, n_heads: int, lstm_layers: int, dropout: float) -> None:
         super().__init__()
-        self.H, self.known_idx, self.symbol_dropout = n_horizons, list(known_idx), symbol_dropout
+        self.H, self.known_idx = n_horizons, list(known_idx)
         self.lstm_layers = lstm_layers
         # static covariates
         self.symbol_embedding = nn.Embedding(n_symbols + 1, symbol_dim)
@@ -212,16 +213,25 @@ class TemporalFusionNet(nn.Module):
         self.pre_output = GateAddNorm(d, d, 0.0)
         self.head = MultiHorizonHead(d, n_horizons)
 
-    def forward(self, batch: dict) -> dict:
-        x, mask = batch["x"], batch["mask"]
-        B, L, _ = x.shape
-        sym, static = drop_symbols(batch["sym"], batch["static"], self.symbol_dropout, self.training)
+    def static_contexts(self, sym: torch.Tensor, table: torch.Tensor):
+        """Static selection weights and the four context vectors for symbol indices ``sym``."""
         static_vars = torch.cat([self.symbol_proj(self.symbol_embedding(sym)).unsqueeze(1),
-                                 self.static_real(static)], dim=1)                   # [B, 3, d_var]
+                                 self.static_real(table[sym])], dim=1)              # [S', 3, d_var]
         s, static_w = self.static_vsn(static_vars)
-        ctx = {k: grn(s) for k, grn in self.static_context.items()}
+        return {k: grn(s) for k, grn in self.static_context.items()}, static_w
 
-        enc, enc_w = self.encoder_vsn(self.encoder_embedding(x), ctx["selection"].unsqueeze(1))
+    def forward(self, batch: dict) -> dict:
+        x, mask, inv = batch["x"], batch["mask"], batch["inv"]
+        B, L, _ = x.shape
+        # static inputs are a function of the symbol index: encode each distinct index once
+        syms, sym_inv = torch.unique(torch.cat([batch["sym"], batch["sym_u"]]), return_inverse=True)
+        ctx_s, static_w_s = self.static_contexts(syms, batch["static_table"])
+        ctx = {k: v[sym_inv[:B]] for k, v in ctx_s.items()}
+        sel_u = ctx_s["selection"][sym_inv[B:]]
+
+        # encoder variable selection runs once per distinct step, then is gathered into windows
+        enc_u, enc_w_u = self.encoder_vsn(self.encoder_embedding(batch["xu"]), sel_u)  # [U, d], [U, F]
+        enc, enc_w = enc_u[inv], enc_w_u[inv]                                           # [B, L, d], [B, L, F]
         step = self.step_embedding.unsqueeze(0).expand(B, -1, -1).unsqueeze(2)      # [B, H, 1, d_var]
         if self.known_idx:
             known = x[:, -1, self.known_idx]                                          # current row's values
@@ -243,7 +253,8 @@ class TemporalFusionNet(nn.Module):
         h = self.post_attention(att, enriched[:, L:])
         h = self.pre_output(self.positionwise(h), temporal[:, L:])
         out = self.head(h)
-        out.update(static_weights=static_w, encoder_weights=enc_w, decoder_weights=dec_w, attention=attn_w)
+        out.update(static_weights=static_w_s[sym_inv[:B]], encoder_weights=enc_w, decoder_weights=dec_w,
+                   attention=attn_w)
         return out
 
 
@@ -269,7 +280,7 @@ class TFTForecaster(SequenceForecaster):
     def _build_net(self, spec: dict) -> nn.Module:
         return TemporalFusionNet(spec["n_features"], spec["n_symbols"], spec["n_horizons"], spec["known_idx"],
                                  self.hidden_size, self.hidden_continuous_size, self.symbol_dim, self.n_heads,
-                                 self.lstm_layers, self.dropout, self.symbol_dropout)
+                                 self.lstm_layers, self.dropout)
 
     def _after_fit(self, data, rows: np.ndarray) -> None:
         """Average variable-selection and attention weights over (up to) ``interpret_rows`` rows."""

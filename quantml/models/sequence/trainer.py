@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from quantml.models.base import Forecast, Forecaster, SampleSet
 from quantml.models.sequence.heads import LossWeights
 from quantml.models.sequence.module import KeepBestState, SequenceModule, SequenceNet
-from quantml.models.sequence.windows import SymbolNormalizer, TargetScaler, WindowDataset, identity_collate
+from quantml.models.sequence.windows import (ChunkedBatchSampler, SymbolNormalizer, TargetScaler, WindowDataset,
+                                             identity_collate)
 from quantml.schema import QuantmlInputError
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
@@ -38,6 +39,9 @@ class SequenceForecaster(Forecaster):
         learned symbol embedding and the probability a training row is shown as an unseen
         symbol (trains the embedding used for symbols absent at fit time).
     batch_size, lr, weight_decay, grad_clip : AdamW training.
+    batch_chunk : training batches are shuffled chunks of this many consecutive rows (1 = plain
+        shuffling). Neighbouring rows share most of their window, so the TFT's per-step blocks
+        run on far fewer distinct steps: faster and lighter, at the cost of less varied batches.
     max_epochs, max_steps, limit_train_batches, limit_val_batches : Lightning budget
         (``None`` = no limit); early stopping on the validation loss after ``patience`` epochs.
     w_quantile, w_return, w_direction, w_vol, spread_penalty : loss weights (pinball, MSE of
@@ -50,7 +54,7 @@ class SequenceForecaster(Forecaster):
 
     def __init__(self, horizons: list[str], seed: int = 0, *, lookback: int = 32, hidden_size: int = 32,
                  dropout: float = 0.1, symbol_dim: int = 8, symbol_dropout: float = 0.1,
-                 batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 batch_size: int = 256, batch_chunk: int = 1, lr: float = 2e-3, weight_decay: float = 1e-4,
                  grad_clip: float | None = 1.0, max_epochs: int = 20, max_steps: int | None = None,
                  limit_train_batches: int | float | None = None,
                  limit_val_batches: int | float | None = None, patience: int = 3,
@@ -59,7 +63,7 @@ class SequenceForecaster(Forecaster):
                  num_threads: int | None = None, accelerator: str = "auto",
                  predict_batch_size: int = 2048) -> None:
         super().__init__(horizons, seed)
-        for name, value in (("lookback", lookback), ("hidden_size", hidden_size), ("batch_size", batch_size),
+        for name, value in (("lookback", lookback), ("hidden_size", hidden_size), ("batch_size", batch_size), ("batch_chunk", batch_chunk),
                             ("max_epochs", max_epochs), ("symbol_dim", symbol_dim),
                             ("predict_batch_size", predict_batch_size)):
             if int(value) < 1:
@@ -78,6 +82,7 @@ class SequenceForecaster(Forecaster):
         self.lookback, self.hidden_size, self.dropout = int(lookback), int(hidden_size), float(dropout)
         self.symbol_dim, self.symbol_dropout = int(symbol_dim), float(symbol_dropout)
         self.batch_size, self.lr, self.weight_decay = int(batch_size), float(lr), float(weight_decay)
+        self.batch_chunk = int(batch_chunk)
         self.grad_clip = grad_clip
         self.max_epochs, self.max_steps = int(max_epochs), max_steps
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
@@ -95,7 +100,7 @@ class SequenceForecaster(Forecaster):
     def _build_net(self, spec: dict) -> torch.nn.Module:
         """The whole net from ``spec`` (n_features, n_symbols, n_horizons, known_idx)."""
         return SequenceNet(self._build_encoder(spec["n_features"] + 1), spec["n_symbols"], self.hidden_size,
-                           spec["n_horizons"], self.symbol_dim, self.symbol_dropout, self.dropout)
+                           spec["n_horizons"], self.symbol_dim, self.dropout)
 
     # ---- Forecaster ---------------------------------------------------------------------
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "SequenceForecaster":
@@ -125,11 +130,12 @@ class SequenceForecaster(Forecaster):
             net = self._build_net(self.net_spec_)
             module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay)
 
-            train_ds = WindowDataset(data, rows, self.lookback, self.normalizer_, self.scaler_)
-            gen = torch.Generator().manual_seed(self.seed)
-            train_dl = DataLoader(train_ds, batch_size=self.batch_size, shuffle=True, generator=gen,
-                                  drop_last=len(rows) >= 2 * self.batch_size, collate_fn=identity_collate,
-                                  num_workers=0)
+            train_ds = WindowDataset(data, np.sort(rows), self.lookback, self.normalizer_, self.scaler_,
+                                     symbol_dropout=self.symbol_dropout, rng=np.random.default_rng(self.seed))
+            sampler = ChunkedBatchSampler(len(rows), self.batch_size, self.batch_chunk,
+                                          torch.Generator().manual_seed(self.seed),
+                                          drop_last=len(rows) >= 2 * self.batch_size)
+            train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
             keeper = KeepBestState()
             callbacks = [keeper]
             val_dl = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from quantml.models.base import PanelData
 from quantml.schema import QuantmlInputError
@@ -104,12 +104,20 @@ class WindowDataset(Dataset):
 
     A batch is a dict of tensors: ``x`` [B, L, F] normalised features (0 at padding),
     ``mask`` [B, L] (True = a real step), ``sym`` [B] symbol index, ``static`` [B, 2]
-    per-symbol target statistics, ``row`` [B] panel positions, and with ``targets``:
-    ``y_ret``, ``y_dir``, ``y_logvol`` [B, H] scaled (NaN where unlabelled).
+    per-symbol target statistics, ``row`` [B] panel positions; the same windows as unique
+    steps: ``xu`` [U, F] one row per distinct (panel row, symbol index) of the batch (padding
+    = a zero row per symbol index), ``inv`` [B, L] positions in ``xu`` (``x == xu[inv]``),
+    ``sym_u`` [U], and ``static_table`` [S + 1, 2]. Overlapping windows share their steps,
+    which lets per-step blocks (the TFT's variable selection) run once per step, not per window.
+    With ``targets``: ``y_ret``, ``y_dir``, ``y_logvol`` [B, H] scaled (NaN where unlabelled).
+
+    ``symbol_dropout`` (training only): each window is shown as an unseen symbol with this
+    probability, drawn from ``rng`` (deterministic for a seeded generator).
     """
 
     def __init__(self, data: PanelData, rows: np.ndarray, lookback: int, normalizer: SymbolNormalizer,
-                 scaler: TargetScaler, targets: bool = True) -> None:
+                 scaler: TargetScaler, targets: bool = True, symbol_dropout: float = 0.0,
+                 rng: np.random.Generator | None = None) -> None:
         if data.X.shape[1] != normalizer.n_features_:
             raise QuantmlInputError(
                 f"the panel has {data.X.shape[1]} features, the model was fitted on "
@@ -118,7 +126,10 @@ class WindowDataset(Dataset):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.lookback = int(lookback)
         self.normalizer, self.scaler, self.targets = normalizer, scaler, targets
+        self.symbol_dropout = float(symbol_dropout)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
         self._sym_of_code = normalizer.index_of(data.symbols)
+        self._n_sym = len(normalizer.symbols_) + 1
         self._offsets = np.arange(-self.lookback + 1, 1, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -137,14 +148,30 @@ class WindowDataset(Dataset):
         r = self.rows[np.asarray(idx, dtype=np.int64)]
         pos, mask = self.window_positions(r)
         sym = self._sym_of_code[self.data.symbol_codes[r]]
-        x = self.normalizer.transform(self.data.X[pos], sym)
-        x[~mask] = 0.0
+        static = self.scaler.symbol_stats_[sym]
+        if self.symbol_dropout > 0:
+            drop = self.rng.random(len(r)) < self.symbol_dropout
+            sym = np.where(drop, UNSEEN, sym)
+            static = np.where(drop[:, None], 0.0, static).astype(np.float32)
+        # one entry per distinct (row, symbol index); padding -> a virtual row n (all zeros)
+        n = self.data.n_rows
+        key = np.where(mask, pos, n) * self._n_sym + sym[:, None]
+        uniq, inv = np.unique(key, return_inverse=True)
+        u_pos, u_sym = uniq // self._n_sym, uniq % self._n_sym
+        real = u_pos < n
+        xu = np.zeros((len(uniq), self.data.X.shape[1]), dtype=np.float32)
+        xu[real] = self.normalizer.transform(self.data.X[u_pos[real]][:, None, :], u_sym[real])[:, 0]
+        inv = inv.reshape(pos.shape)
         batch = {
-            "x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            "x": torch.from_numpy(xu[inv]),
             "mask": torch.from_numpy(mask),
             "sym": torch.from_numpy(sym),
-            "static": torch.from_numpy(self.scaler.symbol_stats_[sym]),
+            "static": torch.from_numpy(np.ascontiguousarray(static, dtype=np.float32)),
             "row": torch.from_numpy(r),
+            "xu": torch.from_numpy(xu),
+            "inv": torch.from_numpy(inv.astype(np.int64)),
+            "sym_u": torch.from_numpy(u_sym.astype(np.int64)),
+            "static_table": torch.from_numpy(self.scaler.symbol_stats_),
         }
         if self.targets:
             s = self.scaler
@@ -155,6 +182,33 @@ class WindowDataset(Dataset):
             batch["y_dir"] = torch.from_numpy(self.data.y_dir[r].astype(np.float32))
             batch["y_logvol"] = torch.from_numpy(logvol.astype(np.float32))
         return batch
+
+
+class ChunkedBatchSampler(Sampler):
+    """Shuffled batches made of ``chunk`` consecutive positions each (``chunk=1``: plain
+    shuffling). Neighbouring rows have overlapping windows, so a chunked batch has far fewer
+    distinct steps (``xu``) than ``batch_size * lookback``. Chunk boundaries move by a random
+    offset each epoch; ``generator`` makes the order repeatable."""
+
+    def __init__(self, n: int, batch_size: int, chunk: int, generator: torch.Generator, drop_last: bool) -> None:
+        self.n, self.batch_size, self.chunk = n, batch_size, max(1, min(int(chunk), batch_size))
+        self.generator, self.drop_last = generator, drop_last
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        if self.chunk == 1:
+            order = torch.randperm(self.n, generator=self.generator).numpy()
+        else:
+            offset = int(torch.randint(self.chunk, (1,), generator=self.generator))
+            bounds = np.unique(np.r_[0, np.arange(offset, self.n, self.chunk), self.n])
+            perm = torch.randperm(len(bounds) - 1, generator=self.generator).numpy()
+            lengths = np.diff(bounds)[perm]
+            starts = bounds[:-1][perm]
+            order = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
+        for b in range(len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
 
 
 def identity_collate(batch: dict) -> dict:
