@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite store for this test; MLFLOW_TRACKING_URI points at it (subprocesses too)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from quantml.registry.testing import sqlite_store
+
+    uri = sqlite_store(tmp_path)  # a copy of a migrated empty store: saves seconds per test
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # ./mlruns artifacts land in the tmp dir
     import mlflow

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from quantml.models.base import PanelData
 from quantml.models.sequence import BACKBONES, TFTForecaster
 from quantml.models.sequence.heads import LossWeights, MultiHorizonHead, multi_horizon_loss
-from quantml.models.sequence.windows import SymbolNormalizer, TargetScaler, WindowDataset
+from quantml.models.sequence.windows import ChunkedBatchSampler, SymbolNormalizer, TargetScaler, WindowDataset
 from quantml.schema import FORECAST_FIELDS, QuantmlInputError
 
 HORIZONS = ["1d", "5d"]
@@ -27,7 +27,7 @@ FAST = dict(lookback=LOOKBACK, hidden_size=16, batch_size=64, max_epochs=6, limi
             num_threads=1, symbol_dim=4, predict_batch_size=256)
 ARCH = {"patchtst": dict(patch_len=4, stride=4, d_patch=8, n_heads=2, n_layers=1),
         "itransformer": dict(n_heads=2, n_layers=1), "tsmixer": dict(ff_size=16),
-        "tft": dict(hidden_continuous_size=4, n_heads=2)}
+        "tft": dict(hidden_continuous_size=4, n_heads=2, batch_chunk=8)}
 
 
 def toy_panel(n_symbols=3, n_bars=N_BARS, n_features=5, seed=0, noise=0.5, horizons=HORIZONS,
@@ -110,6 +110,48 @@ def test_window_ends_at_row_and_stays_in_its_symbol(lengths, lookback):
         assert x[r, -1] == X[r, 0]                       # the window ends at r
         assert np.array_equal(x[r][mask[r]], expected)    # and covers exactly the symbol's past
         assert (x[r][~mask[r]] == 0).all() and mask[r].sum() == len(expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 60), batch=st.integers(1, 16), chunk=st.integers(1, 20), seed=st.integers(0, 3))
+def test_chunked_sampler_visits_every_row_once_in_consecutive_chunks(n, batch, chunk, seed):
+    def epochs(s):
+        sampler = ChunkedBatchSampler(n, batch, chunk, torch.Generator().manual_seed(s), drop_last=False)
+        return [list(sampler) for _ in range(2)]
+    first = epochs(seed)
+    assert first == epochs(seed)                                      # repeatable
+    for batches in first:
+        assert sorted(sum(batches, [])) == list(range(n))             # each row once per epoch
+        assert all(len(b) == batch for b in batches[:-1])
+        if chunk > 1:  # runs of consecutive positions of at least `chunk` (except at the edges)
+            flat = np.array(sum(batches, []))
+            breaks = np.flatnonzero(np.diff(flat) != 1)
+            assert len(breaks) <= -(-n // min(chunk, batch)) + 1
+
+
+def test_batch_shares_steps_of_overlapping_windows_and_drops_symbols_reproducibly(panel):
+    tr, _, _ = split_rows()
+    norm = SymbolNormalizer().fit(panel, tr)
+    scaler = TargetScaler().fit(panel, tr, norm)
+    ds = WindowDataset(panel, tr, LOOKBACK, norm, scaler, symbol_dropout=0.3, rng=np.random.default_rng(1))
+    b = ds.__getitems__(np.arange(40))                                # 40 consecutive rows of S0
+    assert torch.equal(b["x"], b["xu"][b["inv"]])
+    assert len(b["xu"]) < 40 * LOOKBACK / 4                           # shared steps, not B * L
+    dropped = (b["sym"] == 0).numpy()
+    assert 0 < dropped.sum() < 40 and (b["static"][dropped] == 0).all()
+    again = WindowDataset(panel, tr, LOOKBACK, norm, scaler, symbol_dropout=0.3, rng=np.random.default_rng(1))
+    assert torch.equal(again.__getitems__(np.arange(40))["sym"], b["sym"])
+    plain = WindowDataset(panel, tr, LOOKBACK, norm, scaler).__getitems__(np.arange(40))
+    assert (plain["sym"] == 1).all()                                  # no dropout outside training
+
+
+def test_tft_forecast_of_a_row_does_not_depend_on_its_batch(fitted, panel):
+    m = fitted["tft"]
+    r = N_BARS + 60
+    alone = m.predict(panel.subset(np.array([r])))
+    crowded = m.predict(panel.subset(np.arange(r - 20, r + 20)))     # overlapping windows share steps
+    for f in FORECAST_FIELDS:
+        np.testing.assert_allclose(getattr(crowded, f)[20], getattr(alone, f)[0], rtol=1e-5, atol=1e-7)
 
 
 def test_normaliser_uses_training_rows_only(panel):

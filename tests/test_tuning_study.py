@@ -138,6 +138,8 @@ def test_resume_and_threads_share_one_storage(source, tmp_path):
     out = run_tuning(source.run_id, n_trials=4, n_jobs=2, **kw)
     assert out.n_complete == 7
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 7
+    again = run_tuning(source.run_id, n_trials=0, **kw)       # re-report a stored study, no new trial
+    assert again.n_complete == 7 and again.best_params == out.best_params and again.metrics == out.metrics
     with pytest.raises(QuantmlInputError, match="tune_fraction"):
         run_tuning(source.run_id, n_trials=1, **{**kw, "settings": TuneSettings(tune_fraction=0.5)})
 
@@ -207,6 +209,13 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
     assert {"tune/trials.csv", "tune/best_params.json", "tune/signal.json", "figures/optimization_history.png",
             "figures/param_importances.png", "figures/holdout_equity.png", "figures/tuned_equity.png",
             "backtest/holdout_bars.csv"} <= arts
+    bars = pd.read_csv(client.download_artifacts(child.info.run_id, "backtest/holdout_bars.csv", str(tmp_path)))
+    assert {"pnl", "equity", "drawdown", "turnover", "cost"} <= set(bars.columns)
+    equity = client.get_metric_history(child.info.run_id, "holdout_equity")   # per-bar curve for the UI
+    assert [m.step for m in equity] == list(range(len(bars)))
+    assert [m.value for m in equity] == pytest.approx(bars["equity"].tolist())
+    ppy = float(child.data.params["periods_per_year"])
+    assert bars["pnl"].mean() * ppy == pytest.approx(m["holdout_ann_return"])   # the hold-out metric is these bars
     trials = pd.read_csv(client.download_artifacts(child.info.run_id, "tune/trials.csv", str(tmp_path)))
     assert len(trials) == 3 and "params_threshold/1d" in trials.columns
     study = optuna.load_study(study_name=f"quantml-tune-{run_id[:12]}-calmar", storage=storage)

@@ -47,7 +47,7 @@ with warnings.catch_warnings():
             self.signal = dict(signal or {"threshold": {"default": 0.0}, "min_confidence": {"default": 0.0},
                                           "cost": 0.0, "eps": 1e-6})
 
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
             from quantml.signals import SignalConfig, compute_signals
 
             params = params or {}

@@ -109,6 +109,10 @@ def predict_panel(model_uri: str, panel: pd.DataFrame, *, store: RegistryStore |
             raise QuantmlInputError(f"cannot load {resolved.load_uri} from {store.tracking_uri}: {exc.message}; "
                                     f"check the URI and MLFLOW_TRACKING_URI") from None
     params = {"last_only": bool(last_only), "model_name": resolved.name, "model_version": resolved.version}
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.has_input_names():
+        # columns the model does not use would only be dropped (noisily) by MLflow
+        panel = panel[[c for c in panel.columns if c in set(schema.input_names())]]
     try:
         frame = model.predict(panel, params=params)
     except QuantmlInputError:

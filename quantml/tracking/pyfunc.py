@@ -131,7 +131,7 @@ class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["bundle"], "rb") as fh:
             self.bundle: ModelBundle = pickle.load(fh)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         params = params or {}
         return self.bundle.predict_contract(
             model_input, last_only=bool(params.get("last_only", False)),

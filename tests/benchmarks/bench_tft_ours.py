@@ -9,8 +9,8 @@ import argparse
 import gc
 
 import numpy as np
-from bench_tft_common import KNOWN, OBSERVED, SETTINGS, Timer, current_rss_mb, emit, pinball, split_bounds, \
-    valid_rows
+from bench_tft_common import KNOWN, OBSERVED, SETTINGS, Timer, current_rss_mb, emit, peak_rss_mb, pinball, \
+    split_bounds, valid_rows
 
 
 def panel_data(arrays):
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("mode", choices=["dataset", "train"])
     ap.add_argument("panel")
     ap.add_argument("--no-valid", action="store_true")
+    ap.add_argument("--batch-chunk", type=int, default=SETTINGS["batch_chunk"])
     args = ap.parse_args()
 
     import torch
@@ -57,7 +58,7 @@ def main() -> None:
     with np.load(args.panel) as f:
         arrays = {k: f[k] for k in f.files}
     n_symbols, n_bars = int(arrays["n_symbols"]), int(arrays["n_bars"])
-    result = {"side": "quantml", "mode": args.mode, "rows": n_symbols * n_bars, "rss_after_imports_mb":
+    result = {"side": "quantml", "mode": args.mode, "batch_chunk": args.batch_chunk, "rows": n_symbols * n_bars, "rss_after_imports_mb":
               round(rss_imports, 1)}
 
     with Timer() as t_build:
@@ -83,7 +84,7 @@ def main() -> None:
     s = SETTINGS
     model = TFTForecaster(["1h"], seed=0, lookback=s["lookback"], hidden_size=s["hidden_size"],
                           n_heads=s["n_heads"], hidden_continuous_size=s["hidden_continuous_size"],
-                          batch_size=s["batch_size"], lr=s["lr"], dropout=s["dropout"], max_epochs=1,
+                          batch_size=s["batch_size"], batch_chunk=args.batch_chunk, lr=s["lr"], dropout=s["dropout"], max_epochs=1,
                           max_steps=s["n_batches"], limit_train_batches=s["n_batches"],
                           num_threads=s["threads"], accelerator="cpu", interpret_rows=512,
                           predict_batch_size=1024)
@@ -92,9 +93,8 @@ def main() -> None:
         model.fit(data.subset(rows))
     result.update(fit_seconds=round(t_fit.seconds, 2),
                   samples_per_second=round(s["n_batches"] * s["batch_size"] / t_fit.seconds, 1),
-                  rss_before_fit_mb=round(rss_before_fit, 1), peak_rss_after_fit_mb=None)
-    from bench_tft_common import peak_rss_mb
-    result["peak_rss_after_fit_mb"] = round(peak_rss_mb(), 1)
+                  rss_before_fit_mb=round(rss_before_fit, 1), peak_rss_after_fit_mb=round(peak_rss_mb(), 1),
+                  optimizer_steps=model.n_steps_)
     if not args.no_valid:
         with Timer() as t_pred:
             fc = model.predict(data.subset(vrows))

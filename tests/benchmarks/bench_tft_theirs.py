@@ -93,7 +93,8 @@ def main() -> None:
         trainer.fit(tft, train_dataloaders=train_dl)
     result.update(fit_seconds=round(t_fit.seconds, 2),
                   samples_per_second=round(s["n_batches"] * s["batch_size"] / t_fit.seconds, 1),
-                  rss_before_fit_mb=round(rss_before_fit, 1), peak_rss_after_fit_mb=round(peak_rss_mb(), 1))
+                  rss_before_fit_mb=round(rss_before_fit, 1), peak_rss_after_fit_mb=round(peak_rss_mb(), 1),
+                  optimizer_steps=int(trainer.global_step))
 
     # validation pinball on exactly the quantml side's validation rows (symbol, forecast row = target - 1)
     keep = {(int(r // n_bars), int(r % n_bars)) for r in valid_rows(n_symbols, n_bars)}

@@ -163,6 +163,7 @@ class SequenceForecaster(Forecaster):
             net.eval()
             self.net_ = net
             self.history_ = keeper.history
+            self.n_steps_ = int(trainer.global_step)
             self.best_epoch_ = keeper.best_epoch
             self._after_fit(valid.data if valid_rows is not None else data,
                             valid_rows if valid_rows is not None else rows)
