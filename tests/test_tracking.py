@@ -76,3 +76,15 @@ def test_deleted_experiment_is_a_clear_error(tracking_uri):
     mlflow.MlflowClient().delete_experiment(exp_id)
     with pytest.raises(Exception, match="restore it"):
         prepare_store(tracking_uri, "gone")
+
+
+def test_pruned_trial_ends_killed_not_failed(tracking_uri):
+    import optuna
+
+    tracker = ExperimentTracker(prepare_store(tracking_uri, "t"))
+    with pytest.raises(optuna.TrialPruned):
+        with tracker.run("trial") as run:
+            raise optuna.TrialPruned("fold 1 below the median")
+    got = mlflow.MlflowClient().get_run(run.run_id)
+    assert got.info.status == "KILLED"
+    assert got.data.tags["quantml.pruned"] == "true"

@@ -74,7 +74,17 @@ class TrackedRun:
         retrying(self.client.set_terminated)(self.run_id, status)
 
     def fail(self, exc: BaseException) -> None:
-        """Attach the error and end FAILED; never raises (the original error matters more)."""
+        """Attach the error and end FAILED; never raises (the original error matters more).
+
+        A hyper-parameter trial stopped by Optuna's pruner is not a failure: it ends KILLED
+        with ``quantml.pruned=true``.
+        """
+        if type(exc).__name__ == "TrialPruned":
+            try:
+                self.set_tags({"quantml.pruned": "true"})
+            finally:
+                self.end("KILLED")
+            return
         try:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             self.set_tags({"quantml.error": f"{type(exc).__name__}: {exc}"})
