@@ -40,3 +40,12 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# CI runs property tests on a fixed set of examples, so a green run is repeatable;
+# locally hypothesis keeps exploring new ones.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
