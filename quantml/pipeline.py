@@ -355,10 +355,17 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
         model_uri = log_bundle(bundle, parent.run_id)
 
     if cfg.get("print_report", True):
+        print(f"\nOut-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):")
         print(report.summary)
-        print(f"\nMLflow parent run {parent.run_id}: mlflow ui --backend-store-uri "
-              f"{resolve_tracking_uri(cfg.tracking.get('uri'))}")
+        print(f"\nMLflow: experiment '{cfg.tracking.experiment}', parent run {parent.run_id}")
+        print(f"Open the runs with:  {_ui_command(resolve_tracking_uri(cfg.tracking.get('uri')))}")
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report)
+
+
+def _ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 def _fit_final(cfg: DictConfig, prep: PreparedData, splitter):

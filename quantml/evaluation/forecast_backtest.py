@@ -8,6 +8,11 @@ next bar (``ret_next_bar``, a log return turned into a simple return with ``expm
 - ``time_series``: ``sign(expected_return) / n`` for each of the ``n`` symbols forecast at
   that bar (gross exposure 1 spread over the symbols).
 
+A forecast for horizon ``h`` is a view on the next ``k = h / bar`` bars, so the book holds
+the average of the last ``k`` target weight vectors (overlapping portfolios, as in
+Jegadeesh & Titman): each bar re-invests 1/k of the capital. Rebalancing a 7-day view
+every hour would charge costs for a holding period the forecast never claimed.
+
 Execution and costs go through :func:`quantml.backtest.execute` (the same arithmetic as
 the portfolio backtest and the paper replay). The benchmark for the information ratio is
 the equal-weight buy-and-hold of the same symbols (rebalanced every bar, no cost).
@@ -20,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.backtest import CostModel, execute, performance_stats
-from quantml.evaluation.metrics import check_ic_mode
+from quantml.evaluation.metrics import bar_spacing, check_ic_mode
 from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
 
 
@@ -75,6 +80,9 @@ def backtest_forecasts(frame: pd.DataFrame, ic_mode: str, costs: CostModel,
     er = _pivot(frame, "expected_return")
     simple = np.expm1(_pivot(frame, "ret_next_bar"))
     weights = forecast_weights(er, ic_mode)
+    hold = holding_bars(frame)
+    if hold > 1:
+        weights = weights.rolling(hold, min_periods=1).mean()
     run = execute(weights.to_numpy(), simple.to_numpy(), costs)
     index = weights.index
     pnl = pd.Series(run["pnl"], index=index, name="pnl")
@@ -93,6 +101,16 @@ def backtest_forecasts(frame: pd.DataFrame, ic_mode: str, costs: CostModel,
         "calmar": base["calmar"],
     }
     return ForecastBacktest(weights, pnl, benchmark, turnover, stats)
+
+
+def holding_bars(frame: pd.DataFrame) -> int:
+    """Bars a forecast of ``frame``'s horizon spans (1 without a ``horizon`` column)."""
+    if "horizon" not in frame.columns or frame.empty:
+        return 1
+    from quantml.labels import parse_horizon
+
+    horizon = parse_horizon(str(frame["horizon"].iloc[0]))
+    return max(1, int(round(horizon / bar_spacing(frame))))
 
 
 def information_ratio(pnl: np.ndarray, benchmark: np.ndarray, periods_per_year: float) -> float:
