@@ -303,10 +303,12 @@ def run_experiment(cfg: DictConfig) -> ExperimentResult:
     with tracker.run(default_run_name(cfg, choices), tags) as parent:
         parent.log_params(flatten_config(cfg))
         parent.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        return _run_in_parent(cfg, tracker, parent)
+        output_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg is not None else None
+        return _run_in_parent(cfg, tracker, parent, output_dir)
 
 
-def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun) -> ExperimentResult:
+def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun,
+                   output_dir: Path | None = None) -> ExperimentResult:
     prep = prepare_data(cfg)
     costs = CostModel.from_config(cfg.cost)
     signal = _signal_config(cfg, costs)
@@ -347,6 +349,8 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
     with tempfile.TemporaryDirectory() as tmp:
         _stage_artifacts(Path(tmp), oos, fold_metrics, report, final_model)
         parent.log_artifacts(tmp)
+    if output_dir is not None:  # a local copy of the report beside Hydra's outputs
+        report.write(output_dir / "report")
     model_uri = None
     if cfg.tracking.get("log_model", True):
         bundle = ModelBundle(forecaster=final_model, calibrator=calibrator, contract=prep.contract,
