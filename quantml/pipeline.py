@@ -7,7 +7,7 @@ import logging
 import random
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,6 @@ class ExperimentResult:
     metrics: dict[str, float]
     model_uri: str | None = None
     report: object | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
