@@ -406,7 +406,7 @@ class _ForecasterPyfunc(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["bundle"], "rb") as fh:
             self.bundle = pickle.load(fh)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         rows = model_input["row"].to_numpy()
         fc = self.bundle["forecaster"].predict(self.bundle["panel"].subset(rows))
         return fc.to_frame(self.bundle["panel"].keys.iloc[rows].reset_index(drop=True))
@@ -423,3 +423,14 @@ def test_mlflow_pyfunc_save_load_predicts_identically(fitted, panel, tmp_path):
     got = loaded.predict(pd.DataFrame({"row": te}))
     want = m.predict(panel.subset(te)).to_frame(panel.keys.iloc[te].reset_index(drop=True))
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_exact=True)
+
+
+def test_tft_inference_in_slices_matches_one_pass(fitted, panel, monkeypatch):
+    import quantml.models.sequence.tft as tft_module
+
+    rows = np.arange(0, panel.n_rows, 7)                       # scattered rows: few shared steps
+    whole = fitted["tft"].predict(panel.subset(rows))
+    monkeypatch.setattr(tft_module, "INFERENCE_SLICE", 16)
+    sliced = fitted["tft"].predict(panel.subset(rows))
+    for f in FORECAST_FIELDS:
+        np.testing.assert_allclose(getattr(sliced, f), getattr(whole, f), rtol=1e-5, atol=1e-7)

@@ -6,7 +6,6 @@ import subprocess
 
 import mlflow
 import numpy as np
-import pytest
 
 from quantml.schema import PREDICTION_COLUMNS
 from tests.helpers import train_cli

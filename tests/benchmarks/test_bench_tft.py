@@ -84,22 +84,26 @@ def test_tft_against_pytorch_forecasting(tmp_path):
         "ours_train_2M": _run(sys.executable, "bench_tft_ours.py", "train", str(panels["2M"]), "--no-valid",
                               quantml=True),
     }
-    for res in r.values():  # memory the work itself took, above the interpreter + torch + lightning imports
-        res["peak_over_imports_mb"] = round(res["peak_rss_mb"] - res["rss_after_imports_mb"], 1)
+    for res in r.values():
+        # training = the fit (peak RSS when fit returns, before the validation forecasts);
+        # dataset = the whole dataset subprocess
+        res["peak_mb"] = res.get("peak_rss_after_fit_mb") or res["peak_rss_mb"]
+        # what the work itself took, above the interpreter + torch + lightning imports
+        res["peak_over_imports_mb"] = round(res["peak_mb"] - res["rss_after_imports_mb"], 1)
     ours, theirs = r["ours_train"], r["theirs_train"]
     ratios = {
         "samples_per_second_ours_over_theirs": ours["samples_per_second"] / theirs["samples_per_second"],
         "samples_per_second_ours_iid_over_theirs":
             r["ours_train_iid_batches"]["samples_per_second"] / theirs["samples_per_second"],
         "dataset_peak_rss_ours_over_theirs": r["ours_dataset"]["peak_rss_mb"] / r["theirs_dataset"]["peak_rss_mb"],
-        "training_peak_rss_ours_over_theirs": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
+        "training_peak_rss_ours_over_theirs": ours["peak_mb"] / theirs["peak_mb"],
         "dataset_memory_ours_over_theirs":
             r["ours_dataset"]["peak_over_imports_mb"] / r["theirs_dataset"]["peak_over_imports_mb"],
         "training_memory_ours_over_theirs": ours["peak_over_imports_mb"] / theirs["peak_over_imports_mb"],
         "valid_pinball_ours_over_theirs": ours["valid_pinball"] / theirs["valid_pinball"],
         "valid_pinball_ours_iid_over_theirs":
             r["ours_train_iid_batches"]["valid_pinball"] / theirs["valid_pinball"],
-        "training_peak_rss_2M_over_400k": r["ours_train_2M"]["peak_rss_mb"] / ours["peak_rss_mb"],
+        "training_peak_rss_2M_over_400k": r["ours_train_2M"]["peak_mb"] / ours["peak_mb"],
         "training_memory_2M_over_400k": r["ours_train_2M"]["peak_over_imports_mb"] / ours["peak_over_imports_mb"],
     }
     # memory targets on what the work took above the import baseline (peak RSS - RSS after

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantml.models.sequence.trainer import SequenceForecaster
+from quantml.schema import QuantmlInputError
 
 
 class CausalConvBlock(nn.Module):
@@ -52,7 +53,6 @@ class TCNForecaster(SequenceForecaster):
     def __init__(self, horizons: list[str], seed: int = 0, kernel_size: int = 3, **kwargs) -> None:
         super().__init__(horizons, seed, **kwargs)
         if int(kernel_size) < 2:
-            from quantml.schema import QuantmlInputError
             raise QuantmlInputError(f"backbone.kernel_size must be >= 2, got {kernel_size}")
         self.kernel_size = int(kernel_size)
 

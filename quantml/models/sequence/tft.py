@@ -39,6 +39,7 @@ from quantml.schema import QuantmlInputError
 
 STATIC_NAMES = ["symbol", "symbol_ret_scale", "symbol_vol_level"]
 STEP_NAME = "horizon_step"
+INFERENCE_SLICE = 4096  # distinct steps per variable-selection call when predicting
 
 
 class GatedLinearUnit(nn.Module):
@@ -220,6 +221,15 @@ class TemporalFusionNet(nn.Module):
         s, static_w = self.static_vsn(static_vars)
         return {k: grn(s) for k, grn in self.static_context.items()}, static_w
 
+    def _select_steps(self, xu: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder variable selection of the distinct steps; without autograd (predict) in
+        slices of ``INFERENCE_SLICE`` steps, so scattered rows (no shared steps) stay bounded."""
+        if torch.is_grad_enabled() or len(xu) <= INFERENCE_SLICE:
+            return self.encoder_vsn(self.encoder_embedding(xu), context)
+        parts = [self.encoder_vsn(self.encoder_embedding(xu[i:i + INFERENCE_SLICE]), context[i:i + INFERENCE_SLICE])
+                 for i in range(0, len(xu), INFERENCE_SLICE)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def forward(self, batch: dict) -> dict:
         x, mask, inv = batch["x"], batch["mask"], batch["inv"]
         B, L, _ = x.shape
@@ -230,7 +240,7 @@ class TemporalFusionNet(nn.Module):
         sel_u = ctx_s["selection"][sym_inv[B:]]
 
         # encoder variable selection runs once per distinct step, then is gathered into windows
-        enc_u, enc_w_u = self.encoder_vsn(self.encoder_embedding(batch["xu"]), sel_u)  # [U, d], [U, F]
+        enc_u, enc_w_u = self._select_steps(batch["xu"], sel_u)                      # [U, d], [U, F]
         enc, enc_w = enc_u[inv], enc_w_u[inv]                                           # [B, L, d], [B, L, F]
         step = self.step_embedding.unsqueeze(0).expand(B, -1, -1).unsqueeze(2)      # [B, H, 1, d_var]
         if self.known_idx:
@@ -283,9 +293,13 @@ class TFTForecaster(SequenceForecaster):
                                  self.lstm_layers, self.dropout)
 
     def _after_fit(self, data, rows: np.ndarray) -> None:
-        """Average variable-selection and attention weights over (up to) ``interpret_rows`` rows."""
+        """Average variable-selection and attention weights over (up to) ``interpret_rows`` rows,
+        taken as 8 evenly spaced runs of consecutive rows (their windows share steps: cheap)."""
+        rows = np.sort(rows)
         if len(rows) > self.interpret_rows:
-            rows = rows[np.linspace(0, len(rows) - 1, self.interpret_rows).astype(np.int64)]
+            run = max(1, self.interpret_rows // 8)
+            starts = np.linspace(0, len(rows) - run, 8).astype(np.int64)
+            rows = rows[np.unique((starts[:, None] + np.arange(run)).ravel())]
         acc = {"static": 0.0, "encoder": 0.0, "decoder": 0.0, "attention": 0.0, "n": 0, "steps": 0.0}
 
         def collect(out, batch):
