@@ -33,7 +33,8 @@ def test_every_choice_composes_and_resolves(compose_cfg, group, choice):
     if (group, choice) == ("data", "parquet"):
         overrides.append("data.path=/tmp/panel.parquet")
     cfg = compose_cfg(overrides)
-    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert resolved[group], f"{group}={choice} composed to an empty group"
 
 
 @pytest.mark.parametrize("backbone", choices("backbone"))

@@ -251,44 +251,44 @@ def test_make_splitter_from_the_shipped_configs(name, cls, n_paths):
     assert splitter.valid_fraction == 0.2
 
 
-def _err(match, fn, *a, **k):
+def expect_error(match, fn, *a, **k):
     with pytest.raises(QuantmlInputError, match=match):
         fn(*a, **k)
 
 
 def test_fold_too_small_names_the_fold_and_the_fix():
     t0, t1 = timeline(10, horizon=1)
-    _err(r"fold 0 has 1 training samples .*min_train_samples=3.*fewer splits", 
+    expect_error(r"fold 0 has 1 training samples .*min_train_samples=3.*fewer splits", 
          WalkForward(n_splits=4, min_train_samples=3).split, t0, t1)
-    _err(r"fold 0 has 2 test samples .*min_test_samples=3", WalkForward(n_splits=4, min_test_samples=3).split, t0, t1)
+    expect_error(r"fold 0 has 2 test samples .*min_test_samples=3", WalkForward(n_splits=4, min_test_samples=3).split, t0, t1)
 
 
 def test_config_errors():
     t0, t1 = timeline(10)
-    _err(r"needs 11 blocks but .* only 10 unique timestamps", WalkForward(n_splits=10).split, t0, t1)
-    _err(r"n_test_groups=3 must be < n_groups=3", make_splitter, {"method": "cpcv", "n_groups": 3, "n_test_groups": 3})
-    _err(r"method='bagging' is unknown", make_splitter, {"method": "bagging"})
-    _err(r"method=None is unknown", make_splitter, {"n_splits": 3})
-    _err(r"validation.n_split is not a setting of method=purged_kfold", make_splitter,
+    expect_error(r"needs 11 blocks but .* only 10 unique timestamps", WalkForward(n_splits=10).split, t0, t1)
+    expect_error(r"n_test_groups=3 must be < n_groups=3", make_splitter, {"method": "cpcv", "n_groups": 3, "n_test_groups": 3})
+    expect_error(r"method='bagging' is unknown", make_splitter, {"method": "bagging"})
+    expect_error(r"method=None is unknown", make_splitter, {"n_splits": 3})
+    expect_error(r"validation.n_split is not a setting of method=purged_kfold", make_splitter,
          {"method": "purged_kfold", "n_split": 3})
-    _err(r"mode=rolling needs validation.train_blocks", make_splitter, {"method": "walk_forward", "mode": "rolling"})
-    _err(r"train_blocks=2 is only used with mode=rolling", WalkForward, train_blocks=2)
-    _err(r"mode='sliding' is unknown", WalkForward, mode="sliding")
-    _err(r"n_splits=1 must be an integer >= 2", PurgedKFold, n_splits=1)
-    _err(r"n_splits=2.5 must be an integer", WalkForward, n_splits=2.5)
+    expect_error(r"mode=rolling needs validation.train_blocks", make_splitter, {"method": "walk_forward", "mode": "rolling"})
+    expect_error(r"train_blocks=2 is only used with mode=rolling", WalkForward, train_blocks=2)
+    expect_error(r"mode='sliding' is unknown", WalkForward, mode="sliding")
+    expect_error(r"n_splits=1 must be an integer >= 2", PurgedKFold, n_splits=1)
+    expect_error(r"n_splits=2.5 must be an integer", WalkForward, n_splits=2.5)
 
 
 @pytest.mark.parametrize("fraction", [0, 0.6, -0.1, None, "x"])
 def test_valid_fraction_outside_range(fraction):
     t0, t1 = timeline(10)
-    _err(r"valid_fraction=.* outside \(0, 0.5\]", make_splitter, {"method": "purged_kfold", "valid_fraction": fraction})
-    _err(r"valid_fraction=.* outside \(0, 0.5\]", inner_validation_split, np.arange(10), t0, t1, fraction, "0s")
+    expect_error(r"valid_fraction=.* outside \(0, 0.5\]", make_splitter, {"method": "purged_kfold", "valid_fraction": fraction})
+    expect_error(r"valid_fraction=.* outside \(0, 0.5\]", inner_validation_split, np.arange(10), t0, t1, fraction, "0s")
 
 
 def test_inner_validation_split_too_little_training():
     t0, t1 = timeline(10, horizon=5)
-    _err(r"fold 7: the training set has 1 timestamp", inner_validation_split, [3], t0, t1, 0.2, "0s", fold_id=7)
-    _err(r"no training sample is left to fit", inner_validation_split, [0, 1, 2], t0, t1, 0.5, "0s")
+    expect_error(r"fold 7: the training set has 1 timestamp", inner_validation_split, [3], t0, t1, 0.2, "0s", fold_id=7)
+    expect_error(r"no training sample is left to fit", inner_validation_split, [0, 1, 2], t0, t1, 0.5, "0s")
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -303,21 +303,21 @@ def test_parse_embargo(value, expected):
     ("1x", "is not a duration"), ("soon", "is not a duration"), (5, "has no unit"), ("-1d", "non-negative"),
 ])
 def test_bad_embargo(value, match):
-    _err(f"validation.embargo=.*{match}", make_splitter, {"method": "purged_kfold", "embargo": value})
+    expect_error(f"validation.embargo=.*{match}", make_splitter, {"method": "purged_kfold", "embargo": value})
 
 
 def test_bad_label_intervals():
     t0, t1 = timeline(10)
     bad = t1.copy()
     bad[3] = np.datetime64("NaT")
-    _err(r"t1 is NaT at 1 sample\(s\) \(first position 3\).*labelled_rows", PurgedKFold().split, t0, bad)
+    expect_error(r"t1 is NaT at 1 sample\(s\) \(first position 3\).*labelled_rows", PurgedKFold().split, t0, bad)
     bad0 = t0.copy()
     bad0[0] = np.datetime64("NaT")
-    _err(r"t0 is NaT", purge, [0, 1], [5], bad0, t1, "0s")
+    expect_error(r"t0 is NaT", purge, [0, 1], [5], bad0, t1, "0s")
     back = t1.copy()
     back[4] = t0[4] - DAY
-    _err(r"t1 < t0 at 1 sample\(s\) \(first position 4", PurgedKFold().split, t0, back)
-    _err(r"t0 has 10 rows and t1 has 9", PurgedKFold().split, t0, t1[:9])
+    expect_error(r"t1 < t0 at 1 sample\(s\) \(first position 4", PurgedKFold().split, t0, back)
+    expect_error(r"t0 has 10 rows and t1 has 9", PurgedKFold().split, t0, t1[:9])
 
 
 def test_describe_fold():

@@ -47,7 +47,7 @@ def log_backtest(result: BacktestResult, prefix: str, per_bar_steps: bool = True
             table = table.join(result.horizon_pnl.add_prefix("pnl_"))
         path = Path(tmp) / f"{prefix}_bars.csv"
         table.to_csv(path)
-        mlflow.log_artifact(str(path), artifact_path="backtest")
+        mlflow.log_artifact(str(path), "backtest")
         if figures:
             for name, fig in ((f"{prefix}_equity.png", equity_figure(result, prefix, split_at)),
                               (f"{prefix}_positions.png", positions_figure(result, f"{prefix} positions"))):
