@@ -338,6 +338,12 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
         report_job = background.submit(build_report, oos, fold_metrics, prep.periods_per_year, costs,
                                        ic_mode, **evaluate.options)
         final_model, calibrator, _ = _fit_final(cfg, prep, splitter)
+        model_uri = None
+        if cfg.tracking.get("log_model", True):  # while the report is still being built
+            bundle = ModelBundle(forecaster=final_model, calibrator=calibrator, contract=prep.contract,
+                                 signal=signal.to_dict(), data_fingerprint=prep.fingerprint,
+                                 metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year})
+            model_uri = log_bundle(bundle, parent.run_id)
         metrics, report = oos_job.result(), report_job.result()
 
     metrics.update(_aggregate(fold_metrics))
@@ -350,12 +356,6 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
         parent.log_artifacts(tmp)
     if output_dir is not None:  # a local copy of the report beside Hydra's outputs
         report.write(output_dir / "report")
-    model_uri = None
-    if cfg.tracking.get("log_model", True):
-        bundle = ModelBundle(forecaster=final_model, calibrator=calibrator, contract=prep.contract,
-                             signal=signal.to_dict(), data_fingerprint=prep.fingerprint,
-                             metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year})
-        model_uri = log_bundle(bundle, parent.run_id)
 
     if cfg.get("print_report", True):
         print(f"\nOut-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):")
