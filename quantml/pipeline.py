@@ -74,7 +74,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     costs = CostModel.from_config(cfg.cost)
     panel = load_panel(cfg.data)
     drop = list(cfg.ablation.drop_modalities or [])
-    features = build_features(panel, OmegaConf.to_container(cfg.feature_set, resolve=True), drop)
+    feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
+    features = build_features(panel, feature_set, drop)
     labels = make_labels(panel, horizons, costs.round_trip)
     if features.frame.shape[1] == 0:
         raise QuantmlInputError(
@@ -109,8 +110,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     contract = FeatureContract(
         input_columns=sorted(set(features.input_columns) | set(REQUIRED_COLUMNS)),
         feature_names=list(features.frame.columns),
-        feature_set=OmegaConf.to_container(cfg.feature_set, resolve=True),
-        drop_modalities=drop, horizons=horizons)
+        feature_set=feature_set, drop_modalities=drop, horizons=horizons)
     return PreparedData(panel=panel, data=data, samples=samples, realised=pd.DataFrame(realised),
                         contract=contract, fingerprint=data_fingerprint(panel),
                         bar=infer_bar_frequency(panel),
@@ -153,10 +153,6 @@ def fit_with_calibration(cfg: DictConfig, prep: PreparedData, fit_rows: np.ndarr
     if calibrator is not None:
         valid_frame = calibrator.transform(valid_frame)
     return model, calibrator, valid_frame
-
-
-def _signal_config(cfg: DictConfig, costs: CostModel) -> SignalConfig:
-    return SignalConfig.from_config(cfg.signal, cost=costs.round_trip)
 
 
 @dataclass
@@ -239,6 +235,14 @@ def run_folds(cfg, tracker: ExperimentTracker, parent: TrackedRun, prep: Prepare
     return frames, pd.DataFrame(rows).set_index("fold")
 
 
+def _summarise(oos: pd.DataFrame, fold_metrics: pd.DataFrame, evaluate: Evaluation):
+    """OOS metrics and the report built on them (the report's ALL rows reuse the metrics)."""
+    metrics = evaluate(oos, "oos")
+    report = build_report(oos, fold_metrics, evaluate.periods_per_year, evaluate.costs, evaluate.ic_mode,
+                          oos_metrics=metrics, **evaluate.options)
+    return metrics, report
+
+
 def _aggregate(fold_metrics: pd.DataFrame) -> dict[str, float]:
     """``test_ic/1d`` over folds -> ``test_ic_mean/1d`` and ``test_ic_std/1d``."""
     out = {}
@@ -269,7 +273,8 @@ def _report_fold(cfg: DictConfig, fold_id: int, metrics: dict[str, float]) -> No
     pruning.report(cfg, fold_id, metrics)
 
 
-def _choices():
+def _hydra_context() -> tuple[dict[str, str], object | None]:
+    """The job's Hydra choices and HydraConfig; empty when called as a library."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -290,7 +295,7 @@ def run_experiment(cfg: DictConfig) -> ExperimentResult:
     """Run one experiment end to end and log it to MLflow. Returns what was measured."""
     seed_everything(int(cfg.seed))
     experiment_id = prepare_store(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
-    choices, hydra_cfg = _choices()
+    choices, hydra_cfg = _hydra_context()
     tracker = ExperimentTracker(experiment_id)
     tags = {"quantml.kind": "parent", "quantml.seed": int(cfg.seed), "quantml.git_commit": git_commit(),
             "quantml.schema_version": SCHEMA_VERSION, "quantml.validation": cfg.validation.method,
@@ -310,7 +315,7 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
                    output_dir: Path | None = None) -> ExperimentResult:
     prep = prepare_data(cfg)
     costs = CostModel.from_config(cfg.cost)
-    signal = _signal_config(cfg, costs)
+    signal = SignalConfig.from_config(cfg.signal, cost=costs.round_trip)
     n_symbols = int(prep.panel[SYMBOL].nunique())
     ic_mode = ic_mode_for(n_symbols)
     evaluate = Evaluation(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation))
@@ -334,9 +339,7 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
         fold_frames, fold_metrics = run_folds(cfg, tracker, parent, prep, splitter, folds, signal, evaluate,
                                               background)
         oos = pd.concat(fold_frames, ignore_index=True)
-        oos_job = background.submit(evaluate, oos, "oos")
-        report_job = background.submit(build_report, oos, fold_metrics, prep.periods_per_year, costs,
-                                       ic_mode, **evaluate.options)
+        summary_job = background.submit(_summarise, oos, fold_metrics, evaluate)
         final_model, calibrator, _ = _fit_final(cfg, prep, splitter)
         model_uri = None
         if cfg.tracking.get("log_model", True):  # while the report is still being built
@@ -344,7 +347,7 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
                                  signal=signal.to_dict(), data_fingerprint=prep.fingerprint,
                                  metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year})
             model_uri = log_bundle(bundle, parent.run_id)
-        metrics, report = oos_job.result(), report_job.result()
+        metrics, report = summary_job.result()
 
     metrics.update(_aggregate(fold_metrics))
     monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)

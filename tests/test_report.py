@@ -130,3 +130,13 @@ def test_cpcv_paths_and_time_series_mode():
     assert row["ic"] > 0.2 and row["ic_mode"] == "time_series"
     assert set(rep.figures) == set(FIGURE_NAMES)
     rep.close()
+
+
+def test_known_oos_metrics_fill_the_all_rows_without_recomputing(oos, fold_metrics):
+    costs = CostModel(fee_bps=1.0, slippage_bps=1.0)
+    fresh = evaluate_predictions(oos, "oos", 252.0, costs, "cross_sectional")
+    marked = {**fresh, "oos_ic/1d": 123.0}  # a value evaluation could never produce
+    rep = build_report(oos, fold_metrics, 252.0, costs, "cross_sectional", oos_metrics=marked)
+    all_rows = rep.by_symbol_horizon.set_index(["symbol", "horizon"])
+    assert all_rows.loc[("ALL", "1d"), "ic"] == 123.0
+    assert all_rows.loc[("ALL", "7d"), "ic"] == pytest.approx(fresh["oos_ic/7d"])

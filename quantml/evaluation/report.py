@@ -85,13 +85,19 @@ def _by_horizon(metrics: dict[str, float], split: str) -> dict[str, dict[str, fl
 
 
 def symbol_horizon_table(oos: pd.DataFrame, periods_per_year: float, costs: CostModel, ic_mode: str,
-                         ece_bins: int = 10, ic_bucket: str | None = None) -> pd.DataFrame:
-    """One row per (symbol, horizon) plus ``ALL`` rows; columns ``symbol, horizon, n_obs`` + REPORT_METRICS."""
+                         ece_bins: int = 10, ic_bucket: str | None = None,
+                         oos_metrics: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per (symbol, horizon) plus ``ALL`` rows; columns ``symbol, horizon, n_obs`` + REPORT_METRICS.
+
+    ``oos_metrics`` (the ``oos_*`` metrics of ``oos``, when the caller already has them) fill
+    the ``ALL`` rows instead of being computed again.
+    """
     rows = []
     groups = [(ALL, oos, ic_mode)] + [(s, part, "time_series") for s, part in oos.groupby(SYMBOL, sort=True)]
     for symbol, part, mode in groups:
-        metrics = _by_horizon(evaluate_predictions(part, "oos", periods_per_year, costs, mode,
-                                                   ece_bins=ece_bins, ic_bucket=ic_bucket), "oos")
+        known = oos_metrics if symbol == ALL and oos_metrics else None
+        metrics = _by_horizon(known or evaluate_predictions(part, "oos", periods_per_year, costs, mode,
+                                                            ece_bins=ece_bins, ic_bucket=ic_bucket), "oos")
         n_obs = part.groupby("horizon", sort=False)["ret"].count()
         for h, values in metrics.items():
             rows.append({"symbol": symbol, "horizon": h, "ic_mode": mode, "n_obs": int(n_obs.get(h, 0)),
@@ -185,7 +191,8 @@ one-way cost: {costs.one_way * 1e4:g} bps. Definitions: docs/evaluation.md.</p>
 
 
 def build_report(oos: pd.DataFrame, fold_metrics: pd.DataFrame | None, periods_per_year: float,
-                 costs: CostModel, ic_mode: str, *, ece_bins: int = 10, ic_bucket: str | None = None) -> Report:
+                 costs: CostModel, ic_mode: str, *, ece_bins: int = 10, ic_bucket: str | None = None,
+                 oos_metrics: dict[str, float] | None = None) -> Report:
     """Build the report of a run from its out-of-sample prediction frame and per-fold metrics.
 
     Parameters
@@ -198,7 +205,7 @@ def build_report(oos: pd.DataFrame, fold_metrics: pd.DataFrame | None, periods_p
     """
     check_prediction_frame(oos, what="out-of-sample frame")
     check_ic_mode(ic_mode)
-    by_sh = symbol_horizon_table(oos, periods_per_year, costs, ic_mode, ece_bins, ic_bucket)
+    by_sh = symbol_horizon_table(oos, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, oos_metrics)
     by_fold = fold_table(fold_metrics, oos, periods_per_year, costs, ic_mode)
     all_rows = by_sh[by_sh["symbol"] == ALL].set_index("horizon")
     coverage = oos.groupby("horizon", sort=False).apply(

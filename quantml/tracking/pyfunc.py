@@ -105,7 +105,8 @@ class ModelBundle:
         frame = self.forecaster.predict(sample).to_frame(sample.keys)
         if self.calibrator is not None:
             frame = self.calibrator.transform(frame)
-        config = SignalConfig.from_config(signal or self.signal, cost=(signal or self.signal).get("cost", 0.0))
+        signal = signal or self.signal
+        config = SignalConfig.from_config(signal, cost=signal.get("cost", 0.0))
         frame = compute_signals(frame, config)
         frame["model_name"] = model_name
         frame["model_version"] = str(model_version)

@@ -7,11 +7,9 @@ except model logging.
 from __future__ import annotations
 
 import math
-import tempfile
 import traceback
 from collections.abc import Mapping
 from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -53,22 +51,8 @@ class TrackedRun:
     def log_dict(self, data: dict, artifact_file: str) -> None:
         retrying(self.client.log_dict)(self.run_id, data, artifact_file)
 
-    def log_figure(self, figure, artifact_file: str) -> None:
-        retrying(self.client.log_figure)(self.run_id, figure, artifact_file)
-
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         retrying(self.client.log_artifacts)(self.run_id, local_dir, artifact_path)
-
-    def log_frame(self, frame: pd.DataFrame, artifact_file: str) -> None:
-        """A DataFrame as parquet or CSV, chosen by the file's extension."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            if path.suffix == ".parquet":
-                frame.to_parquet(path, index=False)
-            else:
-                frame.to_csv(path, index=False)
-            folder = str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None
-            retrying(self.client.log_artifact)(self.run_id, str(path), folder)
 
     def end(self, status: str) -> None:
         retrying(self.client.set_terminated)(self.run_id, status)
