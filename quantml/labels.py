@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.data.panel import infer_bar_frequency, parse_duration, ts_int64
-from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 
 def parse_horizon(text: str) -> pd.Timedelta:
     """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` -> Timedelta (m = minutes)."""

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite store for this test; MLFLOW_TRACKING_URI points at it (subprocesses too)."""
-    from quantml.registry.testing import sqlite_store
+    from tests.helpers.registry_fakes import sqlite_store
 
     uri = sqlite_store(tmp_path)  # a copy of a migrated empty store: saves seconds per test
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

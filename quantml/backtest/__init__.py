@@ -1,10 +1,3 @@
-"""Execution and performance of positions: shared by evaluation, tuning and the portfolio backtest.
-
-``execution`` (CostModel, execute, execute_bar) and ``performance`` are imported here; the
-vectorised backtest (``quantml.backtest.vectorised``), the paper replay
-(``quantml.backtest.paper``), figures and MLflow logging are imported from their modules.
+"""The backtest engine (``vectorised``) and the bar-by-bar paper replay (``paper``); figures
+and MLflow logging of a backtest. Costs, execution and statistics live in :mod:`quantml.market`.
 """
-from quantml.backtest.execution import CostModel, execute, execute_bar
-from quantml.backtest.performance import performance_stats
-
-__all__ = ["CostModel", "execute", "execute_bar", "performance_stats"]

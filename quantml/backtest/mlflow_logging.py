@@ -10,7 +10,7 @@ from mlflow.entities import Metric
 
 from quantml.backtest.figures import equity_figure, positions_figure
 from quantml.backtest.vectorised import BacktestResult
-from quantml.schema import metric_name
+from quantml.contracts import metric_name
 
 # performance_stats key -> MLflow metric key (after-cost figures get the contract's names)
 STAT_NAMES = {"sharpe": "sharpe_after_cost", "ann_return": "ann_return", "ann_vol": "ann_vol",

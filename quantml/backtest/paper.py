@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantml.backtest.execution import CostModel, execute_bar
-from quantml.backtest.performance import performance_stats
+from quantml.market.execution import CostModel, execute_bar
+from quantml.market.performance import performance_stats
 from quantml.backtest.vectorised import BacktestResult
 from quantml.portfolio.allocator import AllocatorConfig, allocate_panel
 from quantml.portfolio.covariance import TrailingCovariance

@@ -2,7 +2,7 @@
 
 Positions decided at the close of bar ``t`` are held over bar ``t+1`` and earn
 ``ret_next_bar[t]`` (a simple return here: PnL = position x simple return); the trade into
-them pays fees, slippage and impact at ``t``. All the arithmetic is :func:`quantml.backtest.execution.execute`, shared with the paper replay.
+them pays fees, slippage and impact at ``t``. All the arithmetic is :func:`quantml.market.execution.execute`, shared with the paper replay.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quantml.backtest.execution import CostModel, execute, participation_rate
-from quantml.backtest.performance import performance_stats
+from quantml.market.execution import CostModel, execute, participation_rate
+from quantml.market.performance import performance_stats
 from quantml.portfolio.allocator import AllocatorConfig
 from quantml.portfolio.strategy import SignalPanel, strategy_positions
 from quantml.signals.core import SignalConfig

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from quantml.schema import QuantmlInputError
+    from quantml.contracts import QuantmlInputError
     from quantml.serving import run_predict
 
     argv = sys.argv[1:] if argv is None else argv

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
-    from quantml.schema import QuantmlInputError
+    from quantml.contracts import QuantmlInputError
 
     args = _parser().parse_args(argv)
     try:

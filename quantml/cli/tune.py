@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tune")
 def tune(cfg: DictConfig) -> float:
-    from quantml.backtest.execution import CostModel
+    from quantml.market.execution import CostModel
     from quantml.portfolio.allocator import AllocatorConfig
     from quantml.tuning.run import run_tuning, settings_from_config
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.data.panel import parse_duration
-from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 
 EVENT_COUNT = "event_count"
 META = ("event_time", "available_at", SYMBOL)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.data.panel import validate_panel
-from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from quantml.schema import OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 # Daily bars stamped at a fixed local close move by one hour in UTC twice a year (DST).

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from quantml.data.panel import parse_duration
-from quantml.schema import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 
 NAMES = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")
 REGIME_VOL = np.array([0.6, 1.0, 1.9])

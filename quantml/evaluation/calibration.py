@@ -24,7 +24,7 @@ from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
 
 from quantml.evaluation.evaluate import check_prediction_frame
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 METHODS = ("temperature", "isotonic", "none")
 CONFORMAL_MODES = ("asymmetric", "symmetric")

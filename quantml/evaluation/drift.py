@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError, metric_name
+from quantml.contracts import QuantmlInputError, metric_name
 
 PSI_FLOOR = 1e-4
 
@@ -55,4 +55,15 @@ def prediction_drift(frame: pd.DataFrame, column: str = "expected_return", bins:
         psi = [np.nan] + [population_stability_index(values[prev], values[cur], bins)
                           for prev, cur in zip(folds[:-1], folds[1:])]
         out[metric_name(split, "psi", str(h))] = psi
+    return out
+
+
+def fold_drift(previous: pd.DataFrame, current: pd.DataFrame, horizons, bins: int = 10,
+               column: str = "expected_return", split: str = "test") -> dict[str, float]:
+    """PSI of one fold's ``column`` against the previous fold's, per horizon: ``<split>_psi/<h>``."""
+    out = {}
+    for h in horizons:
+        prev = previous.loc[previous["horizon"] == h, column].to_numpy(np.float64)
+        cur = current.loc[current["horizon"] == h, column].to_numpy(np.float64)
+        out[metric_name(split, "psi", str(h))] = population_stability_index(prev, cur, bins=bins)
     return out

@@ -1,12 +1,14 @@
 """One call from a prediction frame to every named metric: ``evaluate_predictions``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import warnings
 
 import numpy as np
 import pandas as pd
 
-from quantml.backtest import CostModel
+from quantml.market import CostModel
 from quantml.evaluation.forecast_backtest import backtest_forecasts
 from quantml.evaluation.metrics import (
     average_precision,
@@ -17,7 +19,7 @@ from quantml.evaluation.metrics import (
     quantile_metrics,
     regression_metrics,
 )
-from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP, metric_name
+from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP, metric_name
 
 REQUIRED_COLUMNS = (SYMBOL, TIMESTAMP, "horizon", "expected_return", "q10", "q50", "q90", "prob_up",
                     "ret", "dir", "ret_next_bar")
@@ -109,3 +111,27 @@ def evaluation_options(cfg_evaluation) -> dict:
     bucket = cfg.get("ic_bucket", None)
     return {"ece_bins": int(cfg.get("ece_bins", 10)),
             "ic_bucket": None if bucket in (None, "auto") else str(bucket)}
+
+
+@dataclass
+class Scorer:
+    """How every prediction frame of a run is scored (the same settings for val, test, oos)."""
+
+    periods_per_year: float
+    costs: CostModel
+    ic_mode: str
+    options: dict
+
+    def __call__(self, frame: pd.DataFrame, split: str) -> dict[str, float]:
+        return evaluate_predictions(frame, split, self.periods_per_year, self.costs, self.ic_mode, **self.options)
+
+
+def aggregate_fold_metrics(fold_metrics: pd.DataFrame) -> dict[str, float]:
+    """``test_ic/1d`` over folds -> ``test_ic_mean/1d`` and ``test_ic_std/1d``."""
+    out = {}
+    for name in fold_metrics.columns:
+        base, _, horizon = name.partition("/")
+        values = fold_metrics[name].astype(float)
+        out[f"{base}_mean/{horizon}" if horizon else f"{base}_mean"] = float(values.mean())
+        out[f"{base}_std/{horizon}" if horizon else f"{base}_std"] = float(values.std(ddof=0))
+    return out

@@ -121,3 +121,13 @@ def equity_figure(equity: dict[str, pd.Series], benchmark: dict[str, pd.Series])
 
 __all__ = ["close_figures", "coverage_figure", "cumulative_ic_figure", "equity_figure",
            "figure_base64", "figure_png", "new_figure", "reliability_figure"]
+
+
+def importance_figure(importance: pd.Series, top: int = 25) -> Figure:
+    """Horizontal bars of the ``top`` most important features (``importance`` sorted descending)."""
+    top_items = importance.head(top)[::-1]
+    fig = new_figure(7, max(3, 0.28 * len(top_items)))
+    ax = fig.subplots()
+    ax.barh(top_items.index, top_items.to_numpy())
+    ax.set_title("Feature importance (final model)")
+    return fig

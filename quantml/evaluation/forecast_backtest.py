@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quantml.backtest import CostModel, execute, performance_stats
+from quantml.market import CostModel, execute, performance_stats
 from quantml.evaluation.metrics import bar_spacing, check_ic_mode
-from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
 
 
 @dataclass

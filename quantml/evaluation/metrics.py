@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, mean_pinball_loss
 
-from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
 
 IC_MODES = ("cross_sectional", "time_series")
 QUANTILES = {"q10": 0.1, "q50": 0.5, "q90": 0.9}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError, metric_name
+from quantml.contracts import QuantmlInputError, metric_name
 
 # Metric keys where a smaller value is better; every other key is higher-is-better.
 LOWER_IS_BETTER = frozenset({

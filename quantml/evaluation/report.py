@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantml.backtest import CostModel
+from quantml.market import CostModel
 from quantml.evaluation.evaluate import check_prediction_frame, evaluate_predictions
 from quantml.evaluation.figures import (
     close_figures,
@@ -30,7 +30,7 @@ from quantml.evaluation.figures import (
 )
 from quantml.evaluation.forecast_backtest import backtest_forecasts
 from quantml.evaluation.metrics import check_ic_mode, ic_series
-from quantml.schema import HORIZON_SEPARATOR, SYMBOL, TIMESTAMP, split_metric_name
+from quantml.contracts import HORIZON_SEPARATOR, SYMBOL, TIMESTAMP, split_metric_name
 
 REPORT_METRICS = ("ic", "icir", "rank_ic", "rank_icir", "ann_return", "sharpe_after_cost", "information_ratio",
                   "max_drawdown", "hit_rate", "ap", "rmse", "ece", "brier", "coverage_80", "pinball", "turnover")

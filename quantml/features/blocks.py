@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.features.ops import SegmentOps
-from quantml.schema import EXOGENOUS_MODALITY, OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, modality_of
+from quantml.contracts import EXOGENOUS_MODALITY, OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, modality_of
 
 _LN2_4 = 4.0 * np.log(2.0)
 
@@ -118,7 +118,7 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _ints(values, name: str) -> list[int]:
     out = [int(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
     if any(v < 1 for v in out):
-        from quantml.schema import QuantmlInputError
+        from quantml.contracts import QuantmlInputError
 
         raise QuantmlInputError(f"feature parameter {name}={values} must be positive whole numbers of bars")
     return out

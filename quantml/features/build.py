@@ -11,7 +11,7 @@ import pandas as pd
 from quantml.data.panel import infer_bar_frequency, parse_duration, ts_int64
 from quantml.features.blocks import BLOCKS, Context, Skip
 from quantml.features.ops import SegmentOps
-from quantml.schema import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
+from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
 
 
 @dataclass

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.features.build import build_features
-from quantml.schema import OHLCV, SYMBOL, TIMESTAMP
+from quantml.contracts import OHLCV, SYMBOL, TIMESTAMP
 
 
 def perturb_after(panel: pd.DataFrame, cut: pd.Timestamp, seed: int = 0) -> pd.DataFrame:

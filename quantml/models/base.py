@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.schema import FORECAST_FIELDS, QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import FORECAST_FIELDS, QuantmlInputError, SYMBOL, TIMESTAMP
 
 
 @dataclass
@@ -59,6 +59,29 @@ class PanelData:
     @property
     def n_rows(self) -> int:
         return len(self.keys)
+
+    @classmethod
+    def assemble(cls, panel: pd.DataFrame, features, horizons: list[str], labels=None) -> "PanelData":
+        """The one way a panel becomes model input, at training and at serving.
+
+        ``features``: a built feature set (``frame``, ``modalities``, ``known_future``);
+        ``labels``: multi-horizon labels (``ret``, ``dir``, ``vol``, ``t1_max``), or None when
+        serving (targets NaN, ``t1`` NaT).
+        """
+        n, H = len(panel), len(horizons)
+        codes, symbols = pd.factorize(panel[SYMBOL])
+        if labels is None:
+            nan = np.full((n, H), np.nan)
+            y_ret, y_dir, y_vol = nan, nan.copy(), nan.copy()
+            t1 = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+        else:
+            y_ret, y_dir, y_vol, t1 = labels.ret, labels.dir, labels.vol, labels.t1_max
+        return cls(keys=panel[[SYMBOL, TIMESTAMP]].reset_index(drop=True),
+                   X=features.frame.to_numpy(dtype=np.float32), feature_names=list(features.frame.columns),
+                   feature_modalities=dict(features.modalities), horizons=list(horizons),
+                   y_ret=y_ret, y_dir=y_dir, y_vol=y_vol, t0=panel[TIMESTAMP].to_numpy(dtype="datetime64[ns]"),
+                   t1=t1, symbol_codes=codes.astype(np.int64), symbols=list(symbols),
+                   known_future=list(features.known_future))
 
     def labelled_rows(self) -> np.ndarray:
         """Positions of rows whose every horizon has a label."""

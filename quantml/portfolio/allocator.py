@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 DEDUP_MODES = ("keep", "share")
 

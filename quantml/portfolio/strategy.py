@@ -14,7 +14,7 @@ import pandas as pd
 
 from quantml.portfolio.allocator import AllocatorConfig, allocate_panel
 from quantml.portfolio.covariance import trailing_covariance
-from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
 from quantml.signals.core import SignalConfig, decide_actions
 
 PANEL_COLUMNS = (SYMBOL, TIMESTAMP, "horizon", "score", "confidence", "vol_forecast", "ret_next_bar")

@@ -21,7 +21,7 @@ from quantml.registry.store import (
     CANDIDATE, CHAMPION, MAX_REASON_CHARS, Event, RegistryError, RegistryStore, champion_lineage,
     current_user, normalise_version, utc_now,
 )
-from quantml.schema import HORIZON_SEPARATOR
+from quantml.contracts import HORIZON_SEPARATOR
 
 MODEL_ARTIFACT = "model"
 # Parent-run tags copied onto the model version (the contracts' run layout).

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from quantml.schema import HORIZON_SEPARATOR, QuantmlInputError
+from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError
 
 GATES_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "registry" / "gates.yaml"
 AUDIT_ARTIFACT = "audit/leakage_audit.json"

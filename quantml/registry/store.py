@@ -39,7 +39,7 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 log = logging.getLogger(__name__)
 

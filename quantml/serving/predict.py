@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from quantml.registry.store import RegistryError, RegistryStore, normalise_version
-from quantml.schema import PREDICTION_COLUMNS, QuantmlInputError
+from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError
 from quantml.signals import SignalConfig, compute_signals
 from quantml.signals.core import SIGNAL_TAG
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")

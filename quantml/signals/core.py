@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 ACTIONS = ("short", "flat", "long")
 ACTION_SIGN = {"short": -1.0, "flat": 0.0, "long": 1.0}
@@ -160,4 +160,4 @@ def _require(frame: pd.DataFrame, columns, where: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise QuantmlInputError(f"{where}: the frame lacks column(s) {missing}; pass a prediction frame "
-                                f"with {list(columns)} (see quantml.schema.PREDICTION_COLUMNS)")
+                                f"with {list(columns)} (see quantml.contracts.PREDICTION_COLUMNS)")

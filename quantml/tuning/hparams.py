@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 from quantml.tuning import pruning
 from quantml.tuning.storage import make_storage, redact
 

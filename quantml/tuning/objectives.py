@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 OBJECTIVES = ("sharpe", "calmar", "return_dd")
 CLIP = 1e6

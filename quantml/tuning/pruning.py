@@ -1,6 +1,6 @@
-"""Pruning hook for hyper-parameter search: the pipeline reports each fold's metrics here.
+"""Pruning for hyper-parameter search: each fold's metrics are reported here.
 
-``quantml.pipeline`` calls :func:`report` after every fold when ``cfg.hparams_search`` is
+:class:`PruningCallback` (a fold callback of the experiment) calls :func:`report` after every fold when ``cfg.hparams_search`` is
 set. When the job is a trial of a ``quantml_optuna`` sweep (the sweeper sets
 ``hparams_search.trial``, ``.study_name`` and ``.storage``), the fold's
 ``hparams_search.prune_metric`` is reported to the Optuna trial at step = fold id, and
@@ -75,3 +75,16 @@ def report(cfg, step: int, metrics: Mapping[str, float]) -> None:
     trial.report(value, int(step))
     if trial.should_prune():
         raise optuna.TrialPruned(f"trial {hs.trial} pruned after fold {step}: {hs.prune_metric}={value:.4g}")
+
+
+class PruningCallback:
+    """Fold callback of a hyper-parameter trial: :func:`report` after every fold (blocking, so a
+    pruned trial stops before the next fold trains)."""
+
+    blocking = True
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def on_fold_end(self, fold_id: int, n_folds: int, metrics: Mapping[str, float]) -> None:
+        report(self.cfg, fold_id, metrics)

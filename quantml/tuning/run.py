@@ -17,11 +17,11 @@ import mlflow  # noqa: E402
 import optuna  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from quantml.backtest.execution import CostModel  # noqa: E402
+from quantml.market.execution import CostModel  # noqa: E402
 from quantml.backtest.figures import equity_figure  # noqa: E402
 from quantml.backtest.mlflow_logging import log_backtest  # noqa: E402
 from quantml.portfolio.allocator import AllocatorConfig  # noqa: E402
-from quantml.schema import QuantmlInputError, metric_name  # noqa: E402
+from quantml.contracts import QuantmlInputError, metric_name  # noqa: E402
 from quantml.signals.core import SIGNAL_TAG, SignalConfig  # noqa: E402
 from quantml.tuning.source import SourceRun, load_source_run  # noqa: E402
 from quantml.tuning.storage import make_storage, redact  # noqa: E402

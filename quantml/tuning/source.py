@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from quantml.backtest.execution import CostModel
-from quantml.backtest.performance import infer_periods_per_year
-from quantml.schema import QuantmlInputError, TIMESTAMP
+from quantml.market.execution import CostModel
+from quantml.market.performance import infer_periods_per_year
+from quantml.contracts import QuantmlInputError, TIMESTAMP
 from quantml.signals.core import SignalConfig
 
 OOS_ARTIFACT = "predictions/oos_predictions.parquet"
@@ -101,7 +101,7 @@ def load_source_run(run_id: str, tracking_uri: str | None = None) -> SourceRun:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise QuantmlInputError(f"{OOS_ARTIFACT} of run {run_id} lacks column(s) {missing}; re-run quantml-train "
-                                "with this quantml version (prediction contract in quantml.schema)")
+                                "with this quantml version (prediction contract in quantml.contracts)")
     listed = [h for h in tags.get("quantml.horizons", "").split(",") if h]
     horizons = [h for h in listed if h in set(frame["horizon"])] or list(dict.fromkeys(frame["horizon"]))
     return SourceRun(run_id, run.info.experiment_id, frame, dict(run.data.params), tags, horizons)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError, TIMESTAMP
+from quantml.contracts import QuantmlInputError, TIMESTAMP
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from quantml.backtest.execution import CostModel
+from quantml.market.execution import CostModel
 from quantml.backtest.vectorised import BacktestResult, backtest_signals
 from quantml.portfolio.allocator import AllocatorConfig
 from quantml.portfolio.strategy import SignalPanel
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 from quantml.signals.core import SignalConfig
 from quantml.tuning.objectives import check_objective, objective_value
 from quantml.tuning.source import SourceRun

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
 from quantml.validation.purging import (
     _NAT,
     _embargo_ns,

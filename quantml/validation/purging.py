@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 _NAT = np.iinfo(np.int64).min
 

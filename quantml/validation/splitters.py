@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 from quantml.validation.purging import (
     _purge_ns,
     check_intervals,

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from quantml.cli.common import CONFIG_DIR
-from quantml.pipeline import prepare_data, prediction_frame
+from quantml.experiment.prepare import prepare_data
+from quantml.experiment.fitting import prediction_frame
 from quantml.validation import inner_validation_split, make_splitter
 
 

@@ -32,7 +32,7 @@ def wall_time(cmd: list[str], cwd: Path, env: dict) -> float:
 
 @pytest.mark.benchmark
 def test_tracking_overhead(tmp_path):
-    from quantml.registry.testing import sqlite_store
+    from tests.helpers.registry_fakes import sqlite_store
 
     # an already-migrated store: creating MLflow's tables is a one-off, not a per-run cost
     env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(tmp_path),

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from quantml.models.sequence.trainer import SequenceForecaster
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 
 class ITransformerEncoder(nn.Module):

@@ -35,7 +35,7 @@ from torch import nn
 from quantml.models.sequence.heads import MultiHorizonHead
 from quantml.models.sequence.module import N_STATIC_REAL
 from quantml.models.sequence.trainer import SequenceForecaster
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 STATIC_NAMES = ["symbol", "symbol_ret_scale", "symbol_vol_level"]
 STEP_NAME = "horizon_step"

@@ -24,7 +24,7 @@ from quantml.models.sequence.heads import LossWeights
 from quantml.models.sequence.module import KeepBestState, SequenceModule, SequenceNet
 from quantml.models.sequence.windows import (ChunkedBatchSampler, SymbolNormalizer, TargetScaler, WindowDataset,
                                              identity_collate)
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from quantml.models.base import PanelData
-from quantml.schema import QuantmlInputError
+from quantml.contracts import QuantmlInputError
 
 _STD_FLOOR = 1e-8
 _VOL_FLOOR = 1e-8

@@ -1,0 +1,102 @@
+"""The served model: feature contract, fitted forecaster (with its normalisation statistics),
+calibrator, and signal settings, as one object that turns a raw panel into the prediction contract.
+
+A served model recomputes features exactly as training did, and refuses a panel that does
+not match its contract instead of answering with garbage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quantml.contracts import PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.data import data_fingerprint, validate_panel
+from quantml.features import build_features
+from quantml.models.base import PanelData
+from quantml.signals import SignalConfig, compute_signals
+
+
+@dataclass
+class FeatureContract:
+    """What a panel must carry for this model, and what the features must come out as."""
+
+    input_columns: list[str]
+    feature_names: list[str]
+    feature_set: dict
+    drop_modalities: list[str]
+    horizons: list[str]
+    schema_version: str = SCHEMA_VERSION
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps({"inputs": sorted(self.input_columns), "features": self.feature_names,
+                              "feature_set": self.feature_set, "drop": sorted(self.drop_modalities),
+                              "horizons": self.horizons, "schema": self.schema_version},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def check(self, panel: pd.DataFrame) -> None:
+        """Refuse a panel with missing inputs or another schema version."""
+        if "schema_version" in panel.columns:
+            versions = set(panel["schema_version"].astype(str).unique())
+            if versions != {self.schema_version}:
+                raise QuantmlInputError(
+                    f"panel schema_version {sorted(versions)} does not match the model's "
+                    f"{self.schema_version!r}: convert the panel to schema {self.schema_version} "
+                    f"or use a model trained on your schema")
+        missing = [c for c in self.input_columns if c not in panel.columns]
+        if missing:
+            raise QuantmlInputError(
+                f"panel is missing column(s) {missing} required by the model's feature contract "
+                f"(hash {self.hash}); add them to the panel (same names and meaning as at training)")
+
+
+@dataclass
+class ModelBundle:
+    """Fitted forecaster + calibrator + contract + signal config: panel in, contract out."""
+
+    forecaster: object
+    calibrator: object | None
+    contract: FeatureContract
+    signal: dict
+    data_fingerprint: str
+    metadata: dict = field(default_factory=dict)
+
+    def predict_contract(self, panel: pd.DataFrame, last_only: bool = False, model_name: str = "",
+                         model_version: str = "", signal: dict | None = None) -> pd.DataFrame:
+        panel = _coerce_panel(panel)
+        self.contract.check(panel)
+        panel = validate_panel(panel)
+        features = build_features(panel, self.contract.feature_set, self.contract.drop_modalities,
+                                  expected=self.contract.feature_names)
+        data = PanelData.assemble(panel, features, self.contract.horizons)
+        n = len(panel)
+        rows = np.arange(n)
+        if last_only:
+            rows = panel.groupby(SYMBOL, sort=False).tail(1).index.to_numpy()
+        sample = data.subset(rows)
+        frame = self.forecaster.predict(sample).to_frame(sample.keys)
+        if self.calibrator is not None:
+            frame = self.calibrator.transform(frame)
+        signal = signal or self.signal
+        config = SignalConfig.from_config(signal, cost=signal.get("cost", 0.0))
+        frame = compute_signals(frame, config)
+        frame["model_name"] = model_name
+        frame["model_version"] = str(model_version)
+        frame["schema_version"] = self.contract.schema_version
+        frame["data_version"] = data_fingerprint(panel)
+        return frame[list(PREDICTION_COLUMNS)].reset_index(drop=True)
+
+
+def _coerce_panel(panel: pd.DataFrame) -> pd.DataFrame:
+    """Accept timestamps as strings (JSON over REST) as well as datetimes."""
+    if not isinstance(panel, pd.DataFrame):
+        raise QuantmlInputError(f"expected a pandas DataFrame panel, got {type(panel).__name__}")
+    panel = panel.copy()
+    if TIMESTAMP in panel.columns and not pd.api.types.is_datetime64_any_dtype(panel[TIMESTAMP]):
+        panel[TIMESTAMP] = pd.to_datetime(panel[TIMESTAMP], utc=True)
+    return panel

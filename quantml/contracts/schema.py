@@ -1,0 +1,64 @@
+"""Names shared by every module: the panel contract, modalities, the prediction contract.
+
+The panel is a long table, one row per ``(symbol, timestamp)``, sorted by
+``(symbol, timestamp)`` with a fresh ``RangeIndex``. See ``DESIGN.md``.
+"""
+from __future__ import annotations
+
+SCHEMA_VERSION = "1"
+
+TIMESTAMP = "timestamp"
+SYMBOL = "symbol"
+OHLCV = ("open", "high", "low", "close", "volume")
+REQUIRED_COLUMNS = (TIMESTAMP, SYMBOL, *OHLCV)
+
+MODALITIES = (
+    "price",
+    "volume",
+    "derivatives",
+    "onchain",
+    "macro",
+    "text",
+    "event",
+    "calendar",
+    "cross_section",
+)
+
+# Exogenous columns the loaders and the synthetic generator know, with their modality.
+# A user's own exogenous column is tagged by prefix (``macro_*``, ``text_*`` ...).
+EXOGENOUS_MODALITY = {
+    "funding_rate": "derivatives",
+    "open_interest": "derivatives",
+    "basis": "derivatives",
+    "long_short_ratio": "derivatives",
+    "taker_buy_sell_ratio": "derivatives",
+    "onchain_netflow": "onchain",
+    "social_posts": "text",
+    "social_comments": "text",
+    "social_sentiment": "text",
+    "social_sources": "text",
+    "event_count": "event",
+    "event_sentiment": "event",
+    "macro_surprise": "macro",
+    "macro_rate": "macro",
+}
+
+# Columns of the prediction contract, in order (one row per symbol, timestamp, horizon).
+PREDICTION_KEYS = (SYMBOL, TIMESTAMP, "horizon")
+FORECAST_FIELDS = ("expected_return", "q10", "q50", "q90", "prob_up", "vol_forecast")
+SIGNAL_FIELDS = ("score", "confidence", "action")
+PROVENANCE_FIELDS = ("model_name", "model_version", "schema_version", "data_version")
+PREDICTION_COLUMNS = (*PREDICTION_KEYS, *FORECAST_FIELDS, *SIGNAL_FIELDS, *PROVENANCE_FIELDS)
+
+# Realised columns joined to out-of-sample predictions (``oos_predictions.parquet``).
+REALISED_FIELDS = ("ret", "ret_after_cost", "dir", "vol", "ret_next_bar", "fold")
+
+
+def modality_of(column: str) -> str | None:
+    """Modality of a raw exogenous column, or None when it is not exogenous."""
+    if column in EXOGENOUS_MODALITY:
+        return EXOGENOUS_MODALITY[column]
+    prefix = column.split("_", 1)[0]
+    if prefix in MODALITIES:
+        return prefix
+    return None

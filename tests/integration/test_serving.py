@@ -1,0 +1,176 @@
+"""Serving a real (tiny) quantml-train model: quantml-predict and ``mlflow models serve``.
+
+One ridge model is trained once for the module on a seeded synthetic panel with the
+``price_volume_regime`` feature set (its contract needs the exogenous ``funding_rate`` and
+``open_interest`` columns, so a panel without them must be refused), registered and
+promoted to champion in a temporary SQLite store.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from quantml.cli.common import CONFIG_DIR
+from quantml.cli.predict import main as predict_main
+from quantml.data import load_panel
+from quantml.registry import CHAMPION, RegistryStore, promote, register
+from quantml.registry.store import mlflow_uri_scope
+from tests.helpers.registry_fakes import mlflow_model_server, post_json, sqlite_store
+from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError
+from quantml.serving import predict_panel, resolve_model
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+NAME = "served"
+TRAIN = ["data=synthetic", "data.n_bars=500", "backbone=ridge", "horizon=1h", "feature_set=price_volume_regime",
+         "validation.n_splits=3", "print_report=false", "tracking.experiment=serving"]
+PANEL = {"source": "synthetic", "freq": "1h", "n_symbols": 4, "n_bars": 300, "seed": 5, "start": "2024-03-01"}
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """(tracking uri, store, parent run id, work dir) with the trained model as NAME v1 @champion."""
+    from quantml.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("serving")
+    uri = sqlite_store(root)
+    store = RegistryStore(uri)
+    store.client.create_experiment("serving", (root / "artifacts").as_uri())
+    with pytest.MonkeyPatch.context() as mp, mlflow_uri_scope():
+        mp.setenv("MLFLOW_TRACKING_URI", uri)  # the pipeline lets the environment win
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            cfg = compose(config_name="config", overrides=[*TRAIN, f"tracking.uri={uri}"])
+        GlobalHydra.instance().clear()
+        result = run_experiment(cfg)  # sets MLflow's global URI: the scope puts it back
+    register(store, result.parent_run_id, NAME)
+    promote(store, NAME, 1, force=True, reason="serving tests: tiny model, gates not the point")
+    return uri, store, result.parent_run_id, root
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return load_panel(PANEL)
+
+
+def test_predict_panel_fills_the_contract_from_the_resolved_version(champion, panel):
+    uri, store, run_id, _ = champion
+    frame, resolved = predict_panel(f"models:/{NAME}@{CHAMPION}", panel, store=store)
+    assert (resolved.name, resolved.version, resolved.run_id, resolved.load_uri) == (
+        NAME, "1", run_id, f"models:/{NAME}/1")
+    assert list(frame.columns) == list(PREDICTION_COLUMNS)
+    last = panel.groupby("symbol")["timestamp"].max()
+    assert len(frame) == len(last)  # last_only, one horizon
+    assert (frame.set_index("symbol")["timestamp"] == last.loc[frame["symbol"]]).all()
+    assert set(frame["model_name"]) == {NAME} and set(frame["model_version"]) == {"1"}
+    assert set(frame["action"]) <= {"long", "flat", "short"}
+    assert np.isfinite(frame[["expected_return", "q10", "q90", "prob_up", "vol_forecast"]].to_numpy()).all()
+    # the same numbers as the run's own pyfunc, loaded directly
+    with store.global_uri():
+        direct = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(panel, params={"last_only": True})
+    np.testing.assert_allclose(frame["expected_return"], direct["expected_return"])
+
+
+def test_signal_tag_of_the_version_is_applied(champion, panel):
+    uri, store, _, _ = champion
+    plain, _ = predict_panel(f"models:/{NAME}/1", panel, store=store)
+    signal = {"threshold": {"default": 1e9}, "min_confidence": {"default": 0.0}, "cost": 0.0, "eps": 1e-6}
+    store.client.set_model_version_tag(NAME, "1", "quantml.signal", json.dumps(signal))
+    try:
+        tuned, resolved = predict_panel(f"models:/{NAME}@{CHAMPION}", panel, store=store)
+    finally:
+        store.client.delete_model_version_tag(NAME, "1", "quantml.signal")
+    assert resolved.signal.threshold_for("1h") == 1e9
+    assert set(tuned["action"]) == {"flat"}  # nothing clears a threshold of 1e9
+    assert (plain["action"] != "flat").any()  # ... while the logged thresholds did trade
+    np.testing.assert_allclose(tuned["expected_return"], plain["expected_return"])
+    store.client.set_model_version_tag(NAME, "1", "quantml.signal", "{not json")
+    try:
+        with pytest.raises(QuantmlInputError, match="served v1: the quantml.signal tag is not JSON"):
+            resolve_model(f"models:/{NAME}@{CHAMPION}", store)
+    finally:
+        store.client.delete_model_version_tag(NAME, "1", "quantml.signal")
+
+
+def test_panel_that_breaks_the_feature_contract_is_refused(champion, panel):
+    _, store, _, _ = champion
+    with pytest.raises(QuantmlInputError, match=r"missing column\(s\) \['funding_rate'\].*feature contract"):
+        predict_panel(f"models:/{NAME}@{CHAMPION}", panel.drop(columns=["funding_rate"]), store=store)
+    with pytest.raises(QuantmlInputError, match="schema_version \\['2'\\] does not match"):
+        predict_panel(f"models:/{NAME}@{CHAMPION}", panel.assign(schema_version="2"), store=store)
+
+
+def test_model_uris_resolve_or_fail_clearly(champion):
+    _, store, run_id, _ = champion
+    assert resolve_model(f"models:/{NAME}/latest", store).version == "1"
+    assert resolve_model(f"runs:/{run_id}/model", store).name == ""
+    with pytest.raises(QuantmlInputError, match="has no alias 'staging'"):
+        resolve_model(f"models:/{NAME}@staging", store)
+    with pytest.raises(QuantmlInputError, match="has no version 7"):
+        resolve_model(f"models:/{NAME}/7", store)
+    with pytest.raises(QuantmlInputError, match="not a model URI"):
+        resolve_model("served@champion", store)
+
+
+def test_cli_writes_parquet_for_a_data_config_and_for_a_file(champion, panel, capsys):
+    uri, _, _, root = champion
+    out = root / "preds" / "champion.parquet"
+    code = predict_main([f"model=models:/{NAME}@{CHAMPION}", "data=synthetic", "data.n_bars=300",
+                         f"output={out}", f"tracking_uri={uri}", "preview=3"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == list(PREDICTION_COLUMNS)
+    assert len(frame) == 4 and set(frame["model_version"]) == {"1"}
+    assert f"4 predictions from {NAME} v1 -> {out}" in printed
+    assert len(printed.strip().splitlines()) == 1 + 1 + 3  # summary, header, 3 preview rows
+
+    path = root / "panel.parquet"
+    panel.to_parquet(path)
+    out_all = root / "preds" / "all.parquet"
+    assert predict_main([f"model=models:/{NAME}/1", f"data={path}", "last_only=false", f"output={out_all}",
+                         f"tracking_uri={uri}"]) == 0
+    every = pd.read_parquet(out_all)
+    assert len(every) == len(panel)  # every bar of every symbol, one horizon
+    assert not every.duplicated(["symbol", "timestamp", "horizon"]).any()
+
+    panel.drop(columns=["open_interest"]).to_parquet(root / "bad.parquet")
+    capsys.readouterr()
+    assert predict_main([f"model=models:/{NAME}@{CHAMPION}", f"data={root / 'bad.parquet'}",
+                         f"tracking_uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "open_interest" in err and "feature contract" in err
+    assert predict_main(["data=synthetic", f"tracking_uri={uri}"]) == 2
+    assert "model=... is required" in capsys.readouterr().err
+
+
+def test_mlflow_models_serve_answers_the_contract_and_refuses_bad_panels(champion, panel):
+    uri, store, _, root = champion
+    expected, _ = predict_panel(f"models:/{NAME}@{CHAMPION}", panel, store=store)
+    wire = panel.assign(timestamp=panel["timestamp"].map(lambda t: t.isoformat()))
+    with mlflow_model_server(f"models:/{NAME}@{CHAMPION}", uri, root, timeout=150) as url:
+        status, body = post_json(f"{url}/invocations", {
+            "dataframe_split": wire.to_dict(orient="split"),
+            "params": {"last_only": True, "model_name": NAME, "model_version": "1"}})
+        assert status == 200, body
+        served = pd.DataFrame(body["predictions"])
+        assert list(served.columns) == list(PREDICTION_COLUMNS)
+        assert served["timestamp"].tolist() == expected["timestamp"].map(lambda t: t.isoformat()).tolist()
+        np.testing.assert_allclose(served["expected_return"], expected["expected_return"], rtol=1e-9)
+        assert served["action"].tolist() == expected["action"].tolist()
+        assert set(served["model_name"]) == {NAME}
+
+        status, body = post_json(f"{url}/invocations",
+                                 {"dataframe_split": wire.drop(columns=["funding_rate"]).to_dict(orient="split")})
+        assert status == 400
+        assert "QuantmlInputError" in body.get("stack_trace", "") and "funding_rate" in body["stack_trace"]
+        status, body = post_json(f"{url}/invocations",
+                                 {"dataframe_split": wire.assign(schema_version="2").to_dict(orient="split")})
+        assert status == 400 and "does not match the model's" in body.get("stack_trace", "")

@@ -1,0 +1,173 @@
+"""Temperature scaling, isotonic calibration and split-conformal quantiles, fitted on validation only."""
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import expit
+
+from quantml.evaluation import fit_calibrator
+from quantml.evaluation.calibration import conformal_quantile, fit_temperature
+from quantml.evaluation.metrics import expected_calibration_error, probability_metrics, quantile_metrics
+from quantml.contracts import QuantmlInputError
+
+
+def classifier_frame(n, seed, overconfidence=3.0, horizons=("1d",)):
+    """An over-confident classifier: true P(up) = sigmoid(z), reported sigmoid(overconfidence * z)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for h in horizons:
+        z = rng.normal(0, 1, n)
+        y = (rng.random(n) < expit(z)).astype(float)
+        ret = np.where(y > 0, 1, -1) * np.abs(rng.normal(0, 0.01, n))
+        parts.append(pd.DataFrame({"horizon": h, "prob_up": expit(overconfidence * z), "q10": -0.01,
+                                   "q50": 0.0, "q90": 0.01, "ret": ret, "dir": y}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def gaussian_frame(n, seed, width=0.5, horizons=("1d",)):
+    """i.i.d. Gaussian returns; the forecaster's interval uses `width` x the true sigma (too narrow < 1)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for h in horizons:
+        mu = rng.normal(0, 0.01, n)
+        sig = np.exp(rng.normal(np.log(0.02), 0.3, n))
+        ret = mu + sig * rng.normal(size=n)
+        parts.append(pd.DataFrame({"horizon": h, "prob_up": 0.5, "q10": mu - 1.2816 * sig * width, "q50": mu,
+                                   "q90": mu + 1.2816 * sig * width, "ret": ret, "dir": (ret > 0).astype(float)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def ece(frame):
+    return expected_calibration_error(frame["prob_up"].to_numpy(), frame["dir"].to_numpy(), 10)
+
+
+def test_temperature_scaling_reduces_ece_of_an_overconfident_classifier():
+    valid, test = classifier_frame(4000, seed=0), classifier_frame(20000, seed=1)
+    cal = fit_calibrator(valid, {"calibration": {"method": "temperature"}, "conformal": {"enabled": False}})
+    assert cal.temperature["1d"] == pytest.approx(3.0, rel=0.15)   # undoes the x3 over-confidence
+    out = cal.transform(test)
+    before, after = ece(test), ece(out)
+    assert after < 0.5 * before and after < 0.02
+    raw = probability_metrics(test["prob_up"], test["dir"])
+    new = probability_metrics(out["prob_up"], out["dir"])
+    assert new["log_loss"] < raw["log_loss"] and new["brier"] < raw["brier"]
+    np.testing.assert_array_equal(out["prob_up_raw"].to_numpy(), test["prob_up"].to_numpy())
+    # temperature scaling is monotone: the ranking (and so AP) is unchanged
+    assert (np.argsort(out["prob_up"].to_numpy(), kind="stable")
+            == np.argsort(test["prob_up"].to_numpy(), kind="stable")).mean() > 0.999
+
+
+def test_fit_temperature_recovers_known_temperature():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, 50000)
+    y = (rng.random(len(z)) < expit(z / 2.0)).astype(float)
+    assert fit_temperature(expit(z), y) == pytest.approx(2.0, rel=0.05)
+
+
+def test_isotonic_option_reduces_ece():
+    valid, test = classifier_frame(4000, seed=2), classifier_frame(20000, seed=3)
+    cal = fit_calibrator(valid, {"calibration": {"method": "isotonic"}})
+    out = cal.transform(test)
+    assert ece(out) < 0.5 * ece(test)
+    assert out["prob_up"].between(0, 1).all()
+
+
+def test_method_none_keeps_probabilities():
+    valid, test = classifier_frame(500, seed=4), classifier_frame(500, seed=5)
+    out = fit_calibrator(valid, {"calibration": {"method": "none"}}).transform(test)
+    np.testing.assert_allclose(out["prob_up"], np.clip(test["prob_up"], 1e-6, 1 - 1e-6))
+
+
+@pytest.mark.parametrize("mode", ["asymmetric", "symmetric"])
+def test_conformal_brings_too_narrow_interval_to_nominal_coverage(mode):
+    valid, test = gaussian_frame(3000, seed=10, width=0.5), gaussian_frame(40000, seed=11, width=0.5)
+    before = quantile_metrics(test["q10"], test["q50"], test["q90"], test["ret"])["coverage_80"]
+    cal = fit_calibrator(valid, {"conformal": {"enabled": True, "alpha": 0.2, "mode": mode}})
+    out = cal.transform(test)
+    after = quantile_metrics(out["q10"], out["q50"], out["q90"], out["ret"])
+    assert before < 0.55
+    assert 0.77 <= after["coverage_80"] <= 0.83
+    if mode == "asymmetric":   # each tail calibrated as well
+        assert 0.07 <= after["coverage_q10"] <= 0.13 and 0.87 <= after["coverage_q90"] <= 0.93
+
+
+def test_conformal_narrows_too_wide_interval_and_keeps_order():
+    valid, test = gaussian_frame(3000, seed=12, width=3.0), gaussian_frame(40000, seed=13, width=3.0)
+    out = fit_calibrator(valid, {}).transform(test)
+    cov = quantile_metrics(out["q10"], out["q50"], out["q90"], out["ret"])["coverage_80"]
+    assert 0.77 <= cov <= 0.83
+    assert (out["q10"] <= out["q50"]).all() and (out["q50"] <= out["q90"]).all()
+
+
+def test_conformal_can_be_switched_off():
+    valid, test = gaussian_frame(500, seed=14), gaussian_frame(500, seed=15)
+    out = fit_calibrator(valid, {"conformal": {"enabled": False}}).transform(test)
+    np.testing.assert_array_equal(out["q10"], test["q10"])
+    np.testing.assert_array_equal(out["q90"], test["q90"])
+
+
+def test_conformal_quantile_is_finite_sample_corrected():
+    scores = np.arange(1.0, 10.0)              # n = 9: level .8 -> ceil(10 * .8) = 8th smallest
+    assert conformal_quantile(scores, 0.8) == 8.0
+    assert conformal_quantile(scores, 0.95) == 9.0  # capped at the max
+
+
+def test_calibrator_is_per_horizon_picklable_and_idempotent_on_probabilities():
+    valid = pd.concat([classifier_frame(2000, 6, 3.0, ("1d",)), classifier_frame(2000, 7, 0.5, ("7d",))])
+    cal = fit_calibrator(valid, {})
+    assert cal.temperature["1d"] > 2.0 and cal.temperature["7d"] < 0.7   # over- vs under-confident
+    test = pd.concat([classifier_frame(300, 8, 3.0, ("1d",)), classifier_frame(300, 9, 0.5, ("7d",))],
+                     ignore_index=True)
+    once = cal.transform(test)
+    twice = cal.transform(once)
+    np.testing.assert_allclose(once["prob_up"], twice["prob_up"])
+    clone = pickle.loads(pickle.dumps(cal))
+    pd.testing.assert_frame_equal(clone.transform(test), once)
+    assert cal.to_dict()["n_fit"] == {"1d": 2000, "7d": 2000}
+
+
+def test_too_few_validation_rows_warns_and_keeps_identity():
+    valid = classifier_frame(20, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cal = fit_calibrator(valid, {"calibration": {"min_samples": 50}})
+    assert any("min_samples" in str(w.message) for w in caught)
+    test = classifier_frame(100, seed=2)
+    out = cal.transform(test)
+    np.testing.assert_allclose(out["prob_up"], np.clip(test["prob_up"], 1e-6, 1 - 1e-6))
+    assert cal.fitted == {"1d": False}
+
+
+def test_bad_settings_and_frames_raise_clear_errors():
+    valid = classifier_frame(100, seed=1)
+    with pytest.raises(QuantmlInputError, match="calibration.method"):
+        fit_calibrator(valid, {"calibration": {"method": "platt"}})
+    with pytest.raises(QuantmlInputError, match="alpha"):
+        fit_calibrator(valid, {"conformal": {"alpha": 1.5}})
+    with pytest.raises(QuantmlInputError, match="'dir'"):
+        fit_calibrator(valid.drop(columns="dir"), {})
+    cal = fit_calibrator(valid, {})
+    with pytest.raises(QuantmlInputError, match="7d"):
+        cal.transform(valid.assign(horizon="7d"))
+
+
+def test_reads_the_default_yaml():
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load("quantml/conf/evaluation/default.yaml")
+    cal = fit_calibrator(classifier_frame(200, seed=1), cfg)
+    assert cal.settings.method == "temperature" and cal.settings.conformal and cal.settings.alpha == 0.2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.2, 4.0))
+def test_transform_never_crosses_quantiles(seed, width):
+    valid, test = gaussian_frame(200, seed, width), gaussian_frame(200, seed + 1, width)
+    out = fit_calibrator(valid, {"conformal": {"mode": "asymmetric"}}).transform(test)
+    assert (out["q10"] <= out["q50"]).all() and (out["q50"] <= out["q90"]).all()
+    assert out["prob_up"].between(0, 1).all()

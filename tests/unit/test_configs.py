@@ -1,0 +1,86 @@
+"""Every config group composes, every backbone instantiates, presets pin what they say."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from quantml.cli.common import CONFIG_DIR
+from quantml.models.base import Forecaster
+
+GROUPS = ["data", "feature_set", "horizon", "backbone", "ablation", "validation", "cost", "signal",
+          "evaluation", "tracking"]
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_default_config_is_the_real_data_demo(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.data.source == "stocks_daily"
+    assert cfg.backbone._target_.endswith("LightGBMForecaster")
+    assert list(cfg.horizon.horizons) == ["1d", "7d"]
+    assert cfg.validation.method == "walk_forward"
+    assert cfg.seed == 42
+
+
+@pytest.mark.parametrize("group, choice", [(g, c) for g in GROUPS for c in choices(g)])
+def test_every_choice_composes_and_resolves(compose_cfg, group, choice):
+    overrides = [f"{group}={choice}"]
+    if (group, choice) == ("data", "parquet"):
+        overrides.append("data.path=/tmp/panel.parquet")
+    cfg = compose_cfg(overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert resolved[group], f"{group}={choice} composed to an empty group"
+
+
+@pytest.mark.parametrize("backbone", choices("backbone"))
+def test_every_backbone_instantiates_behind_the_forecaster_interface(compose_cfg, backbone):
+    cfg = compose_cfg([f"backbone={backbone}"])
+    model = instantiate(cfg.backbone, horizons=["1d", "7d"], seed=cfg.seed)
+    assert isinstance(model, Forecaster)
+    assert model.horizons == ["1d", "7d"]
+
+
+def test_intraday_and_swing_horizon_presets(compose_cfg):
+    assert list(compose_cfg(["horizon=intraday"]).horizon.horizons) == ["1h", "4h", "1d", "7d"]
+    assert list(compose_cfg(["horizon=swing"]).horizon.horizons) == ["1d", "7d"]
+
+
+def test_baselines_experiment_pins_its_study(compose_cfg):
+    cfg = compose_cfg(["experiment=baselines"], )
+    assert cfg.data.source == "synthetic"
+    assert cfg.validation.method == "purged_kfold"
+    assert cfg.feature_set.name == "full"
+    assert list(cfg.horizon.horizons) == ["1h", "4h", "1d", "7d"]
+    experiment = OmegaConf.load(Path(CONFIG_DIR) / "experiment" / "baselines.yaml")
+    sweep = experiment.hydra.sweeper.params
+    assert set(sweep.backbone.split(",")) == {"ridge", "lightgbm"}
+    assert set(sweep.ablation.split(",")) == {"full", "no_text", "no_macro", "event_window"}
+
+
+def test_ablations_drop_the_modalities_they_name(compose_cfg):
+    assert list(compose_cfg(["ablation=no_text"]).ablation.drop_modalities) == ["text", "event"]
+    assert list(compose_cfg(["ablation=no_macro"]).ablation.drop_modalities) == ["macro"]
+    assert compose_cfg(["ablation=event_window"]).ablation.event_window == "1d"
+
+
+def test_tracking_uri_honours_the_environment(compose_cfg, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert compose_cfg().tracking.uri == "sqlite:///elsewhere.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert compose_cfg().tracking.uri == "sqlite:///mlflow.db"
+
+
+def test_unknown_choice_lists_the_valid_ones(compose_cfg):
+    with pytest.raises(Exception, match="ridge"):
+        compose_cfg(["backbone=ridgee"])
+
+
+def test_experiments_dir_is_the_experiment_group():
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "experiments" / "baselines.yaml").is_file()
+    assert (repo / "conf" / "config.yaml").is_file()

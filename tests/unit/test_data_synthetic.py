@@ -1,0 +1,102 @@
+"""Synthetic generator: determinism, contract, streams, regimes, and a small planted signal."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantml.data import infer_bar_frequency, join_streams, load_panel, validate_panel
+from quantml.data.synthetic import generate_synthetic
+from quantml.features import build_features
+from quantml.labels import make_labels
+from quantml.contracts import EXOGENOUS_MODALITY, QuantmlInputError
+
+
+@pytest.fixture(scope="module")
+def syn():
+    return generate_synthetic("1h", n_symbols=3, n_bars=2000, seed=7)
+
+
+def test_same_seed_identical_other_seed_different(syn):
+    again = generate_synthetic("1h", n_symbols=3, n_bars=2000, seed=7)
+    pd.testing.assert_frame_equal(syn.bars, again.bars)
+    assert syn.streams.keys() == again.streams.keys()
+    for k in syn.streams:
+        pd.testing.assert_frame_equal(syn.streams[k], again.streams[k])
+    other = generate_synthetic("1h", n_symbols=3, n_bars=2000, seed=8)
+    assert not np.allclose(other.bars["close"], syn.bars["close"])
+
+
+@pytest.mark.parametrize("freq", ["5m", "1h", "1d"])
+def test_frequencies_and_contract(freq):
+    s = generate_synthetic(freq, n_symbols=2, n_bars=300, seed=1, start="2024-03-01")
+    p = validate_panel(join_streams(s.bars, s.streams))  # OHLC consistent, no duplicates
+    assert len(p) == 600
+    assert infer_bar_frequency(p) == pd.Timedelta(freq.replace("m", "min"))
+    assert p["timestamp"].min() == pd.Timestamp("2024-03-01", tz="UTC") + infer_bar_frequency(p)
+
+
+def test_every_exogenous_column_and_flag(syn):
+    p = join_streams(syn.bars, syn.streams)
+    for col in EXOGENOUS_MODALITY:
+        assert col in p.columns, col
+    for col in ("funding_rate", "open_interest", "social_sentiment", "macro_surprise"):
+        assert f"{col}_missing" in p.columns
+    # the social stream of the last symbol starts late; every stream has gaps/outages
+    last = p[p["symbol"] == p["symbol"].unique()[-1]]
+    assert last["social_posts_missing"].iloc[:100].eq(1.0).all()
+    assert p["open_interest_missing"].sum() > 0
+
+
+def test_streams_have_publication_lags(syn):
+    for name, s in syn.streams.items():
+        assert (s["available_at"] >= s["event_time"]).all(), name
+    lags = {k: (s["available_at"] - s["event_time"]).median() for k, s in syn.streams.items()}
+    assert lags["funding"] == pd.Timedelta("1min") and lags["onchain"] == pd.Timedelta("30min")
+    assert lags["macro"] == pd.Timedelta("5D")  # reference period ends 5 days before release
+    ev = syn.streams["events"]
+    ev_lag = ev["available_at"] - ev["event_time"]
+    assert ev_lag.min() >= pd.Timedelta("2min") and ev_lag.max() > pd.Timedelta("1h")
+    assert "symbol" not in syn.streams["macro"].columns  # market-wide
+    grid = pd.Timedelta("8h") / pd.Timedelta("1h")
+    assert len(syn.streams["funding"]) < 3 * 2000 / grid  # random gaps + an outage
+
+
+def test_regimes_and_volume(syn):
+    sig = syn.truth["sigma"]
+    reg = syn.truth["regime"]
+    assert set(np.unique(reg)) == {0.0, 1.0, 2.0}
+    r = np.log(syn.bars["close"].to_numpy()).reshape(3, -1).T
+    r = np.diff(r, axis=0)
+    calm = r[reg[1:] == 0].std()
+    wild = r[reg[1:] == 2].std()
+    assert wild > 1.8 * calm
+    vol = syn.bars["volume"].to_numpy().reshape(3, -1).T[1:]
+    for j in range(3):
+        assert np.corrcoef(np.log(vol[:, j]), np.abs(r[:, j]) / sig[1:, j].mean())[0, 1] > 0.2
+
+
+def test_fat_tails(syn):
+    z = np.diff(np.log(syn.bars["close"].to_numpy()).reshape(3, -1).T, axis=0) / syn.truth["sigma"][1:]
+    kurt = ((z - z.mean()) ** 4).mean() / z.var() ** 2
+    assert kurt > 4.0
+
+
+def test_planted_signal_is_causal_and_findable():
+    p = load_panel({"source": "synthetic", "freq": "1h", "n_symbols": 6, "n_bars": 5000, "seed": 11})
+    fm = build_features(p, {"name": "t", "blocks": {"derivatives": {}, "text": {}, "event": {}}})
+    lab = make_labels(p, ["4h"], 0.0)
+    df = fm.frame[["funding_bps", "sentiment_ewm", "event_sent_6"]].assign(y=lab.ret[:, 0], s=p["symbol"].to_numpy())
+    feats = ["funding_bps", "sentiment_ewm", "event_sent_6"]
+    ic = pd.DataFrame({s: g[feats].corrwith(g["y"], method="spearman") for s, g in df.groupby("s")}).mean(axis=1)
+    assert ic["funding_bps"] < -0.02   # contrarian funding
+    assert ic["sentiment_ewm"] > 0.02  # sentiment momentum
+    assert ic["event_sent_6"] > 0.01   # post-event drift
+    assert ic.abs().max() < 0.15       # weak, as in real markets
+
+
+def test_bad_arguments():
+    with pytest.raises(QuantmlInputError, match="must divide one day"):
+        generate_synthetic("7m", 1, 100)
+    with pytest.raises(QuantmlInputError, match="not a duration"):
+        generate_synthetic("fast", 1, 100)
+    with pytest.raises(QuantmlInputError, match="n_bars >= 10"):
+        generate_synthetic("1h", 1, 5)

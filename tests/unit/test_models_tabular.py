@@ -1,0 +1,116 @@
+"""Ridge and LightGBM behind the Forecaster interface, on a hand-made panel with a planted signal."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantml.models.base import Forecast, PanelData
+from quantml.models.lightgbm_model import LightGBMForecaster
+from quantml.models.ridge import RidgeForecaster
+
+HORIZONS = ["1h", "4h"]
+
+
+def planted_panel(n_per_symbol: int = 600, n_symbols: int = 3, seed: int = 0) -> PanelData:
+    rng = np.random.default_rng(seed)
+    n = n_per_symbol * n_symbols
+    X = rng.normal(size=(n, 5)).astype(np.float32)
+    X[rng.random(size=X.shape) < 0.02] = np.nan  # warm-up style gaps
+    signal = np.nan_to_num(X[:, 0])
+    vol = 0.01 * (1 + 0.5 * (np.nan_to_num(X[:, 1]) > 0))
+    y_ret = np.column_stack([0.01 * signal + vol * rng.normal(size=n),
+                             0.02 * signal + 2 * vol * rng.normal(size=n)])
+    times = pd.date_range("2024-01-01", periods=n_per_symbol, freq="1h", tz="UTC")
+    keys = pd.DataFrame({"symbol": np.repeat([f"S{i}" for i in range(n_symbols)], n_per_symbol),
+                         "timestamp": np.tile(times, n_symbols)})
+    t0 = keys["timestamp"].to_numpy(dtype="datetime64[ns]")
+    return PanelData(keys=keys, X=X, feature_names=[f"f{i}" for i in range(5)],
+                     feature_modalities={f"f{i}": "price" for i in range(5)}, horizons=HORIZONS,
+                     y_ret=y_ret, y_dir=(y_ret > 0).astype(float),
+                     y_vol=np.column_stack([vol, 2 * vol]) * np.abs(rng.normal(1, 0.1, size=(n, 1))),
+                     t0=t0, t1=t0 + np.timedelta64(4, "h"),
+                     symbol_codes=np.repeat(np.arange(n_symbols), n_per_symbol),
+                     symbols=[f"S{i}" for i in range(n_symbols)])
+
+
+BACKBONES = [
+    pytest.param(lambda: RidgeForecaster(HORIZONS, seed=1, alpha=1.0), id="ridge"),
+    pytest.param(lambda: LightGBMForecaster(HORIZONS, seed=1, n_estimators=80, min_child_samples=20), id="lightgbm"),
+    pytest.param(lambda: LightGBMForecaster(HORIZONS, seed=1, n_estimators=60, min_child_samples=20,
+                                            quantiles="native"), id="lightgbm-native-quantiles"),
+]
+
+
+@pytest.mark.parametrize("make", BACKBONES)
+def test_forecast_shapes_non_crossing_and_signal_found(make):
+    data = planted_panel()
+    rows = np.arange(data.n_rows)
+    train, valid, test = data.subset(rows[::3]), data.subset(rows[1::3]), data.subset(rows[2::3])
+    fc = make().fit(train, valid).predict(test)
+    assert isinstance(fc, Forecast)
+    assert fc.expected_return.shape == (len(test), 2)
+    assert np.all(fc.q10 <= fc.q50) and np.all(fc.q50 <= fc.q90)
+    assert np.all((fc.prob_up > 0) & (fc.prob_up < 1))
+    assert np.all(fc.vol_forecast > 0)
+    ic = np.corrcoef(fc.expected_return[:, 0], test.y_ret[:, 0])[0, 1]
+    assert ic > 0.2, f"planted signal not found: IC={ic:.3f}"
+    # probability of up moves is higher where the forecast is higher
+    hi = fc.prob_up[:, 0] > 0.5
+    assert test.y_dir[hi, 0].mean() > test.y_dir[~hi, 0].mean()
+
+
+@pytest.mark.parametrize("make", BACKBONES)
+def test_seed_repeatable_and_pickle_round_trip(make):
+    data = planted_panel(n_per_symbol=300)
+    rows = np.arange(data.n_rows)
+    a = make().fit(data.subset(rows[:600]), data.subset(rows[600:750])).predict(data.subset(rows[750:]))
+    model = make().fit(data.subset(rows[:600]), data.subset(rows[600:750]))
+    b = model.predict(data.subset(rows[750:]))
+    c = pickle.loads(pickle.dumps(model)).predict(data.subset(rows[750:]))
+    np.testing.assert_array_equal(a.expected_return, b.expected_return)
+    np.testing.assert_array_equal(b.q90, c.q90)
+    assert model.feature_importance().index[0] == "f0"
+
+
+def test_one_sided_direction_labels_give_constant_probability():
+    data = planted_panel(n_per_symbol=200, n_symbols=1)
+    data.y_dir[:] = 1.0
+    fc = RidgeForecaster(HORIZONS).fit(data.subset(np.arange(150))).predict(data.subset(np.arange(150, 200)))
+    assert np.all(fc.prob_up == 1.0)
+
+
+def test_forecast_to_frame_is_horizon_major():
+    data = planted_panel(n_per_symbol=50, n_symbols=2)
+    sample = data.subset(np.arange(10))
+    fc = RidgeForecaster(HORIZONS).fit(data.subset(np.arange(100))).predict(sample)
+    frame = fc.to_frame(sample.keys)
+    assert len(frame) == 20
+    assert list(frame["horizon"].unique()) == HORIZONS
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "expected_return"], fc.expected_return[:, 1])
+
+
+def test_bad_hyper_parameters_are_refused():
+    with pytest.raises(ValueError, match="alpha"):
+        RidgeForecaster(HORIZONS, alpha=0)
+    with pytest.raises(ValueError, match="quantiles"):
+        LightGBMForecaster(HORIZONS, quantiles="magic")
+
+
+def test_prediction_frame_aligns_realised_values_per_horizon():
+    from quantml.experiment.fitting import prediction_frame
+
+    data = planted_panel(n_per_symbol=40, n_symbols=2)
+    rows = np.array([3, 10, 50, 61])
+    realised = pd.DataFrame({f"{name}@{h}": np.arange(data.n_rows) * (10 if h == "4h" else 1) + k / 10
+                             for h in HORIZONS for k, name in enumerate(("ret", "ret_after_cost", "dir", "vol"))})
+    realised["ret_next_bar"] = -np.arange(data.n_rows, dtype=float)
+    model = RidgeForecaster(HORIZONS).fit(data.subset(np.arange(data.n_rows)))
+    frame = prediction_frame(model, data.subset(rows), realised)
+    assert len(frame) == 8
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "1h", "ret"], rows)
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "ret"], rows * 10)
+    np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "vol"], rows * 10 + 0.3)
+    np.testing.assert_array_equal(frame["ret_next_bar"], -np.tile(rows, 2))
