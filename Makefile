@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-export MLFLOW_DISABLE_TELEMETRY := true
-export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+# extra pytest arguments, e.g. `make test PYTEST_ARGS="-n 2"` (pytest-xdist) or PYTEST_ARGS=-x
+PYTEST_ARGS ?=
+# MLflow telemetry and progress bars are switched off by quantml itself (quantml/__init__.py)
 export PYTHONWARNINGS := ignore
 
-.PHONY: demo test test-all benchmark install clean
+.PHONY: demo test test-all benchmark lint install clean
 
 # torch first: `pip install torch==2.13.0` takes the CPU wheel; letting another package
 # pull torch would fetch a multi-GB CUDA build.
@@ -18,19 +19,30 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat
 	touch $@
 
+# the linters (the `dev` extra: ruff, import-linter, pre-commit) on top of the test install
+$(BIN)/.lint-installed: $(BIN)/.installed setup.cfg
+	$(BIN)/python -m pip install -q -e ".[test,dev]" --config-settings editable_mode=compat
+	touch $@
+
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/quantml-train
+	$(BIN)/quantml train
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-all: install
-	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider $(PYTEST_ARGS)
 
 benchmark: install
 	$(BIN)/python -m pytest -q -m benchmark tests/benchmarks -s
+
+# ruff (settings in pyproject.toml) and the floors of the package (.importlinter)
+lint: $(BIN)/.lint-installed
+	$(BIN)/ruff check --no-cache quantml tests hydra_plugins
+	$(BIN)/ruff format --check --no-cache quantml tests hydra_plugins
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf multirun outputs mlruns mlflow.db optuna.db

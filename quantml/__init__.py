@@ -1,2 +1,10 @@
-"""quantml: multi-horizon forecasting of financial time series, from sweep to served champion."""
+"""quantml: multi-horizon forecasting of financial time series, from sweep to served active model."""
+
+import os as _os
+
 __version__ = "0.1.0"
+
+# The one place quantml quiets MLflow: no usage telemetry, no tqdm bars for artifact
+# transfers (they flood logs of sweeps). setdefault: an explicit environment value wins.
+_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

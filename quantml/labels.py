@@ -4,6 +4,7 @@ For a bar at ``t`` and horizon ``h`` the label ends at ``t1``: the first bar of 
 symbol with ``timestamp >= t + h`` (so weekends, holidays and outages are handled); the
 label is NaN when that bar is beyond the data.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,11 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quantml.data.panel import infer_bar_frequency, parse_duration, ts_int64
-from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, parse_duration
+from quantml.data.panel import ts_int64
+
 
 def parse_horizon(text: str) -> pd.Timedelta:
-    """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` -> Timedelta (m = minutes)."""
+    """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` -> Timedelta (m = minutes).
+
+    The grammar is :func:`quantml.contracts.parse_duration`; this adds the hint for the
+    horizon presets (``swing``, ``intraday``)."""
     try:
         return parse_duration(text, "horizon")
     except QuantmlInputError as err:
@@ -54,9 +59,16 @@ class Labels:
     def frame(self, horizon: str) -> pd.DataFrame:
         """Columns ret, ret_after_cost, dir, vol, t1 of one horizon, plus ret_next_bar."""
         j = self.horizons.index(horizon)
-        return pd.DataFrame({"ret": self.ret[:, j], "ret_after_cost": self.ret_after_cost[:, j],
-                             "dir": self.dir[:, j], "vol": self.vol[:, j], "t1": self.t1[:, j],
-                             "ret_next_bar": self.ret_next_bar})
+        return pd.DataFrame(
+            {
+                "ret": self.ret[:, j],
+                "ret_after_cost": self.ret_after_cost[:, j],
+                "dir": self.dir[:, j],
+                "vol": self.vol[:, j],
+                "t1": self.t1[:, j],
+                "ret_next_bar": self.ret_next_bar,
+            }
+        )
 
 
 def _suggest(bar: pd.Timedelta) -> str:
@@ -88,7 +100,7 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
     if not np.isfinite(cost) or cost < 0:
         raise QuantmlInputError(f"round_trip_cost={round_trip_cost!r} must be finite and >= 0")
     deltas = [parse_horizon(h) for h in horizons]
-    bar = infer_bar_frequency(panel)
+    bar = bar_size(panel)
     for h, d in zip(horizons, deltas):
         if d < bar:
             raise QuantmlInputError(
@@ -131,5 +143,14 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
             f"horizon(s) {empty} are longer than every symbol's history, so no row has a label; "
             "use a shorter horizon or load more data"
         )
-    return Labels(horizons=horizons, ret=ret, ret_after_cost=after, dir=direction, vol=vol,
-                  t0=ts.view("datetime64[ns]").copy(), t1=t1, t1_max=t1_max, ret_next_bar=ret_next)
+    return Labels(
+        horizons=horizons,
+        ret=ret,
+        ret_after_cost=after,
+        dir=direction,
+        vol=vol,
+        t0=ts.view("datetime64[ns]").copy(),
+        t1=t1,
+        t1_max=t1_max,
+        ret_next_bar=ret_next,
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated MLflow store per test and Hydra config composition."""
+
 from __future__ import annotations
 
 import os
@@ -8,11 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from quantml.cli.common import CONFIG_DIR
+from quantml.cli.common import CONFIG_DIR  # importing quantml quiets MLflow (telemetry, progress bars)
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:

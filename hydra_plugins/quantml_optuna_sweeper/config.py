@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: Hydra's plugin scan executes thi
 before registering it in ``sys.modules``, and dataclasses then cannot resolve string
 annotations.
 """
+
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -13,22 +14,23 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class QuantmlOptunaSweeperConf:
     _target_: str = "hydra_plugins.quantml_optuna_sweeper.sweeper.QuantmlOptunaSweeper"
-    # maximize | minimize the value the task function returns (quantml-train: hparams_search.objective)
+    # maximize | minimize the value the task function returns (quantml train: hparams_search.objective)
     direction: str = "maximize"
-    study_name: Optional[str] = None       # null -> "quantml-hparams"; the same name resumes a study
+    study_name: Optional[str] = None  # null -> "quantml-hparams"; the same name resumes a study
     storage: Optional[str] = "sqlite:///optuna.db"  # any DB URL, journal:///file, or null (in memory)
-    n_trials: int = 20                     # trials run by this sweep
-    n_jobs: int = 1                        # trials per batch handed to the launcher (parallel launchers)
-    seed: Optional[int] = None             # TPE sampler seed
-    n_startup_trials: int = 5              # random trials before TPE
-    pruner: str = "median"                 # median | percentile | hyperband | none
-    pruner_startup_trials: int = 2         # trials that complete before any pruning
-    pruner_warmup_steps: int = 1           # folds reported before a trial can be pruned
-    percentile: float = 25.0               # pruner=percentile: prune below this percentile
+    n_trials: int = 20  # trials run by this sweep
+    n_jobs: int = 1  # trials per batch handed to the launcher (parallel launchers)
+    seed: Optional[int] = None  # TPE sampler seed
+    n_startup_trials: int = 5  # random trials before TPE
+    pruner: str = "median"  # median | percentile | hyperband | none
+    pruner_startup_trials: int = 2  # trials that complete before any pruning
+    pruner_warmup_steps: int = 1  # folds reported before a trial can be pruned
+    percentile: float = 25.0  # pruner=percentile: prune below this percentile
     # search space: "<config key>": "<Hydra sweep: interval(a,b) | tag(log, interval(a,b)) |
     # int(interval(a,b)) | range(a,b[,step]) | choice(a,b,...)>"; command-line sweeps add to it
     params: Dict[str, Any] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="quantml_optuna", node=QuantmlOptunaSweeperConf,
-                             provider="quantml_optuna_sweeper")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="quantml_optuna", node=QuantmlOptunaSweeperConf, provider="quantml_optuna_sweeper"
+)

@@ -1,4 +1,5 @@
 """The Sweeper plugin class; the search logic is :mod:`quantml.tuning.hparams`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,12 @@ class QuantmlOptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
         self.config = config
-        self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config,
-                          validate=self.validate_batch_is_legal)
+        self.search.setup(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=config,
+            validate=self.validate_batch_is_legal,
+        )
 
     def sweep(self, arguments: list[str]) -> Any:
         return self.search.sweep(arguments)

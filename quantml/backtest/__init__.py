@@ -1,3 +1,9 @@
-"""The backtest engine (``vectorised``) and the bar-by-bar paper replay (``paper``); figures
-and MLflow logging of a backtest. Costs, execution and statistics live in :mod:`quantml.market`.
+"""The one backtest engine and result type (``vectorised``: :func:`run_backtest`,
+:class:`BacktestResult`), the bar-by-bar paper replay (``paper``); figures and MLflow logging
+of a backtest. Costs, execution and statistics live in :mod:`quantml.market`; strategies in
+:mod:`quantml.portfolio.strategy`.
 """
+
+from quantml.backtest.vectorised import BacktestResult, backtest, backtest_signals, run_backtest
+
+__all__ = ["BacktestResult", "backtest", "backtest_signals", "run_backtest"]

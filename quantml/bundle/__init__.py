@@ -1,4 +1,5 @@
 """The served model as one object: panel in, prediction contract out."""
+
 from quantml.bundle.model import FeatureContract, ModelBundle
 
 __all__ = ["FeatureContract", "ModelBundle"]

@@ -4,6 +4,7 @@ calibrator, and signal settings, as one object that turns a raw panel into the p
 A served model recomputes features exactly as training did, and refuses a panel that does
 not match its contract instead of answering with garbage.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError, require_columns
 from quantml.data import data_fingerprint, validate_panel
 from quantml.features import build_features
 from quantml.models.base import PanelData
@@ -33,10 +34,18 @@ class FeatureContract:
 
     @property
     def hash(self) -> str:
-        payload = json.dumps({"inputs": sorted(self.input_columns), "features": self.feature_names,
-                              "feature_set": self.feature_set, "drop": sorted(self.drop_modalities),
-                              "horizons": self.horizons, "schema": self.schema_version},
-                             sort_keys=True, default=str)
+        payload = json.dumps(
+            {
+                "inputs": sorted(self.input_columns),
+                "features": self.feature_names,
+                "feature_set": self.feature_set,
+                "drop": sorted(self.drop_modalities),
+                "horizons": self.horizons,
+                "schema": self.schema_version,
+            },
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def check(self, panel: pd.DataFrame) -> None:
@@ -47,12 +56,14 @@ class FeatureContract:
                 raise QuantmlInputError(
                     f"panel schema_version {sorted(versions)} does not match the model's "
                     f"{self.schema_version!r}: convert the panel to schema {self.schema_version} "
-                    f"or use a model trained on your schema")
-        missing = [c for c in self.input_columns if c not in panel.columns]
-        if missing:
-            raise QuantmlInputError(
-                f"panel is missing column(s) {missing} required by the model's feature contract "
-                f"(hash {self.hash}); add them to the panel (same names and meaning as at training)")
+                    f"or use a model trained on your schema"
+                )
+        require_columns(
+            panel,
+            self.input_columns,
+            f"panel (for the model's feature contract, hash {self.hash})",
+            "add them to the panel (same names and meaning as at training)",
+        )
 
 
 @dataclass
@@ -66,13 +77,20 @@ class ModelBundle:
     data_fingerprint: str
     metadata: dict = field(default_factory=dict)
 
-    def predict_contract(self, panel: pd.DataFrame, last_only: bool = False, model_name: str = "",
-                         model_version: str = "", signal: dict | None = None) -> pd.DataFrame:
+    def predict_contract(
+        self,
+        panel: pd.DataFrame,
+        last_only: bool = False,
+        model_name: str = "",
+        model_version: str = "",
+        signal: dict | None = None,
+    ) -> pd.DataFrame:
         panel = _coerce_panel(panel)
         self.contract.check(panel)
         panel = validate_panel(panel)
-        features = build_features(panel, self.contract.feature_set, self.contract.drop_modalities,
-                                  expected=self.contract.feature_names)
+        features = build_features(
+            panel, self.contract.feature_set, self.contract.drop_modalities, expected=self.contract.feature_names
+        )
         data = PanelData.assemble(panel, features, self.contract.horizons)
         n = len(panel)
         rows = np.arange(n)

@@ -1,4 +1,5 @@
-"""Shared by the entrypoints: where the config tree is, and turning input errors into messages."""
+"""Shared by the entrypoints: where the config tree is, the tracking URI, and turning input errors into messages."""
+
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,46 @@ from quantml.contracts import QuantmlInputError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("quantml")
+
+
+def tracking_uri(cfg) -> str:
+    """The tracking/registry URI of a composed config: its ``tracking.uri`` node (conf/tracking/*.yaml),
+    resolved the one way every subcommand resolves it."""
+    from quantml.tracking.store import resolve_tracking_uri
+
+    tracking = cfg.get("tracking") if cfg is not None else None
+    return resolve_tracking_uri(tracking.get("uri") if tracking is not None else None)
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The packaged config ``config_name`` composed with Hydra ``key=value`` overrides (no job is run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def one_line(exc: BaseException) -> str:
+    """A Hydra/OmegaConf error message on one line (they span several: key, full_key, object_type ...)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("full_key:", "object_type=", "    "))]
+    return "; ".join(keep or lines) or type(exc).__name__
+
+
+def flag_hint(argv: list[str], usage: str) -> str | None:
+    """The message for a ``--flag`` given where the grammar is ``key=value`` (None when there is none)."""
+    for arg in argv:
+        if arg.startswith("--") and arg not in ("--help",):
+            key, _, value = arg[2:].partition("=")
+            suggestion = f"{key.replace('-', '_')}={value or ('true' if key == 'force' else '...')}"
+            return f"{arg} is not an option: settings are key=value (e.g. {suggestion}); usage: {usage}"
+    return None
 
 
 @contextmanager

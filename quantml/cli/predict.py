@@ -1,32 +1,29 @@
-"""``quantml-predict model=models:/NAME@champion data=<config or file> [output=...] [key=value ...]``.
+"""quantml predict model=models:/NAME@active data=<config or file> [output=...] [key=value ...].
 
-Writes the prediction contract as parquet and prints a preview. Options are the keys of
-``conf/predict.yaml`` plus any ``data.*`` override (e.g. ``data.n_bars=500``).
+Writes the prediction contract as parquet and prints a preview. Settings are Hydra
+key=value overrides of the packaged conf/predict.yaml (model=, data=, output=,
+last_only=, preview=, seed=, tracking.uri=) plus any data.* override (e.g. data.n_bars=500).
 Exit codes: 0 written; 2 bad input (unknown model/alias, a panel that does not match
 the model's feature contract, unreadable data ...).
 """
+
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+USAGE = "quantml predict model=models:/NAME@active data=<config or file> [output=PATH] [key=value ...]"
 
 
 def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
-    from quantml.cli.common import CONFIG_DIR
+    from quantml.cli.common import compose, tracking_uri
     from quantml.serving import data_overrides
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return compose(config_name="predict", overrides=data_overrides(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose("predict", data_overrides(overrides))
+    with open_dict(cfg):  # the library reads the resolved URI (cfg.tracking.uri is the one setting)
+        cfg.tracking_uri = tracking_uri(cfg)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,17 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from quantml.cli.common import flag_hint, one_line
     from quantml.contracts import QuantmlInputError
     from quantml.serving import run_predict
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
     try:
+        hint = flag_hint(argv, USAGE)
+        positional = [a for a in argv if "=" not in a and not a.startswith(("~", "+", "--"))]
+        if hint or positional:
+            raise QuantmlInputError(hint or f"{positional[0]!r}: settings are key=value; usage: {USAGE}")
         cfg = compose_config(argv)
         if OmegaConf.is_missing(cfg, "model") or not cfg.model:
-            raise QuantmlInputError("model=... is required, e.g. model=models:/NAME@champion")
+            raise QuantmlInputError("model=... is required, e.g. model=models:/NAME@active")
         result = run_predict(cfg)
     except QuantmlInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: MLflow: {exc.message}", file=sys.stderr)
         return 2
     except (HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {exc}\n(options: model=, data=, output=, last_only=, preview=, data.*=)", file=sys.stderr)
+        print(
+            f"error: {one_line(exc)} (settings: model=, data=, output=, last_only=, preview=, seed=, "
+            f"tracking.uri=, data.*=)",
+            file=sys.stderr,
+        )
         return 2
     r = result.resolved
     source = f"{r.name} v{r.version}" if r.name else r.load_uri

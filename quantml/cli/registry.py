@@ -1,55 +1,124 @@
-"""``quantml-registry``: candidate -> champion -> rollback on the MLflow model registry.
+"""quantml registry COMMAND [IDS] [key=value ...]: candidate -> active -> rollback on the MLflow model registry.
 
-Exit codes: 0 done; 1 gates failed (``gates``, or ``promote`` refused); 2 bad input
-(unknown run/model/version, nothing to roll back to, --force without --reason ...).
+  quantml registry register RUN_ID [name=NAME]          new version of NAME, alias 'candidate'
+  quantml registry gates NAME VERSION [baseline=RUN_ID] the promotion gates as a report (changes nothing)
+  quantml registry promote NAME VERSION [reason=TEXT] [force=true] [baseline=RUN_ID]
+                                                        gate the version and make it 'active'
+  quantml registry rollback NAME [reason=TEXT]          restore the previous active version
+  quantml registry list [NAME]                          models, or the versions of NAME
+  quantml registry history NAME                         every promotion and rollback of NAME
+  quantml registry unlock NAME                          break a lock left by a promotion that died
+
+Settings are Hydra key=value overrides of the packaged conf/registry.yaml, e.g.
+gates.calibration.max_ece=0.05, gates.sharpe.min_windows=3, gates_file=my_gates.yaml,
+tracking.uri=sqlite:///other.db (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+
+Exit codes: 0 done; 1 gates failed (gates, or promote refused); 2 bad input
+(unknown run/model/version, nothing to roll back to, force=true without reason=...).
 """
+
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+USAGE = (
+    "quantml registry {register RUN_ID | gates NAME VERSION | promote NAME VERSION | rollback NAME | "
+    "list [NAME] | history NAME | unlock NAME} [key=value ...]"
+)
+# command -> (required identifiers, optional identifiers), in positional order
+COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "register": (("run_id",), ()),
+    "gates": (("name", "version"), ()),
+    "promote": (("name", "version"), ()),
+    "rollback": (("name",), ()),
+    "list": ((), ("name",)),
+    "history": (("name",), ()),
+    "unlock": (("name",), ()),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantml-registry", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class UsageError(ValueError):
+    """The command line does not fit the grammar (exit 2)."""
 
-    s = sub.add_parser("register", help="register a run's model as a new version with alias 'candidate'")
-    s.add_argument("run_id")
-    s.add_argument("--name", help="registered model name (default: the run's experiment name)")
 
-    s = sub.add_parser("list", help="models, or the versions of NAME with aliases and key metrics")
-    s.add_argument("name", nargs="?")
+def _is_override(arg: str) -> bool:
+    return "=" in arg or arg.startswith(("~", "+"))
 
-    for cmd, text in (("gates", "the promotion gates of NAME VERSION as a report (changes nothing)"),
-                      ("promote", "gate NAME VERSION and make it champion (refused when a gate fails)")):
-        s = sub.add_parser(cmd, help=text)
-        s.add_argument("name")
-        s.add_argument("version")
-        s.add_argument("--baseline", metavar="RUN_ID", help="compare with this parent run instead of the champion")
-        s.add_argument("--gates-config", metavar="YAML", help="gates config (default conf/registry/gates.yaml)")
-        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one gates setting, e.g. --set calibration.max_ece=0.05")
-        if cmd == "promote":
-            s.add_argument("--reason", default="", help="why (recorded in the history)")
-            s.add_argument("--force", action="store_true", help="promote even if gates fail (needs --reason)")
 
-    s = sub.add_parser("rollback", help="restore the previous champion (repeat to walk further back)")
-    s.add_argument("name")
-    s.add_argument("--reason", default="")
+def parse_args(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """``[COMMAND, *ids, *overrides]`` -> (command, {identifier key: value}, overrides)."""
+    from quantml.cli.common import flag_hint
 
-    s = sub.add_parser("history", help="every promotion and rollback of NAME")
-    s.add_argument("name")
+    if not argv:
+        raise UsageError(f"a command is required; usage: {USAGE}")
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        hint = flag_hint([command], USAGE)
+        raise UsageError(hint or f"unknown command {command!r}; usage: {USAGE}")
+    hint = flag_hint(rest, USAGE)
+    if hint:
+        raise UsageError(hint)
+    positional = [a for a in rest if not _is_override(a)]
+    overrides = [a for a in rest if _is_override(a)]
+    required, optional = COMMANDS[command]
+    slots = required + optional
+    if len(positional) > len(slots):
+        raise UsageError(
+            f"{command} takes {' '.join(s.upper() for s in slots) or 'no identifiers'}, "
+            f"got {' '.join(positional)}; settings are key=value"
+        )
+    ids = dict(zip(slots, positional))
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    for key in ids:
+        if key in given:
+            raise UsageError(f"{key} given twice: as {ids[key]!r} and as {key}=...")
+    missing = [s for s in required if s not in ids and s not in given]
+    if missing:
+        raise UsageError(
+            f"{command} needs {' '.join(s.upper() for s in required)} "
+            f"(missing {', '.join(s.upper() for s in missing)}); usage: {USAGE}"
+        )
+    return command, ids, overrides
 
-    s = sub.add_parser("unlock", help="break a lock left by a promotion that died")
-    s.add_argument("name")
-    return p
+
+def compose_config(command: str, ids: dict[str, str], overrides: list[str]):
+    """conf/registry.yaml with the overrides; identifiers as strings; ``gates_file`` merged into ``gates``."""
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from quantml.cli.common import compose
+    from quantml.contracts import QuantmlInputError
+
+    cfg = compose("registry", overrides)
+    cfg.command = command
+    for key, value in ids.items():
+        cfg[key] = value
+    for key in ("run_id", "name", "version", "baseline"):  # run ids / versions: strings, never numbers
+        if cfg[key] is not None:
+            cfg[key] = str(cfg[key])
+    if cfg.gates_file:
+        path = Path(str(cfg.gates_file)).expanduser()
+        if not path.is_file():
+            raise QuantmlInputError(
+                f"gates_file={path} does not exist; pass a YAML file like quantml/conf/registry/gates.yaml"
+            )
+        gates = OmegaConf.merge(cfg.gates, OmegaConf.load(path))
+        # the command line wins over the file: re-apply its gates.* overrides
+        for override in OverridesParser.create().parse_overrides(
+            [o for o in overrides if o.lstrip("+~").startswith("gates.")]
+        ):
+            key = override.key_or_group.removeprefix("gates.")
+            if override.is_delete():
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(gates, parent) if parent else gates
+                if node is not None and leaf in node:
+                    del node[leaf]
+            else:
+                OmegaConf.update(gates, key, override.value(), merge=True, force_add=True)
+        cfg.gates = gates
+    return cfg
 
 
 def _table(frame) -> str:
@@ -61,65 +130,105 @@ def _table(frame) -> str:
         return frame.to_string(index=False)
 
 
-def run(args: argparse.Namespace) -> int:
-    from quantml.registry import commands as reg
-    from quantml.registry.gates import load_gates_config
-    from quantml.registry.store import CHAMPION, RegistryStore
+def run(cfg) -> int:
+    """Carry out the composed registry command; returns the exit code."""
+    from omegaconf import OmegaConf
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    store = RegistryStore(uri)
-    if args.command == "register":
-        mv = reg.register(store, args.run_id, args.name)
-        print(f"registered {mv.name} v{mv.version} from run {args.run_id} (alias candidate)")
-        print(f"next: quantml-registry gates {mv.name} {mv.version}")
-    elif args.command == "list":
-        print(_table(reg.list_versions(store, args.name) if args.name else reg.list_models(store)))
-    elif args.command == "gates":
-        cfg = load_gates_config(args.gates_config, args.overrides)
-        report = reg.check_gates(store, args.name, args.version, cfg, args.baseline)
+    from quantml.cli.common import tracking_uri
+    from quantml.registry import commands as reg
+    from quantml.registry.store import RegistryStore
+
+    store = RegistryStore(tracking_uri(cfg))
+    command, name, version = cfg.command, cfg.name, cfg.version
+    gates = OmegaConf.create(OmegaConf.to_container(cfg.gates, resolve=True))  # a plain config, like the packaged file
+    active = _active_alias()
+    if command == "register":
+        mv = reg.register(store, cfg.run_id, name)
+        print(f"registered {mv.name} v{mv.version} from run {cfg.run_id} (alias candidate)")
+        print(f"next: quantml registry gates {mv.name} {mv.version}")
+    elif command == "list":
+        print(_table(reg.list_versions(store, name) if name else reg.list_models(store)))
+    elif command == "gates":
+        report = reg.check_gates(store, name, version, gates, cfg.baseline)
         print(report.to_text())
         return 0 if report.passed else 1
-    elif args.command == "promote":
-        cfg = load_gates_config(args.gates_config, args.overrides)
+    elif command == "promote":
         try:
-            result = reg.promote(store, args.name, args.version, reason=args.reason, force=args.force,
-                                 cfg=cfg, baseline_run_id=args.baseline)
+            result = reg.promote(
+                store,
+                name,
+                version,
+                reason=str(cfg.reason or ""),
+                force=bool(cfg.force),
+                cfg=gates,
+                baseline_run_id=cfg.baseline,
+            )
         except reg.GateRefused as exc:
             print(str(exc), file=sys.stderr)
             return 1
         print(result.report.to_text())
         e = result.event
         forced = " (FORCED past failing gates)" if e.forced else ""
-        print(f"{args.name}: champion v{e.previous or '-'} -> v{e.version}{forced}; recorded as event {e.seq} "
-              f"by {e.user} at {e.time}")
-    elif args.command == "rollback":
-        e = reg.rollback(store, args.name, reason=args.reason)
-        print(f"{args.name}: rolled back champion v{e.previous} -> v{e.version}; recorded as event {e.seq}")
-    elif args.command == "history":
-        print(_table(reg.history(store, args.name)))
-        champion = store.alias_version(args.name, CHAMPION)
-        print(f"champion: {'v' + champion if champion else 'none'}")
-    elif args.command == "unlock":
-        holder = store.break_lock(args.name)
-        print(f"removed the lock of {args.name} held by {holder.get('user')}@{holder.get('host')} "
-              f"pid {holder.get('pid')} since {holder.get('since')}" if holder is not None
-              else f"{args.name} was not locked")
+        print(
+            f"{name}: {active} v{e.previous or '-'} -> v{e.version}{forced}; recorded as event {e.seq} "
+            f"by {e.user} at {e.time}"
+        )
+    elif command == "rollback":
+        e = reg.rollback(store, name, reason=str(cfg.reason or ""))
+        print(f"{name}: rolled back {active} v{e.previous} -> v{e.version}; recorded as event {e.seq}")
+    elif command == "history":
+        print(_table(reg.history(store, name)))
+        served = store.alias_version(name, active)
+        print(f"{active}: {'v' + served if served else 'none'}")
+    elif command == "unlock":
+        holder = store.break_lock(name)
+        print(
+            f"removed the lock of {name} held by {holder.get('user')}@{holder.get('host')} "
+            f"pid {holder.get('pid')} since {holder.get('since')}"
+            if holder is not None
+            else f"{name} was not locked"
+        )
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from mlflow.exceptions import MlflowException
+def _active_alias() -> str:
+    """The alias the registry store writes for the served version (``active``; ``champion`` in 0.1)."""
+    from quantml.registry import store
 
+    return getattr(store, "ACTIVE", None) or store.CHAMPION
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import HydraException
+    from mlflow.exceptions import MlflowException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from quantml.cli.common import one_line
     from quantml.contracts import QuantmlInputError
 
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help") or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0 if argv else 2
     try:
-        return run(args)
+        command, ids, overrides = parse_args(argv)
+        cfg = compose_config(command, ids, overrides)
+        return run(cfg)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except QuantmlInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MlflowException as exc:  # e.g. an invalid model name: MLflow's message is the explanation
         print(f"error: MLflow: {exc.message}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(
+            f"error: {one_line(exc)} (settings: name= version= run_id= reason= force= baseline= gates_file= "
+            f"gates.<gate>.<key>= tracking.uri=)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -1,7 +1,13 @@
-"""``quantml train``: one Hydra job = one experiment; ``-m`` sweeps run many."""
+"""quantml train [key=value ...]: one Hydra job = one experiment; -m sweeps run many.
+
+Full Hydra command line: -m multirun sweeps (backbone=ridge,lightgbm), --cfg job,
+hydra/launcher=joblib, hparams_search=... (the Optuna sweeper in hydra_plugins/).
+"""
+
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -9,28 +15,57 @@ import hydra
 from omegaconf import DictConfig
 
 from quantml.cli.common import CONFIG_DIR, fail_cleanly
+from quantml.tracking.callbacks import SWEEP_AXES_ENV
 
 log = logging.getLogger(__name__)
 
 
-def run_context():
-    """The job's Hydra choices and output folders (empty when not running under Hydra)."""
+def _hydra_config():
     from hydra.core.hydra_config import HydraConfig
 
+    try:
+        return HydraConfig.get()
+    except ValueError:  # not running under Hydra (library use, tests)
+        return None
+
+
+def run_context():
+    """The job's Hydra choices, command-line overrides and output folders (empty when not under Hydra)."""
     from quantml.experiment import RunContext
 
-    try:
-        hc = HydraConfig.get()
-    except ValueError:  # not running under Hydra (library use, tests)
+    hc = _hydra_config()
+    if hc is None:
         return RunContext()
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
     sweep_dir = hc.sweep.dir if hc.mode.name == "MULTIRUN" else hc.run.dir
-    return RunContext(choices=choices, sweep_dir=sweep_dir, output_dir=Path(hc.runtime.output_dir))
+    overrides = [str(o) for o in hc.overrides.task]
+    axes = None
+    if hc.mode.name == "MULTIRUN" and os.environ.get(SWEEP_AXES_ENV) is not None:
+        axes = [a for a in os.environ[SWEEP_AXES_ENV].split(",") if a]
+    return RunContext(
+        choices=choices,
+        sweep_dir=sweep_dir,
+        output_dir=Path(hc.runtime.output_dir),
+        overrides=overrides,
+        sweep_axes=axes,
+    )
 
 
-def fold_callbacks(cfg: DictConfig) -> list:
-    """Pruning for a hyper-parameter trial."""
+def interactive() -> bool:
+    """A single job started from a terminal (``quantml train ...``), not one job of a ``-m`` sweep."""
+    hc = _hydra_config()
+    return hc is not None and hc.mode.name != "MULTIRUN"
+
+
+def fold_callbacks(cfg: DictConfig, progress: bool | None = None) -> list:
+    """What watches the folds: a progress line per fold in an interactive run (none in a multirun
+    log: ``progress=None`` decides from the Hydra mode), pruning for a hyper-parameter trial."""
     callbacks = []
+    if interactive() if progress is None else progress:
+        from quantml.experiment import ProgressLine
+
+        horizons = list(cfg.get("horizon", {}).get("horizons", []) or [])
+        callbacks.append(ProgressLine(metric=f"test_rank_ic/{horizons[0]}" if horizons else None))
     if cfg.get("hparams_search") is not None:
         from quantml.tuning.pruning import PruningCallback
 
@@ -45,14 +80,15 @@ def train(cfg: DictConfig) -> float | None:
     with fail_cleanly():
         result = run_experiment(cfg, run_context(), fold_callbacks(cfg))
     objective = cfg.get("hparams_search", {}) or {}
-    if objective.get("objective"):
+    if objective.get("objective"):  # what the Optuna sweeper maximises
         return float(result.metrics[objective.objective])
     return None
 
 
-def main() -> None:
-    sys.exit(train())
+def main() -> int:
+    train()  # a trial's objective value is for the sweeper, not an exit status
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

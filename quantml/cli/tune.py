@@ -1,15 +1,19 @@
-"""``quantml-tune run_id=<parent run>``: Optuna study over signal thresholds (Hydra key=value overrides)."""
+"""quantml tune run_id=<parent run> [key=value ...]: Optuna study over signal thresholds.
+
+Hydra key=value overrides of the packaged conf/tune.yaml (quantml tune --help lists
+them); tracking.uri= points at another store. Exit codes: 0 done; 2 bad input.
+"""
+
 from __future__ import annotations
 
 import logging
-import os
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from quantml.cli.common import CONFIG_DIR, fail_cleanly
+from quantml.cli.common import CONFIG_DIR, fail_cleanly, tracking_uri
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 log = logging.getLogger(__name__)
 
 
@@ -22,27 +26,42 @@ def tune(cfg: DictConfig) -> float:
     with fail_cleanly():
         study = cfg.study
         outcome = run_tuning(
-            run_id=cfg.run_id, tracking_uri=cfg.tracking_uri, settings=settings_from_config(cfg),
+            run_id=cfg.run_id,
+            tracking_uri=tracking_uri(cfg),
+            settings=settings_from_config(cfg),
             allocator=AllocatorConfig.from_dict(OmegaConf.to_container(cfg.allocator, resolve=True)),
             costs=CostModel.from_config(cfg.cost) if cfg.get("cost") else None,
-            periods_per_year=cfg.periods_per_year, storage=study.storage, study_name=study.name,
-            n_trials=int(study.n_trials), n_jobs=int(study.n_jobs), timeout=study.timeout, seed=int(cfg.seed),
-            worker=int(study.worker), n_startup_trials=int(study.n_startup_trials),
-            log_to_mlflow=bool(cfg.log_to_mlflow), attach=cfg.attach, attach_force=bool(cfg.attach_force))
+            periods_per_year=cfg.periods_per_year,
+            storage=study.storage,
+            study_name=study.name,
+            n_trials=int(study.n_trials),
+            n_jobs=int(study.n_jobs),
+            timeout=study.timeout,
+            seed=int(cfg.seed),
+            worker=int(study.worker),
+            n_startup_trials=int(study.n_startup_trials),
+            log_to_mlflow=bool(cfg.log_to_mlflow),
+            attach=cfg.attach,
+            attach_force=bool(cfg.attach_force),
+        )
     m = outcome.metrics
     print(f"study {outcome.study_name}: {outcome.n_complete} trials; best params {outcome.best_params}")
-    print(f"tuning   {cfg.objective.name}: {m['tune_objective']:.4g}  "
-          f"sharpe_after_cost {m['tune_sharpe_after_cost']:.4g}")
-    print(f"hold-out {cfg.objective.name}: {m['holdout_objective']:.4g}  sharpe_after_cost "
-          f"{m['holdout_sharpe_after_cost']:.4g} (untuned baseline {m['holdout_baseline_sharpe_after_cost']:.4g})")
+    print(
+        f"tuning   {cfg.objective.name}: {m['tune_objective']:.4g}  sharpe_after_cost {m['tune_sharpe_after_cost']:.4g}"
+    )
+    print(
+        f"hold-out {cfg.objective.name}: {m['holdout_objective']:.4g}  sharpe_after_cost "
+        f"{m['holdout_sharpe_after_cost']:.4g} (untuned baseline {m['holdout_baseline_sharpe_after_cost']:.4g})"
+    )
     if outcome.tune_run_id:
         print(f"logged as MLflow run {outcome.tune_run_id} (child of {cfg.run_id})")
     return float(m["holdout_objective"])
 
 
-def main() -> None:
-    tune()
+def main() -> int:
+    tune()  # the hold-out objective it returns is for sweepers, not an exit status
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,7 @@
 The panel is a long table, one row per ``(symbol, timestamp)``, sorted by
 ``(symbol, timestamp)`` with a fresh ``RangeIndex``. See ``DESIGN.md``.
 """
+
 from __future__ import annotations
 
 SCHEMA_VERSION = "1"
@@ -49,6 +50,10 @@ FORECAST_FIELDS = ("expected_return", "q10", "q50", "q90", "prob_up", "vol_forec
 SIGNAL_FIELDS = ("score", "confidence", "action")
 PROVENANCE_FIELDS = ("model_name", "model_version", "schema_version", "data_version")
 PREDICTION_COLUMNS = (*PREDICTION_KEYS, *FORECAST_FIELDS, *SIGNAL_FIELDS, *PROVENANCE_FIELDS)
+
+# How a horizon's forecasts are compared and traded: across symbols at each bar, or per
+# symbol over time (quantml.evaluation.ic_mode_for picks one from the number of symbols).
+IC_MODES = ("cross_sectional", "time_series")
 
 # Realised columns joined to out-of-sample predictions (``oos_predictions.parquet``).
 REALISED_FIELDS = ("ret", "ret_after_cost", "dir", "vol", "ret_next_bar", "fold")

@@ -1,4 +1,5 @@
 """Data: panel sources, the panel contract, as-of joins of exogenous streams, synthetic data."""
+
 from quantml.data.asof import join_streams
 from quantml.data.loaders import load_panel
 from quantml.data.panel import (

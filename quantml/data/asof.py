@@ -12,6 +12,7 @@ each event lands on the first bar with ``timestamp >= available_at``; the bar ge
 of ``event_count`` (0.0 when none) and the count-weighted mean of the other columns (NaN
 when none).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -19,8 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from quantml.data.panel import parse_duration
-from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, parse_duration, require_columns
 
 EVENT_COUNT = "event_count"
 META = ("event_time", "available_at", SYMBOL)
@@ -51,12 +51,12 @@ def _utc(s: pd.Series, name: str, col: str) -> pd.Series:
 
 
 def _prepare(name: str, stream: pd.DataFrame, bar_columns: set[str]) -> tuple[pd.DataFrame, list[str]]:
-    missing = [c for c in ("event_time", "available_at") if c not in stream.columns]
-    if missing:
-        raise QuantmlInputError(
-            f"stream {name!r} lacks column(s) {missing}; a stream needs event_time (what the value "
-            "refers to) and available_at (when it was published), both UTC"
-        )
+    require_columns(
+        stream,
+        ("event_time", "available_at"),
+        f"stream {name!r}",
+        "a stream needs event_time (what the value refers to) and available_at (when it was published), both UTC",
+    )
     values = [c for c in stream.columns if c not in META]
     if not values:
         raise QuantmlInputError(f"stream {name!r} has no value columns besides {list(META)}")
@@ -88,8 +88,7 @@ def _drop_superseded(s: pd.DataFrame) -> pd.DataFrame:
     keys = [SYMBOL] if SYMBOL in s.columns else []
     s = s.sort_values([*keys, "available_at", "event_time"], kind="mergesort")
     et = s["event_time"]
-    prev_max = (et.groupby(s[SYMBOL]).cummax().groupby(s[SYMBOL]).shift(1) if keys
-                else et.cummax().shift(1))
+    prev_max = et.groupby(s[SYMBOL]).cummax().groupby(s[SYMBOL]).shift(1) if keys else et.cummax().shift(1)
     keep = prev_max.isna() | (et >= prev_max)
     return s.loc[keep.to_numpy()]
 
@@ -110,9 +109,9 @@ def _bucket_events(left: pd.DataFrame, s: pd.DataFrame, values: list[str], n: in
         s = s.merge(pd.DataFrame({SYMBOL: left[SYMBOL].unique()}), how="cross")
     ev = s.sort_values("available_at", kind="mergesort")
     # the bar an event lands on: first bar with timestamp >= available_at (merge_asof forward)
-    hit = pd.merge_asof(ev, left, left_on="available_at", right_on=TIMESTAMP,
-                        by=SYMBOL, direction="forward",
-                        allow_exact_matches=True)
+    hit = pd.merge_asof(
+        ev, left, left_on="available_at", right_on=TIMESTAMP, by=SYMBOL, direction="forward", allow_exact_matches=True
+    )
     hit = hit[hit["_row"].notna()]
     if hit.empty:
         return out
@@ -133,8 +132,9 @@ def _bucket_events(left: pd.DataFrame, s: pd.DataFrame, values: list[str], n: in
     return out
 
 
-def join_streams(bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame],
-                 max_staleness: Mapping | None = None) -> pd.DataFrame:
+def join_streams(
+    bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame], max_staleness: Mapping | None = None
+) -> pd.DataFrame:
     """Join every stream onto ``bars`` as of publication time; returns a new panel.
 
     Parameters
@@ -149,19 +149,25 @@ def join_streams(bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame],
     bars plus one column per stream value and ``<col>_missing`` (float 0/1) for as-of
     joined columns; same rows, same order.
     """
-    from quantml.data.panel import infer_bar_frequency, ts_int64
+    from quantml.contracts import bar_size
+    from quantml.data.panel import ts_int64
 
     max_staleness = dict(max_staleness or {})
     out = bars
     new: dict[str, np.ndarray] = {}
     n = len(out)
     try:  # staleness limits are never below 2 bars
-        bar = infer_bar_frequency(out)
+        bar = bar_size(out)
     except QuantmlInputError:  # one bar per symbol: no bar size to respect
         bar = pd.Timedelta(0)
     sym_codes, sym_names = pd.factorize(out[SYMBOL].astype(str))
-    left = pd.DataFrame({TIMESTAMP: out[TIMESTAMP].astype("datetime64[ns, UTC]"),
-                         SYMBOL: sym_codes.astype(np.int64), "_row": np.arange(n, dtype=np.int64)})
+    left = pd.DataFrame(
+        {
+            TIMESTAMP: out[TIMESTAMP].astype("datetime64[ns, UTC]"),
+            SYMBOL: sym_codes.astype(np.int64),
+            "_row": np.arange(n, dtype=np.int64),
+        }
+    )
     left = left.sort_values(TIMESTAMP, kind="mergesort")
     bar_ts = ts_int64(left[TIMESTAMP])
     order = left["_row"].to_numpy()
@@ -179,9 +185,15 @@ def join_streams(bars: pd.DataFrame, streams: Mapping[str, pd.DataFrame],
         by = SYMBOL if SYMBOL in s.columns else None
         s = s.sort_values("available_at", kind="mergesort")
         right = s[[*([SYMBOL] if by else []), "available_at", "event_time", *values]]
-        m = pd.merge_asof(left.drop(columns=SYMBOL) if by is None else left, right,
-                          left_on=TIMESTAMP, right_on="available_at", by=by,
-                          direction="backward", allow_exact_matches=True)
+        m = pd.merge_asof(
+            left.drop(columns=SYMBOL) if by is None else left,
+            right,
+            left_on=TIMESTAMP,
+            right_on="available_at",
+            by=by,
+            direction="backward",
+            allow_exact_matches=True,
+        )
         et = m["event_time"]
         known = et.notna().to_numpy()
         age = np.where(known, bar_ts - ts_int64(et.fillna(pd.Timestamp(0, tz="UTC"))), 0)

@@ -2,6 +2,7 @@
 
 ``load_panel(cfg)`` takes the ``data`` config group and returns a validated panel.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantml.data.panel import validate_panel
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.data.panel import validate_panel
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,28 @@ def repair_ohlc(df: pd.DataFrame, source: str) -> pd.DataFrame:
     prices = df[["open", "high", "low", "close"]].to_numpy()
     bad = ~np.isfinite(prices).all(axis=1) | (prices <= 0).any(axis=1) | ~np.isfinite(df["volume"].to_numpy())
     if bad.any():
-        log.warning("%s: dropped %d bars with NaN/inf or non-positive prices: %s", source, int(bad.sum()),
-                    df.loc[bad, [SYMBOL, TIMESTAMP]].head(5).to_dict("records"))
+        log.warning(
+            "%s: dropped %d bars with NaN/inf or non-positive prices: %s",
+            source,
+            int(bad.sum()),
+            df.loc[bad, [SYMBOL, TIMESTAMP]].head(5).to_dict("records"),
+        )
         df = df.loc[~bad]
     dup = df.duplicated([SYMBOL, TIMESTAMP], keep="last")
     if dup.any():
         log.warning("%s: dropped %d duplicate (symbol, timestamp) bars", source, int(dup.sum()))
         df = df.loc[~dup]
-    o, h, l, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
-    hi, lo = np.maximum.reduce([o, h, l, c]), np.minimum.reduce([o, h, l, c])
+    o, h, low, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
+    hi, lo = np.maximum.reduce([o, h, low, c]), np.minimum.reduce([o, h, low, c])
     # price adjustment leaves 1e-15 rounding outside the range: fix silently, log real repairs
-    real = (hi > h * (1 + 1e-9)) | (lo < l * (1 - 1e-9))
+    real = (hi > h * (1 + 1e-9)) | (lo < low * (1 - 1e-9))
     if real.any():
-        log.warning("%s: repaired high/low of %d bars (high < low or open/close outside the range): %s",
-                    source, int(real.sum()), df.loc[real, [SYMBOL, TIMESTAMP]].head(5).to_dict("records"))
+        log.warning(
+            "%s: repaired high/low of %d bars (high < low or open/close outside the range): %s",
+            source,
+            int(real.sum()),
+            df.loc[real, [SYMBOL, TIMESTAMP]].head(5).to_dict("records"),
+        )
     df = df.assign(high=hi, low=lo)
     neg = df["volume"].to_numpy() < 0
     if neg.any():
@@ -87,15 +96,17 @@ def load_stocks_daily() -> pd.DataFrame:
     """
     raw = pd.read_csv(stocks_csv_path())
     factor = (raw["Adj Close"] / raw["Close"]).to_numpy()
-    df = pd.DataFrame({
-        TIMESTAMP: pd.to_datetime(raw["Date"]).dt.tz_localize("UTC") + STOCKS_CLOSE_UTC,
-        SYMBOL: raw["Ticker"].astype(str),
-        "open": raw["Open"].to_numpy() * factor,
-        "high": raw["High"].to_numpy() * factor,
-        "low": raw["Low"].to_numpy() * factor,
-        "close": raw["Adj Close"].to_numpy(dtype="float64"),
-        "volume": raw["Volume"].to_numpy(dtype="float64") / factor,
-    })
+    df = pd.DataFrame(
+        {
+            TIMESTAMP: pd.to_datetime(raw["Date"]).dt.tz_localize("UTC") + STOCKS_CLOSE_UTC,
+            SYMBOL: raw["Ticker"].astype(str),
+            "open": raw["Open"].to_numpy() * factor,
+            "high": raw["High"].to_numpy() * factor,
+            "low": raw["Low"].to_numpy() * factor,
+            "close": raw["Adj Close"].to_numpy(dtype="float64"),
+            "volume": raw["Volume"].to_numpy(dtype="float64") / factor,
+        }
+    )
     return repair_ohlc(df, "stocks_daily")
 
 
@@ -110,9 +121,7 @@ def _read_one(path: Path) -> pd.DataFrame:
         elif name.endswith(PARQUET_SUFFIXES):
             df = pd.read_parquet(path)
         else:
-            raise QuantmlInputError(
-                f"data file {path} has an unknown extension; use .parquet/.pq or .csv/.csv.gz"
-            )
+            raise QuantmlInputError(f"data file {path} has an unknown extension; use .parquet/.pq or .csv/.csv.gz")
     except pd.errors.EmptyDataError:
         raise QuantmlInputError(f"data file {path} has no rows or columns; point data.path at a panel file") from None
     if len(df) == 0:
@@ -129,8 +138,13 @@ def list_panel_files(path: str | Path) -> list[Path]:
         )
     if p.is_file():
         return [p]
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
-                   and not f.name.startswith((".", "_")))
+    files = sorted(
+        f
+        for f in p.rglob("*")
+        if f.is_file()
+        and f.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
+        and not f.name.startswith((".", "_"))
+    )
     if not files:
         raise QuantmlInputError(
             f"data.path directory {str(p)!r} holds no .parquet/.pq/.csv/.csv.gz files; put the panel files there"
@@ -154,9 +168,7 @@ def _filter(df: pd.DataFrame, cfg: Mapping) -> pd.DataFrame:
         have = set(df[SYMBOL].astype(str).unique())
         unknown = [s for s in symbols if s not in have]
         if unknown:
-            raise QuantmlInputError(
-                f"data.symbols {unknown} not in the data; available symbols: {sorted(have)}"
-            )
+            raise QuantmlInputError(f"data.symbols {unknown} not in the data; available symbols: {sorted(have)}")
         df = df[df[SYMBOL].astype(str).isin(symbols)]
     for key, op in (("start", "ge"), ("end", "le")):
         value = _get(cfg, key)
@@ -221,8 +233,11 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             from quantml.data.asof import join_streams
 
             max_staleness = _get(cfg, "max_staleness")
-            df = join_streams(validate_panel(df), {name: load_files(p) for name, p in dict(streams).items()},
-                              dict(max_staleness) if max_staleness else None)
+            df = join_streams(
+                validate_panel(df),
+                {name: load_files(p) for name, p in dict(streams).items()},
+                dict(max_staleness) if max_staleness else None,
+            )
     else:
         raise QuantmlInputError(
             f"unknown data.source {source!r}; choose one of {list(SOURCES)} "

@@ -5,15 +5,28 @@ A panel is a long table, one row per ``(symbol, timestamp)``: ``timestamp``
 volume`` (float64) and optional exogenous columns, sorted by ``(symbol, timestamp)``
 with a fresh ``RangeIndex``.
 """
+
 from __future__ import annotations
 
 import hashlib
-import re
 
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError, require_columns
+from quantml.contracts.time import bar_size, modal_step, parse_duration, periods_per_year
+
+# The panel's bar size is :func:`quantml.contracts.time.bar_size` (the data contract's name for it).
+infer_bar_frequency = bar_size
+
+__all__ = [
+    "data_fingerprint",
+    "infer_bar_frequency",
+    "parse_duration",
+    "periods_per_year",
+    "ts_int64",
+    "validate_panel",
+]
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 # Daily bars stamped at a fixed local close move by one hour in UTC twice a year (DST).
@@ -21,22 +34,6 @@ DAILY_TOLERANCE = pd.Timedelta("2h")
 # A run of this many consecutive equal gaps larger than the bar is a change of frequency,
 # not a weekend/holiday/outage (those come one gap at a time).
 SWITCH_RUN = 8
-_YEAR = pd.Timedelta(days=365.25)
-_DURATION = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
-_UNIT = {"m": "min", "min": "min", "h": "h", "d": "D", "w": "W"}
-
-
-def parse_duration(text, what: str = "duration") -> pd.Timedelta:
-    """``"30m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"7d"``, ``"2w"`` (m = minutes) or a Timedelta -> Timedelta > 0."""
-    if isinstance(text, pd.Timedelta) and text > pd.Timedelta(0):
-        return text
-    m = _DURATION.match(str(text))
-    if not m or int(m.group(1)) == 0:
-        raise QuantmlInputError(
-            f"{what} {text!r} is not a duration; write a positive number and a unit m/h/d/w, "
-            "e.g. 30m, 1h, 4h, 1d, 7d"
-        )
-    return pd.Timedelta(int(m.group(1)), unit=_UNIT[m.group(2).lower()])
 
 
 def _fmt_rows(df: pd.DataFrame, mask: np.ndarray, cols: tuple[str, ...] = (), limit: int = 3) -> str:
@@ -88,11 +85,6 @@ def _symbol_segments(symbols: np.ndarray) -> np.ndarray:
     return np.r_[0, change, n].astype(np.int64)
 
 
-def _modal_step(diffs: np.ndarray) -> np.int64:
-    values, counts = np.unique(diffs, return_counts=True)
-    return values[np.argmax(counts)]
-
-
 def _check_frequency(df: pd.DataFrame) -> None:
     """Raise when a symbol mixes bar sizes or symbols use different bar sizes."""
     ts = ts_int64(df[TIMESTAMP])
@@ -103,7 +95,7 @@ def _check_frequency(df: pd.DataFrame) -> None:
         if b - a < 3:
             continue
         d = np.diff(ts[a:b])
-        step = int(_modal_step(d))
+        step = int(modal_step(d))
         tol = DAILY_TOLERANCE.value if step >= pd.Timedelta("1D").value else 0
         s = sym[a]
         step_td = pd.Timedelta(step, unit="ns")
@@ -173,13 +165,14 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
     """
     if not isinstance(df, pd.DataFrame):
         raise QuantmlInputError(f"a panel must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise QuantmlInputError(
-            f"panel is missing required column(s) {missing}; it has {list(df.columns)[:20]}. "
-            "A panel needs timestamp (UTC bar close), symbol, open, high, low, close, volume "
-            "(rename your columns, e.g. df.rename(columns={'Date': 'timestamp', 'Close': 'close'}))"
-        )
+    require_columns(
+        df,
+        REQUIRED_COLUMNS,
+        "panel",
+        f"it has {list(df.columns)[:20]}. A panel needs timestamp (UTC bar close), symbol, "
+        "open, high, low, close, volume (rename your columns, e.g. "
+        "df.rename(columns={'Date': 'timestamp', 'Close': 'close'}))",
+    )
     if len(df) == 0:
         raise QuantmlInputError("panel has no rows; check the file and the symbols/start/end filters")
     out = df.copy(deep=False)  # copy-on-write: the caller's frame is never modified
@@ -203,9 +196,7 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
         try:
             out[c] = pd.to_numeric(out[c], errors="raise").astype("float64")
         except (ValueError, TypeError):
-            raise QuantmlInputError(
-                f"column {c!r} is not numeric (dtype {df[c].dtype}); convert it to float"
-            ) from None
+            raise QuantmlInputError(f"column {c!r} is not numeric (dtype {df[c].dtype}); convert it to float") from None
     codes = pd.factorize(out[SYMBOL], sort=True)[0]
     order = np.lexsort((ts_int64(out[TIMESTAMP]), codes))
     if (order != np.arange(len(out))).any():
@@ -241,9 +232,7 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
     hi, lo = out["high"].to_numpy(), out["low"].to_numpy()
     bad = hi < lo
     if bad.any():
-        raise QuantmlInputError(
-            f"high < low at {_fmt_rows(out, bad, ('high', 'low'))}; swap or drop those bars"
-        )
+        raise QuantmlInputError(f"high < low at {_fmt_rows(out, bad, ('high', 'low'))}; swap or drop those bars")
     for c in ("open", "close"):
         v = out[c].to_numpy()
         # relative tolerance: vendors round OHLC independently
@@ -261,50 +250,13 @@ def validate_panel(df: pd.DataFrame, *, check_frequency: bool = True) -> pd.Data
             bad = np.isinf(v)
             if bad.any():
                 raise QuantmlInputError(
-                    f"exogenous column {c!r} has inf values at {_fmt_rows(out, bad, (c,))}; "
-                    "use NaN for missing values"
+                    f"exogenous column {c!r} has inf values at {_fmt_rows(out, bad, (c,))}; use NaN for missing values"
                 )
             if out[c].dtype != np.float64:
                 out[c] = v
     if check_frequency:
         _check_frequency(out)
     return out
-
-
-def infer_bar_frequency(panel: pd.DataFrame) -> pd.Timedelta:
-    """The bar size: the most common gap between consecutive bars of the same symbol.
-
-    Weekends, holidays and outages are larger gaps and do not change the answer.
-    Raises ``QuantmlInputError`` when no symbol has two bars.
-    """
-    ts = ts_int64(panel[TIMESTAMP])
-    sym = panel[SYMBOL].to_numpy()
-    same = sym[1:] == sym[:-1]
-    d = np.diff(ts)[same]
-    d = d[d > 0]
-    if d.size == 0:
-        raise QuantmlInputError(
-            "cannot infer the bar frequency: no symbol has two bars; load a longer period"
-        )
-    return pd.Timedelta(int(_modal_step(d)), unit="ns")
-
-
-def periods_per_year(panel: pd.DataFrame) -> float:
-    """Bars per year actually observed: sum over symbols of (bars - 1) / time spanned.
-
-    About 252 for daily equities (weekends and holidays have no bars), 8766 for
-    hourly 24/7 crypto, 365.25 for daily crypto.
-    """
-    ts = ts_int64(panel[TIMESTAMP])
-    bounds = _symbol_segments(panel[SYMBOL].to_numpy())
-    gaps, span = 0, 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a >= 2:
-            gaps += b - a - 1
-            span += int(ts[b - 1] - ts[a])
-    if gaps == 0 or span == 0:
-        return float(_YEAR / infer_bar_frequency(panel))
-    return float(gaps / (span / _YEAR.value))
 
 
 def data_fingerprint(panel: pd.DataFrame) -> str:

@@ -21,6 +21,7 @@ What is planted (so tests and demos have a small, real, causal signal to find):
 
 Same arguments -> identical data. 10 symbols x 100k 5m bars take a few seconds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,16 +30,15 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from quantml.data.panel import parse_duration
-from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, parse_duration
 
 NAMES = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")
 REGIME_VOL = np.array([0.6, 1.0, 1.9])
 _DAY = pd.Timedelta("1D")
 # signal strengths (IC at a 1-day horizon, before noise from the other components)
-K_STATE = 0.15     # funding / sentiment / net-flow combination
-K_EVENT = 0.10     # post-event drift
-K_MACRO = 0.06     # post-macro-release drift of the common factor
+K_STATE = 0.15  # funding / sentiment / net-flow combination
+K_EVENT = 0.10  # post-event drift
+K_MACRO = 0.06  # post-macro-release drift of the common factor
 EVENTS_PER_DAY = 0.7
 
 
@@ -115,9 +115,15 @@ class _Builder:
         k = max(1, int(round(period / self.bar)))
         return np.arange(k - 1, self.n_bars, k)
 
-    def stream(self, idx: np.ndarray, lag: pd.Timedelta, values: dict[str, np.ndarray],
-               gap_frac: float = 0.01, outage_frac: float = 0.02,
-               late_start: dict[int, float] | None = None) -> pd.DataFrame:
+    def stream(
+        self,
+        idx: np.ndarray,
+        lag: pd.Timedelta,
+        values: dict[str, np.ndarray],
+        gap_frac: float = 0.01,
+        outage_frac: float = 0.02,
+        late_start: dict[int, float] | None = None,
+    ) -> pd.DataFrame:
         """Rows (symbol, event_time = bar close at ``idx``, available_at = +lag, values[idx])."""
         m = len(idx)
         sym = np.repeat(self.symbols, m)
@@ -128,12 +134,10 @@ class _Builder:
             j = int(self.rng.integers(self.n_sym))
             length = max(2, int(m * outage_frac))
             s = int(self.rng.integers(0, m - length))
-            keep[j * m + s: j * m + s + length] = False
+            keep[j * m + s : j * m + s + length] = False
         for j, frac in (late_start or {}).items():
-            keep[j * m: j * m + int(m * frac)] = False
-        cols = {SYMBOL: sym[keep],
-                "event_time": _utc(event[keep]),
-                "available_at": _utc(event[keep] + lag.value)}
+            keep[j * m : j * m + int(m * frac)] = False
+        cols = {SYMBOL: sym[keep], "event_time": _utc(event[keep]), "available_at": _utc(event[keep] + lag.value)}
         for name, arr in values.items():
             cols[name] = arr[idx].T.ravel()[keep].astype("float64")
         return pd.DataFrame(cols)
@@ -153,14 +157,13 @@ def _check_args(freq: str, n_symbols: int, n_bars: int) -> pd.Timedelta:
     if bar <= pd.Timedelta(0) or bar > _DAY or (_DAY % bar) != pd.Timedelta(0):
         raise QuantmlInputError(f"synthetic freq={freq!r} must divide one day (e.g. 5m, 15m, 1h, 4h, 1d)")
     if n_symbols < 1 or n_bars < 10:
-        raise QuantmlInputError(
-            f"synthetic data needs n_symbols >= 1 and n_bars >= 10 (got {n_symbols}, {n_bars})"
-        )
+        raise QuantmlInputError(f"synthetic data needs n_symbols >= 1 and n_bars >= 10 (got {n_symbols}, {n_bars})")
     return bar
 
 
-def generate_synthetic(freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000, seed: int = 0,
-                       start: str = "2024-01-01") -> SyntheticData:
+def generate_synthetic(
+    freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000, seed: int = 0, start: str = "2024-01-01"
+) -> SyntheticData:
     """Generate bars and exogenous streams; see the module docstring for what is planted.
 
     Bars are stamped at their close: ``start + bar, start + 2 bar, ...`` (UTC).
@@ -190,38 +193,49 @@ def generate_synthetic(freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000,
     z_idio = t4((T, N))
 
     # --- latent states
-    F = _ar1(rng, (T, N), bars_per(pd.Timedelta("3D")))     # funding / crowding
-    S = _ar1(rng, (T, N), bars_per(pd.Timedelta("1D")))     # social mood
-    NF = _ar1(rng, (T, N), bars_per(pd.Timedelta("12h")))   # exchange net inflow
-    OI = _ar1(rng, (T, N), bars_per(pd.Timedelta("7D")))    # open-interest level
+    F = _ar1(rng, (T, N), bars_per(pd.Timedelta("3D")))  # funding / crowding
+    S = _ar1(rng, (T, N), bars_per(pd.Timedelta("1D")))  # social mood
+    NF = _ar1(rng, (T, N), bars_per(pd.Timedelta("12h")))  # exchange net inflow
+    OI = _ar1(rng, (T, N), bars_per(pd.Timedelta("7D")))  # open-interest level
 
     # --- streams whose values do not depend on returns
     hour = pd.Timedelta("1h")
     streams: dict[str, pd.DataFrame] = {}
     streams["funding"] = b.stream(
-        b.every(pd.Timedelta("8h")), pd.Timedelta("1min"),
-        {"funding_rate": 1e-4 + 2.5e-4 * F + 2e-5 * rng.standard_normal((T, N))})
+        b.every(pd.Timedelta("8h")),
+        pd.Timedelta("1min"),
+        {"funding_rate": 1e-4 + 2.5e-4 * F + 2e-5 * rng.standard_normal((T, N))},
+    )
     streams["open_interest"] = b.stream(
-        b.every(hour), pd.Timedelta("5min"),
-        {"open_interest": np.exp(rng.uniform(18, 22, N)[None, :] + 0.25 * OI + 0.1 * F)})
+        b.every(hour),
+        pd.Timedelta("5min"),
+        {"open_interest": np.exp(rng.uniform(18, 22, N)[None, :] + 0.25 * OI + 0.1 * F)},
+    )
     streams["basis"] = b.stream(
-        b.every(hour), pd.Timedelta("5min"),
-        {"basis": 0.05 + 0.08 * F + 0.02 * rng.standard_normal((T, N))})
+        b.every(hour), pd.Timedelta("5min"), {"basis": 0.05 + 0.08 * F + 0.02 * rng.standard_normal((T, N))}
+    )
     streams["long_short"] = b.stream(
-        b.every(hour), pd.Timedelta("5min"),
-        {"long_short_ratio": np.exp(0.25 * F + 0.1 * _ar1(rng, (T, N), bars_per(pd.Timedelta("6h"))))})
+        b.every(hour),
+        pd.Timedelta("5min"),
+        {"long_short_ratio": np.exp(0.25 * F + 0.1 * _ar1(rng, (T, N), bars_per(pd.Timedelta("6h"))))},
+    )
     streams["onchain"] = b.stream(
-        b.every(hour), pd.Timedelta("30min"),
-        {"onchain_netflow": 1000.0 * NF + 300.0 * rng.standard_normal((T, N))})
+        b.every(hour), pd.Timedelta("30min"), {"onchain_netflow": 1000.0 * NF + 300.0 * rng.standard_normal((T, N))}
+    )
     per_hour = max(bar / hour, 1.0)
     posts = rng.poisson(20.0 * per_hour * np.exp(0.4 * np.abs(S) + 0.5 * np.log(mult)))
     sources = 1 + np.minimum(posts, rng.poisson(4.0 + 2.0 * np.abs(S)))
     streams["social"] = b.stream(
-        b.every(hour), pd.Timedelta("10min"),
-        {"social_posts": posts, "social_comments": rng.poisson(3.0 * posts + 1.0),
-         "social_sentiment": np.tanh(0.6 * S + 0.3 * rng.standard_normal((T, N))),
-         "social_sources": sources},
-        late_start={N - 1: 0.1} if N > 1 else None)
+        b.every(hour),
+        pd.Timedelta("10min"),
+        {
+            "social_posts": posts,
+            "social_comments": rng.poisson(3.0 * posts + 1.0),
+            "social_sentiment": np.tanh(0.6 * S + 0.3 * rng.standard_normal((T, N))),
+            "social_sources": sources,
+        },
+        late_start={N - 1: 0.1} if N > 1 else None,
+    )
 
     # --- events: Poisson arrivals at random times, random publication lags
     span_days = (ts[-1] - t0) / _DAY
@@ -229,8 +243,11 @@ def generate_synthetic(freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000,
     for j in range(N):  # per symbol, vectorised over events
         n_ev = int(rng.poisson(EVENTS_PER_DAY * span_days))
         et = np.sort(t0.value + (rng.random(n_ev) * (ts[-1].value - t0.value))).astype("int64")
-        lag = (pd.Timedelta("2min").value + rng.exponential(pd.Timedelta("15min").value, n_ev)
-               + (rng.random(n_ev) < 0.1) * rng.exponential(pd.Timedelta("3h").value, n_ev)).astype("int64")
+        lag = (
+            pd.Timedelta("2min").value
+            + rng.exponential(pd.Timedelta("15min").value, n_ev)
+            + (rng.random(n_ev) < 0.1) * rng.exponential(pd.Timedelta("3h").value, n_ev)
+        ).astype("int64")
         pos = np.clip(np.searchsorted(b.ts_ns, et, side="right") - 1, 0, T - 1)
         ev_sym.append(np.full(n_ev, symbols[j], dtype=object))
         ev_time.append(et)
@@ -238,36 +255,52 @@ def generate_synthetic(freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000,
         ev_cnt.append(1.0 + rng.poisson(0.3, n_ev))
         ev_sent.append(np.clip(0.35 * S[pos, j] + 0.5 * rng.standard_normal(n_ev), -1, 1))
     et = np.concatenate(ev_time)
-    streams["events"] = pd.DataFrame({
-        SYMBOL: np.concatenate(ev_sym), "event_time": _utc(et),
-        "available_at": _utc(et + np.concatenate(ev_lag)),
-        "event_count": np.concatenate(ev_cnt), "event_sentiment": np.concatenate(ev_sent)})
+    streams["events"] = pd.DataFrame(
+        {
+            SYMBOL: np.concatenate(ev_sym),
+            "event_time": _utc(et),
+            "available_at": _utc(et + np.concatenate(ev_lag)),
+            "event_count": np.concatenate(ev_cnt),
+            "event_sentiment": np.concatenate(ev_sent),
+        }
+    )
 
     # --- macro (market-wide): weekly surprise about a period ending 5 days before release;
     #     monthly policy rate decisions
     rel = pd.date_range(t0.normalize() + pd.Timedelta("2D 12:30:00"), ts[-1], freq="7D")
     surprise = rng.standard_normal(len(rel))
-    streams["macro"] = pd.DataFrame({"event_time": (rel - pd.Timedelta("5D")).as_unit("ns"),
-                                     "available_at": rel.as_unit("ns"), "macro_surprise": surprise})
+    streams["macro"] = pd.DataFrame(
+        {
+            "event_time": (rel - pd.Timedelta("5D")).as_unit("ns"),
+            "available_at": rel.as_unit("ns"),
+            "macro_surprise": surprise,
+        }
+    )
     dec = pd.date_range(t0.normalize() + pd.Timedelta("18h"), ts[-1], freq="30D")
     rate = 3.0 + np.cumsum(rng.choice([-0.25, 0.0, 0.25], size=len(dec), p=[0.2, 0.6, 0.2]))
-    streams["rates"] = pd.DataFrame({"event_time": dec.as_unit("ns"), "available_at": dec.as_unit("ns"),
-                                     "macro_rate": rate})
+    streams["rates"] = pd.DataFrame(
+        {"event_time": dec.as_unit("ns"), "available_at": dec.as_unit("ns"), "macro_rate": rate}
+    )
 
     # --- planted drift: only from values available at the previous bar
     def z(a: np.ndarray) -> np.ndarray:
         s = np.nanstd(a)
         return np.nan_to_num((a - np.nanmean(a)) / (s if s > 0 else 1.0))
 
-    state = (-0.55 * z(b.observed(streams["funding"], "funding_rate"))
-             + 0.60 * z(b.observed(streams["social"], "social_sentiment"))
-             - 0.35 * z(b.observed(streams["onchain"], "onchain_netflow"))) / np.sqrt(0.55**2 + 0.6**2 + 0.35**2)
+    state = (
+        -0.55 * z(b.observed(streams["funding"], "funding_rate"))
+        + 0.60 * z(b.observed(streams["social"], "social_sentiment"))
+        - 0.35 * z(b.observed(streams["onchain"], "onchain_netflow"))
+    ) / np.sqrt(0.55**2 + 0.6**2 + 0.35**2)
     ev = streams["events"]
     vis = np.searchsorted(b.ts_ns, pd.DatetimeIndex(ev["available_at"]).asi8, side="left")
     ok = vis < T
     imp = np.zeros((T, N))
-    np.add.at(imp, (vis[ok], pd.Categorical(ev[SYMBOL], categories=symbols).codes[ok]),
-              (ev["event_count"] * ev["event_sentiment"]).to_numpy()[ok])
+    np.add.at(
+        imp,
+        (vis[ok], pd.Categorical(ev[SYMBOL], categories=symbols).codes[ok]),
+        (ev["event_count"] * ev["event_sentiment"]).to_numpy()[ok],
+    )
     event_drift = z(_decay(imp, bars_per(pd.Timedelta("6h"))))
     mvis = np.searchsorted(b.ts_ns, pd.DatetimeIndex(streams["macro"]["available_at"]).asi8, side="left")
     mimp = np.zeros((T, 1))
@@ -290,20 +323,31 @@ def generate_synthetic(freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000,
     high = np.maximum(open_, close) * wick()
     low = np.minimum(open_, close) / wick()
     zr = ret / sigma
-    volume = (np.exp(rng.uniform(3, 8, N))[None, :] * (bar / hour)
-              * np.exp(np.log(mult) + 0.5 * (np.abs(zr) - 0.8) + 0.25 * rng.standard_normal((T, N))))
+    volume = (
+        np.exp(rng.uniform(3, 8, N))[None, :]
+        * (bar / hour)
+        * np.exp(np.log(mult) + 0.5 * (np.abs(zr) - 0.8) + 0.25 * rng.standard_normal((T, N)))
+    )
 
     streams["taker"] = b.stream(
-        np.arange(T), pd.Timedelta(0),
+        np.arange(T),
+        pd.Timedelta(0),
         {"taker_buy_sell_ratio": np.exp(0.25 * np.tanh(zr) + 0.08 * rng.standard_normal((T, N)))},
-        gap_frac=0.005, outage_frac=0.0)
+        gap_frac=0.005,
+        outage_frac=0.0,
+    )
 
-    bars = pd.DataFrame({
-        TIMESTAMP: _utc(np.tile(ts.asi8, N)),
-        SYMBOL: np.repeat(np.asarray(symbols, dtype=object), T).astype(str),
-        "open": open_.T.ravel(), "high": high.T.ravel(), "low": low.T.ravel(),
-        "close": close.T.ravel(), "volume": volume.T.ravel(),
-    })
+    bars = pd.DataFrame(
+        {
+            TIMESTAMP: _utc(np.tile(ts.asi8, N)),
+            SYMBOL: np.repeat(np.asarray(symbols, dtype=object), T).astype(str),
+            "open": open_.T.ravel(),
+            "high": high.T.ravel(),
+            "low": low.T.ravel(),
+            "close": close.T.ravel(),
+            "volume": volume.T.ravel(),
+        }
+    )
     bars[TIMESTAMP] = bars[TIMESTAMP].astype("datetime64[ns, UTC]")
     for k, v in streams.items():
         sort = [SYMBOL, "event_time"] if SYMBOL in v.columns else ["event_time"]

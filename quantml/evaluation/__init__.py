@@ -3,7 +3,8 @@
 ``quantml.evaluation.report`` (matplotlib) is imported on demand, not here, so serving
 code that only needs the calibrator stays light.
 """
-from quantml.evaluation.calibration import Calibrator, CalibrationSettings, fit_calibrator
+
+from quantml.evaluation.calibration import CalibrationSettings, Calibrator, fit_calibrator
 from quantml.evaluation.drift import population_stability_index, prediction_drift
 from quantml.evaluation.evaluate import evaluate_predictions, evaluation_options, horizon_metrics
 from quantml.evaluation.metrics import ic_mode_for, ic_series

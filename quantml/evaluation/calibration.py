@@ -11,6 +11,7 @@
 
 The :class:`Calibrator` is a plain picklable object (it travels inside the pyfunc).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,13 +24,13 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
 
-from quantml.evaluation.evaluate import check_prediction_frame
 from quantml.contracts import QuantmlInputError
+from quantml.evaluation.evaluate import check_prediction_frame
 
 METHODS = ("temperature", "isotonic", "none")
 CONFORMAL_MODES = ("asymmetric", "symmetric")
 PROB_CLIP = 1e-6
-_LOG_T_BOUNDS = (-5.0, 5.0)   # T in [0.0067, 148]
+_LOG_T_BOUNDS = (-5.0, 5.0)  # T in [0.0067, 148]
 
 
 def _opt(cfg, key: str, default):
@@ -50,32 +51,48 @@ class CalibrationSettings:
     conformal_mode: str = "asymmetric"
 
     @classmethod
-    def from_config(cls, cfg_evaluation) -> "CalibrationSettings":
-        cal = _opt(cfg_evaluation, "calibration", None)
-        conf = _opt(cfg_evaluation, "conformal", None)
-        if isinstance(cal, str):           # shorthand: calibration: isotonic
-            cal = {"method": cal}
-        if isinstance(conf, bool):         # shorthand: conformal: false
-            conf = {"enabled": conf}
+    def build(cls, method: str | None = None, min_samples: int | None = None, conformal=None) -> CalibrationSettings:
+        """From the ``evaluation.calibration`` block's keys (its ``_target_``) and the
+        ``evaluation.conformal`` block (a mapping ``enabled, alpha, mode`` or a bool)."""
+        if isinstance(conformal, bool):  # shorthand: conformal: false
+            conformal = {"enabled": conformal}
         out = cls(
-            method=str(_opt(cal, "method", cls.method)),
-            min_samples=int(_opt(cal, "min_samples", cls.min_samples)),
-            conformal=bool(_opt(conf, "enabled", cls.conformal)),
-            alpha=float(_opt(conf, "alpha", cls.alpha)),
-            conformal_mode=str(_opt(conf, "mode", cls.conformal_mode)),
+            method=str(method if method is not None else cls.method),
+            min_samples=int(min_samples if min_samples is not None else cls.min_samples),
+            conformal=bool(_opt(conformal, "enabled", cls.conformal)),
+            alpha=float(_opt(conformal, "alpha", cls.alpha)),
+            conformal_mode=str(_opt(conformal, "mode", cls.conformal_mode)),
         )
         out.validate()
         return out
+
+    @classmethod
+    def from_config(cls, cfg_evaluation) -> CalibrationSettings:
+        """From ``cfg.evaluation``: its ``calibration`` block is instantiated through its
+        ``_target_`` (default :meth:`build`), given the ``conformal`` block."""
+        from quantml.contracts.config import build, to_mapping
+
+        cal = _opt(cfg_evaluation, "calibration", None)
+        conf = _opt(cfg_evaluation, "conformal", None)
+        if isinstance(cal, str):  # shorthand: calibration: isotonic
+            cal = {"method": cal}
+        if conf is not None and not isinstance(conf, bool):
+            conf = to_mapping(conf, "evaluation.conformal")
+        return build(
+            cal, "evaluation.calibration", "quantml.evaluation.calibration.CalibrationSettings.build", conformal=conf
+        )
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise QuantmlInputError(f"evaluation.calibration.method={self.method!r} is unknown; use one of {METHODS}")
         if self.conformal_mode not in CONFORMAL_MODES:
             raise QuantmlInputError(
-                f"evaluation.conformal.mode={self.conformal_mode!r} is unknown; use one of {CONFORMAL_MODES}")
+                f"evaluation.conformal.mode={self.conformal_mode!r} is unknown; use one of {CONFORMAL_MODES}"
+            )
         if not 0.0 < self.alpha < 1.0:
-            raise QuantmlInputError(f"evaluation.conformal.alpha={self.alpha} must be in (0, 1); 0.2 targets "
-                                    "the 80% P10-P90 interval")
+            raise QuantmlInputError(
+                f"evaluation.conformal.alpha={self.alpha} must be in (0, 1); 0.2 targets the 80% P10-P90 interval"
+            )
         if self.min_samples < 1:
             raise QuantmlInputError(f"evaluation.calibration.min_samples={self.min_samples} must be >= 1")
 
@@ -154,7 +171,8 @@ class Calibrator:
         if unknown:
             raise QuantmlInputError(
                 f"the calibrator was fitted on horizons {self.horizons} but the frame has {unknown}; "
-                "fit it on a validation frame with the same horizons")
+                "fit it on a validation frame with the same horizons"
+            )
         out = frame.copy()
         raw = (out["prob_up_raw"] if "prob_up_raw" in out.columns else out["prob_up"]).to_numpy(np.float64)
         prob = raw.copy()
@@ -198,8 +216,7 @@ def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None) -> Calibrator
     labelled rows keeps identity maps and raises a ``UserWarning``.
     """
     settings = CalibrationSettings.from_config(cfg_evaluation)
-    check_prediction_frame(valid_frame, ("horizon", "prob_up", "q10", "q50", "q90", "ret", "dir"),
-                           "validation frame")
+    check_prediction_frame(valid_frame, ("horizon", "prob_up", "q10", "q50", "q90", "ret", "dir"), "validation frame")
     cal = Calibrator(settings)
     prob_col = "prob_up_raw" if "prob_up_raw" in valid_frame.columns else "prob_up"
     for h, part in valid_frame.groupby(valid_frame["horizon"].astype(str), sort=False):
@@ -212,9 +229,13 @@ def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None) -> Calibrator
         cal.shift[h] = (0.0, 0.0)
         if n < settings.min_samples:
             cal.fitted[h] = False
-            warnings.warn(f"horizon {h}: only {n} labelled validation rows (< evaluation.calibration."
-                          f"min_samples={settings.min_samples}); calibration left as identity. Use a "
-                          "larger validation.valid_fraction or lower min_samples", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"horizon {h}: only {n} labelled validation rows (< evaluation.calibration."
+                f"min_samples={settings.min_samples}); calibration left as identity. Use a "
+                "larger validation.valid_fraction or lower min_samples",
+                UserWarning,
+                stacklevel=2,
+            )
             continue
         cal.fitted[h] = True
         two_classes = np.unique(d).size == 2
@@ -231,6 +252,8 @@ def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None) -> Calibrator
                 q = conformal_quantile(np.maximum(q10 - y, y - q90), 1 - a)
                 cal.shift[h] = (q, q)
     if not cal.n_fit:
-        raise QuantmlInputError("the validation frame has no rows; the fold's inner validation slice is empty "
-                                "(raise validation.valid_fraction)")
+        raise QuantmlInputError(
+            "the validation frame has no rows; the fold's inner validation slice is empty "
+            "(raise validation.valid_fraction)"
+        )
     return cal

@@ -5,12 +5,13 @@ quantiles (outer edges open), ``r_b``/``c_b`` the reference/current share of eac
 floored at ``1e-4`` so an empty bin stays finite. Rule of thumb: < 0.1 stable,
 0.1-0.25 moderate shift, > 0.25 large shift.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError, metric_name
+from quantml.contracts import QuantmlInputError, metric_name, require_columns
 
 PSI_FLOOR = 1e-4
 
@@ -32,8 +33,9 @@ def population_stability_index(reference, current, bins: int = 10) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def prediction_drift(frame: pd.DataFrame, column: str = "expected_return", bins: int = 10,
-                     split: str = "test") -> pd.DataFrame:
+def prediction_drift(
+    frame: pd.DataFrame, column: str = "expected_return", bins: int = 10, split: str = "test"
+) -> pd.DataFrame:
     """PSI of each fold's predictions against the previous fold's, per horizon.
 
     ``frame``: long prediction frame with ``fold, horizon`` and ``column`` (e.g. the OOS
@@ -41,9 +43,7 @@ def prediction_drift(frame: pd.DataFrame, column: str = "expected_return", bins:
     sorted), columns ``<split>_psi/<h>``; the first fold has NaN (no previous fold).
     With CPCV ``path`` duplicates, each (fold, symbol, timestamp) is counted once.
     """
-    for col in ("fold", "horizon", column):
-        if col not in frame.columns:
-            raise QuantmlInputError(f"prediction_drift needs column {col!r}; pass the frame with fold ids")
+    require_columns(frame, ("fold", "horizon", column), "prediction_drift: the frame", "pass the frame with fold ids")
     df = frame
     if "path" in df.columns and {"symbol", "timestamp"} <= set(df.columns):
         df = df.drop_duplicates(["fold", "horizon", "symbol", "timestamp"])
@@ -52,14 +52,21 @@ def prediction_drift(frame: pd.DataFrame, column: str = "expected_return", bins:
     for h in pd.unique(df["horizon"]):
         part = df[df["horizon"] == h]
         values = {f: part.loc[part["fold"] == f, column].to_numpy(np.float64) for f in folds}
-        psi = [np.nan] + [population_stability_index(values[prev], values[cur], bins)
-                          for prev, cur in zip(folds[:-1], folds[1:])]
+        psi = [np.nan] + [
+            population_stability_index(values[prev], values[cur], bins) for prev, cur in zip(folds[:-1], folds[1:])
+        ]
         out[metric_name(split, "psi", str(h))] = psi
     return out
 
 
-def fold_drift(previous: pd.DataFrame, current: pd.DataFrame, horizons, bins: int = 10,
-               column: str = "expected_return", split: str = "test") -> dict[str, float]:
+def fold_drift(
+    previous: pd.DataFrame,
+    current: pd.DataFrame,
+    horizons,
+    bins: int = 10,
+    column: str = "expected_return",
+    split: str = "test",
+) -> dict[str, float]:
     """PSI of one fold's ``column`` against the previous fold's, per horizon: ``<split>_psi/<h>``."""
     out = {}
     for h in horizons:

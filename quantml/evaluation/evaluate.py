@@ -1,15 +1,15 @@
 """One call from a prediction frame to every named metric: ``evaluate_predictions``."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from quantml.market import CostModel
-from quantml.evaluation.forecast_backtest import backtest_forecasts
+from quantml.backtest import BacktestResult, run_backtest
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, metric_name, require_columns
 from quantml.evaluation.metrics import (
     average_precision,
     check_ic_mode,
@@ -19,10 +19,22 @@ from quantml.evaluation.metrics import (
     quantile_metrics,
     regression_metrics,
 )
-from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP, metric_name
+from quantml.market import METRIC_KEYS, CostModel
+from quantml.portfolio.strategy import RankLongShort
 
-REQUIRED_COLUMNS = (SYMBOL, TIMESTAMP, "horizon", "expected_return", "q10", "q50", "q90", "prob_up",
-                    "ret", "dir", "ret_next_bar")
+REQUIRED_COLUMNS = (
+    SYMBOL,
+    TIMESTAMP,
+    "horizon",
+    "expected_return",
+    "q10",
+    "q50",
+    "q90",
+    "prob_up",
+    "ret",
+    "dir",
+    "ret_next_bar",
+)
 BACKTEST_KEYS = ("ann_return", "sharpe_after_cost", "max_drawdown", "turnover", "information_ratio")
 
 
@@ -30,20 +42,40 @@ def check_prediction_frame(frame: pd.DataFrame, required=REQUIRED_COLUMNS, what:
     """Raise :class:`QuantmlInputError` naming the missing columns / bad timestamp dtype."""
     if not isinstance(frame, pd.DataFrame):
         raise QuantmlInputError(f"the {what} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise QuantmlInputError(
-            f"the {what} lacks column(s) {missing}; it needs {list(required)} "
-            "(forecast columns from Forecast.to_frame plus the realised columns of the contract)")
+    require_columns(
+        frame,
+        required,
+        f"the {what}",
+        f"it needs {list(required)} (forecast columns from Forecast.to_frame plus the realised "
+        "columns of the contract)",
+    )
     if TIMESTAMP in frame.columns and not isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
         raise QuantmlInputError(
             f"column {TIMESTAMP!r} of the {what} has dtype {frame[TIMESTAMP].dtype}; convert it to "
-            "tz-aware UTC with pd.to_datetime(..., utc=True)")
+            "tz-aware UTC with pd.to_datetime(..., utc=True)"
+        )
 
 
-def horizon_metrics(frame: pd.DataFrame, periods_per_year: float, costs: CostModel, ic_mode: str,
-                    ece_bins: int = 10, ic_bucket: str | None = None) -> dict[str, float]:
-    """Every metric key (un-prefixed) for the rows of ONE horizon and ONE path."""
+def backtest_metrics(result: BacktestResult) -> dict[str, float]:
+    """The backtest block of the metric contract (``BACKTEST_KEYS``) from a backtest's stats,
+    named by :data:`quantml.market.METRIC_KEYS` (``sharpe`` -> ``sharpe_after_cost``)."""
+    named = {METRIC_KEYS.get(k, k): v for k, v in result.stats.items()}
+    return {k: float(named.get(k, np.nan)) for k in BACKTEST_KEYS}
+
+
+def horizon_metrics(
+    frame: pd.DataFrame,
+    periods_per_year: float,
+    costs: CostModel,
+    ic_mode: str,
+    ece_bins: int = 10,
+    ic_bucket: str | None = None,
+    strategy=None,
+) -> dict[str, float]:
+    """Every metric key (un-prefixed) for the rows of ONE horizon and ONE path.
+
+    ``strategy``: the book the after-cost backtest trades (default :class:`RankLongShort`,
+    its ``mode="auto"`` bound to ``ic_mode``)."""
     er = frame["expected_return"].to_numpy(np.float64)
     ret = frame["ret"].to_numpy(np.float64)
     out: dict[str, float] = {}
@@ -51,8 +83,8 @@ def horizon_metrics(frame: pd.DataFrame, periods_per_year: float, costs: CostMod
     out["hit_rate"] = hit_rate(er, ret)
     out["ap"] = average_precision(frame["prob_up"].to_numpy(np.float64), frame["dir"].to_numpy(np.float64))
     out.update(information_coefficients(frame, ic_mode, bucket=ic_bucket))
-    bt = backtest_forecasts(frame, ic_mode, costs, periods_per_year)
-    out.update({k: bt.stats[k] for k in BACKTEST_KEYS})
+    strategy = (strategy if strategy is not None else RankLongShort()).bind(ic_mode=ic_mode)
+    out.update(backtest_metrics(run_backtest(strategy, frame, costs, periods_per_year)))
     direction = frame["dir"].to_numpy(np.float64)
     out.update(probability_metrics(frame["prob_up"].to_numpy(np.float64), direction, ece_bins))
     raw_col = "prob_up_raw" if "prob_up_raw" in frame.columns else "prob_up"
@@ -62,8 +94,17 @@ def horizon_metrics(frame: pd.DataFrame, periods_per_year: float, costs: CostMod
     return out
 
 
-def evaluate_predictions(frame: pd.DataFrame, split: str, periods_per_year: float, costs: CostModel,
-                         ic_mode: str, *, ece_bins: int = 10, ic_bucket: str | None = None) -> dict[str, float]:
+def evaluate_predictions(
+    frame: pd.DataFrame,
+    split: str,
+    periods_per_year: float,
+    costs: CostModel,
+    ic_mode: str,
+    *,
+    ece_bins: int = 10,
+    ic_bucket: str | None = None,
+    strategy=None,
+) -> dict[str, float]:
     """Every metric of a prediction frame, named ``<split>_<metric>/<horizon>``.
 
     Parameters
@@ -78,6 +119,8 @@ def evaluate_predictions(frame: pd.DataFrame, split: str, periods_per_year: floa
     ic_mode : ``"cross_sectional"`` or ``"time_series"`` (see :func:`ic_mode_for`).
     ece_bins, ic_bucket : ECE bins; time-series IC bucket (pandas period alias, None = by bar
         spacing). :func:`evaluation_options` reads both from ``cfg.evaluation``.
+    strategy : the book of the after-cost backtest (``strategy`` config group; default
+        :class:`~quantml.portfolio.strategy.RankLongShort`, ``mode="auto"`` bound to ``ic_mode``).
 
     Returns
     -------
@@ -87,16 +130,20 @@ def evaluate_predictions(frame: pd.DataFrame, split: str, periods_per_year: floa
     check_prediction_frame(frame)
     check_ic_mode(ic_mode)
     if not (np.isfinite(periods_per_year) and periods_per_year > 0):
-        raise QuantmlInputError(f"periods_per_year={periods_per_year!r} must be a positive number "
-                                "(e.g. 252 for daily equity bars, 8760 for hourly crypto bars)")
+        raise QuantmlInputError(
+            f"periods_per_year={periods_per_year!r} must be a positive number "
+            "(e.g. 252 for daily equity bars, 8760 for hourly crypto bars)"
+        )
     if not isinstance(costs, CostModel):
-        raise QuantmlInputError("costs must be a quantml.backtest.CostModel (CostModel.from_config(cfg.cost))")
+        raise QuantmlInputError("costs must be a quantml.market.CostModel (CostModel.from_config(cfg.cost))")
     out: dict[str, float] = {}
     paths = frame["path"].to_numpy() if "path" in frame.columns else np.zeros(len(frame), dtype=np.int64)
     for h in pd.unique(frame["horizon"]):
         rows = frame["horizon"].to_numpy() == h
-        per_path = [horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket)
-                    for _, part in frame[rows].groupby(paths[rows], sort=True)]
+        per_path = [
+            horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, strategy)
+            for _, part in frame[rows].groupby(paths[rows], sort=True)
+        ]
         for key in per_path[0]:
             values = np.array([m[key] for m in per_path], dtype=np.float64)
             with warnings.catch_warnings():
@@ -109,21 +156,30 @@ def evaluation_options(cfg_evaluation) -> dict:
     """Keyword arguments of :func:`evaluate_predictions` from ``cfg.evaluation`` (``ece_bins``, ``ic_bucket``)."""
     cfg = cfg_evaluation if cfg_evaluation is not None else {}
     bucket = cfg.get("ic_bucket", None)
-    return {"ece_bins": int(cfg.get("ece_bins", 10)),
-            "ic_bucket": None if bucket in (None, "auto") else str(bucket)}
+    return {"ece_bins": int(cfg.get("ece_bins", 10)), "ic_bucket": None if bucket in (None, "auto") else str(bucket)}
 
 
 @dataclass
 class Scorer:
-    """How every prediction frame of a run is scored (the same settings for val, test, oos)."""
+    """How every prediction frame of a run is scored (the same settings for val, test, oos).
+
+    ``strategy``: the configured book of the after-cost backtest (``cfg.strategy``, built with
+    :func:`quantml.contracts.build`); None -> :class:`RankLongShort`."""
 
     periods_per_year: float
     costs: CostModel
     ic_mode: str
     options: dict
+    strategy: object = field(default_factory=RankLongShort)
+
+    def __post_init__(self) -> None:
+        if self.strategy is None:
+            self.strategy = RankLongShort()
 
     def __call__(self, frame: pd.DataFrame, split: str) -> dict[str, float]:
-        return evaluate_predictions(frame, split, self.periods_per_year, self.costs, self.ic_mode, **self.options)
+        return evaluate_predictions(
+            frame, split, self.periods_per_year, self.costs, self.ic_mode, strategy=self.strategy, **self.options
+        )
 
 
 def aggregate_fold_metrics(fold_metrics: pd.DataFrame) -> dict[str, float]:

@@ -1,44 +1,19 @@
 """The report's figures, drawn on ``matplotlib.figure.Figure`` objects (Agg canvas, no pyplot).
 
-Figures made this way are not registered with pyplot, so nothing accumulates in a
-long sweep: they are freed with the last reference (``close_figures`` is still offered
-for callers that want to release memory early).
+The style and the helpers (``new_figure``, ``figure_png``, ``close_figures``) are
+:mod:`quantml.market.figures`, shared with the backtest's figures.
 """
-from __future__ import annotations
 
-import base64
-import io
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from quantml.evaluation.metrics import reliability_table
+from quantml.market.figures import close_figures, figure_base64, figure_png, new_figure
 
 NOMINAL_COVERAGE = {"coverage_q10": 0.1, "coverage_q50": 0.5, "coverage_q90": 0.9, "coverage_80": 0.8}
-
-
-def new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def figure_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def figure_base64(fig: Figure) -> str:
-    return base64.b64encode(figure_png(fig)).decode("ascii")
-
-
-def close_figures(figures: dict) -> None:
-    """Release the figures' memory (clears them; harmless for pyplot-free figures)."""
-    for fig in figures.values():
-        fig.clear()
 
 
 def reliability_figure(frame: pd.DataFrame, bins: int = 10) -> Figure:
@@ -73,8 +48,14 @@ def coverage_figure(coverage: pd.DataFrame) -> Figure:
     width = 0.8 / max(len(cols), 1)
     for i, col in enumerate(cols):
         bars = ax.bar(x + i * width, coverage[col].to_numpy(np.float64), width, label=col)
-        ax.hlines(NOMINAL_COVERAGE[col], x[0] - width / 2 if len(x) else 0, (x[-1] if len(x) else 0) + 0.8,
-                  colors=bars.patches[0].get_facecolor() if bars.patches else "k", ls="--", lw=0.8)
+        ax.hlines(
+            NOMINAL_COVERAGE[col],
+            x[0] - width / 2 if len(x) else 0,
+            (x[-1] if len(x) else 0) + 0.8,
+            colors=bars.patches[0].get_facecolor() if bars.patches else "k",
+            ls="--",
+            lw=0.8,
+        )
     ax.set_xticks(x + width * (len(cols) - 1) / 2, [str(h) for h in coverage.index])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of realised returns (dashed: nominal)")
@@ -109,8 +90,14 @@ def equity_figure(equity: dict[str, pd.Series], benchmark: dict[str, pd.Series])
         if len(equity[h]):
             ax.plot(equity[h].index, equity[h].to_numpy(), color=f"C{i}", label=f"long/short {h}")
         if h in benchmark and len(benchmark[h]):
-            ax.plot(benchmark[h].index, benchmark[h].to_numpy(), color=f"C{i}", ls=":", lw=0.8,
-                    label=f"equal-weight hold {h}")
+            ax.plot(
+                benchmark[h].index,
+                benchmark[h].to_numpy(),
+                color=f"C{i}",
+                ls=":",
+                lw=0.8,
+                label=f"equal-weight hold {h}",
+            )
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_title("equity curve (after cost, additive)")
     ax.set_ylabel("cumulative return")
@@ -119,8 +106,16 @@ def equity_figure(equity: dict[str, pd.Series], benchmark: dict[str, pd.Series])
     return fig
 
 
-__all__ = ["close_figures", "coverage_figure", "cumulative_ic_figure", "equity_figure",
-           "figure_base64", "figure_png", "new_figure", "reliability_figure"]
+__all__ = [
+    "close_figures",
+    "coverage_figure",
+    "cumulative_ic_figure",
+    "equity_figure",
+    "figure_base64",
+    "figure_png",
+    "new_figure",
+    "reliability_figure",
+]
 
 
 def importance_figure(importance: pd.Series, top: int = 25) -> Figure:

@@ -4,15 +4,15 @@ Every function takes plain arrays or a long prediction frame restricted to ONE h
 (and one CPCV path); :func:`quantml.evaluation.evaluate_predictions` loops over
 horizons and paths and names the results. Exact definitions: ``docs/evaluation.md``.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, mean_pinball_loss
 
-from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import IC_MODES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size
 
-IC_MODES = ("cross_sectional", "time_series")
 QUANTILES = {"q10": 0.1, "q50": 0.5, "q90": 0.9}
 PROB_CLIP = 1e-6
 # A correlation needs at least this many finite pairs in its group (timestamp or bucket).
@@ -20,11 +20,11 @@ MIN_CS_PAIRS = 3
 MIN_TS_PAIRS = 10
 # Time-series IC bucket by bar spacing: (largest spacing, pandas period alias).
 _TS_BUCKETS = (
-    (pd.Timedelta("1h") - pd.Timedelta("1ns"), "D"),   # sub-hourly bars: one day (288 x 5m)
-    (pd.Timedelta("1D") - pd.Timedelta("1ns"), "W"),   # 1h..<1d bars: one week (168 x 1h)
-    (pd.Timedelta("7D") - pd.Timedelta("1ns"), "M"),   # daily bars: one month (~21 trading days)
+    (pd.Timedelta("1h") - pd.Timedelta("1ns"), "D"),  # sub-hourly bars: one day (288 x 5m)
+    (pd.Timedelta("1D") - pd.Timedelta("1ns"), "W"),  # 1h..<1d bars: one week (168 x 1h)
+    (pd.Timedelta("7D") - pd.Timedelta("1ns"), "M"),  # daily bars: one month (~21 trading days)
 )
-_TS_BUCKET_COARSE = "Y"                               # weekly bars or coarser: one year
+_TS_BUCKET_COARSE = "Y"  # weekly bars or coarser: one year
 
 
 def ic_mode_for(n_symbols: int) -> str:
@@ -36,7 +36,8 @@ def check_ic_mode(ic_mode: str) -> str:
     if ic_mode not in IC_MODES:
         raise QuantmlInputError(
             f"ic_mode={ic_mode!r} is unknown; use one of {IC_MODES} "
-            "(quantml.evaluation.ic_mode_for(n_symbols) picks it from the number of symbols)")
+            "(quantml.evaluation.ic_mode_for(n_symbols) picks it from the number of symbols)"
+        )
     return ic_mode
 
 
@@ -49,7 +50,7 @@ def regression_metrics(forecast: np.ndarray, realised: np.ndarray) -> dict[str, 
     if not len(f):
         return {"rmse": np.nan, "mae": np.nan}
     err = f - r
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
 def hit_rate(forecast: np.ndarray, realised: np.ndarray) -> float:
@@ -67,14 +68,6 @@ def average_precision(prob_up: np.ndarray, direction: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- IC family
-
-
-def bar_spacing(frame: pd.DataFrame) -> pd.Timedelta:
-    """Median gap between consecutive timestamps of the same symbol (the bar frequency)."""
-    ts = frame[[SYMBOL, TIMESTAMP]].drop_duplicates().sort_values([SYMBOL, TIMESTAMP])
-    gaps = ts.groupby(SYMBOL, sort=False)[TIMESTAMP].diff().dropna()
-    gaps = gaps[gaps > pd.Timedelta(0)]
-    return pd.Timedelta(gaps.median()) if len(gaps) else pd.Timedelta("1D")
 
 
 def ts_bucket_for(spacing: pd.Timedelta) -> str:
@@ -106,9 +99,14 @@ def _grouped_corr(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int
     return pd.Series(corr, index=ids)
 
 
-def ic_series(frame: pd.DataFrame, ic_mode: str, method: str = "pearson",
-              forecast: str = "expected_return", realised: str = "ret",
-              bucket: str | None = None) -> pd.Series:
+def ic_series(
+    frame: pd.DataFrame,
+    ic_mode: str,
+    method: str = "pearson",
+    forecast: str = "expected_return",
+    realised: str = "ret",
+    bucket: str | None = None,
+) -> pd.Series:
     """The IC time series of one horizon's predictions.
 
     ``cross_sectional``: one correlation per timestamp across symbols (index: timestamp).
@@ -127,7 +125,7 @@ def ic_series(frame: pd.DataFrame, ic_mode: str, method: str = "pearson",
         keys = [df[TIMESTAMP]]
         min_pairs = MIN_CS_PAIRS
     else:
-        alias = bucket or ts_bucket_for(bar_spacing(frame))
+        alias = bucket or ts_bucket_for(bar_size(frame, default=pd.Timedelta("1D")))
         ts = df[TIMESTAMP]
         naive = ts.dt.tz_convert("UTC").dt.tz_localize(None) if ts.dt.tz is not None else ts
         period = naive.dt.to_period(alias).dt.start_time.dt.tz_localize("UTC")
@@ -180,8 +178,9 @@ def information_coefficients(frame: pd.DataFrame, ic_mode: str, bucket: str | No
 # ----------------------------------------------------------------------------- calibration
 
 
-def expected_calibration_error(prob: np.ndarray, outcome: np.ndarray, bins: int = 10,
-                               strategy: str = "uniform") -> float:
+def expected_calibration_error(
+    prob: np.ndarray, outcome: np.ndarray, bins: int = 10, strategy: str = "uniform"
+) -> float:
     """ECE = sum_b (n_b / n) |mean(prob_b) - mean(outcome_b)|.
 
     ``strategy="uniform"``: ``bins`` equal-width bins on [0, 1] (the last one closed);
@@ -199,7 +198,6 @@ def expected_calibration_error(prob: np.ndarray, outcome: np.ndarray, bins: int 
             idx[chunk] = b
     else:
         raise QuantmlInputError(f"ECE strategy={strategy!r} is unknown; use 'uniform' or 'quantile'")
-    n_b = np.bincount(idx, minlength=bins)
     sum_p = np.bincount(idx, weights=p, minlength=bins)
     sum_y = np.bincount(idx, weights=y, minlength=bins)
     return float(np.sum(np.abs(sum_p - sum_y)) / len(p))
@@ -239,8 +237,16 @@ def quantile_metrics(q10: np.ndarray, q50: np.ndarray, q90: np.ndarray, realised
     and pinball loss per quantile (sklearn ``mean_pinball_loss``) plus their mean ``pinball``."""
     arr = np.column_stack([np.asarray(a, dtype=np.float64) for a in (q10, q50, q90, realised)])
     arr = arr[np.isfinite(arr).all(axis=1)]
-    keys = ["coverage_80", "coverage_q10", "coverage_q50", "coverage_q90",
-            "pinball_q10", "pinball_q50", "pinball_q90", "pinball"]
+    keys = [
+        "coverage_80",
+        "coverage_q10",
+        "coverage_q50",
+        "coverage_q90",
+        "pinball_q10",
+        "pinball_q50",
+        "pinball_q90",
+        "pinball",
+    ]
     if not len(arr):
         return dict.fromkeys(keys, np.nan)
     y = arr[:, 3]

@@ -1,16 +1,32 @@
 """The monitor metric used for model selection, and its direction (lower or higher is better)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError, metric_name
+from quantml.contracts import QuantmlInputError, metric_name, require_columns
 
 # Metric keys where a smaller value is better; every other key is higher-is-better.
-LOWER_IS_BETTER = frozenset({
-    "rmse", "mae", "ece", "ece_mass", "brier", "log_loss", "pinball", "pinball_q10", "pinball_q50",
-    "pinball_q90", "turnover", "psi", "ece_raw", "brier_raw", "log_loss_raw",
-})
+LOWER_IS_BETTER = frozenset(
+    {
+        "rmse",
+        "mae",
+        "ece",
+        "ece_mass",
+        "brier",
+        "log_loss",
+        "pinball",
+        "pinball_q10",
+        "pinball_q50",
+        "pinball_q90",
+        "turnover",
+        "psi",
+        "ece_raw",
+        "brier_raw",
+        "log_loss_raw",
+    }
+)
 SPLITS = ("val", "test", "oos")
 
 
@@ -18,8 +34,10 @@ def monitor_key(monitor: str) -> str:
     """``"val_rmse" -> "rmse"`` (the metric key of a monitor name ``<split>_<metric>``)."""
     split, _, key = str(monitor).partition("_")
     if split not in SPLITS or not key:
-        raise QuantmlInputError(f"monitor={monitor!r} must look like '<split>_<metric>' with split in {SPLITS}, "
-                                "e.g. val_rmse (regression head) or val_ap (direction head)")
+        raise QuantmlInputError(
+            f"monitor={monitor!r} must look like '<split>_<metric>' with split in {SPLITS}, "
+            "e.g. val_rmse (regression head) or val_ap (direction head)"
+        )
     return key
 
 
@@ -53,10 +71,12 @@ def best_monitor(fold_metrics: pd.DataFrame, monitor: str, horizons) -> tuple[st
     """
     monitor_key(monitor)
     columns = [metric_name(*monitor.split("_", 1), str(h)) for h in horizons]
-    missing = [c for c in columns if c not in fold_metrics.columns]
-    if missing:
-        raise QuantmlInputError(f"fold_metrics has no column(s) {missing} for monitor={monitor!r}; "
-                                "log the validation metrics of every horizon per fold")
+    require_columns(
+        fold_metrics,
+        columns,
+        f"fold_metrics (monitor={monitor!r})",
+        "log the validation metrics of every horizon per fold",
+    )
     per_horizon = fold_metrics[columns].astype(np.float64).mean(axis=0, skipna=True)
     value = float(per_horizon.mean()) if per_horizon.notna().any() else float("nan")
     return f"{monitor}_mean", value

@@ -6,10 +6,10 @@
 (the numbers logged as ``oos_*`` metrics). ``by_fold`` is ``fold_metrics`` reshaped to one
 row per (fold, horizon).
 """
+
 from __future__ import annotations
 
 import base64
-
 import html as html_lib
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantml.market import CostModel
+from quantml.backtest import run_backtest
+from quantml.contracts import HORIZON_SEPARATOR, SYMBOL, TIMESTAMP, split_metric_name
 from quantml.evaluation.evaluate import check_prediction_frame, evaluate_predictions
 from quantml.evaluation.figures import (
     close_figures,
@@ -28,14 +29,40 @@ from quantml.evaluation.figures import (
     figure_png,
     reliability_figure,
 )
-from quantml.evaluation.forecast_backtest import backtest_forecasts
 from quantml.evaluation.metrics import check_ic_mode, ic_series
-from quantml.contracts import HORIZON_SEPARATOR, SYMBOL, TIMESTAMP, split_metric_name
+from quantml.market import CostModel
+from quantml.portfolio.strategy import RankLongShort
 
-REPORT_METRICS = ("ic", "icir", "rank_ic", "rank_icir", "ann_return", "sharpe_after_cost", "information_ratio",
-                  "max_drawdown", "hit_rate", "ap", "rmse", "ece", "brier", "coverage_80", "pinball", "turnover")
-SUMMARY_METRICS = ("ic", "rank_ic", "icir", "sharpe_after_cost", "ann_return", "max_drawdown", "hit_rate",
-                   "ap", "ece", "coverage_80")
+REPORT_METRICS = (
+    "ic",
+    "icir",
+    "rank_ic",
+    "rank_icir",
+    "ann_return",
+    "sharpe_after_cost",
+    "information_ratio",
+    "max_drawdown",
+    "hit_rate",
+    "ap",
+    "rmse",
+    "ece",
+    "brier",
+    "coverage_80",
+    "pinball",
+    "turnover",
+)
+SUMMARY_METRICS = (
+    "ic",
+    "rank_ic",
+    "icir",
+    "sharpe_after_cost",
+    "ann_return",
+    "max_drawdown",
+    "hit_rate",
+    "ap",
+    "ece",
+    "coverage_80",
+)
 FIGURE_NAMES = ("reliability_diagram.png", "coverage_by_horizon.png", "cumulative_ic.png", "equity_curve.png")
 ALL = "ALL"
 
@@ -80,13 +107,20 @@ def _by_horizon(metrics: dict[str, float], split: str) -> dict[str, dict[str, fl
     out: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
         base, h = split_metric_name(name)
-        out.setdefault(h, {})[base[len(prefix):]] = value
+        out.setdefault(h, {})[base[len(prefix) :]] = value
     return out
 
 
-def symbol_horizon_table(oos: pd.DataFrame, periods_per_year: float, costs: CostModel, ic_mode: str,
-                         ece_bins: int = 10, ic_bucket: str | None = None,
-                         oos_metrics: dict[str, float] | None = None) -> pd.DataFrame:
+def symbol_horizon_table(
+    oos: pd.DataFrame,
+    periods_per_year: float,
+    costs: CostModel,
+    ic_mode: str,
+    ece_bins: int = 10,
+    ic_bucket: str | None = None,
+    oos_metrics: dict[str, float] | None = None,
+    strategy=None,
+) -> pd.DataFrame:
     """One row per (symbol, horizon) plus ``ALL`` rows; columns ``symbol, horizon, n_obs`` + REPORT_METRICS.
 
     ``oos_metrics`` (the ``oos_*`` metrics of ``oos``, when the caller already has them) fill
@@ -96,28 +130,57 @@ def symbol_horizon_table(oos: pd.DataFrame, periods_per_year: float, costs: Cost
     groups = [(ALL, oos, ic_mode)] + [(s, part, "time_series") for s, part in oos.groupby(SYMBOL, sort=True)]
     for symbol, part, mode in groups:
         known = oos_metrics if symbol == ALL and oos_metrics else None
-        metrics = _by_horizon(known or evaluate_predictions(part, "oos", periods_per_year, costs, mode,
-                                                            ece_bins=ece_bins, ic_bucket=ic_bucket), "oos")
+        metrics = _by_horizon(
+            known
+            or evaluate_predictions(
+                part, "oos", periods_per_year, costs, mode, ece_bins=ece_bins, ic_bucket=ic_bucket, strategy=strategy
+            ),
+            "oos",
+        )
         n_obs = part.groupby("horizon", sort=False)["ret"].count()
         for h, values in metrics.items():
-            rows.append({"symbol": symbol, "horizon": h, "ic_mode": mode, "n_obs": int(n_obs.get(h, 0)),
-                         **{k: values.get(k, np.nan) for k in REPORT_METRICS}})
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "horizon": h,
+                    "ic_mode": mode,
+                    "n_obs": int(n_obs.get(h, 0)),
+                    **{k: values.get(k, np.nan) for k in REPORT_METRICS},
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def fold_table(fold_metrics: pd.DataFrame | None, oos: pd.DataFrame, periods_per_year: float, costs: CostModel,
-               ic_mode: str) -> pd.DataFrame:
+def fold_table(
+    fold_metrics: pd.DataFrame | None,
+    oos: pd.DataFrame,
+    periods_per_year: float,
+    costs: CostModel,
+    ic_mode: str,
+    strategy=None,
+) -> pd.DataFrame:
     """``fold_metrics`` (one row per fold, columns ``<split>_<metric>/<h>``) as one row per (fold, horizon).
 
     Columns: ``fold, horizon`` then ``<split>_<metric>`` for every metric present. When
     ``fold_metrics`` is empty, the test metrics are recomputed from ``oos`` per fold.
     """
     if fold_metrics is None or fold_metrics.empty:
-        fold_metrics = pd.DataFrame([
-            {"fold": f, **evaluate_predictions(part.drop(columns=["path"], errors="ignore")
-                                               .drop_duplicates([SYMBOL, TIMESTAMP, "horizon"]),
-                                               "test", periods_per_year, costs, ic_mode)}
-            for f, part in oos.groupby("fold", sort=True)])
+        fold_metrics = pd.DataFrame(
+            [
+                {
+                    "fold": f,
+                    **evaluate_predictions(
+                        part.drop(columns=["path"], errors="ignore").drop_duplicates([SYMBOL, TIMESTAMP, "horizon"]),
+                        "test",
+                        periods_per_year,
+                        costs,
+                        ic_mode,
+                        strategy=strategy,
+                    ),
+                }
+                for f, part in oos.groupby("fold", sort=True)
+            ]
+        )
     fm = fold_metrics.copy()
     fold_col = next((c for c in ("fold", "fold_id") if c in fm.columns), None)
     folds = fm[fold_col].to_numpy() if fold_col else fm.index.to_numpy()
@@ -143,14 +206,14 @@ def _path_series(oos: pd.DataFrame, fn) -> dict[str, pd.Series]:
         rows = oos["horizon"].to_numpy() == h
         series = [fn(part) for _, part in oos[rows].groupby(paths[rows], sort=True)]
         series = [s for s in series if len(s)]
-        out[str(h)] = (pd.concat(series, axis=1).mean(axis=1).sort_index() if series
-                       else pd.Series(dtype=np.float64))
+        out[str(h)] = pd.concat(series, axis=1).mean(axis=1).sort_index() if series else pd.Series(dtype=np.float64)
     return out
 
 
-def _pnl_and_benchmark(frame: pd.DataFrame, ic_mode: str, costs: CostModel, periods_per_year: float) -> pd.Series:
-    bt = backtest_forecasts(frame, ic_mode, costs, periods_per_year)
-    return pd.concat({"pnl": bt.pnl, "benchmark": bt.benchmark})
+def _pnl_and_benchmark(frame: pd.DataFrame, strategy, costs: CostModel, periods_per_year: float) -> pd.Series:
+    bt = run_backtest(strategy, frame, costs, periods_per_year)
+    bench = bt.benchmark if bt.benchmark is not None else pd.Series(np.nan, index=bt.pnl.index)
+    return pd.concat({"pnl": bt.pnl.rename("pnl"), "benchmark": bench.rename("benchmark")})
 
 
 def summary_table(by_symbol_horizon: pd.DataFrame) -> str:
@@ -163,13 +226,14 @@ def summary_table(by_symbol_horizon: pd.DataFrame) -> str:
 
 def _html_page(report: Report, ic_mode: str, periods_per_year: float, costs: CostModel) -> str:
     def table(df: pd.DataFrame) -> str:
-        return df.to_html(index=False, na_rep="nan", float_format=lambda v: f"{v:.4g}", border=0,
-                          classes="t")
+        return df.to_html(index=False, na_rep="nan", float_format=lambda v: f"{v:.4g}", border=0, classes="t")
+
     imgs = "\n".join(
         f'<figure><img alt="{html_lib.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(report.png(name)).decode("ascii")}">'
         f"<figcaption>{html_lib.escape(name)}</figcaption></figure>"
-        for name in report.figures)
+        for name in report.figures
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>quantml evaluation report</title>
 <style>body{{font-family:sans-serif;margin:1.5em;color:#222}} table.t{{border-collapse:collapse;font-size:12px}}
@@ -190,9 +254,18 @@ one-way cost: {costs.one_way * 1e4:g} bps. Definitions: docs/evaluation.md.</p>
 """
 
 
-def build_report(oos: pd.DataFrame, fold_metrics: pd.DataFrame | None, periods_per_year: float,
-                 costs: CostModel, ic_mode: str, *, ece_bins: int = 10, ic_bucket: str | None = None,
-                 oos_metrics: dict[str, float] | None = None) -> Report:
+def build_report(
+    oos: pd.DataFrame,
+    fold_metrics: pd.DataFrame | None,
+    periods_per_year: float,
+    costs: CostModel,
+    ic_mode: str,
+    *,
+    ece_bins: int = 10,
+    ic_bucket: str | None = None,
+    oos_metrics: dict[str, float] | None = None,
+    strategy=None,
+) -> Report:
     """Build the report of a run from its out-of-sample prediction frame and per-fold metrics.
 
     Parameters
@@ -201,25 +274,35 @@ def build_report(oos: pd.DataFrame, fold_metrics: pd.DataFrame | None, periods_p
         [, ``path``]).
     fold_metrics : one row per fold (column ``fold`` or the index), metric-name columns; None
         or empty -> test metrics recomputed per fold from ``oos``.
-    periods_per_year, costs, ic_mode : as in :func:`evaluate_predictions`.
+    periods_per_year, costs, ic_mode, strategy : as in :func:`evaluate_predictions`.
     """
     check_prediction_frame(oos, what="out-of-sample frame")
     check_ic_mode(ic_mode)
-    by_sh = symbol_horizon_table(oos, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, oos_metrics)
-    by_fold = fold_table(fold_metrics, oos, periods_per_year, costs, ic_mode)
+    strategy = strategy if strategy is not None else RankLongShort()
+    by_sh = symbol_horizon_table(oos, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, oos_metrics, strategy)
+    by_fold = fold_table(fold_metrics, oos, periods_per_year, costs, ic_mode, strategy)
     all_rows = by_sh[by_sh["symbol"] == ALL].set_index("horizon")
-    coverage = oos.groupby("horizon", sort=False).apply(
-        lambda g: pd.Series({
-            "coverage_q10": float(np.mean(g["ret"] <= g["q10"])),
-            "coverage_q50": float(np.mean(g["ret"] <= g["q50"])),
-            "coverage_q90": float(np.mean(g["ret"] <= g["q90"])),
-            "coverage_80": float(np.mean((g["q10"] <= g["ret"]) & (g["ret"] <= g["q90"]))),
-        }), include_groups=False) if oos["ret"].notna().any() else pd.DataFrame()
+    coverage = (
+        oos.groupby("horizon", sort=False).apply(
+            lambda g: pd.Series(
+                {
+                    "coverage_q10": float(np.mean(g["ret"] <= g["q10"])),
+                    "coverage_q50": float(np.mean(g["ret"] <= g["q50"])),
+                    "coverage_q90": float(np.mean(g["ret"] <= g["q90"])),
+                    "coverage_80": float(np.mean((g["q10"] <= g["ret"]) & (g["ret"] <= g["q90"]))),
+                }
+            ),
+            include_groups=False,
+        )
+        if oos["ret"].notna().any()
+        else pd.DataFrame()
+    )
     coverage = coverage.reindex(all_rows.index) if len(coverage) else coverage
     labelled = oos[np.isfinite(oos["ret"].to_numpy(np.float64))]
     ic = _path_series(labelled, lambda p: ic_series(p, ic_mode, "pearson", bucket=ic_bucket))
     ric = _path_series(labelled, lambda p: ic_series(p, ic_mode, "spearman", bucket=ic_bucket))
-    both = _path_series(oos, lambda p: _pnl_and_benchmark(p, ic_mode, costs, periods_per_year))
+    bound = strategy.bind(ic_mode=ic_mode)
+    both = _path_series(oos, lambda p: _pnl_and_benchmark(p, bound, costs, periods_per_year))
     equity = {h: s.xs("pnl", level=0) if len(s) else s for h, s in both.items()}
     bench = {h: s.xs("benchmark", level=0) if len(s) else s for h, s in both.items()}
     with warnings.catch_warnings():
@@ -228,8 +311,9 @@ def build_report(oos: pd.DataFrame, fold_metrics: pd.DataFrame | None, periods_p
             "reliability_diagram.png": reliability_figure(labelled, ece_bins),
             "coverage_by_horizon.png": coverage_figure(coverage),
             "cumulative_ic.png": cumulative_ic_figure(ic, ric),
-            "equity_curve.png": equity_figure({h: s.cumsum() for h, s in equity.items()},
-                                              {h: s.cumsum() for h, s in bench.items()}),
+            "equity_curve.png": equity_figure(
+                {h: s.cumsum() for h, s in equity.items()}, {h: s.cumsum() for h, s in bench.items()}
+            ),
         }
     report = Report(by_sh, by_fold, figures)
     report.summary = summary_table(by_sh)

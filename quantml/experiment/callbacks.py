@@ -5,6 +5,7 @@ runs on the training thread before the next fold starts and may raise to stop th
 (``optuna.TrialPruned`` ends the fold and parent runs KILLED, not FAILED); a non-blocking one
 runs on the scoring thread, so the next fold trains meanwhile.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Fit a backbone and its calibrator; forecasts in the long contract layout joined with what was realised."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,6 +49,7 @@ def fit_with_calibration(cfg: DictConfig, prep: PreparedData, fit_rows: np.ndarr
 def fit_final(cfg: DictConfig, prep: PreparedData, splitter):
     """The model that gets logged: fitted on every sample, calibrated on the last purged slice."""
     positions = np.arange(len(prep.samples))
-    fit_pos, valid_pos = inner_validation_split(positions, prep.data.t0[prep.samples], prep.data.t1[prep.samples],
-                                                splitter.valid_fraction, splitter.embargo)
+    fit_pos, valid_pos = inner_validation_split(
+        positions, prep.data.t0[prep.samples], prep.data.t1[prep.samples], splitter.valid_fraction, splitter.embargo
+    )
     return fit_with_calibration(cfg, prep, prep.samples[fit_pos], prep.samples[valid_pos])

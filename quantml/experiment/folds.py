@@ -1,4 +1,5 @@
 """Train each fold on its purged training part, score it, log it as a nested run."""
+
 from __future__ import annotations
 
 import logging
@@ -8,28 +9,42 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from quantml.contracts import run_layout as L
 from quantml.evaluation.drift import fold_drift
 from quantml.evaluation.evaluate import Scorer
 from quantml.experiment.callbacks import FoldCallback
 from quantml.experiment.fitting import fit_with_calibration, prediction_frame
 from quantml.experiment.prepare import PreparedData, time_range
 from quantml.signals import SignalConfig, compute_signals
-from quantml.tracking import ExperimentTracker, TrackedRun
+from quantml.tracking import RunWriter, TrackedRun
 
 log = logging.getLogger(__name__)
 
 
-def train_fold(cfg: DictConfig, prep: PreparedData, splitter, fold, signal: SignalConfig,
-               run: TrackedRun) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def train_fold(
+    cfg: DictConfig, prep: PreparedData, splitter, fold, signal: SignalConfig, run: TrackedRun
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Fit one fold on its purged training part; returns its (test, validation) prediction frames."""
     train = prep.samples[fold.train]
     test = prep.samples[fold.test]
     fit_pos, valid_pos = splitter.inner_split(fold, prep.data.t0[prep.samples], prep.data.t1[prep.samples])
     fit_rows, valid_rows = prep.samples[fit_pos], prep.samples[valid_pos]
     (tr0, tr1), (va0, va1), (te0, te1) = (time_range(prep.data, r) for r in (fit_rows, valid_rows, test))
-    run.log_params({"fold_id": fold.fold_id, "train_start": tr0, "train_end": tr1, "valid_start": va0,
-                    "valid_end": va1, "test_start": te0, "test_end": te1, "n_train": len(fit_rows),
-                    "n_valid": len(valid_rows), "n_test": len(test), "n_train_before_inner_split": len(train)})
+    run.log_params(
+        {
+            L.PARAM_FOLD_ID: fold.fold_id,
+            "train_start": tr0,
+            "train_end": tr1,
+            "valid_start": va0,
+            "valid_end": va1,
+            L.PARAM_TEST_START: te0,
+            L.PARAM_TEST_END: te1,
+            "n_train": len(fit_rows),
+            "n_valid": len(valid_rows),
+            "n_test": len(test),
+            "n_train_before_inner_split": len(train),
+        }
+    )
     model, calibrator, valid_frame = fit_with_calibration(cfg, prep, fit_rows, valid_rows)
     test_frame = prediction_frame(model, prep.data.subset(test), prep.realised)
     if calibrator is not None:
@@ -42,8 +57,9 @@ def train_fold(cfg: DictConfig, prep: PreparedData, splitter, fold, signal: Sign
     return test_frame, valid_frame
 
 
-def score_fold(run: TrackedRun, test_frame: pd.DataFrame, valid_frame: pd.DataFrame | None,
-               score: Scorer, extra: dict[str, float]) -> dict[str, float]:
+def score_fold(
+    run: TrackedRun, test_frame: pd.DataFrame, valid_frame: pd.DataFrame | None, score: Scorer, extra: dict[str, float]
+) -> dict[str, float]:
     """Score a fold's predictions, log them and end its run (runs on the scoring thread)."""
     try:
         metrics = score(test_frame, "test")
@@ -66,9 +82,18 @@ def _notify(callbacks: list[FoldCallback], fold_id: int, n_folds: int, metrics: 
             log.warning("fold callback %s failed: %s", type(callback).__name__, exc)
 
 
-def run_folds(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun, prep: PreparedData, splitter,
-              folds, signal: SignalConfig, score: Scorer, scoring: ThreadPoolExecutor,
-              callbacks: list[FoldCallback] = ()):
+def run_folds(
+    cfg: DictConfig,
+    writer: RunWriter,
+    parent: TrackedRun,
+    prep: PreparedData,
+    splitter,
+    folds,
+    signal: SignalConfig,
+    score: Scorer,
+    scoring: ThreadPoolExecutor,
+    callbacks: list[FoldCallback] = (),
+):
     """Train folds one after another on this thread while the previous fold is scored and
     logged on ``scoring``: model fitting (LightGBM, torch) releases the GIL, so on two
     cores the quant evaluation and MLflow writes cost little wall time.
@@ -80,9 +105,7 @@ def run_folds(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun, p
     background = [c for c in callbacks if not getattr(c, "blocking", False)]
     frames, pending = [], []
     for fold in folds:
-        tags = {"quantml.kind": "fold", "quantml.fold_id": fold.fold_id,
-                "quantml.path_ids": ",".join(map(str, sorted(set(np.asarray(fold.test_paths).tolist()))))}
-        child = tracker.start(f"fold-{fold.fold_id}", tags, parent=parent)
+        child = writer.start_fold(parent, fold.fold_id, np.asarray(fold.test_paths).tolist())
         try:
             test_frame, valid_frame = train_fold(cfg, prep, splitter, fold, signal, child)
         except BaseException as exc:
@@ -92,8 +115,9 @@ def run_folds(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun, p
         frames.append(test_frame)
         future = scoring.submit(score_fold, child, test_frame, valid_frame, score, drift)
         if background:
-            future.add_done_callback(lambda f, i=fold.fold_id: f.exception() is None and _notify(
-                background, i, len(folds), f.result()))
+            future.add_done_callback(
+                lambda f, i=fold.fold_id: f.exception() is None and _notify(background, i, len(folds), f.result())
+            )
         pending.append(future)
         for callback in blocking:  # e.g. pruning needs this fold's score now
             callback.on_fold_end(fold.fold_id, len(folds), future.result())

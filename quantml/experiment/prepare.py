@@ -1,4 +1,5 @@
 """From config to the model-ready panel: load, causal features, cost-aware labels, samples."""
+
 from __future__ import annotations
 
 import random
@@ -10,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantml.bundle import FeatureContract
 from quantml.contracts import REQUIRED_COLUMNS, QuantmlInputError
+from quantml.contracts.config import build
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
 from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
-from quantml.market import CostModel
 from quantml.models.base import PanelData
 
 REALISED = ("ret", "ret_after_cost", "dir", "vol")
@@ -25,8 +26,8 @@ class PreparedData:
 
     panel: pd.DataFrame
     data: PanelData
-    samples: np.ndarray          # positions (into data) of usable samples, in time order
-    realised: pd.DataFrame       # per row: ret/ret_after_cost/dir/vol per horizon + ret_next_bar
+    samples: np.ndarray  # positions (into data) of usable samples, in time order
+    realised: pd.DataFrame  # per row: ret/ret_after_cost/dir/vol per horizon + ret_next_bar
     contract: FeatureContract
     fingerprint: str
     bar: pd.Timedelta
@@ -43,7 +44,7 @@ def seed_everything(seed: int) -> None:
 def prepare_data(cfg: DictConfig) -> PreparedData:
     """Load the panel, build causal features and cost-aware labels, select samples."""
     horizons = list(cfg.horizon.horizons)
-    costs = CostModel.from_config(cfg.cost)
+    costs = build(cfg.cost, "cost", "quantml.market.CostModel")
     panel = load_panel(cfg.data)
     drop = list(cfg.ablation.drop_modalities or [])
     feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
@@ -53,7 +54,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         raise QuantmlInputError(
             f"feature_set={cfg.feature_set.get('name', '?')} with ablation={cfg.ablation.name} leaves no "
             f"features for this panel (skipped: {features.skipped}); choose a feature_set whose inputs "
-            f"the data has, e.g. feature_set=price")
+            f"the data has, e.g. feature_set=price"
+        )
     data = PanelData.assemble(panel, features, horizons, labels)
     samples = data.labelled_rows()
     if cfg.ablation.get("event_window"):
@@ -63,18 +65,28 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     if len(samples) == 0:
         raise QuantmlInputError(
             "no labelled samples: the panel is shorter than the longest horizon "
-            f"({horizons[-1]}) or the event window keeps nothing; use more data or shorter horizons")
+            f"({horizons[-1]}) or the event window keeps nothing; use more data or shorter horizons"
+        )
     realised = {f"{name}@{h}": getattr(labels, name)[:, j] for j, h in enumerate(horizons) for name in REALISED}
     realised["ret_next_bar"] = labels.ret_next_bar
     contract = FeatureContract(
         input_columns=sorted(set(features.input_columns) | set(REQUIRED_COLUMNS)),
         feature_names=list(features.frame.columns),
-        feature_set=feature_set, drop_modalities=drop, horizons=horizons)
-    return PreparedData(panel=panel, data=data, samples=samples, realised=pd.DataFrame(realised),
-                        contract=contract, fingerprint=data_fingerprint(panel),
-                        bar=infer_bar_frequency(panel),
-                        periods_per_year=float(cfg.data.get("periods_per_year") or periods_per_year(panel)),
-                        skipped_blocks=dict(features.skipped))
+        feature_set=feature_set,
+        drop_modalities=drop,
+        horizons=horizons,
+    )
+    return PreparedData(
+        panel=panel,
+        data=data,
+        samples=samples,
+        realised=pd.DataFrame(realised),
+        contract=contract,
+        fingerprint=data_fingerprint(panel),
+        bar=infer_bar_frequency(panel),
+        periods_per_year=float(cfg.data.get("periods_per_year") or periods_per_year(panel)),
+        skipped_blocks=dict(features.skipped),
+    )
 
 
 def time_range(data: PanelData, rows: np.ndarray) -> tuple[str, str]:

@@ -1,4 +1,5 @@
 """One experiment end to end in one MLflow parent run with a nested run per fold."""
+
 from __future__ import annotations
 
 import tempfile
@@ -10,7 +11,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.bundle import ModelBundle
-from quantml.contracts import SCHEMA_VERSION, SYMBOL
+from quantml.contracts import SYMBOL
+from quantml.contracts import run_layout as L
+from quantml.contracts.config import build
 from quantml.evaluation import best_monitor, ic_mode_for
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
 from quantml.evaluation.report import build_report
@@ -19,9 +22,8 @@ from quantml.experiment.callbacks import FoldCallback
 from quantml.experiment.fitting import fit_final
 from quantml.experiment.folds import run_folds
 from quantml.experiment.prepare import PreparedData, prepare_data, seed_everything
-from quantml.market import CostModel
-from quantml.signals import SignalConfig
-from quantml.tracking import ExperimentTracker, TrackedRun, flatten_config, git_commit, prepare_store
+from quantml.portfolio.strategy import build_strategy
+from quantml.tracking import RunWriter, TrackedRun, flatten_config
 from quantml.tracking.pyfunc import log_bundle
 from quantml.tracking.store import resolve_tracking_uri
 from quantml.validation import audit_folds, make_splitter
@@ -29,11 +31,14 @@ from quantml.validation import audit_folds, make_splitter
 
 @dataclass
 class RunContext:
-    """Where a run was launched from: the launcher's config-group choices and output folders."""
+    """Where a run was launched from: the launcher's config-group choices, the job's command-line
+    overrides (Hydra's ``HydraConfig.get().overrides.task``) and output folders."""
 
     choices: dict[str, str] = field(default_factory=dict)
     sweep_dir: str | None = None
     output_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    sweep_axes: list[str] | None = None  # a multirun's swept keys; None for a single run
 
 
 @dataclass
@@ -46,77 +51,180 @@ class ExperimentResult:
     report: object | None = None
 
 
-def default_run_name(cfg: DictConfig, choices: dict[str, str]) -> str:
+RUN_NAME_MAX = 40
+RUN_NAME_SEPARATOR = " · "
+_PRIMARY_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"
+
+
+def primary_defaults(path: Path = _PRIMARY_CONFIG) -> dict[str, str | None]:
+    """``{group: default choice}`` of the primary config's defaults list, in its order."""
+    try:
+        defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", [])
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, str | None] = {}
+    for item in defaults:
+        if isinstance(item, dict):
+            for key, value in item.items():
+                key = str(key).removeprefix("optional ").strip()
+                if not key.startswith(("override ", "hydra/")):
+                    out[key] = None if value is None else str(value)
+    return out
+
+
+def _overridden_groups(overrides: list[str]) -> set[str]:
+    groups = set()
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if sep:
+            groups.add(key.lstrip("+~").removeprefix("optional "))
+    return groups
+
+
+def default_run_name(
+    cfg: DictConfig, choices: dict[str, str], overrides: list[str] | None = None, sweep_axes: list[str] | None = None
+) -> str:
+    """``run_name`` when set; else the backbone, then only the config-group choices that differ:
+    those unlike the primary config's defaults and those the command line set (``overrides``:
+    a sweep's axes, even where one value is the default). ``lightgbm · purged_kfold · no_macro``;
+    at most ~40 characters."""
     if cfg.get("run_name"):
         return str(cfg.run_name)
-    parts = [choices.get(g) for g in ("backbone", "data", "feature_set", "horizon", "ablation", "validation")]
-    return "-".join(p for p in parts if p) or f"{cfg.backbone._target_.rsplit('.', 1)[-1]}"
+    backbone = choices.get("backbone") or str(cfg.backbone.get("_target_", "model")).rsplit(".", 1)[-1]
+    if sweep_axes is not None:  # one job of a sweep: what differs is what the sweep varies
+        return _cap(RUN_NAME_SEPARATOR.join([backbone, *_axis_values(sweep_axes, choices, overrides or [])]))
+    defaults = primary_defaults()
+    overridden = _overridden_groups(list(overrides or []))
+    order = [g for g in defaults if g in choices] + sorted(g for g in choices if g not in defaults)
+    parts = [backbone]
+    for group in order:
+        value = choices.get(group)
+        if group == "backbone" or group.startswith("hydra/") or value in (None, "", "None", "null"):
+            continue
+        if group in overridden or value != defaults.get(group):
+            parts.append(str(value).rsplit("/", 1)[-1])
+    return _cap(RUN_NAME_SEPARATOR.join(parts))
 
 
-def run_experiment(cfg: DictConfig, context: RunContext | None = None,
-                   callbacks: list[FoldCallback] = ()) -> ExperimentResult:
+def _cap(name: str) -> str:
+    return name if len(name) <= RUN_NAME_MAX else name[: RUN_NAME_MAX - 1].rstrip(" ·") + "…"
+
+
+def _axis_values(axes: list[str], choices: dict[str, str], overrides: list[str]) -> list[str]:
+    """A job's value on each swept key: a group's choice (``no_macro``), else ``leaf=value``."""
+    given = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep:
+            given[key.lstrip("+~")] = value
+    out = []
+    for axis in axes:
+        if axis == "backbone":
+            continue
+        if axis in choices:
+            out.append(str(choices[axis]).rsplit("/", 1)[-1])
+        elif axis in given:
+            out.append(f"{axis.rsplit('.', 1)[-1]}={given[axis]}")
+    return out
+
+
+def run_experiment(
+    cfg: DictConfig, context: RunContext | None = None, callbacks: list[FoldCallback] = ()
+) -> ExperimentResult:
     """Run one experiment end to end and log it to MLflow. Returns what was measured."""
     context = context or RunContext()
     seed_everything(int(cfg.seed))
-    experiment_id = prepare_store(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
-    tracker = ExperimentTracker(experiment_id)
-    tags = {"quantml.kind": "parent", "quantml.seed": int(cfg.seed), "quantml.git_commit": git_commit(),
-            "quantml.schema_version": SCHEMA_VERSION, "quantml.validation": cfg.validation.method,
-            "quantml.horizons": ",".join(cfg.horizon.horizons),
-            **{f"choice.{k}": v for k, v in context.choices.items()}}
+    writer = RunWriter.prepare(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
+    tags = {}
     if context.sweep_dir is not None:
-        tags["quantml.sweep_dir"] = context.sweep_dir
+        tags[L.TAG_SWEEP_DIR] = context.sweep_dir
     if context.output_dir is not None:
-        tags["quantml.output_dir"] = str(context.output_dir)
-    with tracker.run(default_run_name(cfg, context.choices), tags) as parent:
+        tags[L.TAG_OUTPUT_DIR] = str(context.output_dir)
+    parent = writer.start_parent(
+        default_run_name(cfg, context.choices, context.overrides, context.sweep_axes),
+        seed=int(cfg.seed),
+        horizons=cfg.horizon.horizons,
+        validation=cfg.validation.method,
+        choices=context.choices,
+        tags=tags,
+    )
+    with parent.ending():
         parent.log_params(flatten_config(cfg))
-        parent.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        return _run_in_parent(cfg, tracker, parent, context.output_dir, list(callbacks))
+        parent.log_resolved_config(cfg)
+        return _run_in_parent(cfg, writer, parent, context.output_dir, list(callbacks))
 
 
-def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedRun, output_dir: Path | None,
-                   callbacks: list[FoldCallback]) -> ExperimentResult:
+def _run_in_parent(
+    cfg: DictConfig, writer: RunWriter, parent: TrackedRun, output_dir: Path | None, callbacks: list[FoldCallback]
+) -> ExperimentResult:
     prep: PreparedData = prepare_data(cfg)
-    costs = CostModel.from_config(cfg.cost)
-    signal = SignalConfig.from_config(cfg.signal, cost=costs.round_trip)
+    costs = build(cfg.cost, "cost", "quantml.market.CostModel")
+    signal = build(cfg.signal, "signal", "quantml.signals.SignalConfig.build", cost=costs.round_trip)
+    strategy = build_strategy(cfg.get("strategy"), signal)
     n_symbols = int(prep.panel[SYMBOL].nunique())
     ic_mode = ic_mode_for(n_symbols)
-    score = Scorer(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation))
-    parent.set_tags({"quantml.data_fingerprint": prep.fingerprint,
-                     "quantml.feature_contract_hash": prep.contract.hash, "quantml.ic_mode": ic_mode,
-                     "quantml.bar": str(prep.bar), "quantml.n_symbols": n_symbols,
-                     "quantml.n_features": len(prep.contract.feature_names)})
-    parent.log_params({"derived.periods_per_year": prep.periods_per_year, "derived.n_samples": len(prep.samples),
-                       "derived.skipped_blocks": ",".join(prep.skipped_blocks) or "none"})
+    score = Scorer(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation), strategy)
+    parent.set_tags(
+        {
+            L.TAG_DATA_FINGERPRINT: prep.fingerprint,
+            L.TAG_FEATURE_CONTRACT_HASH: prep.contract.hash,
+            L.TAG_IC_MODE: ic_mode,
+            L.TAG_BAR: str(prep.bar),
+            L.TAG_N_SYMBOLS: n_symbols,
+            L.TAG_N_FEATURES: len(prep.contract.feature_names),
+        }
+    )
+    derived = {
+        "periods_per_year": prep.periods_per_year,
+        "n_samples": len(prep.samples),
+        "skipped_blocks": ",".join(prep.skipped_blocks) or "none",
+        "bar": str(prep.bar),
+    }
+    parent.log_derived(derived)
+    # also as params, for the UI's columns and comparisons (readers use derived.json)
+    parent.log_params({f"{L.DERIVED_PARAM_PREFIX}{k}": v for k, v in derived.items() if k != "bar"})
 
     splitter = make_splitter(cfg.validation)
     t0s, t1s = prep.data.t0[prep.samples], prep.data.t1[prep.samples]
     folds = splitter.split(t0s, t1s)
-    audit = audit_folds(prep.data.keys.iloc[prep.samples].reset_index(drop=True), t0s, t1s, folds,
-                        splitter.embargo, valid_fraction=splitter.valid_fraction)
-    parent.log_dict(audit, "audit/leakage_audit.json")
-    parent.set_tags({"quantml.leakage_audit": "clean" if audit["clean"] else "violations",
-                     "quantml.n_folds": len(folds)})
+    audit = audit_folds(
+        prep.data.keys.iloc[prep.samples].reset_index(drop=True),
+        t0s,
+        t1s,
+        folds,
+        splitter.embargo,
+        valid_fraction=splitter.valid_fraction,
+    )
+    parent.log_dict(audit, L.AUDIT_ARTIFACT)
+    parent.set_tags({L.TAG_LEAKAGE_AUDIT: "clean" if audit["clean"] else "violations", L.TAG_N_FOLDS: len(folds)})
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantml-scoring") as scoring:
-        fold_frames, fold_metrics = run_folds(cfg, tracker, parent, prep, splitter, folds, signal, score, scoring,
-                                              callbacks)
+        fold_frames, fold_metrics = run_folds(
+            cfg, writer, parent, prep, splitter, folds, signal, score, scoring, callbacks
+        )
         oos = pd.concat(fold_frames, ignore_index=True)
         summary_job = scoring.submit(_summarise, oos, fold_metrics, score)
         final_model, calibrator, _ = fit_final(cfg, prep, splitter)
         model_uri = None
         if cfg.tracking.get("log_model", True):  # while the report is still being built
-            bundle = ModelBundle(forecaster=final_model, calibrator=calibrator, contract=prep.contract,
-                                 signal=signal.to_dict(), data_fingerprint=prep.fingerprint,
-                                 metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year})
+            bundle = ModelBundle(
+                forecaster=final_model,
+                calibrator=calibrator,
+                contract=prep.contract,
+                signal=signal.to_dict(),
+                data_fingerprint=prep.fingerprint,
+                metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year},
+            )
             model_uri = log_bundle(bundle, parent.run_id)
         metrics, report = summary_job.result()
 
     metrics.update(aggregate_fold_metrics(fold_metrics))
     monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)
     metrics["best_monitor"] = monitor_value
-    parent.set_tags({"quantml.monitor": cfg.evaluation.monitor, "quantml.best_monitor": monitor_name})
+    parent.set_tags({L.TAG_MONITOR: cfg.evaluation.monitor, L.TAG_BEST_MONITOR: monitor_name})
     parent.log_metrics(metrics)
+    header = f"Out-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):"
+    parent.set_description(run_description(header, report.summary))
     with tempfile.TemporaryDirectory() as tmp:
         stage_artifacts(Path(tmp), oos, fold_metrics, report, final_model)
         parent.log_artifacts(tmp)
@@ -124,18 +232,38 @@ def _run_in_parent(cfg: DictConfig, tracker: ExperimentTracker, parent: TrackedR
         report.write(output_dir / "report")
 
     if cfg.get("print_report", True):
-        print(f"\nOut-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):")
+        print(f"\n{header}")
         print(report.summary)
         print(f"\nMLflow: experiment '{cfg.tracking.experiment}', parent run {parent.run_id}")
         print(f"Open the runs with:  {_ui_command(resolve_tracking_uri(cfg.tracking.get('uri')))}")
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report)
 
 
+def run_description(header: str, table: str, limit: int = 7900) -> str:
+    """The parent run's description (markdown): the header line, then the results table as the
+    run prints it (a code block keeps its columns aligned in the MLflow UI). A table too long
+    for an MLflow tag keeps its first lines and points at the full report."""
+    lines = table.splitlines()
+    note = "... (the full table: report/report.html)"
+    while lines and len(header) + sum(len(x) + 1 for x in lines) + len(note) + 16 > limit:
+        lines = lines[:-1]
+    shown = "\n".join(lines) if len(lines) == len(table.splitlines()) else "\n".join([*lines, note])
+    return f"{header}\n\n```\n{shown}\n```"
+
+
 def _summarise(oos: pd.DataFrame, fold_metrics: pd.DataFrame, score: Scorer):
     """OOS metrics and the report built on them (the report's ALL rows reuse the metrics)."""
     metrics = score(oos, "oos")
-    report = build_report(oos, fold_metrics, score.periods_per_year, score.costs, score.ic_mode,
-                          oos_metrics=metrics, **score.options)
+    report = build_report(
+        oos,
+        fold_metrics,
+        score.periods_per_year,
+        score.costs,
+        score.ic_mode,
+        oos_metrics=metrics,
+        strategy=score.strategy,
+        **score.options,
+    )
     return metrics, report
 
 

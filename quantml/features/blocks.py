@@ -5,6 +5,7 @@ records them as inputs) and adds features with ``ctx.add(name, values, modality)
 Windows, lags and half-lives are in **bars** of the panel. Blocks whose source columns are
 absent raise :class:`Skip` (reported in ``FeatureMatrix.skipped``, not an error).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.features.ops import SegmentOps
 from quantml.contracts import EXOGENOUS_MODALITY, OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, modality_of
+from quantml.features.ops import SegmentOps
 
 _LN2_4 = 4.0 * np.log(2.0)
 
@@ -165,15 +166,24 @@ def volume(ctx: Context, windows=(24, 96), impact_window: int = 24) -> None:
 
 
 # ---------------------------------------------------------------------------- regime core
-def regime(ctx: Context, vol_window: int = 24, regime_window: int = 480, volume_fast: int = 12,
-           volume_slow: int = 96, momentum_window: int = 96, atr_window: int = 24, slope_lag: int = 24,
-           structure_window: int = 96) -> None:
+def regime(
+    ctx: Context,
+    vol_window: int = 24,
+    regime_window: int = 480,
+    volume_fast: int = 12,
+    volume_slow: int = 96,
+    momentum_window: int = 96,
+    atr_window: int = 24,
+    slope_lag: int = 24,
+    structure_window: int = 96,
+) -> None:
     """Regime core: volatility regime, volume regime, momentum, ATR slope, structure gap
     (price/volume), and the funding / open-interest slopes (derivatives; skipped alone
     when the column is absent)."""
     vw, rw, vf, vs, mw, aw, sl, sw = _ints(
-        [vol_window, regime_window, volume_fast, volume_slow, momentum_window, atr_window, slope_lag,
-         structure_window], "regime windows")
+        [vol_window, regime_window, volume_fast, volume_slow, momentum_window, atr_window, slope_lag, structure_window],
+        "regime windows",
+    )
     ops = ctx.ops
     lrv = _safe_log(ctx.realised_vol(vw))
     ctx.add("regime_vol_z", ops.zscore(lrv, rw, _minp(rw)), "price")
@@ -401,6 +411,10 @@ BLOCKS: dict[str, BlockSpec] = {
     "macro": BlockSpec(macro, ("macro",)),
     "calendar": BlockSpec(calendar, ("calendar",)),
     "cross_section": BlockSpec(cross_section, ("cross_section",), ("close",)),
-    "passthrough": BlockSpec(passthrough, tuple(sorted({"price", "volume", "derivatives", "onchain", "macro",
-                                                        "text", "event", "calendar", "cross_section"}))),
+    "passthrough": BlockSpec(
+        passthrough,
+        tuple(
+            sorted({"price", "volume", "derivatives", "onchain", "macro", "text", "event", "calendar", "cross_section"})
+        ),
+    ),
 }

@@ -1,4 +1,5 @@
 """Build a feature matrix from a panel and a feature-set config."""
+
 from __future__ import annotations
 
 import inspect
@@ -8,10 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.data.panel import infer_bar_frequency, parse_duration, ts_int64
+from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, modality_of, parse_duration
+from quantml.data.panel import ts_int64
 from quantml.features.blocks import BLOCKS, Context, Skip
 from quantml.features.ops import SegmentOps
-from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
 
 
 @dataclass
@@ -94,8 +95,12 @@ def _check_sorted(panel: pd.DataFrame) -> None:
         )
 
 
-def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
-                   drop_modalities: Iterable[str] = (), expected: Sequence[str] | None = None) -> FeatureMatrix:
+def build_features(
+    panel: pd.DataFrame,
+    feature_set_cfg: Mapping,
+    drop_modalities: Iterable[str] = (),
+    expected: Sequence[str] | None = None,
+) -> FeatureMatrix:
     """Compute every block of the feature set on a validated panel.
 
     Parameters
@@ -118,7 +123,7 @@ def build_features(panel: pd.DataFrame, feature_set_cfg: Mapping,
         raise QuantmlInputError(f"drop_modalities {unknown} are not modalities; choose from {list(MODALITIES)}")
     blocks = _blocks_of(cfg)
     _check_sorted(panel)
-    bar = infer_bar_frequency(panel) if len(panel) > 1 else pd.Timedelta("1D")
+    bar = bar_size(panel) if len(panel) > 1 else pd.Timedelta("1D")
     ctx = Context(panel=panel, ops=SegmentOps(panel[SYMBOL].to_numpy()), bar=bar)
     for name, params in blocks.items():
         spec = BLOCKS[name]

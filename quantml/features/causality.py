@@ -1,4 +1,5 @@
 """A look-ahead detector for feature sets: perturb the future, check the past is unchanged."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -6,8 +7,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from quantml.features.build import build_features
 from quantml.contracts import OHLCV, SYMBOL, TIMESTAMP
+from quantml.features.build import build_features
 
 
 def perturb_after(panel: pd.DataFrame, cut: pd.Timestamp, seed: int = 0) -> pd.DataFrame:
@@ -35,8 +36,13 @@ def perturb_after(panel: pd.DataFrame, cut: pd.Timestamp, seed: int = 0) -> pd.D
     return out
 
 
-def causality_violations(panel: pd.DataFrame, feature_set_cfg: Mapping, cut: pd.Timestamp | str | None = None,
-                         drop_modalities: Iterable[str] = (), seed: int = 0) -> dict[str, int]:
+def causality_violations(
+    panel: pd.DataFrame,
+    feature_set_cfg: Mapping,
+    cut: pd.Timestamp | str | None = None,
+    drop_modalities: Iterable[str] = (),
+    seed: int = 0,
+) -> dict[str, int]:
     """Features whose value at or before ``cut`` changes when every row after ``cut`` changes.
 
     Returns feature name -> number of rows (timestamp <= cut) that are not bit-identical;
@@ -51,7 +57,7 @@ def causality_violations(panel: pd.DataFrame, feature_set_cfg: Mapping, cut: pd.
     for c in base.columns:
         a = base[c].to_numpy()[past]
         b = moved[c].to_numpy()[past] if c in moved.columns else np.full_like(a, np.inf)
-        same = (a.view(np.uint32) == b.view(np.uint32))  # bit-identical, NaN included
+        same = a.view(np.uint32) == b.view(np.uint32)  # bit-identical, NaN included
         if not same.all():
             bad[c] = int((~same).sum())
     return bad

@@ -4,6 +4,7 @@ Every operation works on each symbol's contiguous segment separately (a loop ove
 symbols, never over rows) and is sequential in time: the output at row ``t`` depends
 only on rows ``<= t`` of the same symbol, so changing later rows leaves it bit-identical.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

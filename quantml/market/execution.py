@@ -12,11 +12,16 @@ notional: ``fee + slippage + impact_bps`` plus a square-root market impact
 trade's notional over the bar's traded notional (``|trade| * capital / volume``) when a
 volume is given, else ``|trade|`` itself (capital taken as one bar's volume).
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from quantml.market.performance import drawdown
+
+COST_KEYS = ("fee_bps", "slippage_bps", "impact_bps", "impact_coef", "participation_cap")
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,9 @@ class CostModel:
     """Costs in basis points of traded notional, one way.
 
     ``impact_coef`` is the impact in bps of a trade whose participation equals
-    ``participation_cap``; impact grows with the square root of participation.
+    ``participation_cap``; impact grows with the square root of participation. ``name``
+    (``conf/cost/*.yaml``: equity, crypto, zero) is a label: it takes no part in equality.
+    Built from the ``cost`` config group by ``_target_: quantml.market.CostModel``.
     """
 
     fee_bps: float = 1.0
@@ -32,11 +39,24 @@ class CostModel:
     impact_bps: float = 0.0
     impact_coef: float = 0.0
     participation_cap: float = 1.0
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        from quantml.contracts import QuantmlInputError
+
+        for k in COST_KEYS:
+            try:
+                v = float(getattr(self, k))
+            except (TypeError, ValueError):
+                raise QuantmlInputError(f"cost.{k}={getattr(self, k)!r} must be a number (basis points)") from None
+            if not np.isfinite(v):
+                raise QuantmlInputError(f"cost.{k}={v} must be a finite number (basis points)")
+            object.__setattr__(self, k, v)
 
     @classmethod
-    def from_config(cls, cfg) -> "CostModel":
-        keys = ("fee_bps", "slippage_bps", "impact_bps", "impact_coef", "participation_cap")
-        return cls(**{k: float(cfg[k]) for k in keys if k in cfg and cfg[k] is not None})
+    def from_config(cls, cfg) -> CostModel:
+        """From a ``cost`` mapping (a DictConfig, a logged config; ``_target_`` and ``name`` are ignored)."""
+        return cls(**{k: float(cfg[k]) for k in COST_KEYS if k in cfg and cfg[k] is not None})
 
     @property
     def one_way(self) -> float:
@@ -49,8 +69,13 @@ class CostModel:
         return 2.0 * self.one_way
 
     def to_dict(self) -> dict[str, float]:
-        return {"fee_bps": self.fee_bps, "slippage_bps": self.slippage_bps, "impact_bps": self.impact_bps,
-                "impact_coef": self.impact_coef, "participation_cap": self.participation_cap}
+        return {
+            "fee_bps": self.fee_bps,
+            "slippage_bps": self.slippage_bps,
+            "impact_bps": self.impact_bps,
+            "impact_coef": self.impact_coef,
+            "participation_cap": self.participation_cap,
+        }
 
     def trade_cost(self, trade: np.ndarray, participation: np.ndarray | None = None) -> np.ndarray:
         """Cost of trading ``trade`` (signed change in position, fraction of capital).
@@ -66,8 +91,9 @@ class CostModel:
         return cost
 
 
-def participation_rate(trade: np.ndarray, volume: np.ndarray | None, capital: float,
-                       participation_cap: float = 1.0) -> np.ndarray | None:
+def participation_rate(
+    trade: np.ndarray, volume: np.ndarray | None, capital: float, participation_cap: float = 1.0
+) -> np.ndarray | None:
     """``|trade| * capital / volume`` (volume = traded notional of the bar the trade is decided on).
 
     A bar with no usable volume (NaN or <= 0) is charged as trading at ``participation_cap``.
@@ -82,9 +108,14 @@ def participation_rate(trade: np.ndarray, volume: np.ndarray | None, capital: fl
     return np.where(ok, part, participation_cap)
 
 
-def execute_bar(prev_position: np.ndarray, position: np.ndarray, ret_next_bar: np.ndarray,
-                costs: CostModel, volume: np.ndarray | None = None,
-                capital: float = 1.0) -> tuple[float, float, float]:
+def execute_bar(
+    prev_position: np.ndarray,
+    position: np.ndarray,
+    ret_next_bar: np.ndarray,
+    costs: CostModel,
+    volume: np.ndarray | None = None,
+    capital: float = 1.0,
+) -> tuple[float, float, float]:
     """One bar: returns ``(gross_pnl, cost, turnover)`` for the positions held over the next bar.
 
     Shapes: every array is ``[N]`` (one entry per asset). ``volume`` is the traded notional
@@ -98,8 +129,13 @@ def execute_bar(prev_position: np.ndarray, position: np.ndarray, ret_next_bar: n
     return gross, cost, float(np.sum(np.abs(trade)))
 
 
-def execute(positions: np.ndarray, ret_next_bar: np.ndarray, costs: CostModel,
-            volume: np.ndarray | None = None, capital: float = 1.0) -> dict[str, np.ndarray]:
+def execute(
+    positions: np.ndarray,
+    ret_next_bar: np.ndarray,
+    costs: CostModel,
+    volume: np.ndarray | None = None,
+    capital: float = 1.0,
+) -> dict[str, np.ndarray]:
     """Vectorised execution over a ``[T, N]`` position matrix (rows: bars, cols: assets).
 
     Returns arrays of length ``T``: ``gross``, ``cost``, ``pnl`` (= gross - cost),
@@ -121,12 +157,11 @@ def execute(positions: np.ndarray, ret_next_bar: np.ndarray, costs: CostModel,
     cost = costs.trade_cost(trades, part).sum(axis=1)
     pnl = gross - cost
     equity = np.cumsum(pnl)
-    drawdown = equity - np.maximum.accumulate(np.maximum(equity, 0.0))
     return {
         "gross": gross,
         "cost": cost,
         "pnl": pnl,
         "turnover": np.abs(trades).sum(axis=1),
         "equity": equity,
-        "drawdown": drawdown,
+        "drawdown": drawdown(equity),
     }

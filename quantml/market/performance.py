@@ -7,10 +7,21 @@ Textbook definitions, so they can be checked by hand:
 - max drawdown = min over t of (equity_t - max_{s<=t} equity_s), equity = cumulative PnL,
   starting from 0; reported as a non-positive number
 - Calmar = annualised return / |max drawdown|
+- information ratio = mean(pnl - benchmark) / std(pnl - benchmark, ddof=1) * sqrt(periods_per_year)
+
+The statistic names (``STAT_NAMES``) are the keys of every backtest's ``stats``; a metric
+logged from them is named by :data:`METRIC_KEYS` (``sharpe`` is logged as ``sharpe_after_cost``).
 """
+
 from __future__ import annotations
 
 import numpy as np
+
+from quantml.contracts.time import periods_per_year
+
+STAT_NAMES = ("ann_return", "ann_vol", "sharpe", "max_drawdown", "calmar", "turnover", "information_ratio")
+# stat name -> metric key (``<split>_<key>/<horizon>``): the after-cost Sharpe keeps its long name.
+METRIC_KEYS = {**{k: k for k in STAT_NAMES}, "sharpe": "sharpe_after_cost"}
 
 
 def annualised_return(pnl: np.ndarray, periods_per_year: float) -> float:
@@ -30,12 +41,18 @@ def sharpe_ratio(pnl: np.ndarray, periods_per_year: float) -> float:
     return annualised_return(pnl, periods_per_year) / vol
 
 
+def drawdown(equity: np.ndarray) -> np.ndarray:
+    """``equity_t - max(0, max_{s<=t} equity_s)`` per bar (additive equity starting from 0): the
+    one drawdown formula (execution, backtest slices, the paper ledger, :func:`max_drawdown`)."""
+    equity = np.asarray(equity, dtype=np.float64)
+    return equity - np.maximum.accumulate(np.maximum(equity, 0.0))
+
+
 def max_drawdown(pnl: np.ndarray) -> float:
     equity = np.cumsum(np.asarray(pnl, dtype=np.float64))
     if not len(equity):
         return float("nan")
-    peak = np.maximum.accumulate(np.maximum(equity, 0.0))
-    return float(np.min(equity - peak))
+    return float(np.min(drawdown(equity)))
 
 
 def calmar_ratio(pnl: np.ndarray, periods_per_year: float) -> float:
@@ -44,6 +61,16 @@ def calmar_ratio(pnl: np.ndarray, periods_per_year: float) -> float:
         return float("nan")
     ann = annualised_return(pnl, periods_per_year)
     return ann / abs(mdd) if mdd < 0 else (float("inf") if ann > 0 else 0.0)
+
+
+def information_ratio(pnl: np.ndarray, benchmark: np.ndarray, periods_per_year: float) -> float:
+    """``mean(active) / std(active, ddof=1) * sqrt(periods_per_year)``, ``active = pnl - benchmark``."""
+    active = np.asarray(pnl, dtype=np.float64) - np.asarray(benchmark, dtype=np.float64)
+    active = active[np.isfinite(active)]
+    if len(active) < 2:
+        return np.nan
+    std = float(np.std(active, ddof=1))
+    return float(np.mean(active) / std * np.sqrt(periods_per_year)) if std > 0 else np.nan
 
 
 def performance_stats(pnl: np.ndarray, turnover: np.ndarray, periods_per_year: float) -> dict[str, float]:
@@ -59,24 +86,6 @@ def performance_stats(pnl: np.ndarray, turnover: np.ndarray, periods_per_year: f
     }
 
 
-def infer_periods_per_year(timestamps) -> float:
-    """Bars per year from bar timestamps (tz-aware or naive, any order, duplicates allowed).
-
-    Markets that trade on weekends (crypto) have 365.25 days a year, others 252. Daily bars:
-    ``days_per_year``; intraday bars: ``days_per_year`` times the median number of bars per
-    calendar day; bars of two days or more: ``365.25 / bar_days``.
-    """
-    import pandas as pd
-
-    ts = pd.DatetimeIndex(pd.unique(pd.DatetimeIndex(timestamps))).sort_values()
-    if len(ts) < 2:
-        raise ValueError("need at least two distinct timestamps to infer periods per year; set periods_per_year")
-    step = pd.Series(ts[1:] - ts[:-1]).median()
-    day = pd.Timedelta("1D")
-    if step >= 2 * day:
-        return 365.25 / (step / day)
-    days_per_year = 365.25 if bool((ts.dayofweek >= 5).any()) else 252.0
-    if step >= day:
-        return days_per_year
-    per_day = pd.Series(1, index=ts).groupby(ts.normalize()).size().median()
-    return float(days_per_year * per_day)
+# Bars per year has one definition, :func:`quantml.contracts.periods_per_year`; this name is
+# kept for callers not yet moved to it (tuning/source.py).
+infer_periods_per_year = periods_per_year

@@ -2,6 +2,7 @@
 
 Shapes: ``n`` rows of the panel, ``F`` features, ``H`` horizons.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import FORECAST_FIELDS, QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import FORECAST_FIELDS, SYMBOL, TIMESTAMP, QuantmlInputError
 
 
 @dataclass
@@ -61,7 +62,7 @@ class PanelData:
         return len(self.keys)
 
     @classmethod
-    def assemble(cls, panel: pd.DataFrame, features, horizons: list[str], labels=None) -> "PanelData":
+    def assemble(cls, panel: pd.DataFrame, features, horizons: list[str], labels=None) -> PanelData:
         """The one way a panel becomes model input, at training and at serving.
 
         ``features``: a built feature set (``frame``, ``modalities``, ``known_future``);
@@ -76,18 +77,27 @@ class PanelData:
             t1 = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
         else:
             y_ret, y_dir, y_vol, t1 = labels.ret, labels.dir, labels.vol, labels.t1_max
-        return cls(keys=panel[[SYMBOL, TIMESTAMP]].reset_index(drop=True),
-                   X=features.frame.to_numpy(dtype=np.float32), feature_names=list(features.frame.columns),
-                   feature_modalities=dict(features.modalities), horizons=list(horizons),
-                   y_ret=y_ret, y_dir=y_dir, y_vol=y_vol, t0=panel[TIMESTAMP].to_numpy(dtype="datetime64[ns]"),
-                   t1=t1, symbol_codes=codes.astype(np.int64), symbols=list(symbols),
-                   known_future=list(features.known_future))
+        return cls(
+            keys=panel[[SYMBOL, TIMESTAMP]].reset_index(drop=True),
+            X=features.frame.to_numpy(dtype=np.float32),
+            feature_names=list(features.frame.columns),
+            feature_modalities=dict(features.modalities),
+            horizons=list(horizons),
+            y_ret=y_ret,
+            y_dir=y_dir,
+            y_vol=y_vol,
+            t0=panel[TIMESTAMP].to_numpy(dtype="datetime64[ns]"),
+            t1=t1,
+            symbol_codes=codes.astype(np.int64),
+            symbols=list(symbols),
+            known_future=list(features.known_future),
+        )
 
     def labelled_rows(self) -> np.ndarray:
         """Positions of rows whose every horizon has a label."""
         return np.flatnonzero(np.isfinite(self.y_ret).all(axis=1))
 
-    def subset(self, rows: np.ndarray) -> "SampleSet":
+    def subset(self, rows: np.ndarray) -> SampleSet:
         return SampleSet(self, np.asarray(rows, dtype=np.int64))
 
 
@@ -166,7 +176,7 @@ class Forecast:
         return pd.concat(frames, ignore_index=True)
 
     @staticmethod
-    def concat(parts: list["Forecast"]) -> "Forecast":
+    def concat(parts: list[Forecast]) -> Forecast:
         return Forecast(
             parts[0].horizons,
             **{f: np.concatenate([getattr(p, f) for p in parts]) for f in FORECAST_FIELDS},
@@ -183,7 +193,7 @@ class Forecaster(ABC):
         self.seed = int(seed)
 
     @abstractmethod
-    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "Forecaster":
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> Forecaster:
         """Fit on ``train``; ``valid`` (purged, earlier than test) is for early stopping only."""
 
     @abstractmethod

@@ -1,4 +1,5 @@
 """LightGBM heads with early stopping on the purged validation slice."""
+
 from __future__ import annotations
 
 import lightgbm as lgb
@@ -15,21 +16,45 @@ class LightGBMForecaster(TabularForecaster):
     ``quantiles="residual"`` derives P10/P50/P90 from vol-standardised residuals (one
     model less per quantile); ``"native"`` fits LightGBM's quantile objective per level
     and sorts the three outputs so they never cross.
+
+    ``n_jobs=-1`` (the default) trains on every core of the machine. ``deterministic`` with
+    ``force_row_wise`` makes the trees the same for a seed whatever the thread count, so
+    ``n_jobs`` changes the speed, never the numbers.
     """
 
-    def __init__(self, horizons: list[str], seed: int = 0, n_estimators: int = 300,
-                 learning_rate: float = 0.05, num_leaves: int = 15, min_child_samples: int = 50,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8, reg_lambda: float = 1.0,
-                 early_stopping_rounds: int = 30, quantiles: str = "residual", n_jobs: int = 1) -> None:
+    def __init__(
+        self,
+        horizons: list[str],
+        seed: int = 0,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 50,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 1.0,
+        early_stopping_rounds: int = 30,
+        quantiles: str = "residual",
+        n_jobs: int = -1,
+    ) -> None:
         super().__init__(horizons, seed)
         if quantiles not in ("residual", "native"):
             raise ValueError(f"backbone.quantiles must be 'residual' or 'native', got {quantiles!r}")
         self.params = dict(
-            n_estimators=int(n_estimators), learning_rate=float(learning_rate),
-            num_leaves=int(num_leaves), min_child_samples=int(min_child_samples),
-            subsample=float(subsample), subsample_freq=1, colsample_bytree=float(colsample_bytree),
-            reg_lambda=float(reg_lambda), n_jobs=int(n_jobs), random_state=self.seed, verbose=-1,
-            deterministic=True, force_row_wise=True,
+            n_estimators=int(n_estimators),
+            learning_rate=float(learning_rate),
+            num_leaves=int(num_leaves),
+            min_child_samples=int(min_child_samples),
+            subsample=float(subsample),
+            subsample_freq=1,
+            colsample_bytree=float(colsample_bytree),
+            reg_lambda=float(reg_lambda),
+            n_jobs=int(n_jobs),
+            random_state=self.seed,
+            verbose=-1,
+            # same trees for a seed whatever n_jobs: LightGBM needs both for that
+            deterministic=True,
+            force_row_wise=True,
         )
         self.early_stopping_rounds = int(early_stopping_rounds)
         self.quantiles = quantiles
@@ -40,8 +65,11 @@ class LightGBMForecaster(TabularForecaster):
     def _fit_kwargs(self, Xv, yv) -> dict:
         if Xv is None or yv is None or not self.early_stopping_rounds:
             return {}
-        return {"eval_X": (Xv,), "eval_y": (yv,),
-                "callbacks": [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]}
+        return {
+            "eval_X": (Xv,),
+            "eval_y": (yv,),
+            "callbacks": [lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        }
 
     def _fit_regressor(self, X, y, Xv, yv, **extra):
         model = lgb.LGBMRegressor(**self.params, **extra)
@@ -53,16 +81,22 @@ class LightGBMForecaster(TabularForecaster):
             yv = None
         return model.fit(X, y, **self._fit_kwargs(Xv, yv))
 
-    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "LightGBMForecaster":
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> LightGBMForecaster:
         super().fit(train, valid)
         if self.quantiles == "native":
             has_valid = valid is not None and len(valid)
             self.quantile_models_ = [
-                [self._fit_regressor(train.X, np.nan_to_num(train.y_ret[:, j]),
-                                     valid.X if has_valid else None,
-                                     np.nan_to_num(valid.y_ret[:, j]) if has_valid else None,
-                                     objective="quantile", alpha=a)
-                 for a in QUANTILE_LEVELS]
+                [
+                    self._fit_regressor(
+                        train.X,
+                        np.nan_to_num(train.y_ret[:, j]),
+                        valid.X if has_valid else None,
+                        np.nan_to_num(valid.y_ret[:, j]) if has_valid else None,
+                        objective="quantile",
+                        alpha=a,
+                    )
+                    for a in QUANTILE_LEVELS
+                ]
                 for j in range(len(self.horizons))
             ]
         return self
@@ -76,6 +110,7 @@ class LightGBMForecaster(TabularForecaster):
         return fc
 
     def feature_importance(self) -> pd.Series | None:
-        gains = np.mean([m.booster_.feature_importance("gain") for m in self.return_models_
-                         if hasattr(m, "booster_")], axis=0)
+        gains = np.mean(
+            [m.booster_.feature_importance("gain") for m in self.return_models_ if hasattr(m, "booster_")], axis=0
+        )
         return importance_series(self.feature_names_, gains)

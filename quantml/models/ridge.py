@@ -1,4 +1,5 @@
 """Ridge / logistic regression on standardised features: the linear baseline."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,7 @@ class RidgeForecaster(TabularForecaster):
 
     def _prepare(self, X: np.ndarray, fit: bool = False) -> np.ndarray:
         if fit:
-            self.scaler_ = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
-                                         StandardScaler())
+            self.scaler_ = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
             return self.scaler_.fit_transform(X)
         return self.scaler_.transform(X)
 

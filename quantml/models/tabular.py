@@ -5,6 +5,7 @@ Heads per horizon: expected return (regression on the forward return), direction
 P10/P50/P90 from the empirical quantiles of the vol-standardised residuals, measured
 on the validation slice when there is one (out-of-sample residuals), else on train.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -21,7 +22,7 @@ _VOL_FLOOR = 1e-8
 class TabularForecaster(Forecaster):
     """Shared fit/predict for backbones that see one feature row per sample."""
 
-    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "TabularForecaster":
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> TabularForecaster:
         X, Xv = self._prepare(train.X, fit=True), None
         if valid is not None and len(valid):
             Xv = self._prepare(valid.X)

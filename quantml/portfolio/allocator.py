@@ -17,6 +17,7 @@ Horizons are strategy buckets. For each bar (shapes: ``N`` symbols, ``H`` horizo
 Positions are fractions of capital; ``attribution[n, h]`` sums over ``h`` to ``position[n]``.
 A bar whose covariance is not available yet (NaN) gets no positions.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError
+from quantml.contracts import QuantmlInputError, require_columns
 
 DEDUP_MODES = ("keep", "share")
 
@@ -48,22 +49,25 @@ class AllocatorConfig:
         for name in ("target_vol", "symbol_cap", "bucket_cap", "max_gross"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
-                raise QuantmlInputError(f"allocator.{name} = {v} must be a positive number; set it, "
-                                        f"e.g. allocator.{name}=0.5")
+                raise QuantmlInputError(
+                    f"allocator.{name} = {v} must be a positive number; set it, e.g. allocator.{name}=0.5"
+                )
         for h, b in self.risk_budget.items():
             if not (np.isfinite(b) and b >= 0):
                 raise QuantmlInputError(f"allocator.risk_budget.{h} = {b} must be >= 0")
         if self.corr_threshold is not None and not 0 < self.corr_threshold <= 1:
-            raise QuantmlInputError(f"allocator.corr_threshold = {self.corr_threshold} must be in (0, 1] "
-                                    "or null to disable de-duplication")
+            raise QuantmlInputError(
+                f"allocator.corr_threshold = {self.corr_threshold} must be in (0, 1] or null to disable de-duplication"
+            )
         if self.dedup not in DEDUP_MODES:
             raise QuantmlInputError(f"allocator.dedup = {self.dedup!r}; use one of {DEDUP_MODES}")
         if not 2 <= self.cov_min_periods <= self.cov_window:
-            raise QuantmlInputError(f"allocator.cov_min_periods = {self.cov_min_periods} must be in "
-                                    f"[2, cov_window={self.cov_window}]")
+            raise QuantmlInputError(
+                f"allocator.cov_min_periods = {self.cov_min_periods} must be in [2, cov_window={self.cov_window}]"
+            )
 
     @classmethod
-    def from_dict(cls, d) -> "AllocatorConfig":
+    def from_dict(cls, d) -> AllocatorConfig:
         d = dict(d or {})
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
@@ -89,8 +93,10 @@ class AllocatorConfig:
         b = np.array([self.risk_budget.get(h, 1.0) for h in horizons], dtype=np.float64)
         total = b.sum()
         if total <= 0:
-            raise QuantmlInputError(f"allocator.risk_budget gives every horizon of {horizons} a zero budget; "
-                                    "give at least one horizon a positive budget")
+            raise QuantmlInputError(
+                f"allocator.risk_budget gives every horizon of {horizons} a zero budget; "
+                "give at least one horizon a positive budget"
+            )
         return b / total
 
 
@@ -150,9 +156,16 @@ def deduplicate(raw: np.ndarray, corr: np.ndarray, threshold: float, mode: str =
     return out
 
 
-def allocate_panel(score: np.ndarray, confidence: np.ndarray, vol: np.ndarray, active: np.ndarray,
-                   cov: np.ndarray, horizons: list[str], config: AllocatorConfig,
-                   periods_per_year: float) -> tuple[np.ndarray, np.ndarray]:
+def allocate_panel(
+    score: np.ndarray,
+    confidence: np.ndarray,
+    vol: np.ndarray,
+    active: np.ndarray,
+    cov: np.ndarray,
+    horizons: list[str],
+    config: AllocatorConfig,
+    periods_per_year: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Allocate every bar at once.
 
     Shapes: ``score, confidence, vol, active`` ``[T, N, H]`` (``active`` bool or the action
@@ -174,8 +187,7 @@ def allocate_panel(score: np.ndarray, confidence: np.ndarray, vol: np.ndarray, a
     if config.corr_threshold is not None and N > 1:
         sd = np.sqrt(np.maximum(np.einsum("tnn->tn", cov), 0.0))
         corr = cov / np.maximum(sd[:, :, None] * sd[:, None, :], eps)
-        raw = np.stack([deduplicate(raw[:, :, h], corr, config.corr_threshold, config.dedup)
-                        for h in range(H)], axis=2)
+        raw = np.stack([deduplicate(raw[:, :, h], corr, config.corr_threshold, config.dedup) for h in range(H)], axis=2)
 
     ppy = float(periods_per_year)
     budgets = config.budgets(list(horizons))
@@ -188,10 +200,10 @@ def allocate_panel(score: np.ndarray, confidence: np.ndarray, vol: np.ndarray, a
         return np.sqrt(np.maximum(_quad(weights.sum(axis=2), cov), 0.0) * ppy)
 
     w = w * _safe_ratio(config.target_vol, total_vol(w), eps)[:, None, None]
-    w = w * _shrink(config.bucket_cap, np.abs(w).sum(axis=1, keepdims=True))          # per bucket gross
-    w = w * _shrink(config.symbol_cap, np.abs(w.sum(axis=2, keepdims=True)))          # per symbol net
+    w = w * _shrink(config.bucket_cap, np.abs(w).sum(axis=1, keepdims=True))  # per bucket gross
+    w = w * _shrink(config.symbol_cap, np.abs(w.sum(axis=2, keepdims=True)))  # per symbol net
     w = w * _shrink(config.max_gross, np.abs(w.sum(axis=2)).sum(axis=1)[:, None, None])  # total gross
-    w = w * _shrink(config.target_vol, total_vol(w))[:, None, None]                   # vol after caps
+    w = w * _shrink(config.target_vol, total_vol(w))[:, None, None]  # vol after caps
     return w.sum(axis=2), w
 
 
@@ -204,8 +216,7 @@ class Allocation:
     ex_ante_vol: float
 
 
-def allocate(signals: pd.DataFrame, cov: pd.DataFrame, config: AllocatorConfig,
-             periods_per_year: float) -> Allocation:
+def allocate(signals: pd.DataFrame, cov: pd.DataFrame, config: AllocatorConfig, periods_per_year: float) -> Allocation:
     """Allocate one bar.
 
     ``signals``: one row per (symbol, horizon) with ``score, confidence, vol`` (or
@@ -214,15 +225,19 @@ def allocate(signals: pd.DataFrame, cov: pd.DataFrame, config: AllocatorConfig,
     indexed and columned by symbol (annualised with ``periods_per_year``).
     """
     vol_col = "vol" if "vol" in signals.columns else "vol_forecast"
-    missing = [c for c in ("symbol", "horizon", "score", "confidence", vol_col) if c not in signals.columns]
-    if missing:
-        raise QuantmlInputError(f"allocate: signals lack column(s) {missing}; pass one row per (symbol, horizon) "
-                                "with score, confidence, vol")
+    require_columns(
+        signals,
+        ("symbol", "horizon", "score", "confidence", vol_col),
+        "allocate: signals",
+        "pass one row per (symbol, horizon) with score, confidence, vol",
+    )
     symbols = list(cov.index)
     unknown = sorted(set(signals["symbol"]) - set(symbols))
     if unknown:
-        raise QuantmlInputError(f"allocate: symbol(s) {unknown} have signals but no covariance row; "
-                                "estimate the covariance over every traded symbol")
+        raise QuantmlInputError(
+            f"allocate: symbol(s) {unknown} have signals but no covariance row; "
+            "estimate the covariance over every traded symbol"
+        )
     horizons = list(dict.fromkeys(signals["horizon"]))
     frame = signals.set_index(["symbol", "horizon"])
     if frame.index.duplicated().any():
@@ -239,10 +254,12 @@ def allocate(signals: pd.DataFrame, cov: pd.DataFrame, config: AllocatorConfig,
     else:
         active = (cube("score", 0.0) != 0).astype(np.float64)
     c = cov.loc[symbols, symbols].to_numpy(dtype=np.float64)[None]
-    pos, attr = allocate_panel(cube("score", 0.0), cube("confidence", 0.0), cube(vol_col, 1.0), active, c,
-                               horizons, config, periods_per_year)
+    pos, attr = allocate_panel(
+        cube("score", 0.0), cube("confidence", 0.0), cube(vol_col, 1.0), active, c, horizons, config, periods_per_year
+    )
     vol = float(np.sqrt(max(pos[0] @ c[0] @ pos[0], 0.0) * periods_per_year))
-    return Allocation(pd.Series(pos[0], index=pd.Index(symbols, name="symbol"), name="position"),
-                      pd.DataFrame(attr[0], index=pd.Index(symbols, name="symbol"),
-                                   columns=pd.Index(horizons, name="horizon")),
-                      vol)
+    return Allocation(
+        pd.Series(pos[0], index=pd.Index(symbols, name="symbol"), name="position"),
+        pd.DataFrame(attr[0], index=pd.Index(symbols, name="symbol"), columns=pd.Index(horizons, name="horizon")),
+        vol,
+    )

@@ -4,6 +4,7 @@ At bar ``t`` only returns realised by ``t``'s close are used: the return of bar 
 (close ``s-1`` -> close ``s``) is ``ret_next_bar[s-1]``, so the window for ``t`` is
 ``ret_next_bar[t-window : t]`` (rows strictly before ``t``). Missing returns count as 0.
 """
+
 from __future__ import annotations
 
 import numpy as np

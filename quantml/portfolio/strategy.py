@@ -1,20 +1,28 @@
-"""The signal strategy: out-of-sample predictions -> thresholds -> allocator -> target positions.
+"""Strategies: out-of-sample predictions -> target positions, for the one backtest engine.
 
-:class:`SignalPanel` turns the long prediction frame (contract of
-``predictions/oos_predictions.parquet``, one CPCV path) into dense arrays ``[T, N, H]``
-(bars x symbols x horizons); :func:`strategy_positions` applies a :class:`SignalConfig`
-and an :class:`AllocatorConfig` to it, for every bar at once.
+A strategy turns the long prediction frame (contract of ``predictions/oos_predictions.parquet``,
+one CPCV path) into a :class:`Book`: target positions ``[T, N]`` decided at each bar's
+close, the simple returns they earn over the next bar, and optionally a per-horizon
+attribution and a benchmark. :func:`quantml.backtest.run_backtest` executes a book.
+Two strategies, each the ``_target_`` of a ``strategy`` config (``conf/strategy/*.yaml``):
+
+- :class:`RankLongShort` (``strategy=rank_long_short``, the default): one horizon's
+  forecasts as a long/short book, cross-sectional rank weights or time-series signs, held
+  over the ``k`` bars the horizon spans (overlapping portfolios);
+- :class:`AllocatorStrategy` (``strategy=allocator``): thresholds -> allocator over every
+  horizon bucket (:class:`SignalPanel`, :func:`strategy_positions`).
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from quantml.contracts import IC_MODES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, parse_duration, require_columns
 from quantml.portfolio.allocator import AllocatorConfig, allocate_panel
 from quantml.portfolio.covariance import trailing_covariance
-from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
 from quantml.signals.core import SignalConfig, decide_actions
 
 PANEL_COLUMNS = (SYMBOL, TIMESTAMP, "horizon", "score", "confidence", "vol_forecast", "ret_next_bar")
@@ -42,33 +50,41 @@ class SignalPanel:
     _cov_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, horizons: list[str] | None = None,
-                   volume_column: str | None = None) -> "SignalPanel":
+    def from_frame(
+        cls, frame: pd.DataFrame, horizons: list[str] | None = None, volume_column: str | None = None
+    ) -> SignalPanel:
         """Build from a long frame with one row per (symbol, timestamp, horizon).
 
         ``horizons`` fixes the bucket order (default: order of first appearance).
         ``volume_column`` (optional) names a per-bar traded-notional column.
         """
-        missing = [c for c in PANEL_COLUMNS if c not in frame.columns]
-        if missing:
-            raise QuantmlInputError(f"prediction frame lacks column(s) {missing}; it must follow the "
-                                    "oos_predictions.parquet contract (symbol, timestamp, horizon, score, "
-                                    "confidence, vol_forecast, ret_next_bar, ...)")
+        require_columns(
+            frame,
+            PANEL_COLUMNS,
+            "prediction frame",
+            "it must follow the oos_predictions.parquet contract (symbol, timestamp, horizon, "
+            "score, confidence, vol_forecast, ret_next_bar, ...)",
+        )
         if volume_column is not None and volume_column not in frame.columns:
             raise QuantmlInputError(f"volume column {volume_column!r} is not in the frame; add it or pass None")
         if "path" in frame.columns and frame["path"].nunique() > 1:
-            raise QuantmlInputError(f"the frame holds CPCV paths {sorted(frame['path'].unique())}; build one "
-                                    "panel per path (frame[frame.path == p])")
+            raise QuantmlInputError(
+                f"the frame holds CPCV paths {sorted(frame['path'].unique())}; build one "
+                "panel per path (frame[frame.path == p])"
+            )
         keys = [SYMBOL, TIMESTAMP, "horizon"]
         dup = frame.duplicated(keys)
         if dup.any():
             row = frame.loc[dup, keys].iloc[0]
-            raise QuantmlInputError(f"duplicate prediction for symbol {row[SYMBOL]!r}, timestamp "
-                                    f"{row[TIMESTAMP]}, horizon {row['horizon']!r}; keep one row per key")
+            raise QuantmlInputError(
+                f"duplicate prediction for symbol {row[SYMBOL]!r}, timestamp "
+                f"{row[TIMESTAMP]}, horizon {row['horizon']!r}; keep one row per key"
+            )
         ts = pd.DatetimeIndex(frame[TIMESTAMP])
         if ts.tz is None:
-            raise QuantmlInputError("the timestamp column is tz-naive; localise it to UTC "
-                                    "(frame['timestamp'].dt.tz_localize('UTC'))")
+            raise QuantmlInputError(
+                "the timestamp column is tz-naive; localise it to UTC (frame['timestamp'].dt.tz_localize('UTC'))"
+            )
         all_h = list(dict.fromkeys(frame["horizon"]))
         horizons = list(horizons) if horizons is not None else all_h
         unknown = sorted(set(all_h) - set(horizons))
@@ -91,8 +107,16 @@ class SignalPanel:
             out[t_idx, n_idx] = frame[col].to_numpy(dtype=np.float64)
             return out
 
-        return cls(timestamps, symbols, horizons, cube("score"), cube("confidence"), cube("vol_forecast"),
-                   np.expm1(plane("ret_next_bar")), None if volume_column is None else plane(volume_column))
+        return cls(
+            timestamps,
+            symbols,
+            horizons,
+            cube("score"),
+            cube("confidence"),
+            cube("vol_forecast"),
+            np.expm1(plane("ret_next_bar")),
+            None if volume_column is None else plane(volume_column),
+        )
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -106,14 +130,21 @@ class SignalPanel:
             self._cov_cache[key] = trailing_covariance(self.next_return, *key)
         return self._cov_cache[key]
 
-    def slice(self, start: int, stop: int) -> "SignalPanel":
+    def slice(self, start: int, stop: int) -> SignalPanel:
         """Bars ``[start, stop)``; the trailing covariance of the full panel is carried over, so a
         later slice keeps the history it was estimated from."""
         sl = slice(start, stop)
-        return SignalPanel(self.timestamps[sl], self.symbols, self.horizons, self.score[sl], self.confidence[sl],
-                           self.vol_forecast[sl], self.next_return[sl],
-                           None if self.volume is None else self.volume[sl],
-                           {k: v[sl] for k, v in self._cov_cache.items()})
+        return SignalPanel(
+            self.timestamps[sl],
+            self.symbols,
+            self.horizons,
+            self.score[sl],
+            self.confidence[sl],
+            self.vol_forecast[sl],
+            self.next_return[sl],
+            None if self.volume is None else self.volume[sl],
+            {k: v[sl] for k, v in self._cov_cache.items()},
+        )
 
     def actions(self, config: SignalConfig) -> np.ndarray:
         """Action sign ``[T, N, H]`` (+1 long, 0 flat, -1 short) under ``config``'s thresholds."""
@@ -122,14 +153,210 @@ class SignalPanel:
         return decide_actions(self.score, self.confidence, thr, conf)
 
 
-def strategy_positions(panel: SignalPanel, signal: SignalConfig, allocator: AllocatorConfig,
-                       periods_per_year: float) -> tuple[np.ndarray, np.ndarray]:
+def strategy_positions(
+    panel: SignalPanel, signal: SignalConfig, allocator: AllocatorConfig, periods_per_year: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Target positions ``[T, N]`` and per-horizon attribution ``[T, N, H]`` for every bar.
 
     Uses only bar ``t``'s signals and returns realised by ``t`` (trailing covariance).
     """
     cov = panel.covariance(allocator.cov_window, allocator.cov_min_periods)
     active = panel.actions(signal)
-    return allocate_panel(np.nan_to_num(panel.score), np.nan_to_num(panel.confidence),
-                          np.nan_to_num(panel.vol_forecast, nan=1.0), active, cov, panel.horizons,
-                          allocator, periods_per_year)
+    return allocate_panel(
+        np.nan_to_num(panel.score),
+        np.nan_to_num(panel.confidence),
+        np.nan_to_num(panel.vol_forecast, nan=1.0),
+        active,
+        cov,
+        panel.horizons,
+        allocator,
+        periods_per_year,
+    )
+
+
+# ----------------------------------------------------------------------------- strategies
+
+WEIGHTING_MODES = IC_MODES
+RANK_COLUMNS = (SYMBOL, TIMESTAMP, "expected_return", "ret_next_bar")
+
+
+@dataclass
+class Book:
+    """What a strategy hands the engine (rows: bars, columns: symbols).
+
+    ``positions [T, N]``: held over the next bar; ``next_return [T, N]``: the simple return
+    they earn (NaN: unknown, no PnL); ``volume [T, N]`` traded notional (or None);
+    ``attribution [T, N, H]`` per horizon bucket with ``horizons`` (or None);
+    ``benchmark [T]``: a per-bar benchmark return for the information ratio (or None).
+    """
+
+    positions: np.ndarray
+    next_return: np.ndarray
+    timestamps: pd.Index
+    symbols: list
+    volume: np.ndarray | None = None
+    attribution: np.ndarray | None = None
+    horizons: list | None = None
+    benchmark: np.ndarray | None = None
+
+
+def _pivot(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    dup = frame.duplicated([TIMESTAMP, SYMBOL])
+    if dup.any():
+        row = frame.loc[dup, [SYMBOL, TIMESTAMP]].iloc[0]
+        raise QuantmlInputError(
+            f"duplicate prediction for symbol={row[SYMBOL]!r} timestamp={row[TIMESTAMP]} in one "
+            "horizon/path; keep one row per (symbol, timestamp, horizon[, path]) before evaluating"
+        )
+    return frame.pivot(index=TIMESTAMP, columns=SYMBOL, values=column).sort_index()
+
+
+def forecast_weights(forecasts: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Target weights [T, N] from a timestamp x symbol matrix of expected returns (NaN = no forecast).
+
+    ``cross_sectional``: dollar-neutral, from the forecast ranks across symbols, demeaned,
+    scaled to gross exposure 1; ``time_series``: ``sign(expected_return) / n`` over the
+    ``n`` symbols forecast at that bar.
+    """
+    _check_mode(mode)
+    present = forecasts.notna()
+    if mode == "cross_sectional":
+        ranks = forecasts.rank(axis=1, method="average")
+        demeaned = ranks.sub(ranks.mean(axis=1), axis=0)
+        gross = demeaned.abs().sum(axis=1)
+        weights = demeaned.div(gross.where(gross > 0), axis=0)
+    else:
+        n = present.sum(axis=1)
+        weights = np.sign(forecasts).div(n.where(n > 0), axis=0)
+    return weights.fillna(0.0)
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in WEIGHTING_MODES:
+        raise QuantmlInputError(
+            f"ic_mode={mode!r} is unknown; use one of {WEIGHTING_MODES} "
+            "(quantml.evaluation.ic_mode_for(n_symbols) picks it from the number of symbols)"
+        )
+    return mode
+
+
+def holding_bars(frame: pd.DataFrame) -> int:
+    """Bars a forecast of ``frame``'s horizon spans: ``round(horizon / bar size)`` (1 without a
+    ``horizon`` column)."""
+    if "horizon" not in frame.columns or frame.empty:
+        return 1
+    horizon = parse_duration(str(frame["horizon"].iloc[0]), "horizon")
+    return max(1, int(round(horizon / bar_size(frame, default=horizon))))
+
+
+@dataclass
+class RankLongShort:
+    """One horizon's forecasts as an after-cost long/short book (``conf/strategy/rank_long_short.yaml``).
+
+    ``mode``: ``cross_sectional`` (rank weights, dollar-neutral, gross 1), ``time_series``
+    (sign / n) or ``auto`` (the run's IC mode, bound by :meth:`bind`). ``hold``: bars each
+    target is held, ``"horizon"`` = the bars the forecast's horizon spans (``k = h / bar``:
+    the book holds the average of the last ``k`` targets, each bar re-invests 1/k), or an
+    integer. The benchmark is the equal-weight buy-and-hold of the symbols forecast at that
+    bar (rebalanced every bar, no cost).
+    """
+
+    mode: str = "auto"
+    hold: int | str = "horizon"
+
+    def __post_init__(self) -> None:
+        if self.mode != "auto":
+            _check_mode(self.mode)
+        if self.hold != "horizon" and not (
+            isinstance(self.hold, (int, np.integer)) and not isinstance(self.hold, bool) and self.hold >= 1
+        ):
+            raise QuantmlInputError(f"strategy.hold={self.hold!r} must be 'horizon' or an integer >= 1")
+
+    def bind(self, signal: SignalConfig | None = None, ic_mode: str | None = None) -> RankLongShort:
+        """This strategy with ``mode="auto"`` resolved to ``ic_mode`` (the signal is not used)."""
+        if self.mode == "auto" and ic_mode is not None:
+            return replace(self, mode=ic_mode)
+        return self
+
+    def book(self, frame: pd.DataFrame, periods_per_year: float | None = None) -> Book:
+        """``frame``: ONE horizon (and path) of a prediction frame with ``symbol, timestamp,
+        expected_return, ret_next_bar`` (log; turned into a simple return with ``expm1``)."""
+        if self.mode == "auto":
+            raise QuantmlInputError(
+                "strategy.mode=auto is resolved from the run's IC mode: call "
+                "strategy.bind(ic_mode=...) or set strategy.mode=cross_sectional|time_series"
+            )
+        require_columns(
+            frame,
+            RANK_COLUMNS,
+            "prediction frame",
+            "pass one horizon of a prediction frame (see quantml.contracts.PREDICTION_COLUMNS)",
+        )
+        er = _pivot(frame, "expected_return")
+        simple = np.expm1(_pivot(frame, "ret_next_bar"))
+        weights = forecast_weights(er, self.mode)
+        hold = holding_bars(frame) if self.hold == "horizon" else int(self.hold)
+        if hold > 1:
+            weights = weights.rolling(hold, min_periods=1).mean()
+        held = er.notna() & simple.notna()
+        benchmark = simple.where(held).mean(axis=1).fillna(0.0)
+        return Book(
+            weights.to_numpy(), simple.to_numpy(), weights.index, list(weights.columns), benchmark=benchmark.to_numpy()
+        )
+
+
+@dataclass
+class AllocatorStrategy:
+    """Thresholds -> allocator -> positions over every horizon bucket (``conf/strategy/allocator.yaml``).
+
+    ``allocator``: an :class:`AllocatorConfig` (or its settings); ``signal``: the thresholds
+    (bound by :meth:`bind` from the run's ``signal`` config when None); ``volume_column``: a
+    per-bar traded-notional column of the frame for participation-dependent impact.
+    """
+
+    allocator: AllocatorConfig | dict | None = None
+    signal: SignalConfig | None = None
+    volume_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allocator, AllocatorConfig):
+            self.allocator = AllocatorConfig.from_dict(self.allocator)
+
+    def bind(self, signal: SignalConfig | None = None, ic_mode: str | None = None) -> AllocatorStrategy:
+        """This strategy with the run's thresholds when it has none of its own."""
+        if self.signal is None and signal is not None:
+            return replace(self, signal=signal)
+        return self
+
+    def book(self, data: SignalPanel | pd.DataFrame, periods_per_year: float) -> Book:
+        """``data``: a :class:`SignalPanel` or a prediction frame of one path."""
+        panel = (
+            data if isinstance(data, SignalPanel) else SignalPanel.from_frame(data, volume_column=self.volume_column)
+        )
+        signal = self.signal if self.signal is not None else SignalConfig()
+        pos, attr = strategy_positions(panel, signal, self.allocator, periods_per_year)
+        return Book(
+            pos,
+            panel.next_return,
+            panel.timestamps,
+            panel.symbols,
+            volume=panel.volume,
+            attribution=attr,
+            horizons=panel.horizons,
+        )
+
+
+def build_strategy(cfg, signal: SignalConfig | None = None):
+    """The ``strategy`` config group's object (``_target_``, default :class:`RankLongShort`), with
+    the run's thresholds bound where the strategy uses them; None -> ``RankLongShort()``."""
+    from quantml.contracts.config import build
+
+    strategy = RankLongShort() if cfg is None else build(cfg, "strategy", "quantml.portfolio.strategy.RankLongShort")
+    if not hasattr(strategy, "book"):
+        raise QuantmlInputError(
+            f"strategy._target_ built a {type(strategy).__name__}, which has no "
+            "book(data, periods_per_year) method; name a strategy class such as "
+            "quantml.portfolio.strategy.RankLongShort"
+        )
+    bind = getattr(strategy, "bind", None)
+    return bind(signal=signal) if bind is not None else strategy

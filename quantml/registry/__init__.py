@@ -1,15 +1,54 @@
-"""The MLflow model registry as the candidate -> champion -> rollback store, with promotion gates."""
+"""The MLflow model registry as the candidate -> active -> rollback store, with promotion gates.
+
+``ACTIVE`` is the serving alias; ``CHAMPION`` (its 0.1 name) is kept for one release and moves
+with it on every promotion and rollback.
+"""
+
 from quantml.registry.commands import (
-    GateRefused, Promotion, check_gates, history, list_models, list_versions, promote, register, rollback,
+    GateRefused,
+    Promotion,
+    check_gates,
+    history,
+    list_models,
+    list_versions,
+    promote,
+    register,
+    rollback,
 )
 from quantml.registry.gates import GateReport, GateResult, evaluate_gates, load_gates_config
 from quantml.registry.store import (
-    CANDIDATE, CHAMPION, Event, RegistryError, RegistryLockTimeout, RegistryStore, champion_lineage,
+    ACTIVE,
+    CANDIDATE,
+    CHAMPION,
+    Event,
+    RegistryError,
+    RegistryLockTimeout,
+    RegistryStore,
+    active_lineage,
+    champion_lineage,
 )
 
 __all__ = [
-    "CANDIDATE", "CHAMPION", "Event", "GateRefused", "GateReport", "GateResult", "Promotion",
-    "RegistryError", "RegistryLockTimeout", "RegistryStore", "champion_lineage", "check_gates",
-    "evaluate_gates", "history", "list_models", "list_versions", "load_gates_config", "promote",
-    "register", "rollback",
+    "ACTIVE",
+    "CANDIDATE",
+    "CHAMPION",
+    "Event",
+    "GateRefused",
+    "GateReport",
+    "GateResult",
+    "Promotion",
+    "RegistryError",
+    "RegistryLockTimeout",
+    "RegistryStore",
+    "active_lineage",
+    "champion_lineage",
+    "check_gates",
+    "evaluate_gates",
+    "history",
+    "list_models",
+    "list_versions",
+    "load_gates_config",
+    "promote",
+    "register",
+    "rollback",
 ]

@@ -1,25 +1,26 @@
 """Promotion gates: read-only checks of a candidate run against a baseline.
 
-Every gate reads the MLflow run layout of the contracts (parent run + nested fold runs)
-and returns a :class:`GateResult` whose ``detail`` says what was measured and, on
-failure, by how much it missed. Nothing here writes to MLflow.
+Every gate reads the run layout (``quantml.contracts.run_layout``: parent run + nested
+fold runs) through :class:`quantml.tracking.reader.RunReader` and returns a
+:class:`GateResult` whose ``detail`` says what was measured and, on failure, by how much
+it missed. Nothing here writes to MLflow.
 """
+
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError
+from quantml.contracts import run_layout as L
+from quantml.tracking.reader import FoldRun, ParentRun, RunReader, metric_horizons
 
 GATES_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "registry" / "gates.yaml"
-AUDIT_ARTIFACT = "audit/leakage_audit.json"
+AUDIT_ARTIFACT = L.AUDIT_ARTIFACT
 
 
 def load_gates_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -35,25 +36,8 @@ def load_gates_config(path: str | Path | None = None, overrides: list[str] | Non
 
 
 # -- what the gates read ------------------------------------------------------------------------
-@dataclass
-class FoldSummary:
-    """One fold (child) run: its id, test window and metrics."""
-
-    run_id: str
-    fold_id: str
-    test_start: str | None
-    test_end: str | None
-    metrics: dict[str, float]
-
-    def window(self, match_on: str) -> tuple:
-        if match_on == "time_range":
-            return (self.test_start, self.test_end)
-        return (self.fold_id,)
-
-    def label(self) -> str:
-        if self.test_start and self.test_end:
-            return f"fold {self.fold_id} [{self.test_start[:10]}..{self.test_end[:10]}]"
-        return f"fold {self.fold_id}"
+# A fold (child) run as the gates need it: the reader's FoldRun (id, fold id, test window, metrics).
+FoldSummary = FoldRun
 
 
 @dataclass
@@ -64,48 +48,34 @@ class RunSummary:
     status: str
     tags: dict[str, str]
     metrics: dict[str, float]
-    folds: list[FoldSummary] = field(default_factory=list)
+    folds: list[FoldRun] = field(default_factory=list)
+    parent: ParentRun | None = field(default=None, repr=False)
 
     @property
     def horizons(self) -> list[str]:
-        tagged = self.tags.get("quantml.horizons", "")
+        tagged = L.split_list_tag(self.tags.get(L.TAG_HORIZONS))
         if tagged:
-            return [h.strip() for h in tagged.split(",") if h.strip()]
-        found = {k.partition("/")[2] for f in self.folds for k in f.metrics if "/" in k}
-        found |= {k.partition("/")[2] for k in self.metrics if "/" in k}
-        return sorted(h for h in found if h)
+            return tagged
+        found = set().union(*(metric_horizons(f.metrics) for f in self.folds)) | metric_horizons(self.metrics)
+        return sorted(found)
 
 
-def load_run_summary(client: MlflowClient, run_id: str) -> RunSummary:
-    """Read the parent run ``run_id`` and its ``quantml.kind=fold`` children."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise QuantmlInputError(f"MLflow run {run_id!r} not found in {client.tracking_uri}: "
-                                f"check the run id and MLFLOW_TRACKING_URI ({exc.message})") from None
-    children = client.search_runs([run.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
-                                  max_results=5000)
-    folds = []
-    for child in children:
-        tags = child.data.tags
-        if tags.get("quantml.kind", "fold") != "fold":
-            continue
-        params = child.data.params
-        folds.append(FoldSummary(run_id=child.info.run_id,
-                                 fold_id=str(tags.get("quantml.fold_id", params.get("fold_id", child.info.run_name))),
-                                 test_start=params.get("test_start"), test_end=params.get("test_end"),
-                                 metrics=dict(child.data.metrics)))
-    folds.sort(key=lambda f: (_int_or_inf(f.fold_id), f.fold_id))
-    return RunSummary(run_id=run_id, status=run.info.status, tags=dict(run.data.tags),
-                      metrics=dict(run.data.metrics), folds=folds)
+def _reader(client: MlflowClient | RunReader) -> RunReader:
+    return client if isinstance(client, RunReader) else RunReader(client=client)
 
 
-def _int_or_inf(text: str) -> float:
-    try:
-        return int(text)
-    except ValueError:
-        return math.inf
+def load_run_summary(client: MlflowClient | RunReader, run_id: str) -> RunSummary:
+    """Read the parent run ``run_id`` and its fold runs through the run reader."""
+    reader = _reader(client)
+    parent = reader.parent(run_id, action="gate")
+    return RunSummary(
+        run_id=parent.run_id,
+        status=parent.status,
+        tags=parent.tags,
+        metrics=parent.metrics,
+        folds=parent.folds(),
+        parent=parent,
+    )
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -118,7 +88,7 @@ class GateResult:
 
 @dataclass
 class Baseline:
-    """What the candidate is compared with: a run (champion or named) or zero."""
+    """What the candidate is compared with: a run (the active version's or a named one) or zero."""
 
     label: str
     run: RunSummary | None = None
@@ -160,37 +130,31 @@ class GateReport:
 
 
 # -- the gates ----------------------------------------------------------------------------------
-def gate_leakage_audit(client: MlflowClient, run: RunSummary, cfg) -> GateResult:
-    tag = run.tags.get("quantml.leakage_audit")
-    audit = _read_audit(client, run.run_id) if tag != "clean" else None
+def gate_leakage_audit(client: MlflowClient | RunReader, run: RunSummary, cfg) -> GateResult:
+    tag = run.tags.get(L.TAG_LEAKAGE_AUDIT)
+    audit = _reader(client).leakage_audit(run.run_id) if tag != "clean" else None
     if tag is not None:
         clean = tag == "clean"
-        detail = f"parent run tag quantml.leakage_audit={tag!r}"
+        detail = f"parent run tag {L.TAG_LEAKAGE_AUDIT}={tag!r}"
     elif audit is not None:
         clean = bool(audit.get("clean"))
         detail = f"artifact {AUDIT_ARTIFACT}: clean={clean}"
     else:
-        return GateResult("leakage_audit", False,
-                          f"run {run.run_id} records no leakage audit (no tag quantml.leakage_audit, no "
-                          f"{AUDIT_ARTIFACT}); retrain with the current quantml-train")
+        return GateResult(
+            "leakage_audit",
+            False,
+            f"run {run.run_id} records no leakage audit (no tag {L.TAG_LEAKAGE_AUDIT}, no "
+            f"{AUDIT_ARTIFACT}); retrain with the current `quantml train`",
+        )
     if not clean and audit is not None:
-        bad = [k for k, v in (audit.get("checks") or {}).items()
-               if v is False or (isinstance(v, dict) and v.get("ok", v.get("clean", True)) is False)]
+        bad = [
+            k
+            for k, v in (audit.get("checks") or {}).items()
+            if v is False or (isinstance(v, dict) and v.get("ok", v.get("clean", True)) is False)
+        ]
         if bad:
             detail += f"; failed checks: {', '.join(bad)}"
     return GateResult("leakage_audit", clean, detail)
-
-
-def _read_audit(client: MlflowClient, run_id: str) -> dict | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, AUDIT_ARTIFACT, tmp)
-        except Exception:  # noqa: BLE001 - absent artifact: the tag decides
-            return None
-        try:
-            return json.loads(Path(local).read_text())
-        except ValueError:
-            return None
 
 
 def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
@@ -201,7 +165,7 @@ def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
         raise QuantmlInputError(f"gates sharpe.match_on={match_on!r}; use time_range or fold_id")
     horizons = list(cfg.horizons) if cfg.get("horizons") else run.horizons
     if not horizons:
-        return GateResult("sharpe", False, f"run {run.run_id} logs no horizons (tag quantml.horizons)")
+        return GateResult("sharpe", False, f"run {run.run_id} logs no horizons (tag {L.TAG_HORIZONS})")
     lines, ok = [], True
     for h in horizons:
         key = f"{metric}{HORIZON_SEPARATOR}{h}"
@@ -221,8 +185,10 @@ def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
             continue
         if not common:
             ok = False
-            lines.append(f"{h}: no walk-forward window in common with {against} (matched on {match_on}); "
-                         f"retrain on the same splits, use --baseline RUN_ID, or sharpe.match_on=fold_id")
+            lines.append(
+                f"{h}: no walk-forward window in common with {against} (matched on {match_on}); "
+                f"retrain on the same splits, use baseline=RUN_ID, or sharpe.match_on=fold_id"
+            )
             continue
         deltas = [(cand[w][0], cand[w][1] - base[w]) for w in common]
         wins = sum(d > margin for _, d in deltas)
@@ -230,8 +196,10 @@ def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
         ok &= passed
         shown = ", ".join(f"{f.fold_id}:{d:+.3f}" for f, d in deltas)
         gap = "" if passed else f", {min_windows - wins} short"
-        lines.append(f"{h}: {key} better than {against} in {wins}/{len(common)} windows "
-                     f"(needs {min_windows}{gap}); delta per fold {shown}")
+        lines.append(
+            f"{h}: {key} better than {against} in {wins}/{len(common)} windows "
+            f"(needs {min_windows}{gap}); delta per fold {shown}"
+        )
     return GateResult("sharpe", ok, "\n".join(lines))
 
 
@@ -257,17 +225,22 @@ def gate_folds(run: RunSummary, cfg) -> GateResult:
     need, have = int(cfg.min_folds), len(run.folds)
     if have >= need:
         return GateResult("folds", True, f"{have} fold runs >= {need}")
-    return GateResult("folds", False, f"{have} fold runs < {need} (short by {need - have}); "
-                                      f"use more walk-forward splits (validation.n_splits)")
+    return GateResult(
+        "folds",
+        False,
+        f"{have} fold runs < {need} (short by {need - have}); use more walk-forward splits (validation.n_splits)",
+    )
 
 
 def gate_run_status(run: RunSummary) -> GateResult:
     return GateResult("run_status", run.status == "FINISHED", f"parent run status {run.status}")
 
 
-def evaluate_gates(client: MlflowClient, run_id: str, cfg: DictConfig, baseline: Baseline,
-                   subject: str = "") -> GateReport:
+def evaluate_gates(
+    client: MlflowClient | RunReader, run_id: str, cfg: DictConfig, baseline: Baseline, subject: str = ""
+) -> GateReport:
     """Run every enabled gate of ``cfg`` on the parent run ``run_id``; writes nothing."""
+    client = _reader(client)
     run = load_run_summary(client, run_id)
     results = []
     if cfg.leakage_audit.enabled:

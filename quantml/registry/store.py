@@ -1,14 +1,16 @@
-"""The MLflow model registry as the candidate -> champion -> rollback store.
+"""The MLflow model registry as the candidate -> active -> rollback store.
 
 State lives entirely in the registry, so every machine that can reach the tracking
 server sees the same thing:
 
-* aliases ``candidate`` and ``champion`` on model versions;
+* aliases ``candidate`` and ``active`` on model versions. For one release ``champion`` (the
+  0.1 name of ``active``) is set on the same version as ``active`` by every promotion and
+  rollback, so ``models:/NAME@champion`` keeps serving (MLflow cannot alias an alias);
 * the promotion history as **one registered-model tag per event**
   (``quantml.event.000001`` = a small JSON object). One tag per event keeps every value
   far below the 5000-character column of the SQL stores, however long the history;
 * a **lock**: a registered model named ``<NAME>.quantml-lock``, held while a promotion or
-  rollback reads the state and writes the new champion and its event.
+  rollback reads the state and writes the new active version and its event.
 
 Why a lock and not an optimistic check-and-retry: MLflow tag writes are blind
 overwrites (there is no compare-and-set on a tag), so two writers that both read
@@ -18,8 +20,9 @@ key of the SQL table; the REST server answers RESOURCE_ALREADY_EXISTS to the los
 is a correct mutex across processes and machines. Promotions are rare and short, so
 waiting on a lock costs nothing; a holder that dies leaves the lock behind, which the
 next writer reports with the holder's user, host, pid and time
-(``quantml-registry unlock NAME`` breaks it once that process is known to be gone).
+(``quantml registry unlock NAME`` breaks it once that process is known to be gone).
 """
+
 from __future__ import annotations
 
 import getpass
@@ -33,21 +36,23 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from quantml.contracts import QuantmlInputError
+from quantml.contracts import run_layout as L
 
 log = logging.getLogger(__name__)
 
-CANDIDATE = "candidate"
-CHAMPION = "champion"
-EVENT_TAG_PREFIX = "quantml.event."
-LOCK_SUFFIX = ".quantml-lock"
-LOCK_TAG = "quantml.lock"
+CANDIDATE = L.ALIAS_CANDIDATE
+ACTIVE = L.ALIAS_ACTIVE
+CHAMPION = L.ALIAS_CHAMPION  # kept for compatibility: promote/rollback move it with ACTIVE
+EVENT_TAG_PREFIX = L.EVENT_TAG_PREFIX
+LOCK_SUFFIX = L.LOCK_SUFFIX
+LOCK_TAG = L.LOCK_TAG
 MAX_REASON_CHARS = 1000
 
 
@@ -72,15 +77,15 @@ def normalise_version(version) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
 class Event:
     """One promotion or rollback, as recorded in the ``quantml.event.<seq>`` tag.
 
-    ``version`` is the champion after the event, ``previous`` the one it replaced
-    (None when there was no champion).
+    ``version`` is the active version after the event, ``previous`` the one it replaced
+    (None when there was none). Events written by 0.1 (as "champion") read the same.
     """
 
     seq: int
@@ -105,22 +110,30 @@ class Event:
         return json.dumps(payload, sort_keys=True)
 
     @classmethod
-    def from_tag(cls, key: str, value: str) -> "Event":
-        seq = int(key[len(EVENT_TAG_PREFIX):])
+    def from_tag(cls, key: str, value: str) -> Event:
+        seq = int(key[len(EVENT_TAG_PREFIX) :])
         data = json.loads(value)
         prev = data.get("previous")
-        return cls(seq=seq, action=data["action"], version=normalise_version(data["version"]),
-                   previous=None if prev is None else normalise_version(prev), time=data.get("time", ""),
-                   user=data.get("user", ""), reason=data.get("reason", ""),
-                   forced=bool(data.get("forced", False)), gates=data.get("gates", ""),
-                   run_id=data.get("run_id", ""), extra=data.get("extra", {}))
+        return cls(
+            seq=seq,
+            action=data["action"],
+            version=normalise_version(data["version"]),
+            previous=None if prev is None else normalise_version(prev),
+            time=data.get("time", ""),
+            user=data.get("user", ""),
+            reason=data.get("reason", ""),
+            forced=bool(data.get("forced", False)),
+            gates=data.get("gates", ""),
+            run_id=data.get("run_id", ""),
+            extra=data.get("extra", {}),
+        )
 
 
-def champion_lineage(events: list[Event]) -> list[str]:
-    """Replay the history into the stack of champions; the last item is the current one.
+def active_lineage(events: list[Event]) -> list[str]:
+    """Replay the history into the stack of active versions; the last item is the current one.
 
-    A promotion pushes its version, a rollback pops the current champion, so repeated
-    rollbacks walk further back through the versions that were champion.
+    A promotion pushes its version, a rollback pops the current active version, so repeated
+    rollbacks walk further back through the versions that were active.
     """
     stack: list[str] = []
     for event in sorted(events, key=lambda e: e.seq):
@@ -132,6 +145,9 @@ def champion_lineage(events: list[Event]) -> list[str]:
             if not stack or stack[-1] != event.version:  # history written by hand: follow it
                 stack.append(event.version)
     return stack
+
+
+champion_lineage = active_lineage  # the 0.1 name
 
 
 def current_user() -> str:
@@ -171,13 +187,13 @@ class RegistryStore:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
                 raise RegistryError(
                     f"registered model {name!r} does not exist; register a run first with "
-                    f"`quantml-registry register <run_id> --name {name}` (see `quantml-registry list`)"
+                    f"`quantml registry register <run_id> name={name}` (see `quantml registry list`)"
                 ) from None
             raise
 
     def ensure_model(self, name: str) -> None:
         try:
-            self.client.create_registered_model(name, description="quantml forecaster (candidate -> champion)")
+            self.client.create_registered_model(name, description="quantml forecaster (candidate -> active)")
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
@@ -197,8 +213,7 @@ class RegistryStore:
         self.get_model(name)
         found, token = [], None
         while True:
-            page = self.client.search_model_versions(f"name = '{_quote(name)}'", max_results=200,
-                                                     page_token=token)
+            page = self.client.search_model_versions(f"name = '{_quote(name)}'", max_results=200, page_token=token)
             found += list(page)
             token = page.token
             if not token:
@@ -214,7 +229,8 @@ class RegistryStore:
                 known = [str(v.version) for v in self.versions(name)]
                 raise RegistryError(
                     f"model {name!r} has no version {version} (versions: {', '.join(known) or 'none'}); "
-                    f"pick one from `quantml-registry list {name}`") from None
+                    f"pick one from `quantml registry list {name}`"
+                ) from None
             raise
 
     # -- aliases ------------------------------------------------------------------------------
@@ -227,6 +243,16 @@ class RegistryStore:
 
     def set_alias(self, name: str, alias: str, version) -> None:
         self.client.set_registered_model_alias(name, alias, normalise_version(version))
+
+    def active_version(self, name: str) -> str | None:
+        """The version serving as ``active`` (a 0.1 model with only ``champion``: that one)."""
+        aliases = self.aliases(name)
+        return aliases.get(ACTIVE) or aliases.get(CHAMPION)
+
+    def set_active(self, name: str, version) -> None:
+        """Move ``active`` and, for one release, ``champion`` to ``version``."""
+        self.set_alias(name, ACTIVE, version)
+        self.set_alias(name, CHAMPION, version)
 
     # -- history --------------------------------------------------------------------------------
     def events(self, name: str) -> list[Event]:
@@ -262,16 +288,23 @@ class RegistryStore:
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0, poll: float = 0.1) -> Iterator[dict]:
         """Hold the model's promotion lock for the ``with`` block (see the module docstring)."""
-        holder = {"token": uuid.uuid4().hex, "user": current_user(), "host": socket.gethostname(),
-                  "pid": os.getpid(), "since": utc_now()}
+        holder = {
+            "token": uuid.uuid4().hex,
+            "user": current_user(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": utc_now(),
+        }
         lock_name = self.lock_name(name)
         deadline = time.monotonic() + timeout
         errors = 0
         while True:
             try:
                 self.client.create_registered_model(
-                    lock_name, tags={LOCK_TAG: json.dumps(holder)},
-                    description=f"quantml promotion lock of {name!r}; removed when the operation ends")
+                    lock_name,
+                    tags={LOCK_TAG: json.dumps(holder)},
+                    description=f"quantml promotion lock of {name!r}; removed when the operation ends",
+                )
                 break
             except MlflowException as exc:
                 current = self.lock_holder(name)
@@ -286,7 +319,7 @@ class RegistryStore:
                     raise RegistryLockTimeout(
                         f"model {name!r} is locked by {who.get('user', '?')}@{who.get('host', '?')} "
                         f"pid {who.get('pid', '?')} since {who.get('since', '?')} (waited {timeout:.0f} s); "
-                        f"retry later, or if that process is gone run `quantml-registry unlock {name}`"
+                        f"retry later, or if that process is gone run `quantml registry unlock {name}`"
                     ) from None
                 time.sleep(poll * (0.5 + random.random()))
         try:

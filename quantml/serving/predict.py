@@ -1,27 +1,34 @@
 """Batch prediction with a registered model: resolve, load, predict, apply tuned signals, write.
 
-``predict_panel(model_uri, panel)`` pins an alias (``models:/NAME@champion``) to the version
-it points at *once*, loads exactly that version, asks the pyfunc for the prediction
-contract (``schema.PREDICTION_COLUMNS``) with ``model_name/model_version`` filled from the
-resolved version, and re-derives ``score, confidence, action`` with the version's tuned
-thresholds (model-version tag ``quantml.signal``, JSON of ``SignalConfig.to_dict()``) when
-the tag is there.
+``predict_panel(model_uri, panel)`` pins an alias (``models:/NAME@active``; a bare
+``models:/NAME`` means that alias) to the version it points at *once*, loads exactly that
+version, asks the pyfunc for the prediction contract (``schema.PREDICTION_COLUMNS``) with
+``model_name/model_version`` filled from the resolved version, and re-derives
+``score, confidence, action`` with the version's tuned thresholds (model-version tag
+``quantml.signal``, JSON of ``SignalConfig.to_dict()``) when the tag is there.
+``models:/NAME@champion`` (the 0.1 alias) still resolves for one release: promotions move
+it with ``active``.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from quantml.registry.store import RegistryError, RegistryStore, normalise_version
-from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError
+from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError, require_columns
+from quantml.contracts import run_layout as L
+from quantml.registry.store import ACTIVE, CHAMPION, RegistryError, RegistryStore, normalise_version
 from quantml.signals import SignalConfig, compute_signals
-from quantml.signals.core import SIGNAL_TAG
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
+from quantml.tracking.reader import RunReader
+
+SIGNAL_TAG = L.TAG_SIGNAL
+DEFAULT_ALIAS = ACTIVE
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))?$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
@@ -44,25 +51,33 @@ def parse_signal_tag(value: str, where: str) -> SignalConfig:
     except QuantmlInputError as exc:
         raise QuantmlInputError(f"{where}: {exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
-        raise QuantmlInputError(f"{where}: the {SIGNAL_TAG} tag is not the JSON of SignalConfig.to_dict() "
-                                f"({exc}); re-attach thresholds with quantml-tune or delete the tag") from None
+        raise QuantmlInputError(
+            f"{where}: the {SIGNAL_TAG} tag is not the JSON of SignalConfig.to_dict() "
+            f"({exc}); re-attach thresholds with quantml tune or delete the tag"
+        ) from None
 
 
 def resolve_model(model_uri: str, store: RegistryStore) -> ResolvedModel:
-    """Pin ``models:/NAME@alias``, ``models:/NAME/<version|latest>`` or ``runs:/<id>/model``."""
+    """Pin ``models:/NAME@alias``, ``models:/NAME`` (= ``@active``), ``models:/NAME/<version|latest>``
+    or ``runs:/<id>/model``."""
     model_uri = model_uri.strip()
     m = _MODELS_URI.match(model_uri)
     if m:
         name = m["name"]
-        if m["alias"]:
+        alias = m["alias"]
+        if not alias and not m["version"]:
+            aliases = store.aliases(name)
+            alias = DEFAULT_ALIAS if DEFAULT_ALIAS in aliases or CHAMPION not in aliases else CHAMPION
+        if alias:
             try:
-                mv = store.client.get_model_version_by_alias(name, m["alias"])
+                mv = store.client.get_model_version_by_alias(name, alias)
             except MlflowException:
                 aliases = store.aliases(name)  # raises "does not exist" for an unknown model
                 raise QuantmlInputError(
-                    f"model {name!r} has no alias {m['alias']!r} (aliases: {aliases or 'none'}); "
-                    f"promote a version first (`quantml-registry promote {name} VERSION`) or use "
-                    f"models:/{name}/<version>") from None
+                    f"model {name!r} has no alias {alias!r} (aliases: {aliases or 'none'}); "
+                    f"promote a version first (`quantml registry promote {name} VERSION`) or use "
+                    f"models:/{name}/<version>"
+                ) from None
         elif m["version"] == "latest":
             versions = store.versions(name)
             if not versions:
@@ -79,9 +94,12 @@ def resolve_model(model_uri: str, store: RegistryStore) -> ResolvedModel:
         return ResolvedModel(model_uri, f"models:/{name}/{version}", name, version, mv.run_id or "", signal)
     r = _RUNS_URI.match(model_uri)
     if r:
-        return ResolvedModel(model_uri, model_uri, run_id=r["run_id"])
-    raise QuantmlInputError(f"model={model_uri!r} is not a model URI; use models:/NAME@champion, "
-                            f"models:/NAME/3 or runs:/<run_id>/model")
+        run = RunReader(client=store.client).parent(r["run_id"], action="serve")  # clear errors for fold runs
+        return ResolvedModel(model_uri, model_uri, run_id=run.run_id)
+    raise QuantmlInputError(
+        f"model={model_uri!r} is not a model URI; use models:/NAME@{DEFAULT_ALIAS}, "
+        f"models:/NAME/3 or runs:/<run_id>/{L.MODEL_ARTIFACT}"
+    )
 
 
 def apply_signal(predictions: pd.DataFrame, signal: SignalConfig) -> pd.DataFrame:
@@ -90,8 +108,9 @@ def apply_signal(predictions: pd.DataFrame, signal: SignalConfig) -> pd.DataFram
     return out[list(predictions.columns)]
 
 
-def predict_panel(model_uri: str, panel: pd.DataFrame, *, store: RegistryStore | None = None,
-                  last_only: bool = True) -> tuple[pd.DataFrame, ResolvedModel]:
+def predict_panel(
+    model_uri: str, panel: pd.DataFrame, *, store: RegistryStore | None = None, last_only: bool = True
+) -> tuple[pd.DataFrame, ResolvedModel]:
     """Prediction contract for ``panel`` from the model at ``model_uri``.
 
     Returns ``(frame [rows, len(PREDICTION_COLUMNS)], resolved)``; one row per
@@ -106,8 +125,10 @@ def predict_panel(model_uri: str, panel: pd.DataFrame, *, store: RegistryStore |
         try:
             model = mlflow.pyfunc.load_model(resolved.load_uri)
         except MlflowException as exc:
-            raise QuantmlInputError(f"cannot load {resolved.load_uri} from {store.tracking_uri}: {exc.message}; "
-                                    f"check the URI and MLFLOW_TRACKING_URI") from None
+            raise QuantmlInputError(
+                f"cannot load {resolved.load_uri} from {store.tracking_uri}: {exc.message}; "
+                f"check the URI and MLFLOW_TRACKING_URI"
+            ) from None
     params = {"last_only": bool(last_only), "model_name": resolved.name, "model_version": resolved.version}
     schema = model.metadata.get_input_schema()
     if schema is not None and schema.has_input_names():
@@ -118,13 +139,17 @@ def predict_panel(model_uri: str, panel: pd.DataFrame, *, store: RegistryStore |
     except QuantmlInputError:
         raise
     except MlflowException as exc:  # MLflow's schema enforcement: the panel does not fit the signature
-        raise QuantmlInputError(f"panel does not match the input schema of {resolved.load_uri}: {exc.message}; "
-                                f"supply the columns the model was trained with") from None
+        raise QuantmlInputError(
+            f"panel does not match the input schema of {resolved.load_uri}: {exc.message}; "
+            f"supply the columns the model was trained with"
+        ) from None
     frame = pd.DataFrame(frame)
-    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise QuantmlInputError(f"{resolved.load_uri} returned no {missing}: it is not a quantml model "
-                                f"(log models with quantml-train)")
+    require_columns(
+        frame,
+        PREDICTION_COLUMNS,
+        f"the output of {resolved.load_uri}",
+        "it is not a quantml model (log models with quantml train)",
+    )
     frame = frame[list(PREDICTION_COLUMNS)]
     if resolved.signal is not None:
         frame = apply_signal(frame, resolved.signal)
@@ -132,7 +157,7 @@ def predict_panel(model_uri: str, panel: pd.DataFrame, *, store: RegistryStore |
 
 
 def default_output(resolved: ResolvedModel, root: str | Path = "outputs/predictions") -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     label = f"{resolved.name}-v{resolved.version}" if resolved.name else f"run-{resolved.run_id[:12]}"
     return Path(root) / f"{label}-{stamp}.parquet"
 

@@ -1,4 +1,5 @@
-"""``quantml-predict`` as a library call: composed config in, parquet file out."""
+"""``quantml predict`` as a library call: composed config in, parquet file out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,11 @@ def data_overrides(overrides: list[str]) -> list[str]:
 
 def _looks_like_path(value: str) -> bool:
     """A file name, an explicit path, or something that exists; not a (nested) group choice."""
-    return (value.lower().endswith(_SUFFIXES) or value.startswith(("/", "./", "../", "~"))
-            or Path(value).expanduser().exists())
+    return (
+        value.lower().endswith(_SUFFIXES)
+        or value.startswith(("/", "./", "../", "~"))
+        or Path(value).expanduser().exists()
+    )
 
 
 @dataclass

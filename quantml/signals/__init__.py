@@ -1,4 +1,5 @@
 """Signals: forecasts -> edge, score, confidence, action per horizon."""
+
 from quantml.signals.core import (
     ACTION_SIGN,
     ACTIONS,
@@ -10,5 +11,13 @@ from quantml.signals.core import (
     decide_actions,
 )
 
-__all__ = ["ACTIONS", "ACTION_SIGN", "SIGNAL_TAG", "SignalConfig", "apply_thresholds", "compute_signals",
-           "confidence_score", "decide_actions"]
+__all__ = [
+    "ACTIONS",
+    "ACTION_SIGN",
+    "SIGNAL_TAG",
+    "SignalConfig",
+    "apply_thresholds",
+    "compute_signals",
+    "confidence_score",
+    "decide_actions",
+]

@@ -5,10 +5,11 @@ round trip), ``score = sign(expected_return) * max(edge, 0) / max(vol_forecast, 
 and ``action`` in {long, flat, short}: long when ``score >= threshold[h]`` and
 ``confidence >= min_confidence[h]``, short symmetrically, flat otherwise.
 
-The thresholds are a :class:`SignalConfig`; ``quantml-tune`` fits them on out-of-sample
+The thresholds are a :class:`SignalConfig`; ``quantml tune`` fits them on out-of-sample
 predictions and attaches ``SignalConfig.to_dict()`` (JSON) to a registered model version as
 the tag ``quantml.signal`` (:data:`SIGNAL_TAG`); ``SignalConfig.from_json`` reads it back.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError
+from quantml.contracts import QuantmlInputError, require_columns
+from quantml.contracts.run_layout import TAG_SIGNAL
 
 ACTIONS = ("short", "flat", "long")
 ACTION_SIGN = {"short": -1.0, "flat": 0.0, "long": 1.0}
 # Model-version tag carrying the tuned thresholds (JSON of SignalConfig.to_dict()).
-SIGNAL_TAG = "quantml.signal"
+SIGNAL_TAG = TAG_SIGNAL
 SIGNAL_INPUT_COLUMNS = ("horizon", "expected_return", "q10", "q90", "prob_up", "vol_forecast")
+_FIX = "pass a prediction frame with them (see quantml.contracts.PREDICTION_COLUMNS)"
 
 
-def confidence_score(prob_up: np.ndarray, q10: np.ndarray, q90: np.ndarray,
-                     expected_return: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+def confidence_score(
+    prob_up: np.ndarray, q10: np.ndarray, q90: np.ndarray, expected_return: np.ndarray, eps: float = 1e-12
+) -> np.ndarray:
     """Confidence in [0, 1] from the calibrated probability and the interval width.
 
     ``|2 p - 1|`` is how far the calibrated probability is from a coin flip; it is
@@ -61,36 +65,48 @@ class SignalConfig:
                 if not np.isfinite(v) or v < 0:
                     raise QuantmlInputError(
                         f"signal.{name}.{h} = {v}: thresholds must be finite and >= 0; "
-                        f"set signal.{name}.{h} to a non-negative number")
+                        f"set signal.{name}.{h} to a non-negative number"
+                    )
         if self.eps <= 0:
             raise QuantmlInputError(f"signal.eps = {self.eps} must be > 0; set signal.eps=1e-6")
 
     @classmethod
-    def from_config(cls, cfg, cost: float) -> "SignalConfig":
-        thr = dict(cfg.get("threshold") or {})
-        conf = dict(cfg.get("min_confidence") or {})
+    def build(cls, threshold=None, min_confidence=None, eps: float = 1e-6, cost: float = 0.0) -> SignalConfig:
+        """From the ``signal`` config group's keys (``_target_: quantml.signals.SignalConfig.build``):
+        ``threshold`` / ``min_confidence`` map a horizon (or ``default``) to a value; ``cost``
+        is the round trip of the run's cost model."""
+        thr = dict(threshold or {})
+        conf = dict(min_confidence or {})
         return cls(
-            threshold={k: float(v) for k, v in thr.items() if k != "default"},
-            min_confidence={k: float(v) for k, v in conf.items() if k != "default"},
+            threshold={str(k): float(v) for k, v in thr.items() if k != "default"},
+            min_confidence={str(k): float(v) for k, v in conf.items() if k != "default"},
             cost=float(cost),
-            eps=float(cfg.get("eps", 1e-6)),
+            eps=float(1e-6 if eps is None else eps),
             default_threshold=float(thr.get("default", 0.0)),
             default_min_confidence=float(conf.get("default", 0.0)),
         )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SignalConfig":
+    def from_config(cls, cfg, cost: float) -> SignalConfig:
+        """From a ``signal`` mapping (a DictConfig, a logged config or :meth:`to_dict`;
+        ``_target_`` is ignored) and the round-trip ``cost``."""
+        return cls.build(cfg.get("threshold"), cfg.get("min_confidence"), cfg.get("eps", 1e-6), cost)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SignalConfig:
         """Inverse of :meth:`to_dict`."""
         return cls.from_config(d, cost=float(d.get("cost", 0.0)))
 
     @classmethod
-    def from_json(cls, text: str) -> "SignalConfig":
+    def from_json(cls, text: str) -> SignalConfig:
         """Read the ``quantml.signal`` model-version tag."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise QuantmlInputError(f"the {SIGNAL_TAG} tag is not JSON ({exc}); "
-                                    "re-attach thresholds with quantml-tune ... attach=NAME:VERSION") from exc
+            raise QuantmlInputError(
+                f"the {SIGNAL_TAG} tag is not JSON ({exc}); "
+                "re-attach thresholds with quantml tune ... attach=NAME:VERSION"
+            ) from exc
         return cls.from_dict(d)
 
     def threshold_for(self, horizon: str) -> float:
@@ -111,8 +127,9 @@ class SignalConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def decide_actions(score: np.ndarray, confidence: np.ndarray, threshold: np.ndarray,
-                   min_confidence: np.ndarray) -> np.ndarray:
+def decide_actions(
+    score: np.ndarray, confidence: np.ndarray, threshold: np.ndarray, min_confidence: np.ndarray
+) -> np.ndarray:
     """Sign of the action (+1 long, 0 flat, -1 short) for arrays that broadcast together.
 
     Long when ``score > 0``, ``score >= threshold`` and ``confidence >= min_confidence``;
@@ -128,14 +145,14 @@ def decide_actions(score: np.ndarray, confidence: np.ndarray, threshold: np.ndar
 
 def apply_thresholds(frame: pd.DataFrame, config: SignalConfig) -> pd.Series:
     """``action`` for a frame that already has ``horizon, score, confidence`` (new thresholds only)."""
-    _require(frame, ("horizon", "score", "confidence"), "apply_thresholds")
+    require_columns(frame, ("horizon", "score", "confidence"), "apply_thresholds: the frame", _FIX)
     horizons = frame["horizon"].to_numpy()
     thr = np.array([config.threshold_for(h) for h in horizons], dtype=np.float64)
     min_conf = np.array([config.min_confidence_for(h) for h in horizons], dtype=np.float64)
-    sign = decide_actions(frame["score"].to_numpy(dtype=np.float64),
-                          frame["confidence"].to_numpy(dtype=np.float64), thr, min_conf)
-    return pd.Series(np.asarray(ACTIONS, dtype=object)[sign.astype(np.int64) + 1], index=frame.index,
-                     name="action")
+    sign = decide_actions(
+        frame["score"].to_numpy(dtype=np.float64), frame["confidence"].to_numpy(dtype=np.float64), thr, min_conf
+    )
+    return pd.Series(np.asarray(ACTIONS, dtype=object)[sign.astype(np.int64) + 1], index=frame.index, name="action")
 
 
 def compute_signals(frame: pd.DataFrame, config: SignalConfig) -> pd.DataFrame:
@@ -143,21 +160,13 @@ def compute_signals(frame: pd.DataFrame, config: SignalConfig) -> pd.DataFrame:
 
     ``frame`` needs ``horizon, expected_return, q10, q90, prob_up, vol_forecast``.
     """
-    _require(frame, SIGNAL_INPUT_COLUMNS, "compute_signals")
+    require_columns(frame, SIGNAL_INPUT_COLUMNS, "compute_signals: the frame", _FIX)
     out = frame.copy()
     er = out["expected_return"].to_numpy(dtype=np.float64)
     vol = out["vol_forecast"].to_numpy(dtype=np.float64)
     edge = np.maximum(np.abs(er) - config.cost, 0.0)
     out["edge"] = np.sign(er) * edge
     out["score"] = out["edge"] / np.maximum(vol, config.eps)
-    out["confidence"] = confidence_score(out["prob_up"].to_numpy(), out["q10"].to_numpy(),
-                                         out["q90"].to_numpy(), er)
+    out["confidence"] = confidence_score(out["prob_up"].to_numpy(), out["q10"].to_numpy(), out["q90"].to_numpy(), er)
     out["action"] = apply_thresholds(out, config)
     return out
-
-
-def _require(frame: pd.DataFrame, columns, where: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise QuantmlInputError(f"{where}: the frame lacks column(s) {missing}; pass a prediction frame "
-                                f"with {list(columns)} (see quantml.contracts.PREDICTION_COLUMNS)")

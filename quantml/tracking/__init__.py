@@ -1,6 +1,20 @@
-"""MLflow tracking: store set-up, parent/fold runs, the quantml pyfunc."""
-from quantml.tracking.runs import ExperimentTracker, TrackedRun
-from quantml.tracking.store import flatten_config, git_commit, prepare_store, resolve_tracking_uri, retrying
+"""MLflow tracking: store set-up, the one run writer and reader, the quantml pyfunc."""
 
-__all__ = ["ExperimentTracker", "TrackedRun", "flatten_config", "git_commit", "prepare_store",
-           "resolve_tracking_uri", "retrying"]
+from quantml.tracking.reader import FoldRun, ParentRun, RunLayoutError, RunReader
+from quantml.tracking.store import flatten_config, git_commit, prepare_store, resolve_tracking_uri, retrying
+from quantml.tracking.writer import ExperimentTracker, RunWriter, TrackedRun
+
+__all__ = [
+    "ExperimentTracker",
+    "FoldRun",
+    "ParentRun",
+    "RunLayoutError",
+    "RunReader",
+    "RunWriter",
+    "TrackedRun",
+    "flatten_config",
+    "git_commit",
+    "prepare_store",
+    "resolve_tracking_uri",
+    "retrying",
+]

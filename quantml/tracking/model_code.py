@@ -1,4 +1,5 @@
 """Models-from-code entry for the quantml pyfunc (MLflow executes this file to load the model)."""
+
 import mlflow
 
 from quantml.tracking.pyfunc import QuantmlPyfunc

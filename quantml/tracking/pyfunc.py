@@ -3,6 +3,7 @@
 ``FeatureContract`` and ``ModelBundle`` stay importable from here: models logged by 0.1
 pickled them under this module's name.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -17,8 +18,9 @@ from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from quantml.bundle import FeatureContract, ModelBundle
 from quantml.contracts import PREDICTION_COLUMNS, SYMBOL, TIMESTAMP
+from quantml.contracts.run_layout import MODEL_ARTIFACT
 
-MODEL_NAME = "model"  # runs:/<parent run id>/model
+MODEL_NAME = MODEL_ARTIFACT  # runs:/<parent run id>/model
 
 
 class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
@@ -31,22 +33,41 @@ class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         params = params or {}
         return self.bundle.predict_contract(
-            model_input, last_only=bool(params.get("last_only", False)),
-            model_name=str(params.get("model_name", "")), model_version=str(params.get("model_version", "")))
+            model_input,
+            last_only=bool(params.get("last_only", False)),
+            model_name=str(params.get("model_name", "")),
+            model_version=str(params.get("model_version", "")),
+        )
 
 
 def _signature(contract: FeatureContract) -> ModelSignature:
     # AnyType for the timestamp: MLflow's datetime type refuses tz-aware values and its string
     # type refuses datetimes, while callers send either (Python: datetimes, REST: ISO strings).
     numeric = [c for c in contract.input_columns if c not in (TIMESTAMP, SYMBOL)]
-    inputs = Schema([ColSpec(AnyType(), TIMESTAMP), ColSpec("string", SYMBOL),
-                     *[ColSpec("double", c, required=False) for c in numeric],
-                     ColSpec("string", "schema_version", required=False)])
-    outputs = Schema([ColSpec("string", c) if c in (SYMBOL, TIMESTAMP, "horizon", "action", "model_name",
-                                                    "model_version", "schema_version", "data_version")
-                      else ColSpec("double", c) for c in PREDICTION_COLUMNS])
-    params = ParamSchema([ParamSpec("last_only", "boolean", False), ParamSpec("model_name", "string", ""),
-                          ParamSpec("model_version", "string", "")])
+    inputs = Schema(
+        [
+            ColSpec(AnyType(), TIMESTAMP),
+            ColSpec("string", SYMBOL),
+            *[ColSpec("double", c, required=False) for c in numeric],
+            ColSpec("string", "schema_version", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", c)
+            if c
+            in (SYMBOL, TIMESTAMP, "horizon", "action", "model_name", "model_version", "schema_version", "data_version")
+            else ColSpec("double", c)
+            for c in PREDICTION_COLUMNS
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("last_only", "boolean", False),
+            ParamSpec("model_name", "string", ""),
+            ParamSpec("model_version", "string", ""),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -63,9 +84,13 @@ def log_bundle(bundle: ModelBundle, run_id: str) -> str:
             # examples do not apply to a panel-in, contract-out model
             warnings.simplefilter("ignore", UserWarning)
             retrying(mlflow.pyfunc.log_model)(
-                name=MODEL_NAME, python_model=str(Path(__file__).with_name("model_code.py")), artifacts={"bundle": str(path)},
-                signature=_signature(bundle.contract), pip_requirements=_requirements(),
-                code_paths=None)
+                name=MODEL_NAME,
+                python_model=str(Path(__file__).with_name("model_code.py")),
+                artifacts={"bundle": str(path)},
+                signature=_signature(bundle.contract),
+                pip_requirements=_requirements(),
+                code_paths=None,
+            )
     return f"runs:/{run_id}/{MODEL_NAME}"
 
 

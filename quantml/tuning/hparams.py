@@ -1,10 +1,10 @@
 """Hyper-parameter search with Optuna 5 behind Hydra's ``-m``: the ``quantml_optuna`` sweeper.
 
-``quantml-train -m hparams_search=lightgbm`` selects the sweeper (``hydra_plugins/
+``quantml train -m hparams_search=lightgbm`` selects the sweeper (``hydra_plugins/
 quantml_optuna_sweeper``) and a search space. For each batch of ``n_jobs`` trials the
 sweeper asks Optuna (seeded TPE) for parameters, turns them into Hydra overrides,
 launches the jobs with the configured launcher (basic, joblib, submitit...) and tells
-Optuna each job's return value (``quantml-train`` returns
+Optuna each job's return value (``quantml train`` returns
 ``ExperimentResult.metrics[hparams_search.objective]``). Each job is one MLflow parent run
 (with ``hparams_search.trial`` among its params). Jobs report per-fold metrics through
 :mod:`quantml.tuning.pruning`; a pruned job raises ``optuna.TrialPruned`` and is recorded
@@ -15,6 +15,7 @@ Search space syntax (``hydra.sweeper.params`` and command-line sweeps), Hydra's 
 integer, ``range(a, b[, step])`` integers ``a..b-step`` (floats: stepped), ``choice(...)`` or
 ``a,b,c`` categorical. A plain value fixes the key.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from quantml.contracts import QuantmlInputError
 from quantml.tuning import pruning
@@ -63,8 +63,10 @@ def distribution_from_override(override: Override) -> BaseDistribution | Any:
             return IntDistribution(start, last, step=step, log=log_scale and step == 1)
         n = math.floor((stop - start) / step - 1e-9)
         return FloatDistribution(float(start), float(start + n * step), step=float(step))
-    raise QuantmlInputError(f"{key}: sweep {override.input_line!r} is not supported; use interval(), "
-                            "tag(log, interval()), int(interval()), range() or choice()")
+    raise QuantmlInputError(
+        f"{key}: sweep {override.input_line!r} is not supported; use interval(), "
+        "tag(log, interval()), int(interval()), range() or choice()"
+    )
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.\-+/]+$")
@@ -88,8 +90,7 @@ def make_pruner(name: str, startup_trials: int, warmup_steps: int, percentile: f
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
     if name == "percentile":
-        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup_trials,
-                                               n_warmup_steps=warmup_steps)
+        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
     if name == "none":
@@ -100,11 +101,21 @@ def make_pruner(name: str, startup_trials: int, warmup_steps: int, percentile: f
 class HparamSearch:
     """The sweeper's logic (kept out of the plugin module so it is importable and testable)."""
 
-    def __init__(self, direction: str = "maximize", study_name: str | None = None,
-                 storage: str | None = "sqlite:///optuna.db", n_trials: int = 20, n_jobs: int = 1,
-                 seed: int | None = None, n_startup_trials: int = 5, pruner: str = "median",
-                 pruner_startup_trials: int = 2, pruner_warmup_steps: int = 1, percentile: float = 25.0,
-                 params: dict | None = None) -> None:
+    def __init__(
+        self,
+        direction: str = "maximize",
+        study_name: str | None = None,
+        storage: str | None = "sqlite:///optuna.db",
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        seed: int | None = None,
+        n_startup_trials: int = 5,
+        pruner: str = "median",
+        pruner_startup_trials: int = 2,
+        pruner_warmup_steps: int = 1,
+        percentile: float = 25.0,
+        params: dict | None = None,
+    ) -> None:
         if direction not in ("maximize", "minimize"):
             raise QuantmlInputError(f"hydra.sweeper.direction={direction!r}; use maximize or minimize")
         if int(n_trials) < 1 or int(n_jobs) < 1:
@@ -113,17 +124,27 @@ class HparamSearch:
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(n_startup_trials))
         self.pruner = make_pruner(pruner, int(pruner_startup_trials), int(pruner_warmup_steps), float(percentile))
-        self.params = {str(k): str(v) if not isinstance(v, str) else v
-                       for k, v in (OmegaConf.to_container(params) if isinstance(params, DictConfig)
-                                    else dict(params or {})).items()}
+        self.params = {
+            str(k): str(v) if not isinstance(v, str) else v
+            for k, v in (
+                OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
+            ).items()
+        }
         self.job_idx = 0
 
-    def setup(self, *, hydra_context, task_function, config: DictConfig,
-              validate: Callable[[Sequence[str]], None] | None = None) -> None:
+    def setup(
+        self,
+        *,
+        hydra_context,
+        task_function,
+        config: DictConfig,
+        validate: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
         self.config = config
         self.validate = validate
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def search_space(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
@@ -146,21 +167,36 @@ class HparamSearch:
     def sweep(self, arguments: list[str]) -> optuna.Study:
         space, fixed = self.search_space(arguments)
         if not space:
-            raise QuantmlInputError("nothing to search: give hydra.sweeper.params (an hparams_search preset) "
-                                    "or a sweep such as backbone.num_leaves='int(interval(7, 63))'")
+            raise QuantmlInputError(
+                "nothing to search: give hydra.sweeper.params (an hparams_search preset) "
+                "or a sweep such as backbone.num_leaves='int(interval(7, 63))'"
+            )
         storage = make_storage(self.storage_url) or optuna.storages.InMemoryStorage()
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
-                                    pruner=self.pruner, direction=self.direction, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self.sampler,
+            pruner=self.pruner,
+            direction=self.direction,
+            load_if_exists=True,
+        )
         pruning.register_study(study, storage)
-        log.info("Optuna study %s (%s), %d trials, space: %s", study.study_name, redact(self.storage_url),
-                 self.n_trials, {k: str(v) for k, v in space.items()})
+        log.info(
+            "Optuna study %s (%s), %d trials, space: %s",
+            study.study_name,
+            redact(self.storage_url),
+            self.n_trials,
+            {k: str(v) for k, v in space.items()},
+        )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         done = 0
         while done < self.n_trials:
             batch = min(self.n_jobs, self.n_trials - done)
             trials = [study.ask(space) for _ in range(batch)]
-            overrides = [tuple(fixed + [f"{k}={format_value(v)}" for k, v in t.params.items()]
-                               + self._trial_overrides(t)) for t in trials]
+            overrides = [
+                tuple(fixed + [f"{k}={format_value(v)}" for k, v in t.params.items()] + self._trial_overrides(t))
+                for t in trials
+            ]
             if self.validate is not None and done == 0:
                 self.validate(overrides)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
@@ -181,8 +217,9 @@ class HparamSearch:
         if ret.status == JobStatus.COMPLETED:
             value = ret.return_value
             if value is None or not math.isfinite(float(value)):
-                log.warning("trial %d returned %r (set hparams_search.objective to a finite metric): FAIL",
-                            trial.number, value)
+                log.warning(
+                    "trial %d returned %r (set hparams_search.objective to a finite metric): FAIL", trial.number, value
+                )
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, float(value))
@@ -198,13 +235,23 @@ class HparamSearch:
     def _write_results(self, study: optuna.Study) -> None:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
-        result: dict[str, Any] = {"study_name": study.study_name, "direction": self.direction,
-                                  "storage": redact(self.storage_url), "trials": states}
+        result: dict[str, Any] = {
+            "study_name": study.study_name,
+            "direction": self.direction,
+            "storage": redact(self.storage_url),
+            "trials": states,
+        }
         if complete:
-            result.update(best_value=study.best_value, best_params=study.best_params,
-                          best_trial=study.best_trial.number)
-            log.info("best trial %d: %s = %.6g with %s", study.best_trial.number, "objective", study.best_value,
-                     study.best_params)
+            result.update(
+                best_value=study.best_value, best_params=study.best_params, best_trial=study.best_trial.number
+            )
+            log.info(
+                "best trial %d: %s = %.6g with %s",
+                study.best_trial.number,
+                "objective",
+                study.best_value,
+                study.best_params,
+            )
         else:
             log.warning("no trial of study %s completed", study.study_name)
         OmegaConf.save(OmegaConf.create(result), self.sweep_dir / "optimization_results.yaml")

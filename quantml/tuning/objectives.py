@@ -6,6 +6,7 @@
 
 Non-finite values (a Calmar with no drawdown) are clipped to +-``CLIP`` so Optuna can rank them.
 """
+
 from __future__ import annotations
 
 import math

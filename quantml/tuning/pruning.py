@@ -1,7 +1,7 @@
 """Pruning for hyper-parameter search: each fold's metrics are reported here.
 
-:class:`PruningCallback` (a fold callback of the experiment) calls :func:`report` after every fold when ``cfg.hparams_search`` is
-set. When the job is a trial of a ``quantml_optuna`` sweep (the sweeper sets
+:class:`PruningCallback` (a fold callback of the experiment) calls :func:`report` after
+every fold when ``cfg.hparams_search`` is set. When the job is a trial of a ``quantml_optuna`` sweep (the sweeper sets
 ``hparams_search.trial``, ``.study_name`` and ``.storage``), the fold's
 ``hparams_search.prune_metric`` is reported to the Optuna trial at step = fold id, and
 :class:`optuna.TrialPruned` is raised when the pruner says the trial is behind; the
@@ -10,6 +10,7 @@ sweeper records the trial as PRUNED. Outside a sweep, :func:`report` does nothin
 ``prune_metric`` must improve in the study's direction; prefix it with ``-`` to negate a
 lower-is-better metric (``-val_rmse/1d`` in a maximising study).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,12 +51,16 @@ def _trial(study_name: str, storage_url: str | None, number: int) -> optuna.Tria
 
             storage = make_storage(storage_url)
             if storage is None:
-                log.warning("study %s is in memory in another process: pruning needs a storage URL "
-                            "(hydra.sweeper.storage=sqlite:///optuna.db)", study_name)
+                log.warning(
+                    "study %s is in memory in another process: pruning needs a storage URL "
+                    "(hydra.sweeper.storage=sqlite:///optuna.db)",
+                    study_name,
+                )
                 return None
             study = optuna.load_study(study_name=study_name, storage=storage)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name),
-                                                                   int(number))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study_name), int(number)
+        )
         _TRIALS[key] = optuna.trial.Trial(study, trial_id)
     return _TRIALS[key]
 

@@ -1,10 +1,10 @@
-"""``quantml-tune``'s library side: run (or resume) a threshold study, log it as a child run
+"""``quantml tune``'s library side: run (or resume) a threshold study, log it as a child run
 of the source run, and optionally attach the tuned thresholds to a registered model version."""
+
 from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,21 +17,38 @@ import mlflow  # noqa: E402
 import optuna  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from quantml.market.execution import CostModel  # noqa: E402
 from quantml.backtest.figures import equity_figure  # noqa: E402
 from quantml.backtest.mlflow_logging import log_backtest  # noqa: E402
-from quantml.portfolio.allocator import AllocatorConfig  # noqa: E402
 from quantml.contracts import QuantmlInputError, metric_name  # noqa: E402
-from quantml.signals.core import SIGNAL_TAG, SignalConfig  # noqa: E402
+from quantml.contracts import run_layout as L  # noqa: E402
+from quantml.market.execution import CostModel  # noqa: E402
+from quantml.portfolio.allocator import AllocatorConfig  # noqa: E402
+from quantml.signals.core import SignalConfig  # noqa: E402
+from quantml.tracking.writer import RunWriter  # noqa: E402
 from quantml.tuning.source import SourceRun, load_source_run  # noqa: E402
 from quantml.tuning.storage import make_storage, redact  # noqa: E402
-from quantml.tuning.thresholds import (Evaluation, SearchSpace, ThresholdStudy, TuneSettings,  # noqa: E402
-                                       check_or_set_attrs, make_sampler, study_attrs, trials_frame)
+from quantml.tuning.thresholds import (  # noqa: E402
+    Evaluation,
+    SearchSpace,
+    ThresholdStudy,
+    TuneSettings,
+    check_or_set_attrs,
+    make_sampler,
+    study_attrs,
+    trials_frame,
+)
 
 log = logging.getLogger(__name__)
-ALLOCATOR_TAG = "quantml.allocator"
-STAT_KEYS = {"sharpe": "sharpe_after_cost", "calmar": "calmar", "ann_return": "ann_return", "ann_vol": "ann_vol",
-             "max_drawdown": "max_drawdown", "turnover": "turnover"}
+SIGNAL_TAG = L.TAG_SIGNAL
+ALLOCATOR_TAG = L.TAG_ALLOCATOR
+STAT_KEYS = {
+    "sharpe": "sharpe_after_cost",
+    "calmar": "calmar",
+    "ann_return": "ann_return",
+    "ann_vol": "ann_vol",
+    "max_drawdown": "max_drawdown",
+    "turnover": "turnover",
+}
 
 
 @dataclass
@@ -53,12 +70,25 @@ def default_study_name(run_id: str, objective: str) -> str:
     return f"quantml-tune-{run_id[:12]}-{objective}"
 
 
-def run_tuning(run_id: str | SourceRun, tracking_uri: str | None = None, settings: TuneSettings | None = None,
-               allocator: AllocatorConfig | None = None, costs: CostModel | None = None,
-               periods_per_year: float | None = None, storage: str | None = "sqlite:///optuna.db",
-               study_name: str | None = None, n_trials: int = 50, n_jobs: int = 1, timeout: float | None = None,
-               seed: int = 42, worker: int = 0, n_startup_trials: int = 10, log_to_mlflow: bool = True,
-               attach: str | None = None, attach_force: bool = False) -> TuneOutcome:
+def run_tuning(
+    run_id: str | SourceRun,
+    tracking_uri: str | None = None,
+    settings: TuneSettings | None = None,
+    allocator: AllocatorConfig | None = None,
+    costs: CostModel | None = None,
+    periods_per_year: float | None = None,
+    storage: str | None = "sqlite:///optuna.db",
+    study_name: str | None = None,
+    n_trials: int = 50,
+    n_jobs: int = 1,
+    timeout: float | None = None,
+    seed: int = 42,
+    worker: int = 0,
+    n_startup_trials: int = 10,
+    log_to_mlflow: bool = True,
+    attach: str | None = None,
+    attach_force: bool = False,
+) -> TuneOutcome:
     """Tune ``run_id``'s thresholds; see ``docs/signals.md``.
 
     ``run_id``: a parent run id, or an already loaded :class:`SourceRun`. ``worker`` offsets
@@ -72,8 +102,13 @@ def run_tuning(run_id: str | SourceRun, tracking_uri: str | None = None, setting
     run_id = source.run_id
     study = ThresholdStudy(source, settings, allocator, costs, periods_per_year)
     name = study_name or default_study_name(run_id, settings.objective)
-    optuna_study = optuna.create_study(storage=make_storage(storage), study_name=name, direction="maximize",
-                                       sampler=make_sampler(seed + worker, n_startup_trials), load_if_exists=True)
+    optuna_study = optuna.create_study(
+        storage=make_storage(storage),
+        study_name=name,
+        direction="maximize",
+        sampler=make_sampler(seed + worker, n_startup_trials),
+        load_if_exists=True,
+    )
     check_or_set_attrs(optuna_study, study_attrs(study))
     if n_trials > 0:
         optuna_study.optimize(study.objective, n_trials=int(n_trials), n_jobs=int(n_jobs), timeout=timeout)
@@ -85,26 +120,46 @@ def run_tuning(run_id: str | SourceRun, tracking_uri: str | None = None, setting
     tuned = study.evaluate(signal, alloc)
     baseline = study.evaluate(study.base_signal, study.allocator)
     metrics = _metrics(tuned, baseline, best.value, len(complete), study.horizons)
-    log.info("study %s: %d trials, best tuning %s %.4g; hold-out %s %.4g (baseline %.4g)", name, len(complete),
-             settings.objective, best.value, settings.objective, tuned.holdout_objective, baseline.holdout_objective)
+    log.info(
+        "study %s: %d trials, best tuning %s %.4g; hold-out %s %.4g (baseline %.4g)",
+        name,
+        len(complete),
+        settings.objective,
+        best.value,
+        settings.objective,
+        tuned.holdout_objective,
+        baseline.holdout_objective,
+    )
     tune_run_id = None
     if log_to_mlflow:
         tune_run_id = _log_child_run(study, optuna_study, signal, alloc, tuned, metrics, storage, seed, worker)
-    outcome = TuneOutcome(name, dict(best.params), signal, alloc, tuned, baseline, metrics, tune_run_id,
-                          len(complete))
+    outcome = TuneOutcome(name, dict(best.params), signal, alloc, tuned, baseline, metrics, tune_run_id, len(complete))
     if attach:
         model, version = parse_attach(attach)
-        attach_to_model_version(model, version, signal, alloc, source_run_id=run_id, tune_run_id=tune_run_id,
-                                holdout_sharpe=metrics.get("holdout_sharpe_after_cost"), force=attach_force,
-                                tracking_uri=tracking_uri)
+        attach_to_model_version(
+            model,
+            version,
+            signal,
+            alloc,
+            source_run_id=run_id,
+            tune_run_id=tune_run_id,
+            holdout_sharpe=metrics.get("holdout_sharpe_after_cost"),
+            force=attach_force,
+            tracking_uri=tracking_uri,
+        )
     return outcome
 
 
-def _metrics(tuned: Evaluation, baseline: Evaluation, best_value: float, n_complete: int,
-             horizons: list[str]) -> dict[str, float]:
-    out = {"best_value": float(best_value), "n_trials_complete": float(n_complete),
-           "tune_objective": tuned.tune_objective, "holdout_objective": tuned.holdout_objective,
-           "holdout_baseline_objective": baseline.holdout_objective}
+def _metrics(
+    tuned: Evaluation, baseline: Evaluation, best_value: float, n_complete: int, horizons: list[str]
+) -> dict[str, float]:
+    out = {
+        "best_value": float(best_value),
+        "n_trials_complete": float(n_complete),
+        "tune_objective": tuned.tune_objective,
+        "holdout_objective": tuned.holdout_objective,
+        "holdout_baseline_objective": baseline.holdout_objective,
+    }
     for split, stats in (("tune", tuned.tune), ("holdout", tuned.holdout), ("holdout_baseline", baseline.holdout)):
         for k, name in STAT_KEYS.items():
             out[f"{split}_{name}"] = stats[k]
@@ -116,51 +171,70 @@ def _metrics(tuned: Evaluation, baseline: Evaluation, best_value: float, n_compl
     return {k: (float(v) if abs(float(v)) != float("inf") else float("nan")) for k, v in out.items()}
 
 
-def _log_child_run(study: ThresholdStudy, optuna_study: optuna.Study, signal: SignalConfig, alloc: AllocatorConfig,
-                   tuned: Evaluation, metrics: dict[str, float], storage: str | None, seed: int, worker: int) -> str:
-    from quantml.tracking.store import retrying
-
+def _log_child_run(
+    study: ThresholdStudy,
+    optuna_study: optuna.Study,
+    signal: SignalConfig,
+    alloc: AllocatorConfig,
+    tuned: Evaluation,
+    metrics: dict[str, float],
+    storage: str | None,
+    seed: int,
+    worker: int,
+) -> str:
+    """The study as a ``quantml.kind=tune`` child run of its source run, through the run writer."""
     source = study.source
-    tags = {"quantml.kind": "tune", "quantml.source_run": source.run_id, "quantml.objective": study.settings.objective,
-            "optuna.study_name": optuna_study.study_name, "optuna.storage": redact(storage),
-            SIGNAL_TAG: signal.to_json(), ALLOCATOR_TAG: json.dumps(alloc.to_dict(), sort_keys=True)}
-    run = retrying(mlflow.start_run)(experiment_id=source.experiment_id, parent_run_id=source.run_id, nested=True,
-                                     run_name=f"tune-{study.settings.objective}", tags=tags)
-    try:
+    writer = RunWriter(source.experiment_id)
+    run = writer.start_tune(
+        source.run_id,
+        study.settings.objective,
+        tags={
+            L.TAG_OPTUNA_STUDY_NAME: optuna_study.study_name,
+            L.TAG_OPTUNA_STORAGE: redact(storage),
+            SIGNAL_TAG: signal.to_json(),
+            ALLOCATOR_TAG: json.dumps(alloc.to_dict(), sort_keys=True),
+        },
+    )
+    with run.ending():
         s = study.settings
-        retrying(mlflow.log_params)({
-            "objective": s.objective, "dd_penalty": s.dd_penalty, "tune_fraction": s.tune_fraction,
-            "split_method": study.split.method, "cutoff": str(study.split.cutoff),
-            "tune_folds": ",".join(map(str, study.split.tune_folds)),
-            "holdout_folds": ",".join(map(str, study.split.holdout_folds)),
-            "periods_per_year": study.periods_per_year, "seed": seed, "worker": worker,
-            **{f"cost.{k}": v for k, v in study.costs.to_dict().items()},
-            **{f"best.{k}": v for k, v in optuna_study.best_params.items()}})
-        retrying(mlflow.log_metrics)({k: v for k, v in metrics.items() if v == v})
-        mlflow.log_dict(optuna_study.best_params, "tune/best_params.json")
-        mlflow.log_dict(signal.to_dict(), "tune/signal.json")
-        mlflow.log_dict(alloc.to_dict(), "tune/allocator.json")
-        mlflow.log_dict(study_attrs(study), "tune/study.json")
+        run.log_params(
+            {
+                "objective": s.objective,
+                "dd_penalty": s.dd_penalty,
+                "tune_fraction": s.tune_fraction,
+                "split_method": study.split.method,
+                "cutoff": str(study.split.cutoff),
+                "tune_folds": ",".join(map(str, study.split.tune_folds)),
+                "holdout_folds": ",".join(map(str, study.split.holdout_folds)),
+                "periods_per_year": study.periods_per_year,
+                "seed": seed,
+                "worker": worker,
+                **{f"cost.{k}": v for k, v in study.costs.to_dict().items()},
+                **{f"best.{k}": v for k, v in optuna_study.best_params.items()},
+            }
+        )
+        run.log_metrics({k: v for k, v in metrics.items() if v == v})
+        run.log_dict(optuna_study.best_params, "tune/best_params.json")
+        run.log_dict(signal.to_dict(), "tune/signal.json")
+        run.log_dict(alloc.to_dict(), "tune/allocator.json")
+        run.log_dict(study_attrs(study), "tune/study.json")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "trials.csv"
             trials_frame(optuna_study).to_csv(path, index=False)
-            mlflow.log_artifact(str(path), "tune")
+            run.log_artifact(str(path), "tune")
         for name, fig in study_figures(optuna_study, seed).items():
-            mlflow.log_figure(fig, f"figures/{name}")
+            run.log_figure(fig, f"figures/{name}")
             plt.close(fig)
         first = min(tuned.results)
         full = tuned.results[first]
-        log_backtest(full.slice(stop=study.split.cutoff), "tune", per_bar_steps=False, log_stats=False,
-                     figures=False)
-        log_backtest(full.slice(start=study.split.cutoff), "holdout", per_bar_steps=True, log_stats=False)
+        log_backtest(
+            full.slice(stop=study.split.cutoff), "tune", per_bar_steps=False, log_stats=False, figures=False, run=run
+        )
+        log_backtest(full.slice(start=study.split.cutoff), "holdout", per_bar_steps=True, log_stats=False, run=run)
         fig = equity_figure(full, f"tuned, path {first}, tuning | hold-out", split_at=study.split.cutoff)
-        mlflow.log_figure(fig, "figures/tuned_equity.png")
+        run.log_figure(fig, "figures/tuned_equity.png")
         plt.close(fig)
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run("FINISHED")
-    return run.info.run_id
+    return run.run_id
 
 
 def study_figures(optuna_study: optuna.Study, seed: int = 0) -> dict:
@@ -195,11 +269,18 @@ def parse_attach(value: str) -> tuple[str, str]:
     return name, version
 
 
-def attach_to_model_version(name: str, version: str, signal: SignalConfig, allocator: AllocatorConfig | None = None,
-                            source_run_id: str | None = None, tune_run_id: str | None = None,
-                            holdout_sharpe: float | None = None, force: bool = False,
-                            tracking_uri: str | None = None) -> None:
-    """Write ``quantml.signal`` (and ``quantml.allocator``) onto a registered model version.
+def attach_to_model_version(
+    name: str,
+    version: str,
+    signal: SignalConfig,
+    allocator: AllocatorConfig | None = None,
+    source_run_id: str | None = None,
+    tune_run_id: str | None = None,
+    holdout_sharpe: float | None = None,
+    force: bool = False,
+    tracking_uri: str | None = None,
+) -> None:
+    """Write the tuned signal (and allocator) tags onto a registered model version.
 
     Refuses a version registered from another run than ``source_run_id`` unless ``force``.
     """
@@ -207,19 +288,23 @@ def attach_to_model_version(name: str, version: str, signal: SignalConfig, alloc
     try:
         mv = client.get_model_version(name, str(version))
     except MlflowException as exc:
-        raise QuantmlInputError(f"model version {name}:{version} is not registered in {client.tracking_uri}; "
-                                "register it first (quantml-registry) or fix attach=NAME:VERSION") from exc
+        raise QuantmlInputError(
+            f"model version {name}:{version} is not registered in {client.tracking_uri}; "
+            "register it first (quantml registry) or fix attach=NAME:VERSION"
+        ) from exc
     if source_run_id and mv.run_id and mv.run_id != source_run_id and not force:
-        raise QuantmlInputError(f"model version {name}:{version} comes from run {mv.run_id}, the thresholds were "
-                                f"tuned on run {source_run_id}; attach to that run's version, or pass "
-                                "attach_force=true")
+        raise QuantmlInputError(
+            f"model version {name}:{version} comes from run {mv.run_id}, the thresholds were "
+            f"tuned on run {source_run_id}; attach to that run's version, or pass "
+            "attach_force=true"
+        )
     tags = {SIGNAL_TAG: signal.to_json()}
     if allocator is not None:
         tags[ALLOCATOR_TAG] = json.dumps(allocator.to_dict(), sort_keys=True)
     if tune_run_id:
-        tags["quantml.tune_run"] = tune_run_id
+        tags[L.TAG_TUNE_RUN] = tune_run_id
     if holdout_sharpe is not None and holdout_sharpe == holdout_sharpe:
-        tags["quantml.tune_holdout_sharpe"] = f"{holdout_sharpe:.6g}"
+        tags[L.TAG_TUNE_HOLDOUT_SHARPE] = f"{holdout_sharpe:.6g}"
     for k, v in tags.items():
         client.set_model_version_tag(name, str(version), k, v)
     log.info("attached tuned thresholds to %s:%s", name, version)
@@ -238,13 +323,12 @@ def settings_from_config(cfg) -> TuneSettings:
     tv = search.get("target_vol")
     cq = search.get("confidence_quantile")
     return TuneSettings(
-        objective=str(obj.get("name", "sharpe")), dd_penalty=float(obj.get("dd_penalty", 1.0)),
+        objective=str(obj.get("name", "sharpe")),
+        dd_penalty=float(obj.get("dd_penalty", 1.0)),
         tune_fraction=float(split.get("tune_fraction", 0.6)),
         threshold_quantile=float(search.get("threshold_quantile", 0.99)),
         confidence_quantile=None if cq is None else float(cq),
         target_vol=None if tv is None else tuple(float(x) for x in tv),
         tune_risk_budget=bool(search.get("risk_budget", True)),
-        min_active_fraction=float(search.get("min_active_fraction", 0.05)))
-
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        min_active_fraction=float(search.get("min_active_fraction", 0.05)),
+    )

@@ -1,26 +1,32 @@
-"""The run a study tunes: a quantml-train parent run and its out-of-sample predictions."""
+"""The run a study tunes: a quantml train parent run and its out-of-sample predictions.
+
+Read through :class:`quantml.tracking.reader.RunReader`: costs and the signal's own
+thresholds come from the run's logged resolved config (``cfg.cost``, ``cfg.signal``),
+``periods_per_year`` from the value the run derived (else inferred from the timestamps).
+"""
+
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
 
+from quantml.contracts import SYMBOL, TIMESTAMP, periods_per_year, require_columns
+from quantml.contracts import run_layout as L
 from quantml.market.execution import CostModel
-from quantml.market.performance import infer_periods_per_year
-from quantml.contracts import QuantmlInputError, TIMESTAMP
 from quantml.signals.core import SignalConfig
+from quantml.tracking.reader import RunReader
 
-OOS_ARTIFACT = "predictions/oos_predictions.parquet"
+OOS_ARTIFACT = L.OOS_ARTIFACT
+REQUIRED_COLUMNS = ("symbol", TIMESTAMP, "horizon", "score", "confidence", "vol_forecast", "ret_next_bar", "fold")
 
 
 @dataclass
 class SourceRun:
-    """``frame``: the OOS prediction frame; ``params``/``tags``: the run's; ``horizons``: in run order."""
+    """``frame``: the OOS prediction frame; ``cfg``: the run's resolved config; ``params``/``tags``:
+    the run's (for display); ``horizons``: in run order; ``derived``: values the run derived."""
 
     run_id: str
     experiment_id: str
@@ -28,39 +34,39 @@ class SourceRun:
     params: dict[str, str]
     tags: dict[str, str]
     horizons: list[str]
+    cfg: DictConfig = field(default_factory=lambda: OmegaConf.create({}))
+    derived: dict = field(default_factory=dict)
+
+    @property
+    def layout_version(self) -> str:
+        return L.layout_version(self.tags)
 
     def costs(self) -> CostModel:
-        """The run's cost model (``cost.*`` params); zero costs when the run has none."""
-        cost = {k[len("cost."):]: v for k, v in self.params.items() if k.startswith("cost.")}
+        """The run's cost model (``cfg.cost``); zero costs when its config has none."""
+        cost = self.cfg.get("cost")
         if not cost:
             return CostModel(fee_bps=0.0, slippage_bps=0.0)
-        return CostModel.from_config({k: v for k, v in cost.items() if _is_number(v)})
+        return CostModel.from_config(cost)
 
     def signal_config(self, costs: CostModel) -> SignalConfig:
-        """The run's own thresholds (``signal.*`` params). ``cost`` is read back from the frame
+        """The run's own thresholds (``cfg.signal``). ``cost`` is read back from the frame
         (``|expected_return| - |edge|`` on rows with an edge), else ``costs.round_trip``."""
-        tree: dict = {}
-        for k, v in self.params.items():
-            if k.startswith("signal.") and _is_number(v):
-                node = tree
-                *path, leaf = k.split(".")[1:]
-                for p in path:
-                    node = node.setdefault(p, {})
-                node[leaf] = float(v)
+        signal = self.cfg.get("signal") or {}
         f = self.frame
         with_edge = f["edge"].abs() > 0 if "edge" in f.columns else pd.Series(False, index=f.index)
-        cost = (float(np.median(f.loc[with_edge, "expected_return"].abs() - f.loc[with_edge, "edge"].abs()))
-                if with_edge.any() else costs.round_trip)
-        return SignalConfig.from_config(tree, cost=max(cost, 0.0))
+        cost = (
+            float(np.median(f.loc[with_edge, "expected_return"].abs() - f.loc[with_edge, "edge"].abs()))
+            if with_edge.any()
+            else costs.round_trip
+        )
+        return SignalConfig.from_config(signal, cost=max(cost, 0.0))
 
     def periods_per_year(self) -> float:
-        """The run's own (``derived.periods_per_year``, else ``data.periods_per_year``), else
-        inferred from the timestamps."""
-        for key in ("derived.periods_per_year", "data.periods_per_year"):
-            value = self.params.get(key)
-            if value not in (None, "", "None", "null") and _is_number(value):
+        """As the run derived it, else ``cfg.data.periods_per_year``, else inferred from the timestamps."""
+        for value in (self.derived.get("periods_per_year"), (self.cfg.get("data") or {}).get("periods_per_year")):
+            if _is_number(value):
                 return float(value)
-        return infer_periods_per_year(self.frame[TIMESTAMP])
+        return periods_per_year(self.frame[TIMESTAMP], self.frame[SYMBOL])
 
     def paths(self) -> list[int]:
         return sorted(int(p) for p in self.frame["path"].unique()) if "path" in self.frame.columns else [0]
@@ -69,39 +75,32 @@ class SourceRun:
 def _is_number(v) -> bool:
     try:
         float(v)
-        return True
+        return v is not None
     except (TypeError, ValueError):
         return False
 
 
-def load_source_run(run_id: str, tracking_uri: str | None = None) -> SourceRun:
-    """Read a parent run and download its ``predictions/oos_predictions.parquet``."""
-    if not run_id:
-        raise QuantmlInputError("no run to tune: pass run_id=<parent run id of a quantml-train job> "
-                                "(find it in `mlflow ui` or `mlflow runs list`)")
-    client = mlflow.MlflowClient(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise QuantmlInputError(f"run_id={run_id} is not a run of the tracking store {client.tracking_uri}: "
-                                "check the id, or point tracking_uri= / MLFLOW_TRACKING_URI at the store "
-                                "the run was logged to") from exc
-    tags = dict(run.data.tags)
-    if tags.get("quantml.kind") == "fold":
-        parent = tags.get("mlflow.parentRunId", "<parent>")
-        raise QuantmlInputError(f"run {run_id} is a fold run; tune its parent: run_id={parent}")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, OOS_ARTIFACT, tmp)
-        except (MlflowException, OSError) as exc:
-            raise QuantmlInputError(f"run {run_id} has no {OOS_ARTIFACT}: tune the parent run of a finished "
-                                    "quantml-train job (its out-of-sample predictions are logged there)") from exc
-        frame = pd.read_parquet(Path(path))
-    required = ("symbol", TIMESTAMP, "horizon", "score", "confidence", "vol_forecast", "ret_next_bar", "fold")
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise QuantmlInputError(f"{OOS_ARTIFACT} of run {run_id} lacks column(s) {missing}; re-run quantml-train "
-                                "with this quantml version (prediction contract in quantml.contracts)")
-    listed = [h for h in tags.get("quantml.horizons", "").split(",") if h]
+def load_source_run(run_id: str, tracking_uri: str | None = None, reader: RunReader | None = None) -> SourceRun:
+    """Read a parent run: its OOS predictions, resolved config and derived values."""
+    reader = reader or RunReader(tracking_uri)
+    parent = reader.parent(run_id, action="tune")
+    frame = parent.oos_predictions()
+    require_columns(
+        frame,
+        REQUIRED_COLUMNS,
+        f"{OOS_ARTIFACT} of run {run_id}",
+        "re-run quantml train with this quantml version (prediction contract in quantml.contracts)",
+    )
+    cfg = parent.config()
+    listed = parent.horizons
     horizons = [h for h in listed if h in set(frame["horizon"])] or list(dict.fromkeys(frame["horizon"]))
-    return SourceRun(run_id, run.info.experiment_id, frame, dict(run.data.params), tags, horizons)
+    return SourceRun(
+        parent.run_id,
+        parent.experiment_id,
+        frame,
+        parent.params,
+        parent.tags,
+        horizons,
+        cfg=cfg,
+        derived=parent.derived(),
+    )

@@ -6,6 +6,7 @@ time, at least one and at most ``n_folds - 1``) are for tuning. Otherwise (CPCV,
 folds interleave) the cut is at the ``tune_fraction`` quantile of the OOS timestamps.
 Either way every tuning bar is earlier than every hold-out bar.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError, TIMESTAMP
+from quantml.contracts import TIMESTAMP, QuantmlInputError
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,11 @@ def time_split(frame: pd.DataFrame, tune_fraction: float = 0.6) -> TimeSplit:
     if not 0 < tune_fraction < 1:
         raise QuantmlInputError(f"split.tune_fraction={tune_fraction} must be in (0, 1), e.g. 0.6")
     ts = pd.DatetimeIndex(frame[TIMESTAMP])
-    folds = (frame.groupby("fold")[TIMESTAMP].agg(["min", "max"]).sort_values("min")
-             if "fold" in frame.columns else pd.DataFrame())
+    folds = (
+        frame.groupby("fold")[TIMESTAMP].agg(["min", "max"]).sort_values("min")
+        if "fold" in frame.columns
+        else pd.DataFrame()
+    )
     disjoint = len(folds) >= 2 and bool((folds["min"].to_numpy()[1:] > folds["max"].to_numpy()[:-1]).all())
     if disjoint:
         k = min(max(math.ceil(tune_fraction * len(folds)), 1), len(folds) - 1)
@@ -42,8 +46,10 @@ def time_split(frame: pd.DataFrame, tune_fraction: float = 0.6) -> TimeSplit:
         return TimeSplit(cutoff, "folds", tuple(order[:k]), tuple(order[k:]))
     uniq = np.sort(ts.unique())
     if len(uniq) < 4:
-        raise QuantmlInputError(f"only {len(uniq)} distinct OOS timestamps: too few to tune and hold out; "
-                                "run quantml-train on a longer history")
+        raise QuantmlInputError(
+            f"only {len(uniq)} distinct OOS timestamps: too few to tune and hold out; "
+            "run quantml train on a longer history"
+        )
     cut_idx = min(max(int(round(tune_fraction * len(uniq))), 1), len(uniq) - 1)
     cutoff = pd.Timestamp(uniq[cut_idx])
     fold_ids = sorted(frame["fold"].unique()) if "fold" in frame.columns else []

@@ -1,6 +1,7 @@
 """Optuna storages from a URL: ``sqlite:///optuna.db`` (default), any SQLAlchemy DB URL
 (``postgresql://...``, ``mysql://...``), ``journal:///path/to/file.log`` (a journal file,
 for shared file systems), or ``memory`` / empty (in-process only)."""
+
 from __future__ import annotations
 
 import optuna
@@ -15,7 +16,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal://"):]))
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal://") :]))
     from quantml.tracking.store import retrying
 
     # Processes starting together on a fresh database race to create its schema: the loser

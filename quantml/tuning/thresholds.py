@@ -3,7 +3,8 @@
 The source run's OOS predictions are cut in time (:func:`time_split`): trials are scored
 on the earlier (tuning) bars only; the best trial is then reported on the later (hold-out)
 bars, which no trial has seen. The strategy scored is the whole chain thresholds ->
-allocator -> after-cost backtest (:func:`backtest_signals`).
+allocator -> after-cost backtest: an :class:`AllocatorStrategy` run by the one engine
+(:func:`quantml.backtest.run_backtest`).
 
 Parameters searched (names in the Optuna study):
 - ``threshold/<h>`` in ``[0, q(|score|)]`` per horizon, ``q`` = ``threshold_quantile`` of the
@@ -13,6 +14,7 @@ Parameters searched (names in the Optuna study):
 - ``risk_budget/<h>`` in ``[0.05, 1]`` per horizon when there are several (normalised by
   the allocator).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,11 +24,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from quantml.market.execution import CostModel
-from quantml.backtest.vectorised import BacktestResult, backtest_signals
-from quantml.portfolio.allocator import AllocatorConfig
-from quantml.portfolio.strategy import SignalPanel
+from quantml.backtest import BacktestResult, run_backtest
 from quantml.contracts import QuantmlInputError
+from quantml.market import CostModel
+from quantml.portfolio.allocator import AllocatorConfig
+from quantml.portfolio.strategy import AllocatorStrategy, SignalPanel
 from quantml.signals.core import SignalConfig
 from quantml.tuning.objectives import check_objective, objective_value
 from quantml.tuning.source import SourceRun
@@ -56,8 +58,10 @@ class TuneSettings:
         if self.target_vol is not None:
             lo, hi = (float(x) for x in self.target_vol)
             if not 0 < lo <= hi:
-                raise QuantmlInputError(f"search.target_vol={list(self.target_vol)} must be [low, high] with "
-                                        "0 < low <= high (annualised), e.g. [0.05, 0.3], or null")
+                raise QuantmlInputError(
+                    f"search.target_vol={list(self.target_vol)} must be [low, high] with "
+                    "0 < low <= high (annualised), e.g. [0.05, 0.3], or null"
+                )
             self.target_vol = (lo, hi)
 
 
@@ -72,7 +76,7 @@ class SearchSpace:
     risk_budget: bool
 
     @classmethod
-    def from_panels(cls, panels: list[SignalPanel], horizons: list[str], settings: TuneSettings) -> "SearchSpace":
+    def from_panels(cls, panels: list[SignalPanel], horizons: list[str], settings: TuneSettings) -> SearchSpace:
         def high(attr: str, j: int, q: float) -> float:
             vals = np.concatenate([np.abs(getattr(p, attr)[:, :, j]).ravel() for p in panels])
             vals = vals[np.isfinite(vals) & (vals > 0)]
@@ -81,10 +85,11 @@ class SearchSpace:
         thr = {h: max(high("score", j, settings.threshold_quantile), 1e-9) for j, h in enumerate(horizons)}
         conf = None
         if settings.confidence_quantile is not None:
-            conf = {h: min(max(high("confidence", j, settings.confidence_quantile), 1e-9), 1.0)
-                    for j, h in enumerate(horizons)}
-        return cls(list(horizons), thr, conf, settings.target_vol,
-                   settings.tune_risk_budget and len(horizons) > 1)
+            conf = {
+                h: min(max(high("confidence", j, settings.confidence_quantile), 1e-9), 1.0)
+                for j, h in enumerate(horizons)
+            }
+        return cls(list(horizons), thr, conf, settings.target_vol, settings.tune_risk_budget and len(horizons) > 1)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
         """Draw every parameter of one trial; returns ``trial.params``."""
@@ -100,16 +105,19 @@ class SearchSpace:
         return dict(trial.params)
 
     @staticmethod
-    def configs(params: dict[str, float], signal: SignalConfig,
-                allocator: AllocatorConfig) -> tuple[SignalConfig, AllocatorConfig]:
+    def configs(
+        params: dict[str, float], signal: SignalConfig, allocator: AllocatorConfig
+    ) -> tuple[SignalConfig, AllocatorConfig]:
         """Apply a study's params (``study.best_params``) to base configs."""
         thr = {k.split("/", 1)[1]: float(v) for k, v in params.items() if k.startswith("threshold/")}
         conf = {k.split("/", 1)[1]: float(v) for k, v in params.items() if k.startswith("min_confidence/")}
         budget = {k.split("/", 1)[1]: float(v) for k, v in params.items() if k.startswith("risk_budget/")}
-        sig = replace(signal, threshold={**signal.threshold, **thr},
-                      min_confidence={**signal.min_confidence, **conf})
-        alloc = replace(allocator, risk_budget={**allocator.risk_budget, **budget},
-                        target_vol=float(params.get("target_vol", allocator.target_vol)))
+        sig = replace(signal, threshold={**signal.threshold, **thr}, min_confidence={**signal.min_confidence, **conf})
+        alloc = replace(
+            allocator,
+            risk_budget={**allocator.risk_budget, **budget},
+            target_vol=float(params.get("target_vol", allocator.target_vol)),
+        )
         return sig, alloc
 
 
@@ -131,9 +139,15 @@ class ThresholdStudy:
     fixed allocator settings the study starts from.
     """
 
-    def __init__(self, source: SourceRun, settings: TuneSettings, allocator: AllocatorConfig | None = None,
-                 costs: CostModel | None = None, periods_per_year: float | None = None,
-                 base_signal: SignalConfig | None = None) -> None:
+    def __init__(
+        self,
+        source: SourceRun,
+        settings: TuneSettings,
+        allocator: AllocatorConfig | None = None,
+        costs: CostModel | None = None,
+        periods_per_year: float | None = None,
+        base_signal: SignalConfig | None = None,
+    ) -> None:
         self.source = source
         self.settings = settings
         self.allocator = allocator or AllocatorConfig()
@@ -152,7 +166,8 @@ class ThresholdStudy:
             if cut < 2 or cut > len(panel) - 2:
                 raise QuantmlInputError(
                     f"path {path}: the tuning/hold-out cut at {self.split.cutoff} leaves {cut} tuning and "
-                    f"{len(panel) - cut} hold-out bars; change split.tune_fraction or use more folds")
+                    f"{len(panel) - cut} hold-out bars; change split.tune_fraction or use more folds"
+                )
             self.full[path] = panel
             self.tune_panels[path] = panel.slice(0, cut)
         self.space = SearchSpace.from_panels(list(self.tune_panels.values()), self.horizons, settings)
@@ -166,8 +181,8 @@ class ThresholdStudy:
 
     def score_tuning(self, signal: SignalConfig, allocator: AllocatorConfig) -> tuple[float, dict[str, float]]:
         """Objective on the tuning bars (mean over paths) and the mean stats."""
-        results = [backtest_signals(p, signal, allocator, self.costs, self.periods_per_year)
-                   for p in self.tune_panels.values()]
+        strategy = AllocatorStrategy(allocator, signal)
+        results = [run_backtest(strategy, p, self.costs, self.periods_per_year) for p in self.tune_panels.values()]
         value = float(np.mean([self._value(r) for r in results]))
         stats = _mean_stats([r.stats for r in results])
         stats["active_fraction"] = float(np.mean([(r.positions.abs().sum(axis=1) > 0).mean() for r in results]))
@@ -183,8 +198,9 @@ class ThresholdStudy:
     def evaluate(self, signal: SignalConfig, allocator: AllocatorConfig) -> Evaluation:
         """Backtest the full OOS period once per path; report the tuning and hold-out slices."""
         results, tune, hold, tv, hv = {}, [], [], [], []
+        strategy = AllocatorStrategy(allocator, signal)
         for path, panel in self.full.items():
-            res = backtest_signals(panel, signal, allocator, self.costs, self.periods_per_year)
+            res = run_backtest(strategy, panel, self.costs, self.periods_per_year)
             results[path] = res
             t, h = res.slice(stop=self.split.cutoff), res.slice(start=self.split.cutoff)
             tune.append(_with_horizons(t))
@@ -204,8 +220,10 @@ def _with_horizons(result: BacktestResult) -> dict[str, float]:
 
 def _mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     keys = stats[0].keys()
-    return {k: float(np.nanmean([s[k] for s in stats])) if any(np.isfinite(s[k]) for s in stats) else float("nan")
-            for k in keys}
+    return {
+        k: float(np.nanmean([s[k] for s in stats])) if any(np.isfinite(s[k]) for s in stats) else float("nan")
+        for k in keys
+    }
 
 
 def make_sampler(seed: int, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:
@@ -215,10 +233,16 @@ def make_sampler(seed: int, n_startup_trials: int = 10) -> optuna.samplers.TPESa
 
 def study_attrs(study: ThresholdStudy) -> dict[str, object]:
     """What a study's results depend on; a resumed study must match them."""
-    return {"source_run_id": study.source.run_id, "objective": study.settings.objective,
-            "dd_penalty": study.settings.dd_penalty, "tune_fraction": study.settings.tune_fraction,
-            "cutoff": str(study.split.cutoff), "horizons": ",".join(study.horizons),
-            "costs": str(study.costs.to_dict()), "periods_per_year": study.periods_per_year}
+    return {
+        "source_run_id": study.source.run_id,
+        "objective": study.settings.objective,
+        "dd_penalty": study.settings.dd_penalty,
+        "tune_fraction": study.settings.tune_fraction,
+        "cutoff": str(study.split.cutoff),
+        "horizons": ",".join(study.horizons),
+        "costs": str(study.costs.to_dict()),
+        "periods_per_year": study.periods_per_year,
+    }
 
 
 def check_or_set_attrs(optuna_study: optuna.Study, attrs: dict[str, object]) -> None:
@@ -228,7 +252,8 @@ def check_or_set_attrs(optuna_study: optuna.Study, attrs: dict[str, object]) -> 
         if k in existing and str(existing[k]) != str(v):
             raise QuantmlInputError(
                 f"study {optuna_study.study_name!r} was created with {k}={existing[k]!r}, this run has {v!r}; "
-                "resume it with the same settings or start a new study with study.name=<new name>")
+                "resume it with the same settings or start a new study with study.name=<new name>"
+            )
     for k, v in attrs.items():
         if k not in existing:
             optuna_study.set_user_attr(k, v)
@@ -236,5 +261,6 @@ def check_or_set_attrs(optuna_study: optuna.Study, attrs: dict[str, object]) -> 
 
 def trials_frame(optuna_study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, value, params, user attrs (tuning-bar stats)."""
-    return optuna_study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs",
-                                                "datetime_start", "duration"))
+    return optuna_study.trials_dataframe(
+        attrs=("number", "value", "state", "params", "user_attrs", "datetime_start", "duration")
+    )

@@ -9,6 +9,7 @@ See ``docs/validation.md``. Typical use inside the pipeline::
     report = audit_folds(keys, t0, t1, folds, splitter.embargo,
                          valid_fraction=splitter.valid_fraction)
 """
+
 from quantml.validation.audit import audit_folds
 from quantml.validation.purging import inner_validation_split, parse_embargo, purge
 from quantml.validation.splitters import (

@@ -4,6 +4,7 @@ Unlike the splitters, the audit never raises on a leak: it counts every violatio
 report (``audit/leakage_audit.json``) says what is wrong and where. It checks each TEST
 SAMPLE's own interval (not segments), so it is independent of how the splitter purged.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,17 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError, SYMBOL, TIMESTAMP
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, require_columns
 from quantml.validation.purging import (
     _NAT,
     _embargo_ns,
     check_valid_fraction,
+    inner_validation_split,
     intersect_sorted,
     overlaps_any,
     to_ns,
     unique_sorted,
 )
-from quantml.validation.purging import inner_validation_split
 from quantml.validation.splitters import Fold
 
 CHECKS = (
@@ -86,14 +87,10 @@ def audit_folds(
     sample's ``[t0, t1 + embargo]``) and ``valid_purge`` (a fit label touching a validation
     sample's ``[t0, t1 + embargo]``).
     """
-    missing = [c for c in (SYMBOL, TIMESTAMP) if c not in keys.columns]
-    if missing:
-        raise QuantmlInputError(f"keys lacks column(s) {missing}: pass PanelData.keys rows aligned with t0/t1")
+    require_columns(keys, (SYMBOL, TIMESTAMP), "keys", "pass PanelData.keys rows aligned with t0/t1")
     t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
     if not (len(keys) == len(t0n) == len(t1n)):
-        raise QuantmlInputError(
-            f"keys has {len(keys)} rows, t0 {len(t0n)}, t1 {len(t1n)}: pass one row per sample"
-        )
+        raise QuantmlInputError(f"keys has {len(keys)} rows, t0 {len(t0n)}, t1 {len(t1n)}: pass one row per sample")
     emb = _embargo_ns(embargo)
     checks: dict[str, dict] = {}
 
@@ -103,7 +100,9 @@ def audit_folds(
     checks["duplicate_keys"] = _check(
         n_dup,
         f"{n_dup} repeated (symbol, timestamp) rows, first {first[SYMBOL]!r} at {first[TIMESTAMP]}: "
-        "deduplicate the panel" if n_dup else "",
+        "deduplicate the panel"
+        if n_dup
+        else "",
         "every (symbol, timestamp) is unique",
     )
 
@@ -118,7 +117,9 @@ def audit_folds(
         len(back),
         f"time goes backwards {len(back)} time(s) within a symbol, first {names[codes[back[0]]]!r} at "
         f"row {int(back[0])} ({_fmt(ts[back[0]])} after {_fmt(ts[prev[0]])} at row {int(prev[0])}): "
-        "sort keys by (symbol, timestamp) or (timestamp, symbol)" if len(back) else "",
+        "sort keys by (symbol, timestamp) or (timestamp, symbol)"
+        if len(back)
+        else "",
         "timestamps increase within each symbol",
     )
 
@@ -148,16 +149,17 @@ def audit_folds(
         if len(leak) and not where_purge:
             i = int(leak[0])
             where_purge = (
-                f"fold {f.fold_id} train position {i} ({keys[SYMBOL].iloc[i]!r}, "
-                f"[{_fmt(t0n[i])}, {_fmt(t1a[i])}])"
+                f"fold {f.fold_id} train position {i} ({keys[SYMBOL].iloc[i]!r}, [{_fmt(t0n[i])}, {_fmt(t1a[i])}])"
             )
         n_purge += len(leak)
     checks["train_test_overlap"] = _check(
-        n_overlap, f"{n_overlap} sample(s) both in train and test, first {where_overlap}",
+        n_overlap,
+        f"{n_overlap} sample(s) both in train and test, first {where_overlap}",
         "no sample is both trained and tested in a fold",
     )
     checks["timestamp_split"] = _check(
-        n_tsplit, f"{n_tsplit} timestamp(s) with samples in both train and test, first {where_tsplit}: "
+        n_tsplit,
+        f"{n_tsplit} timestamp(s) with samples in both train and test, first {where_tsplit}: "
         "split on unique timestamps",
         "no timestamp is split between train and test",
     )
@@ -171,15 +173,21 @@ def audit_folds(
 
     if inner is None and valid_fraction is not None:
         check_valid_fraction(valid_fraction)
-        inner = [inner_validation_split(f.train, t0n.view("M8[ns]"), t1n.view("M8[ns]"), valid_fraction,
-                                        pd.Timedelta(emb), fold_id=f.fold_id) for f in folds]
+        inner = [
+            inner_validation_split(
+                f.train, t0n.view("M8[ns]"), t1n.view("M8[ns]"), valid_fraction, pd.Timedelta(emb), fold_id=f.fold_id
+            )
+            for f in folds
+        ]
     if inner is None:
         skipped = "skipped: pass inner=[(fit, valid), ...] or valid_fraction"
         checks["valid_test_overlap"] = {"ok": True, "count": 0, "detail": skipped}
         checks["valid_purge"] = {"ok": True, "count": 0, "detail": skipped}
     else:
         if len(inner) != len(folds):
-            raise QuantmlInputError(f"inner has {len(inner)} (fit, valid) pairs for {len(folds)} folds: pass one per fold")
+            raise QuantmlInputError(
+                f"inner has {len(inner)} (fit, valid) pairs for {len(folds)} folds: pass one per fold"
+            )
         n_vt = n_vp = 0
         where_vt = where_vp = ""
         for f, (fit, valid) in zip(folds, inner):
@@ -193,11 +201,13 @@ def audit_folds(
                 where_vp = f"fold {f.fold_id} fit position {int(vp[0])}"
             n_vp += len(vp)
         checks["valid_test_overlap"] = _check(
-            n_vt, f"{n_vt} validation sample(s) touch a test interval or its embargo, first {where_vt}",
+            n_vt,
+            f"{n_vt} validation sample(s) touch a test interval or its embargo, first {where_vt}",
             "no validation label touches a test interval or its embargo",
         )
         checks["valid_purge"] = _check(
-            n_vp, f"{n_vp} fit sample(s) touch a validation interval or its embargo, first {where_vp}",
+            n_vp,
+            f"{n_vp} fit sample(s) touch a validation interval or its embargo, first {where_vp}",
             "no fit label touches a validation interval or its embargo",
         )
     return {"clean": all(c["ok"] for c in checks.values()), "checks": checks}
@@ -225,13 +235,10 @@ def _check_paths(folds: Sequence[Fold]) -> dict:
     all_rows = unique_sorted(test)
     bounds = np.r_[0, np.flatnonzero(path[1:] != path[:-1]) + 1, len(path)]
     n_paths = len(bounds) - 1
-    incomplete = sum(
-        1 for a, b in zip(bounds[:-1], bounds[1:]) if not np.array_equal(test[a:b], all_rows)
-    )
+    incomplete = sum(1 for a, b in zip(bounds[:-1], bounds[1:]) if not np.array_equal(test[a:b], all_rows))
     n = twice + incomplete
     return _check(
         n,
-        f"{twice} (sample, path) tested twice and {incomplete} of {n_paths} path(s) not covering "
-        "every tested sample",
+        f"{twice} (sample, path) tested twice and {incomplete} of {n_paths} path(s) not covering every tested sample",
         f"{n_paths} path(s), each testing every tested sample exactly once",
     )

@@ -18,12 +18,13 @@ lose the ones starting within ``embargo`` of the last test label end (embargo). 
 segment is handled separately, so a training block between two test segments (CPCV) keeps
 what lies clear of both.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import QuantmlInputError
+from quantml.contracts import QuantmlInputError, parse_duration
 
 _NAT = np.iinfo(np.int64).min
 
@@ -39,9 +40,7 @@ def to_ns(values, name: str = "t0") -> np.ndarray:
         try:
             idx = pd.DatetimeIndex(np.asarray(values) if not hasattr(values, "dtype") else values)
         except (TypeError, ValueError) as exc:
-            raise QuantmlInputError(
-                f"{name} is not a datetime array ({exc}): pass datetime64[ns] values"
-            ) from exc
+            raise QuantmlInputError(f"{name} is not a datetime array ({exc}): pass datetime64[ns] values") from exc
         if idx.tz is not None:
             idx = idx.tz_convert("UTC").tz_localize(None)
         arr = idx.to_numpy(dtype="datetime64[ns]")
@@ -56,9 +55,7 @@ def check_intervals(t0: np.ndarray, t1: np.ndarray, rows: np.ndarray | None = No
     ``t0``, ``t1``: int64 ns [n]; ``rows``: positions to check (all when None).
     """
     if len(t0) != len(t1):
-        raise QuantmlInputError(
-            f"t0 has {len(t0)} rows and t1 has {len(t1)}: pass one label interval per sample"
-        )
+        raise QuantmlInputError(f"t0 has {len(t0)} rows and t1 has {len(t1)}: pass one label interval per sample")
     a, b = (t0, t1) if rows is None else (t0[rows], t1[rows])
     pos = np.arange(len(t0)) if rows is None else rows
     for name, arr in (("t0", a), ("t1", b)):
@@ -78,22 +75,9 @@ def check_intervals(t0: np.ndarray, t1: np.ndarray, rows: np.ndarray | None = No
 
 
 def parse_embargo(value, setting: str = "validation.embargo") -> pd.Timedelta:
-    """``"1d"``, ``"4h"``, ``"30min"``, a Timedelta, ``0`` or None -> a non-negative Timedelta."""
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
-        return pd.Timedelta(0)
-    if isinstance(value, (int, float)):
-        raise QuantmlInputError(
-            f"{setting}={value!r} has no unit: give a duration such as '1d', '4h', '30min' (or 0)"
-        )
-    try:
-        td = pd.Timedelta(value)
-    except (TypeError, ValueError) as exc:
-        raise QuantmlInputError(
-            f"{setting}={value!r} is not a duration: give e.g. '1d', '4h', '30min' (or 0)"
-        ) from exc
-    if pd.isna(td) or td < pd.Timedelta(0):
-        raise QuantmlInputError(f"{setting}={value!r} must be a non-negative duration such as '1d' or 0")
-    return td
+    """``"1d"``, ``"4h"``, ``"30min"``, a Timedelta, ``0`` or None -> a non-negative Timedelta
+    (the grammar of :func:`quantml.contracts.parse_duration`)."""
+    return parse_duration(value, setting, allow_zero=True)
 
 
 def _embargo_ns(embargo) -> int:
@@ -123,9 +107,7 @@ def _rows(x, n: int, name: str) -> np.ndarray:
     return rows
 
 
-def segments_of(
-    train: np.ndarray, test: np.ndarray, t0: np.ndarray, t1: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def segments_of(train: np.ndarray, test: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous test segments -> (start [S], end [S]) int64 ns, sorted by start.
 
     A segment is a maximal run of consecutive timestamps of ``train ∪ test`` holding test
@@ -147,9 +129,7 @@ def segments_of(
     return starts, ends
 
 
-def overlaps_any(
-    q0: np.ndarray, q1: np.ndarray, starts: np.ndarray, ends: np.ndarray
-) -> np.ndarray:
+def overlaps_any(q0: np.ndarray, q1: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """bool [m]: does closed interval ``[q0, q1]`` touch any closed ``[starts, ends]``?
 
     O((m + S) log S): among intervals starting at or before ``q1``, the largest end must

@@ -16,18 +16,19 @@ purged against each contiguous test segment (see :mod:`quantml.validation.purgin
   Test group ``g`` in the ``j``-th fold (in fold order) that tests ``g`` belongs to path ``j``,
   so every path covers every group exactly once.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from quantml.contracts import QuantmlInputError
+from quantml.contracts.config import build, locate, to_mapping
 from quantml.validation.purging import (
     _purge_ns,
     check_intervals,
@@ -139,9 +140,7 @@ class Splitter(ABC):
 
     def inner_split(self, fold: Fold, t0, t1) -> tuple[np.ndarray, np.ndarray]:
         """``(fit, valid)`` of a fold with this splitter's ``valid_fraction`` and ``embargo``."""
-        return inner_validation_split(
-            fold.train, t0, t1, self.valid_fraction, self.embargo, fold_id=fold.fold_id
-        )
+        return inner_validation_split(fold.train, t0, t1, self.valid_fraction, self.embargo, fold_id=fold.fold_id)
 
     def _check_size(self, fold: Fold, t0n: np.ndarray, n_candidates: int) -> None:
         if len(fold.train) < self.min_train_samples:
@@ -286,20 +285,24 @@ _KEYS = {
 def make_splitter(cfg) -> Splitter:
     """Build the splitter of the ``validation`` config group (a DictConfig or a mapping).
 
-    ``cfg.method`` picks the class; every other key must be a setting of that method (a typo
-    such as ``n_split`` is an error, not silently ignored).
+    ``_target_`` names the class (``conf/validation/*.yaml``) and is instantiated with
+    ``hydra.utils.instantiate``; ``method`` (kept for tags and the command line) picks it
+    when there is no ``_target_``, and must agree with it when there is. Every other key must
+    be a setting of that method (a typo such as ``n_split`` is an error, not silently ignored).
     """
-    if not isinstance(cfg, Mapping):
-        try:
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        except Exception as exc:  # noqa: BLE001 - anything not a config is bad input
-            raise QuantmlInputError(
-                f"validation config must be a mapping or DictConfig, got {type(cfg).__name__}"
-            ) from exc
-    params = dict(cfg)
+    params = to_mapping(cfg, "validation")
+    target = params.pop("_target_", None)
     method = params.pop("method", None)
+    if target is not None:
+        cls = locate(target, "validation")
+        own = getattr(cls, "method", None)
+        if method is None:
+            method = own
+        elif own != method:
+            raise QuantmlInputError(
+                f"validation.method={method!r} does not match validation._target_={target!r} (method={own!r}); "
+                f"pick the config group instead (validation={method} on the command line)"
+            )
     if method not in _SPLITTERS:
         raise QuantmlInputError(
             f"validation.method={method!r} is unknown: use one of {sorted(_SPLITTERS)} "
@@ -308,10 +311,10 @@ def make_splitter(cfg) -> Splitter:
     unknown = sorted(set(params) - set(_KEYS[method]))
     if unknown:
         raise QuantmlInputError(
-            f"validation.{unknown[0]} is not a setting of method={method}: its settings are "
-            f"{list(_KEYS[method])}"
+            f"validation.{unknown[0]} is not a setting of method={method}: its settings are {list(_KEYS[method])}"
         )
-    return _SPLITTERS[method](**params)
+    target = target or f"{_SPLITTERS[method].__module__}.{_SPLITTERS[method].__qualname__}"
+    return build({"_target_": target, **params}, "validation")
 
 
 def _positive_int(value, name: str, minimum: int) -> int:

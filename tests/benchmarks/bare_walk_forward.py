@@ -3,6 +3,7 @@ no MLflow, no calibration/report/figures. Used by ``test_bench_tracking_overhead
 
     python tests/benchmarks/bare_walk_forward.py [--refit] override ...
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from quantml.cli.common import CONFIG_DIR
-from quantml.experiment.prepare import prepare_data
 from quantml.experiment.fitting import prediction_frame
+from quantml.experiment.prepare import prepare_data
 from quantml.validation import inner_validation_split, make_splitter
 
 

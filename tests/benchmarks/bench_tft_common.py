@@ -10,6 +10,7 @@ Volatility has an intraday pattern and a persistent log-AR(1) part; the next bar
 carries a small planted signal from ``sentiment`` and ``funding`` observed at t.
 Target = next bar's log return (``fwd_ret``); row t of the panel forecasts it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,22 @@ import time
 import numpy as np
 
 # BENCH_N_BATCHES only shortens a trial run of the scripts; the benchmark uses 200.
-SETTINGS = dict(lookback=96, hidden_size=64, n_heads=4, hidden_continuous_size=16, batch_size=256,
-                n_batches=int(os.environ.get("BENCH_N_BATCHES", 200)), lr=1e-3, dropout=0.1, threads=2,
-                quantiles=[0.1, 0.5, 0.9], valid_fraction=0.1, max_valid_rows=50_000, batch_chunk=16)
-OBSERVED = ["ret", "ret_4", "ret_24", "rv_24", "volume_z", "funding", "sentiment", "oi_change", "spread",
-            "momentum_96"]
+SETTINGS = dict(
+    lookback=96,
+    hidden_size=64,
+    n_heads=4,
+    hidden_continuous_size=16,
+    batch_size=256,
+    n_batches=int(os.environ.get("BENCH_N_BATCHES", 200)),
+    lr=1e-3,
+    dropout=0.1,
+    threads=2,
+    quantiles=[0.1, 0.5, 0.9],
+    valid_fraction=0.1,
+    max_valid_rows=50_000,
+    batch_chunk=16,
+)
+OBSERVED = ["ret", "ret_4", "ret_24", "rv_24", "volume_z", "funding", "sentiment", "oi_change", "spread", "momentum_96"]
 KNOWN = ["hour_sin", "hour_cos", "dow_sin", "dow_cos"]
 
 
@@ -39,8 +51,15 @@ def generate(n_symbols: int, n_bars: int, seed: int = 0) -> dict[str, np.ndarray
     ts = pd.date_range("2020-01-01", periods=n_bars, freq="h", tz="UTC")
     hour, dow = ts.hour.to_numpy(), ts.dayofweek.to_numpy()
     season = 1.0 + 0.5 * np.cos(2 * np.pi * (hour - 15) / 24)
-    cal = np.stack([np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24),
-                    np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)], 1).astype(np.float32)
+    cal = np.stack(
+        [
+            np.sin(2 * np.pi * hour / 24),
+            np.cos(2 * np.pi * hour / 24),
+            np.sin(2 * np.pi * dow / 7),
+            np.cos(2 * np.pi * dow / 7),
+        ],
+        1,
+    ).astype(np.float32)
     X = np.empty((n_symbols * n_bars, len(OBSERVED) + len(KNOWN)), np.float32)
     fwd = np.empty(n_symbols * n_bars, np.float32)
     for s in range(n_symbols):
@@ -65,13 +84,18 @@ def generate(n_symbols: int, n_bars: int, seed: int = 0) -> dict[str, np.ndarray
         f["spread"] = vol / vol.mean() + rng.normal(0, 0.1, n_bars)
         f["momentum_96"] = f["ret"].rolling(96, min_periods=1).sum()
         block = slice(s * n_bars, (s + 1) * n_bars)
-        X[block, :len(OBSERVED)] = f[OBSERVED].fillna(0.0).to_numpy(np.float32)
-        X[block, len(OBSERVED):] = cal
+        X[block, : len(OBSERVED)] = f[OBSERVED].fillna(0.0).to_numpy(np.float32)
+        X[block, len(OBSERVED) :] = cal
         fwd[block] = np.r_[ret[1:], np.nan]
-    return {"code": np.repeat(np.arange(n_symbols, dtype=np.int32), n_bars),
-            "time_idx": np.tile(np.arange(n_bars, dtype=np.int32), n_symbols),
-            "timestamp": np.tile(ts.as_unit("ns").asi8, n_symbols), "X": X, "fwd_ret": fwd,
-            "n_symbols": np.int64(n_symbols), "n_bars": np.int64(n_bars)}
+    return {
+        "code": np.repeat(np.arange(n_symbols, dtype=np.int32), n_bars),
+        "time_idx": np.tile(np.arange(n_bars, dtype=np.int32), n_symbols),
+        "timestamp": np.tile(ts.as_unit("ns").asi8, n_symbols),
+        "X": X,
+        "fwd_ret": fwd,
+        "n_symbols": np.int64(n_symbols),
+        "n_bars": np.int64(n_bars),
+    }
 
 
 def split_bounds(n_bars: int) -> tuple[int, int]:

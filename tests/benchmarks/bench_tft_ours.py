@@ -3,14 +3,25 @@
 ``python bench_tft_ours.py {dataset|train} PANEL.npz [--no-valid]`` prints one
 ``BENCH_RESULT {json}`` line: timings, samples/s, validation pinball and peak RSS.
 """
+
 from __future__ import annotations
 
 import argparse
 import gc
 
 import numpy as np
-from bench_tft_common import KNOWN, OBSERVED, SETTINGS, Timer, current_rss_mb, emit, peak_rss_mb, pinball, \
-    split_bounds, valid_rows
+from bench_tft_common import (
+    KNOWN,
+    OBSERVED,
+    SETTINGS,
+    Timer,
+    current_rss_mb,
+    emit,
+    peak_rss_mb,
+    pinball,
+    split_bounds,
+    valid_rows,
+)
 
 
 def panel_data(arrays):
@@ -29,10 +40,21 @@ def panel_data(arrays):
     y_vol = np.maximum(np.abs(fwd), np.float32(1e-5))
     t0 = arrays["timestamp"].view("datetime64[ns]")
     names = OBSERVED + KNOWN
-    return PanelData(keys=keys, X=arrays["X"], feature_names=names,
-                     feature_modalities={n: ("calendar" if n in KNOWN else "price") for n in names},
-                     horizons=["1h"], y_ret=fwd, y_dir=y_dir, y_vol=y_vol, t0=t0, t1=t0, symbol_codes=code,
-                     symbols=symbols, known_future=list(KNOWN))
+    return PanelData(
+        keys=keys,
+        X=arrays["X"],
+        feature_names=names,
+        feature_modalities={n: ("calendar" if n in KNOWN else "price") for n in names},
+        horizons=["1h"],
+        y_ret=fwd,
+        y_dir=y_dir,
+        y_vol=y_vol,
+        t0=t0,
+        t1=t0,
+        symbol_codes=code,
+        symbols=symbols,
+        known_future=list(KNOWN),
+    )
 
 
 def train_rows(n_symbols: int, n_bars: int) -> np.ndarray:
@@ -58,8 +80,13 @@ def main() -> None:
     with np.load(args.panel) as f:
         arrays = {k: f[k] for k in f.files}
     n_symbols, n_bars = int(arrays["n_symbols"]), int(arrays["n_bars"])
-    result = {"side": "quantml", "mode": args.mode, "batch_chunk": args.batch_chunk, "rows": n_symbols * n_bars, "rss_after_imports_mb":
-              round(rss_imports, 1)}
+    result = {
+        "side": "quantml",
+        "mode": args.mode,
+        "batch_chunk": args.batch_chunk,
+        "rows": n_symbols * n_bars,
+        "rss_after_imports_mb": round(rss_imports, 1),
+    }
 
     with Timer() as t_build:
         data = panel_data(arrays)
@@ -82,28 +109,47 @@ def main() -> None:
         return
 
     s = SETTINGS
-    model = TFTForecaster(["1h"], seed=0, lookback=s["lookback"], hidden_size=s["hidden_size"],
-                          n_heads=s["n_heads"], hidden_continuous_size=s["hidden_continuous_size"],
-                          batch_size=s["batch_size"], batch_chunk=args.batch_chunk, lr=s["lr"], dropout=s["dropout"], max_epochs=1,
-                          max_steps=s["n_batches"], limit_train_batches=s["n_batches"],
-                          num_threads=s["threads"], accelerator="cpu", interpret_rows=512,
-                          predict_batch_size=1024)
+    model = TFTForecaster(
+        ["1h"],
+        seed=0,
+        lookback=s["lookback"],
+        hidden_size=s["hidden_size"],
+        n_heads=s["n_heads"],
+        hidden_continuous_size=s["hidden_continuous_size"],
+        batch_size=s["batch_size"],
+        batch_chunk=args.batch_chunk,
+        lr=s["lr"],
+        dropout=s["dropout"],
+        max_epochs=1,
+        max_steps=s["n_batches"],
+        limit_train_batches=s["n_batches"],
+        num_threads=s["threads"],
+        accelerator="cpu",
+        interpret_rows=512,
+        predict_batch_size=1024,
+    )
     rss_before_fit = current_rss_mb()
     with Timer() as t_fit:
         model.fit(data.subset(rows))
-    result.update(fit_seconds=round(t_fit.seconds, 2),
-                  samples_per_second=round(s["n_batches"] * s["batch_size"] / t_fit.seconds, 1),
-                  rss_before_fit_mb=round(rss_before_fit, 1), peak_rss_after_fit_mb=round(peak_rss_mb(), 1),
-                  optimizer_steps=model.n_steps_)
+    result.update(
+        fit_seconds=round(t_fit.seconds, 2),
+        samples_per_second=round(s["n_batches"] * s["batch_size"] / t_fit.seconds, 1),
+        rss_before_fit_mb=round(rss_before_fit, 1),
+        peak_rss_after_fit_mb=round(peak_rss_mb(), 1),
+        optimizer_steps=model.n_steps_,
+    )
     if not args.no_valid:
         with Timer() as t_pred:
             fc = model.predict(data.subset(vrows))
         y = data.y_ret[vrows, 0]
         ok = np.isfinite(y)
         q = np.column_stack([fc.q10[:, 0], fc.q50[:, 0], fc.q90[:, 0]])
-        result.update(valid_pinball=pinball(q[ok], y[ok]), predict_seconds=round(t_pred.seconds, 2),
-                      valid_quantile_crossings=int(np.sum(np.diff(q, axis=1) < 0)),
-                      valid_coverage_80=float(np.mean((y[ok] >= q[ok, 0]) & (y[ok] <= q[ok, 2]))))
+        result.update(
+            valid_pinball=pinball(q[ok], y[ok]),
+            predict_seconds=round(t_pred.seconds, 2),
+            valid_quantile_crossings=int(np.sum(np.diff(q, axis=1) < 0)),
+            valid_coverage_80=float(np.mean((y[ok] >= q[ok, 0]) & (y[ok] <= q[ok, 2]))),
+        )
     emit(result)
 
 

@@ -3,6 +3,7 @@
 Runs the build in a subprocess so its peak RSS is its own; writes
 ``tests/benchmarks/results/features.json``. Run: ``pytest -m benchmark tests/benchmarks/test_bench_features.py -s``.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,12 @@ print(json.dumps({
     "n_features": fm.frame.shape[1], "n_horizons": 4, "n_panel_columns": panel.shape[1],
     "wall_seconds": {"import": t_import, **wall},
     "cpu_seconds": cpu,
-    "rows_per_second_wall": {"generate+join+validate": rows / (wall["generate"] + wall["join_streams"] + wall["validate"]),
+    "rows_per_second_wall": {"generate+join+validate": rows / (wall["generate"] + wall["join_streams"]
+                                                               + wall["validate"]),
                              "features": rows / wall["features"], "labels": rows / wall["labels"],
                              "features+labels": rows / (wall["features"] + wall["labels"])},
-    "rows_per_second_cpu": {"generate+join+validate": rows / (cpu["generate"] + cpu["join_streams"] + cpu["validate"]),
+    "rows_per_second_cpu": {"generate+join+validate": rows / (cpu["generate"] + cpu["join_streams"]
+                                                              + cpu["validate"]),
                             "features": rows / cpu["features"], "labels": rows / cpu["labels"],
                             "features+labels": rows / (cpu["features"] + cpu["labels"])},
     "feature_cells_per_second_cpu": rows * fm.frame.shape[1] / cpu["features"],
@@ -65,9 +68,21 @@ def test_bench_features_1m_rows():
     n_symbols, n_bars = 10, 100_000
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(n_symbols), str(n_bars),
-         str(REPO / "quantml" / "conf" / "feature_set" / "full.yaml")],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=1800, check=False)
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(n_symbols),
+            str(n_bars),
+            str(REPO / "quantml" / "conf" / "feature_set" / "full.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=1800,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["cpu_count"] = os.cpu_count()

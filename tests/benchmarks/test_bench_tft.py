@@ -13,6 +13,7 @@ Same synthetic hourly panel (20 symbols x 20,000 bars), encoder 96, one step ahe
 measurement runs in its own subprocess (peak RSS = that process's high-water mark).
 Figures go to ``tests/benchmarks/results/tft.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS = HERE / "results" / "tft.json"
 VENV_ENV = "QUANTML_BENCH_VENV"
-SMALL, LARGE = (20, 20_000), (20, 100_000)   # 400k and 2M rows
+SMALL, LARGE = (20, 20_000), (20, 100_000)  # 400k and 2M rows
 
 pytestmark = pytest.mark.benchmark
 sys.path.insert(0, str(HERE))
@@ -39,30 +40,38 @@ from bench_tft_common import SETTINGS, generate  # noqa: E402
 def _their_python() -> Path:
     venv = os.environ.get(VENV_ENV)
     if not venv:
-        pytest.skip(f"set {VENV_ENV}=/path/to/venv (a venv with torch==2.13.0 and pytorch-forecasting; see "
-                    f"this file's docstring) to run the TFT benchmark")
+        pytest.skip(
+            f"set {VENV_ENV}=/path/to/venv (a venv with torch==2.13.0 and pytorch-forecasting; see "
+            f"this file's docstring) to run the TFT benchmark"
+        )
     python = Path(venv) / "bin" / "python"
     if not python.exists():
         pytest.skip(f"{VENV_ENV}={venv} has no bin/python; create the venv as in this file's docstring")
     probe = subprocess.run([str(python), "-c", "import pytorch_forecasting"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip(f"pytorch-forecasting is not installed in {venv}: "
-                    f"{venv}/bin/pip install 'pytorch-forecasting>=1.4,<2'")
+        pytest.skip(
+            f"pytorch-forecasting is not installed in {venv}: {venv}/bin/pip install 'pytorch-forecasting>=1.4,<2'"
+        )
     return python
 
 
 def _run(python, script: str, *args: str, quantml: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BENCH_N_BATCHES")}
-    env.update(OMP_NUM_THREADS=str(SETTINGS["threads"]), MKL_NUM_THREADS=str(SETTINGS["threads"]),
-               PYTHONWARNINGS="ignore", MLFLOW_DISABLE_TELEMETRY="true")
+    env.update(
+        OMP_NUM_THREADS=str(SETTINGS["threads"]),
+        MKL_NUM_THREADS=str(SETTINGS["threads"]),
+        PYTHONWARNINGS="ignore",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
     if quantml:
         env["PYTHONPATH"] = str(REPO)
     load = os.getloadavg()[0]
-    proc = subprocess.run([str(python), str(HERE / script), *args], cwd=HERE, env=env, capture_output=True,
-                          text=True, timeout=7200)
+    proc = subprocess.run(
+        [str(python), str(HERE / script), *args], cwd=HERE, env=env, capture_output=True, text=True, timeout=7200
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     assert proc.returncode == 0 and lines, f"{script} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    result = json.loads(lines[-1][len("BENCH_RESULT "):])
+    result = json.loads(lines[-1][len("BENCH_RESULT ") :])
     result["loadavg_1min_at_start"] = round(load, 2)
     return result
 
@@ -79,10 +88,12 @@ def test_tft_against_pytorch_forecasting(tmp_path):
         "ours_dataset": _run(sys.executable, "bench_tft_ours.py", "dataset", str(panels["400k"]), quantml=True),
         "theirs_train": _run(theirs_py, "bench_tft_theirs.py", "train", str(panels["400k"]), quantml=False),
         "ours_train": _run(sys.executable, "bench_tft_ours.py", "train", str(panels["400k"]), quantml=True),
-        "ours_train_iid_batches": _run(sys.executable, "bench_tft_ours.py", "train", str(panels["400k"]),
-                                       "--batch-chunk", "1", quantml=True),
-        "ours_train_2M": _run(sys.executable, "bench_tft_ours.py", "train", str(panels["2M"]), "--no-valid",
-                              quantml=True),
+        "ours_train_iid_batches": _run(
+            sys.executable, "bench_tft_ours.py", "train", str(panels["400k"]), "--batch-chunk", "1", quantml=True
+        ),
+        "ours_train_2M": _run(
+            sys.executable, "bench_tft_ours.py", "train", str(panels["2M"]), "--no-valid", quantml=True
+        ),
     }
     for res in r.values():
         # training = the fit (peak RSS when fit returns, before the validation forecasts);
@@ -93,16 +104,15 @@ def test_tft_against_pytorch_forecasting(tmp_path):
     ours, theirs = r["ours_train"], r["theirs_train"]
     ratios = {
         "samples_per_second_ours_over_theirs": ours["samples_per_second"] / theirs["samples_per_second"],
-        "samples_per_second_ours_iid_over_theirs":
-            r["ours_train_iid_batches"]["samples_per_second"] / theirs["samples_per_second"],
+        "samples_per_second_ours_iid_over_theirs": r["ours_train_iid_batches"]["samples_per_second"]
+        / theirs["samples_per_second"],
         "dataset_peak_rss_ours_over_theirs": r["ours_dataset"]["peak_rss_mb"] / r["theirs_dataset"]["peak_rss_mb"],
         "training_peak_rss_ours_over_theirs": ours["peak_mb"] / theirs["peak_mb"],
-        "dataset_memory_ours_over_theirs":
-            r["ours_dataset"]["peak_over_imports_mb"] / r["theirs_dataset"]["peak_over_imports_mb"],
+        "dataset_memory_ours_over_theirs": r["ours_dataset"]["peak_over_imports_mb"]
+        / r["theirs_dataset"]["peak_over_imports_mb"],
         "training_memory_ours_over_theirs": ours["peak_over_imports_mb"] / theirs["peak_over_imports_mb"],
         "valid_pinball_ours_over_theirs": ours["valid_pinball"] / theirs["valid_pinball"],
-        "valid_pinball_ours_iid_over_theirs":
-            r["ours_train_iid_batches"]["valid_pinball"] / theirs["valid_pinball"],
+        "valid_pinball_ours_iid_over_theirs": r["ours_train_iid_batches"]["valid_pinball"] / theirs["valid_pinball"],
         "training_peak_rss_2M_over_400k": r["ours_train_2M"]["peak_mb"] / ours["peak_mb"],
         "training_memory_2M_over_400k": r["ours_train_2M"]["peak_over_imports_mb"] / ours["peak_over_imports_mb"],
     }
@@ -117,11 +127,15 @@ def test_tft_against_pytorch_forecasting(tmp_path):
         "training_peak_rss_2M_over_400k": ("<=", 1.5),
     }
     met = {k: (ratios[k] >= v if op == ">=" else ratios[k] <= v) for k, (op, v) in targets.items()}
-    report = {"settings": SETTINGS, "panels": {"400k": SMALL, "2M": LARGE}, "results": r,
-              "ratios": {k: round(v, 3) for k, v in ratios.items()},
-              "targets": {k: f"{op} {v:.3g}" for k, (op, v) in targets.items()}, "targets_met": met,
-              "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform()}}
+    report = {
+        "settings": SETTINGS,
+        "panels": {"400k": SMALL, "2M": LARGE},
+        "results": r,
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "targets": {k: f"{op} {v:.3g}" for k, (op, v) in targets.items()},
+        "targets_met": met,
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
     print(json.dumps({"ratios": report["ratios"], "targets_met": met}, indent=2))

@@ -4,6 +4,7 @@ final model it logs, so the bare script is timed with and without that refit. Wr
 
 Run: make benchmark   (or: pytest -m benchmark tests/benchmarks/test_bench_tracking_overhead.py -s)
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,17 @@ import pytest
 from tests.helpers import train_cli
 
 HERE = Path(__file__).resolve().parent
-COMMON = ["backbone=lightgbm", "data=synthetic", "data.freq=1h", "data.n_symbols=10",
-          "feature_set=price_volume_regime", "horizon=swing", "validation=walk_forward",
-          "validation.n_splits=5", "print_report=false"]
+COMMON = [
+    "backbone=lightgbm",
+    "data=synthetic",
+    "data.freq=1h",
+    "data.n_symbols=10",
+    "feature_set=price_volume_regime",
+    "horizon=swing",
+    "validation=walk_forward",
+    "validation.n_splits=5",
+    "print_report=false",
+]
 SIZES = {"50k_rows": ["data.n_bars=5000"], "150k_rows": ["data.n_bars=15000"]}
 
 
@@ -35,8 +44,12 @@ def test_tracking_overhead(tmp_path):
     from tests.helpers.registry_fakes import sqlite_store
 
     # an already-migrated store: creating MLflow's tables is a one-off, not a per-run cost
-    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(tmp_path),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": sqlite_store(tmp_path),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONWARNINGS": "ignore",
+    }
     result = {"target_ratio": 1.25, "sizes": {}}
     for size, extra in SIZES.items():
         overrides = [*COMMON, *extra]

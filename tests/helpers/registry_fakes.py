@@ -1,11 +1,13 @@
 """Helpers to build registry scenarios without training: fake parent + fold runs, a toy pyfunc.
 
 Used by the registry and serving tests (and handy for trying the registry CLI by hand):
-``log_fake_run`` writes exactly the run layout of the contracts — parent tags, per-fold
+``log_fake_run`` writes the run layout (``quantml.contracts.run_layout``) through the run
+writer — parent tags, per-fold
 child runs with ``test_start/test_end`` params and ``test_sharpe_after_cost/<h>`` metrics,
 parent ``oos_*`` metrics, the leakage audit — and, optionally, a tiny pyfunc ``model`` that
 honours the prediction contract. Nothing is trained.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +22,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
 
 from quantml.contracts import PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import run_layout as L
+from quantml.tracking.store import ensure_experiment
+from quantml.tracking.writer import RunWriter
 
 TOY_INPUTS = (TIMESTAMP, SYMBOL, "close")
 
@@ -44,8 +48,9 @@ with warnings.catch_warnings():
 
         def __init__(self, horizons: Sequence[str] = ("1d",), signal: Mapping | None = None) -> None:
             self.horizons = list(horizons)
-            self.signal = dict(signal or {"threshold": {"default": 0.0}, "min_confidence": {"default": 0.0},
-                                          "cost": 0.0, "eps": 1e-6})
+            self.signal = dict(
+                signal or {"threshold": {"default": 0.0}, "min_confidence": {"default": 0.0}, "cost": 0.0, "eps": 1e-6}
+            )
 
         def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
             from quantml.signals import SignalConfig, compute_signals
@@ -54,11 +59,15 @@ with warnings.catch_warnings():
             panel = model_input
             missing = [c for c in TOY_INPUTS if c not in panel.columns]
             if missing:
-                raise QuantmlInputError(f"panel is missing column(s) {missing} required by the model's feature "
-                                        f"contract; add them to the panel")
+                raise QuantmlInputError(
+                    f"panel is missing column(s) {missing} required by the model's feature "
+                    f"contract; add them to the panel"
+                )
             if "schema_version" in panel.columns and set(panel["schema_version"].astype(str)) != {SCHEMA_VERSION}:
-                raise QuantmlInputError(f"panel schema_version {sorted(set(panel['schema_version'].astype(str)))} "
-                                        f"does not match the model's {SCHEMA_VERSION!r}")
+                raise QuantmlInputError(
+                    f"panel schema_version {sorted(set(panel['schema_version'].astype(str)))} "
+                    f"does not match the model's {SCHEMA_VERSION!r}"
+                )
             panel = panel.copy()
             panel[TIMESTAMP] = pd.to_datetime(panel[TIMESTAMP], utc=True)
             panel = panel.sort_values([SYMBOL, TIMESTAMP]).reset_index(drop=True)
@@ -72,7 +81,11 @@ with warnings.catch_warnings():
                 f["horizon"] = h
                 frames.append(f)
             out = pd.concat(frames, ignore_index=True)
-            out["q10"], out["q50"], out["q90"] = out.expected_return - 0.02, out.expected_return, out.expected_return + 0.02
+            out["q10"], out["q50"], out["q90"] = (
+                out.expected_return - 0.02,
+                out.expected_return,
+                out.expected_return + 0.02,
+            )
             out["prob_up"] = 0.5 + np.clip(out.expected_return * 10, -0.4, 0.4)
             out["vol_forecast"] = 0.02
             out = compute_signals(out, SignalConfig.from_config(self.signal, cost=self.signal.get("cost", 0.0)))
@@ -83,9 +96,16 @@ with warnings.catch_warnings():
             return out[list(PREDICTION_COLUMNS)]
 
 
-TOY_SIGNATURE = ModelSignature(inputs=None, params=ParamSchema([
-    ParamSpec("last_only", "boolean", False), ParamSpec("model_name", "string", ""),
-    ParamSpec("model_version", "string", "")]))
+TOY_SIGNATURE = ModelSignature(
+    inputs=None,
+    params=ParamSchema(
+        [
+            ParamSpec("last_only", "boolean", False),
+            ParamSpec("model_name", "string", ""),
+            ParamSpec("model_version", "string", ""),
+        ]
+    ),
+)
 
 
 def sqlite_store(directory: str | Path) -> str:
@@ -110,23 +130,34 @@ def sqlite_store(directory: str | Path) -> str:
 
 
 def toy_panel(n_bars: int = 30, symbols: Sequence[str] = ("AAA", "BBB"), seed: int = 0) -> pd.DataFrame:
-    """A small valid daily panel (timestamp, symbol, OHLCV), sorted by (symbol, timestamp)."""
-    rng = np.random.default_rng(seed)
-    ts = pd.date_range("2024-01-01", periods=n_bars, freq="D", tz="UTC")
-    frames = []
-    for s in symbols:
-        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n_bars)))
-        frames.append(pd.DataFrame({TIMESTAMP: ts, SYMBOL: s, "open": close, "high": close * 1.01,
-                                    "low": close * 0.99, "close": close, "volume": 1e6}))
-    return pd.concat(frames, ignore_index=True)
+    """A small valid daily panel (timestamp, symbol, OHLCV), sorted by (symbol, timestamp): the
+    bars of :func:`quantml.data.synthetic.generate_synthetic` (the one panel generator), renamed
+    to ``symbols``."""
+    from quantml.data.synthetic import generate_synthetic
+
+    bars = generate_synthetic(freq="1d", n_symbols=len(symbols), n_bars=n_bars, seed=seed).bars
+    names = dict(zip(sorted(bars[SYMBOL].unique()), symbols))
+    bars = bars[[TIMESTAMP, SYMBOL, "open", "high", "low", "close", "volume"]].assign(
+        **{SYMBOL: bars[SYMBOL].map(names)}
+    )
+    return bars.sort_values([SYMBOL, TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
-def log_fake_run(experiment: str = "quantml-test", *, tracking_uri: str | None = None,
-                 fold_sharpe: Mapping[str, Sequence[float]] | None = None,
-                 oos_ece: Mapping[str, float] | None = None, leakage: str | None = "clean",
-                 audit_artifact: bool | None = None, windows: Sequence[tuple[str, str]] | None = None,
-                 status: str = "FINISHED", log_model: bool = True, tags: Mapping[str, str] | None = None,
-                 seed: int = 7, artifact_location: str | None = None) -> str:
+def log_fake_run(
+    experiment: str = "quantml-test",
+    *,
+    tracking_uri: str | None = None,
+    fold_sharpe: Mapping[str, Sequence[float]] | None = None,
+    oos_ece: Mapping[str, float] | None = None,
+    leakage: str | None = "clean",
+    audit_artifact: bool | None = None,
+    windows: Sequence[tuple[str, str]] | None = None,
+    status: str = "FINISHED",
+    log_model: bool = True,
+    tags: Mapping[str, str] | None = None,
+    seed: int = 7,
+    artifact_location: str | None = None,
+) -> str:
     """Log a parent run + one child run per fold in the contracts' layout; return the parent id.
 
     ``fold_sharpe``: ``{horizon: [test_sharpe_after_cost of fold 0, 1, ...]}``.
@@ -135,62 +166,62 @@ def log_fake_run(experiment: str = "quantml-test", *, tracking_uri: str | None =
     ``audit/leakage_audit.json`` (default: when ``leakage`` is given).
     ``artifact_location``: used when the experiment is created (default: the store's).
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     client = MlflowClient(tracking_uri=tracking_uri)
     fold_sharpe = dict(fold_sharpe or {"1d": [0.5, 0.6, 0.7]})
     horizons = list(fold_sharpe)
     n_folds = len(next(iter(fold_sharpe.values())))
     if windows is None:
         starts = pd.date_range("2024-01-01", periods=n_folds + 1, freq="MS")
-        windows = [(str(starts[i].date()), str((starts[i + 1] - pd.Timedelta(days=1)).date()))
-                   for i in range(n_folds)]
+        windows = [(str(starts[i].date()), str((starts[i + 1] - pd.Timedelta(days=1)).date())) for i in range(n_folds)]
     oos_ece = dict(oos_ece or {h: 0.03 for h in horizons})
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location)
-    run_tags = {"quantml.kind": "parent", "quantml.data_fingerprint": f"fp{seed}",
-                "quantml.feature_contract_hash": f"fc{seed}", "quantml.schema_version": SCHEMA_VERSION,
-                "quantml.git_commit": "0" * 40, "quantml.seed": str(seed), "quantml.ic_mode": "cross_sectional",
-                "quantml.validation": "walk_forward", "quantml.horizons": ",".join(horizons)}
+    writer = RunWriter(ensure_experiment(client, experiment, artifact_location), client)
+    run_tags = {
+        L.TAG_DATA_FINGERPRINT: f"fp{seed}",
+        L.TAG_FEATURE_CONTRACT_HASH: f"fc{seed}",
+        L.TAG_IC_MODE: "cross_sectional",
+    }
     if leakage is not None:
-        run_tags["quantml.leakage_audit"] = leakage
+        run_tags[L.TAG_LEAKAGE_AUDIT] = leakage
     run_tags.update(tags or {})
-    parent = client.create_run(exp_id, tags=run_tags, run_name="fake-parent")
-    pid = parent.info.run_id
-    now = int(time.time() * 1000)
-    metrics = []
+    parent = writer.start_parent(
+        "fake-parent", seed=seed, horizons=horizons, validation="walk_forward", commit="0" * 40, tags=run_tags
+    )
+    metrics = {}
     for h in horizons:  # one batch per run: SQLite commits are the slow part
-        metrics += [Metric(f"oos_ece/{h}", float(oos_ece[h]), now, 0),
-                    Metric(f"oos_sharpe_after_cost/{h}", float(np.mean(fold_sharpe[h])), now, 0),
-                    Metric(f"oos_rank_ic/{h}", 0.05, now, 0)]
-    client.log_batch(pid, metrics=metrics)
+        metrics.update(
+            {
+                f"oos_ece/{h}": float(oos_ece[h]),
+                f"oos_sharpe_after_cost/{h}": float(np.mean(fold_sharpe[h])),
+                f"oos_rank_ic/{h}": 0.05,
+            }
+        )
+    parent.log_metrics(metrics)
     for i in range(n_folds):
-        child = client.create_run(exp_id, tags={"mlflow.parentRunId": pid, "quantml.kind": "fold",
-                                                "quantml.fold_id": str(i)}, run_name=f"fold-{i}")
-        cid = child.info.run_id
-        client.log_batch(cid, params=[Param("fold_id", str(i)), Param("test_start", windows[i][0]),
-                                      Param("test_end", windows[i][1])],
-                         metrics=[Metric(f"test_sharpe_after_cost/{h}", float(fold_sharpe[h][i]), now, 0)
-                                  for h in horizons])
-        client.set_terminated(cid, "FINISHED")
+        child = writer.start_fold(parent, i, [0])
+        child.log_batch(
+            params={L.PARAM_FOLD_ID: str(i), L.PARAM_TEST_START: windows[i][0], L.PARAM_TEST_END: windows[i][1]},
+            metrics={f"test_sharpe_after_cost/{h}": float(fold_sharpe[h][i]) for h in horizons},
+        )
+        child.end("FINISHED")
     if audit_artifact if audit_artifact is not None else leakage is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "leakage_audit.json"
-            path.write_text(json.dumps({"clean": leakage == "clean", "checks": {"purging": leakage == "clean"}}))
-            client.log_artifact(pid, str(path), "audit")
+        parent.log_dict({"clean": leakage == "clean", "checks": {"purging": leakage == "clean"}}, L.AUDIT_ARTIFACT)
     if log_model:
         from quantml.registry.store import mlflow_uri_scope
 
-        with mlflow_uri_scope(client.tracking_uri), mlflow.start_run(run_id=pid), warnings.catch_warnings():
+        with mlflow_uri_scope(client.tracking_uri), mlflow.start_run(run_id=parent.run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "add type hints", "no input example"
-            mlflow.pyfunc.log_model(name="model", python_model=ToyForecaster(horizons),
-                                    signature=TOY_SIGNATURE, pip_requirements=[])
-    client.set_terminated(pid, status)
-    return pid
+            mlflow.pyfunc.log_model(
+                name=L.MODEL_ARTIFACT,
+                python_model=ToyForecaster(horizons),
+                signature=TOY_SIGNATURE,
+                pip_requirements=[],
+            )
+    parent.end(status)
+    return parent.run_id
 
 
 def promote_in_subprocess(tracking_uri: str, name: str, version: str, reason: str, barrier, out_queue) -> None:
     """Worker for the promotion race test: wait at ``barrier``, then force-promote."""
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     from quantml.registry.commands import promote
     from quantml.registry.store import RegistryStore
 
@@ -233,16 +264,24 @@ def wait_http(url: str, timeout: float, proc=None) -> None:
 
 
 @contextlib.contextmanager
-def background_server(cmd: Sequence[str], health_url: str, *, timeout: float = 60.0, log_path: str | Path,
-                      env: Mapping[str, str] | None = None, cwd: str | Path | None = None):
+def background_server(
+    cmd: Sequence[str],
+    health_url: str,
+    *,
+    timeout: float = 60.0,
+    log_path: str | Path,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+):
     """Run ``cmd`` in its own process group until the block ends; always stopped (TERM, then KILL)."""
     import signal
     import subprocess
 
     full_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
+        )
         try:
             try:
                 wait_http(health_url, timeout, proc)
@@ -279,11 +318,26 @@ def mlflow_tracking_server(directory: str | Path, timeout: float = 60.0):
     directory = Path(directory)
     backend = sqlite_store(directory / "server")
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-           str(directory / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(directory / "server-artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     uri = f"http://127.0.0.1:{port}"
-    with background_server(cmd, f"{uri}/health", timeout=timeout, log_path=directory / "mlflow-server.log",
-                           cwd=directory):
+    with background_server(
+        cmd, f"{uri}/health", timeout=timeout, log_path=directory / "mlflow-server.log", cwd=directory
+    ):
         yield uri
 
 
@@ -299,14 +353,32 @@ def mlflow_model_server(model_uri: str, tracking_uri: str, directory: str | Path
 
     port = free_port()
     repo = str(Path(__file__).resolve().parents[2])
-    env = {"MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     url = f"http://127.0.0.1:{port}"
-    with background_server(cmd, f"{url}/health", timeout=timeout, env=env,
-                           log_path=Path(directory) / "model-server.log", cwd=directory):
+    with background_server(
+        cmd, f"{url}/health", timeout=timeout, env=env, log_path=Path(directory) / "model-server.log", cwd=directory
+    ):
         yield url
 
 
@@ -315,8 +387,9 @@ def post_json(url: str, payload: dict, timeout: float = 60.0) -> tuple[int, dict
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(payload, default=str).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())

@@ -1,4 +1,5 @@
-"""``quantml-train -m hparams_search=lightgbm`` on tiny synthetic data (slow: real training jobs)."""
+"""``quantml train -m hparams_search=lightgbm`` on tiny synthetic data (slow: real training jobs)."""
+
 import os
 import subprocess
 import sys
@@ -17,12 +18,23 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_hparams_search_lightgbm_runs_trials_as_parent_runs(tracking_uri, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = [sys.executable, "-m", "quantml.cli.train", "-m", "hparams_search=lightgbm", *TINY,
-            "backbone.n_estimators=40", "tracking.experiment=hparams", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.n_startup_trials=2", f"hydra.sweeper.storage={storage}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    args = [
+        sys.executable,
+        "-m",
+        "quantml.cli.main",
+        "train",
+        "-m",
+        "hparams_search=lightgbm",
+        *TINY,
+        "backbone.n_estimators=40",
+        "tracking.experiment=hparams",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_startup_trials=2",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
     # PYTHONPATH: Hydra discovers hydra_plugins/quantml_optuna_sweeper from the repository
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     study = optuna.load_study(study_name="hparams-lightgbm", storage=storage)

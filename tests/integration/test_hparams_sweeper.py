@@ -1,4 +1,5 @@
 """The quantml_optuna Hydra sweeper: search-space syntax, presets, a toy sweep with pruning and failures."""
+
 import math
 import statistics
 import sys
@@ -28,7 +29,7 @@ def test_hydra_sweep_syntax_maps_to_optuna_distributions():
     assert _dist("a=tag(log, interval(0.001, 1))") == FloatDistribution(0.001, 1.0, log=True)
     assert _dist("a=int(interval(8, 128))") == IntDistribution(8, 128)
     assert _dist("a=tag(log, int(interval(8, 128)))") == IntDistribution(8, 128, log=True)
-    assert _dist("a=range(1, 4)") == IntDistribution(1, 3)               # python range: 1, 2, 3
+    assert _dist("a=range(1, 4)") == IntDistribution(1, 3)  # python range: 1, 2, 3
     assert _dist("a=range(0, 10, 3)") == IntDistribution(0, 9, step=3)
     assert _dist("a=range(0.1, 0.5, 0.1)") == FloatDistribution(0.1, 0.4, step=0.1)
     assert _dist("a=choice(16, 32, 64)") == CategoricalDistribution([16, 32, 64])
@@ -54,7 +55,7 @@ def test_command_line_sweeps_and_fixed_values_override_the_preset():
 
 def test_pruning_report_is_a_no_op_outside_a_sweep_and_negates_on_request():
     cfg = OmegaConf.create({"hparams_search": {"trial": None, "prune_metric": "m", "study_name": "s"}})
-    pruning.report(cfg, 0, {"m": 1.0})                        # no trial: nothing happens
+    pruning.report(cfg, 0, {"m": 1.0})  # no trial: nothing happens
     pruning.report(OmegaConf.create({}), 0, {"m": 1.0})
     assert pruning.metric_value({"val_rmse/1d": 0.5}, "-val_rmse/1d") == -0.5
     assert pruning.metric_value({"x": float("nan")}, "x") is None
@@ -117,8 +118,8 @@ def test_toy_sweep_tells_values_prunes_and_survives_failures(tmp_path, monkeypat
     @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="config")
     def app(cfg):
         if cfg.x > 1.8:
-            raise RuntimeError("boom")               # a failing job must not stop the sweep
-        value = -(cfg.x - 1.0) ** 2 - cfg.y
+            raise RuntimeError("boom")  # a failing job must not stop the sweep
+        value = -((cfg.x - 1.0) ** 2) - cfg.y
         for fold in range(3):
             pruning.report(cfg, fold, {"score": value})
         seen.append((cfg.hparams_search.trial, cfg.x, cfg.y, value))
@@ -135,7 +136,7 @@ def test_toy_sweep_tells_values_prunes_and_survives_failures(tmp_path, monkeypat
     states = {t.number: t.state for t in study.trials}
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert {s[0] for s in seen} == {t.number for t in complete}
-    for trial, x, y, value in seen:                      # the task's return value is what Optuna got
+    for trial, x, y, value in seen:  # the task's return value is what Optuna got
         t = study.trials[trial]
         assert t.value == pytest.approx(value) and t.params == {"x": x, "y": y}
         assert -2 <= x <= 2 and y in (1, 2, 3)

@@ -1,13 +1,11 @@
 """Two processes promoting the same model at once leave one consistent champion and history."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 
 from quantml.registry import CHAMPION, RegistryStore, champion_lineage, promote, register
 from tests.helpers.registry_fakes import log_fake_run, promote_in_subprocess, sqlite_store
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def test_racing_promotions_serialise_into_one_history(tmp_path):
@@ -20,8 +18,10 @@ def test_racing_promotions_serialise_into_one_history(tmp_path):
 
     ctx = mp.get_context("spawn")  # a clean interpreter per worker, like two users' shells
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=promote_in_subprocess, args=(uri, "racer", v, f"race {v}", barrier, results))
-               for v in ("2", "3")]
+    workers = [
+        ctx.Process(target=promote_in_subprocess, args=(uri, "racer", v, f"race {v}", barrier, results))
+        for v in ("2", "3")
+    ]
     for w in workers:
         w.start()
     try:

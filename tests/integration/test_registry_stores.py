@@ -1,17 +1,22 @@
 """The same register -> promote -> rollback story on the embedded SQLite store and on a real
 ``mlflow server`` (loopback, SQLite backend, served artifacts): identical outcomes."""
-from __future__ import annotations
 
-import os
+from __future__ import annotations
 
 import pytest
 
-from quantml.cli.registry import main as registry_main
-from quantml.registry import CHAMPION, RegistryLockTimeout, RegistryStore
+from quantml.registry import (
+    ACTIVE,
+    CHAMPION,
+    GateRefused,
+    RegistryError,
+    RegistryLockTimeout,
+    RegistryStore,
+    promote,
+    register,
+    rollback,
+)
 from tests.helpers.registry_fakes import log_fake_run, mlflow_tracking_server, sqlite_store
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @pytest.fixture(scope="module")
@@ -31,41 +36,62 @@ def store_uri(request, tmp_path):
 def story(uri: str, artifact_location: str | None, capsys) -> list:
     """Register three runs, promote, get refused, force, roll back twice; return what was seen."""
     kw = dict(tracking_uri=uri, artifact_location=artifact_location)
-    runs = [log_fake_run("stores", fold_sharpe={"1d": s}, seed=i, **kw)
-            for i, s in enumerate(([0.1, 0.2, 0.3], [0.2, 0.1, 0.4], [0.3, 0.0, 0.1]))]
+    runs = [
+        log_fake_run("stores", fold_sharpe={"1d": s}, seed=i, **kw)
+        for i, s in enumerate(([0.1, 0.2, 0.3], [0.2, 0.1, 0.4], [0.3, 0.0, 0.1]))
+    ]
     store = RegistryStore(uri)
     seen = []
 
-    def cli(*args):
-        code = registry_main(["--tracking-uri", uri, *args])
-        out = capsys.readouterr()
-        seen.append((args[0], code, store.aliases("story") if code != 2 or args[0] != "register" else None))
-        return out
+    def call(action, fn, *args, **kwargs):
+        """The library call with the CLI's exit codes: 0 done, 1 refused by a gate, 2 bad input."""
+        message = ""
+        try:
+            fn(store, *args, **kwargs)
+            code = 0
+        except GateRefused as exc:
+            code, message = 1, str(exc)
+        except RegistryError as exc:
+            code, message = 2, str(exc)
+        seen.append((action, code, store.aliases("story") if code != 2 or action != "register" else None))
+        return message
 
     for run in runs:
-        cli("register", run, "--name", "story")
-    cli("promote", "story", "1")
-    cli("promote", "story", "2")
-    refused = cli("promote", "story", "3")
-    assert "1/3 windows (needs 2, 1 short)" in refused.err
-    cli("promote", "story", "3", "--force", "--reason", "desk request")
-    cli("rollback", "story")
-    cli("rollback", "story")
-    cli("rollback", "story")
+        call("register", register, run, "story")
+    call("promote", promote, "story", "1")
+    call("promote", promote, "story", "2")
+    refused = call("promote", promote, "story", "3")
+    assert "1/3 windows (needs 2, 1 short)" in refused
+    call("promote", promote, "story", "3", force=True, reason="desk request")
+    call("rollback", rollback, "story")
+    call("rollback", rollback, "story")
+    call("rollback", rollback, "story")
     hist = [(e.seq, e.action, e.version, e.previous, e.forced, e.gates, e.reason) for e in store.events("story")]
     return [seen, hist]
 
 
+def _aliases(candidate: str, active: str) -> dict:
+    # promote/rollback move `active` and, for one release, the 0.1 alias `champion` with it
+    return {"candidate": candidate, "active": active, "champion": active}
+
+
 EXPECTED_SEEN = [
-    ("register", 0, {"candidate": "1"}), ("register", 0, {"candidate": "2"}), ("register", 0, {"candidate": "3"}),
-    ("promote", 0, {"candidate": "3", "champion": "1"}), ("promote", 0, {"candidate": "3", "champion": "2"}),
-    ("promote", 1, {"candidate": "3", "champion": "2"}), ("promote", 0, {"candidate": "3", "champion": "3"}),
-    ("rollback", 0, {"candidate": "3", "champion": "2"}), ("rollback", 0, {"candidate": "3", "champion": "1"}),
-    ("rollback", 2, {"candidate": "3", "champion": "1"}),
+    ("register", 0, {"candidate": "1"}),
+    ("register", 0, {"candidate": "2"}),
+    ("register", 0, {"candidate": "3"}),
+    ("promote", 0, _aliases("3", "1")),
+    ("promote", 0, _aliases("3", "2")),
+    ("promote", 1, _aliases("3", "2")),
+    ("promote", 0, _aliases("3", "3")),
+    ("rollback", 0, _aliases("3", "2")),
+    ("rollback", 0, _aliases("3", "1")),
+    ("rollback", 2, _aliases("3", "1")),
 ]
 EXPECTED_HISTORY = [
-    (1, "promote", "1", None, False, "passed", ""), (2, "promote", "2", "1", False, "passed", ""),
-    (3, "promote", "3", "2", True, "failed: sharpe", "desk request"), (4, "rollback", "2", "3", False, "", ""),
+    (1, "promote", "1", None, False, "passed", ""),
+    (2, "promote", "2", "1", False, "passed", ""),
+    (3, "promote", "3", "2", True, "failed: sharpe", "desk request"),
+    (4, "rollback", "2", "3", False, "", ""),
     (5, "rollback", "1", "2", False, "", ""),
 ]
 
@@ -75,6 +101,7 @@ def test_same_story_on_both_stores(store_uri, tmp_path, capsys):
     seen, hist = story(store_uri, location, capsys)
     assert seen == EXPECTED_SEEN
     assert hist == EXPECTED_HISTORY
+    assert RegistryStore(store_uri).alias_version("story", ACTIVE) == "1"
     assert RegistryStore(store_uri).alias_version("story", CHAMPION) == "1"
 
 

@@ -1,4 +1,5 @@
 """One seed fixes every result: same seed -> identical predictions and metrics; the seed is logged."""
+
 from __future__ import annotations
 
 import mlflow
@@ -9,8 +10,13 @@ from tests.helpers import TINY
 
 
 def test_same_seed_same_results_other_seed_other_results(tracking_uri, compose_cfg):
-    base = [*TINY, "backbone=lightgbm", "backbone.n_estimators=30", "tracking.log_model=false",
-            "tracking.experiment=repro"]
+    base = [
+        *TINY,
+        "backbone=lightgbm",
+        "backbone.n_estimators=30",
+        "tracking.log_model=false",
+        "tracking.experiment=repro",
+    ]
     first = run_experiment(compose_cfg([*base, "seed=7"]))
     second = run_experiment(compose_cfg([*base, "seed=7"]))
     other = run_experiment(compose_cfg([*base, "seed=8"]))

@@ -1,4 +1,5 @@
-"""`quantml-train -m backbone=<every sequence backbone>` on tiny synthetic data, end to end."""
+"""`quantml train -m backbone=<every sequence backbone>` on tiny synthetic data, end to end."""
+
 from __future__ import annotations
 
 import os
@@ -8,24 +9,45 @@ import mlflow
 import numpy as np
 
 from quantml.contracts import PREDICTION_COLUMNS
-from tests.helpers import train_cli
+from tests.helpers import quantml_cli
 
 SEQUENCE = ["mlp", "lstm", "gru", "tcn", "tsmixer", "patchtst", "itransformer", "tft"]
 # "++" because the sweep is composed against the default (lightgbm) backbone first
-TINY_SEQ = ["++backbone.max_epochs=2", "++backbone.limit_train_batches=2", "++backbone.lookback=8",
-            "++backbone.hidden_size=8", "++backbone.batch_size=64"]
+TINY_SEQ = [
+    "++backbone.max_epochs=2",
+    "++backbone.limit_train_batches=2",
+    "++backbone.lookback=8",
+    "++backbone.hidden_size=8",
+    "++backbone.batch_size=64",
+]
 
 
 def test_multirun_over_every_sequence_backbone(tracking_uri, tmp_path):
     # two jobs at a time (each trains on one torch thread): CI has 2 cores
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"backbone={','.join(SEQUENCE)}", "data=synthetic", "data.n_symbols=2", "data.n_bars=400",
-            "data.freq=1h", "feature_set=price", "horizon=4h", "validation.n_splits=2",
-            "validation.min_train_samples=50", "validation.embargo=4h", "print_report=false",
-            "tracking.experiment=seq_multirun", *TINY_SEQ, f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([train_cli(), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, f"quantml-train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    args = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"backbone={','.join(SEQUENCE)}",
+        "data=synthetic",
+        "data.n_symbols=2",
+        "data.n_bars=400",
+        "data.freq=1h",
+        "feature_set=price",
+        "horizon=4h",
+        "validation.n_splits=2",
+        "validation.min_train_samples=50",
+        "validation.embargo=4h",
+        "print_report=false",
+        "tracking.experiment=seq_multirun",
+        *TINY_SEQ,
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [*quantml_cli("train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"quantml train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert not (tmp_path / "lightning_logs").exists()
 
     client = mlflow.MlflowClient()

@@ -3,12 +3,12 @@
 One ridge model is trained once for the module on a seeded synthetic panel with the
 ``price_volume_regime`` feature set (its contract needs the exogenous ``funding_rate`` and
 ``open_interest`` columns, so a panel without them must be refused), registered and
-promoted to champion in a temporary SQLite store.
+promoted to active in a temporary SQLite store.
 """
+
 from __future__ import annotations
 
 import json
-import os
 
 import mlflow
 import numpy as np
@@ -19,24 +19,30 @@ from hydra.core.global_hydra import GlobalHydra
 
 from quantml.cli.common import CONFIG_DIR
 from quantml.cli.predict import main as predict_main
-from quantml.data import load_panel
-from quantml.registry import CHAMPION, RegistryStore, promote, register
-from quantml.registry.store import mlflow_uri_scope
-from tests.helpers.registry_fakes import mlflow_model_server, post_json, sqlite_store
 from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError
+from quantml.data import load_panel
+from quantml.registry import ACTIVE, CHAMPION, RegistryStore, promote, register
+from quantml.registry.store import mlflow_uri_scope
 from quantml.serving import predict_panel, resolve_model
+from tests.helpers.registry_fakes import mlflow_model_server, post_json, sqlite_store
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 NAME = "served"
-TRAIN = ["data=synthetic", "data.n_bars=500", "backbone=ridge", "horizon=1h", "feature_set=price_volume_regime",
-         "validation.n_splits=3", "print_report=false", "tracking.experiment=serving"]
+TRAIN = [
+    "data=synthetic",
+    "data.n_bars=500",
+    "backbone=ridge",
+    "horizon=1h",
+    "feature_set=price_volume_regime",
+    "validation.n_splits=3",
+    "print_report=false",
+    "tracking.experiment=serving",
+]
 PANEL = {"source": "synthetic", "freq": "1h", "n_symbols": 4, "n_bars": 300, "seed": 5, "start": "2024-03-01"}
 
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
-    """(tracking uri, store, parent run id, work dir) with the trained model as NAME v1 @champion."""
+    """(tracking uri, store, parent run id, work dir) with the trained model as NAME v1 @active."""
     from quantml.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("serving")
@@ -62,9 +68,13 @@ def panel():
 
 def test_predict_panel_fills_the_contract_from_the_resolved_version(champion, panel):
     uri, store, run_id, _ = champion
-    frame, resolved = predict_panel(f"models:/{NAME}@{CHAMPION}", panel, store=store)
+    frame, resolved = predict_panel(f"models:/{NAME}@{ACTIVE}", panel, store=store)
     assert (resolved.name, resolved.version, resolved.run_id, resolved.load_uri) == (
-        NAME, "1", run_id, f"models:/{NAME}/1")
+        NAME,
+        "1",
+        run_id,
+        f"models:/{NAME}/1",
+    )
     assert list(frame.columns) == list(PREDICTION_COLUMNS)
     last = panel.groupby("symbol")["timestamp"].max()
     assert len(frame) == len(last)  # last_only, one horizon
@@ -84,7 +94,7 @@ def test_signal_tag_of_the_version_is_applied(champion, panel):
     signal = {"threshold": {"default": 1e9}, "min_confidence": {"default": 0.0}, "cost": 0.0, "eps": 1e-6}
     store.client.set_model_version_tag(NAME, "1", "quantml.signal", json.dumps(signal))
     try:
-        tuned, resolved = predict_panel(f"models:/{NAME}@{CHAMPION}", panel, store=store)
+        tuned, resolved = predict_panel(f"models:/{NAME}@{ACTIVE}", panel, store=store)
     finally:
         store.client.delete_model_version_tag(NAME, "1", "quantml.signal")
     assert resolved.signal.threshold_for("1h") == 1e9
@@ -94,22 +104,26 @@ def test_signal_tag_of_the_version_is_applied(champion, panel):
     store.client.set_model_version_tag(NAME, "1", "quantml.signal", "{not json")
     try:
         with pytest.raises(QuantmlInputError, match="served v1: the quantml.signal tag is not JSON"):
-            resolve_model(f"models:/{NAME}@{CHAMPION}", store)
+            resolve_model(f"models:/{NAME}@{ACTIVE}", store)
     finally:
         store.client.delete_model_version_tag(NAME, "1", "quantml.signal")
 
 
 def test_panel_that_breaks_the_feature_contract_is_refused(champion, panel):
     _, store, _, _ = champion
-    with pytest.raises(QuantmlInputError, match=r"missing column\(s\) \['funding_rate'\].*feature contract"):
-        predict_panel(f"models:/{NAME}@{CHAMPION}", panel.drop(columns=["funding_rate"]), store=store)
+    with pytest.raises(QuantmlInputError, match=r"feature contract.*lacks column\(s\) \['funding_rate'\]"):
+        predict_panel(f"models:/{NAME}@{ACTIVE}", panel.drop(columns=["funding_rate"]), store=store)
     with pytest.raises(QuantmlInputError, match="schema_version \\['2'\\] does not match"):
-        predict_panel(f"models:/{NAME}@{CHAMPION}", panel.assign(schema_version="2"), store=store)
+        predict_panel(f"models:/{NAME}@{ACTIVE}", panel.assign(schema_version="2"), store=store)
 
 
 def test_model_uris_resolve_or_fail_clearly(champion):
     _, store, run_id, _ = champion
     assert resolve_model(f"models:/{NAME}/latest", store).version == "1"
+    # promote moved `active` and, for one release, the 0.1 alias `champion` with it
+    assert resolve_model(f"models:/{NAME}@{ACTIVE}", store).version == "1"
+    assert resolve_model(f"models:/{NAME}@{CHAMPION}", store).version == "1"
+    assert resolve_model(f"models:/{NAME}", store).version == "1"  # the default alias: active
     assert resolve_model(f"runs:/{run_id}/model", store).name == ""
     with pytest.raises(QuantmlInputError, match="has no alias 'staging'"):
         resolve_model(f"models:/{NAME}@staging", store)
@@ -122,8 +136,16 @@ def test_model_uris_resolve_or_fail_clearly(champion):
 def test_cli_writes_parquet_for_a_data_config_and_for_a_file(champion, panel, capsys):
     uri, _, _, root = champion
     out = root / "preds" / "champion.parquet"
-    code = predict_main([f"model=models:/{NAME}@{CHAMPION}", "data=synthetic", "data.n_bars=300",
-                         f"output={out}", f"tracking_uri={uri}", "preview=3"])
+    code = predict_main(
+        [
+            f"model=models:/{NAME}@{ACTIVE}",
+            "data=synthetic",
+            "data.n_bars=300",
+            f"output={out}",
+            f"tracking.uri={uri}",
+            "preview=3",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     frame = pd.read_parquet(out)
@@ -135,30 +157,37 @@ def test_cli_writes_parquet_for_a_data_config_and_for_a_file(champion, panel, ca
     path = root / "panel.parquet"
     panel.to_parquet(path)
     out_all = root / "preds" / "all.parquet"
-    assert predict_main([f"model=models:/{NAME}/1", f"data={path}", "last_only=false", f"output={out_all}",
-                         f"tracking_uri={uri}"]) == 0
+    assert (
+        predict_main(
+            [f"model=models:/{NAME}/1", f"data={path}", "last_only=false", f"output={out_all}", f"tracking.uri={uri}"]
+        )
+        == 0
+    )
     every = pd.read_parquet(out_all)
     assert len(every) == len(panel)  # every bar of every symbol, one horizon
     assert not every.duplicated(["symbol", "timestamp", "horizon"]).any()
 
     panel.drop(columns=["open_interest"]).to_parquet(root / "bad.parquet")
     capsys.readouterr()
-    assert predict_main([f"model=models:/{NAME}@{CHAMPION}", f"data={root / 'bad.parquet'}",
-                         f"tracking_uri={uri}"]) == 2
+    assert predict_main([f"model=models:/{NAME}@{ACTIVE}", f"data={root / 'bad.parquet'}", f"tracking.uri={uri}"]) == 2
     err = capsys.readouterr().err
     assert "open_interest" in err and "feature contract" in err
-    assert predict_main(["data=synthetic", f"tracking_uri={uri}"]) == 2
+    assert predict_main(["data=synthetic", f"tracking.uri={uri}"]) == 2
     assert "model=... is required" in capsys.readouterr().err
 
 
 def test_mlflow_models_serve_answers_the_contract_and_refuses_bad_panels(champion, panel):
     uri, store, _, root = champion
-    expected, _ = predict_panel(f"models:/{NAME}@{CHAMPION}", panel, store=store)
+    expected, _ = predict_panel(f"models:/{NAME}@{ACTIVE}", panel, store=store)
     wire = panel.assign(timestamp=panel["timestamp"].map(lambda t: t.isoformat()))
-    with mlflow_model_server(f"models:/{NAME}@{CHAMPION}", uri, root, timeout=150) as url:
-        status, body = post_json(f"{url}/invocations", {
-            "dataframe_split": wire.to_dict(orient="split"),
-            "params": {"last_only": True, "model_name": NAME, "model_version": "1"}})
+    with mlflow_model_server(f"models:/{NAME}@{ACTIVE}", uri, root, timeout=150) as url:
+        status, body = post_json(
+            f"{url}/invocations",
+            {
+                "dataframe_split": wire.to_dict(orient="split"),
+                "params": {"last_only": True, "model_name": NAME, "model_version": "1"},
+            },
+        )
         assert status == 200, body
         served = pd.DataFrame(body["predictions"])
         assert list(served.columns) == list(PREDICTION_COLUMNS)
@@ -167,10 +196,12 @@ def test_mlflow_models_serve_answers_the_contract_and_refuses_bad_panels(champio
         assert served["action"].tolist() == expected["action"].tolist()
         assert set(served["model_name"]) == {NAME}
 
-        status, body = post_json(f"{url}/invocations",
-                                 {"dataframe_split": wire.drop(columns=["funding_rate"]).to_dict(orient="split")})
+        status, body = post_json(
+            f"{url}/invocations", {"dataframe_split": wire.drop(columns=["funding_rate"]).to_dict(orient="split")}
+        )
         assert status == 400
         assert "QuantmlInputError" in body.get("stack_trace", "") and "funding_rate" in body["stack_trace"]
-        status, body = post_json(f"{url}/invocations",
-                                 {"dataframe_split": wire.assign(schema_version="2").to_dict(orient="split")})
+        status, body = post_json(
+            f"{url}/invocations", {"dataframe_split": wire.assign(schema_version="2").to_dict(orient="split")}
+        )
         assert status == 400 and "does not match the model's" in body.get("stack_trace", "")

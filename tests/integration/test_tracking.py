@@ -1,4 +1,5 @@
 """Tracking: run lifecycle (FINISHED / FAILED with the error attached), retries, params."""
+
 from __future__ import annotations
 
 import mlflow
@@ -65,7 +66,8 @@ def test_flatten_config_and_uri_resolution(monkeypatch):
     cfg = OmegaConf.create({"data": {"freq": "1h", "n": 3}, "seed": 7, "h": {"list": [1, 2]}})
     assert flatten_config(cfg) == {"data.freq": "1h", "data.n": "3", "seed": "7", "h.list": "[1, 2]"}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
-    assert resolve_tracking_uri("sqlite:///y.db") == "sqlite:///x.db"
+    assert resolve_tracking_uri("sqlite:///y.db") == "sqlite:///y.db"  # an explicit tracking.uri= wins
+    assert resolve_tracking_uri(None) == "sqlite:///x.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert resolve_tracking_uri("sqlite:///y.db") == "sqlite:///y.db"
     assert resolve_tracking_uri(None) == "sqlite:///mlflow.db"

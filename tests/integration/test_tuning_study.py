@@ -1,5 +1,6 @@
 """quantml-tune: time split, objectives, no look-ahead, seeding, resume, processes sharing a storage,
 the CLI's MLflow child run and attach. One MLflow store per module (creating one costs seconds)."""
+
 import json
 import multiprocessing
 import sys
@@ -11,15 +12,15 @@ import pandas as pd
 import pytest
 
 from quantml.cli.tune import tune
-from quantml.portfolio import AllocatorConfig
 from quantml.contracts import QuantmlInputError
+from quantml.portfolio import AllocatorConfig
 from quantml.signals import SIGNAL_TAG, SignalConfig
 from quantml.tuning.objectives import objective_value
 from quantml.tuning.run import attach_to_model_version, parse_attach, read_model_version_signal, run_tuning
 from quantml.tuning.source import load_source_run
 from quantml.tuning.split import time_split
-from tests.helpers.synthetic_oos import log_synthetic_source_run, synthetic_oos_frame
 from quantml.tuning.thresholds import SearchSpace, ThresholdStudy, TuneSettings, make_sampler
+from tests.helpers.synthetic_oos import log_synthetic_source_run, synthetic_oos_frame
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ALLOC = AllocatorConfig(cov_window=30, cov_min_periods=10)
@@ -49,7 +50,7 @@ def test_time_split_uses_time_quantile_when_folds_interleave():
 def test_objectives_by_hand():
     stats = {"sharpe": 1.5, "calmar": float("inf"), "ann_return": 0.2, "max_drawdown": -0.08}
     assert objective_value(stats, "sharpe") == 1.5
-    assert objective_value(stats, "calmar") == 1e6            # clipped so Optuna can rank it
+    assert objective_value(stats, "calmar") == 1e6  # clipped so Optuna can rank it
     assert objective_value(stats, "return_dd", dd_penalty=2.0) == pytest.approx(0.2 - 0.16)
     with pytest.raises(QuantmlInputError, match="objective.name"):
         objective_value(stats, "sortino")
@@ -124,21 +125,28 @@ def test_search_space_is_fixed_by_tuning_bars_and_maps_params_back(source):
     tune_scores = np.abs(np.concatenate([p.score[:, :, 0].ravel() for p in study.tune_panels.values()]))
     tune_scores = tune_scores[np.isfinite(tune_scores) & (tune_scores > 0)]
     assert study.space.threshold_high["1d"] == pytest.approx(np.quantile(tune_scores, 0.5))
-    sig, alloc = SearchSpace.configs({"threshold/1d": 0.3, "min_confidence/5d": 0.2, "risk_budget/1d": 0.4},
-                                     SignalConfig(cost=0.001), ALLOC)
+    sig, alloc = SearchSpace.configs(
+        {"threshold/1d": 0.3, "min_confidence/5d": 0.2, "risk_budget/1d": 0.4}, SignalConfig(cost=0.001), ALLOC
+    )
     assert sig.threshold_for("1d") == 0.3 and sig.min_confidence_for("5d") == 0.2 and sig.cost == 0.001
     assert alloc.risk_budget == {"1d": 0.4} and alloc.target_vol == ALLOC.target_vol
 
 
 def test_resume_and_threads_share_one_storage(source, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    kw = dict(settings=TuneSettings(), allocator=ALLOC, storage=storage, study_name="s", n_startup_trials=2,
-              log_to_mlflow=False)
+    kw = dict(
+        settings=TuneSettings(),
+        allocator=ALLOC,
+        storage=storage,
+        study_name="s",
+        n_startup_trials=2,
+        log_to_mlflow=False,
+    )
     run_tuning(source.run_id, n_trials=3, **kw)
     out = run_tuning(source.run_id, n_trials=4, n_jobs=2, **kw)
     assert out.n_complete == 7
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 7
-    again = run_tuning(source.run_id, n_trials=0, **kw)       # re-report a stored study, no new trial
+    again = run_tuning(source.run_id, n_trials=0, **kw)  # re-report a stored study, no new trial
     assert again.n_complete == 7 and again.best_params == out.best_params and again.metrics == out.metrics
     with pytest.raises(QuantmlInputError, match="tune_fraction"):
         run_tuning(source.run_id, n_trials=1, **{**kw, "settings": TuneSettings(tune_fraction=0.5)})
@@ -192,30 +200,55 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
     client.create_registered_model("syn")
     client.create_model_version("syn", f"runs:/{run_id}/model", run_id=run_id)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    code = _run_cli(monkeypatch, [f"run_id={run_id}", f"study.storage={storage}", "objective.name=calmar",
-                                  "cost=crypto", "attach=syn:1", *SMALL])
+    code = _run_cli(
+        monkeypatch,
+        [
+            f"run_id={run_id}",
+            f"study.storage={storage}",
+            "objective.name=calmar",
+            "cost=crypto",
+            "attach=syn:1",
+            *SMALL,
+        ],
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "hold-out calmar" in out and "logged as MLflow run" in out
-    (child,) = client.search_runs([client.get_run(run_id).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{run_id}' and tags.`quantml.kind` = 'tune'")
+    (child,) = client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{run_id}' and tags.`quantml.kind` = 'tune'",
+    )
     assert child.data.params["objective"] == "calmar" and child.data.params["cost.fee_bps"] == "4.0"
     m = child.data.metrics
-    for key in ("tune_sharpe_after_cost", "holdout_sharpe_after_cost", "holdout_baseline_sharpe_after_cost",
-                "holdout_calmar", "holdout_max_drawdown", "holdout_sharpe_after_cost/1d", "best_value"):
+    for key in (
+        "tune_sharpe_after_cost",
+        "holdout_sharpe_after_cost",
+        "holdout_baseline_sharpe_after_cost",
+        "holdout_calmar",
+        "holdout_max_drawdown",
+        "holdout_sharpe_after_cost/1d",
+        "best_value",
+    ):
         assert key in m
     assert m["best_value"] == pytest.approx(m["tune_calmar"], rel=1e-9)  # best trial re-scored on tuning bars
     arts = {f.path for d in ("tune", "figures", "backtest") for f in client.list_artifacts(child.info.run_id, d)}
-    assert {"tune/trials.csv", "tune/best_params.json", "tune/signal.json", "figures/optimization_history.png",
-            "figures/param_importances.png", "figures/holdout_equity.png", "figures/tuned_equity.png",
-            "backtest/holdout_bars.csv"} <= arts
+    assert {
+        "tune/trials.csv",
+        "tune/best_params.json",
+        "tune/signal.json",
+        "figures/optimization_history.png",
+        "figures/param_importances.png",
+        "figures/holdout_equity.png",
+        "figures/tuned_equity.png",
+        "backtest/holdout_bars.csv",
+    } <= arts
     bars = pd.read_csv(client.download_artifacts(child.info.run_id, "backtest/holdout_bars.csv", str(tmp_path)))
     assert {"pnl", "equity", "drawdown", "turnover", "cost"} <= set(bars.columns)
-    equity = client.get_metric_history(child.info.run_id, "holdout_equity")   # per-bar curve for the UI
+    equity = client.get_metric_history(child.info.run_id, "holdout_equity")  # per-bar curve for the UI
     assert [m.step for m in equity] == list(range(len(bars)))
     assert [m.value for m in equity] == pytest.approx(bars["equity"].tolist())
     ppy = float(child.data.params["periods_per_year"])
-    assert bars["pnl"].mean() * ppy == pytest.approx(m["holdout_ann_return"])   # the hold-out metric is these bars
+    assert bars["pnl"].mean() * ppy == pytest.approx(m["holdout_ann_return"])  # the hold-out metric is these bars
     trials = pd.read_csv(client.download_artifacts(child.info.run_id, "tune/trials.csv", str(tmp_path)))
     assert len(trials) == 3 and "params_threshold/1d" in trials.columns
     study = optuna.load_study(study_name=f"quantml-tune-{run_id[:12]}-calmar", storage=storage)
@@ -229,9 +262,17 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
 
 
 def _worker(source, storage, worker):
-    run_tuning(source, settings=TuneSettings(), allocator=AllocatorConfig(cov_window=30, cov_min_periods=10),
-               storage=storage, study_name="shared", n_trials=3, n_startup_trials=2, worker=worker,
-               log_to_mlflow=False)
+    run_tuning(
+        source,
+        settings=TuneSettings(),
+        allocator=AllocatorConfig(cov_window=30, cov_min_periods=10),
+        storage=storage,
+        study_name="shared",
+        n_trials=3,
+        n_startup_trials=2,
+        worker=worker,
+        log_to_mlflow=False,
+    )
 
 
 def test_two_processes_share_one_storage(source, tmp_path):
@@ -245,6 +286,7 @@ def test_two_processes_share_one_storage(source, tmp_path):
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
     done = optuna.load_study(study_name="shared", storage=storage).get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,))
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
     assert len(done) == 6
     assert len({tuple(sorted(t.params.items())) for t in done}) == 6  # the workers drew different trials

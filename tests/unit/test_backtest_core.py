@@ -1,13 +1,14 @@
 """Backtest: textbook performance formulas, cost arithmetic, one-bar lag, paper replay == vectorised."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from quantml.market import CostModel, execute, execute_bar, performance_stats
 from quantml.backtest.paper import PaperTrader, paper_replay
-from quantml.market.performance import (annualised_return, calmar_ratio, infer_periods_per_year, max_drawdown,
-                                          sharpe_ratio)
 from quantml.backtest.vectorised import backtest, backtest_signals
+from quantml.contracts import periods_per_year
+from quantml.market import CostModel, execute, execute_bar, performance_stats
+from quantml.market.performance import annualised_return, calmar_ratio, max_drawdown, sharpe_ratio
 from quantml.portfolio import AllocatorConfig, SignalPanel
 from quantml.portfolio.strategy import strategy_positions
 from quantml.signals import SignalConfig
@@ -57,8 +58,8 @@ def test_impact_grows_with_participation_in_the_bars_volume():
 
 def test_positions_earn_the_next_bars_return_not_the_current_one():
     close = pd.DataFrame({"A": [100.0, 110.0, 99.0, 108.9]})
-    next_ret = close.pct_change().shift(-1)          # [0.1, -0.1, 0.1, NaN]
-    realised = close.pct_change()                     # what is known at each bar's close
+    next_ret = close.pct_change().shift(-1)  # [0.1, -0.1, 0.1, NaN]
+    realised = close.pct_change()  # what is known at each bar's close
     # a position set from what is known at t cannot capture the move that already happened
     lagged = backtest(np.sign(realised.fillna(0.0)).to_numpy(), next_ret.to_numpy(), CostModel(0, 0), 252)
     np.testing.assert_allclose(lagged.bars["gross"], [0.0, -0.1, -0.1, 0.0], atol=1e-12)
@@ -77,8 +78,15 @@ def _panel(**kw):
 def test_paper_replay_matches_vectorised_pnl(dedup):
     panel = _panel()
     sig = SignalConfig(threshold={"1d": 0.02, "5d": 0.04}, min_confidence={"5d": 0.05}, cost=0.0008)
-    alloc = AllocatorConfig(target_vol=0.2, symbol_cap=0.3, bucket_cap=0.6, corr_threshold=0.9, dedup=dedup,
-                            cov_window=30, cov_min_periods=10)
+    alloc = AllocatorConfig(
+        target_vol=0.2,
+        symbol_cap=0.3,
+        bucket_cap=0.6,
+        corr_threshold=0.9,
+        dedup=dedup,
+        cov_window=30,
+        cov_min_periods=10,
+    )
     costs = CostModel(fee_bps=2.0, slippage_bps=1.0, impact_bps=0.5, impact_coef=8.0, participation_cap=0.05)
     vec = backtest_signals(panel, sig, alloc, costs, 365.25, capital=5e6)
     paper = paper_replay(panel, sig, alloc, costs, 365.25, capital=5e6)
@@ -101,7 +109,7 @@ def test_strategy_positions_do_not_depend_on_future_bars():
     for name in ("score", "confidence", "vol_forecast", "next_return"):
         tampered = _panel()
         arr = getattr(tampered, name)
-        arr[k + 1:] = np.random.default_rng(9).normal(size=arr[k + 1:].shape)
+        arr[k + 1 :] = np.random.default_rng(9).normal(size=arr[k + 1 :].shape)
         if name == "next_return":  # the return realised at k+1 is next_return[k]: tamper from k on
             arr[k:] = 0.5
         pos2, _ = strategy_positions(tampered, sig, alloc, 365.25)
@@ -118,27 +126,40 @@ def test_paper_trader_never_receives_the_next_bars_return():
             seen.append(np.array(realised_return))
             return super().on_bar(timestamp, realised_return, *args, **kw)
 
-    trader = Spy(panel.symbols, panel.horizons, SignalConfig(), AllocatorConfig(cov_window=20, cov_min_periods=5),
-                 CostModel(), 365.25)
+    trader = Spy(
+        panel.symbols,
+        panel.horizons,
+        SignalConfig(),
+        AllocatorConfig(cov_window=20, cov_min_periods=5),
+        CostModel(),
+        365.25,
+    )
     for t, ts in enumerate(panel.timestamps):
-        trader.on_bar(ts, panel.next_return[t - 1] if t else np.full(4, np.nan), panel.score[t],
-                      panel.confidence[t], panel.vol_forecast[t])
+        trader.on_bar(
+            ts,
+            panel.next_return[t - 1] if t else np.full(4, np.nan),
+            panel.score[t],
+            panel.confidence[t],
+            panel.vol_forecast[t],
+        )
     for t in range(1, len(seen)):
         np.testing.assert_array_equal(seen[t], panel.next_return[t - 1])
 
 
 def test_backtest_slice_restarts_equity_and_recomputes_stats():
-    res = backtest(np.ones((5, 1)), PNL[:, None], CostModel(0, 0), 252, timestamps=pd.date_range(
-        "2024-01-01", periods=5, tz="UTC"))
+    res = backtest(
+        np.ones((5, 1)), PNL[:, None], CostModel(0, 0), 252, timestamps=pd.date_range("2024-01-01", periods=5, tz="UTC")
+    )
     part = res.slice(start=pd.Timestamp("2024-01-03", tz="UTC"))
     np.testing.assert_allclose(part.bars["equity"], [0.03, 0.02, 0.04])
     assert part.stats["max_drawdown"] == pytest.approx(-0.01)
     assert part.stats["ann_return"] == pytest.approx(np.mean([0.03, -0.01, 0.02]) * 252)
 
 
-def test_infer_periods_per_year():
-    assert infer_periods_per_year(pd.date_range("2024-01-01", periods=50, freq="1D", tz="UTC")) == 365.25
-    assert infer_periods_per_year(pd.bdate_range("2024-01-01", periods=50, tz="UTC")) == 252.0
-    assert infer_periods_per_year(pd.date_range("2024-01-01", periods=500, freq="1h", tz="UTC")) == 365.25 * 24
-    assert infer_periods_per_year(pd.date_range("2024-01-01", periods=30, freq="7D", tz="UTC")) == \
-        pytest.approx(365.25 / 7)
+def test_periods_per_year_from_timestamps():
+    # one definition (quantml.contracts.periods_per_year): bars actually observed per year
+    assert periods_per_year(pd.date_range("2024-01-01", periods=50, freq="1D", tz="UTC")) == 365.25
+    # 10 weeks of business days: 49 gaps over 67 days (about 252 over a year with holidays)
+    assert periods_per_year(pd.bdate_range("2024-01-01", periods=50, tz="UTC")) == pytest.approx(49 / 67 * 365.25)
+    assert periods_per_year(pd.date_range("2024-01-01", periods=500, freq="1h", tz="UTC")) == 365.25 * 24
+    assert periods_per_year(pd.date_range("2024-01-01", periods=30, freq="7D", tz="UTC")) == pytest.approx(365.25 / 7)

@@ -1,4 +1,5 @@
 """Temperature scaling, isotonic calibration and split-conformal quantiles, fitted on validation only."""
+
 from __future__ import annotations
 
 import pickle
@@ -11,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import expit
 
+from quantml.contracts import QuantmlInputError
 from quantml.evaluation import fit_calibrator
 from quantml.evaluation.calibration import conformal_quantile, fit_temperature
 from quantml.evaluation.metrics import expected_calibration_error, probability_metrics, quantile_metrics
-from quantml.contracts import QuantmlInputError
 
 
 def classifier_frame(n, seed, overconfidence=3.0, horizons=("1d",)):
@@ -25,8 +26,19 @@ def classifier_frame(n, seed, overconfidence=3.0, horizons=("1d",)):
         z = rng.normal(0, 1, n)
         y = (rng.random(n) < expit(z)).astype(float)
         ret = np.where(y > 0, 1, -1) * np.abs(rng.normal(0, 0.01, n))
-        parts.append(pd.DataFrame({"horizon": h, "prob_up": expit(overconfidence * z), "q10": -0.01,
-                                   "q50": 0.0, "q90": 0.01, "ret": ret, "dir": y}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "horizon": h,
+                    "prob_up": expit(overconfidence * z),
+                    "q10": -0.01,
+                    "q50": 0.0,
+                    "q90": 0.01,
+                    "ret": ret,
+                    "dir": y,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -38,8 +50,19 @@ def gaussian_frame(n, seed, width=0.5, horizons=("1d",)):
         mu = rng.normal(0, 0.01, n)
         sig = np.exp(rng.normal(np.log(0.02), 0.3, n))
         ret = mu + sig * rng.normal(size=n)
-        parts.append(pd.DataFrame({"horizon": h, "prob_up": 0.5, "q10": mu - 1.2816 * sig * width, "q50": mu,
-                                   "q90": mu + 1.2816 * sig * width, "ret": ret, "dir": (ret > 0).astype(float)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "horizon": h,
+                    "prob_up": 0.5,
+                    "q10": mu - 1.2816 * sig * width,
+                    "q50": mu,
+                    "q90": mu + 1.2816 * sig * width,
+                    "ret": ret,
+                    "dir": (ret > 0).astype(float),
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -50,7 +73,7 @@ def ece(frame):
 def test_temperature_scaling_reduces_ece_of_an_overconfident_classifier():
     valid, test = classifier_frame(4000, seed=0), classifier_frame(20000, seed=1)
     cal = fit_calibrator(valid, {"calibration": {"method": "temperature"}, "conformal": {"enabled": False}})
-    assert cal.temperature["1d"] == pytest.approx(3.0, rel=0.15)   # undoes the x3 over-confidence
+    assert cal.temperature["1d"] == pytest.approx(3.0, rel=0.15)  # undoes the x3 over-confidence
     out = cal.transform(test)
     before, after = ece(test), ece(out)
     assert after < 0.5 * before and after < 0.02
@@ -59,8 +82,9 @@ def test_temperature_scaling_reduces_ece_of_an_overconfident_classifier():
     assert new["log_loss"] < raw["log_loss"] and new["brier"] < raw["brier"]
     np.testing.assert_array_equal(out["prob_up_raw"].to_numpy(), test["prob_up"].to_numpy())
     # temperature scaling is monotone: the ranking (and so AP) is unchanged
-    assert (np.argsort(out["prob_up"].to_numpy(), kind="stable")
-            == np.argsort(test["prob_up"].to_numpy(), kind="stable")).mean() > 0.999
+    assert (
+        np.argsort(out["prob_up"].to_numpy(), kind="stable") == np.argsort(test["prob_up"].to_numpy(), kind="stable")
+    ).mean() > 0.999
 
 
 def test_fit_temperature_recovers_known_temperature():
@@ -93,7 +117,7 @@ def test_conformal_brings_too_narrow_interval_to_nominal_coverage(mode):
     after = quantile_metrics(out["q10"], out["q50"], out["q90"], out["ret"])
     assert before < 0.55
     assert 0.77 <= after["coverage_80"] <= 0.83
-    if mode == "asymmetric":   # each tail calibrated as well
+    if mode == "asymmetric":  # each tail calibrated as well
         assert 0.07 <= after["coverage_q10"] <= 0.13 and 0.87 <= after["coverage_q90"] <= 0.93
 
 
@@ -113,7 +137,7 @@ def test_conformal_can_be_switched_off():
 
 
 def test_conformal_quantile_is_finite_sample_corrected():
-    scores = np.arange(1.0, 10.0)              # n = 9: level .8 -> ceil(10 * .8) = 8th smallest
+    scores = np.arange(1.0, 10.0)  # n = 9: level .8 -> ceil(10 * .8) = 8th smallest
     assert conformal_quantile(scores, 0.8) == 8.0
     assert conformal_quantile(scores, 0.95) == 9.0  # capped at the max
 
@@ -121,9 +145,10 @@ def test_conformal_quantile_is_finite_sample_corrected():
 def test_calibrator_is_per_horizon_picklable_and_idempotent_on_probabilities():
     valid = pd.concat([classifier_frame(2000, 6, 3.0, ("1d",)), classifier_frame(2000, 7, 0.5, ("7d",))])
     cal = fit_calibrator(valid, {})
-    assert cal.temperature["1d"] > 2.0 and cal.temperature["7d"] < 0.7   # over- vs under-confident
-    test = pd.concat([classifier_frame(300, 8, 3.0, ("1d",)), classifier_frame(300, 9, 0.5, ("7d",))],
-                     ignore_index=True)
+    assert cal.temperature["1d"] > 2.0 and cal.temperature["7d"] < 0.7  # over- vs under-confident
+    test = pd.concat(
+        [classifier_frame(300, 8, 3.0, ("1d",)), classifier_frame(300, 9, 0.5, ("7d",))], ignore_index=True
+    )
     once = cal.transform(test)
     twice = cal.transform(once)
     np.testing.assert_allclose(once["prob_up"], twice["prob_up"])
@@ -159,6 +184,7 @@ def test_bad_settings_and_frames_raise_clear_errors():
 
 def test_reads_the_default_yaml():
     from omegaconf import OmegaConf
+
     cfg = OmegaConf.load("quantml/conf/evaluation/default.yaml")
     cal = fit_calibrator(classifier_frame(200, seed=1), cfg)
     assert cal.settings.method == "temperature" and cal.settings.conformal and cal.settings.alpha == 0.2

@@ -1,4 +1,5 @@
 """``quantml.signals.confidence_score``: higher confidence buckets must hit more often."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,6 +34,7 @@ def test_confidence_quintiles_are_monotone_in_hit_rate(er_noise, p_noise):
 
 
 def test_confidence_is_zero_without_an_edge():
-    conf = confidence_score(np.array([0.5, 0.9]), np.array([-0.02, -0.02]), np.array([0.02, 0.02]),
-                            np.array([0.01, 0.0]))
+    conf = confidence_score(
+        np.array([0.5, 0.9]), np.array([-0.02, -0.02]), np.array([0.02, 0.02]), np.array([0.01, 0.0])
+    )
     np.testing.assert_allclose(conf, [0.0, 0.0])

@@ -1,4 +1,5 @@
 """Every config group composes, every backbone instantiates, presets pin what they say."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,19 @@ from omegaconf import OmegaConf
 from quantml.cli.common import CONFIG_DIR
 from quantml.models.base import Forecaster
 
-GROUPS = ["data", "feature_set", "horizon", "backbone", "ablation", "validation", "cost", "signal",
-          "evaluation", "tracking"]
+GROUPS = [
+    "data",
+    "feature_set",
+    "horizon",
+    "backbone",
+    "ablation",
+    "validation",
+    "cost",
+    "signal",
+    "strategy",
+    "evaluation",
+    "tracking",
+]
 
 
 def choices(group: str) -> list[str]:
@@ -51,7 +63,9 @@ def test_intraday_and_swing_horizon_presets(compose_cfg):
 
 
 def test_baselines_experiment_pins_its_study(compose_cfg):
-    cfg = compose_cfg(["experiment=baselines"], )
+    cfg = compose_cfg(
+        ["experiment=baselines"],
+    )
     assert cfg.data.source == "synthetic"
     assert cfg.validation.method == "purged_kfold"
     assert cfg.feature_set.name == "full"
@@ -84,3 +98,29 @@ def test_experiments_dir_is_the_experiment_group():
     repo = Path(__file__).resolve().parents[2]
     assert (repo / "experiments" / "baselines.yaml").is_file()
     assert (repo / "conf" / "config.yaml").is_file()
+
+
+SEQUENCE = ["mlp", "lstm", "gru", "tcn", "tsmixer", "patchtst", "itransformer", "tft"]
+
+
+@pytest.mark.parametrize("backbone", SEQUENCE)
+def test_sequence_backbones_share_one_base_config(compose_cfg, backbone):
+    folder = Path(CONFIG_DIR) / "backbone"
+    base = OmegaConf.to_container(OmegaConf.load(folder / "sequence" / "base.yaml"))
+    own = OmegaConf.to_container(OmegaConf.load(folder / f"{backbone}.yaml"))
+    assert own.pop("defaults") == ["sequence/base@_here_", "_self_"]  # the base first, the backbone's keys win
+    copied = {k for k, v in own.items() if k in base and base[k] == v}
+    assert not copied, f"{backbone}.yaml repeats the shared keys {sorted(copied)}"
+    composed = OmegaConf.to_container(compose_cfg([f"backbone={backbone}"]).backbone)
+    assert composed == {**base, **own}
+    assert composed["batch_chunk"] == (16 if backbone == "tft" else 1)
+
+
+def test_lightgbm_uses_every_core_by_default(compose_cfg):
+    from quantml.models.lightgbm_model import LightGBMForecaster
+
+    cfg = compose_cfg(["backbone=lightgbm"])
+    model = instantiate(cfg.backbone, horizons=["1d"], seed=1)
+    assert isinstance(model, LightGBMForecaster) and cfg.backbone.n_jobs == -1
+    # the thread count must not change the trees: LightGBM's determinism switches are on
+    assert model.params["n_jobs"] == -1 and model.params["deterministic"] and model.params["force_row_wise"]

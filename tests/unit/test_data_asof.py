@@ -1,10 +1,11 @@
 """As-of joins on publication time: exact values, staleness, late revisions, events, errors."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from quantml.data import join_streams
 from quantml.contracts import QuantmlInputError
+from quantml.data import join_streams
 
 T = lambda s: pd.Timestamp(f"2024-01-01 {s}", tz="UTC")  # noqa: E731
 
@@ -13,8 +14,10 @@ T = lambda s: pd.Timestamp(f"2024-01-01 {s}", tz="UTC")  # noqa: E731
 def bars():
     ts = pd.date_range(T("01:00"), periods=6, freq="1h")  # bar closes 01:00 .. 06:00
     c = np.arange(1, 7, dtype=float) + 10
-    frames = [pd.DataFrame({"timestamp": ts, "symbol": s, "open": c, "high": c, "low": c, "close": c,
-                            "volume": 1.0}) for s in ("X", "Y")]
+    frames = [
+        pd.DataFrame({"timestamp": ts, "symbol": s, "open": c, "high": c, "low": c, "close": c, "volume": 1.0})
+        for s in ("X", "Y")
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -27,11 +30,13 @@ def _stream(rows, symbol=True):
 
 
 def test_asof_values_flags_staleness_and_late_revisions(bars):
-    funding = _stream([
-        ("X", T("00:30"), T("01:00"), 1.0),   # available exactly at the 01:00 close: used there
-        ("X", T("01:30"), T("02:10"), 2.0),   # visible from the 03:00 bar
-        ("X", T("01:00"), T("04:30"), 7.0),   # late copy of an OLDER observation: never overrides 2.0
-    ]).rename(columns={"v": "funding_rate"})
+    funding = _stream(
+        [
+            ("X", T("00:30"), T("01:00"), 1.0),  # available exactly at the 01:00 close: used there
+            ("X", T("01:30"), T("02:10"), 2.0),  # visible from the 03:00 bar
+            ("X", T("01:00"), T("04:30"), 7.0),  # late copy of an OLDER observation: never overrides 2.0
+        ]
+    ).rename(columns={"v": "funding_rate"})
     out = join_streams(bars, {"funding": funding}, max_staleness={"funding": "4h"})
     x = out[out["symbol"] == "X"]
     # 06:00: latest event_time 01:30 is 4.5h old > 4h -> NaN and flagged
@@ -43,8 +48,10 @@ def test_asof_values_flags_staleness_and_late_revisions(bars):
 
 
 def test_market_wide_stream_joins_every_symbol(bars):
-    macro = _stream([(T("00:00") - pd.Timedelta("5D"), T("02:30"), 0.5),
-                     (T("00:00") - pd.Timedelta("4D"), T("05:00"), -1.0)], symbol=False)
+    macro = _stream(
+        [(T("00:00") - pd.Timedelta("5D"), T("02:30"), 0.5), (T("00:00") - pd.Timedelta("4D"), T("05:00"), -1.0)],
+        symbol=False,
+    )
     macro = macro.rename(columns={"v": "macro_surprise"})
     out = join_streams(bars, {"macro": macro})
     for s in ("X", "Y"):
@@ -61,13 +68,15 @@ def test_staleness_default_scales_with_bar(bars):
 
 
 def test_events_bucketed_on_arrival_bar(bars):
-    ev = pd.DataFrame({
-        "symbol": ["X", "X", "X", "Y"],
-        "event_time": [T("01:10"), T("01:40"), T("05:00"), T("03:00")],
-        "available_at": [T("01:20"), T("01:50"), T("07:00"), T("05:59")],
-        "event_count": [1.0, 2.0, 1.0, 1.0],
-        "event_sentiment": [0.5, -1.0, 0.9, 0.2],
-    })
+    ev = pd.DataFrame(
+        {
+            "symbol": ["X", "X", "X", "Y"],
+            "event_time": [T("01:10"), T("01:40"), T("05:00"), T("03:00")],
+            "available_at": [T("01:20"), T("01:50"), T("07:00"), T("05:59")],
+            "event_count": [1.0, 2.0, 1.0, 1.0],
+            "event_sentiment": [0.5, -1.0, 0.9, 0.2],
+        }
+    )
     out = join_streams(bars, {"events": ev})
     x, y = out[out["symbol"] == "X"], out[out["symbol"] == "Y"]
     np.testing.assert_array_equal(x["event_count"], [0, 3.0, 0, 0, 0, 0])  # 07:00 arrival is after the data
@@ -117,20 +126,23 @@ _row = st.tuples(st.sampled_from(["X", "Y"]), st.integers(0, 400), st.integers(0
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(_row, min_size=1, max_size=25, unique_by=lambda r: (r[0], r[1] + r[2])),
-       st.integers(30, 500))
+@given(st.lists(_row, min_size=1, max_size=25, unique_by=lambda r: (r[0], r[1] + r[2])), st.integers(30, 500))
 def test_asof_matches_brute_force(rows, limit_min):
     """Random streams with late and out-of-order publications vs a direct definition:
     latest event_time among rows published at or before the bar, stale beyond the limit."""
     base = T("00:00")
     ts = pd.date_range(T("01:00"), periods=8, freq="1h")
-    bars = pd.concat([pd.DataFrame({"timestamp": ts, "symbol": s, "close": 1.0}) for s in ("X", "Y")],
-                     ignore_index=True)
-    stream = pd.DataFrame({
-        "symbol": [r[0] for r in rows],
-        "event_time": [base + pd.Timedelta(minutes=r[1]) for r in rows],
-        "available_at": [base + pd.Timedelta(minutes=r[1] + r[2]) for r in rows],
-        "v": [r[3] for r in rows]})
+    bars = pd.concat(
+        [pd.DataFrame({"timestamp": ts, "symbol": s, "close": 1.0}) for s in ("X", "Y")], ignore_index=True
+    )
+    stream = pd.DataFrame(
+        {
+            "symbol": [r[0] for r in rows],
+            "event_time": [base + pd.Timedelta(minutes=r[1]) for r in rows],
+            "available_at": [base + pd.Timedelta(minutes=r[1] + r[2]) for r in rows],
+            "v": [r[3] for r in rows],
+        }
+    )
     out = join_streams(bars, {"s": stream}, {"s": f"{limit_min}min"})
     limit = pd.Timedelta(minutes=limit_min)
     for i, bar in bars.iterrows():

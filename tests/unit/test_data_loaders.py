@@ -1,4 +1,5 @@
 """Sources: bundled adjusted daily stocks, user parquet/CSV files and directories, dispatch errors."""
+
 import logging
 from pathlib import Path
 
@@ -6,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantml.contracts import QuantmlInputError
 from quantml.data import load_panel
 from quantml.data.loaders import load_stocks_daily, repair_ohlc, stocks_csv_path
-from quantml.contracts import QuantmlInputError
 
 DATA_CONF = Path(__file__).resolve().parents[2] / "quantml" / "conf" / "data"
 
@@ -61,7 +62,7 @@ def test_filters_leave_nothing():
 def test_repair_logs_and_fixes_bad_demo_rows(caplog):
     df = load_stocks_daily().head(5).copy()
     df.iloc[1, df.columns.get_loc("high")] = df.iloc[1]["low"] * 0.5  # high < low
-    df.iloc[2, df.columns.get_loc("close")] = -1.0                     # unusable bar
+    df.iloc[2, df.columns.get_loc("close")] = -1.0  # unusable bar
     with caplog.at_level(logging.WARNING):
         out = repair_ohlc(df, "demo")
     assert len(out) == 4
@@ -78,8 +79,18 @@ def test_unknown_source():
 def _frame(symbol="X", n=30):
     ts = pd.date_range("2024-01-01", periods=n, freq="1h", tz="UTC")
     c = np.linspace(10, 12, n)
-    return pd.DataFrame({"timestamp": ts, "symbol": symbol, "open": c, "high": c * 1.01, "low": c * 0.99,
-                         "close": c, "volume": 5.0, "funding_rate": 1e-4})
+    return pd.DataFrame(
+        {
+            "timestamp": ts,
+            "symbol": symbol,
+            "open": c,
+            "high": c * 1.01,
+            "low": c * 0.99,
+            "close": c,
+            "volume": 5.0,
+            "funding_rate": 1e-4,
+        }
+    )
 
 
 def test_parquet_file(tmp_path):

@@ -1,13 +1,14 @@
 """Synthetic generator: determinism, contract, streams, regimes, and a small planted signal."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from quantml.contracts import EXOGENOUS_MODALITY, QuantmlInputError
 from quantml.data import infer_bar_frequency, join_streams, load_panel, validate_panel
 from quantml.data.synthetic import generate_synthetic
 from quantml.features import build_features
 from quantml.labels import make_labels
-from quantml.contracts import EXOGENOUS_MODALITY, QuantmlInputError
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +88,10 @@ def test_planted_signal_is_causal_and_findable():
     df = fm.frame[["funding_bps", "sentiment_ewm", "event_sent_6"]].assign(y=lab.ret[:, 0], s=p["symbol"].to_numpy())
     feats = ["funding_bps", "sentiment_ewm", "event_sent_6"]
     ic = pd.DataFrame({s: g[feats].corrwith(g["y"], method="spearman") for s, g in df.groupby("s")}).mean(axis=1)
-    assert ic["funding_bps"] < -0.02   # contrarian funding
+    assert ic["funding_bps"] < -0.02  # contrarian funding
     assert ic["sentiment_ewm"] > 0.02  # sentiment momentum
-    assert ic["event_sent_6"] > 0.01   # post-event drift
-    assert ic.abs().max() < 0.15       # weak, as in real markets
+    assert ic["event_sent_6"] > 0.01  # post-event drift
+    assert ic.abs().max() < 0.15  # weak, as in real markets
 
 
 def test_bad_arguments():

@@ -1,12 +1,13 @@
 """Prediction drift: PSI of each fold's forecasts against the previous fold's."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from quantml.evaluation import population_stability_index, prediction_drift
 from quantml.contracts import QuantmlInputError
+from quantml.evaluation import population_stability_index, prediction_drift
 
 
 def test_psi_is_zero_for_identical_samples():
@@ -25,8 +26,8 @@ def test_psi_small_for_same_distribution_large_for_shifted():
 
 
 def test_psi_hand_computed_two_bins():
-    ref = np.array([0.0, 0.0, 1.0, 1.0])          # median 0.5 -> bins (-inf, .5], (.5, inf): 50% / 50%
-    cur = np.array([0.0, 1.0, 1.0, 1.0])          # 25% / 75%
+    ref = np.array([0.0, 0.0, 1.0, 1.0])  # median 0.5 -> bins (-inf, .5], (.5, inf): 50% / 50%
+    cur = np.array([0.0, 1.0, 1.0, 1.0])  # 25% / 75%
     expected = (0.25 - 0.5) * np.log(0.25 / 0.5) + (0.75 - 0.5) * np.log(0.75 / 0.5)
     assert population_stability_index(ref, cur, bins=2) == pytest.approx(expected)
 
@@ -44,8 +45,7 @@ def test_prediction_drift_compares_each_fold_with_the_previous():
     parts = []
     for fold, shift in enumerate([0.0, 0.0, 2.0]):
         for h in ("1d", "7d"):
-            parts.append(pd.DataFrame({"fold": fold, "horizon": h,
-                                       "expected_return": rng.normal(shift, 1, 4000)}))
+            parts.append(pd.DataFrame({"fold": fold, "horizon": h, "expected_return": rng.normal(shift, 1, 4000)}))
     drift = prediction_drift(pd.concat(parts, ignore_index=True))
     assert list(drift.index) == [0, 1, 2]
     assert list(drift.columns) == ["test_psi/1d", "test_psi/7d"]

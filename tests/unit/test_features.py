@@ -1,4 +1,5 @@
 """Feature blocks: causality per block, exact values, modalities, ablations, skipping, errors."""
+
 from pathlib import Path
 
 import numpy as np
@@ -6,10 +7,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from quantml.contracts import MODALITIES, QuantmlInputError
 from quantml.data import load_panel, validate_panel
 from quantml.features import BLOCKS, build_features, causality_violations, event_activity_mask
 from quantml.features.blocks import BlockSpec
-from quantml.contracts import MODALITIES, QuantmlInputError
 
 CONF = Path(__file__).resolve().parents[2] / "quantml" / "conf" / "feature_set"
 FULL = OmegaConf.to_container(OmegaConf.load(CONF / "full.yaml"))
@@ -50,26 +51,50 @@ def test_detector_catches_a_leak(panel, monkeypatch):
 def _tiny():
     ts = pd.date_range("2024-01-05 04:00", periods=6, freq="1h", tz="UTC")  # a Friday
     c = np.array([100.0, 110.0, 99.0, 99.0, 120.0, 118.0])
-    df = pd.DataFrame({"timestamp": ts, "symbol": "A", "open": c, "high": c * 1.02, "low": c * 0.98,
-                       "close": c, "volume": [10.0, 20.0, 30.0, 40.0, 50.0, 0.0],
-                       "event_count": [0.0, 2.0, 0.0, 0.0, 1.0, 0.0],
-                       "event_sentiment": [np.nan, 0.5, np.nan, np.nan, -1.0, np.nan],
-                       "macro_surprise": [np.nan, np.nan, 2.0, 2.0, 2.0, -1.0]})
+    df = pd.DataFrame(
+        {
+            "timestamp": ts,
+            "symbol": "A",
+            "open": c,
+            "high": c * 1.02,
+            "low": c * 0.98,
+            "close": c,
+            "volume": [10.0, 20.0, 30.0, 40.0, 50.0, 0.0],
+            "event_count": [0.0, 2.0, 0.0, 0.0, 1.0, 0.0],
+            "event_sentiment": [np.nan, 0.5, np.nan, np.nan, -1.0, np.nan],
+            "macro_surprise": [np.nan, np.nan, 2.0, 2.0, 2.0, -1.0],
+        }
+    )
     return validate_panel(df)
 
 
 def test_exact_values_on_tiny_panel():
     p = _tiny()
-    cfg = {"name": "t", "blocks": {"returns": {"lags": [1, 2]}, "volatility": {"windows": [2, 3], "parkinson": False},
-                                   "event": {"halflives": [1]}, "macro": {"halflife": 1, "change_lag": 1},
-                                   "calendar": {}}}
+    cfg = {
+        "name": "t",
+        "blocks": {
+            "returns": {"lags": [1, 2]},
+            "volatility": {"windows": [2, 3], "parkinson": False},
+            "event": {"halflives": [1]},
+            "macro": {"halflife": 1, "change_lag": 1},
+            "calendar": {},
+        },
+    }
     f = build_features(p, cfg).frame
     lc = np.log(p["close"].to_numpy())
     r = np.r_[np.nan, np.diff(lc)]
     np.testing.assert_allclose(f["ret_1"], r.astype(np.float32), rtol=1e-6)
     np.testing.assert_allclose(f["ret_2"], np.r_[np.nan, np.nan, lc[2:] - lc[:-2]].astype(np.float32), rtol=1e-6)
-    rv2 = np.sqrt([np.nan, np.nan, (r[1] ** 2 + r[2] ** 2) / 2, (r[2] ** 2 + r[3] ** 2) / 2,
-                   (r[3] ** 2 + r[4] ** 2) / 2, (r[4] ** 2 + r[5] ** 2) / 2])
+    rv2 = np.sqrt(
+        [
+            np.nan,
+            np.nan,
+            (r[1] ** 2 + r[2] ** 2) / 2,
+            (r[2] ** 2 + r[3] ** 2) / 2,
+            (r[3] ** 2 + r[4] ** 2) / 2,
+            (r[4] ** 2 + r[5] ** 2) / 2,
+        ]
+    )
     np.testing.assert_allclose(f["rv_2"], rv2.astype(np.float32), rtol=1e-6)
     assert np.isnan(f["rv_3"].iloc[2]) and np.isfinite(f["rv_3"].iloc[3])
     np.testing.assert_allclose(f["rv_ratio_2_3"].iloc[3], np.log(rv2[3] / np.sqrt((r[1:4] ** 2).mean())), rtol=1e-5)
@@ -109,8 +134,9 @@ def test_feature_matrix_contract(panel):
     assert fm.modalities["social_velocity"] == "text" and fm.modalities["event_intensity_6"] == "event"
 
 
-@pytest.mark.parametrize("drop,gone", [(["text", "event"], {"text", "event"}), (["macro"], {"macro"}),
-                                       (["derivatives"], {"derivatives"})])
+@pytest.mark.parametrize(
+    "drop,gone", [(["text", "event"], {"text", "event"}), (["macro"], {"macro"}), (["derivatives"], {"derivatives"})]
+)
 def test_drop_modalities(panel, drop, gone):
     full = build_features(panel, FULL)
     fm = build_features(panel, FULL, drop_modalities=drop)
@@ -132,8 +158,17 @@ def test_unknown_modality(panel):
 def test_blocks_without_sources_are_skipped():
     p = _tiny().drop(columns=["event_count", "event_sentiment", "macro_surprise"])
     fm = build_features(p, FULL)
-    for b in ("derivatives", "onchain", "text", "event", "macro", "passthrough", "cross_section",
-              "regime.funding_slope", "regime.oi_slope"):
+    for b in (
+        "derivatives",
+        "onchain",
+        "text",
+        "event",
+        "macro",
+        "passthrough",
+        "cross_section",
+        "regime.funding_slope",
+        "regime.oi_slope",
+    ):
         assert b in fm.skipped, b
     assert "onchain_netflow" in fm.skipped["onchain"]
     partial = build_features(_tiny().drop(columns=["macro_surprise"]).assign(macro_rate=1.0), FULL)
@@ -196,5 +231,6 @@ def test_expected_features_for_serving(panel):
     assert again.names == want
     pd.testing.assert_frame_equal(again.frame, fm.frame[want])
     with pytest.raises(QuantmlInputError, match=r"needs feature\(s\) \['funding_bps'\].*funding_rate"):
-        build_features(panel.drop(columns=["funding_rate"]), {"name": "d", "blocks": {"derivatives": {}}},
-                       expected=["funding_bps"])
+        build_features(
+            panel.drop(columns=["funding_rate"]), {"name": "d", "blocks": {"derivatives": {}}}, expected=["funding_bps"]
+        )

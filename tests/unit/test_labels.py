@@ -1,27 +1,28 @@
 """Multi-horizon labels: exact values on a hand-made daily panel with a weekend gap."""
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantml.contracts import QuantmlInputError
 from quantml.data import validate_panel
 from quantml.labels import make_labels, parse_horizon
-from quantml.contracts import QuantmlInputError
 
 
 def _bars(symbol, days, closes):
     ts = pd.to_datetime(days).tz_localize("UTC") + pd.Timedelta("21h")
     c = np.asarray(closes, dtype=float)
-    return pd.DataFrame({"timestamp": ts, "symbol": symbol, "open": c, "high": c * 1.01,
-                         "low": c * 0.99, "close": c, "volume": 1000.0})
+    return pd.DataFrame(
+        {"timestamp": ts, "symbol": symbol, "open": c, "high": c * 1.01, "low": c * 0.99, "close": c, "volume": 1000.0}
+    )
 
 
 @pytest.fixture
 def weekend_panel():
     # A: Thu, Fri, (weekend), Mon, Tue, Wed.  B: Thu, Fri, Mon.
-    a = _bars("A", ["2024-01-04", "2024-01-05", "2024-01-08", "2024-01-09", "2024-01-10"],
-              [100, 110, 99, 99, 120])
+    a = _bars("A", ["2024-01-04", "2024-01-05", "2024-01-08", "2024-01-09", "2024-01-10"], [100, 110, 99, 99, 120])
     b = _bars("B", ["2024-01-04", "2024-01-05", "2024-01-08"], [50, 40, 60])
     return validate_panel(pd.concat([b, a], ignore_index=True))  # sorted: A first
 
@@ -113,16 +114,19 @@ def test_label_properties_on_regular_bars(steps, k):
     close = 100 * np.cumprod(steps)
     n = len(close)
     ts = pd.date_range("2024-01-01", periods=n, freq="1h", tz="UTC")
-    p = validate_panel(pd.DataFrame({"timestamp": ts, "symbol": "X", "open": close, "high": close,
-                                     "low": close, "close": close, "volume": 1.0}))
+    p = validate_panel(
+        pd.DataFrame(
+            {"timestamp": ts, "symbol": "X", "open": close, "high": close, "low": close, "close": close, "volume": 1.0}
+        )
+    )
     if k >= n:
         return
     lab = make_labels(p, [f"{k}h"], 0.0)
     lc = np.log(close)
     np.testing.assert_allclose(lab.ret[: n - k, 0], lc[k:] - lc[:-k], atol=1e-12)
-    assert np.isnan(lab.ret[n - k:, 0]).all()
+    assert np.isnan(lab.ret[n - k :, 0]).all()
     r = np.diff(lc)
-    expect_vol = np.sqrt([np.sum(r[i:i + k] ** 2) for i in range(n - k)])
+    expect_vol = np.sqrt([np.sum(r[i : i + k] ** 2) for i in range(n - k)])
     # vol comes from differences of a cumulative sum of squares: a tiny window after large
     # moves keeps ~1e-7 relative precision (cancellation), far below any trading relevance
     np.testing.assert_allclose(lab.vol[: n - k, 0], expect_vol, rtol=1e-6, atol=1e-12)

@@ -1,4 +1,5 @@
 """Quant metrics against hand-computed values and the reference implementations (sklearn, scipy)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +10,13 @@ from hypothesis import strategies as st
 from scipy.stats import norm, pearsonr, spearmanr
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, mean_pinball_loss
 
-from quantml.market import CostModel, performance_stats
-from quantml.evaluation import evaluate_predictions, ic_mode_for, ic_series
-from quantml.evaluation.forecast_backtest import backtest_forecasts, forecast_weights, information_ratio
-from quantml.evaluation.metrics import expected_calibration_error, hit_rate, ts_bucket_for
+from quantml.backtest import run_backtest
 from quantml.contracts import QuantmlInputError
+from quantml.evaluation import evaluate_predictions, ic_mode_for, ic_series
+from quantml.evaluation.evaluate import backtest_metrics
+from quantml.evaluation.metrics import expected_calibration_error, hit_rate, ts_bucket_for
+from quantml.market import CostModel, information_ratio, performance_stats
+from quantml.portfolio.strategy import RankLongShort, forecast_weights
 
 
 def synthetic_frame(n_symbols=4, n_bars=300, horizons=("1d",), freq="1D", seed=0, signal=0.01):
@@ -26,12 +29,26 @@ def synthetic_frame(n_symbols=4, n_bars=300, horizons=("1d",), freq="1D", seed=0
             mu = rng.normal(0, signal, n_bars)
             sig = np.exp(rng.normal(np.log(0.02), 0.3, n_bars))
             ret = mu + sig * rng.normal(size=n_bars)
-            parts.append(pd.DataFrame({
-                "symbol": f"S{s}", "timestamp": ts, "horizon": h, "expected_return": mu,
-                "q10": mu - 1.2816 * sig, "q50": mu, "q90": mu + 1.2816 * sig,
-                "prob_up": norm.cdf(mu / sig), "vol_forecast": sig, "ret": ret,
-                "dir": (ret > 0).astype(float), "vol": sig, "ret_next_bar": rng.normal(0, 0.01, n_bars),
-                "fold": 0}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "symbol": f"S{s}",
+                        "timestamp": ts,
+                        "horizon": h,
+                        "expected_return": mu,
+                        "q10": mu - 1.2816 * sig,
+                        "q50": mu,
+                        "q90": mu + 1.2816 * sig,
+                        "prob_up": norm.cdf(mu / sig),
+                        "vol_forecast": sig,
+                        "ret": ret,
+                        "dir": (ret > 0).astype(float),
+                        "vol": sig,
+                        "ret_next_bar": rng.normal(0, 0.01, n_bars),
+                        "fold": 0,
+                    }
+                )
+            )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -44,9 +61,21 @@ def hand_frame(er, ret, ret_next=None):
     rows = []
     for t in range(T):
         for n in range(N):
-            rows.append({"symbol": f"S{n}", "timestamp": ts[t], "horizon": "1d", "expected_return": er[t, n],
-                         "q10": er[t, n] - 1, "q50": er[t, n], "q90": er[t, n] + 1, "prob_up": 0.5,
-                         "ret": ret[t, n], "dir": float(ret[t, n] > 0), "ret_next_bar": ret_next[t, n]})
+            rows.append(
+                {
+                    "symbol": f"S{n}",
+                    "timestamp": ts[t],
+                    "horizon": "1d",
+                    "expected_return": er[t, n],
+                    "q10": er[t, n] - 1,
+                    "q50": er[t, n],
+                    "q90": er[t, n] + 1,
+                    "prob_up": 0.5,
+                    "ret": ret[t, n],
+                    "dir": float(ret[t, n] > 0),
+                    "ret_next_bar": ret_next[t, n],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -65,7 +94,7 @@ def test_ic_hand_computed_three_timestamps():
     frame = hand_frame([[1, 2, 3], [1, 2, 3], [1, 2, 3]], [[1, 2, 3], [3, 2, 1], [1, 3, 2]])
     m = evaluate_predictions(frame, "test", 252, COSTS, "cross_sectional")
     assert m["test_ic/1d"] == pytest.approx(0.5 / 3)
-    assert m["test_icir/1d"] == pytest.approx(1 / np.sqrt(39))    # mean 1/6, std sqrt(39)/6
+    assert m["test_icir/1d"] == pytest.approx(1 / np.sqrt(39))  # mean 1/6, std sqrt(39)/6
     assert m["test_rank_ic/1d"] == pytest.approx(0.5 / 3)
     assert m["test_rank_icir/1d"] == pytest.approx(1 / np.sqrt(39))
     series = ic_series(frame, "cross_sectional")
@@ -77,11 +106,13 @@ def test_rank_ic_matches_scipy_spearman_with_ties():
     frame["expected_return"] = np.round(frame["expected_return"] * 300) / 300  # create ties
     series = ic_series(frame, "cross_sectional", "spearman")
     expected = frame.groupby("timestamp").apply(
-        lambda g: spearmanr(g["expected_return"], g["ret"]).statistic, include_groups=False)
+        lambda g: spearmanr(g["expected_return"], g["ret"]).statistic, include_groups=False
+    )
     np.testing.assert_allclose(series.to_numpy(), expected.to_numpy(), atol=1e-12)
     pearson = ic_series(frame, "cross_sectional", "pearson")
     expected_p = frame.groupby("timestamp").apply(
-        lambda g: pearsonr(g["expected_return"], g["ret"]).statistic, include_groups=False)
+        lambda g: pearsonr(g["expected_return"], g["ret"]).statistic, include_groups=False
+    )
     np.testing.assert_allclose(pearson.to_numpy(), expected_p.to_numpy(), atol=1e-12)
 
 
@@ -90,7 +121,8 @@ def test_time_series_ic_is_mean_of_monthly_correlations():
     series = ic_series(frame, "time_series")
     month = frame["timestamp"].dt.tz_localize(None).dt.to_period("M")
     per = frame.groupby([month, "symbol"]).apply(
-        lambda g: pearsonr(g["expected_return"], g["ret"]).statistic, include_groups=False)
+        lambda g: pearsonr(g["expected_return"], g["ret"]).statistic, include_groups=False
+    )
     expected = per.groupby(level=0).mean()
     assert len(series) == 4  # Jan..Apr 2021 (120 days)
     np.testing.assert_allclose(series.to_numpy(), expected.to_numpy(), atol=1e-12)
@@ -98,7 +130,8 @@ def test_time_series_ic_is_mean_of_monthly_correlations():
     assert m["val_ic/1d"] == pytest.approx(expected.mean())
     assert m["val_icir/1d"] == pytest.approx(expected.mean() / expected.std(ddof=1))
     ranks = frame.groupby([month, "symbol"]).apply(
-        lambda g: spearmanr(g["expected_return"], g["ret"]).statistic, include_groups=False)
+        lambda g: spearmanr(g["expected_return"], g["ret"]).statistic, include_groups=False
+    )
     assert m["val_rank_ic/1d"] == pytest.approx(ranks.groupby(level=0).mean().mean())
 
 
@@ -137,9 +170,11 @@ def test_errors_direction_and_probability_metrics_match_sklearn():
 def test_every_contract_metric_is_named_for_every_horizon():
     frame = synthetic_frame(n_symbols=3, n_bars=60, horizons=("1d", "7d"), seed=2)
     m = evaluate_predictions(frame, "oos", 252, COSTS, "cross_sectional")
-    keys = ("rmse mae hit_rate ap ic icir rank_ic rank_icir ann_return sharpe_after_cost max_drawdown turnover "
-            "information_ratio ece brier log_loss coverage_80 coverage_q10 coverage_q50 coverage_q90 pinball_q10 "
-            "pinball_q50 pinball_q90 pinball").split()
+    keys = (
+        "rmse mae hit_rate ap ic icir rank_ic rank_icir ann_return sharpe_after_cost max_drawdown turnover "
+        "information_ratio ece brier log_loss coverage_80 coverage_q10 coverage_q50 coverage_q90 pinball_q10 "
+        "pinball_q50 pinball_q90 pinball"
+    ).split()
     for h in ("1d", "7d"):
         for k in keys:
             assert np.isfinite(m[f"oos_{k}/{h}"]), k
@@ -162,34 +197,37 @@ def test_cross_sectional_backtest_hand_computed():
     er = [[1, 2, 3], [3, 2, 1], [1, 3, 2]]
     ret_next = [[0.01, 0.02, -0.01], [0.00, 0.01, 0.03], [-0.02, 0.01, 0.0]]
     frame = hand_frame(er, np.zeros((3, 3)), ret_next)
-    weights = forecast_weights(frame.pivot(index="timestamp", columns="symbol", values="expected_return"),
-                               "cross_sectional")
-    np.testing.assert_allclose(weights.to_numpy(), [[-.5, 0, .5], [.5, 0, -.5], [-.5, .5, 0]])
-    bt = backtest_forecasts(frame, "cross_sectional", COSTS, 252)
+    weights = forecast_weights(
+        frame.pivot(index="timestamp", columns="symbol", values="expected_return"), "cross_sectional"
+    )
+    np.testing.assert_allclose(weights.to_numpy(), [[-0.5, 0, 0.5], [0.5, 0, -0.5], [-0.5, 0.5, 0]])
+    bt = run_backtest(RankLongShort("cross_sectional"), frame, COSTS, 252)
+    metrics = backtest_metrics(bt)
     simple = np.expm1(np.asarray(ret_next))
     w = weights.to_numpy()
     trades = np.diff(w, axis=0, prepend=0)
     pnl = (w * simple).sum(1) - np.abs(trades).sum(1) * 2e-4
     np.testing.assert_allclose(bt.pnl.to_numpy(), pnl)
     stats = performance_stats(pnl, np.abs(trades).sum(1), 252)
-    assert bt.stats["ann_return"] == pytest.approx(stats["ann_return"])
-    assert bt.stats["sharpe_after_cost"] == pytest.approx(stats["sharpe"])
-    assert bt.stats["max_drawdown"] == pytest.approx(stats["max_drawdown"])
-    assert bt.stats["turnover"] == pytest.approx(np.mean([1.0, 2.0, 2.0]))
+    assert metrics["ann_return"] == pytest.approx(stats["ann_return"])
+    assert metrics["sharpe_after_cost"] == pytest.approx(stats["sharpe"])
+    assert metrics["max_drawdown"] == pytest.approx(stats["max_drawdown"])
+    assert metrics["turnover"] == pytest.approx(np.mean([1.0, 2.0, 2.0]))
     bench = simple.mean(1)
     active = pnl - bench
-    assert bt.stats["information_ratio"] == pytest.approx(active.mean() / active.std(ddof=1) * np.sqrt(252))
+    assert metrics["information_ratio"] == pytest.approx(active.mean() / active.std(ddof=1) * np.sqrt(252))
     m = evaluate_predictions(frame, "test", 252, COSTS, "cross_sectional")
     assert m["test_sharpe_after_cost/1d"] == pytest.approx(stats["sharpe"])
 
 
 def test_time_series_backtest_uses_sign_spread_over_symbols():
-    frame = hand_frame([[0.5, -0.1], [-2.0, 0.3], [0.0, 1.0]], np.zeros((3, 2)),
-                       [[0.01, 0.02], [0.02, -0.01], [0.03, 0.01]])
-    bt = backtest_forecasts(frame, "time_series", CostModel(0, 0), 252)
-    np.testing.assert_allclose(bt.weights.to_numpy(), [[.5, -.5], [-.5, .5], [0, .5]])
+    frame = hand_frame(
+        [[0.5, -0.1], [-2.0, 0.3], [0.0, 1.0]], np.zeros((3, 2)), [[0.01, 0.02], [0.02, -0.01], [0.03, 0.01]]
+    )
+    bt = run_backtest(RankLongShort("time_series"), frame, CostModel(0, 0), 252)
+    np.testing.assert_allclose(bt.positions.to_numpy(), [[0.5, -0.5], [-0.5, 0.5], [0, 0.5]])
     simple = np.expm1(np.array([[0.01, 0.02], [0.02, -0.01], [0.03, 0.01]]))
-    np.testing.assert_allclose(bt.pnl.to_numpy(), (bt.weights.to_numpy() * simple).sum(1))
+    np.testing.assert_allclose(bt.pnl.to_numpy(), (bt.positions.to_numpy() * simple).sum(1))
 
 
 def test_cpcv_paths_are_evaluated_separately_then_averaged():
@@ -203,8 +241,7 @@ def test_cpcv_paths_are_evaluated_separately_then_averaged():
 
 
 def test_signal_is_found_and_noise_is_not():
-    good = evaluate_predictions(synthetic_frame(n_symbols=5, n_bars=400, seed=9), "test", 252, COSTS,
-                                "cross_sectional")
+    good = evaluate_predictions(synthetic_frame(n_symbols=5, n_bars=400, seed=9), "test", 252, COSTS, "cross_sectional")
     noise = synthetic_frame(n_symbols=5, n_bars=400, seed=9)
     noise["expected_return"] = np.random.default_rng(0).permutation(noise["expected_return"].to_numpy())
     bad = evaluate_predictions(noise, "test", 252, COSTS, "cross_sectional")
@@ -217,8 +254,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(QuantmlInputError, match="ret_next_bar"):
         evaluate_predictions(frame.drop(columns="ret_next_bar"), "test", 252, COSTS, "cross_sectional")
     with pytest.raises(QuantmlInputError, match="tz-aware UTC"):
-        evaluate_predictions(frame.assign(timestamp=frame["timestamp"].dt.tz_localize(None)), "test", 252,
-                             COSTS, "cross_sectional")
+        evaluate_predictions(
+            frame.assign(timestamp=frame["timestamp"].dt.tz_localize(None)), "test", 252, COSTS, "cross_sectional"
+        )
     with pytest.raises(QuantmlInputError, match="ic_mode"):
         evaluate_predictions(frame, "test", 252, COSTS, "pooled")
     with pytest.raises(QuantmlInputError, match="periods_per_year"):
@@ -237,7 +275,7 @@ def test_information_ratio_degenerate():
 @given(st.integers(0, 10_000), st.sampled_from(["exp", "cube", "affine"]))
 def test_rank_ic_invariant_to_increasing_transforms(seed, kind):
     frame = synthetic_frame(n_symbols=5, n_bars=15, seed=seed)
-    transform = {"exp": np.exp, "cube": lambda x: x ** 3, "affine": lambda x: 3 * x + 1}[kind]
+    transform = {"exp": np.exp, "cube": lambda x: x**3, "affine": lambda x: 3 * x + 1}[kind]
     moved = frame.assign(expected_return=transform(frame["expected_return"] * 50))
     a = ic_series(frame, "cross_sectional", "spearman")
     b = ic_series(moved, "cross_sectional", "spearman")
@@ -261,7 +299,8 @@ def test_hit_rate_is_a_share_and_symmetric(values, seed):
 def test_frames_with_a_repeated_index_are_fine():
     a = synthetic_frame(n_symbols=3, n_bars=50, seed=11).assign(path=0)
     b = synthetic_frame(n_symbols=3, n_bars=50, seed=12).assign(path=1)
-    glued = pd.concat([a, b])                      # index repeats 0..n-1 twice
+    glued = pd.concat([a, b])  # index repeats 0..n-1 twice
     clean = pd.concat([a, b], ignore_index=True)
     assert evaluate_predictions(glued, "oos", 252, COSTS, "cross_sectional") == pytest.approx(
-        evaluate_predictions(clean, "oos", 252, COSTS, "cross_sectional"), nan_ok=True)
+        evaluate_predictions(clean, "oos", 252, COSTS, "cross_sectional"), nan_ok=True
+    )

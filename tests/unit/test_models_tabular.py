@@ -1,4 +1,5 @@
 """Ridge and LightGBM behind the Forecaster interface, on a hand-made panel with a planted signal."""
+
 from __future__ import annotations
 
 import pickle
@@ -21,26 +22,35 @@ def planted_panel(n_per_symbol: int = 600, n_symbols: int = 3, seed: int = 0) ->
     X[rng.random(size=X.shape) < 0.02] = np.nan  # warm-up style gaps
     signal = np.nan_to_num(X[:, 0])
     vol = 0.01 * (1 + 0.5 * (np.nan_to_num(X[:, 1]) > 0))
-    y_ret = np.column_stack([0.01 * signal + vol * rng.normal(size=n),
-                             0.02 * signal + 2 * vol * rng.normal(size=n)])
+    y_ret = np.column_stack([0.01 * signal + vol * rng.normal(size=n), 0.02 * signal + 2 * vol * rng.normal(size=n)])
     times = pd.date_range("2024-01-01", periods=n_per_symbol, freq="1h", tz="UTC")
-    keys = pd.DataFrame({"symbol": np.repeat([f"S{i}" for i in range(n_symbols)], n_per_symbol),
-                         "timestamp": np.tile(times, n_symbols)})
+    keys = pd.DataFrame(
+        {"symbol": np.repeat([f"S{i}" for i in range(n_symbols)], n_per_symbol), "timestamp": np.tile(times, n_symbols)}
+    )
     t0 = keys["timestamp"].to_numpy(dtype="datetime64[ns]")
-    return PanelData(keys=keys, X=X, feature_names=[f"f{i}" for i in range(5)],
-                     feature_modalities={f"f{i}": "price" for i in range(5)}, horizons=HORIZONS,
-                     y_ret=y_ret, y_dir=(y_ret > 0).astype(float),
-                     y_vol=np.column_stack([vol, 2 * vol]) * np.abs(rng.normal(1, 0.1, size=(n, 1))),
-                     t0=t0, t1=t0 + np.timedelta64(4, "h"),
-                     symbol_codes=np.repeat(np.arange(n_symbols), n_per_symbol),
-                     symbols=[f"S{i}" for i in range(n_symbols)])
+    return PanelData(
+        keys=keys,
+        X=X,
+        feature_names=[f"f{i}" for i in range(5)],
+        feature_modalities={f"f{i}": "price" for i in range(5)},
+        horizons=HORIZONS,
+        y_ret=y_ret,
+        y_dir=(y_ret > 0).astype(float),
+        y_vol=np.column_stack([vol, 2 * vol]) * np.abs(rng.normal(1, 0.1, size=(n, 1))),
+        t0=t0,
+        t1=t0 + np.timedelta64(4, "h"),
+        symbol_codes=np.repeat(np.arange(n_symbols), n_per_symbol),
+        symbols=[f"S{i}" for i in range(n_symbols)],
+    )
 
 
 BACKBONES = [
     pytest.param(lambda: RidgeForecaster(HORIZONS, seed=1, alpha=1.0), id="ridge"),
     pytest.param(lambda: LightGBMForecaster(HORIZONS, seed=1, n_estimators=80, min_child_samples=20), id="lightgbm"),
-    pytest.param(lambda: LightGBMForecaster(HORIZONS, seed=1, n_estimators=60, min_child_samples=20,
-                                            quantiles="native"), id="lightgbm-native-quantiles"),
+    pytest.param(
+        lambda: LightGBMForecaster(HORIZONS, seed=1, n_estimators=60, min_child_samples=20, quantiles="native"),
+        id="lightgbm-native-quantiles",
+    ),
 ]
 
 
@@ -104,8 +114,13 @@ def test_prediction_frame_aligns_realised_values_per_horizon():
 
     data = planted_panel(n_per_symbol=40, n_symbols=2)
     rows = np.array([3, 10, 50, 61])
-    realised = pd.DataFrame({f"{name}@{h}": np.arange(data.n_rows) * (10 if h == "4h" else 1) + k / 10
-                             for h in HORIZONS for k, name in enumerate(("ret", "ret_after_cost", "dir", "vol"))})
+    realised = pd.DataFrame(
+        {
+            f"{name}@{h}": np.arange(data.n_rows) * (10 if h == "4h" else 1) + k / 10
+            for h in HORIZONS
+            for k, name in enumerate(("ret", "ret_after_cost", "dir", "vol"))
+        }
+    )
     realised["ret_next_bar"] = -np.arange(data.n_rows, dtype=float)
     model = RidgeForecaster(HORIZONS).fit(data.subset(np.arange(data.n_rows)))
     frame = prediction_frame(model, data.subset(rows), realised)

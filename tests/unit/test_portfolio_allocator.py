@@ -1,12 +1,14 @@
 """Allocator: one test per constraint, attribution, and the panel/one-bar equivalence."""
+
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from quantml.contracts import QuantmlInputError
 from quantml.portfolio import AllocatorConfig, allocate, allocate_panel, deduplicate
 from quantml.portfolio.covariance import TrailingCovariance, trailing_covariance
-from quantml.contracts import QuantmlInputError
 
 PPY = 252.0
 SYMS = ["A", "B", "C"]
@@ -19,7 +21,7 @@ def _signals(rows):
 def _cov(vols, corr=None):
     vols = np.asarray(vols, dtype=float)
     corr = np.eye(len(vols)) if corr is None else np.asarray(corr, dtype=float)
-    return pd.DataFrame(np.outer(vols, vols) * corr, index=SYMS[:len(vols)], columns=SYMS[:len(vols)])
+    return pd.DataFrame(np.outer(vols, vols) * corr, index=SYMS[: len(vols)], columns=SYMS[: len(vols)])
 
 
 LOOSE = dict(symbol_cap=100.0, bucket_cap=100.0, max_gross=100.0, corr_threshold=None)
@@ -42,7 +44,7 @@ def test_symbol_cap_binds_and_holds():
     cov = _cov([0.01, 0.01, 0.01])
     sig = _signals([("A", "1d", 2.0, 1.0, 0.01), ("B", "1d", 0.1, 1.0, 0.01), ("A", "7d", 1.0, 1.0, 0.01)])
     free = allocate(sig, cov, AllocatorConfig(target_vol=0.2, **LOOSE), PPY)
-    assert abs(free.positions["A"]) > 0.3            # the cap below does bind
+    assert abs(free.positions["A"]) > 0.3  # the cap below does bind
     capped = allocate(sig, cov, AllocatorConfig(target_vol=0.2, **{**LOOSE, "symbol_cap": 0.3}), PPY)
     assert capped.positions["A"] == pytest.approx(0.3, rel=1e-12)
     assert capped.positions["B"] == pytest.approx(free.positions["B"], rel=1e-12)  # others untouched
@@ -55,8 +57,14 @@ def test_symbol_cap_binds_and_holds():
 
 def test_bucket_cap_limits_each_horizons_gross_exposure():
     cov = _cov([0.01, 0.01, 0.01])
-    sig = _signals([("A", "1d", 1.0, 1.0, 0.01), ("B", "1d", -1.0, 1.0, 0.01), ("C", "1d", 1.0, 1.0, 0.01),
-                    ("A", "7d", 0.2, 1.0, 0.01)])
+    sig = _signals(
+        [
+            ("A", "1d", 1.0, 1.0, 0.01),
+            ("B", "1d", -1.0, 1.0, 0.01),
+            ("C", "1d", 1.0, 1.0, 0.01),
+            ("A", "7d", 0.2, 1.0, 0.01),
+        ]
+    )
     budget = {"1d": 1.0, "7d": 0.1}
     free = allocate(sig, cov, AllocatorConfig(target_vol=0.3, risk_budget=budget, **LOOSE), PPY)
     assert free.attribution["1d"].abs().sum() > 0.5 > free.attribution["7d"].abs().sum()
@@ -129,12 +137,20 @@ def test_panel_equals_bar_by_bar_and_constraints_hold(seed, mode):
     active = rng.integers(-1, 2, size=(T, N, H))
     a = rng.normal(size=(T, N, N)) * 0.01
     cov = np.einsum("tij,tkj->tik", a, a) + np.eye(N) * 1e-5
-    cfg = AllocatorConfig(target_vol=0.15, symbol_cap=0.4, bucket_cap=0.8, max_gross=1.2,
-                          corr_threshold=0.6, dedup=mode, risk_budget={"x": 2.0})
+    cfg = AllocatorConfig(
+        target_vol=0.15,
+        symbol_cap=0.4,
+        bucket_cap=0.8,
+        max_gross=1.2,
+        corr_threshold=0.6,
+        dedup=mode,
+        risk_budget={"x": 2.0},
+    )
     pos, attr = allocate_panel(score, conf, vol, active, cov, ["x", "y"], cfg, PPY)
     for t in range(T):
-        p1, a1 = allocate_panel(score[t:t + 1], conf[t:t + 1], vol[t:t + 1], active[t:t + 1], cov[t:t + 1],
-                                ["x", "y"], cfg, PPY)
+        p1, a1 = allocate_panel(
+            score[t : t + 1], conf[t : t + 1], vol[t : t + 1], active[t : t + 1], cov[t : t + 1], ["x", "y"], cfg, PPY
+        )
         np.testing.assert_allclose(p1[0], pos[t], rtol=0, atol=1e-15)
         np.testing.assert_allclose(a1[0], attr[t], rtol=0, atol=1e-15)
     tol = 1e-12
@@ -155,8 +171,9 @@ def test_invalid_settings_and_inputs_raise_with_the_fix():
         AllocatorConfig.from_dict({"target_volatility": 0.1})
     with pytest.raises(QuantmlInputError, match="no covariance row"):
         allocate(_signals([("Z", "1d", 1.0, 1.0, 0.01)]), _cov([0.01]), AllocatorConfig(), PPY)
-    assert AllocatorConfig.from_dict(AllocatorConfig(risk_budget={"1d": 2.0}).to_dict()) == \
-        AllocatorConfig(risk_budget={"1d": 2.0})
+    assert AllocatorConfig.from_dict(AllocatorConfig(risk_budget={"1d": 2.0}).to_dict()) == AllocatorConfig(
+        risk_budget={"1d": 2.0}
+    )
 
 
 def test_trailing_covariance_uses_only_earlier_bars():
@@ -164,7 +181,7 @@ def test_trailing_covariance_uses_only_earlier_bars():
     r = rng.normal(size=(40, 3))
     cov = trailing_covariance(r, window=10, min_periods=5)
     assert np.isnan(cov[:5]).all() and np.isfinite(cov[5:]).all()
-    np.testing.assert_allclose(cov[7], np.cov(r[:7].T), rtol=1e-12)      # expanding during warm-up
+    np.testing.assert_allclose(cov[7], np.cov(r[:7].T), rtol=1e-12)  # expanding during warm-up
     np.testing.assert_allclose(cov[25], np.cov(r[15:25].T), rtol=1e-12)  # rows strictly before 25
     future = r.copy()
     future[25:] = 99.0
@@ -175,4 +192,5 @@ def test_trailing_covariance_uses_only_earlier_bars():
             stream.update(r[t - 1])
         got = stream.current()
         np.testing.assert_allclose(got, cov[t], rtol=1e-12) if t >= 5 else np.testing.assert_array_equal(
-            np.isnan(got), True)
+            np.isnan(got), True
+        )

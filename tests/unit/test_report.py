@@ -1,4 +1,5 @@
 """Evaluation report: tables, figures, self-contained HTML, console summary."""
+
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,9 @@ import pytest
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from quantml.market import CostModel
 from quantml.evaluation import evaluate_predictions
 from quantml.evaluation.report import FIGURE_NAMES, REPORT_METRICS, build_report, fold_table
+from quantml.market import CostModel
 
 COSTS = CostModel(fee_bps=2.0, slippage_bps=1.0)
 
@@ -28,12 +29,28 @@ def oos_frame(n_symbols=4, n_bars=240, horizons=("1d", "7d"), n_folds=3, seed=0,
                 sig = np.exp(rng.normal(np.log(0.02), 0.3, n_bars))
                 ret = mu + sig * rng.normal(size=n_bars)
                 raw = norm.cdf(3 * mu / sig)
-                parts.append(pd.DataFrame({
-                    "symbol": f"S{s}", "timestamp": ts, "horizon": h, "expected_return": mu,
-                    "q10": mu - sig, "q50": mu, "q90": mu + sig, "prob_up": norm.cdf(mu / sig),
-                    "prob_up_raw": raw, "vol_forecast": sig, "ret": ret, "dir": (ret > 0).astype(float),
-                    "vol": sig, "ret_next_bar": ret, "fold": np.arange(n_bars) * n_folds // n_bars,
-                    "path": path}))
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "symbol": f"S{s}",
+                            "timestamp": ts,
+                            "horizon": h,
+                            "expected_return": mu,
+                            "q10": mu - sig,
+                            "q50": mu,
+                            "q90": mu + sig,
+                            "prob_up": norm.cdf(mu / sig),
+                            "prob_up_raw": raw,
+                            "vol_forecast": sig,
+                            "ret": ret,
+                            "dir": (ret > 0).astype(float),
+                            "vol": sig,
+                            "ret_next_bar": ret,
+                            "fold": np.arange(n_bars) * n_folds // n_bars,
+                            "path": path,
+                        }
+                    )
+                )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -46,8 +63,14 @@ def oos():
 def fold_metrics(oos):
     rows = []
     for f, part in oos.groupby("fold"):
-        rows.append({"fold": f, **evaluate_predictions(part, "test", 252, COSTS, "cross_sectional"),
-                     "test_psi/1d": 0.01 * f, "test_psi/7d": 0.02 * f})
+        rows.append(
+            {
+                "fold": f,
+                **evaluate_predictions(part, "test", 252, COSTS, "cross_sectional"),
+                "test_psi/1d": 0.01 * f,
+                "test_psi/7d": 0.02 * f,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -57,8 +80,11 @@ def report(oos, fold_metrics):
 
 
 def test_html_is_self_contained_with_the_four_figures(report):
-    assert set(report.figures) == set(FIGURE_NAMES) == {
-        "reliability_diagram.png", "coverage_by_horizon.png", "cumulative_ic.png", "equity_curve.png"}
+    assert (
+        set(report.figures)
+        == set(FIGURE_NAMES)
+        == {"reliability_diagram.png", "coverage_by_horizon.png", "cumulative_ic.png", "equity_curve.png"}
+    )
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', report.html)
     assert sorted(name for name, _ in images) == sorted(FIGURE_NAMES)
     for _, payload in images:
@@ -69,13 +95,14 @@ def test_html_is_self_contained_with_the_four_figures(report):
 
 def test_figures_are_drawn_and_pyplot_free(report):
     import matplotlib.pyplot as plt
+
     for name, fig in report.figures.items():
         assert isinstance(fig, Figure)
         lines = sum(len(ax.lines) + len(ax.patches) for ax in fig.axes)
         assert lines > 0, name
-    assert plt.get_fignums() == []   # nothing left open in the pyplot registry
+    assert plt.get_fignums() == []  # nothing left open in the pyplot registry
     reliability = report.figures["reliability_diagram.png"]
-    assert len(reliability.axes) == 2   # one panel per horizon
+    assert len(reliability.axes) == 2  # one panel per horizon
 
 
 def test_all_rows_equal_the_oos_metrics_and_symbol_rows_the_single_symbol_ones(report, oos):
@@ -110,7 +137,7 @@ def test_by_fold_recomputed_from_oos_when_fold_metrics_missing(oos, fold_metrics
 
 def test_summary_is_a_compact_table(report):
     lines = report.summary.splitlines()
-    assert len(lines) == 2 + 2            # header, index name, one line per horizon
+    assert len(lines) == 2 + 2  # header, index name, one line per horizon
     assert "rank_ic" in lines[0] and "sharpe_after_cost" in lines[0]
     assert lines[2].startswith("1d") and lines[3].startswith("7d")
 

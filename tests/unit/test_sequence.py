@@ -2,6 +2,7 @@
 
 PanelData is built by hand: random features with a planted signal on a lagged feature.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -13,25 +14,37 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantml.contracts import FORECAST_FIELDS, QuantmlInputError
 from quantml.models.base import PanelData
 from quantml.models.sequence import BACKBONES, TFTForecaster
 from quantml.models.sequence.heads import LossWeights, MultiHorizonHead, multi_horizon_loss
 from quantml.models.sequence.windows import ChunkedBatchSampler, SymbolNormalizer, TargetScaler, WindowDataset
-from quantml.contracts import FORECAST_FIELDS, QuantmlInputError
 
 HORIZONS = ["1d", "5d"]
 N_BARS = 160
 LOOKBACK = 12
 # tiny nets, a few dozen steps: every backbone trains in about a second
-FAST = dict(lookback=LOOKBACK, hidden_size=16, batch_size=64, max_epochs=6, limit_train_batches=5,
-            num_threads=1, symbol_dim=4, predict_batch_size=256)
-ARCH = {"patchtst": dict(patch_len=4, stride=4, d_patch=8, n_heads=2, n_layers=1),
-        "itransformer": dict(n_heads=2, n_layers=1), "tsmixer": dict(ff_size=16),
-        "tft": dict(hidden_continuous_size=4, n_heads=2, batch_chunk=8)}
+FAST = dict(
+    lookback=LOOKBACK,
+    hidden_size=16,
+    batch_size=64,
+    max_epochs=6,
+    limit_train_batches=5,
+    num_threads=1,
+    symbol_dim=4,
+    predict_batch_size=256,
+)
+ARCH = {
+    "patchtst": dict(patch_len=4, stride=4, d_patch=8, n_heads=2, n_layers=1),
+    "itransformer": dict(n_heads=2, n_layers=1),
+    "tsmixer": dict(ff_size=16),
+    "tft": dict(hidden_continuous_size=4, n_heads=2, batch_chunk=8),
+}
 
 
-def toy_panel(n_symbols=3, n_bars=N_BARS, n_features=5, seed=0, noise=0.5, horizons=HORIZONS,
-              symbols=None) -> PanelData:
+def toy_panel(
+    n_symbols=3, n_bars=N_BARS, n_features=5, seed=0, noise=0.5, horizons=HORIZONS, symbols=None
+) -> PanelData:
     """Features N(0,1) (f2 NaN for the first 3 bars of each symbol, the last one a calendar
     feature known in advance); y_ret[:, j] = (j+1) * 0.01 * (0.6 f0[t] + 0.4 f1[t-2] + noise)."""
     rng = np.random.default_rng(seed)
@@ -44,17 +57,27 @@ def toy_panel(n_symbols=3, n_bars=N_BARS, n_features=5, seed=0, noise=0.5, horiz
     y = np.stack([(j + 1) * 0.01 * (signal + noise * rng.standard_normal(n)) for j in range(len(horizons))], 1)
     symbols = symbols or [f"S{i}" for i in range(n_symbols)]
     for s in range(n_symbols):
-        X[s * n_bars:s * n_bars + 3, 2] = np.nan
-        y[(s + 1) * n_bars - 5:(s + 1) * n_bars] = np.nan  # label runs past the data
+        X[s * n_bars : s * n_bars + 3, 2] = np.nan
+        y[(s + 1) * n_bars - 5 : (s + 1) * n_bars] = np.nan  # label runs past the data
     ts = pd.date_range("2020-01-01", periods=n_bars, freq="D", tz="UTC")
     keys = pd.DataFrame({"symbol": np.asarray(symbols)[codes], "timestamp": np.tile(ts, n_symbols)})
     names = [f"f{i}" for i in range(n_features - 1)] + ["calendar_dow"]
     t0 = keys["timestamp"].to_numpy(dtype="datetime64[ns]")
-    return PanelData(keys=keys, X=X, feature_names=names,
-                     feature_modalities={**{f: "price" for f in names}, "calendar_dow": "calendar"},
-                     horizons=list(horizons), y_ret=y, y_dir=np.where(np.isfinite(y), (y > 0) * 1.0, np.nan),
-                     y_vol=np.abs(y) + 0.005, t0=t0, t1=t0, symbol_codes=codes.astype(np.int64),
-                     symbols=list(symbols), known_future=["calendar_dow"])
+    return PanelData(
+        keys=keys,
+        X=X,
+        feature_names=names,
+        feature_modalities={**{f: "price" for f in names}, "calendar_dow": "calendar"},
+        horizons=list(horizons),
+        y_ret=y,
+        y_dir=np.where(np.isfinite(y), (y > 0) * 1.0, np.nan),
+        y_vol=np.abs(y) + 0.005,
+        t0=t0,
+        t1=t0,
+        symbol_codes=codes.astype(np.int64),
+        symbols=list(symbols),
+        known_future=["calendar_dow"],
+    )
 
 
 def split_rows(n_symbols=3, n_bars=N_BARS):
@@ -91,11 +114,27 @@ def test_window_ends_at_row_and_stays_in_its_symbol(lengths, lookback):
     n = sum(lengths)
     codes = np.repeat(np.arange(len(lengths)), lengths)
     X = np.arange(n, dtype=np.float32)[:, None] + 1.0
-    keys = pd.DataFrame({"symbol": [f"S{c}" for c in codes],
-                         "timestamp": pd.Timestamp("2021-01-01", tz="UTC") + pd.to_timedelta(np.arange(n), "D")})
+    keys = pd.DataFrame(
+        {
+            "symbol": [f"S{c}" for c in codes],
+            "timestamp": pd.Timestamp("2021-01-01", tz="UTC") + pd.to_timedelta(np.arange(n), "D"),
+        }
+    )
     nan = np.full((n, 1), np.nan)
-    data = PanelData(keys, X, ["f"], {"f": "price"}, ["1d"], nan, nan, nan, keys.timestamp.to_numpy(),
-                     keys.timestamp.to_numpy(), codes.astype(np.int64), [f"S{i}" for i in range(len(lengths))])
+    data = PanelData(
+        keys,
+        X,
+        ["f"],
+        {"f": "price"},
+        ["1d"],
+        nan,
+        nan,
+        nan,
+        keys.timestamp.to_numpy(),
+        keys.timestamp.to_numpy(),
+        codes.astype(np.int64),
+        [f"S{i}" for i in range(len(lengths))],
+    )
     norm = SymbolNormalizer(clip=1e9)
     norm.mean_, norm.std_ = np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)
     norm.symbols_, norm.n_features_ = [], 1  # identity: every symbol "unseen" -> global stats 0/1
@@ -106,9 +145,9 @@ def test_window_ends_at_row_and_stays_in_its_symbol(lengths, lookback):
     x, mask = batch["x"][..., 0].numpy(), batch["mask"].numpy()
     for r in range(n):
         start = data.segment_start[r]
-        expected = X[max(start, r - lookback + 1):r + 1, 0]
-        assert x[r, -1] == X[r, 0]                       # the window ends at r
-        assert np.array_equal(x[r][mask[r]], expected)    # and covers exactly the symbol's past
+        expected = X[max(start, r - lookback + 1) : r + 1, 0]
+        assert x[r, -1] == X[r, 0]  # the window ends at r
+        assert np.array_equal(x[r][mask[r]], expected)  # and covers exactly the symbol's past
         assert (x[r][~mask[r]] == 0).all() and mask[r].sum() == len(expected)
 
 
@@ -118,10 +157,11 @@ def test_chunked_sampler_visits_every_row_once_in_consecutive_chunks(n, batch, c
     def epochs(s):
         sampler = ChunkedBatchSampler(n, batch, chunk, torch.Generator().manual_seed(s), drop_last=False)
         return [list(sampler) for _ in range(2)]
+
     first = epochs(seed)
-    assert first == epochs(seed)                                      # repeatable
+    assert first == epochs(seed)  # repeatable
     for batches in first:
-        assert sorted(sum(batches, [])) == list(range(n))             # each row once per epoch
+        assert sorted(sum(batches, [])) == list(range(n))  # each row once per epoch
         assert all(len(b) == batch for b in batches[:-1])
         if chunk > 1:  # runs of consecutive positions of at least `chunk` (except at the edges)
             flat = np.array(sum(batches, []))
@@ -134,22 +174,22 @@ def test_batch_shares_steps_of_overlapping_windows_and_drops_symbols_reproducibl
     norm = SymbolNormalizer().fit(panel, tr)
     scaler = TargetScaler().fit(panel, tr, norm)
     ds = WindowDataset(panel, tr, LOOKBACK, norm, scaler, symbol_dropout=0.3, rng=np.random.default_rng(1))
-    b = ds.__getitems__(np.arange(40))                                # 40 consecutive rows of S0
+    b = ds.__getitems__(np.arange(40))  # 40 consecutive rows of S0
     assert torch.equal(b["x"], b["xu"][b["inv"]])
-    assert len(b["xu"]) < 40 * LOOKBACK / 4                           # shared steps, not B * L
+    assert len(b["xu"]) < 40 * LOOKBACK / 4  # shared steps, not B * L
     dropped = (b["sym"] == 0).numpy()
     assert 0 < dropped.sum() < 40 and (b["static"][dropped] == 0).all()
     again = WindowDataset(panel, tr, LOOKBACK, norm, scaler, symbol_dropout=0.3, rng=np.random.default_rng(1))
     assert torch.equal(again.__getitems__(np.arange(40))["sym"], b["sym"])
     plain = WindowDataset(panel, tr, LOOKBACK, norm, scaler).__getitems__(np.arange(40))
-    assert (plain["sym"] == 1).all()                                  # no dropout outside training
+    assert (plain["sym"] == 1).all()  # no dropout outside training
 
 
 def test_tft_forecast_of_a_row_does_not_depend_on_its_batch(fitted, panel):
     m = fitted["tft"]
     r = N_BARS + 60
     alone = m.predict(panel.subset(np.array([r])))
-    crowded = m.predict(panel.subset(np.arange(r - 20, r + 20)))     # overlapping windows share steps
+    crowded = m.predict(panel.subset(np.arange(r - 20, r + 20)))  # overlapping windows share steps
     for f in FORECAST_FIELDS:
         np.testing.assert_allclose(getattr(crowded, f)[20], getattr(alone, f)[0], rtol=1e-5, atol=1e-7)
 
@@ -186,7 +226,7 @@ def test_unseen_symbol_uses_global_statistics(fitted, panel):
     base = m.predict(panel.subset(np.arange(panel.n_rows)))
     s0 = np.arange(N_BARS)
     np.testing.assert_allclose(fc.q50[s0], base.q50[s0], rtol=1e-5, atol=1e-7)
-    assert not np.allclose(fc.q50[N_BARS:2 * N_BARS], base.q50[N_BARS:2 * N_BARS])
+    assert not np.allclose(fc.q50[N_BARS : 2 * N_BARS], base.q50[N_BARS : 2 * N_BARS])
 
 
 # ---- heads and loss ------------------------------------------------------------------------
@@ -208,7 +248,7 @@ def test_loss_ignores_missing_targets_and_penalises_collapse():
     flat["vol"] = torch.ones(64, 2)
     w = LossWeights(spread=1.0)
     loss_flat, parts = multi_horizon_loss(flat, batch, w)
-    assert parts["spread"].item() == pytest.approx(1.0)         # zero spread: full penalty
+    assert parts["spread"].item() == pytest.approx(1.0)  # zero spread: full penalty
     spread_out = {**flat, "mean": y.clone(), "q50": y.clone()}
     _, parts2 = multi_horizon_loss(spread_out, batch, w)
     assert parts2["spread"].item() == pytest.approx(0.0, abs=1e-6)
@@ -226,8 +266,7 @@ def test_loss_ignores_missing_targets_and_penalises_collapse():
 def test_backbone_overfits_a_tiny_dataset(name):
     data = toy_panel(n_symbols=2, n_bars=40, noise=0.0)
     rows = np.arange(data.n_rows)
-    m = make(name, dropout=0.0, symbol_dropout=0.0, batch_size=80, lr=1e-2, max_epochs=60,
-             limit_train_batches=None)
+    m = make(name, dropout=0.0, symbol_dropout=0.0, batch_size=80, lr=1e-2, max_epochs=60, limit_train_batches=None)
     m.fit(data.subset(rows))
     first, last = m.history_[0]["train_loss"], m.history_[-1]["train_loss"]
     assert last < 0.5 * first, f"{name}: train loss {first:.3f} -> {last:.3f}"
@@ -248,7 +287,7 @@ def test_forecast_shapes_ranges_and_no_crossing(fitted, panel, name):
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_prediction_for_row_r_ignores_every_later_row(fitted, panel, name):
     m = fitted[name]
-    r = np.array([N_BARS + 100, 2 * N_BARS + 20, 30])   # rows in three symbols
+    r = np.array([N_BARS + 100, 2 * N_BARS + 20, 30])  # rows in three symbols
     before = m.predict(panel.subset(r))
     wrecked = toy_panel()
     for row in r:
@@ -257,12 +296,17 @@ def test_prediction_for_row_r_ignores_every_later_row(fitted, panel, name):
         after = m.predict(wrecked.subset(np.array([row])))
         idx = list(r).index(row)
         for f in FORECAST_FIELDS:
-            np.testing.assert_allclose(getattr(after, f)[0], getattr(before, f)[idx], rtol=1e-5, atol=1e-7,
-                                       err_msg=f"{name}: {f} of row {row} changed when later rows changed")
+            np.testing.assert_allclose(
+                getattr(after, f)[0],
+                getattr(before, f)[idx],
+                rtol=1e-5,
+                atol=1e-7,
+                err_msg=f"{name}: {f} of row {row} changed when later rows changed",
+            )
         wrecked = toy_panel()
     # and the past does matter (the check above is not vacuous)
     moved = toy_panel()
-    moved.X[r[0] - 3:r[0] + 1] += 3.0
+    moved.X[r[0] - 3 : r[0] + 1] += 3.0
     assert not np.allclose(m.predict(moved.subset(r[:1])).expected_return, before.expected_return[:1])
 
 
@@ -279,8 +323,7 @@ def test_pickle_round_trip_predicts_identically(fitted, panel, name):
 
 def test_seed_makes_training_repeatable(panel):
     tr, va, te = split_rows()
-    fits = [make("lstm", seed=s).fit(panel.subset(tr), panel.subset(va)).predict(panel.subset(te))
-            for s in (3, 3, 4)]
+    fits = [make("lstm", seed=s).fit(panel.subset(tr), panel.subset(va)).predict(panel.subset(te)) for s in (3, 3, 4)]
     np.testing.assert_array_equal(fits[0].expected_return, fits[1].expected_return)
     np.testing.assert_array_equal(fits[0].q90, fits[1].q90)
     assert not np.allclose(fits[0].expected_return, fits[2].expected_return)
@@ -338,10 +381,11 @@ def test_tft_variable_selection_and_attention_summaries(fitted):
     att = interp["attention"]
     assert att.shape == (2, LOOKBACK + 2)
     np.testing.assert_allclose(att.sum(1), 1.0, atol=1e-4)
-    assert att[0, -1] == 0.0                       # horizon 1 cannot attend to horizon 2's step
+    assert att[0, -1] == 0.0  # horizon 1 cannot attend to horizon 2's step
     figs = m.figures()
     assert {"tft_variable_importance.png", "tft_attention.png", "tft_loss_curve.png"} <= set(figs)
     import matplotlib.pyplot as plt
+
     for fig in figs.values():
         plt.close(fig)
 
@@ -353,15 +397,16 @@ def test_tft_attention_ignores_left_padding(fitted, panel):
     batch = ds.__getitems__([0])
     with torch.no_grad():
         out = m.net_(batch)
-    att = out["attention"][0]                       # [heads, H, L+H]
-    assert torch.all(att[..., :LOOKBACK - 4] == 0)
-    assert torch.all(att[..., LOOKBACK - 4:LOOKBACK].sum(-1) > 0)
+    att = out["attention"][0]  # [heads, H, L+H]
+    assert torch.all(att[..., : LOOKBACK - 4] == 0)
+    assert torch.all(att[..., LOOKBACK - 4 : LOOKBACK].sum(-1) > 0)
 
 
 def test_non_tft_backbones_have_a_loss_curve(fitted):
     figs = fitted["gru"].figures()
     assert list(figs) == ["gru_loss_curve.png"]
     import matplotlib.pyplot as plt
+
     plt.close(figs["gru_loss_curve.png"])
 
 
@@ -417,8 +462,12 @@ def test_mlflow_pyfunc_save_load_predicts_identically(fitted, panel, tmp_path):
     m = fitted["tft"]
     bundle = tmp_path / "bundle.pkl"
     bundle.write_bytes(pickle.dumps({"forecaster": m, "panel": panel}))
-    mlflow.pyfunc.save_model(str(tmp_path / "model"), python_model=_ForecasterPyfunc(),
-                             artifacts={"bundle": str(bundle)}, pip_requirements=["torch", "lightning"])
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "model"),
+        python_model=_ForecasterPyfunc(),
+        artifacts={"bundle": str(bundle)},
+        pip_requirements=["torch", "lightning"],
+    )
     loaded = mlflow.pyfunc.load_model(str(tmp_path / "model"))
     got = loaded.predict(pd.DataFrame({"row": te}))
     want = m.predict(panel.subset(te)).to_frame(panel.keys.iloc[te].reset_index(drop=True))
@@ -428,7 +477,7 @@ def test_mlflow_pyfunc_save_load_predicts_identically(fitted, panel, tmp_path):
 def test_tft_inference_in_slices_matches_one_pass(fitted, panel, monkeypatch):
     import quantml.models.sequence.tft as tft_module
 
-    rows = np.arange(0, panel.n_rows, 7)                       # scattered rows: few shared steps
+    rows = np.arange(0, panel.n_rows, 7)  # scattered rows: few shared steps
     whole = fitted["tft"].predict(panel.subset(rows))
     monkeypatch.setattr(tft_module, "INFERENCE_SLICE", 16)
     sliced = fitted["tft"].predict(panel.subset(rows))

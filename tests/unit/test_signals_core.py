@@ -1,11 +1,13 @@
 """Signals: edge, score, action thresholds, the quantml.signal tag round trip."""
+
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from quantml.portfolio.strategy import SignalPanel
 from quantml.contracts import QuantmlInputError
+from quantml.portfolio.strategy import SignalPanel
 from quantml.signals import SIGNAL_TAG, SignalConfig, apply_thresholds, compute_signals, decide_actions
 from tests.helpers.synthetic_oos import synthetic_oos_frame
 
@@ -13,27 +15,37 @@ from tests.helpers.synthetic_oos import synthetic_oos_frame
 def _frame(er, vol, horizon="1d", prob=None):
     er = np.asarray(er, dtype=float)
     prob = np.where(er > 0, 0.9, 0.1) if prob is None else np.asarray(prob, dtype=float)
-    return pd.DataFrame({"horizon": horizon, "expected_return": er, "q10": er - 0.001, "q50": er,
-                         "q90": er + 0.001, "prob_up": prob, "vol_forecast": vol})
+    return pd.DataFrame(
+        {
+            "horizon": horizon,
+            "expected_return": er,
+            "q10": er - 0.001,
+            "q50": er,
+            "q90": er + 0.001,
+            "prob_up": prob,
+            "vol_forecast": vol,
+        }
+    )
 
 
 def test_edge_subtracts_cost_in_forecast_direction_and_score_divides_by_vol():
-    out = compute_signals(_frame([0.003, -0.003, 0.0005, -0.0005], [0.01, 0.02, 0.01, 0.0]),
-                          SignalConfig(cost=0.001))
+    out = compute_signals(_frame([0.003, -0.003, 0.0005, -0.0005], [0.01, 0.02, 0.01, 0.0]), SignalConfig(cost=0.001))
     np.testing.assert_allclose(out["edge"], [0.002, -0.002, 0.0, 0.0], atol=1e-15)
     # vol 0 is floored at eps, edge 0 stays 0
     np.testing.assert_allclose(out["score"], [0.2, -0.1, 0.0, 0.0], atol=1e-12)
 
 
 def test_actions_follow_per_horizon_thresholds_and_min_confidence():
-    frame = pd.concat([_frame([0.003, -0.003, 0.0015], 0.01, "1d"), _frame([0.003, -0.003, 0.0015], 0.01, "7d")],
-                      ignore_index=True)
+    frame = pd.concat(
+        [_frame([0.003, -0.003, 0.0015], 0.01, "1d"), _frame([0.003, -0.003, 0.0015], 0.01, "7d")], ignore_index=True
+    )
     cfg = SignalConfig(threshold={"1d": 0.15}, default_threshold=0.25, cost=0.001)
     out = compute_signals(frame, cfg)
     # scores: 0.2, -0.2, 0.05 for both horizons; 1d threshold 0.15, 7d (default) 0.25
     assert list(out["action"]) == ["long", "short", "flat", "flat", "flat", "flat"]
-    strict = compute_signals(frame, SignalConfig(threshold={"1d": 0.15}, min_confidence={"1d": 0.9999},
-                                                 default_threshold=0.0, cost=0.001))
+    strict = compute_signals(
+        frame, SignalConfig(threshold={"1d": 0.15}, min_confidence={"1d": 0.9999}, default_threshold=0.0, cost=0.001)
+    )
     assert list(strict["action"][:3]) == ["flat", "flat", "flat"]
     assert list(strict["action"][3:]) == ["long", "short", "long"]
 
@@ -65,8 +77,14 @@ def test_raising_a_threshold_never_adds_trades(scores, low, extra):
 
 
 def test_signal_config_json_round_trip_is_the_model_version_tag():
-    cfg = SignalConfig(threshold={"1d": 0.2, "7d": 0.4}, min_confidence={"1d": 0.1}, cost=0.0012, eps=1e-5,
-                       default_threshold=0.3, default_min_confidence=0.05)
+    cfg = SignalConfig(
+        threshold={"1d": 0.2, "7d": 0.4},
+        min_confidence={"1d": 0.1},
+        cost=0.0012,
+        eps=1e-5,
+        default_threshold=0.3,
+        default_min_confidence=0.05,
+    )
     text = cfg.to_json()
     assert SIGNAL_TAG == "quantml.signal"
     back = SignalConfig.from_json(text)

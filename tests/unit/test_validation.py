@@ -1,4 +1,5 @@
 """Splitters, purge and the inner validation slice on small hand-made timelines (exact indices)."""
+
 from __future__ import annotations
 
 import math
@@ -240,9 +241,14 @@ def test_inner_validation_split_multi_symbol_takes_whole_timestamps():
 # ---------------------------------------------------------------- config and errors
 
 
-@pytest.mark.parametrize("name,cls,n_paths", [
-    ("walk_forward", WalkForward, 1), ("purged_kfold", PurgedKFold, 1), ("cpcv", CombinatorialPurgedCV, 5),
-])
+@pytest.mark.parametrize(
+    "name,cls,n_paths",
+    [
+        ("walk_forward", WalkForward, 1),
+        ("purged_kfold", PurgedKFold, 1),
+        ("cpcv", CombinatorialPurgedCV, 5),
+    ],
+)
 def test_make_splitter_from_the_shipped_configs(name, cls, n_paths):
     splitter = make_splitter(OmegaConf.load(CONF / f"{name}.yaml"))
     assert type(splitter) is cls
@@ -258,20 +264,33 @@ def expect_error(match, fn, *a, **k):
 
 def test_fold_too_small_names_the_fold_and_the_fix():
     t0, t1 = timeline(10, horizon=1)
-    expect_error(r"fold 0 has 1 training samples .*min_train_samples=3.*fewer splits", 
-         WalkForward(n_splits=4, min_train_samples=3).split, t0, t1)
-    expect_error(r"fold 0 has 2 test samples .*min_test_samples=3", WalkForward(n_splits=4, min_test_samples=3).split, t0, t1)
+    expect_error(
+        r"fold 0 has 1 training samples .*min_train_samples=3.*fewer splits",
+        WalkForward(n_splits=4, min_train_samples=3).split,
+        t0,
+        t1,
+    )
+    expect_error(
+        r"fold 0 has 2 test samples .*min_test_samples=3", WalkForward(n_splits=4, min_test_samples=3).split, t0, t1
+    )
 
 
 def test_config_errors():
     t0, t1 = timeline(10)
     expect_error(r"needs 11 blocks but .* only 10 unique timestamps", WalkForward(n_splits=10).split, t0, t1)
-    expect_error(r"n_test_groups=3 must be < n_groups=3", make_splitter, {"method": "cpcv", "n_groups": 3, "n_test_groups": 3})
+    expect_error(
+        r"n_test_groups=3 must be < n_groups=3", make_splitter, {"method": "cpcv", "n_groups": 3, "n_test_groups": 3}
+    )
     expect_error(r"method='bagging' is unknown", make_splitter, {"method": "bagging"})
     expect_error(r"method=None is unknown", make_splitter, {"n_splits": 3})
-    expect_error(r"validation.n_split is not a setting of method=purged_kfold", make_splitter,
-         {"method": "purged_kfold", "n_split": 3})
-    expect_error(r"mode=rolling needs validation.train_blocks", make_splitter, {"method": "walk_forward", "mode": "rolling"})
+    expect_error(
+        r"validation.n_split is not a setting of method=purged_kfold",
+        make_splitter,
+        {"method": "purged_kfold", "n_split": 3},
+    )
+    expect_error(
+        r"mode=rolling needs validation.train_blocks", make_splitter, {"method": "walk_forward", "mode": "rolling"}
+    )
     expect_error(r"train_blocks=2 is only used with mode=rolling", WalkForward, train_blocks=2)
     expect_error(r"mode='sliding' is unknown", WalkForward, mode="sliding")
     expect_error(r"n_splits=1 must be an integer >= 2", PurgedKFold, n_splits=1)
@@ -281,7 +300,9 @@ def test_config_errors():
 @pytest.mark.parametrize("fraction", [0, 0.6, -0.1, None, "x"])
 def test_valid_fraction_outside_range(fraction):
     t0, t1 = timeline(10)
-    expect_error(r"valid_fraction=.* outside \(0, 0.5\]", make_splitter, {"method": "purged_kfold", "valid_fraction": fraction})
+    expect_error(
+        r"valid_fraction=.* outside \(0, 0.5\]", make_splitter, {"method": "purged_kfold", "valid_fraction": fraction}
+    )
     expect_error(r"valid_fraction=.* outside \(0, 0.5\]", inner_validation_split, np.arange(10), t0, t1, fraction, "0s")
 
 
@@ -291,17 +312,30 @@ def test_inner_validation_split_too_little_training():
     expect_error(r"no training sample is left to fit", inner_validation_split, [0, 1, 2], t0, t1, 0.5, "0s")
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("1d", pd.Timedelta(days=1)), ("4h", pd.Timedelta(hours=4)), ("30min", pd.Timedelta(minutes=30)),
-    (0, pd.Timedelta(0)), (None, pd.Timedelta(0)), (pd.Timedelta("2h"), pd.Timedelta("2h")),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("1d", pd.Timedelta(days=1)),
+        ("4h", pd.Timedelta(hours=4)),
+        ("30min", pd.Timedelta(minutes=30)),
+        (0, pd.Timedelta(0)),
+        (None, pd.Timedelta(0)),
+        (pd.Timedelta("2h"), pd.Timedelta("2h")),
+    ],
+)
 def test_parse_embargo(value, expected):
     assert parse_embargo(value) == expected
 
 
-@pytest.mark.parametrize("value,match", [
-    ("1x", "is not a duration"), ("soon", "is not a duration"), (5, "has no unit"), ("-1d", "non-negative"),
-])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        ("1x", "is not a duration"),
+        ("soon", "is not a duration"),
+        (5, "has no unit"),
+        ("-1d", "non-negative"),
+    ],
+)
 def test_bad_embargo(value, match):
     expect_error(f"validation.embargo=.*{match}", make_splitter, {"method": "purged_kfold", "embargo": value})
 
@@ -327,8 +361,13 @@ def test_describe_fold():
     fit, valid = splitter.inner_split(fold, t0, t1)
     assert describe_fold(fold, t0, fit, valid) == {
         "fold_id": 2,
-        "train_start": "2024-01-01T00:00:00", "train_end": "2024-01-03T00:00:00",
-        "valid_start": "2024-01-05T00:00:00", "valid_end": "2024-01-05T00:00:00",
-        "test_start": "2024-01-07T00:00:00", "test_end": "2024-01-08T00:00:00",
-        "n_train": 3, "n_valid": 1, "n_test": 2,
+        "train_start": "2024-01-01T00:00:00",
+        "train_end": "2024-01-03T00:00:00",
+        "valid_start": "2024-01-05T00:00:00",
+        "valid_end": "2024-01-05T00:00:00",
+        "test_start": "2024-01-07T00:00:00",
+        "test_end": "2024-01-08T00:00:00",
+        "n_train": 3,
+        "n_valid": 1,
+        "n_test": 2,
     }

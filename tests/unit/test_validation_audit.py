@@ -1,4 +1,5 @@
 """audit_folds: clean on our splitters, and it catches every kind of leak it claims to."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,10 +17,12 @@ DAY = np.timedelta64(1, "D")
 def panel(n_days: int = 10, symbols=("A",), horizon: int = 1):
     """Keys sorted by (symbol, timestamp) and their label intervals."""
     days = pd.date_range("2024-01-01", periods=n_days, freq="D", tz="UTC")
-    keys = pd.DataFrame({
-        "symbol": np.repeat(list(symbols), n_days),
-        "timestamp": np.tile(days, len(symbols)),
-    })
+    keys = pd.DataFrame(
+        {
+            "symbol": np.repeat(list(symbols), n_days),
+            "timestamp": np.tile(days, len(symbols)),
+        }
+    )
     t0 = keys["timestamp"].dt.tz_localize(None).to_numpy().astype("M8[ns]")
     return keys, t0, t0 + horizon * DAY
 
@@ -33,11 +36,14 @@ def bad(report):
     return {k: v["count"] for k, v in report["checks"].items() if not v["ok"]}
 
 
-@pytest.mark.parametrize("cfg", [
-    {"method": "walk_forward", "n_splits": 4, "mode": "rolling", "train_blocks": 2},
-    {"method": "purged_kfold", "n_splits": 4},
-    {"method": "cpcv", "n_groups": 5, "n_test_groups": 2},
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"method": "walk_forward", "n_splits": 4, "mode": "rolling", "train_blocks": 2},
+        {"method": "purged_kfold", "n_splits": 4},
+        {"method": "cpcv", "n_groups": 5, "n_test_groups": 2},
+    ],
+)
 def test_our_folds_are_clean(cfg):
     keys, t0, t1 = panel(30, symbols=("A", "B", "C"), horizon=2)
     splitter = make_splitter({**cfg, "embargo": "1d", "min_train_samples": 1, "min_test_samples": 1})

@@ -3,6 +3,7 @@
 Checked against brute-force pairwise interval comparisons and an independent reference of
 the block/segment rule, so both leaks (too little purging) and over-purging are caught.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,11 @@ def panels(draw):
 @st.composite
 def configs(draw):
     method = draw(st.sampled_from(["walk_forward", "purged_kfold", "cpcv"]))
-    cfg = {"method": method, "embargo": f"{draw(st.integers(0, 3))}h", "valid_fraction": draw(st.sampled_from([0.1, 0.2, 0.5]))}
+    cfg = {
+        "method": method,
+        "embargo": f"{draw(st.integers(0, 3))}h",
+        "valid_fraction": draw(st.sampled_from([0.1, 0.2, 0.5])),
+    }
     if method == "walk_forward":
         cfg["n_splits"] = draw(st.integers(1, 4))
         if draw(st.booleans()):
@@ -64,7 +69,11 @@ def reference_folds(t0, t1, cfg, emb):
     """Independent reference: blocks of unique timestamps, purge per run of test blocks."""
     times = np.unique(t0)
     method = cfg["method"]
-    n_blocks = {"walk_forward": cfg.get("n_splits", 0) + 1, "purged_kfold": cfg.get("n_splits"), "cpcv": cfg.get("n_groups")}[method]
+    n_blocks = {
+        "walk_forward": cfg.get("n_splits", 0) + 1,
+        "purged_kfold": cfg.get("n_splits"),
+        "cpcv": cfg.get("n_groups"),
+    }[method]
     edges = [times[b[0]] for b in np.array_split(np.arange(len(times)), n_blocks)]
     block = np.searchsorted(np.asarray(edges), t0, side="right") - 1
     if method == "walk_forward":
@@ -75,8 +84,10 @@ def reference_folds(t0, t1, cfg, emb):
     else:
         import itertools
 
-        plans = [([b for b in range(n_blocks) if b not in c], list(c))
-                 for c in itertools.combinations(range(n_blocks), cfg["n_test_groups"])]
+        plans = [
+            ([b for b in range(n_blocks) if b not in c], list(c))
+            for c in itertools.combinations(range(n_blocks), cfg["n_test_groups"])
+        ]
     out = []
     for train_b, test_b in plans:
         test = np.flatnonzero(np.isin(block, test_b))

@@ -3,6 +3,7 @@
 ``mlp``, ``lstm``, ``gru``, ``tcn``, ``tsmixer``, ``patchtst``, ``itransformer`` and a
 Temporal Fusion Transformer (``tft``); see ``docs/backbones.md``.
 """
+
 from quantml.models.sequence.itransformer import ITransformerForecaster
 from quantml.models.sequence.mlp import MLPForecaster
 from quantml.models.sequence.patchtst import PatchTSTForecaster

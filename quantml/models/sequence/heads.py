@@ -4,6 +4,7 @@ All outputs are in scaled units (return / ``ret_scale``, vol / ``vol_scale``); t
 forecaster multiplies back. Quantiles cannot cross: ``q10 = q50 - softplus(a)``,
 ``q90 = q50 + softplus(b)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ class MultiHorizonHead(nn.Module):
         self.weight = nn.Parameter(torch.randn(n_horizons, d, _N_OUT) / math.sqrt(d))
         bias = torch.zeros(n_horizons, _N_OUT)
         bias[:, 2:4] = _inv_softplus(1.2816)  # offsets of a unit normal's P10/P90
-        bias[:, 5] = _inv_softplus(1.0)       # vol at its training median
+        bias[:, 5] = _inv_softplus(1.0)  # vol at its training median
         self.bias = nn.Parameter(bias)
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -77,15 +78,18 @@ def spread_shortfall(pred: torch.Tensor, y: torch.Tensor, ok: torch.Tensor) -> t
     """
     okf = ok.float()
     n = okf.sum(0).clamp_min(2)
+
     def _std(v):
         v = torch.where(ok, v, torch.zeros_like(v))
         m = v.sum(0) / n
         return (((v - m) ** 2 * okf).sum(0) / (n - 1)).clamp_min(1e-12).sqrt()
+
     return F.relu(1.0 - _std(pred) / _std(y).detach()).mean()
 
 
-def multi_horizon_loss(out: dict, batch: dict, w: LossWeights, spread: bool = True
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def multi_horizon_loss(
+    out: dict, batch: dict, w: LossWeights, spread: bool = True
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Pinball(P10/P50/P90) + MSE(expected return) + direction BCE + log-vol MSE [+ spread].
 
     Targets may be NaN (unlabelled horizon): those entries are left out of every term.
@@ -101,8 +105,7 @@ def multi_horizon_loss(out: dict, batch: dict, w: LossWeights, spread: bool = Tr
     parts["bce"] = _masked_mean(bce, ok_dir)
     ok_v = torch.isfinite(y_lv)
     parts["vol"] = _masked_mean((torch.log(out["vol"]) - torch.nan_to_num(y_lv)) ** 2, ok_v)
-    total = (w.quantile * parts["pinball"] + w.ret * parts["mse"] + w.direction * parts["bce"]
-             + w.vol * parts["vol"])
+    total = w.quantile * parts["pinball"] + w.ret * parts["mse"] + w.direction * parts["bce"] + w.vol * parts["vol"]
     if spread and w.spread > 0:
         parts["spread"] = 0.5 * (spread_shortfall(out["mean"], y0, ok) + spread_shortfall(out["q50"], y0, ok))
         total = total + w.spread * parts["spread"]

@@ -1,4 +1,5 @@
 """MLP over the flattened window: the simplest sequence backbone."""
+
 from __future__ import annotations
 
 import torch

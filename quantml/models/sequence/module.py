@@ -6,6 +6,7 @@ from the symbol embedding and the per-symbol target statistics; :class:`Sequence
 the static encoder, a fusion layer and the multi-horizon head. The TFT has its own net
 (same inputs and outputs) because its static context enters everywhere.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,9 @@ class StaticEncoder(nn.Module):
 class SequenceNet(nn.Module):
     """Static encoder + window encoder + fusion + :class:`MultiHorizonHead`."""
 
-    def __init__(self, encoder: nn.Module, n_symbols: int, d: int, n_horizons: int, symbol_dim: int,
-                 dropout: float) -> None:
+    def __init__(
+        self, encoder: nn.Module, n_symbols: int, d: int, n_horizons: int, symbol_dim: int, dropout: float
+    ) -> None:
         super().__init__()
         self.static = StaticEncoder(n_symbols, symbol_dim, d)
         self.encoder = encoder
@@ -101,6 +103,10 @@ class KeepBestState(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: SequenceModule) -> None:
         m = trainer.callback_metrics
-        self.history.append({"epoch": trainer.current_epoch,
-                             "train_loss": float(m["train_loss"]) if "train_loss" in m else float("nan"),
-                             "val_loss": float(m["val_loss"]) if "val_loss" in m else float("nan")})
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "train_loss": float(m["train_loss"]) if "train_loss" in m else float("nan"),
+                "val_loss": float(m["val_loss"]) if "val_loss" in m else float("nan"),
+            }
+        )

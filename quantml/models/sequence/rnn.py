@@ -1,4 +1,5 @@
 """LSTM and GRU backbones: a recurrent encoder over the window, last hidden state out."""
+
 from __future__ import annotations
 
 import torch

@@ -1,12 +1,13 @@
 """Temporal convolutional network: causal dilated residual convolutions."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantml.models.sequence.trainer import SequenceForecaster
 from quantml.contracts import QuantmlInputError
+from quantml.models.sequence.trainer import SequenceForecaster
 
 
 class CausalConvBlock(nn.Module):

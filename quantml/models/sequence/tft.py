@@ -22,6 +22,7 @@ in a Python loop over variables, and the encoder's variable selection — a per-
 that depends only on the step's features and the symbol — runs once per distinct panel row
 of a batch (``xu``) and is gathered into the windows, instead of once per window step.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantml.contracts import QuantmlInputError
 from quantml.models.sequence.heads import MultiHorizonHead
 from quantml.models.sequence.module import N_STATIC_REAL
 from quantml.models.sequence.trainer import SequenceForecaster
-from quantml.contracts import QuantmlInputError
 
 STATIC_NAMES = ["symbol", "symbol_ret_scale", "symbol_vol_level"]
 STEP_NAME = "horizon_step"
@@ -164,8 +165,9 @@ class InterpretableMultiHeadAttention(nn.Module):
         self.out = nn.Linear(self.d_head, d)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, query: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``query`` [B, Q, d], ``memory`` [B, T, d], ``allowed`` [B, Q, T] -> [B, Q, d], [B, heads, Q, T]."""
         B, Q, _ = query.shape
         T = memory.shape[1]
@@ -174,7 +176,7 @@ class InterpretableMultiHeadAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
         attn = torch.softmax(scores, dim=-1)
-        heads = self.drop(attn) @ self.v(memory).unsqueeze(1)           # [B, heads, Q, d_head]
+        heads = self.drop(attn) @ self.v(memory).unsqueeze(1)  # [B, heads, Q, d_head]
         return self.out(heads.mean(1)), attn
 
 
@@ -183,8 +185,19 @@ class TemporalFusionNet(nn.Module):
     ``encoder_weights`` [B, L, F], ``decoder_weights`` [B, H, K+1] and ``attention``
     [B, heads, H, L+H] for interpretation."""
 
-    def __init__(self, n_features: int, n_symbols: int, n_horizons: int, known_idx: list[int], d: int,
-                 d_var: int, symbol_dim: int, n_heads: int, lstm_layers: int, dropout: float) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_symbols: int,
+        n_horizons: int,
+        known_idx: list[int],
+        d: int,
+        d_var: int,
+        symbol_dim: int,
+        n_heads: int,
+        lstm_layers: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.H, self.known_idx = n_horizons, list(known_idx)
         self.lstm_layers = lstm_layers
@@ -193,8 +206,9 @@ class TemporalFusionNet(nn.Module):
         self.symbol_proj = nn.Linear(symbol_dim, d_var)
         self.static_real = RealEmbedding(N_STATIC_REAL, d_var)
         self.static_vsn = VariableSelectionNetwork(1 + N_STATIC_REAL, d_var, d, dropout)
-        self.static_context = nn.ModuleDict({
-            name: GatedResidualNetwork(d, d, d, dropout) for name in ("selection", "enrichment", "h", "c")})
+        self.static_context = nn.ModuleDict(
+            {name: GatedResidualNetwork(d, d, d, dropout) for name in ("selection", "enrichment", "h", "c")}
+        )
         # time-varying inputs
         self.encoder_embedding = RealEmbedding(n_features, d_var)
         self.encoder_vsn = VariableSelectionNetwork(n_features, d_var, d, dropout, d_context=d)
@@ -202,10 +216,12 @@ class TemporalFusionNet(nn.Module):
         self.step_embedding = nn.Parameter(torch.randn(n_horizons, d_var) * 0.5)
         self.decoder_vsn = VariableSelectionNetwork(len(self.known_idx) + 1, d_var, d, dropout, d_context=d)
         # sequence to sequence
-        self.lstm_encoder = nn.LSTM(d, d, num_layers=lstm_layers, batch_first=True,
-                                    dropout=dropout if lstm_layers > 1 else 0.0)
-        self.lstm_decoder = nn.LSTM(d, d, num_layers=lstm_layers, batch_first=True,
-                                    dropout=dropout if lstm_layers > 1 else 0.0)
+        self.lstm_encoder = nn.LSTM(
+            d, d, num_layers=lstm_layers, batch_first=True, dropout=dropout if lstm_layers > 1 else 0.0
+        )
+        self.lstm_decoder = nn.LSTM(
+            d, d, num_layers=lstm_layers, batch_first=True, dropout=dropout if lstm_layers > 1 else 0.0
+        )
         self.post_lstm = GateAddNorm(d, d, dropout)
         self.enrichment = GatedResidualNetwork(d, d, d, dropout, d_context=d)
         self.attention = InterpretableMultiHeadAttention(d, n_heads, dropout)
@@ -216,8 +232,9 @@ class TemporalFusionNet(nn.Module):
 
     def static_contexts(self, sym: torch.Tensor, table: torch.Tensor):
         """Static selection weights and the four context vectors for symbol indices ``sym``."""
-        static_vars = torch.cat([self.symbol_proj(self.symbol_embedding(sym)).unsqueeze(1),
-                                 self.static_real(table[sym])], dim=1)              # [S', 3, d_var]
+        static_vars = torch.cat(
+            [self.symbol_proj(self.symbol_embedding(sym)).unsqueeze(1), self.static_real(table[sym])], dim=1
+        )  # [S', 3, d_var]
         s, static_w = self.static_vsn(static_vars)
         return {k: grn(s) for k, grn in self.static_context.items()}, static_w
 
@@ -226,8 +243,10 @@ class TemporalFusionNet(nn.Module):
         slices of ``INFERENCE_SLICE`` steps, so scattered rows (no shared steps) stay bounded."""
         if torch.is_grad_enabled() or len(xu) <= INFERENCE_SLICE:
             return self.encoder_vsn(self.encoder_embedding(xu), context)
-        parts = [self.encoder_vsn(self.encoder_embedding(xu[i:i + INFERENCE_SLICE]), context[i:i + INFERENCE_SLICE])
-                 for i in range(0, len(xu), INFERENCE_SLICE)]
+        parts = [
+            self.encoder_vsn(self.encoder_embedding(xu[i : i + INFERENCE_SLICE]), context[i : i + INFERENCE_SLICE])
+            for i in range(0, len(xu), INFERENCE_SLICE)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def forward(self, batch: dict) -> dict:
@@ -240,11 +259,11 @@ class TemporalFusionNet(nn.Module):
         sel_u = ctx_s["selection"][sym_inv[B:]]
 
         # encoder variable selection runs once per distinct step, then is gathered into windows
-        enc_u, enc_w_u = self._select_steps(batch["xu"], sel_u)                      # [U, d], [U, F]
-        enc, enc_w = enc_u[inv], enc_w_u[inv]                                           # [B, L, d], [B, L, F]
-        step = self.step_embedding.unsqueeze(0).expand(B, -1, -1).unsqueeze(2)      # [B, H, 1, d_var]
+        enc_u, enc_w_u = self._select_steps(batch["xu"], sel_u)  # [U, d], [U, F]
+        enc, enc_w = enc_u[inv], enc_w_u[inv]  # [B, L, d], [B, L, F]
+        step = self.step_embedding.unsqueeze(0).expand(B, -1, -1).unsqueeze(2)  # [B, H, 1, d_var]
         if self.known_idx:
-            known = x[:, -1, self.known_idx]                                          # current row's values
+            known = x[:, -1, self.known_idx]  # current row's values
             known = self.known_embedding(known).unsqueeze(1).expand(-1, self.H, -1, -1)
             step = torch.cat([known, step], dim=2)
         dec, dec_w = self.decoder_vsn(step, ctx["selection"].unsqueeze(1))
@@ -253,18 +272,23 @@ class TemporalFusionNet(nn.Module):
         enc_out, state = self.lstm_encoder(enc, state)
         dec_out, _ = self.lstm_decoder(dec, state)
         vsn_seq = torch.cat([enc, dec], dim=1)
-        temporal = self.post_lstm(torch.cat([enc_out, dec_out], dim=1), vsn_seq)      # [B, L+H, d]
+        temporal = self.post_lstm(torch.cat([enc_out, dec_out], dim=1), vsn_seq)  # [B, L+H, d]
         enriched = self.enrichment(temporal, ctx["enrichment"].unsqueeze(1))
 
-        allowed = torch.cat([mask.unsqueeze(1).expand(-1, self.H, -1),
-                             torch.ones(self.H, self.H, dtype=torch.bool, device=x.device).tril()
-                             .unsqueeze(0).expand(B, -1, -1)], dim=2)                 # [B, H, L+H]
+        allowed = torch.cat(
+            [
+                mask.unsqueeze(1).expand(-1, self.H, -1),
+                torch.ones(self.H, self.H, dtype=torch.bool, device=x.device).tril().unsqueeze(0).expand(B, -1, -1),
+            ],
+            dim=2,
+        )  # [B, H, L+H]
         att, attn_w = self.attention(enriched[:, L:], enriched, allowed)
         h = self.post_attention(att, enriched[:, L:])
         h = self.pre_output(self.positionwise(h), temporal[:, L:])
         out = self.head(h)
-        out.update(static_weights=static_w_s[sym_inv[:B]], encoder_weights=enc_w, decoder_weights=dec_w,
-                   attention=attn_w)
+        out.update(
+            static_weights=static_w_s[sym_inv[:B]], encoder_weights=enc_w, decoder_weights=dec_w, attention=attn_w
+        )
         return out
 
 
@@ -276,21 +300,37 @@ class TFTForecaster(SequenceForecaster):
     ``interpret_rows`` (rows of the validation slice summarised for the figures).
     """
 
-    def __init__(self, horizons: list[str], seed: int = 0, hidden_continuous_size: int = 8, n_heads: int = 4,
-                 lstm_layers: int = 1, interpret_rows: int = 2048, **kwargs) -> None:
+    def __init__(
+        self,
+        horizons: list[str],
+        seed: int = 0,
+        hidden_continuous_size: int = 8,
+        n_heads: int = 4,
+        lstm_layers: int = 1,
+        interpret_rows: int = 2048,
+        **kwargs,
+    ) -> None:
         super().__init__(horizons, seed, **kwargs)
         if self.hidden_size % int(n_heads):
-            raise QuantmlInputError(f"backbone.hidden_size={self.hidden_size} must be a multiple of "
-                                    f"n_heads={n_heads}")
+            raise QuantmlInputError(f"backbone.hidden_size={self.hidden_size} must be a multiple of n_heads={n_heads}")
         if int(hidden_continuous_size) < 1 or int(lstm_layers) < 1:
             raise QuantmlInputError("backbone.hidden_continuous_size and lstm_layers must be >= 1")
         self.hidden_continuous_size, self.n_heads = int(hidden_continuous_size), int(n_heads)
         self.lstm_layers, self.interpret_rows = int(lstm_layers), int(interpret_rows)
 
     def _build_net(self, spec: dict) -> nn.Module:
-        return TemporalFusionNet(spec["n_features"], spec["n_symbols"], spec["n_horizons"], spec["known_idx"],
-                                 self.hidden_size, self.hidden_continuous_size, self.symbol_dim, self.n_heads,
-                                 self.lstm_layers, self.dropout)
+        return TemporalFusionNet(
+            spec["n_features"],
+            spec["n_symbols"],
+            spec["n_horizons"],
+            spec["known_idx"],
+            self.hidden_size,
+            self.hidden_continuous_size,
+            self.symbol_dim,
+            self.n_heads,
+            self.lstm_layers,
+            self.dropout,
+        )
 
     def _after_fit(self, data, rows: np.ndarray) -> None:
         """Average variable-selection and attention weights over (up to) ``interpret_rows`` rows,
@@ -335,8 +375,9 @@ class TFTForecaster(SequenceForecaster):
 
         enc = interp["encoder"].sort_values()
         top = enc.iloc[-25:]
-        fig, axes = plt.subplots(1, 3, figsize=(14, max(3.5, 0.25 * len(top) + 1)),
-                                 gridspec_kw={"width_ratios": [1, 2, 1]})
+        fig, axes = plt.subplots(
+            1, 3, figsize=(14, max(3.5, 0.25 * len(top) + 1)), gridspec_kw={"width_ratios": [1, 2, 1]}
+        )
         interp["static"].sort_values().plot.barh(ax=axes[0], color="tab:green")
         axes[0].set_title("static")
         top.plot.barh(ax=axes[1], color="tab:blue")

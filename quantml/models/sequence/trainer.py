@@ -5,6 +5,7 @@ windowing, normalisation, target scaling, the loss, early stopping, best-state r
 seeding, devices, prediction and pickling are shared here, so every feature set,
 ablation, horizon and validation method works unchanged for every backbone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,12 +20,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, SampleSet
 from quantml.models.sequence.heads import LossWeights
 from quantml.models.sequence.module import KeepBestState, SequenceModule, SequenceNet
-from quantml.models.sequence.windows import (ChunkedBatchSampler, SymbolNormalizer, TargetScaler, WindowDataset,
-                                             identity_collate)
-from quantml.contracts import QuantmlInputError
+from quantml.models.sequence.windows import (
+    ChunkedBatchSampler,
+    SymbolNormalizer,
+    TargetScaler,
+    WindowDataset,
+    identity_collate,
+)
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
 
@@ -52,27 +58,59 @@ class SequenceForecaster(Forecaster):
         ``cpu`` or ``gpu``.
     """
 
-    def __init__(self, horizons: list[str], seed: int = 0, *, lookback: int = 32, hidden_size: int = 32,
-                 dropout: float = 0.1, symbol_dim: int = 8, symbol_dropout: float = 0.1,
-                 batch_size: int = 256, batch_chunk: int = 1, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 grad_clip: float | None = 1.0, max_epochs: int = 20, max_steps: int | None = None,
-                 limit_train_batches: int | float | None = None,
-                 limit_val_batches: int | float | None = None, patience: int = 3,
-                 w_quantile: float = 1.0, w_return: float = 1.0, w_direction: float = 0.5,
-                 w_vol: float = 0.5, spread_penalty: float = 0.0, clip_features: float = 10.0,
-                 num_threads: int | None = None, accelerator: str = "auto",
-                 predict_batch_size: int = 2048) -> None:
+    def __init__(
+        self,
+        horizons: list[str],
+        seed: int = 0,
+        *,
+        lookback: int = 32,
+        hidden_size: int = 32,
+        dropout: float = 0.1,
+        symbol_dim: int = 8,
+        symbol_dropout: float = 0.1,
+        batch_size: int = 256,
+        batch_chunk: int = 1,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        grad_clip: float | None = 1.0,
+        max_epochs: int = 20,
+        max_steps: int | None = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        patience: int = 3,
+        w_quantile: float = 1.0,
+        w_return: float = 1.0,
+        w_direction: float = 0.5,
+        w_vol: float = 0.5,
+        spread_penalty: float = 0.0,
+        clip_features: float = 10.0,
+        num_threads: int | None = None,
+        accelerator: str = "auto",
+        predict_batch_size: int = 2048,
+    ) -> None:
         super().__init__(horizons, seed)
-        for name, value in (("lookback", lookback), ("hidden_size", hidden_size), ("batch_size", batch_size), ("batch_chunk", batch_chunk),
-                            ("max_epochs", max_epochs), ("symbol_dim", symbol_dim),
-                            ("predict_batch_size", predict_batch_size)):
+        for name, value in (
+            ("lookback", lookback),
+            ("hidden_size", hidden_size),
+            ("batch_size", batch_size),
+            ("batch_chunk", batch_chunk),
+            ("max_epochs", max_epochs),
+            ("symbol_dim", symbol_dim),
+            ("predict_batch_size", predict_batch_size),
+        ):
             if int(value) < 1:
                 raise QuantmlInputError(f"backbone.{name} must be >= 1, got {value}; set a positive integer")
         for name, value in (("dropout", dropout), ("symbol_dropout", symbol_dropout)):
             if not 0 <= value < 1:
                 raise QuantmlInputError(f"backbone.{name} must be in [0, 1), got {value}")
-        for name, value in (("w_quantile", w_quantile), ("w_return", w_return), ("w_direction", w_direction),
-                            ("w_vol", w_vol), ("spread_penalty", spread_penalty), ("weight_decay", weight_decay)):
+        for name, value in (
+            ("w_quantile", w_quantile),
+            ("w_return", w_return),
+            ("w_direction", w_direction),
+            ("w_vol", w_vol),
+            ("spread_penalty", spread_penalty),
+            ("weight_decay", weight_decay),
+        ):
             if value < 0:
                 raise QuantmlInputError(f"backbone.{name} must be >= 0, got {value}")
         if not lr > 0:
@@ -87,8 +125,9 @@ class SequenceForecaster(Forecaster):
         self.max_epochs, self.max_steps = int(max_epochs), max_steps
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
         self.patience = int(patience)
-        self.loss_weights = LossWeights(float(w_quantile), float(w_return), float(w_direction), float(w_vol),
-                                        float(spread_penalty))
+        self.loss_weights = LossWeights(
+            float(w_quantile), float(w_return), float(w_direction), float(w_vol), float(spread_penalty)
+        )
         self.clip_features, self.num_threads = float(clip_features), num_threads
         self.accelerator, self.predict_batch_size = accelerator, int(predict_batch_size)
 
@@ -99,11 +138,17 @@ class SequenceForecaster(Forecaster):
 
     def _build_net(self, spec: dict) -> torch.nn.Module:
         """The whole net from ``spec`` (n_features, n_symbols, n_horizons, known_idx)."""
-        return SequenceNet(self._build_encoder(spec["n_features"] + 1), spec["n_symbols"], self.hidden_size,
-                           spec["n_horizons"], self.symbol_dim, self.dropout)
+        return SequenceNet(
+            self._build_encoder(spec["n_features"] + 1),
+            spec["n_symbols"],
+            self.hidden_size,
+            spec["n_horizons"],
+            self.symbol_dim,
+            self.dropout,
+        )
 
     # ---- Forecaster ---------------------------------------------------------------------
-    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> "SequenceForecaster":
+    def fit(self, train: SampleSet, valid: SampleSet | None = None) -> SequenceForecaster:
         import lightning.pytorch as pl
         from lightning.pytorch.callbacks import EarlyStopping
 
@@ -111,8 +156,9 @@ class SequenceForecaster(Forecaster):
         self._check_panel(data)
         rows = train.rows[np.isfinite(data.y_ret[train.rows]).any(axis=1)]
         if len(rows) == 0:
-            raise QuantmlInputError("the training fold has no labelled rows; use a longer data range "
-                                    "or a shorter horizon")
+            raise QuantmlInputError(
+                "the training fold has no labelled rows; use a longer data range or a shorter horizon"
+            )
         valid_rows = None
         if valid is not None and len(valid):
             valid_rows = valid.rows[np.isfinite(valid.data.y_ret[valid.rows]).any(axis=1)]
@@ -124,38 +170,66 @@ class SequenceForecaster(Forecaster):
             self.scaler_ = TargetScaler().fit(data, rows, self.normalizer_)
             self.feature_names_ = list(data.feature_names)
             known = [data.feature_names.index(f) for f in data.known_future if f in data.feature_names]
-            self.net_spec_ = {"n_features": data.X.shape[1], "n_symbols": len(self.normalizer_.symbols_),
-                              "n_horizons": len(self.horizons), "known_idx": known}
+            self.net_spec_ = {
+                "n_features": data.X.shape[1],
+                "n_symbols": len(self.normalizer_.symbols_),
+                "n_horizons": len(self.horizons),
+                "known_idx": known,
+            }
             torch.manual_seed(self.seed)
             net = self._build_net(self.net_spec_)
             module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay)
 
-            train_ds = WindowDataset(data, np.sort(rows), self.lookback, self.normalizer_, self.scaler_,
-                                     symbol_dropout=self.symbol_dropout, rng=np.random.default_rng(self.seed))
-            sampler = ChunkedBatchSampler(len(rows), self.batch_size, self.batch_chunk,
-                                          torch.Generator().manual_seed(self.seed),
-                                          drop_last=len(rows) >= 2 * self.batch_size)
+            train_ds = WindowDataset(
+                data,
+                np.sort(rows),
+                self.lookback,
+                self.normalizer_,
+                self.scaler_,
+                symbol_dropout=self.symbol_dropout,
+                rng=np.random.default_rng(self.seed),
+            )
+            sampler = ChunkedBatchSampler(
+                len(rows),
+                self.batch_size,
+                self.batch_chunk,
+                torch.Generator().manual_seed(self.seed),
+                drop_last=len(rows) >= 2 * self.batch_size,
+            )
             train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
             keeper = KeepBestState()
             callbacks = [keeper]
             val_dl = None
             if valid_rows is not None:
                 val_ds = WindowDataset(valid.data, valid_rows, self.lookback, self.normalizer_, self.scaler_)
-                val_dl = DataLoader(val_ds, batch_size=self.predict_batch_size, shuffle=False,
-                                    collate_fn=identity_collate, num_workers=0)
+                val_dl = DataLoader(
+                    val_ds,
+                    batch_size=self.predict_batch_size,
+                    shuffle=False,
+                    collate_fn=identity_collate,
+                    num_workers=0,
+                )
                 callbacks.append(EarlyStopping(monitor="val_loss", patience=self.patience, mode="min"))
             gpu = self.accelerator == "gpu" or (self.accelerator == "auto" and torch.cuda.is_available())
             with tempfile.TemporaryDirectory(prefix="quantml-seq-") as root:
                 trainer = pl.Trainer(
-                    accelerator="gpu" if gpu else "cpu", devices=1,
+                    accelerator="gpu" if gpu else "cpu",
+                    devices=1,
                     precision="bf16-mixed" if gpu else "32-true",
-                    max_epochs=self.max_epochs, max_steps=-1 if self.max_steps is None else int(self.max_steps),
+                    max_epochs=self.max_epochs,
+                    max_steps=-1 if self.max_steps is None else int(self.max_steps),
                     limit_train_batches=1.0 if self.limit_train_batches is None else self.limit_train_batches,
                     limit_val_batches=1.0 if self.limit_val_batches is None else self.limit_val_batches,
-                    gradient_clip_val=self.grad_clip, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=_show_progress(), enable_model_summary=False,
-                    num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root,
-                    deterministic=False)
+                    gradient_clip_val=self.grad_clip,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=_show_progress(),
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    callbacks=callbacks,
+                    default_root_dir=root,
+                    deterministic=False,
+                )
                 trainer.fit(module, train_dl, val_dl)
             net = module.net.cpu().float()
             if keeper.best_state is not None:
@@ -165,8 +239,9 @@ class SequenceForecaster(Forecaster):
             self.history_ = keeper.history
             self.n_steps_ = int(trainer.global_step)
             self.best_epoch_ = keeper.best_epoch
-            self._after_fit(valid.data if valid_rows is not None else data,
-                            valid_rows if valid_rows is not None else rows)
+            self._after_fit(
+                valid.data if valid_rows is not None else data, valid_rows if valid_rows is not None else rows
+            )
         return self
 
     def predict(self, data: SampleSet) -> Forecast:
@@ -178,10 +253,15 @@ class SequenceForecaster(Forecaster):
         self._check_panel(data.data)
         out = self._run(data.data, data.rows)
         s = self.scaler_
-        return Forecast(self.horizons,
-                        expected_return=out["mean"] * s.ret_scale_, q10=out["q10"] * s.ret_scale_,
-                        q50=out["q50"] * s.ret_scale_, q90=out["q90"] * s.ret_scale_,
-                        prob_up=1.0 / (1.0 + np.exp(-out["logit"])), vol_forecast=out["vol"] * s.vol_scale_)
+        return Forecast(
+            self.horizons,
+            expected_return=out["mean"] * s.ret_scale_,
+            q10=out["q10"] * s.ret_scale_,
+            q50=out["q50"] * s.ret_scale_,
+            q90=out["q90"] * s.ret_scale_,
+            prob_up=1.0 / (1.0 + np.exp(-out["logit"])),
+            vol_forecast=out["vol"] * s.vol_scale_,
+        )
 
     def figures(self) -> dict:
         if not getattr(self, "history_", None):
@@ -232,11 +312,13 @@ class SequenceForecaster(Forecaster):
         if len(data.horizons) != len(self.horizons):
             raise QuantmlInputError(
                 f"the panel has horizons {data.horizons}, the backbone was built for {self.horizons}; "
-                f"build the labels with the same horizon config")
+                f"build the labels with the same horizon config"
+            )
         if hasattr(self, "feature_names_") and list(data.feature_names) != self.feature_names_:
             raise QuantmlInputError(
                 f"the panel's features differ from the {len(self.feature_names_)} the model was fitted on "
-                f"(first fitted: {self.feature_names_[:3]}); use the same feature_set and ablation")
+                f"(first fitted: {self.feature_names_[:3]}); use the same feature_set and ablation"
+            )
 
     @contextmanager
     def _torch_threads(self):

@@ -1,4 +1,5 @@
 """TSMixer (Chen et al., 2023): alternating time-mixing and feature-mixing MLPs."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ class MixerBlock(nn.Module):
         self.norm_t = nn.LayerNorm(d)
         self.time = nn.Sequential(nn.Linear(lookback, lookback), nn.ReLU(), nn.Dropout(dropout))
         self.norm_f = nn.LayerNorm(d)
-        self.feat = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff, d),
-                                  nn.Dropout(dropout))
+        self.feat = nn.Sequential(
+            nn.Linear(d, ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff, d), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, d]
         x = x + self.time(self.norm_t(x).transpose(1, 2)).transpose(1, 2)
@@ -45,11 +47,9 @@ class TSMixerEncoder(nn.Module):
 class TSMixerForecaster(SequenceForecaster):
     """TSMixer with static (symbol) context added to every step."""
 
-    def __init__(self, horizons: list[str], seed: int = 0, n_blocks: int = 2, ff_size: int = 64,
-                 **kwargs) -> None:
+    def __init__(self, horizons: list[str], seed: int = 0, n_blocks: int = 2, ff_size: int = 64, **kwargs) -> None:
         super().__init__(horizons, seed, **kwargs)
         self.n_blocks, self.ff_size = int(n_blocks), int(ff_size)
 
     def _build_encoder(self, n_inputs: int) -> nn.Module:
-        return TSMixerEncoder(n_inputs, self.lookback, self.hidden_size, self.n_blocks, self.ff_size,
-                              self.dropout)
+        return TSMixerEncoder(n_inputs, self.lookback, self.hidden_size, self.n_blocks, self.ff_size, self.dropout)

@@ -5,14 +5,15 @@ positions and a few small statistics, and gathers one batch ``[B, L, F]`` at a t
 index arrays. The window of row ``r`` is ``X[max(segment_start[r], r - L + 1) : r + 1]``
 (it ends at ``r``: causal), left-padded with zeros and a ``mask`` of real steps.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from quantml.models.base import PanelData
 from quantml.contracts import QuantmlInputError
+from quantml.models.base import PanelData
 
 _STD_FLOOR = 1e-8
 _VOL_FLOOR = 1e-8
@@ -33,7 +34,7 @@ class SymbolNormalizer:
             raise QuantmlInputError(f"backbone.clip_features must be > 0, got {clip}; use e.g. 10")
         self.clip = float(clip)
 
-    def fit(self, data: PanelData, rows: np.ndarray) -> "SymbolNormalizer":
+    def fit(self, data: PanelData, rows: np.ndarray) -> SymbolNormalizer:
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         codes = data.symbol_codes[rows]
         present = np.unique(codes)
@@ -44,7 +45,7 @@ class SymbolNormalizer:
         for k, code in enumerate(present):
             sym_rows = rows[codes == code]
             for lo in range(0, len(sym_rows), _CHUNK):
-                x = data.X[sym_rows[lo:lo + _CHUNK]].astype(np.float64)
+                x = data.X[sym_rows[lo : lo + _CHUNK]].astype(np.float64)
                 ok = np.isfinite(x)
                 x = np.where(ok, x, 0.0)
                 s1[k] += x.sum(0)
@@ -81,7 +82,7 @@ class TargetScaler:
     ratios of both (``symbol_stats_`` [S + 1, 2], 0 for an unseen symbol) are static inputs.
     """
 
-    def fit(self, data: PanelData, rows: np.ndarray, normalizer: SymbolNormalizer) -> "TargetScaler":
+    def fit(self, data: PanelData, rows: np.ndarray, normalizer: SymbolNormalizer) -> TargetScaler:
         y_ret, y_vol = data.y_ret[rows], data.y_vol[rows]
         self.ret_scale_ = _finite_stat(y_ret, np.nanstd, floor=_STD_FLOOR)
         self.vol_scale_ = _finite_stat(np.where(y_vol > 0, y_vol, np.nan), np.nanmedian, floor=_VOL_FLOOR)
@@ -92,8 +93,9 @@ class TargetScaler:
                 continue
             sel = sym == idx
             r_std = _finite_stat(y_ret[sel, :1], np.nanstd, floor=_STD_FLOOR)[0]
-            v_med = _finite_stat(np.where(y_vol[sel, :1] > 0, y_vol[sel, :1], np.nan), np.nanmedian,
-                                 floor=_VOL_FLOOR)[0]
+            v_med = _finite_stat(np.where(y_vol[sel, :1] > 0, y_vol[sel, :1], np.nan), np.nanmedian, floor=_VOL_FLOOR)[
+                0
+            ]
             stats[idx] = (np.log(r_std / self.ret_scale_[0]), np.log(v_med / self.vol_scale_[0]))
         self.symbol_stats_ = stats
         return self
@@ -115,13 +117,22 @@ class WindowDataset(Dataset):
     probability, drawn from ``rng`` (deterministic for a seeded generator).
     """
 
-    def __init__(self, data: PanelData, rows: np.ndarray, lookback: int, normalizer: SymbolNormalizer,
-                 scaler: TargetScaler, targets: bool = True, symbol_dropout: float = 0.0,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        data: PanelData,
+        rows: np.ndarray,
+        lookback: int,
+        normalizer: SymbolNormalizer,
+        scaler: TargetScaler,
+        targets: bool = True,
+        symbol_dropout: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         if data.X.shape[1] != normalizer.n_features_:
             raise QuantmlInputError(
                 f"the panel has {data.X.shape[1]} features, the model was fitted on "
-                f"{normalizer.n_features_}; build features with the same feature_set/ablation as at fit")
+                f"{normalizer.n_features_}; build features with the same feature_set/ablation as at fit"
+            )
         self.data = data
         self.rows = np.asarray(rows, dtype=np.int64)
         self.lookback = int(lookback)
@@ -208,7 +219,7 @@ class ChunkedBatchSampler(Sampler):
             starts = bounds[:-1][perm]
             order = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
         for b in range(len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
 
 
 def identity_collate(batch: dict) -> dict:

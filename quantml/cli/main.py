@@ -1,0 +1,70 @@
+"""quantml: one command line for the whole workflow.
+
+usage: quantml COMMAND [IDS] [key=value ...]
+
+  quantml train [key=value ...] [-m]        run an experiment (-m: a sweep of them); Hydra command line:
+                                            --cfg job, hydra/launcher=joblib, hparams_search=lightgbm ...
+  quantml tune run_id=RUN_ID [key=value ...]
+                                            tune signal thresholds on a train run's out-of-sample predictions
+  quantml predict model=models:/NAME@active data=CONFIG_OR_FILE [key=value ...]
+                                            the prediction contract of a registered model for a panel
+  quantml registry register RUN_ID [name=NAME]
+  quantml registry gates NAME VERSION | promote NAME VERSION [reason=TEXT force=true baseline=RUN_ID]
+  quantml registry rollback NAME | list [NAME] | history NAME | unlock NAME
+                                            the MLflow model registry: candidate -> active -> rollback
+
+Settings are Hydra key=value overrides of the packaged configs (quantml/conf): config.yaml
+(train), tune.yaml, predict.yaml, registry.yaml; tracking.uri= picks the MLflow store in every
+command (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Only identifiers (a run id,
+a model name and version) are positional. `quantml COMMAND --help` shows a command's settings.
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = ("train", "tune", "predict", "registry")
+
+
+def _hydra_app(module: str, prog: str, args: list[str]) -> int:
+    """Run a ``@hydra.main`` entrypoint as if it had been started as ``prog args...``."""
+    import importlib
+
+    entry = importlib.import_module(module)
+    saved = sys.argv
+    sys.argv = [prog, *args]
+    try:
+        return entry.main()
+    finally:
+        sys.argv = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from quantml import __version__
+
+        print(f"quantml {__version__}")
+        return 0
+    command, args = argv[0], argv[1:]
+    if command == "train":
+        return _hydra_app("quantml.cli.train", "quantml train", args)
+    if command == "tune":
+        return _hydra_app("quantml.cli.tune", "quantml tune", args)
+    if command == "predict":
+        from quantml.cli.predict import main as predict
+
+        return predict(args)
+    if command == "registry":
+        from quantml.cli.registry import main as registry
+
+        return registry(args)
+    print(f"error: unknown command {command!r}; one of {', '.join(COMMANDS)} (quantml --help)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

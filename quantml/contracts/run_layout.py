@@ -1,0 +1,144 @@
+"""The MLflow run layout: the names train, tune, the registry and serving agree on.
+
+Everything quantml writes to MLflow is named here, once: the ``quantml.*`` tag keys, the
+run kinds, the params and artifacts the readers rely on, the registry's aliases and
+version tags. ``quantml.tracking.writer`` is the one writer of this layout and
+``quantml.tracking.reader`` the one reader; nothing else spells these strings.
+
+Layout versions: ``"2"`` (this one) is recorded on every run as ``quantml.layout_version``.
+Runs logged by quantml 0.1 carry no such tag and read as layout ``"1"``: the same parent/
+fold tags, the resolved config at :data:`CONFIG_ARTIFACT`, derived values only as
+``derived.*`` params.
+
+Pure constants and tiny helpers: imports nothing from quantml outside ``contracts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LAYOUT_VERSION = "2"
+LEGACY_LAYOUT_VERSION = "1"  # quantml 0.1: no layout tag
+KNOWN_LAYOUT_VERSIONS = (LEGACY_LAYOUT_VERSION, LAYOUT_VERSION)
+
+TAG_PREFIX = "quantml."
+
+
+def quantml_tag(name: str) -> str:
+    """``"kind" -> "quantml.kind"``."""
+    return f"{TAG_PREFIX}{name}"
+
+
+# -- run kinds (tag quantml.kind) ---------------------------------------------------------------
+KIND_PARENT = "parent"  # one per train job: config, OOS predictions, report, the model
+KIND_FOLD = "fold"  # nested under a parent: one validation fold
+KIND_TUNE = "tune"  # nested under a parent: a threshold study
+KIND_STACK = "stack"  # reserved
+KIND_MONITOR = "monitor"  # reserved
+RUN_KINDS = (KIND_PARENT, KIND_FOLD, KIND_TUNE, KIND_STACK, KIND_MONITOR)
+
+# -- run tags ---------------------------------------------------------------------------------------
+# every run
+TAG_KIND = quantml_tag("kind")
+TAG_LAYOUT_VERSION = quantml_tag("layout_version")
+TAG_ERROR = quantml_tag("error")  # "<Type>: <message>" of a FAILED run
+TAG_PRUNED = quantml_tag("pruned")  # "true" on a run ended KILLED by Optuna's pruner
+# parent runs: provenance
+TAG_METRICS_VERSION = quantml_tag("metrics_version")
+TAG_SEED = quantml_tag("seed")
+TAG_GIT_COMMIT = quantml_tag("git_commit")
+TAG_SCHEMA_VERSION = quantml_tag("schema_version")
+TAG_VALIDATION = quantml_tag("validation")
+TAG_HORIZONS = quantml_tag("horizons")  # comma-separated, in config order
+TAG_SWEEP_DIR = quantml_tag("sweep_dir")
+TAG_OUTPUT_DIR = quantml_tag("output_dir")
+TAG_MODEL_NAME = quantml_tag("model_name")  # optional: default registered-model name
+# parent runs: what the data turned out to be
+TAG_DATA_FINGERPRINT = quantml_tag("data_fingerprint")
+TAG_FEATURE_CONTRACT_HASH = quantml_tag("feature_contract_hash")
+TAG_IC_MODE = quantml_tag("ic_mode")
+TAG_BAR = quantml_tag("bar")
+TAG_N_SYMBOLS = quantml_tag("n_symbols")
+TAG_N_FEATURES = quantml_tag("n_features")
+TAG_PERIODS_PER_YEAR = quantml_tag("periods_per_year")
+TAG_LEAKAGE_AUDIT = quantml_tag("leakage_audit")  # "clean" | "violations"
+TAG_N_FOLDS = quantml_tag("n_folds")
+TAG_MONITOR = quantml_tag("monitor")
+TAG_BEST_MONITOR = quantml_tag("best_monitor")
+# fold runs
+TAG_FOLD_ID = quantml_tag("fold_id")
+TAG_PATH_IDS = quantml_tag("path_ids")  # comma-separated CPCV path ids
+# tune runs (and the model-version tags a study attaches)
+TAG_SOURCE_RUN = quantml_tag("source_run")
+TAG_OBJECTIVE = quantml_tag("objective")
+TAG_SIGNAL = quantml_tag("signal")  # JSON of SignalConfig.to_dict()
+TAG_ALLOCATOR = quantml_tag("allocator")  # JSON of AllocatorConfig.to_dict()
+TAG_TUNE_RUN = quantml_tag("tune_run")
+TAG_TUNE_HOLDOUT_SHARPE = quantml_tag("tune_holdout_sharpe")
+
+TAG_OPTUNA_STUDY_NAME = "optuna.study_name"  # tune runs: where the study lives
+TAG_OPTUNA_STORAGE = "optuna.storage"  # (the storage URL with any password redacted)
+
+CHOICE_TAG_PREFIX = "choice."  # choice.<group> = the Hydra config-group choice
+
+
+def choice_tag(group: str) -> str:
+    return f"{CHOICE_TAG_PREFIX}{group}"
+
+
+# MLflow's own tags quantml writes or reads
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_RUN_NAME = "mlflow.runName"
+MLFLOW_NOTE = "mlflow.note.content"  # the run's description in the UI
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the MLflow 3 UI opens on training runs
+
+# -- params the readers rely on -------------------------------------------------------------------
+# fold runs
+PARAM_FOLD_ID = "fold_id"
+PARAM_TEST_START = "test_start"
+PARAM_TEST_END = "test_end"
+# parent runs: the flattened resolved config is logged as params for the UI's filters and
+# comparisons; readers read the configuration from CONFIG_ARTIFACT, never from these.
+DERIVED_PARAM_PREFIX = "derived."
+LEGACY_PARAM_PERIODS_PER_YEAR = "derived.periods_per_year"  # layout 1's only record of it
+
+# -- artifacts ---------------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config/config.yaml"  # the resolved Hydra config
+DERIVED_ARTIFACT = "config/derived.json"  # values derived from the data: periods_per_year, ...
+OOS_ARTIFACT = "predictions/oos_predictions.parquet"
+AUDIT_ARTIFACT = "audit/leakage_audit.json"
+FOLD_METRICS_ARTIFACT = "report/fold_metrics.csv"
+REPORT_BY_SYMBOL_HORIZON_ARTIFACT = "report/report_by_symbol_horizon.csv"
+REPORT_HTML_ARTIFACT = "report/report.html"
+FEATURE_IMPORTANCE_ARTIFACT = "report/feature_importance.csv"
+ERROR_ARTIFACT = "error.txt"
+MODEL_ARTIFACT = "model"  # runs:/<parent run id>/model, the quantml pyfunc
+
+# -- registry --------------------------------------------------------------------------------------
+ALIAS_CANDIDATE = "candidate"
+ALIAS_ACTIVE = "active"
+ALIAS_CHAMPION = "champion"  # the 0.1 name of "active": set beside it for one release
+VERSION_TAG_RUN_ID = quantml_tag("run_id")  # the version's source parent run
+VERSION_TAG_METRIC_PREFIX = quantml_tag("metric.")  # headline metrics: quantml.metric.<name>
+EVENT_TAG_PREFIX = quantml_tag("event.")  # registered-model tag per promotion/rollback
+LOCK_TAG = quantml_tag("lock")
+LOCK_SUFFIX = ".quantml-lock"
+
+
+def layout_version(tags: Mapping[str, str]) -> str:
+    """The run's layout version; a run without the tag (quantml 0.1) is layout ``"1"``."""
+    return str(tags.get(TAG_LAYOUT_VERSION) or LEGACY_LAYOUT_VERSION)
+
+
+def run_kind(tags: Mapping[str, str], default: str | None = None) -> str | None:
+    return tags.get(TAG_KIND, default)
+
+
+def split_list_tag(value: str | None) -> list[str]:
+    """``"1d, 5d" -> ["1d", "5d"]`` (the comma lists of ``quantml.horizons`` / ``quantml.path_ids``)."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def version_metric_tag(metric: str) -> str:
+    return f"{VERSION_TAG_METRIC_PREFIX}{metric}"

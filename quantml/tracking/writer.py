@@ -1,0 +1,274 @@
+"""The one writer of the MLflow run layout (``quantml.contracts.run_layout``).
+
+Every command that writes runs (train's parent and fold runs, tune's study run, the test
+fakes) goes through :class:`RunWriter`: it stamps the standard tags (kind, layout version,
+and on parent runs metrics version, seed, git commit, schema version), nests children
+under their parent, and ends every run FINISHED, FAILED (error tag + ``error.txt``) or,
+for a pruned hyper-parameter trial, KILLED with ``quantml.pruned=true``.
+
+All writes go through :class:`mlflow.MlflowClient` with retries, so parallel jobs on one
+SQLite store survive lock contention, and nothing depends on the fluent active-run stack
+except model logging.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from omegaconf import DictConfig, OmegaConf
+
+from quantml.contracts import SCHEMA_VERSION
+from quantml.contracts import run_layout as L
+from quantml.contracts.metrics import METRICS_VERSION
+from quantml.tracking.store import ensure_experiment, git_commit, prepare_store, retrying
+
+_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+MAX_TAG_CHARS = 5000
+MAX_DESCRIPTION_CHARS = 8000  # MLflow's limit for a run tag value
+
+
+class TrackedRun:
+    """One MLflow run written through the client; end it with ``end``/``fail``."""
+
+    def __init__(self, client: mlflow.MlflowClient, run_id: str, experiment_id: str | None = None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+
+    # -- values ------------------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, object]) -> None:
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            retrying(self.client.log_batch)(self.run_id, params=items[i : i + _BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        stamp = int(pd.Timestamp.now().timestamp() * 1000)
+        items = [
+            Metric(k, float(v), stamp, step)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
+        for i in range(0, len(items), 1000):
+            retrying(self.client.log_batch)(self.run_id, metrics=items[i : i + 1000])
+
+    def log_metric_steps(self, series: Mapping[str, Iterable[float]]) -> None:
+        """Stepped metrics (step = position), e.g. an equity curve for the UI's charts."""
+        rows = [Metric(name, float(v), 0, step) for name, values in series.items() for step, v in enumerate(values)]
+        for i in range(0, len(rows), 1000):
+            retrying(self.client.log_batch)(self.run_id, metrics=rows[i : i + 1000])
+
+    def log_batch(
+        self, params: Mapping[str, object] | None = None, metrics: Mapping[str, float] | None = None, step: int = 0
+    ) -> None:
+        """Params and metrics in one write (one SQLite commit) when they fit one batch."""
+        stamp = int(pd.Timestamp.now().timestamp() * 1000)
+        p = [Param(str(k), str(v)[:6000]) for k, v in (params or {}).items()]
+        m = [
+            Metric(k, float(v), stamp, step)
+            for k, v in (metrics or {}).items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
+        if len(p) > _BATCH or len(m) > 1000:
+            self.log_params(params or {})
+            self.log_metrics(metrics or {}, step)
+        elif p or m:
+            retrying(self.client.log_batch)(self.run_id, params=p, metrics=m)
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        items = [RunTag(str(k), str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            retrying(self.client.log_batch)(self.run_id, tags=items[i : i + _BATCH])
+
+    def set_description(self, text: str) -> None:
+        """The run's description in the MLflow UI (``mlflow.note.content``, at most 8000 characters)."""
+        retrying(self.client.log_batch)(self.run_id, tags=[RunTag(L.MLFLOW_NOTE, text[:MAX_DESCRIPTION_CHARS])])
+
+    # -- artifacts ---------------------------------------------------------------------------------
+    def log_text(self, text: str, artifact_file: str) -> None:
+        retrying(self.client.log_text)(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        retrying(self.client.log_dict)(self.run_id, data, artifact_file)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        retrying(self.client.log_artifact)(self.run_id, local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        retrying(self.client.log_artifacts)(self.run_id, local_dir, artifact_path)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        retrying(self.client.log_figure)(self.run_id, figure, artifact_file)
+
+    def log_resolved_config(self, cfg: DictConfig | Mapping) -> None:
+        """The resolved config at ``config/config.yaml``: what readers rebuild configuration from."""
+        node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        self.log_text(OmegaConf.to_yaml(node, resolve=True), L.CONFIG_ARTIFACT)
+
+    def log_derived(self, derived: Mapping[str, object]) -> None:
+        """Values derived from the data (``periods_per_year``, ...) in ``config/derived.json``;
+        ``periods_per_year`` also as the tag ``quantml.periods_per_year``."""
+        self.log_dict(dict(derived), L.DERIVED_ARTIFACT)
+        if derived.get("periods_per_year") is not None:
+            self.set_tags({L.TAG_PERIODS_PER_YEAR: f"{float(derived['periods_per_year']):.12g}"})
+
+    # -- ending ------------------------------------------------------------------------------------
+    def end(self, status: str = "FINISHED") -> None:
+        retrying(self.client.set_terminated)(self.run_id, status)
+
+    def fail(self, exc: BaseException) -> None:
+        """Attach the error and end FAILED; never raises (the original error matters more).
+
+        A hyper-parameter trial stopped by Optuna's pruner is not a failure: it ends KILLED
+        with ``quantml.pruned=true``.
+        """
+        if type(exc).__name__ == "TrialPruned":
+            try:
+                self.set_tags({L.TAG_PRUNED: "true"})
+            except Exception:  # noqa: BLE001
+                pass
+            finally:
+                try:
+                    self.end("KILLED")
+                except Exception:  # noqa: BLE001
+                    pass
+            return
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self.set_tags({L.TAG_ERROR: f"{type(exc).__name__}: {exc}"})
+            self.log_text(text, L.ERROR_ARTIFACT)
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            try:
+                self.end("FAILED")
+            except Exception:  # noqa: BLE001
+                pass
+
+    @contextmanager
+    def ending(self):
+        """``with run.ending():`` ends the run FINISHED on success, FAILED/KILLED on any error."""
+        try:
+            yield self
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+        else:
+            self.end("FINISHED")
+
+
+def _parent_id(parent: TrackedRun | str | None) -> str | None:
+    return parent.run_id if isinstance(parent, TrackedRun) else parent
+
+
+class RunWriter:
+    """Creates the runs of one experiment in the quantml run layout.
+
+    ``start_*`` return a :class:`TrackedRun` the caller ends (``end``/``fail``, or
+    ``with run.ending():``); ``run`` is the context-manager form of ``start``.
+    """
+
+    def __init__(self, experiment_id: str, client: mlflow.MlflowClient | None = None) -> None:
+        self.client = client or mlflow.MlflowClient()
+        self.experiment_id = str(experiment_id)
+
+    @classmethod
+    def prepare(cls, tracking_uri: str, experiment: str) -> RunWriter:
+        """Like :meth:`for_experiment`, and point MLflow's global URI at the store (as
+        :func:`~quantml.tracking.store.prepare_store`): model logging goes through it."""
+        return cls(prepare_store(tracking_uri, experiment), mlflow.MlflowClient(tracking_uri))
+
+    @classmethod
+    def for_experiment(cls, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> RunWriter:
+        """Write to ``experiment`` of ``tracking_uri`` (created if needed); sets no MLflow global."""
+        client = mlflow.MlflowClient(tracking_uri)
+        return cls(ensure_experiment(client, experiment, artifact_location), client)
+
+    # -- generic ----------------------------------------------------------------------------------
+    def start(
+        self, run_name: str, tags: Mapping[str, object] | None = None, parent: TrackedRun | str | None = None
+    ) -> TrackedRun:
+        """A run with ``tags`` (plus the layout version), nested under ``parent`` if given."""
+        all_tags = {
+            L.MLFLOW_RUN_NAME: run_name,
+            L.TAG_LAYOUT_VERSION: L.LAYOUT_VERSION,
+            **{k: str(v)[:MAX_TAG_CHARS] for k, v in (tags or {}).items()},
+        }
+        parent_id = _parent_id(parent)
+        if parent_id is not None:
+            all_tags[L.MLFLOW_PARENT_RUN_ID] = parent_id
+        run = retrying(self.client.create_run)(self.experiment_id, run_name=run_name, tags=all_tags)
+        return TrackedRun(self.client, run.info.run_id, self.experiment_id)
+
+    @contextmanager
+    def run(self, run_name: str, tags: Mapping[str, object] | None = None, parent: TrackedRun | str | None = None):
+        """A run that ends FINISHED on success and FAILED (with ``error.txt``) on any error."""
+        tracked = self.start(run_name, tags, parent)
+        with tracked.ending():
+            yield tracked
+
+    # -- the layout's run kinds ------------------------------------------------------------------
+    def start_parent(
+        self,
+        run_name: str,
+        *,
+        seed: int | None = None,
+        horizons: Iterable[str] = (),
+        validation: str | None = None,
+        choices: Mapping[str, str] | None = None,
+        tags: Mapping[str, object] | None = None,
+        commit: str | None = None,
+        description: str | None = None,
+    ) -> TrackedRun:
+        """The parent run of a train job: kind, layout/metrics/schema versions, seed, git commit,
+        horizons, validation method and the config-group choices (``choice.<group>``)."""
+        std: dict[str, object] = {
+            L.TAG_KIND: L.KIND_PARENT,
+            L.TAG_METRICS_VERSION: METRICS_VERSION,
+            L.TAG_SCHEMA_VERSION: SCHEMA_VERSION,
+            L.TAG_GIT_COMMIT: commit if commit is not None else git_commit(),
+        }
+        if seed is not None:
+            std[L.TAG_SEED] = int(seed)
+        horizons = list(horizons)
+        if horizons:
+            std[L.TAG_HORIZONS] = ",".join(map(str, horizons))
+        if validation is not None:
+            std[L.TAG_VALIDATION] = validation
+        std.update({L.choice_tag(k): v for k, v in (choices or {}).items()})
+        if description:
+            std[L.MLFLOW_NOTE] = description
+        std.update(tags or {})
+        return self.start(run_name, std)
+
+    def start_fold(
+        self,
+        parent: TrackedRun | str,
+        fold_id: int | str,
+        path_ids: Iterable[int] = (),
+        tags: Mapping[str, object] | None = None,
+    ) -> TrackedRun:
+        """A fold run nested under ``parent``, named ``fold-<id>``."""
+        std = {
+            L.TAG_KIND: L.KIND_FOLD,
+            L.TAG_FOLD_ID: fold_id,
+            L.TAG_PATH_IDS: ",".join(map(str, sorted(set(int(p) for p in path_ids)))),
+            **(tags or {}),
+        }
+        return self.start(f"fold-{fold_id}", std, parent=parent)
+
+    def start_tune(
+        self, source_run: str, objective: str, *, run_name: str | None = None, tags: Mapping[str, object] | None = None
+    ) -> TrackedRun:
+        """A threshold-study run nested under its source parent run."""
+        std = {L.TAG_KIND: L.KIND_TUNE, L.TAG_SOURCE_RUN: source_run, L.TAG_OBJECTIVE: objective, **(tags or {})}
+        return self.start(run_name or f"tune-{objective}", std, parent=source_run)
+
+
+class ExperimentTracker(RunWriter):
+    """The 0.1 name of :class:`RunWriter` (``start``/``run`` with explicit tags)."""
