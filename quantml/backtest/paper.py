@@ -14,7 +14,7 @@ import pandas as pd
 
 from quantml.backtest.vectorised import BacktestResult, result_stats
 from quantml.market.execution import CostModel, execute_bar
-from quantml.market.performance import drawdown
+from quantml.market.performance import compounded_drawdown
 from quantml.portfolio.allocator import AllocatorConfig, allocate_panel
 from quantml.portfolio.covariance import TrailingCovariance
 from quantml.portfolio.strategy import SignalPanel
@@ -102,7 +102,7 @@ class PaperTrader:
         led = pd.DataFrame(self.ledger).set_index("timestamp")
         bars = led[["gross", "cost", "pnl", "turnover"]].copy()
         bars["equity"] = bars["pnl"].cumsum()
-        bars["drawdown"] = drawdown(bars["equity"].to_numpy())
+        bars["drawdown"] = compounded_drawdown(bars["pnl"].to_numpy())
         positions = led[[f"pos_{s}" for s in self.symbols]].set_axis(self.symbols, axis=1)
         return BacktestResult(
             bars,

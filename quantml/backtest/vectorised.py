@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.market.execution import CostModel, execute, participation_rate
-from quantml.market.performance import drawdown, information_ratio, performance_stats
+from quantml.market.performance import compounded_drawdown, information_ratio, performance_stats
 from quantml.portfolio.allocator import AllocatorConfig
 from quantml.portfolio.strategy import AllocatorStrategy, Book, SignalPanel
 from quantml.signals.core import SignalConfig
@@ -76,7 +76,7 @@ class BacktestResult:
             keep &= idx < stop
         bars = self.bars.loc[keep].copy()
         bars["equity"] = bars["pnl"].cumsum()
-        bars["drawdown"] = drawdown(bars["equity"].to_numpy())
+        bars["drawdown"] = compounded_drawdown(bars["pnl"].to_numpy())
         hp = None if self.horizon_pnl is None else self.horizon_pnl.loc[keep]
         bench = None if "benchmark" not in bars.columns else bars["benchmark"].to_numpy()
         return BacktestResult(
@@ -171,15 +171,25 @@ def backtest(
     )
 
 
-def run_backtest(strategy, data, costs: CostModel, periods_per_year: float, *, capital: float = 1.0) -> BacktestResult:
+def run_backtest(
+    strategy, data, costs: CostModel, periods_per_year: float, *, capital: float = 1.0, market=None
+) -> BacktestResult:
     """The engine: ``strategy.book(data, periods_per_year)`` -> :func:`backtest`.
+
+    ``market`` (optional): every bar of the panel (``symbol, timestamp, ret_next_bar``), passed
+    to ``strategy.book(..., market=market)`` so a forecast book runs over the full bar calendar
+    (:func:`quantml.portfolio.strategy.book_calendar`).
 
     ``strategy``: anything with ``book(data, periods_per_year) -> Book`` (see
     :mod:`quantml.portfolio.strategy`); ``data``: what that strategy reads (a prediction
     frame of one horizon/path for :class:`~quantml.portfolio.strategy.RankLongShort`, a
     :class:`SignalPanel` or a one-path frame for :class:`AllocatorStrategy`).
     """
-    book: Book = strategy.book(data, periods_per_year)
+    book: Book = (
+        strategy.book(data, periods_per_year)
+        if market is None
+        else strategy.book(data, periods_per_year, market=market)
+    )
     return backtest(
         book.positions,
         book.next_return,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError, require_columns
+from quantml.contracts.run_layout import WARMUP_BARS
 from quantml.data import data_fingerprint, validate_panel
 from quantml.features import build_features
 from quantml.models.base import PanelData
@@ -76,6 +77,31 @@ class ModelBundle:
     signal: dict
     data_fingerprint: str
     metadata: dict = field(default_factory=dict)
+    # tuned allocator settings (AllocatorConfig.to_dict()) of a version made by `quantml tune attach=`;
+    # a plain default so bundles pickled before it read None
+    allocator: dict | None = None
+
+    @property
+    def warmup_bars(self) -> int | None:
+        """Leading bars per symbol whose features are not all finite at training (None: not recorded)."""
+        value = (getattr(self, "metadata", None) or {}).get(WARMUP_BARS)
+        return None if value is None else int(value)
+
+    def check_history(self, panel: pd.DataFrame) -> None:
+        """Refuse a panel where a symbol has no bar past the model's warm-up."""
+        warmup = self.warmup_bars
+        if not warmup:
+            return
+        need = warmup + 1
+        counts = panel.groupby(SYMBOL, sort=True).size()
+        short = counts[counts < need]
+        if len(short):
+            shown = ", ".join(f"{sym} has {int(n)}" for sym, n in short.items())
+            raise QuantmlInputError(
+                f"panel too short for the model's warm-up: each symbol needs at least {need} bars "
+                f"({warmup} warm-up bars, whose features are not yet all finite, plus the bar predicted); "
+                f"{shown}; send a longer history per symbol"
+            )
 
     def predict_contract(
         self,
@@ -88,6 +114,7 @@ class ModelBundle:
         panel = _coerce_panel(panel)
         self.contract.check(panel)
         panel = validate_panel(panel)
+        self.check_history(panel)
         features = build_features(
             panel, self.contract.feature_set, self.contract.drop_modalities, expected=self.contract.feature_names
         )
@@ -108,6 +135,20 @@ class ModelBundle:
         frame["schema_version"] = self.contract.schema_version
         frame["data_version"] = data_fingerprint(panel)
         return frame[list(PREDICTION_COLUMNS)].reset_index(drop=True)
+
+
+def warmup_bars(data: PanelData) -> int:
+    """The largest number of leading rows of a symbol whose features are not all finite
+    (symbols whose features never become finite are left out)."""
+    finite = np.isfinite(np.asarray(data.X, dtype=float)).all(axis=1) if data.X.size else np.ones(len(data.X), bool)
+    codes = np.asarray(data.symbol_codes)
+    worst = 0
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        ok = np.flatnonzero(finite[rows])
+        if len(ok):
+            worst = max(worst, int(ok[0]))
+    return worst
 
 
 def _coerce_panel(panel: pd.DataFrame) -> pd.DataFrame:

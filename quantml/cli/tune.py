@@ -50,16 +50,25 @@ def tune(cfg: DictConfig) -> float:
         f"tuning   {cfg.objective.name}: {m['tune_objective']:.4g}  sharpe_after_cost {m['tune_sharpe_after_cost']:.4g}"
     )
     print(
-        f"hold-out {cfg.objective.name}: {m['holdout_objective']:.4g}  sharpe_after_cost "
-        f"{m['holdout_sharpe_after_cost']:.4g} (untuned baseline {m['holdout_baseline_sharpe_after_cost']:.4g})"
+        f"selection {cfg.objective.name}: {m['selection_objective']:.4g}  sharpe_after_cost "
+        f"{m['selection_sharpe_after_cost']:.4g} (untuned baseline {m['selection_baseline_sharpe_after_cost']:.4g})"
     )
+    if outcome.lockbox:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.lockbox.items()))
+        print(f"lockbox (source run's holdout_*, read counted): {shown}")
     if outcome.tune_run_id:
         print(f"logged as MLflow run {outcome.tune_run_id} (child of {cfg.run_id})")
-    return float(m["holdout_objective"])
+    if outcome.attached is not None:
+        mv = outcome.attached
+        print(
+            f"registered {mv.name} v{mv.version} with the tuned settings in its bundle (alias candidate); "
+            f"gate and promote it: quantml registry promote {mv.name} {mv.version}"
+        )
+    return float(m["selection_objective"])
 
 
 def main() -> int:
-    tune()  # the hold-out objective it returns is for sweepers, not an exit status
+    tune()  # the selection objective it returns is for sweepers, not an exit status
     return 0
 
 

@@ -10,7 +10,7 @@ HORIZON_SEPARATOR = "/"
 # Version of the metric definitions (what ``oos_sharpe_after_cost``, ``test_rank_ic`` ...
 # compute); recorded on every parent run as the tag ``quantml.metrics_version``. Bump it
 # when a definition changes, so runs computed under different definitions are not compared.
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"
 
 
 def metric_name(split: str, metric: str, horizon: str) -> str:

@@ -65,6 +65,8 @@ TAG_LEAKAGE_AUDIT = quantml_tag("leakage_audit")  # "clean" | "violations"
 TAG_N_FOLDS = quantml_tag("n_folds")
 TAG_MONITOR = quantml_tag("monitor")
 TAG_BEST_MONITOR = quantml_tag("best_monitor")
+# "true" | "false": false for purged K-fold / CPCV (folds train on data after their test block)
+TAG_TRADABLE = quantml_tag("tradable")
 # fold runs
 TAG_FOLD_ID = quantml_tag("fold_id")
 TAG_PATH_IDS = quantml_tag("path_ids")  # comma-separated CPCV path ids
@@ -124,6 +126,20 @@ VERSION_TAG_METRIC_PREFIX = quantml_tag("metric.")  # headline metrics: quantml.
 EVENT_TAG_PREFIX = quantml_tag("event.")  # registered-model tag per promotion/rollback
 LOCK_TAG = quantml_tag("lock")
 LOCK_SUFFIX = ".quantml-lock"
+
+# -- appended: one honest chain --------------------------------------------------------------------
+# parent runs: how many times the lockbox (``holdout_*`` metrics of the parent) was read
+TAG_LOCKBOX_READS = quantml_tag("lockbox_reads")
+# model-version tags of a tuned version (a new version whose bundle carries the settings)
+TAG_TUNE_SELECTION_SHARPE = quantml_tag("tune_selection_sharpe")  # replaces tune_holdout_sharpe
+TAG_SOURCE_VERSION = quantml_tag("source_version")  # the version the tuned one was copied from
+# validation methods whose fold models never train on later data: their OOS backtests are tradable
+WALK_FORWARD = "walk_forward"
+TRADABLE_VALIDATIONS = (WALK_FORWARD,)
+# bundle metadata: bars a symbol needs before its features are all finite
+WARMUP_BARS = "warmup_bars"
+LOCKBOX_PREFIX = "holdout_"  # lockbox metrics on the parent run: holdout_<metric>/<h>
+TUNED_MODEL_ARTIFACT = "tuned_model"  # a tuned copy logged on the source run (no tune run to hold it)
 
 
 def layout_version(tags: Mapping[str, str]) -> str:

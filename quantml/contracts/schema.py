@@ -55,8 +55,10 @@ PREDICTION_COLUMNS = (*PREDICTION_KEYS, *FORECAST_FIELDS, *SIGNAL_FIELDS, *PROVE
 # symbol over time (quantml.evaluation.ic_mode_for picks one from the number of symbols).
 IC_MODES = ("cross_sectional", "time_series")
 
-# Realised columns joined to out-of-sample predictions (``oos_predictions.parquet``).
-REALISED_FIELDS = ("ret", "ret_after_cost", "dir", "vol", "ret_next_bar", "fold")
+# Realised columns joined to out-of-sample predictions (``oos_predictions.parquet``); ``t1``
+# (UTC) is each row's label end (the first bar at or after ``timestamp + horizon``), how long
+# the book holds the row's tranche (runs before metrics version 2 have no ``t1``).
+REALISED_FIELDS = ("ret", "ret_after_cost", "dir", "vol", "t1", "ret_next_bar", "fold")
 
 
 def modality_of(column: str) -> str | None:

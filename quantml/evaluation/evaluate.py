@@ -71,11 +71,13 @@ def horizon_metrics(
     ece_bins: int = 10,
     ic_bucket: str | None = None,
     strategy=None,
+    market: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Every metric key (un-prefixed) for the rows of ONE horizon and ONE path.
 
     ``strategy``: the book the after-cost backtest trades (default :class:`RankLongShort`,
-    its ``mode="auto"`` bound to ``ic_mode``)."""
+    its ``mode="auto"`` bound to ``ic_mode``); ``market``: every bar of the panel for the
+    book's full calendar (see :func:`quantml.portfolio.strategy.book_calendar`)."""
     er = frame["expected_return"].to_numpy(np.float64)
     ret = frame["ret"].to_numpy(np.float64)
     out: dict[str, float] = {}
@@ -84,7 +86,7 @@ def horizon_metrics(
     out["ap"] = average_precision(frame["prob_up"].to_numpy(np.float64), frame["dir"].to_numpy(np.float64))
     out.update(information_coefficients(frame, ic_mode, bucket=ic_bucket))
     strategy = (strategy if strategy is not None else RankLongShort()).bind(ic_mode=ic_mode)
-    out.update(backtest_metrics(run_backtest(strategy, frame, costs, periods_per_year)))
+    out.update(backtest_metrics(run_backtest(strategy, frame, costs, periods_per_year, market=market)))
     direction = frame["dir"].to_numpy(np.float64)
     out.update(probability_metrics(frame["prob_up"].to_numpy(np.float64), direction, ece_bins))
     raw_col = "prob_up_raw" if "prob_up_raw" in frame.columns else "prob_up"
@@ -104,6 +106,7 @@ def evaluate_predictions(
     ece_bins: int = 10,
     ic_bucket: str | None = None,
     strategy=None,
+    market: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Every metric of a prediction frame, named ``<split>_<metric>/<horizon>``.
 
@@ -121,6 +124,9 @@ def evaluate_predictions(
         spacing). :func:`evaluation_options` reads both from ``cfg.evaluation``.
     strategy : the book of the after-cost backtest (``strategy`` config group; default
         :class:`~quantml.portfolio.strategy.RankLongShort`, ``mode="auto"`` bound to ``ic_mode``).
+    market : every bar of the panel (``symbol, timestamp, ret_next_bar``): the backtest's PnL
+        then runs over the panel's full bar calendar from the first forecast bar (bars without
+        a forecast are flat or still holding earlier tranches) instead of the forecast bars only.
 
     Returns
     -------
@@ -141,7 +147,7 @@ def evaluate_predictions(
     for h in pd.unique(frame["horizon"]):
         rows = frame["horizon"].to_numpy() == h
         per_path = [
-            horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, strategy)
+            horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, strategy, market)
             for _, part in frame[rows].groupby(paths[rows], sort=True)
         ]
         for key in per_path[0]:
@@ -164,13 +170,15 @@ class Scorer:
     """How every prediction frame of a run is scored (the same settings for val, test, oos).
 
     ``strategy``: the configured book of the after-cost backtest (``cfg.strategy``, built with
-    :func:`quantml.contracts.build`); None -> :class:`RankLongShort`."""
+    :func:`quantml.contracts.build`); None -> :class:`RankLongShort`. ``market``: every bar of
+    the panel (``symbol, timestamp, ret_next_bar``) for the backtest's full calendar, or None."""
 
     periods_per_year: float
     costs: CostModel
     ic_mode: str
     options: dict
     strategy: object = field(default_factory=RankLongShort)
+    market: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.strategy is None:
@@ -178,7 +186,14 @@ class Scorer:
 
     def __call__(self, frame: pd.DataFrame, split: str) -> dict[str, float]:
         return evaluate_predictions(
-            frame, split, self.periods_per_year, self.costs, self.ic_mode, strategy=self.strategy, **self.options
+            frame,
+            split,
+            self.periods_per_year,
+            self.costs,
+            self.ic_mode,
+            strategy=self.strategy,
+            market=self.market,
+            **self.options,
         )
 
 

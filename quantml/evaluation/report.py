@@ -120,6 +120,7 @@ def symbol_horizon_table(
     ic_bucket: str | None = None,
     oos_metrics: dict[str, float] | None = None,
     strategy=None,
+    market: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per (symbol, horizon) plus ``ALL`` rows; columns ``symbol, horizon, n_obs`` + REPORT_METRICS.
 
@@ -133,7 +134,15 @@ def symbol_horizon_table(
         metrics = _by_horizon(
             known
             or evaluate_predictions(
-                part, "oos", periods_per_year, costs, mode, ece_bins=ece_bins, ic_bucket=ic_bucket, strategy=strategy
+                part,
+                "oos",
+                periods_per_year,
+                costs,
+                mode,
+                ece_bins=ece_bins,
+                ic_bucket=ic_bucket,
+                strategy=strategy,
+                market=market,
             ),
             "oos",
         )
@@ -158,6 +167,7 @@ def fold_table(
     costs: CostModel,
     ic_mode: str,
     strategy=None,
+    market: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """``fold_metrics`` (one row per fold, columns ``<split>_<metric>/<h>``) as one row per (fold, horizon).
 
@@ -176,6 +186,7 @@ def fold_table(
                         costs,
                         ic_mode,
                         strategy=strategy,
+                        market=market,
                     ),
                 }
                 for f, part in oos.groupby("fold", sort=True)
@@ -210,18 +221,30 @@ def _path_series(oos: pd.DataFrame, fn) -> dict[str, pd.Series]:
     return out
 
 
-def _pnl_and_benchmark(frame: pd.DataFrame, strategy, costs: CostModel, periods_per_year: float) -> pd.Series:
-    bt = run_backtest(strategy, frame, costs, periods_per_year)
+def _pnl_and_benchmark(
+    frame: pd.DataFrame, strategy, costs: CostModel, periods_per_year: float, market: pd.DataFrame | None = None
+) -> pd.Series:
+    bt = run_backtest(strategy, frame, costs, periods_per_year, market=market)
     bench = bt.benchmark if bt.benchmark is not None else pd.Series(np.nan, index=bt.pnl.index)
     return pd.concat({"pnl": bt.pnl.rename("pnl"), "benchmark": bench.rename("benchmark")})
 
 
-def summary_table(by_symbol_horizon: pd.DataFrame) -> str:
-    """Compact console table of the ``ALL`` rows (one line per horizon)."""
+NOT_TRADABLE_NOTE = (
+    "tradable=no: purged K-fold / CPCV folds train on data after their test block; the backtest "
+    "columns are a statistic of the forecasts, not a tradable track record (use walk_forward)."
+)
+
+
+def summary_table(by_symbol_horizon: pd.DataFrame, tradable: bool | None = None) -> str:
+    """Compact console table of the ``ALL`` rows (one line per horizon). ``tradable=False`` adds
+    a ``tradable`` column (``no``) and :data:`NOT_TRADABLE_NOTE` under the table."""
     rows = by_symbol_horizon[by_symbol_horizon["symbol"] == ALL]
     cols = ["horizon", *SUMMARY_METRICS]
     table = rows[cols].set_index("horizon")
-    return table.to_string(float_format=lambda v: f"{v:.4f}")
+    if tradable is False:
+        table = table.assign(tradable="no")
+    text = table.to_string(float_format=lambda v: f"{v:.4f}")
+    return f"{text}\n{NOT_TRADABLE_NOTE}" if tradable is False else text
 
 
 def _html_page(report: Report, ic_mode: str, periods_per_year: float, costs: CostModel) -> str:
@@ -265,6 +288,8 @@ def build_report(
     ic_bucket: str | None = None,
     oos_metrics: dict[str, float] | None = None,
     strategy=None,
+    market: pd.DataFrame | None = None,
+    tradable: bool | None = None,
 ) -> Report:
     """Build the report of a run from its out-of-sample prediction frame and per-fold metrics.
 
@@ -274,13 +299,18 @@ def build_report(
         [, ``path``]).
     fold_metrics : one row per fold (column ``fold`` or the index), metric-name columns; None
         or empty -> test metrics recomputed per fold from ``oos``.
-    periods_per_year, costs, ic_mode, strategy : as in :func:`evaluate_predictions`.
+    periods_per_year, costs, ic_mode, strategy, market : as in :func:`evaluate_predictions`.
+    tradable : False for a validation whose test blocks are not a tradable timeline (purged
+        K-fold, CPCV: folds train on the future of their test block): the summary table then
+        gets a ``tradable`` column and a note line; None/True: no column.
     """
     check_prediction_frame(oos, what="out-of-sample frame")
     check_ic_mode(ic_mode)
     strategy = strategy if strategy is not None else RankLongShort()
-    by_sh = symbol_horizon_table(oos, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, oos_metrics, strategy)
-    by_fold = fold_table(fold_metrics, oos, periods_per_year, costs, ic_mode, strategy)
+    by_sh = symbol_horizon_table(
+        oos, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, oos_metrics, strategy, market
+    )
+    by_fold = fold_table(fold_metrics, oos, periods_per_year, costs, ic_mode, strategy, market)
     all_rows = by_sh[by_sh["symbol"] == ALL].set_index("horizon")
     coverage = (
         oos.groupby("horizon", sort=False).apply(
@@ -302,7 +332,7 @@ def build_report(
     ic = _path_series(labelled, lambda p: ic_series(p, ic_mode, "pearson", bucket=ic_bucket))
     ric = _path_series(labelled, lambda p: ic_series(p, ic_mode, "spearman", bucket=ic_bucket))
     bound = strategy.bind(ic_mode=ic_mode)
-    both = _path_series(oos, lambda p: _pnl_and_benchmark(p, bound, costs, periods_per_year))
+    both = _path_series(oos, lambda p: _pnl_and_benchmark(p, bound, costs, periods_per_year, market))
     equity = {h: s.xs("pnl", level=0) if len(s) else s for h, s in both.items()}
     bench = {h: s.xs("benchmark", level=0) if len(s) else s for h, s in both.items()}
     with warnings.catch_warnings():
@@ -316,7 +346,7 @@ def build_report(
             ),
         }
     report = Report(by_sh, by_fold, figures)
-    report.summary = summary_table(by_sh)
+    report.summary = summary_table(by_sh, tradable)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         report.html = _html_page(report, ic_mode, periods_per_year, costs)

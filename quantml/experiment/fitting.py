@@ -26,7 +26,11 @@ def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame)
     frame = model.predict(part).to_frame(part.keys)
     horizons = part.data.horizons
     for name in REALISED:
+        if name == "t1" and f"t1@{horizons[0]}" not in realised:
+            continue  # a realised table without label ends: the backtest holds by the 0.1 rule
         frame[name] = np.concatenate([realised[f"{name}@{h}"].to_numpy()[part.rows] for h in horizons])
+    if "t1" in frame.columns:  # label end per row, UTC like the timestamp
+        frame["t1"] = pd.to_datetime(frame["t1"]).dt.tz_localize("UTC")
     frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], len(horizons))
     return frame
 

@@ -17,7 +17,8 @@ from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
 from quantml.models.base import PanelData
 
-REALISED = ("ret", "ret_after_cost", "dir", "vol")
+# per horizon, from quantml.labels.Labels; t1 = the label end (datetime64, naive UTC here)
+REALISED = ("ret", "ret_after_cost", "dir", "vol", "t1")
 
 
 @dataclass
@@ -27,7 +28,7 @@ class PreparedData:
     panel: pd.DataFrame
     data: PanelData
     samples: np.ndarray  # positions (into data) of usable samples, in time order
-    realised: pd.DataFrame  # per row: ret/ret_after_cost/dir/vol per horizon + ret_next_bar
+    realised: pd.DataFrame  # per row: ret/ret_after_cost/dir/vol/t1 per horizon + ret_next_bar
     contract: FeatureContract
     fingerprint: str
     bar: pd.Timedelta

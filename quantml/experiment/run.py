@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from quantml.bundle import ModelBundle
-from quantml.contracts import SYMBOL
+from quantml.bundle import ModelBundle, warmup_bars
+from quantml.contracts import SYMBOL, TIMESTAMP
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
 from quantml.evaluation import best_monitor, ic_mode_for
@@ -163,7 +163,15 @@ def _run_in_parent(
     strategy = build_strategy(cfg.get("strategy"), signal)
     n_symbols = int(prep.panel[SYMBOL].nunique())
     ic_mode = ic_mode_for(n_symbols)
-    score = Scorer(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation), strategy)
+    # every bar of the panel: the backtest's PnL runs over the full bar calendar, not only forecast rows
+    market = pd.DataFrame(
+        {
+            SYMBOL: prep.panel[SYMBOL].to_numpy(),
+            TIMESTAMP: prep.panel[TIMESTAMP].to_numpy(),
+            "ret_next_bar": prep.realised["ret_next_bar"].to_numpy(),
+        }
+    )
+    score = Scorer(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation), strategy, market)
     parent.set_tags(
         {
             L.TAG_DATA_FINGERPRINT: prep.fingerprint,
@@ -172,6 +180,7 @@ def _run_in_parent(
             L.TAG_BAR: str(prep.bar),
             L.TAG_N_SYMBOLS: n_symbols,
             L.TAG_N_FEATURES: len(prep.contract.feature_names),
+            L.TAG_TRADABLE: str(_tradable(cfg)).lower(),
         }
     )
     derived = {
@@ -203,7 +212,7 @@ def _run_in_parent(
             cfg, writer, parent, prep, splitter, folds, signal, score, scoring, callbacks
         )
         oos = pd.concat(fold_frames, ignore_index=True)
-        summary_job = scoring.submit(_summarise, oos, fold_metrics, score)
+        summary_job = scoring.submit(_summarise, oos, fold_metrics, score, _tradable(cfg))
         final_model, calibrator, _ = fit_final(cfg, prep, splitter)
         model_uri = None
         if cfg.tracking.get("log_model", True):  # while the report is still being built
@@ -213,7 +222,11 @@ def _run_in_parent(
                 contract=prep.contract,
                 signal=signal.to_dict(),
                 data_fingerprint=prep.fingerprint,
-                metadata={"bar": str(prep.bar), "periods_per_year": prep.periods_per_year},
+                metadata={
+                    "bar": str(prep.bar),
+                    "periods_per_year": prep.periods_per_year,
+                    L.WARMUP_BARS: warmup_bars(prep.data),
+                },
             )
             model_uri = log_bundle(bundle, parent.run_id)
         metrics, report = summary_job.result()
@@ -235,7 +248,7 @@ def _run_in_parent(
         print(f"\n{header}")
         print(report.summary)
         print(f"\nMLflow: experiment '{cfg.tracking.experiment}', parent run {parent.run_id}")
-        print(f"Open the runs with:  {_ui_command(resolve_tracking_uri(cfg.tracking.get('uri')))}")
+        print(_ui_command(resolve_tracking_uri(cfg.tracking.get("uri")), parent.experiment_id))
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report)
 
 
@@ -251,7 +264,13 @@ def run_description(header: str, table: str, limit: int = 7900) -> str:
     return f"{header}\n\n```\n{shown}\n```"
 
 
-def _summarise(oos: pd.DataFrame, fold_metrics: pd.DataFrame, score: Scorer):
+def _tradable(cfg: DictConfig) -> bool:
+    """Whether the run's OOS backtest is a tradable timeline: walk-forward only (purged K-fold and
+    CPCV folds train on data after their test block)."""
+    return str(cfg.validation.method) in L.TRADABLE_VALIDATIONS
+
+
+def _summarise(oos: pd.DataFrame, fold_metrics: pd.DataFrame, score: Scorer, tradable: bool | None = None):
     """OOS metrics and the report built on them (the report's ALL rows reuse the metrics)."""
     metrics = score(oos, "oos")
     report = build_report(
@@ -262,12 +281,18 @@ def _summarise(oos: pd.DataFrame, fold_metrics: pd.DataFrame, score: Scorer):
         score.ic_mode,
         oos_metrics=metrics,
         strategy=score.strategy,
+        market=score.market,
+        tradable=tradable,
         **score.options,
     )
     return metrics, report
 
 
-def _ui_command(uri: str) -> str:
+def _ui_command(uri: str, experiment_id: str | None) -> str:
+    """How to open the runs. MLflow 3.17's UI opens experiments on its GenAI overview unless the
+    page is asked for the model-training workflow (the experiment's kind tag alone is not read
+    while the UI's workflow toggle is on), so the link asks for it."""
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"Open the runs:  {uri.rstrip('/')}{page}"
+    return f"Open the runs:  mlflow ui --backend-store-uri {uri}  then  http://127.0.0.1:5000{page}"

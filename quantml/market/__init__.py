@@ -2,13 +2,25 @@
 (and the pyplot-free figure helpers every stage that draws uses)."""
 
 from quantml.market.execution import CostModel, execute, execute_bar, participation_rate
-from quantml.market.performance import METRIC_KEYS, STAT_NAMES, drawdown, information_ratio, performance_stats
+from quantml.market.performance import (
+    METRIC_KEYS,
+    STAT_NAMES,
+    compounded_drawdown,
+    drawdown,
+    information_ratio,
+    max_drawdown,
+    max_drawdown_additive,
+    performance_stats,
+)
 
 __all__ = [
     "CostModel",
     "METRIC_KEYS",
     "STAT_NAMES",
+    "compounded_drawdown",
     "drawdown",
+    "max_drawdown",
+    "max_drawdown_additive",
     "execute",
     "execute_bar",
     "information_ratio",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantml.market.performance import drawdown
+from quantml.market.performance import compounded_drawdown
 
 COST_KEYS = ("fee_bps", "slippage_bps", "impact_bps", "impact_coef", "participation_cap")
 
@@ -139,7 +139,8 @@ def execute(
     """Vectorised execution over a ``[T, N]`` position matrix (rows: bars, cols: assets).
 
     Returns arrays of length ``T``: ``gross``, ``cost``, ``pnl`` (= gross - cost),
-    ``turnover`` (sum of |trade|), ``equity`` (cumulative pnl, additive) and ``drawdown``.
+    ``turnover`` (sum of |trade|), ``equity`` (cumulative pnl, additive) and ``drawdown``
+    (compounded: :func:`~quantml.market.performance.compounded_drawdown` of ``pnl``).
     ``volume`` ([T, N], optional): traded notional per bar, for participation-dependent impact.
     """
     positions = np.nan_to_num(np.asarray(positions, dtype=np.float64))
@@ -163,5 +164,5 @@ def execute(
         "pnl": pnl,
         "turnover": np.abs(trades).sum(axis=1),
         "equity": equity,
-        "drawdown": drawdown(equity),
+        "drawdown": compounded_drawdown(pnl),
     }

@@ -4,9 +4,11 @@ Textbook definitions, so they can be checked by hand:
 - annualised return = mean(pnl) * periods_per_year (arithmetic, additive PnL)
 - annualised volatility = std(pnl, ddof=1) * sqrt(periods_per_year)
 - Sharpe = annualised return / annualised volatility (zero risk-free rate)
-- max drawdown = min over t of (equity_t - max_{s<=t} equity_s), equity = cumulative PnL,
-  starting from 0; reported as a non-positive number
-- Calmar = annualised return / |max drawdown|
+- max drawdown (compounded) = min over t of (E_t / max_{s<=t} E_s - 1), E_t = prod_{s<=t}(1 + pnl_s),
+  starting from E = 1; reported as a non-positive fraction (>= -1 while the book never loses
+  more than its capital); ``max_drawdown_additive`` keeps the 0.1 definition
+  (min of equity_t - max(0, max_{s<=t} equity_s), equity = cumulative PnL)
+- Calmar = annualised return / |max drawdown| (compounded)
 - information ratio = mean(pnl - benchmark) / std(pnl - benchmark, ddof=1) * sqrt(periods_per_year)
 
 The statistic names (``STAT_NAMES``) are the keys of every backtest's ``stats``; a metric
@@ -43,12 +45,32 @@ def sharpe_ratio(pnl: np.ndarray, periods_per_year: float) -> float:
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
     """``equity_t - max(0, max_{s<=t} equity_s)`` per bar (additive equity starting from 0): the
-    one drawdown formula (execution, backtest slices, the paper ledger, :func:`max_drawdown`)."""
+    metrics-version-1 drawdown, kept for :func:`max_drawdown_additive`; backtests' ``drawdown``
+    column and :func:`max_drawdown` are :func:`compounded_drawdown`."""
     equity = np.asarray(equity, dtype=np.float64)
     return equity - np.maximum.accumulate(np.maximum(equity, 0.0))
 
 
+def compounded_drawdown(pnl: np.ndarray) -> np.ndarray:
+    """``E_t / max(1, max_{s<=t} E_s) - 1`` per bar, ``E_t = prod_{s<=t} (1 + pnl_s)`` (compounded
+    equity starting from 1): the bar ``drawdown`` column of every backtest and :func:`max_drawdown`.
+    NaN PnL counts as 0 (a flat bar)."""
+    growth = 1.0 + np.nan_to_num(np.asarray(pnl, dtype=np.float64))
+    equity = np.cumprod(growth)
+    peak = np.maximum.accumulate(np.maximum(equity, 1.0))
+    return equity / peak - 1.0
+
+
 def max_drawdown(pnl: np.ndarray) -> float:
+    """Compounded maximum drawdown of a per-bar PnL series (a non-positive fraction)."""
+    pnl = np.asarray(pnl, dtype=np.float64)
+    if not len(pnl):
+        return float("nan")
+    return float(np.min(compounded_drawdown(pnl)))
+
+
+def max_drawdown_additive(pnl: np.ndarray) -> float:
+    """The 0.1 (metrics version 1) drawdown: on additive equity ``cumsum(pnl)`` from 0."""
     equity = np.cumsum(np.asarray(pnl, dtype=np.float64))
     if not len(equity):
         return float("nan")

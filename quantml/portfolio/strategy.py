@@ -7,8 +7,8 @@ attribution and a benchmark. :func:`quantml.backtest.run_backtest` executes a bo
 Two strategies, each the ``_target_`` of a ``strategy`` config (``conf/strategy/*.yaml``):
 
 - :class:`RankLongShort` (``strategy=rank_long_short``, the default): one horizon's
-  forecasts as a long/short book, cross-sectional rank weights or time-series signs, held
-  over the ``k`` bars the horizon spans (overlapping portfolios);
+  forecasts as a long/short book, cross-sectional rank weights or time-series signs, each
+  forecast row held from its bar to its own label end ``t1`` (overlapping portfolios);
 - :class:`AllocatorStrategy` (``strategy=allocator``): thresholds -> allocator over every
   horizon bucket (:class:`SignalPanel`, :func:`strategy_positions`).
 """
@@ -241,12 +241,68 @@ def _check_mode(mode: str) -> str:
 
 
 def holding_bars(frame: pd.DataFrame) -> int:
-    """Bars a forecast of ``frame``'s horizon spans: ``round(horizon / bar size)`` (1 without a
-    ``horizon`` column)."""
+    """Bars a forecast of ``frame``'s horizon spans by the 0.1 rule, ``round(horizon / bar size)``
+    (1 without a ``horizon`` column): the fallback for frames without a ``t1`` column (runs
+    written before metrics version 2)."""
     if "horizon" not in frame.columns or frame.empty:
         return 1
     horizon = parse_duration(str(frame["horizon"].iloc[0]), "horizon")
     return max(1, int(round(horizon / bar_size(frame, default=horizon))))
+
+
+MARKET_COLUMNS = (SYMBOL, TIMESTAMP, "ret_next_bar")
+
+
+def _utc(values) -> pd.DatetimeIndex:
+    idx = pd.DatetimeIndex(pd.to_datetime(values))
+    return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+
+
+def book_calendar(frame: pd.DataFrame, market: pd.DataFrame | None) -> pd.DatetimeIndex:
+    """The bars a forecast book runs over.
+
+    With ``market`` (every bar of the panel: ``symbol, timestamp, ret_next_bar``): each bar of
+    ``market`` from the first forecast bar through the last one, and on to the bar before the
+    latest label end ``t1`` (so the last tranches are held to their end); bars without a
+    forecast are bars of the book (flat or still holding earlier tranches), not missing rows.
+    Without ``market``: the frame's own forecast bars (the 0.1 calendar; a frame with gaps
+    then annualises only the bars it has, see docs/evaluation.md)."""
+    ts = _utc(frame[TIMESTAMP])
+    first, last = ts.min(), ts.max()
+    own = pd.DatetimeIndex(np.sort(ts.unique()))
+    if market is None:
+        return own
+    require_columns(
+        market, MARKET_COLUMNS, "market frame", "pass every bar of the panel (symbol, timestamp, ret_next_bar)"
+    )
+    bars = pd.DatetimeIndex(np.sort(_utc(market[TIMESTAMP]).unique()))
+    stop = last
+    if "t1" in frame.columns:
+        t1 = _utc(frame["t1"])
+        if t1.notna().any():
+            stop = max(last, t1.max())
+    keep = (bars >= first) & ((bars <= last) | (bars < stop))
+    return bars[keep].union(own)
+
+
+def tranche_positions(weights: np.ndarray, start: np.ndarray, span: np.ndarray, n_bars: int) -> np.ndarray:
+    """Overlapping portfolios, one tranche per forecast row.
+
+    ``weights [F, N]``: the target weight of each forecast bar's row (0 where none);
+    ``start [F]``: the calendar bar of each forecast bar; ``span [F, N]``: bars each row's
+    tranche is held (its label's span, >= 1). Row ``(f, n)`` adds ``weights[f, n] / span[f, n]``
+    to the position of symbol ``n`` at calendar bars ``start[f] .. start[f] + span[f, n] - 1``
+    (the last of them earns the return into the label's end bar); tranches running past the
+    calendar are cut. Returns positions ``[n_bars, N]``."""
+    F, N = weights.shape
+    delta = np.zeros((n_bars + 1, N))
+    span = np.maximum(np.asarray(span, dtype=np.int64), 1)
+    part = np.where(np.isfinite(weights), weights, 0.0) / span
+    cols = np.broadcast_to(np.arange(N), (F, N))
+    rows = np.broadcast_to(np.asarray(start, dtype=np.int64)[:, None], (F, N))
+    np.add.at(delta, (rows, cols), part)
+    np.add.at(delta, (np.minimum(rows + span, n_bars), cols), -part)
+    return np.cumsum(delta[:-1], axis=0)
 
 
 @dataclass
@@ -254,11 +310,17 @@ class RankLongShort:
     """One horizon's forecasts as an after-cost long/short book (``conf/strategy/rank_long_short.yaml``).
 
     ``mode``: ``cross_sectional`` (rank weights, dollar-neutral, gross 1), ``time_series``
-    (sign / n) or ``auto`` (the run's IC mode, bound by :meth:`bind`). ``hold``: bars each
-    target is held, ``"horizon"`` = the bars the forecast's horizon spans (``k = h / bar``:
-    the book holds the average of the last ``k`` targets, each bar re-invests 1/k), or an
-    integer. The benchmark is the equal-weight buy-and-hold of the symbols forecast at that
-    bar (rebalanced every bar, no cost).
+    (sign / n) or ``auto`` (the run's IC mode, bound by :meth:`bind`). ``hold``: how long each
+    forecast row's tranche is held. ``"horizon"``: from its bar ``t`` to its own label end
+    ``t1`` (the frame's ``t1`` column: ``k`` = the calendar bars from ``t`` to ``t1``, which
+    differ across weekends, holidays and calendars); a frame without ``t1`` falls back to
+    ``k = round(horizon / bar)``. An integer: ``k = hold`` bars. Each row's target weights
+    contribute ``1/k`` of capital to every bar it is held (overlapping portfolios: the book is
+    the sum of the live tranches, fully invested ``k`` bars after the first forecast).
+    The benchmark (information ratio) exists only for the ``time_series`` book: the
+    equal-weight buy-and-hold of the frame's symbols with a known return at each bar
+    (rebalanced every bar, no cost); the dollar-neutral ``cross_sectional`` book has none.
+    ``market`` (see :func:`book_calendar`) puts the book on the panel's full bar calendar.
     """
 
     mode: str = "auto"
@@ -278,9 +340,13 @@ class RankLongShort:
             return replace(self, mode=ic_mode)
         return self
 
-    def book(self, frame: pd.DataFrame, periods_per_year: float | None = None) -> Book:
+    def book(
+        self, frame: pd.DataFrame, periods_per_year: float | None = None, market: pd.DataFrame | None = None
+    ) -> Book:
         """``frame``: ONE horizon (and path) of a prediction frame with ``symbol, timestamp,
-        expected_return, ret_next_bar`` (log; turned into a simple return with ``expm1``)."""
+        expected_return, ret_next_bar`` (log; turned into a simple return with ``expm1``)
+        [+ ``t1``, each row's label end]. ``market``: every bar of the panel (``symbol,
+        timestamp, ret_next_bar``) for the full calendar (:func:`book_calendar`), or None."""
         if self.mode == "auto":
             raise QuantmlInputError(
                 "strategy.mode=auto is resolved from the run's IC mode: call "
@@ -293,16 +359,40 @@ class RankLongShort:
             "pass one horizon of a prediction frame (see quantml.contracts.PREDICTION_COLUMNS)",
         )
         er = _pivot(frame, "expected_return")
-        simple = np.expm1(_pivot(frame, "ret_next_bar"))
+        er.index = _utc(er.index)
         weights = forecast_weights(er, self.mode)
-        hold = holding_bars(frame) if self.hold == "horizon" else int(self.hold)
-        if hold > 1:
-            weights = weights.rolling(hold, min_periods=1).mean()
-        held = er.notna() & simple.notna()
-        benchmark = simple.where(held).mean(axis=1).fillna(0.0)
-        return Book(
-            weights.to_numpy(), simple.to_numpy(), weights.index, list(weights.columns), benchmark=benchmark.to_numpy()
-        )
+        symbols = list(weights.columns)
+        if er.empty:
+            empty = np.zeros((0, len(symbols)))
+            return Book(empty, empty.copy(), er.index, symbols)
+        calendar = book_calendar(frame, market)
+        simple = np.expm1(_pivot(frame, "ret_next_bar"))
+        simple.index = _utc(simple.index)
+        simple = simple.reindex(index=calendar, columns=symbols)
+        if market is not None:
+            m = market[market[SYMBOL].isin(symbols)]
+            m = m.assign(**{TIMESTAMP: _utc(m[TIMESTAMP])})
+            m = m[(m[TIMESTAMP] >= calendar[0]) & (m[TIMESTAMP] <= calendar[-1])].drop_duplicates([TIMESTAMP, SYMBOL])
+            mret = np.expm1(m.pivot(index=TIMESTAMP, columns=SYMBOL, values="ret_next_bar"))
+            simple = simple.combine_first(mret.reindex(index=calendar, columns=symbols))[symbols]
+        start = calendar.get_indexer(er.index)
+        span = np.full(weights.shape, 1 if self.hold == "horizon" else int(self.hold), dtype=np.int64)
+        if self.hold == "horizon":
+            span[:] = holding_bars(frame)
+            if "t1" in frame.columns:
+                t1 = _utc(frame["t1"])
+                row_start = calendar.get_indexer(_utc(frame[TIMESTAMP]))
+                row_end = calendar.searchsorted(t1.fillna(calendar[0]), side="left")
+                row_span = np.where(t1.notna(), np.maximum(row_end - row_start, 1), np.nan)
+                k = frame.assign(_span=row_span).pivot(index=TIMESTAMP, columns=SYMBOL, values="_span")
+                k.index = _utc(k.index)
+                k = k.reindex(index=er.index, columns=symbols).to_numpy()
+                span = np.where(np.isfinite(k), k, span).astype(np.int64)
+        positions = tranche_positions(weights.to_numpy(), start, span, len(calendar))
+        benchmark = None
+        if self.mode == "time_series":
+            benchmark = simple.mean(axis=1).fillna(0.0).to_numpy()
+        return Book(positions, simple.to_numpy(), calendar, symbols, benchmark=benchmark)
 
 
 @dataclass

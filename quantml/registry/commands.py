@@ -144,6 +144,48 @@ def register(store: RegistryStore, run_id: str, name: str | None = None) -> Mode
     return client.get_model_version(name, version.version)
 
 
+def copy_version_with_bundle(
+    client,
+    name: str,
+    version: str,
+    settle,
+    *,
+    log_run_id: str,
+    extra_tags: dict[str, str] | None = None,
+    artifact_name: str = MODEL_ARTIFACT,
+) -> ModelVersion:
+    """A NEW version of ``name``: the model of ``version`` copied, its bundle changed by
+    ``settle(bundle)``, logged as a quantml pyfunc onto ``log_run_id`` and registered with the
+    source version's headline tags (minus a 0.1 ``quantml.signal``) plus ``extra_tags``, alias
+    ``candidate``. The new version's ``run_id`` stays the source parent run (the gates read it).
+    ``artifact_name``: the logged model's name on ``log_run_id`` (not ``model`` on a parent run,
+    whose ``model`` `register` reads)."""
+    import tempfile
+
+    from quantml.tracking.pyfunc import load_bundle, log_bundle_info
+
+    store = RegistryStore(client.tracking_uri)
+    mv = store.get_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp, store.global_uri():
+        bundle = load_bundle(f"models:/{name}/{mv.version}", tmp)
+        settle(bundle)
+        info = log_bundle_info(bundle, log_run_id, artifact_name)
+    stale = {L.TAG_SIGNAL, L.TAG_ALLOCATOR, L.TAG_TUNE_RUN, L.TAG_TUNE_HOLDOUT_SHARPE, L.TAG_TUNE_SELECTION_SHARPE}
+    tags = {k: v for k, v in (mv.tags or {}).items() if k.startswith(L.TAG_PREFIX) and k not in stale}
+    tags.update(extra_tags or {})
+    with store.global_uri():
+        new = client.create_model_version(
+            name,
+            info.model_uri,
+            run_id=mv.run_id,
+            tags=tags,
+            model_id=getattr(info, "model_id", None),
+            description=f"v{mv.version} with tuned settings in its bundle (from run {log_run_id})",
+        )
+    store.set_alias(name, CANDIDATE, new.version)
+    return client.get_model_version(name, new.version)
+
+
 # -- read-only views -------------------------------------------------------------------------------
 def list_versions(store: RegistryStore, name: str) -> pd.DataFrame:
     """One row per version: aliases, run, creation time and the headline out-of-sample metrics."""

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError
 from quantml.contracts import run_layout as L
+from quantml.contracts.metrics import METRICS_VERSION
 from quantml.tracking.reader import FoldRun, ParentRun, RunReader, metric_horizons
 
 GATES_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "registry" / "gates.yaml"
@@ -163,6 +164,9 @@ def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
     margin, match_on = float(cfg.get("margin", 0.0)), str(cfg.get("match_on", "time_range"))
     if match_on not in ("time_range", "fold_id"):
         raise QuantmlInputError(f"gates sharpe.match_on={match_on!r}; use time_range or fold_id")
+    refusal = sharpe_refusal(run, baseline)
+    if refusal:
+        return GateResult("sharpe", False, refusal)
     horizons = list(cfg.horizons) if cfg.get("horizons") else run.horizons
     if not horizons:
         return GateResult("sharpe", False, f"run {run.run_id} logs no horizons (tag {L.TAG_HORIZONS})")
@@ -201,6 +205,34 @@ def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
             f"(needs {min_windows}{gap}); delta per fold {shown}"
         )
     return GateResult("sharpe", ok, "\n".join(lines))
+
+
+def sharpe_refusal(run: RunSummary, baseline: Baseline) -> str | None:
+    """Why the after-cost Sharpe comparison cannot be made at all, or None.
+
+    Refused: a candidate (or baseline) validated with purged K-fold or CPCV (its fold backtests
+    are not tradable), and a baseline whose metrics were computed under another metrics version."""
+    for who, summary in (("candidate", run), (f"baseline {baseline.short}", baseline.run)):
+        problem = summary.parent.walk_forward_problem() if summary is not None and summary.parent else None
+        if problem:
+            return f"{who}: {problem}"
+    if baseline.run is not None:
+        cand_v, base_v = _metrics_version(run), _metrics_version(baseline.run)
+        if cand_v != base_v:
+            return (
+                f"metrics version differs: candidate run {run.run_id} has {L.TAG_METRICS_VERSION}={cand_v}, "
+                f"baseline {baseline.short} (run {baseline.run.run_id}) has {base_v}; their Sharpe ratios are "
+                f"computed differently and are not compared. Recompute the baseline: re-run `quantml train` "
+                f"with the baseline's config under this quantml (metrics version {METRICS_VERSION}), "
+                f"then pass baseline=<new run id> (or promote its registered version)"
+            )
+    return None
+
+
+def _metrics_version(run: RunSummary) -> str:
+    if run.parent is not None:
+        return run.parent.metrics_version
+    return str(run.tags.get(L.TAG_METRICS_VERSION) or "1")
 
 
 def gate_calibration(run: RunSummary, cfg) -> GateResult:

@@ -3,15 +3,19 @@
 ``predict_panel(model_uri, panel)`` pins an alias (``models:/NAME@active``; a bare
 ``models:/NAME`` means that alias) to the version it points at *once*, loads exactly that
 version, asks the pyfunc for the prediction contract (``schema.PREDICTION_COLUMNS``) with
-``model_name/model_version`` filled from the resolved version, and re-derives
-``score, confidence, action`` with the version's tuned thresholds (model-version tag
-``quantml.signal``, JSON of ``SignalConfig.to_dict()``) when the tag is there.
+``model_name/model_version`` filled from the resolved version. The signal settings are the
+bundle's own (a version made by ``quantml tune attach=`` carries its tuned thresholds in its
+bundle), so ``quantml predict`` answers exactly what ``mlflow models serve`` answers. Only a
+version tuned the 0.1 way (model-version tag ``quantml.signal``, JSON of
+``SignalConfig.to_dict()``) has ``score, confidence, action`` re-derived from that tag, with a
+log line: ``mlflow models serve`` ignores it, re-run ``quantml tune attach=`` to fix that.
 ``models:/NAME@champion`` (the 0.1 alias) still resolves for one release: promotions move
 it with ``active``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +30,7 @@ from quantml.registry.store import ACTIVE, CHAMPION, RegistryError, RegistryStor
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking.reader import RunReader
 
+log = logging.getLogger(__name__)
 SIGNAL_TAG = L.TAG_SIGNAL
 DEFAULT_ALIAS = ACTIVE
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))?$")
@@ -152,6 +157,15 @@ def predict_panel(
     )
     frame = frame[list(PREDICTION_COLUMNS)]
     if resolved.signal is not None:
+        log.warning(
+            "%s v%s carries tuned thresholds only as a 0.1-style %s version tag: applying them here, "
+            "but `mlflow models serve` does not; re-run `quantml tune attach=%s:%s` to put them in the bundle",
+            resolved.name,
+            resolved.version,
+            SIGNAL_TAG,
+            resolved.name,
+            resolved.version,
+        )
         frame = apply_signal(frame, resolved.signal)
     return frame.reset_index(drop=True), resolved
 

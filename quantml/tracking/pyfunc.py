@@ -73,6 +73,24 @@ def _signature(contract: FeatureContract) -> ModelSignature:
 
 def log_bundle(bundle: ModelBundle, run_id: str) -> str:
     """Log ``bundle`` as the pyfunc ``model`` of ``run_id``; returns the model URI."""
+    log_bundle_info(bundle, run_id)
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+def load_bundle(model_uri: str, directory: str | Path) -> ModelBundle:
+    """The :class:`ModelBundle` pickled inside the quantml pyfunc at ``model_uri``."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(directory)))
+    found = sorted(local.rglob("bundle.pkl"))
+    if not found:
+        from quantml.contracts import QuantmlInputError
+
+        raise QuantmlInputError(f"{model_uri} is not a quantml pyfunc (no bundle.pkl); log models with quantml train")
+    with open(found[0], "rb") as fh:
+        return pickle.load(fh)
+
+
+def log_bundle_info(bundle: ModelBundle, run_id: str, name: str = MODEL_NAME):
+    """Log ``bundle`` as the pyfunc ``name`` (default ``model``) of ``run_id``; returns MLflow's ``ModelInfo``."""
     from quantml.tracking.store import retrying
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,15 +101,15 @@ def log_bundle(bundle: ModelBundle, run_id: str) -> str:
             # the bundle is our own pickle; MLflow's notes on type hints / cloudpickle / input
             # examples do not apply to a panel-in, contract-out model
             warnings.simplefilter("ignore", UserWarning)
-            retrying(mlflow.pyfunc.log_model)(
-                name=MODEL_NAME,
+            info = retrying(mlflow.pyfunc.log_model)(
+                name=name,
                 python_model=str(Path(__file__).with_name("model_code.py")),
                 artifacts={"bundle": str(path)},
                 signature=_signature(bundle.contract),
                 pip_requirements=_requirements(),
                 code_paths=None,
             )
-    return f"runs:/{run_id}/{MODEL_NAME}"
+    return info
 
 
 def _requirements() -> list[str]:

@@ -100,6 +100,45 @@ class ParentRun:
     def derived(self) -> dict:
         return self.reader.derived(self)
 
+    @property
+    def metrics_version(self) -> str:
+        """``quantml.metrics_version``; a run without it (quantml 0.1) computed version ``"1"``."""
+        return str(self.tags.get(L.TAG_METRICS_VERSION) or "1")
+
+    @property
+    def validation(self) -> str:
+        """The validation method: tag ``quantml.validation``, else the resolved config's
+        ``validation.method``; ``""`` when neither records it."""
+        tagged = self.tags.get(L.TAG_VALIDATION)
+        if tagged:
+            return str(tagged)
+        try:
+            return str((self.config().get("validation") or {}).get("method") or "")
+        except QuantmlInputError:
+            return ""
+
+    def walk_forward_problem(self) -> str | None:
+        """Why this run's out-of-sample predictions are not tradable, or None for walk-forward.
+
+        Purged K-fold and CPCV fold models train on data later than their test block, so a
+        cut of their OOS predictions is not out of sample and their backtests are not tradable."""
+        method = self.validation
+        if not method or method in L.TRADABLE_VALIDATIONS:
+            return None
+        return (
+            f"run {self.run_id} was validated with {method}: its fold models train on data later than "
+            f"their test blocks, so its out-of-sample predictions are not out of sample in time and "
+            f"their after-cost backtests are not tradable; re-run `quantml train validation={L.WALK_FORWARD}`"
+        )
+
+    def lockbox_metrics(self) -> dict[str, float]:
+        """The lockbox (``holdout_*`` metrics of this parent run); every read that finds some is
+        counted in the parent tag ``quantml.lockbox_reads``."""
+        found = {k: v for k, v in self.metrics.items() if k.startswith(L.LOCKBOX_PREFIX)}
+        if found:
+            self.reader.count_lockbox_read(self)
+        return found
+
     def periods_per_year(self) -> float | None:
         """As the run derived it (layout 2: tag / ``derived.json``; layout 1: ``derived.*`` param)."""
         value = self.derived().get("periods_per_year")
@@ -206,6 +245,15 @@ class RunReader:
             )
         out.sort(key=lambda f: (_int_or_inf(f.fold_id), f.fold_id))
         return out
+
+    def count_lockbox_read(self, parent: ParentRun) -> int:
+        """Increment the parent's ``quantml.lockbox_reads`` tag (the one write of the reader:
+        reading the lockbox is what it records); returns the new count."""
+        fresh = self.get_run(parent.run_id).data.tags.get(L.TAG_LOCKBOX_READS, "0")
+        count = (int(fresh) if str(fresh).isdigit() else 0) + 1
+        self.client.set_tag(parent.run_id, L.TAG_LOCKBOX_READS, str(count))
+        parent.tags[L.TAG_LOCKBOX_READS] = str(count)
+        return count
 
     # -- artifacts ----------------------------------------------------------------------------------
     def _download(self, run_id: str, path: str, tmp: str) -> Path | None:

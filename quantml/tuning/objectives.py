@@ -2,7 +2,10 @@
 
 - ``sharpe``: annualised after-cost Sharpe ratio (default);
 - ``calmar``: annualised return / |max drawdown|;
-- ``return_dd``: annualised return - ``dd_penalty`` * |max drawdown|.
+- ``return_dd``: annualised return - ``dd_penalty`` * |max drawdown|, with the per-year
+  arithmetic return (``mean(pnl) * periods_per_year``) and the compounded max drawdown
+  (``min(E / running peak - 1)``, ``E = cumprod(1 + pnl)``), both fractions of capital
+  (metrics version 2; version 1 subtracted the additive drawdown).
 
 Non-finite values (a Calmar with no drawdown) are clipped to +-``CLIP`` so Optuna can rank them.
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -64,6 +64,8 @@ class TuneOutcome:
     metrics: dict[str, float]
     tune_run_id: str | None
     n_complete: int
+    lockbox: dict[str, float] = field(default_factory=dict)  # holdout_* of the source run (read counted)
+    attached: object | None = None  # the new ModelVersion of ``attach=``
 
 
 def default_study_name(run_id: str, objective: str) -> str:
@@ -100,6 +102,9 @@ def run_tuning(
         mlflow.set_tracking_uri(tracking_uri)
     source = run_id if isinstance(run_id, SourceRun) else load_source_run(run_id, tracking_uri)
     run_id = source.run_id
+    problem = _validation_problem(source)
+    if problem:
+        raise QuantmlInputError(f"cannot tune: {problem}")
     study = ThresholdStudy(source, settings, allocator, costs, periods_per_year)
     name = study_name or default_study_name(run_id, settings.objective)
     optuna_study = optuna.create_study(
@@ -121,29 +126,30 @@ def run_tuning(
     baseline = study.evaluate(study.base_signal, study.allocator)
     metrics = _metrics(tuned, baseline, best.value, len(complete), study.horizons)
     log.info(
-        "study %s: %d trials, best tuning %s %.4g; hold-out %s %.4g (baseline %.4g)",
+        "study %s: %d trials, best tuning %s %.4g; selection %s %.4g (untuned baseline %.4g)",
         name,
         len(complete),
         settings.objective,
         best.value,
         settings.objective,
-        tuned.holdout_objective,
-        baseline.holdout_objective,
+        tuned.selection_objective,
+        baseline.selection_objective,
     )
     tune_run_id = None
     if log_to_mlflow:
         tune_run_id = _log_child_run(study, optuna_study, signal, alloc, tuned, metrics, storage, seed, worker)
     outcome = TuneOutcome(name, dict(best.params), signal, alloc, tuned, baseline, metrics, tune_run_id, len(complete))
+    outcome.lockbox = read_lockbox(run_id, tracking_uri)
     if attach:
         model, version = parse_attach(attach)
-        attach_to_model_version(
+        outcome.attached = attach_to_model_version(
             model,
             version,
             signal,
             alloc,
             source_run_id=run_id,
             tune_run_id=tune_run_id,
-            holdout_sharpe=metrics.get("holdout_sharpe_after_cost"),
+            selection_sharpe=metrics.get("selection_sharpe_after_cost"),
             force=attach_force,
             tracking_uri=tracking_uri,
         )
@@ -157,13 +163,17 @@ def _metrics(
         "best_value": float(best_value),
         "n_trials_complete": float(n_complete),
         "tune_objective": tuned.tune_objective,
-        "holdout_objective": tuned.holdout_objective,
-        "holdout_baseline_objective": baseline.holdout_objective,
+        "selection_objective": tuned.selection_objective,
+        "selection_baseline_objective": baseline.selection_objective,
     }
-    for split, stats in (("tune", tuned.tune), ("holdout", tuned.holdout), ("holdout_baseline", baseline.holdout)):
+    for split, stats in (
+        ("tune", tuned.tune),
+        ("selection", tuned.selection),
+        ("selection_baseline", baseline.selection),
+    ):
         for k, name in STAT_KEYS.items():
             out[f"{split}_{name}"] = stats[k]
-        if split != "holdout_baseline":
+        if split != "selection_baseline":
             for h in horizons:
                 for k in ("sharpe", "ann_return", "max_drawdown"):
                     if f"{k}/{h}" in stats:
@@ -205,7 +215,7 @@ def _log_child_run(
                 "split_method": study.split.method,
                 "cutoff": str(study.split.cutoff),
                 "tune_folds": ",".join(map(str, study.split.tune_folds)),
-                "holdout_folds": ",".join(map(str, study.split.holdout_folds)),
+                "selection_folds": ",".join(map(str, study.split.selection_folds)),
                 "periods_per_year": study.periods_per_year,
                 "seed": seed,
                 "worker": worker,
@@ -230,8 +240,8 @@ def _log_child_run(
         log_backtest(
             full.slice(stop=study.split.cutoff), "tune", per_bar_steps=False, log_stats=False, figures=False, run=run
         )
-        log_backtest(full.slice(start=study.split.cutoff), "holdout", per_bar_steps=True, log_stats=False, run=run)
-        fig = equity_figure(full, f"tuned, path {first}, tuning | hold-out", split_at=study.split.cutoff)
+        log_backtest(full.slice(start=study.split.cutoff), "selection", per_bar_steps=True, log_stats=False, run=run)
+        fig = equity_figure(full, f"tuned, path {first}, tuning | selection", split_at=study.split.cutoff)
         run.log_figure(fig, "figures/tuned_equity.png")
         plt.close(fig)
     return run.run_id
@@ -276,14 +286,25 @@ def attach_to_model_version(
     allocator: AllocatorConfig | None = None,
     source_run_id: str | None = None,
     tune_run_id: str | None = None,
-    holdout_sharpe: float | None = None,
+    selection_sharpe: float | None = None,
     force: bool = False,
     tracking_uri: str | None = None,
-) -> None:
-    """Write the tuned signal (and allocator) tags onto a registered model version.
+    holdout_sharpe: float | None = None,
+):
+    """Register a NEW version of ``name`` whose bundle carries the tuned settings; returns it.
 
-    Refuses a version registered from another run than ``source_run_id`` unless ``force``.
+    Versions are immutable: the source version ``name``:``version`` is left as it is. Its model
+    is copied, the bundle's ``signal`` replaced by ``signal`` and its ``allocator`` set, logged as
+    a pyfunc onto the tune run (else the source run) and registered with lineage tags
+    (``quantml.source_version``, ``quantml.tune_run``, ``quantml.tune_selection_sharpe``) and
+    alias ``candidate``: it must pass the gates again before ``promote``. Refuses a version
+    registered from another run than ``source_run_id`` unless ``force``.
+    ``holdout_sharpe``: the 0.2 name of ``selection_sharpe``.
     """
+    from quantml.registry.commands import copy_version_with_bundle
+
+    if selection_sharpe is None:
+        selection_sharpe = holdout_sharpe
     client = mlflow.MlflowClient(tracking_uri)
     try:
         mv = client.get_model_version(name, str(version))
@@ -298,22 +319,87 @@ def attach_to_model_version(
             f"tuned on run {source_run_id}; attach to that run's version, or pass "
             "attach_force=true"
         )
-    tags = {SIGNAL_TAG: signal.to_json()}
-    if allocator is not None:
-        tags[ALLOCATOR_TAG] = json.dumps(allocator.to_dict(), sort_keys=True)
+    tags = {L.TAG_SOURCE_VERSION: str(mv.version)}
     if tune_run_id:
         tags[L.TAG_TUNE_RUN] = tune_run_id
-    if holdout_sharpe is not None and holdout_sharpe == holdout_sharpe:
-        tags[L.TAG_TUNE_HOLDOUT_SHARPE] = f"{holdout_sharpe:.6g}"
-    for k, v in tags.items():
-        client.set_model_version_tag(name, str(version), k, v)
-    log.info("attached tuned thresholds to %s:%s", name, version)
+    if selection_sharpe is not None and selection_sharpe == selection_sharpe:
+        tags[L.TAG_TUNE_SELECTION_SHARPE] = f"{selection_sharpe:.6g}"
+
+    def settle(bundle) -> None:
+        bundle.signal = signal.to_dict()
+        bundle.allocator = allocator.to_dict() if allocator is not None else None
+        bundle.metadata = {**(bundle.metadata or {}), "tuned": dict(tags)}
+
+    new = copy_version_with_bundle(
+        client,
+        name,
+        str(mv.version),
+        settle,
+        log_run_id=tune_run_id or mv.run_id,
+        extra_tags=tags,
+        # without a tune run the copy goes on the source run, beside (not over) its own `model`
+        artifact_name=L.MODEL_ARTIFACT if tune_run_id else L.TUNED_MODEL_ARTIFACT,
+    )
+    log.info(
+        "registered %s v%s: v%s with the tuned thresholds of tune run %s in its bundle (alias candidate; "
+        "gate and promote it)",
+        name,
+        new.version,
+        mv.version,
+        tune_run_id or "-",
+    )
+    return new
+
+
+def version_selection_sharpe(tags: dict[str, str]) -> float | None:
+    """A tuned version's selection Sharpe: ``quantml.tune_selection_sharpe``, else (versions tuned
+    before the rename) ``quantml.tune_holdout_sharpe``; None when neither is there."""
+    text = tags.get(L.TAG_TUNE_SELECTION_SHARPE) or tags.get(L.TAG_TUNE_HOLDOUT_SHARPE)
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+def read_lockbox(run_id: str, tracking_uri: str | None = None) -> dict[str, float]:
+    """The source run's lockbox metrics (``holdout_*``), read through the reader (the read is
+    counted in ``quantml.lockbox_reads``); ``{}`` when it has none."""
+    from quantml.tracking.reader import RunReader
+
+    try:
+        return RunReader(tracking_uri).parent(run_id, action="tune").lockbox_metrics()
+    except QuantmlInputError:
+        return {}
+
+
+def _validation_problem(source: SourceRun) -> str | None:
+    method = source.tags.get(L.TAG_VALIDATION) or str((source.cfg.get("validation") or {}).get("method") or "")
+    if not method or method in L.TRADABLE_VALIDATIONS:
+        return None
+    return (
+        f"run {source.run_id} was validated with {method}: its fold models train on data later than "
+        f"their test blocks, so a tuning/selection cut of its out-of-sample predictions is not out of "
+        f"sample and its backtests are not tradable; re-run `quantml train validation={L.WALK_FORWARD}` "
+        f"and tune that run"
+    )
 
 
 def read_model_version_signal(name: str, version: str, tracking_uri: str | None = None) -> SignalConfig | None:
-    """The tuned :class:`SignalConfig` of a registered version, or None when it has none."""
-    mv = mlflow.MlflowClient(tracking_uri).get_model_version(name, str(version))
-    text = (mv.tags or {}).get(SIGNAL_TAG)
+    """The tuned :class:`SignalConfig` of a registered version: its bundle's, for a version made by
+    ``attach=`` (lineage tag ``quantml.source_version``); else a 0.1-style ``quantml.signal`` tag;
+    else None."""
+    client = mlflow.MlflowClient(tracking_uri)
+    mv = client.get_model_version(name, str(version))
+    tags = mv.tags or {}
+    if L.TAG_SOURCE_VERSION in tags:
+        from quantml.registry.store import RegistryStore
+        from quantml.tracking.pyfunc import load_bundle
+
+        store = RegistryStore(client.tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp, store.global_uri():
+            bundle = load_bundle(f"models:/{name}/{mv.version}", tmp)
+        return SignalConfig.from_dict(bundle.signal)
+    text = tags.get(SIGNAL_TAG)
     return SignalConfig.from_json(text) if text else None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from quantml.contracts import SYMBOL, TIMESTAMP, periods_per_year, require_columns
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, periods_per_year, require_columns
 from quantml.contracts import run_layout as L
 from quantml.market.execution import CostModel
 from quantml.signals.core import SignalConfig
@@ -84,6 +84,9 @@ def load_source_run(run_id: str, tracking_uri: str | None = None, reader: RunRea
     """Read a parent run: its OOS predictions, resolved config and derived values."""
     reader = reader or RunReader(tracking_uri)
     parent = reader.parent(run_id, action="tune")
+    problem = parent.walk_forward_problem()
+    if problem:
+        raise QuantmlInputError(f"cannot tune: {problem}")
     frame = parent.oos_predictions()
     require_columns(
         frame,

@@ -1,10 +1,11 @@
-"""Time-respecting split of out-of-sample predictions: tune on earlier folds, report on later ones.
+"""Time-respecting split of out-of-sample predictions: tune on earlier folds, select on later ones.
 
 When the folds' test periods are disjoint in time (walk-forward, purged K-fold) the
 cut is at the start of a fold: the first ``ceil(tune_fraction * n_folds)`` folds (by start
 time, at least one and at most ``n_folds - 1``) are for tuning. Otherwise (CPCV, whose
 folds interleave) the cut is at the ``tune_fraction`` quantile of the OOS timestamps.
-Either way every tuning bar is earlier than every hold-out bar.
+Either way every tuning bar is earlier than every selection bar. (``holdout`` names the
+lockbox, which this split never touches.)
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from quantml.contracts import TIMESTAMP, QuantmlInputError
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """``cutoff``: first hold-out timestamp; ``method``: "folds" or "time"."""
+    """``cutoff``: first selection timestamp; ``method``: "folds" or "time"."""
 
     cutoff: pd.Timestamp
     method: str
     tune_folds: tuple[int, ...]
-    holdout_folds: tuple[int, ...]
+    selection_folds: tuple[int, ...]
 
 
 def time_split(frame: pd.DataFrame, tune_fraction: float = 0.6) -> TimeSplit:
-    """Choose the tuning / hold-out boundary of an OOS prediction frame (see module doc)."""
+    """Choose the tuning / selection boundary of an OOS prediction frame (see module doc)."""
     if not 0 < tune_fraction < 1:
         raise QuantmlInputError(f"split.tune_fraction={tune_fraction} must be in (0, 1), e.g. 0.6")
     ts = pd.DatetimeIndex(frame[TIMESTAMP])
@@ -47,7 +48,7 @@ def time_split(frame: pd.DataFrame, tune_fraction: float = 0.6) -> TimeSplit:
     uniq = np.sort(ts.unique())
     if len(uniq) < 4:
         raise QuantmlInputError(
-            f"only {len(uniq)} distinct OOS timestamps: too few to tune and hold out; "
+            f"only {len(uniq)} distinct OOS timestamps: too few to tune and select; "
             "run quantml train on a longer history"
         )
     cut_idx = min(max(int(round(tune_fraction * len(uniq))), 1), len(uniq) - 1)

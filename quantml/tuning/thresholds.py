@@ -1,8 +1,9 @@
 """Optuna study over signal thresholds and allocator risk settings, time-respecting.
 
 The source run's OOS predictions are cut in time (:func:`time_split`): trials are scored
-on the earlier (tuning) bars only; the best trial is then reported on the later (hold-out)
-bars, which no trial has seen. The strategy scored is the whole chain thresholds ->
+on the earlier (tuning) bars only; the best trial is then judged on the later (selection)
+bars, which no trial has seen. (``holdout`` is reserved for the lockbox: data no study of
+the development folds ever reads.) The strategy scored is the whole chain thresholds ->
 allocator -> after-cost backtest: an :class:`AllocatorStrategy` run by the one engine
 (:func:`quantml.backtest.run_backtest`).
 
@@ -123,17 +124,17 @@ class SearchSpace:
 
 @dataclass
 class Evaluation:
-    """Stats of one strategy on tuning and hold-out bars (averaged over CPCV paths)."""
+    """Stats of one strategy on tuning and selection bars (averaged over CPCV paths)."""
 
     tune: dict[str, float]
-    holdout: dict[str, float]
+    selection: dict[str, float]
     tune_objective: float
-    holdout_objective: float
+    selection_objective: float
     results: dict[int, BacktestResult] = field(default_factory=dict)  # full-period backtest per path
 
 
 class ThresholdStudy:
-    """Scores strategies on a source run's OOS predictions, tuning bars before hold-out bars.
+    """Scores strategies on a source run's OOS predictions, tuning bars before selection bars.
 
     ``costs`` and ``periods_per_year`` default to the source run's; ``allocator`` gives the
     fixed allocator settings the study starts from.
@@ -165,8 +166,8 @@ class ThresholdStudy:
             cut = int(np.searchsorted(panel.timestamps, self.split.cutoff))
             if cut < 2 or cut > len(panel) - 2:
                 raise QuantmlInputError(
-                    f"path {path}: the tuning/hold-out cut at {self.split.cutoff} leaves {cut} tuning and "
-                    f"{len(panel) - cut} hold-out bars; change split.tune_fraction or use more folds"
+                    f"path {path}: the tuning/selection cut at {self.split.cutoff} leaves {cut} tuning and "
+                    f"{len(panel) - cut} selection bars; change split.tune_fraction or use more folds"
                 )
             self.full[path] = panel
             self.tune_panels[path] = panel.slice(0, cut)
@@ -196,7 +197,7 @@ class ThresholdStudy:
         return value
 
     def evaluate(self, signal: SignalConfig, allocator: AllocatorConfig) -> Evaluation:
-        """Backtest the full OOS period once per path; report the tuning and hold-out slices."""
+        """Backtest the full OOS period once per path; report the tuning and selection slices."""
         results, tune, hold, tv, hv = {}, [], [], [], []
         strategy = AllocatorStrategy(allocator, signal)
         for path, panel in self.full.items():

@@ -157,6 +157,8 @@ def log_fake_run(
     tags: Mapping[str, str] | None = None,
     seed: int = 7,
     artifact_location: str | None = None,
+    metrics_version: str | None = None,
+    validation: str = "walk_forward",
 ) -> str:
     """Log a parent run + one child run per fold in the contracts' layout; return the parent id.
 
@@ -165,6 +167,8 @@ def log_fake_run(
     ``leakage``: tag ``quantml.leakage_audit`` (None: no tag); ``audit_artifact`` logs
     ``audit/leakage_audit.json`` (default: when ``leakage`` is given).
     ``artifact_location``: used when the experiment is created (default: the store's).
+    ``metrics_version``: the tag ``quantml.metrics_version`` (default: this quantml's);
+    ``validation``: the tag ``quantml.validation``.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     fold_sharpe = dict(fold_sharpe or {"1d": [0.5, 0.6, 0.7]})
@@ -182,9 +186,11 @@ def log_fake_run(
     }
     if leakage is not None:
         run_tags[L.TAG_LEAKAGE_AUDIT] = leakage
+    if metrics_version is not None:
+        run_tags[L.TAG_METRICS_VERSION] = str(metrics_version)
     run_tags.update(tags or {})
     parent = writer.start_parent(
-        "fake-parent", seed=seed, horizons=horizons, validation="walk_forward", commit="0" * 40, tags=run_tags
+        "fake-parent", seed=seed, horizons=horizons, validation=validation, commit="0" * 40, tags=run_tags
     )
     metrics = {}
     for h in horizons:  # one batch per run: SQLite commits are the slow part

@@ -98,10 +98,14 @@ def log_synthetic_source_run(
     frame: pd.DataFrame | None = None,
     experiment: str = "quantml",
     costs: CostModel | None = None,
+    validation: str = "walk_forward",
+    log_model: bool = False,
     **frame_kwargs,
 ) -> str:
     """Create a quantml-train-like parent run through the run writer (fold child runs, OOS parquet,
-    a resolved config with ``cost`` and ``signal``); return its id."""
+    a resolved config with ``cost`` and ``signal``); return its id. ``log_model``: also log a stub
+    quantml pyfunc (a :class:`ModelBundle` without a forecaster: enough to copy it with tuned
+    settings, not to predict)."""
     import tempfile
     from pathlib import Path
 
@@ -119,7 +123,7 @@ def log_synthetic_source_run(
     parent = writer.start_parent(
         "synthetic-source",
         horizons=horizons,
-        validation="walk_forward",
+        validation=validation,
         commit="synthetic",
         tags={L.TAG_IC_MODE: "time_series", L.TAG_LEAKAGE_AUDIT: "clean"},
     )
@@ -144,4 +148,19 @@ def log_synthetic_source_run(
         frame.to_parquet(path, index=False)
         parent.log_artifact(str(path), str(Path(L.OOS_ARTIFACT).parent))
     parent.end("FINISHED")
+    if log_model:
+        from quantml.bundle import FeatureContract, ModelBundle
+        from quantml.registry.store import mlflow_uri_scope
+        from quantml.tracking.pyfunc import log_bundle
+
+        contract = FeatureContract(
+            input_columns=[TIMESTAMP, SYMBOL, "close"],
+            feature_names=[],
+            feature_set={},
+            drop_modalities=[],
+            horizons=horizons,
+        )
+        stub = ModelBundle(None, None, contract, {"threshold": {"default": 0.0}}, "synthetic")
+        with mlflow_uri_scope(tracking_uri):
+            log_bundle(stub, parent.run_id)
     return parent.run_id

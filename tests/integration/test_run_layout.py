@@ -51,11 +51,11 @@ def written(tracking_uri, tmp_path):
     """A parent with three folds and a tune run, written through the writer."""
     writer = RunWriter.for_experiment(tracking_uri, "layout")
     parent = writer.start_parent(
-        "ridge · cpcv",
+        "ridge · walk_forward",
         seed=3,
         horizons=["1h", "4h"],
-        validation="cpcv",
-        choices={"backbone": "ridge", "validation": "cpcv"},
+        validation="walk_forward",
+        choices={"backbone": "ridge", "validation": "walk_forward"},
         commit="abc",
     )
     with parent.ending():
@@ -92,7 +92,7 @@ def test_written_runs_read_back(written, tracking_uri):
     assert (parent.kind, parent.layout_version, parent.status) == (L.KIND_PARENT, L.LAYOUT_VERSION, "FINISHED")
     assert parent.tags[L.TAG_METRICS_VERSION] == METRICS_VERSION
     assert parent.tags[L.TAG_SEED] == "3" and parent.tags[L.TAG_GIT_COMMIT] == "abc"
-    assert parent.tags[L.choice_tag("validation")] == "cpcv" and parent.run_name == "ridge · cpcv"
+    assert parent.tags[L.choice_tag("validation")] == "walk_forward" and parent.run_name == "ridge · walk_forward"
     assert parent.tags[L.MLFLOW_NOTE].startswith("Out-of-sample results:")
     assert parent.horizons == ["1h", "4h"] and parent.metrics == {"oos_sharpe_after_cost/1h": 0.5}
     assert OmegaConf.to_container(parent.config()) == CFG

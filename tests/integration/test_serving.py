@@ -205,3 +205,105 @@ def test_mlflow_models_serve_answers_the_contract_and_refuses_bad_panels(champio
             f"{url}/invocations", {"dataframe_split": wire.assign(schema_version="2").to_dict(orient="split")}
         )
         assert status == 400 and "does not match the model's" in body.get("stack_trace", "")
+
+
+# -- one honest chain: tuned settings inside a version, serve == predict, warm-up --------------------
+@pytest.fixture(scope="module")
+def tuned(champion, panel):
+    """NAME v<new>: v1 copied with non-trivial thresholds in its bundle (quantml tune attach=)."""
+    from quantml.portfolio import AllocatorConfig
+    from quantml.signals import SignalConfig
+    from quantml.tuning.run import attach_to_model_version
+
+    uri, store, run_id, _ = champion
+    plain, _ = predict_panel(f"models:/{NAME}/1", panel, store=store, last_only=False)
+    thr = float(plain["score"].abs().quantile(0.6))  # trades some bars, not all
+    signal = SignalConfig.build({"default": thr}, {"default": 0.0}, cost=0.0005)
+    mv = attach_to_model_version(
+        NAME, "1", signal, AllocatorConfig(cov_window=30), source_run_id=run_id, tune_run_id=None, tracking_uri=uri
+    )
+    return str(mv.version), signal, plain
+
+
+def _cfg(uri, model, path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(
+        {
+            "model": model,
+            "data": {"source": "file", "path": str(path)},
+            "tracking_uri": uri,
+            "last_only": False,
+            "output": str(path.with_name("out.parquet")),
+        }
+    )
+
+
+def test_attach_registers_a_new_candidate_whose_bundle_pyfunc_equals_predict(champion, panel, tuned, tmp_path):
+    from quantml.serving.run import run_predict
+
+    uri, store, run_id, _ = champion
+    version, signal, plain = tuned
+    mv = store.get_version(NAME, version)
+    assert version != "1" and mv.run_id == run_id and mv.tags["quantml.source_version"] == "1"
+    assert store.aliases(NAME)["candidate"] == version and store.aliases(NAME)[ACTIVE] == "1"  # gated again
+    assert "quantml.signal" not in mv.tags
+    path = tmp_path / "panel.parquet"
+    panel.to_parquet(path)
+    result = run_predict(_cfg(uri, f"models:/{NAME}/{version}", path))
+    with store.global_uri():
+        direct = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(panel, params={"last_only": False})
+    assert result.resolved.signal is None
+    assert result.frame["action"].tolist() == pd.DataFrame(direct)["action"].tolist()
+    assert result.frame["action"].tolist() != plain["action"].tolist()  # the thresholds changed actions
+    assert set(result.frame["action"]) >= {"flat"} and (result.frame["action"] != "flat").any()
+
+
+def test_mlflow_models_serve_answers_the_same_actions_as_predict_after_attach(champion, panel, tuned):
+    uri, store, _, root = champion
+    version, _, plain = tuned
+    expected, _ = predict_panel(f"models:/{NAME}/{version}", panel, store=store, last_only=False)
+    wire = panel.assign(timestamp=panel["timestamp"].map(lambda t: t.isoformat()))
+    with mlflow_model_server(f"models:/{NAME}/{version}", uri, root, timeout=150) as url:
+        status, body = post_json(
+            f"{url}/invocations", {"dataframe_split": wire.to_dict(orient="split"), "params": {"last_only": False}}
+        )
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"])
+    assert served["action"].tolist() == expected["action"].tolist()
+    assert served["action"].tolist() != plain["action"].tolist()
+
+
+def test_a_panel_shorter_than_the_warm_up_is_refused(champion, panel, tmp_path):
+    from quantml.tracking.pyfunc import load_bundle
+
+    _, store, _, _ = champion
+    with store.global_uri():
+        bundle = load_bundle(f"models:/{NAME}/1", tmp_path)
+    warmup = bundle.warmup_bars
+    assert warmup and warmup >= 1
+    bars = min(60, warmup)  # a 60-bar panel used to answer silently with other last-bar outputs
+    short = panel.groupby("symbol", group_keys=False).tail(bars).reset_index(drop=True)
+    with pytest.raises(QuantmlInputError, match=rf"needs at least {warmup + 1} bars .* has {bars}"):
+        predict_panel(f"models:/{NAME}@{ACTIVE}", short, store=store)
+    # one symbol short is named; a long enough panel answers
+    mixed = pd.concat(
+        [panel[panel["symbol"] != panel["symbol"].iloc[0]], short[short["symbol"] == panel["symbol"].iloc[0]]]
+    )
+    with pytest.raises(QuantmlInputError, match=f"{panel['symbol'].iloc[0]} has {bars}"):
+        predict_panel(f"models:/{NAME}@{ACTIVE}", mixed.reset_index(drop=True), store=store)
+    enough = panel.groupby("symbol", group_keys=False).tail(warmup + 1).reset_index(drop=True)
+    frame, _ = predict_panel(f"models:/{NAME}@{ACTIVE}", enough, store=store)
+    assert len(frame) == panel["symbol"].nunique()
+
+
+def test_a_bundle_without_warmup_bars_still_predicts(champion, panel, tmp_path):
+    from quantml.tracking.pyfunc import load_bundle
+
+    _, store, _, _ = champion
+    with store.global_uri():
+        bundle = load_bundle(f"models:/{NAME}/1", tmp_path)
+    bundle.metadata.pop("warmup_bars")
+    del bundle.__dict__["allocator"]  # a bundle pickled before the field existed
+    out = bundle.predict_contract(panel.groupby("symbol", group_keys=False).tail(5), last_only=True)
+    assert len(out) == panel["symbol"].nunique()

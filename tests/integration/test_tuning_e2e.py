@@ -48,15 +48,17 @@ def test_tune_a_real_run_attach_and_predict_with_the_tuned_thresholds(tracking_u
         attach=f"tune_e2e:{version.version}",
     )
     m = outcome.metrics
-    assert np.isfinite(m["tune_sharpe_after_cost"]) and np.isfinite(m["holdout_sharpe_after_cost"])
+    assert np.isfinite(m["tune_sharpe_after_cost"]) and np.isfinite(m["selection_sharpe_after_cost"])
     child = store.client.get_run(outcome.tune_run_id)
     assert child.data.tags["mlflow.parentRunId"] == result.parent_run_id
     assert child.data.params["split_method"] == "folds"  # walk-forward folds are time-disjoint
 
     synth = generate_synthetic(freq="1h", n_symbols=3, n_bars=400, seed=3)
     panel = join_streams(synth.bars, synth.streams)
-    frame, resolved = predict_panel(f"models:/tune_e2e/{version.version}", panel, store=store, last_only=False)
-    assert resolved.signal == outcome.signal
+    tuned = outcome.attached  # a new version whose bundle carries the tuned settings
+    assert int(tuned.version) == int(version.version) + 1
+    frame, resolved = predict_panel(f"models:/tune_e2e/{tuned.version}", panel, store=store, last_only=False)
+    assert resolved.signal is None  # nothing re-applied from tags: the bundle's own settings
     # the served actions are the tuned thresholds applied to the served scores
     h = cfg.horizon.horizons[0]
     rows = frame[frame["horizon"] == h]

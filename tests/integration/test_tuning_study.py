@@ -1,7 +1,6 @@
 """quantml-tune: time split, objectives, no look-ahead, seeding, resume, processes sharing a storage,
 the CLI's MLflow child run and attach. One MLflow store per module (creating one costs seconds)."""
 
-import json
 import multiprocessing
 import sys
 
@@ -14,7 +13,9 @@ import pytest
 from quantml.cli.tune import tune
 from quantml.contracts import QuantmlInputError
 from quantml.portfolio import AllocatorConfig
+from quantml.registry import RegistryStore, register
 from quantml.signals import SIGNAL_TAG, SignalConfig
+from quantml.tracking.pyfunc import load_bundle
 from quantml.tuning.objectives import objective_value
 from quantml.tuning.run import attach_to_model_version, parse_attach, read_model_version_signal, run_tuning
 from quantml.tuning.source import load_source_run
@@ -30,10 +31,10 @@ SMALL = ["study.n_trials=3", "study.n_startup_trials=2", "allocator.cov_window=3
 def test_time_split_cuts_at_a_fold_boundary_for_disjoint_folds():
     frame = synthetic_oos_frame(n_bars=100, n_folds=5)
     split = time_split(frame, 0.6)
-    assert split.method == "folds" and split.tune_folds == (0, 1, 2) and split.holdout_folds == (3, 4)
+    assert split.method == "folds" and split.tune_folds == (0, 1, 2) and split.selection_folds == (3, 4)
     assert split.cutoff == frame.loc[frame["fold"] == 3, "timestamp"].min()
     assert frame.loc[frame["fold"].isin(split.tune_folds), "timestamp"].max() < split.cutoff
-    assert time_split(frame, 0.01).tune_folds == (0,) and time_split(frame, 0.99).holdout_folds == (4,)
+    assert time_split(frame, 0.01).tune_folds == (0,) and time_split(frame, 0.99).selection_folds == (4,)
     with pytest.raises(QuantmlInputError, match="tune_fraction"):
         time_split(frame, 1.0)
 
@@ -44,7 +45,7 @@ def test_time_split_uses_time_quantile_when_folds_interleave():
     split = time_split(frame, 0.6)
     ts = np.sort(frame["timestamp"].unique())
     assert split.method == "time" and split.cutoff == ts[60]
-    assert split.tune_folds == () and split.holdout_folds == ()
+    assert split.tune_folds == () and split.selection_folds == ()
 
 
 def test_objectives_by_hand():
@@ -87,7 +88,7 @@ def _study_values(src, seed=7, n=6):
     return study, opt
 
 
-def test_trials_never_see_the_holdout_bars(source):
+def test_trials_never_see_the_selection_bars(source):
     study, opt = _study_values(source)
     tampered = source.frame.copy()
     late = tampered["timestamp"] >= study.split.cutoff
@@ -101,7 +102,7 @@ def test_trials_never_see_the_holdout_bars(source):
     assert opt2.best_params == opt.best_params
     sig, alloc = SearchSpace.configs(opt.best_params, study.base_signal, study.allocator)
     before, after = study.evaluate(sig, alloc), study2.evaluate(sig, alloc)
-    assert before.tune == after.tune and before.holdout["sharpe"] != after.holdout["sharpe"]
+    assert before.tune == after.tune and before.selection["sharpe"] != after.selection["sharpe"]
 
 
 def test_seeded_sampler_reproduces_the_study(source):
@@ -153,15 +154,15 @@ def test_resume_and_threads_share_one_storage(source, tmp_path):
 
 
 def test_attach_refuses_another_runs_version(source, tracking_uri):
-    client = mlflow.MlflowClient(tracking_uri)
-    other = log_synthetic_source_run(tracking_uri, n_symbols=2, n_bars=80)
-    client.create_registered_model("other")
-    client.create_model_version("other", f"runs:/{other}/model", run_id=other)
+    other = log_synthetic_source_run(tracking_uri, n_symbols=2, n_bars=80, log_model=True)
+    RegistryStore(tracking_uri).ensure_model("other")
+    register(RegistryStore(tracking_uri), other, "other")
     sig = SignalConfig(threshold={"1d": 0.1})
     with pytest.raises(QuantmlInputError, match="attach_force=true"):
         attach_to_model_version("other", "1", sig, source_run_id=source.run_id, tracking_uri=tracking_uri)
-    attach_to_model_version("other", "1", sig, source_run_id=source.run_id, force=True, tracking_uri=tracking_uri)
-    assert read_model_version_signal("other", "1", tracking_uri) == sig
+    new = attach_to_model_version("other", "1", sig, source_run_id=source.run_id, force=True, tracking_uri=tracking_uri)
+    assert str(new.version) == "2" and read_model_version_signal("other", "2", tracking_uri) == sig
+    assert read_model_version_signal("other", "1", tracking_uri) is None  # versions are immutable
     with pytest.raises(QuantmlInputError, match="not registered"):
         attach_to_model_version("nope", "1", sig, tracking_uri=tracking_uri)
     assert parse_attach("a:b:3") == ("a:b", "3")
@@ -194,11 +195,10 @@ def _run_cli(monkeypatch, args):
 
 
 def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeypatch, capsys):
-    run_id = log_synthetic_source_run(tracking_uri, n_symbols=3, n_bars=250, seed=4)
+    run_id = log_synthetic_source_run(tracking_uri, n_symbols=3, n_bars=250, seed=4, log_model=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
-    client.create_registered_model("syn")
-    client.create_model_version("syn", f"runs:/{run_id}/model", run_id=run_id)
+    register(RegistryStore(tracking_uri), run_id, "syn")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     code = _run_cli(
         monkeypatch,
@@ -213,7 +213,8 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "hold-out calmar" in out and "logged as MLflow run" in out
+    assert "selection calmar" in out and "logged as MLflow run" in out and "hold-out" not in out
+    assert "registered syn v2 with the tuned settings in its bundle (alias candidate)" in out
     (child,) = client.search_runs(
         [client.get_run(run_id).info.experiment_id],
         f"tags.mlflow.parentRunId = '{run_id}' and tags.`quantml.kind` = 'tune'",
@@ -222,11 +223,11 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
     m = child.data.metrics
     for key in (
         "tune_sharpe_after_cost",
-        "holdout_sharpe_after_cost",
-        "holdout_baseline_sharpe_after_cost",
-        "holdout_calmar",
-        "holdout_max_drawdown",
-        "holdout_sharpe_after_cost/1d",
+        "selection_sharpe_after_cost",
+        "selection_baseline_sharpe_after_cost",
+        "selection_calmar",
+        "selection_max_drawdown",
+        "selection_sharpe_after_cost/1d",
         "best_value",
     ):
         assert key in m
@@ -238,27 +239,54 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
         "tune/signal.json",
         "figures/optimization_history.png",
         "figures/param_importances.png",
-        "figures/holdout_equity.png",
+        "figures/selection_equity.png",
         "figures/tuned_equity.png",
-        "backtest/holdout_bars.csv",
+        "backtest/selection_bars.csv",
     } <= arts
-    bars = pd.read_csv(client.download_artifacts(child.info.run_id, "backtest/holdout_bars.csv", str(tmp_path)))
+    assert not any(k.startswith("holdout_") for k in m)  # holdout_* is the lockbox's
+    bars = pd.read_csv(client.download_artifacts(child.info.run_id, "backtest/selection_bars.csv", str(tmp_path)))
     assert {"pnl", "equity", "drawdown", "turnover", "cost"} <= set(bars.columns)
-    equity = client.get_metric_history(child.info.run_id, "holdout_equity")  # per-bar curve for the UI
+    equity = client.get_metric_history(child.info.run_id, "selection_equity")  # per-bar curve for the UI
     assert [m.step for m in equity] == list(range(len(bars)))
     assert [m.value for m in equity] == pytest.approx(bars["equity"].tolist())
     ppy = float(child.data.params["periods_per_year"])
-    assert bars["pnl"].mean() * ppy == pytest.approx(m["holdout_ann_return"])  # the hold-out metric is these bars
+    assert bars["pnl"].mean() * ppy == pytest.approx(m["selection_ann_return"])  # the selection metric is these bars
     trials = pd.read_csv(client.download_artifacts(child.info.run_id, "tune/trials.csv", str(tmp_path)))
     assert len(trials) == 3 and "params_threshold/1d" in trials.columns
     study = optuna.load_study(study_name=f"quantml-tune-{run_id[:12]}-calmar", storage=storage)
     assert len(study.trials) == 3
-    # the tag on the model version is the tuned SignalConfig (and the allocator's settings)
-    tuned = read_model_version_signal("syn", "1", tracking_uri)
+    # a NEW version v2 whose bundle carries the tuned SignalConfig (and the allocator's settings)
+    tuned = read_model_version_signal("syn", "2", tracking_uri)
     assert tuned.threshold_for("1d") == pytest.approx(study.best_params["threshold/1d"])
     assert tuned == SignalConfig.from_json(child.data.tags[SIGNAL_TAG])
-    mv = client.get_model_version("syn", "1")
-    assert json.loads(mv.tags["quantml.allocator"])["target_vol"] == pytest.approx(study.best_params["target_vol"])
+    assert read_model_version_signal("syn", "1", tracking_uri) is None  # v1 is untouched
+    mv = client.get_model_version("syn", "2")
+    assert mv.run_id == run_id and mv.tags["quantml.source_version"] == "1"
+    assert mv.tags["quantml.tune_run"] == child.info.run_id and "quantml.tune_selection_sharpe" in mv.tags
+    assert "quantml.signal" not in mv.tags
+    assert RegistryStore(tracking_uri).aliases("syn")["candidate"] == "2"
+    with RegistryStore(tracking_uri).global_uri():
+        bundle = load_bundle("models:/syn/2", tmp_path / "v2")
+    assert bundle.allocator["target_vol"] == pytest.approx(study.best_params["target_vol"])
+
+
+def test_tuning_refuses_purged_kfold_and_cpcv_sources(tracking_uri):
+    for method in ("purged_kfold", "cpcv"):
+        run_id = log_synthetic_source_run(tracking_uri, n_symbols=2, n_bars=80, validation=method)
+        with pytest.raises(QuantmlInputError, match=f"validated with {method}.*validation=walk_forward"):
+            run_tuning(run_id, tracking_uri, storage=None, n_trials=1, log_to_mlflow=False)
+
+
+def test_cli_prints_the_lockbox_beside_and_counts_the_read(tracking_uri, tmp_path, monkeypatch, capsys):
+    run_id = log_synthetic_source_run(tracking_uri, n_symbols=3, n_bars=250, seed=6)
+    client = mlflow.MlflowClient(tracking_uri)
+    client.log_metric(run_id, "holdout_sharpe_after_cost/1d", 0.42)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    code = _run_cli(monkeypatch, [f"run_id={run_id}", "study.storage=memory", "log_to_mlflow=false", *SMALL])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "lockbox" in out and "holdout_sharpe_after_cost/1d 0.42" in out
+    assert client.get_run(run_id).data.tags["quantml.lockbox_reads"] == "1"
 
 
 def _worker(source, storage, worker):
@@ -290,3 +318,11 @@ def test_two_processes_share_one_storage(source, tmp_path):
     )
     assert len(done) == 6
     assert len({tuple(sorted(t.params.items())) for t in done}) == 6  # the workers drew different trials
+
+
+def test_selection_sharpe_reads_the_old_tag_name_of_old_versions():
+    from quantml.tuning.run import version_selection_sharpe
+
+    assert version_selection_sharpe({"quantml.tune_selection_sharpe": "0.5"}) == 0.5
+    assert version_selection_sharpe({"quantml.tune_holdout_sharpe": "0.25"}) == 0.25  # written by 0.2
+    assert version_selection_sharpe({}) is None

@@ -8,7 +8,13 @@ from quantml.backtest.paper import PaperTrader, paper_replay
 from quantml.backtest.vectorised import backtest, backtest_signals
 from quantml.contracts import periods_per_year
 from quantml.market import CostModel, execute, execute_bar, performance_stats
-from quantml.market.performance import annualised_return, calmar_ratio, max_drawdown, sharpe_ratio
+from quantml.market.performance import (
+    annualised_return,
+    calmar_ratio,
+    max_drawdown,
+    max_drawdown_additive,
+    sharpe_ratio,
+)
 from quantml.portfolio import AllocatorConfig, SignalPanel
 from quantml.portfolio.strategy import strategy_positions
 from quantml.signals import SignalConfig
@@ -26,7 +32,9 @@ def test_performance_against_hand_computed_numbers():
     assert max_drawdown(PNL) == pytest.approx(-0.02, abs=1e-15)
     assert calmar_ratio(PNL, 252) == pytest.approx(75.6, rel=1e-12)
     # a loss on the first bar is a drawdown from the starting capital
-    assert max_drawdown(np.array([-0.01, 0.005, -0.02])) == pytest.approx(-0.025, abs=1e-15)
+    # (compounded, metrics version 2: 0.99 * 1.005 * 0.98 - 1; the additive one is -0.025)
+    assert max_drawdown(np.array([-0.01, 0.005, -0.02])) == pytest.approx(0.99 * 1.005 * 0.98 - 1, abs=1e-15)
+    assert max_drawdown_additive(np.array([-0.01, 0.005, -0.02])) == pytest.approx(-0.025, abs=1e-15)
     stats = performance_stats(PNL, np.array([1.0, 0.0, 2.0, 0.0, 1.0]), 252)
     assert stats["turnover"] == pytest.approx(0.8) and stats["calmar"] == pytest.approx(75.6)
 
@@ -38,7 +46,8 @@ def test_execute_costs_and_pnl_by_hand():
     np.testing.assert_allclose(out["cost"], [0.0005, 0.0, 0.001, 0.0005], atol=1e-18)
     np.testing.assert_allclose(out["pnl"], [0.0045, -0.01, -0.016, -0.0005], atol=1e-15)
     np.testing.assert_allclose(out["turnover"], [0.5, 0.0, 1.0, 0.5])
-    np.testing.assert_allclose(out["drawdown"], [0.0, -0.01, -0.026, -0.0265], atol=1e-15)
+    # compounded equity 1.0045, x0.99, x0.984, x0.9995 from the peak 1.0045
+    np.testing.assert_allclose(out["drawdown"], [0.0, -0.01, 0.99 * 0.984 - 1, 0.99 * 0.984 * 0.9995 - 1], atol=1e-15)
 
 
 def test_impact_grows_with_participation_in_the_bars_volume():

@@ -172,12 +172,16 @@ def test_every_contract_metric_is_named_for_every_horizon():
     m = evaluate_predictions(frame, "oos", 252, COSTS, "cross_sectional")
     keys = (
         "rmse mae hit_rate ap ic icir rank_ic rank_icir ann_return sharpe_after_cost max_drawdown turnover "
-        "information_ratio ece brier log_loss coverage_80 coverage_q10 coverage_q50 coverage_q90 pinball_q10 "
+        "ece brier log_loss coverage_80 coverage_q10 coverage_q50 coverage_q90 pinball_q10 "
         "pinball_q50 pinball_q90 pinball"
     ).split()
     for h in ("1d", "7d"):
         for k in keys:
             assert np.isfinite(m[f"oos_{k}/{h}"]), k
+        # metrics version 2: a dollar-neutral book has no buy-and-hold benchmark -> NaN, but named
+        assert np.isnan(m[f"oos_information_ratio/{h}"])
+    ts = evaluate_predictions(frame, "oos", 252, COSTS, "time_series")
+    assert all(np.isfinite(ts[f"oos_information_ratio/{h}"]) for h in ("1d", "7d"))
 
 
 def test_ece_hand_computed():
@@ -213,11 +217,22 @@ def test_cross_sectional_backtest_hand_computed():
     assert metrics["sharpe_after_cost"] == pytest.approx(stats["sharpe"])
     assert metrics["max_drawdown"] == pytest.approx(stats["max_drawdown"])
     assert metrics["turnover"] == pytest.approx(np.mean([1.0, 2.0, 2.0]))
-    bench = simple.mean(1)
-    active = pnl - bench
-    assert metrics["information_ratio"] == pytest.approx(active.mean() / active.std(ddof=1) * np.sqrt(252))
+    # metrics version 2: the dollar-neutral rank book has no buy-and-hold benchmark
+    assert np.isnan(metrics["information_ratio"])
+    assert bt.benchmark is None
     m = evaluate_predictions(frame, "test", 252, COSTS, "cross_sectional")
     assert m["test_sharpe_after_cost/1d"] == pytest.approx(stats["sharpe"])
+
+
+def test_time_series_information_ratio_hand_computed():
+    # every forecast is positive: the sign book holds 1/3 of each symbol = the equal-weight
+    # benchmark, so active = -cost: [-2e-4 (turnover 1 at 2 bps), 0, 0];
+    # mean = -2e-4/3, std(ddof=1) = 2e-4 * sqrt(1/3) -> IR = -sqrt(1/3) * sqrt(252) = -sqrt(84)
+    er = [[1, 2, 3], [3, 2, 1], [1, 3, 2]]
+    ret_next = [[0.01, 0.02, -0.01], [0.00, 0.01, 0.03], [-0.02, 0.01, 0.0]]
+    bt = run_backtest(RankLongShort("time_series"), hand_frame(er, np.zeros((3, 3)), ret_next), COSTS, 252)
+    np.testing.assert_allclose(bt.benchmark.to_numpy(), np.expm1(np.asarray(ret_next)).mean(1))
+    assert backtest_metrics(bt)["information_ratio"] == pytest.approx(-np.sqrt(84.0))
 
 
 def test_time_series_backtest_uses_sign_spread_over_symbols():
