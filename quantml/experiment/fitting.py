@@ -56,4 +56,5 @@ def fit_final(cfg: DictConfig, prep: PreparedData, splitter):
     fit_pos, valid_pos = inner_validation_split(
         positions, prep.data.t0[prep.samples], prep.data.t1[prep.samples], splitter.valid_fraction, splitter.embargo
     )
+    splitter.check_inner_outcomes(valid_pos, prep.data.t0[prep.samples], prep.data.t1[prep.samples], "the final model")
     return fit_with_calibration(cfg, prep, prep.samples[fit_pos], prep.samples[valid_pos])

@@ -224,3 +224,28 @@ def inner_validation_split(
             "embargo, or use longer training windows"
         )
     return fit, valid
+
+
+def independent_outcomes(rows, t0, t1) -> int:
+    """How many non-overlapping label intervals ``rows`` hold: walking forward in time, take
+    the first label, then the first whose ``t0`` is at or after the taken one's ``t1``, ...
+
+    With ``t1`` the end of the longest horizon, this counts the independent outcomes of that
+    horizon that a slice can score or calibrate on (one week of 7d labels is one outcome,
+    whatever the bar size or the number of symbols).
+    """
+    t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return 0
+    starts = t0n[rows]
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], t1n[rows][order]
+    count, i = 0, 0
+    while i < len(starts):
+        count += 1
+        # every label starting at this time ends by the latest of their ends
+        same = np.searchsorted(starts, starts[i], side="right")
+        # a label that ends where it starts (or earlier) still moves the walk past its start
+        i = max(int(np.searchsorted(starts, ends[i:same].max(), side="left")), int(same))
+    return count

@@ -33,6 +33,7 @@ from quantml.validation.purging import (
     _purge_ns,
     check_intervals,
     check_valid_fraction,
+    independent_outcomes,
     inner_validation_split,
     parse_embargo,
     to_ns,
@@ -65,6 +66,8 @@ class Splitter(ABC):
     embargo : pd.Timedelta   no training label may start within it after a test segment.
     valid_fraction : float   share of each fold's training timestamps kept for validation.
     min_train_samples, min_test_samples : int   a smaller fold is an error.
+    min_inner_outcomes : int   the inner validation slice must hold at least this many
+        independent outcomes of the longest horizon (:func:`independent_outcomes`).
     """
 
     method: str = ""
@@ -76,11 +79,13 @@ class Splitter(ABC):
         valid_fraction: float = 0.2,
         min_train_samples: int = 1,
         min_test_samples: int = 1,
+        min_inner_outcomes: int = 1,
     ) -> None:
         self.embargo = parse_embargo(embargo)
         self.valid_fraction = check_valid_fraction(valid_fraction)
         self.min_train_samples = _positive_int(min_train_samples, "min_train_samples", minimum=1)
         self.min_test_samples = _positive_int(min_test_samples, "min_test_samples", minimum=1)
+        self.min_inner_outcomes = _positive_int(min_inner_outcomes, "min_inner_outcomes", minimum=1)
 
     @property
     def n_paths(self) -> int:
@@ -139,8 +144,22 @@ class Splitter(ABC):
         return folds
 
     def inner_split(self, fold: Fold, t0, t1) -> tuple[np.ndarray, np.ndarray]:
-        """``(fit, valid)`` of a fold with this splitter's ``valid_fraction`` and ``embargo``."""
-        return inner_validation_split(fold.train, t0, t1, self.valid_fraction, self.embargo, fold_id=fold.fold_id)
+        """``(fit, valid)`` of a fold with this splitter's ``valid_fraction`` and ``embargo``.
+
+        Refuses a slice with fewer than ``min_inner_outcomes`` independent outcomes of the
+        longest horizon (``t1`` is the end of the longest label)."""
+        fit, valid = inner_validation_split(fold.train, t0, t1, self.valid_fraction, self.embargo, fold_id=fold.fold_id)
+        self.check_inner_outcomes(valid, t0, t1, f"fold {fold.fold_id}")
+        return fit, valid
+
+    def check_inner_outcomes(self, valid, t0, t1, where: str) -> None:
+        n = independent_outcomes(valid, t0, t1)
+        if n < self.min_inner_outcomes:
+            raise QuantmlInputError(
+                f"{where}: the inner validation slice holds {n} independent outcome(s) of the longest "
+                f"horizon (< validation.min_inner_outcomes={self.min_inner_outcomes}); raise "
+                "validation.valid_fraction, use fewer splits, a shorter horizon or more data"
+            )
 
     def _check_size(self, fold: Fold, t0n: np.ndarray, n_candidates: int) -> None:
         if len(fold.train) < self.min_train_samples:
@@ -167,6 +186,7 @@ class Splitter(ABC):
             "valid_fraction": self.valid_fraction,
             "min_train_samples": self.min_train_samples,
             "min_test_samples": self.min_test_samples,
+            "min_inner_outcomes": self.min_inner_outcomes,
         }
 
 
@@ -274,7 +294,7 @@ _SPLITTERS: dict[str, type[Splitter]] = {
     "purged_kfold": PurgedKFold,
     "cpcv": CombinatorialPurgedCV,
 }
-_COMMON = ("embargo", "valid_fraction", "min_train_samples", "min_test_samples")
+_COMMON = ("embargo", "valid_fraction", "min_train_samples", "min_test_samples", "min_inner_outcomes")
 _KEYS = {
     "walk_forward": ("n_splits", "mode", "train_blocks", *_COMMON),
     "purged_kfold": ("n_splits", *_COMMON),
