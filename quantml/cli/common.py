@@ -43,6 +43,27 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(keep or lines) or type(exc).__name__
 
 
+def error_exit(exc: BaseException, settings: str) -> int:
+    """The one-line message and exit code 2 of a bad-input error of a subcommand; any other
+    error is re-raised. ``settings``: the subcommand's keys, shown after a config error."""
+    from hydra.errors import HydraException
+    from mlflow.exceptions import MlflowException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from quantml.contracts import QuantmlInputError
+
+    if isinstance(exc, QuantmlInputError):
+        message = str(exc)
+    elif isinstance(exc, MlflowException):  # e.g. an unreachable server or an invalid model name
+        message = f"MLflow: {exc.message}"
+    elif isinstance(exc, (HydraException, OmegaConfBaseException)):
+        message = f"{one_line(exc)} (settings: {settings})"
+    else:
+        raise exc
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def flag_hint(argv: list[str], usage: str) -> str | None:
     """The message for a ``--flag`` given where the grammar is ``key=value`` (None when there is none)."""
     for arg in argv:

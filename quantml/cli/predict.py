@@ -28,12 +28,9 @@ def compose_config(overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
-    from hydra.errors import HydraException
-    from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    from quantml.cli.common import flag_hint, one_line
+    from quantml.cli.common import error_exit, flag_hint
     from quantml.contracts import QuantmlInputError
     from quantml.serving import run_predict
 
@@ -50,19 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         if OmegaConf.is_missing(cfg, "model") or not cfg.model:
             raise QuantmlInputError("model=... is required, e.g. model=models:/NAME@active")
         result = run_predict(cfg)
-    except QuantmlInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MlflowException as exc:  # e.g. the tracking server is unreachable
-        print(f"error: MLflow: {exc.message}", file=sys.stderr)
-        return 2
-    except (HydraException, OmegaConfBaseException) as exc:
-        print(
-            f"error: {one_line(exc)} (settings: model=, data=, output=, last_only=, preview=, seed=, "
-            f"tracking.uri=, data.*=)",
-            file=sys.stderr,
-        )
-        return 2
+    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
+        return error_exit(exc, "model=, data=, output=, last_only=, preview=, seed=, tracking.uri=, data.*=")
     r = result.resolved
     source = f"{r.name} v{r.version}" if r.name else r.load_uri
     tuned = " with its tuned quantml.signal thresholds" if r.signal is not None else ""

@@ -199,12 +199,7 @@ def _active_alias() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra.errors import HydraException
-    from mlflow.exceptions import MlflowException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from quantml.cli.common import one_line
-    from quantml.contracts import QuantmlInputError
+    from quantml.cli.common import error_exit
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help") or any(a in ("-h", "--help") for a in argv):
@@ -217,19 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except QuantmlInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MlflowException as exc:  # e.g. an invalid model name: MLflow's message is the explanation
-        print(f"error: MLflow: {exc.message}", file=sys.stderr)
-        return 2
-    except (HydraException, OmegaConfBaseException) as exc:
-        print(
-            f"error: {one_line(exc)} (settings: name= version= run_id= reason= force= baseline= gates_file= "
-            f"gates.<gate>.<key>= tracking.uri=)",
-            file=sys.stderr,
+    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
+        return error_exit(
+            exc, "name= version= run_id= reason= force= baseline= gates_file= gates.<gate>.<key>= tracking.uri="
         )
-        return 2
 
 
 if __name__ == "__main__":
