@@ -119,7 +119,12 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
     ret_next = np.full(n, np.nan)
     ret_next[:-1] = r1[1:]
     ret_next[bounds[1:] - 1] = np.nan
-    cs = np.cumsum(np.nan_to_num(r1) ** 2)  # sum of r^2 up to each row (segment offsets cancel)
+    # sum of r^2 up to each row, restarted per symbol: a running sum over the whole panel would
+    # let a symbol's later bars round an earlier symbol-segment's differences (no look-ahead, bit for bit)
+    sq = np.nan_to_num(r1) ** 2
+    cs = np.empty(n)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        cs[a:b] = np.cumsum(sq[a:b])
 
     end = np.full((n, H), -1, dtype=np.int64)
     for a, b in zip(bounds[:-1], bounds[1:]):  # loop over symbols, vectorised over rows

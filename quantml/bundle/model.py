@@ -1,8 +1,11 @@
 """The served model: feature contract, fitted forecaster (with its normalisation statistics),
-calibrator, and signal settings, as one object that turns a raw panel into the prediction contract.
+calibrator, signal settings and strategy, as one object that turns a raw panel into the
+prediction contract.
 
 A served model recomputes features exactly as training did, and refuses a panel that does
-not match its contract instead of answering with garbage.
+not match its contract instead of answering with garbage. Its ``target_weight`` column is the
+run's configured strategy (``cfg.strategy``, carried in the bundle) through the same
+``strategy.target_weights`` the backtest book reads.
 """
 
 from __future__ import annotations
@@ -14,11 +17,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import PREDICTION_COLUMNS, SCHEMA_VERSION, SYMBOL, TIMESTAMP, QuantmlInputError, require_columns
+from quantml.contracts import (
+    PREDICTION_COLUMNS,
+    SCHEMA_VERSION,
+    SYMBOL,
+    TIMESTAMP,
+    QuantmlInputError,
+    periods_per_year,
+    require_columns,
+)
 from quantml.contracts.run_layout import WARMUP_BARS
 from quantml.data import data_fingerprint, validate_panel
+from quantml.evaluation.metrics import ic_mode_for
 from quantml.features import build_features
 from quantml.models.base import PanelData
+from quantml.portfolio.allocator import AllocatorConfig
+from quantml.portfolio.strategy import AllocatorStrategy, build_strategy, market_returns
 from quantml.signals import SignalConfig, compute_signals
 
 
@@ -69,7 +83,7 @@ class FeatureContract:
 
 @dataclass
 class ModelBundle:
-    """Fitted forecaster + calibrator + contract + signal config: panel in, contract out."""
+    """Fitted forecaster + calibrator + contract + signal config + strategy: panel in, contract out."""
 
     forecaster: object
     calibrator: object | None
@@ -80,6 +94,9 @@ class ModelBundle:
     # tuned allocator settings (AllocatorConfig.to_dict()) of a version made by `quantml tune attach=`;
     # a plain default so bundles pickled before it read None
     allocator: dict | None = None
+    # the run's resolved `strategy` config (a mapping with `_target_`); None (and bundles pickled
+    # before it): the rank long/short default
+    strategy: dict | None = None
 
     @property
     def warmup_bars(self) -> int | None:
@@ -87,20 +104,51 @@ class ModelBundle:
         value = (getattr(self, "metadata", None) or {}).get(WARMUP_BARS)
         return None if value is None else int(value)
 
-    def check_history(self, panel: pd.DataFrame) -> None:
-        """Refuse a panel where a symbol has no bar past the model's warm-up."""
-        warmup = self.warmup_bars
-        if not warmup:
-            return
-        need = warmup + 1
-        counts = panel.groupby(SYMBOL, sort=True).size()
-        short = counts[counts < need]
-        if len(short):
-            shown = ", ".join(f"{sym} has {int(n)}" for sym, n in short.items())
+    def serving_strategy(self, signal: SignalConfig, panel: pd.DataFrame):
+        """The strategy ``target_weight`` comes from: the bundle's ``strategy`` config built with
+        :func:`build_strategy` (None: :class:`RankLongShort`), its thresholds ``signal`` (the ones
+        that made the ``action`` column), a tuned ``allocator`` (``quantml tune attach=``)
+        overriding the allocator settings, ``mode=auto`` bound to the run's IC mode (metadata
+        ``ic_mode``, else from the panel's number of symbols, as the run chose it)."""
+        strategy = build_strategy(getattr(self, "strategy", None), signal)
+        if isinstance(strategy, AllocatorStrategy):
+            tuned = getattr(self, "allocator", None)
+            allocator = AllocatorConfig.from_dict(tuned) if tuned else strategy.allocator
+            # the volume column only prices impact in a backtest; a weight does not read it
+            strategy = AllocatorStrategy(allocator, signal, volume_column=None)
+        ic_mode = (getattr(self, "metadata", None) or {}).get("ic_mode") or ic_mode_for(panel[SYMBOL].nunique())
+        bind = getattr(strategy, "bind", None)
+        strategy = bind(ic_mode=str(ic_mode)) if bind is not None else strategy
+        if not hasattr(strategy, "target_weights"):
             raise QuantmlInputError(
-                f"panel too short for the model's warm-up: each symbol needs at least {need} bars "
-                f"({warmup} warm-up bars, whose features are not yet all finite, plus the bar predicted); "
-                f"{shown}; send a longer history per symbol"
+                f"the model's strategy {type(strategy).__name__} has no target_weights(frame, market, "
+                "periods_per_year) method, so it cannot fill target_weight; serve a model trained with "
+                "strategy=rank_long_short or strategy=allocator"
+            )
+        return strategy
+
+    def periods_per_year(self, panel: pd.DataFrame) -> float:
+        """Bars per year of the run (metadata), else of ``panel``."""
+        value = (getattr(self, "metadata", None) or {}).get("periods_per_year")
+        return float(value) if value else periods_per_year(panel)
+
+    def check_history(self, panel: pd.DataFrame, strategy=None) -> None:
+        """Refuse a panel where a symbol has no bar past the model's warm-up, or (``strategy``
+        with ``min_history()``: the allocator) fewer bars than the strategy's covariance window
+        needs for the last bar's weight to be the backtest's."""
+        counts = panel.groupby(SYMBOL, sort=True).size()
+        warmup = self.warmup_bars
+        if warmup:
+            _refuse_short(
+                counts,
+                warmup + 1,
+                f"the model's warm-up: each symbol needs at least {warmup + 1} bars "
+                f"({warmup} warm-up bars, whose features are not yet all finite, plus the bar predicted)",
+            )
+        need, why = strategy.min_history() if hasattr(strategy, "min_history") else (1, "")
+        if need > 1:
+            _refuse_short(
+                counts, need, f"the strategy: each symbol needs at least {need} bars ({why}, plus the bar predicted)"
             )
 
     def predict_contract(
@@ -111,30 +159,56 @@ class ModelBundle:
         model_version: str = "",
         signal: dict | None = None,
     ) -> pd.DataFrame:
+        """The prediction contract ``[rows, len(PREDICTION_COLUMNS)]`` of ``panel``: one row per
+        (symbol, timestamp, horizon), only each symbol's latest bar with ``last_only``.
+        ``signal``: thresholds replacing the bundle's (a 0.1 ``quantml.signal`` tag)."""
         panel = _coerce_panel(panel)
         self.contract.check(panel)
         panel = validate_panel(panel)
-        self.check_history(panel)
+        signal = signal or self.signal
+        config = SignalConfig.from_config(signal, cost=signal.get("cost", 0.0))
+        strategy = self.serving_strategy(config, panel)
+        self.check_history(panel, strategy)
         features = build_features(
             panel, self.contract.feature_set, self.contract.drop_modalities, expected=self.contract.feature_names
         )
         data = PanelData.assemble(panel, features, self.contract.horizons)
-        n = len(panel)
-        rows = np.arange(n)
-        if last_only:
-            rows = panel.groupby(SYMBOL, sort=False).tail(1).index.to_numpy()
+        rows, keep = _rows_to_predict(panel, last_only)
         sample = data.subset(rows)
         frame = self.forecaster.predict(sample).to_frame(sample.keys)
         if self.calibrator is not None:
             frame = self.calibrator.transform(frame)
-        signal = signal or self.signal
-        config = SignalConfig.from_config(signal, cost=signal.get("cost", 0.0))
         frame = compute_signals(frame, config)
+        frame["target_weight"] = strategy.target_weights(frame, market_returns(panel), self.periods_per_year(panel))
+        if keep is not None:  # each symbol's own last bar
+            frame = frame[frame[TIMESTAMP].to_numpy() == keep.reindex(frame[SYMBOL]).to_numpy()]
         frame["model_name"] = model_name
         frame["model_version"] = str(model_version)
         frame["schema_version"] = self.contract.schema_version
         frame["data_version"] = data_fingerprint(panel)
         return frame[list(PREDICTION_COLUMNS)].reset_index(drop=True)
+
+
+def _refuse_short(counts: pd.Series, need: int, what: str) -> None:
+    """QuantmlInputError naming each symbol of ``counts`` (bars per symbol) under ``need``."""
+    short = counts[counts < need]
+    if len(short):
+        shown = ", ".join(f"{sym} has {int(n)}" for sym, n in short.items())
+        raise QuantmlInputError(f"panel too short for {what}; {shown}; send a longer history per symbol")
+
+
+def _rows_to_predict(panel: pd.DataFrame, last_only: bool) -> tuple[np.ndarray, pd.Series | None]:
+    """Rows of ``panel`` to forecast, and (``last_only``) each symbol's last timestamp to keep.
+
+    With ``last_only`` every row at any symbol's last timestamp is forecast, not only the last
+    rows: a strategy's weight at a bar reads every symbol's forecast at that bar (ranks,
+    allocator), so a symbol whose history ends earlier is weighted against the same
+    cross-section as in the backtest."""
+    if not last_only:
+        return np.arange(len(panel)), None
+    last = panel.groupby(SYMBOL, sort=False)[TIMESTAMP].max()
+    rows = np.flatnonzero(panel[TIMESTAMP].isin(set(last.to_numpy())).to_numpy())
+    return rows, last
 
 
 def warmup_bars(data: PanelData) -> int:

@@ -53,9 +53,12 @@ def tune(cfg: DictConfig) -> float:
         f"selection {cfg.objective.name}: {m['selection_objective']:.4g}  sharpe_after_cost "
         f"{m['selection_sharpe_after_cost']:.4g} (untuned baseline {m['selection_baseline_sharpe_after_cost']:.4g})"
     )
-    if outcome.lockbox:
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.lockbox.items()))
-        print(f"lockbox (source run's holdout_*, read counted): {shown}")
+    # the selection figure beside the lockbox, for the person (the study never reads the lockbox)
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.lockbox.items())) or "no lockbox"
+    print(f"lockbox (source run's holdout_*, read counted): {shown}")
+    print(f"book: {outcome.book} (the run's configured strategy), scored fold by fold")
+    for note in outcome.notes:
+        print(f"note: {note}")
     if outcome.tune_run_id:
         print(f"logged as MLflow run {outcome.tune_run_id} (child of {cfg.run_id})")
     if outcome.attached is not None:

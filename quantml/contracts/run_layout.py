@@ -141,6 +141,18 @@ WARMUP_BARS = "warmup_bars"
 LOCKBOX_PREFIX = "holdout_"  # lockbox metrics on the parent run: holdout_<metric>/<h>
 TUNED_MODEL_ARTIFACT = "tuned_model"  # a tuned copy logged on the source run (no tune run to hold it)
 
+# -- the lockbox and the fold plan -------------------------------------------------------------------
+SPLIT_HOLDOUT = "holdout"  # metric split of the lockbox: holdout_<metric>/<h> on the parent run
+TAG_LOCKBOX_START = quantml_tag("lockbox_start")  # ISO UTC: first bar of the lockbox ("none": no lockbox)
+TAG_LOCKBOX_SOURCE = quantml_tag("lockbox_source")  # pinned | recorded:<run id> | computed | none
+TAG_FOLD_PLAN = quantml_tag("fold_plan")  # short hash of the fold plan's boundary dates
+HOLDOUT_ARTIFACT = "predictions/holdout_predictions.parquet"  # the final model's lockbox predictions
+# every development bar: symbol, timestamp, ret_next_bar (the book's PnL calendar, for tune and gates)
+MARKET_ARTIFACT = "predictions/market.parquet"
+FOLD_PLAN_ARTIFACT = "folds/fold_plan.json"  # calendar-anchored block boundaries and each fold's blocks
+# bundle metadata: the final model's capacity taken from the folds (median best iteration / epoch)
+CAPACITY = "capacity"
+
 
 def layout_version(tags: Mapping[str, str]) -> str:
     """The run's layout version; a run without the tag (quantml 0.1) is layout ``"1"``."""

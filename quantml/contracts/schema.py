@@ -48,8 +48,11 @@ EXOGENOUS_MODALITY = {
 PREDICTION_KEYS = (SYMBOL, TIMESTAMP, "horizon")
 FORECAST_FIELDS = ("expected_return", "q10", "q50", "q90", "prob_up", "vol_forecast")
 SIGNAL_FIELDS = ("score", "confidence", "action")
+# The weight the configured strategy's book targets for the (symbol, horizon) row at its bar
+# (``strategy.target_weights``: the rank book's tranche weight, the allocator's bucket weight).
+POSITION_FIELDS = ("target_weight",)
 PROVENANCE_FIELDS = ("model_name", "model_version", "schema_version", "data_version")
-PREDICTION_COLUMNS = (*PREDICTION_KEYS, *FORECAST_FIELDS, *SIGNAL_FIELDS, *PROVENANCE_FIELDS)
+PREDICTION_COLUMNS = (*PREDICTION_KEYS, *FORECAST_FIELDS, *SIGNAL_FIELDS, *POSITION_FIELDS, *PROVENANCE_FIELDS)
 
 # How a horizon's forecasts are compared and traded: across symbols at each bar, or per
 # symbol over time (quantml.evaluation.ic_mode_for picks one from the number of symbols).

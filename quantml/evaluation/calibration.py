@@ -1,4 +1,4 @@
-"""Post-hoc calibration fitted on a fold's validation slice and applied to its test part.
+"""Post-hoc calibration fitted on a fold's calibration part and applied to its test part.
 
 - ``prob_up``: temperature scaling (one temperature ``T`` per horizon minimising the
   log-loss of ``sigmoid(logit(p) / T)``, scipy) or isotonic regression (scikit-learn), or none.
@@ -9,7 +9,14 @@
   (so ``coverage_q10`` and ``coverage_q90`` are calibrated too); ``symmetric`` is the
   original CQR with one score ``max(q10 - y, y - q90)``.
 
-The :class:`Calibrator` is a plain picklable object (it travels inside the pyfunc).
+- ``q10`` / ``q50`` / ``q90`` of backbones whose quantiles are residual quantiles
+  (``expected_return + vol_forecast * z``, ridge and LightGBM by default): ``z`` is refitted
+  here, the empirical 10/50/90% quantiles of ``(ret - expected_return) / vol_forecast`` on the
+  calibration rows, before the conformal shift is measured. The model's own ``residual_z_``
+  stays the fallback (no calibrator, or a horizon with too few rows).
+
+The :class:`Calibrator` is a plain picklable object (it travels inside the pyfunc); one
+pickled before residual quantiles existed loads with none.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from quantml.evaluation.evaluate import check_prediction_frame
 METHODS = ("temperature", "isotonic", "none")
 CONFORMAL_MODES = ("asymmetric", "symmetric")
 PROB_CLIP = 1e-6
+RESIDUAL_LEVELS = (0.1, 0.5, 0.9)
+_VOL_FLOOR = 1e-8
 _LOG_T_BOUNDS = (-5.0, 5.0)  # T in [0.0067, 148]
 
 
@@ -135,6 +144,8 @@ class Calibrator:
     shift : {horizon: (lower, upper)} conformal shifts: ``q10 - lower``, ``q90 + upper``.
     n_fit : {horizon: number of validation rows used}.
     fitted : {horizon: False when too few rows (identity maps kept, with a warning)}.
+    residual_z : {horizon: (z10, z50, z90)} sorted standardised-residual quantiles; a horizon
+        listed here gets ``q = expected_return + vol_forecast * z`` before the conformal shift.
     """
 
     settings: CalibrationSettings
@@ -143,10 +154,35 @@ class Calibrator:
     shift: dict[str, tuple[float, float]] = field(default_factory=dict)
     n_fit: dict[str, int] = field(default_factory=dict)
     fitted: dict[str, bool] = field(default_factory=dict)
+    residual_z: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; a calibrator pickled before a field existed gets that field's default."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("residual_z", {})
 
     @property
     def horizons(self) -> list[str]:
         return list(self.n_fit)
+
+    def residual_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Copy of ``frame`` whose ``q10/q50/q90`` are ``expected_return + vol_forecast * z`` for
+        the horizons in ``residual_z`` (needs ``expected_return`` and ``vol_forecast`` then)."""
+        if not self.residual_z:
+            return frame
+        check_prediction_frame(frame, ("horizon", "expected_return", "vol_forecast"), "frame to calibrate")
+        out = frame.copy()
+        horizons = out["horizon"].astype(str).to_numpy()
+        er = out["expected_return"].to_numpy(np.float64)
+        vol = out["vol_forecast"].to_numpy(np.float64)
+        qs = {name: out[name].to_numpy(np.float64).copy() for name in ("q10", "q50", "q90")}
+        for h, z in self.residual_z.items():
+            rows = horizons == h
+            for name, zq in zip(("q10", "q50", "q90"), np.sort(np.asarray(z, dtype=np.float64))):
+                qs[name][rows] = er[rows] + vol[rows] * zq
+        for name, values in qs.items():
+            out[name] = values
+        return out
 
     def calibrate_prob(self, prob: np.ndarray, horizon: str) -> np.ndarray:
         prob = np.asarray(prob, dtype=np.float64)
@@ -163,8 +199,9 @@ class Calibrator:
 
         Keeps the uncalibrated probability in ``prob_up_raw`` (and recalibrates from it when
         present, so a second call does not calibrate twice), replaces ``prob_up``, shifts
-        ``q10``/``q90`` by the conformal shifts and keeps ``q10 <= q50 <= q90``. Apply it
-        once to a frame: the quantile shift is not idempotent.
+        ``q10``/``q90`` by the conformal shifts and keeps ``q10 <= q50 <= q90``; horizons with
+        residual quantiles first get their quantiles rebuilt from ``expected_return`` and
+        ``vol_forecast``. Apply it once to a frame: the quantile shift is not idempotent.
         """
         check_prediction_frame(frame, ("horizon", "prob_up", "q10", "q50", "q90"), "frame to calibrate")
         unknown = sorted(set(map(str, pd.unique(frame["horizon"]))) - set(self.n_fit))
@@ -173,7 +210,7 @@ class Calibrator:
                 f"the calibrator was fitted on horizons {self.horizons} but the frame has {unknown}; "
                 "fit it on a validation frame with the same horizons"
             )
-        out = frame.copy()
+        out = self.residual_frame(frame.copy())
         raw = (out["prob_up_raw"] if "prob_up_raw" in out.columns else out["prob_up"]).to_numpy(np.float64)
         prob = raw.copy()
         q10 = out["q10"].to_numpy(np.float64).copy()
@@ -205,24 +242,31 @@ class Calibrator:
             "shift": {h: list(v) for h, v in self.shift.items()},
             "n_fit": dict(self.n_fit),
             "fitted": dict(self.fitted),
+            "residual_z": {h: list(v) for h, v in self.residual_z.items()},
         }
 
 
-def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None) -> Calibrator:
-    """Fit a :class:`Calibrator` on validation-slice predictions, per horizon.
+def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None, *, residual_quantiles: bool = False) -> Calibrator:
+    """Fit a :class:`Calibrator` on calibration-part predictions, per horizon.
 
     ``valid_frame``: long frame with ``horizon, prob_up, q10, q50, q90, ret, dir`` (rows
-    with NaN labels are ignored). A horizon with fewer than ``calibration.min_samples``
-    labelled rows keeps identity maps and raises a ``UserWarning``.
+    with NaN labels are ignored), plus ``expected_return, vol_forecast`` when
+    ``residual_quantiles`` (the backbone's quantiles are residual quantiles: ``z`` is refitted
+    here, then the conformal shift is measured on the rebuilt quantiles). A horizon with fewer
+    than ``calibration.min_samples`` labelled rows keeps identity maps (and the model's own
+    quantiles) and raises a ``UserWarning``.
     """
     settings = CalibrationSettings.from_config(cfg_evaluation)
     check_prediction_frame(valid_frame, ("horizon", "prob_up", "q10", "q50", "q90", "ret", "dir"), "validation frame")
+    if residual_quantiles:
+        check_prediction_frame(valid_frame, ("expected_return", "vol_forecast"), "validation frame")
     cal = Calibrator(settings)
     prob_col = "prob_up_raw" if "prob_up_raw" in valid_frame.columns else "prob_up"
+    extra = ["expected_return", "vol_forecast"] if residual_quantiles else []
     for h, part in valid_frame.groupby(valid_frame["horizon"].astype(str), sort=False):
-        cols = part[[prob_col, "q10", "q90", "ret", "dir"]].to_numpy(np.float64)
+        cols = part[[prob_col, "q10", "q90", "ret", "dir", *extra]].to_numpy(np.float64)
         cols = cols[np.isfinite(cols).all(axis=1)]
-        p, q10, q90, y, d = cols.T
+        p, q10, q90, y, d = cols.T[:5]
         n = len(cols)
         cal.n_fit[h] = n
         cal.temperature[h] = 1.0
@@ -238,6 +282,11 @@ def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None) -> Calibrator
             )
             continue
         cal.fitted[h] = True
+        if residual_quantiles:
+            er, vol = cols[:, 5], np.maximum(cols[:, 6], _VOL_FLOOR)
+            z = np.sort(np.quantile((y - er) / vol, RESIDUAL_LEVELS))
+            cal.residual_z[h] = tuple(float(v) for v in z)
+            q10, q90 = er + vol * z[0], er + vol * z[2]
         two_classes = np.unique(d).size == 2
         if settings.method == "temperature" and two_classes:
             cal.temperature[h] = fit_temperature(p, d)

@@ -1,6 +1,20 @@
-"""Fit a backbone and its calibrator; forecasts in the long contract layout joined with what was realised."""
+"""Fit a backbone and its calibrator; forecasts in the long contract layout joined with what was realised.
+
+A fold's purged inner validation slice is cut in time into two disjoint parts (purged
+between them): the **early-stopping part** (the backbone's ``valid``) and the **calibration
+part** (temperature, conformal shift, residual quantiles). The fold's scored ``val_*``
+metrics are computed on the calibration part with the calibrator cross-fitted inside it, so
+neither early stopping nor calibration has seen the rows it is scored on.
+
+The final model grows the median capacity of the fold models on every development sample,
+without early stopping; its calibrator is fitted on out-of-fold predictions of models of the
+same capacity (:func:`quantml.validation.crossfit`), never on rows a model was fitted on.
+"""
 
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -8,10 +22,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from quantml.contracts import QuantmlInputError
-from quantml.evaluation.calibration import fit_calibrator
+from quantml.evaluation.calibration import Calibrator, fit_calibrator
 from quantml.experiment.prepare import REALISED, PreparedData
-from quantml.models.base import Forecaster, SampleSet
-from quantml.validation import inner_validation_split
+from quantml.models.base import Forecaster, SampleSet, median_capacity
+from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
+from quantml.validation.purging import parse_embargo, to_ns
+
+# share of the inner validation slice's timestamps (the latest ones) kept for calibration
+CALIBRATION_SHARE = 0.5
+_ROW = "_crossfit_row"
 
 
 def build_model(cfg: DictConfig, horizons: list[str]) -> Forecaster:
@@ -35,26 +54,134 @@ def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame)
     return frame
 
 
-def fit_with_calibration(cfg: DictConfig, prep: PreparedData, fit_rows: np.ndarray, valid_rows: np.ndarray):
-    """Fit a backbone on ``fit_rows``, a calibrator on its ``valid_rows`` predictions.
+def calibration_split(valid_rows, t0, t1, embargo, share: float = CALIBRATION_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Cut an inner validation slice in time into ``(early_stopping, calibration)`` rows.
 
-    Returns ``(model, calibrator or None, calibrated validation frame or None)``.
+    ``valid_rows``: int positions into ``t0``/``t1`` (datetime64[ns] [n]). The calibration part
+    holds the rows at the last ``max(1, floor(share * T))`` of the slice's ``T`` unique times;
+    the early-stopping part the earlier rows whose label ends more than ``embargo`` before the
+    calibration part starts (purged, then embargoed). Both sorted int64, disjoint.
     """
+    rows = np.unique(np.asarray(valid_rows, dtype=np.int64))
+    t0n = to_ns(t0, "t0")
+    times = np.unique(t0n[rows])
+    if len(times) < 2:
+        raise QuantmlInputError(
+            f"the inner validation slice has {len(times)} timestamp(s): an early-stopping part and a "
+            "calibration part need at least 2; raise validation.valid_fraction or use fewer splits"
+        )
+    cut = times[len(times) - max(1, int(np.floor(share * len(times) + 1e-9)))]
+    is_cal = t0n[rows] >= cut
+    cal = rows[is_cal]
+    stop = purge(rows[~is_cal], cal, t0, t1, embargo)  # labels reaching into the calibration part
+    gap = int(parse_embargo(embargo).value)  # and an embargo between the two parts
+    stop = stop[to_ns(t1, "t1")[stop] + gap < t0n[cal].min()]
+    if len(stop) == 0:
+        raise QuantmlInputError(
+            f"no early-stopping row is left in the inner validation slice ({len(times)} timestamps) once "
+            f"its labels reaching the calibration part and the embargo ({embargo}) are purged: raise "
+            "validation.valid_fraction, or use a shorter embargo or horizon"
+        )
+    return stop, cal
+
+
+@dataclass
+class FoldFit:
+    """One fold's fitted backbone and what was measured around it.
+
+    model : fitted on the fold's fit rows, early-stopped on the early-stopping part.
+    calibrator : fitted on the whole calibration part (applied to the test block); None when
+        there is no calibration part.
+    valid_frame : the calibration part's predictions, calibrated out of fold (cross-fitted),
+        for the scored ``val_*`` metrics; None without a calibration part.
+    capacity : ``model.capacity_``.
+    stop_rows, calibration_rows : the two parts (positions into ``prep.data``).
+    """
+
+    model: Forecaster
+    calibrator: Calibrator | None
+    valid_frame: pd.DataFrame | None
+    capacity: dict
+    stop_rows: np.ndarray
+    calibration_rows: np.ndarray
+
+
+def fit_fold_model(
+    cfg: DictConfig, prep: PreparedData, splitter, fit_rows: np.ndarray, valid_rows: np.ndarray
+) -> FoldFit:
+    """Fit a backbone on ``fit_rows``, early-stop it on the first part of ``valid_rows`` and
+    calibrate it on the second (see the module docstring)."""
     model = build_model(cfg, prep.data.horizons)
-    valid = prep.data.subset(valid_rows) if len(valid_rows) else None
-    model.fit(prep.data.subset(fit_rows), valid)
-    valid_frame = prediction_frame(model, valid, prep.realised) if valid is not None else None
-    calibrator = fit_calibrator(valid_frame, cfg.evaluation) if valid_frame is not None else None
-    if calibrator is not None:
-        valid_frame = calibrator.transform(valid_frame)
-    return model, calibrator, valid_frame
+    if not len(valid_rows):
+        model.fit(prep.data.subset(fit_rows), None)
+        empty = np.zeros(0, np.int64)
+        return FoldFit(model, None, None, capacity_of(model), empty, empty)
+    stop_rows, cal_rows = calibration_split(valid_rows, prep.data.t0, prep.data.t1, splitter.embargo)
+    model.fit(prep.data.subset(fit_rows), prep.data.subset(stop_rows))
+    cal_frame = prediction_frame(model, prep.data.subset(cal_rows), prep.realised)
+    residual = model.uses_residual_quantiles
+    calibrator = fit_calibrator(cal_frame, cfg.evaluation, residual_quantiles=residual)
+    valid_frame = crossfit_calibrated(cfg, prep, splitter, cal_frame, cal_rows, residual)
+    return FoldFit(model, calibrator, valid_frame, capacity_of(model), stop_rows, cal_rows)
 
 
-def fit_final(cfg: DictConfig, prep: PreparedData, splitter):
-    """The model that gets logged: fitted on every sample, calibrated on the last purged slice."""
-    positions = np.arange(len(prep.samples))
-    fit_pos, valid_pos = inner_validation_split(
-        positions, prep.data.t0[prep.samples], prep.data.t1[prep.samples], splitter.valid_fraction, splitter.embargo
+def crossfit_calibrated(
+    cfg: DictConfig, prep: PreparedData, splitter, frame: pd.DataFrame, rows: np.ndarray, residual: bool
+) -> pd.DataFrame:
+    """``frame`` (predictions of ``rows``, long horizon-major layout) calibrated out of fold: each
+    crossfit block of ``rows`` by a calibrator fitted on the other blocks (purged, embargoed).
+
+    Where ``rows`` cannot be cross-fitted (fewer timestamps than ``validation.crossfit_folds``,
+    or a block left with nothing to fit on) the frame is returned uncalibrated, with a warning:
+    still out of sample, never calibrated on itself.
+    """
+    n_h = len(prep.data.horizons)
+    frame = frame.assign(**{_ROW: np.arange(len(frame))})
+    tiled = np.tile(np.asarray(rows, dtype=np.int64), n_h)  # the panel row of each frame row
+
+    def fit_predict(fit_pos: np.ndarray, predict_pos: np.ndarray) -> pd.DataFrame:
+        with warnings.catch_warnings():  # a small block falls back to identity maps, said once below
+            warnings.simplefilter("ignore", UserWarning)
+            calibrator = fit_calibrator(frame[np.isin(tiled, fit_pos)], cfg.evaluation, residual_quantiles=residual)
+        return calibrator.transform(frame[np.isin(tiled, predict_pos)])
+
+    try:
+        out = crossfit(rows, prep.data.t0, prep.data.t1, fit_predict, splitter.crossfit_folds, splitter.embargo)
+    except QuantmlInputError as exc:
+        warnings.warn(f"val_* metrics scored uncalibrated (still out of sample): {exc}", UserWarning, stacklevel=2)
+        return frame.drop(columns=_ROW)
+    return out.sort_values(_ROW, kind="stable").drop(columns=[_ROW, CROSSFIT_BLOCK]).reset_index(drop=True)
+
+
+def capacity_of(model: Forecaster) -> dict:
+    """``model.capacity_`` as a plain dict (``{}`` for a backbone that reports none)."""
+    return dict(getattr(model, "capacity_", None) or {})
+
+
+def fit_final(
+    cfg: DictConfig, prep: PreparedData, splitter, capacities: list[dict]
+) -> tuple[Forecaster, Calibrator, dict]:
+    """The model that gets logged, and what it is calibrated with.
+
+    ``capacities``: the fold models' ``capacity_`` dicts. The model grows their
+    :func:`median_capacity` on every development sample (``prep.samples``) with no early
+    stopping. Its calibrator is fitted on out-of-fold predictions over ``prep.samples``
+    (``validation.crossfit_folds`` purged, embargoed blocks, each predicted by a model of the
+    same capacity fitted on the other blocks).
+
+    Returns ``(model, calibrator, capacity)`` (``capacity``: the dict the models grew to).
+    """
+    capacity = median_capacity(list(capacities))
+    template = build_model(cfg, prep.data.horizons)
+
+    def fit_on(rows: np.ndarray) -> Forecaster:
+        return template.with_capacity(capacity).fit(prep.data.subset(rows), None)
+
+    def fit_predict(fit_rows: np.ndarray, predict_rows: np.ndarray) -> pd.DataFrame:
+        return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised)
+
+    oof = crossfit(prep.samples, prep.data.t0, prep.data.t1, fit_predict, splitter.crossfit_folds, splitter.embargo)
+    calibrator = fit_calibrator(
+        oof.drop(columns=CROSSFIT_BLOCK), cfg.evaluation, residual_quantiles=template.uses_residual_quantiles
     )
-    splitter.check_inner_outcomes(valid_pos, prep.data.t0[prep.samples], prep.data.t1[prep.samples], "the final model")
-    return fit_with_calibration(cfg, prep, prep.samples[fit_pos], prep.samples[valid_pos])
+    return fit_on(prep.samples), calibrator, capacity

@@ -13,7 +13,7 @@ from quantml.contracts import run_layout as L
 from quantml.evaluation.drift import fold_drift
 from quantml.evaluation.evaluate import Scorer
 from quantml.experiment.callbacks import FoldCallback
-from quantml.experiment.fitting import fit_with_calibration, prediction_frame
+from quantml.experiment.fitting import fit_fold_model, prediction_frame
 from quantml.experiment.prepare import PreparedData, time_range
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import RunWriter, TrackedRun
@@ -23,13 +23,16 @@ log = logging.getLogger(__name__)
 
 def train_fold(
     cfg: DictConfig, prep: PreparedData, splitter, fold, signal: SignalConfig, run: TrackedRun
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Fit one fold on its purged training part; returns its (test, validation) prediction frames."""
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Fit one fold on its purged training part (early stopping and calibration on the two
+    disjoint parts of its inner validation slice); returns its test frame, its validation
+    frame (the calibration part, calibrated out of fold) and the model's ``capacity_``."""
     train = prep.samples[fold.train]
     test = prep.samples[fold.test]
     fit_pos, valid_pos = splitter.inner_split(fold, prep.data.t0[prep.samples], prep.data.t1[prep.samples])
     fit_rows, valid_rows = prep.samples[fit_pos], prep.samples[valid_pos]
     (tr0, tr1), (va0, va1), (te0, te1) = (time_range(prep.data, r) for r in (fit_rows, valid_rows, test))
+    fitted = fit_fold_model(cfg, prep, splitter, fit_rows, valid_rows)
     run.log_params(
         {
             L.PARAM_FOLD_ID: fold.fold_id,
@@ -41,20 +44,22 @@ def train_fold(
             L.PARAM_TEST_END: te1,
             "n_train": len(fit_rows),
             "n_valid": len(valid_rows),
+            "n_early_stopping": len(fitted.stop_rows),
+            "n_calibration": len(fitted.calibration_rows),
             "n_test": len(test),
             "n_train_before_inner_split": len(train),
         }
     )
-    model, calibrator, valid_frame = fit_with_calibration(cfg, prep, fit_rows, valid_rows)
-    test_frame = prediction_frame(model, prep.data.subset(test), prep.realised)
-    if calibrator is not None:
-        test_frame = calibrator.transform(test_frame)
+    test_frame = prediction_frame(fitted.model, prep.data.subset(test), prep.realised)
+    if fitted.calibrator is not None:
+        test_frame = fitted.calibrator.transform(test_frame)
     test_frame = compute_signals(test_frame, signal)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
+    valid_frame = fitted.valid_frame
     if valid_frame is not None:
         valid_frame = compute_signals(valid_frame, signal)
-    return test_frame, valid_frame
+    return test_frame, valid_frame, fitted.capacity
 
 
 def score_fold(
@@ -98,21 +103,23 @@ def run_folds(
     logged on ``scoring``: model fitting (LightGBM, torch) releases the GIL, so on two
     cores the quant evaluation and MLflow writes cost little wall time.
 
-    Returns the fold test frames and the fold metrics table (index ``fold``).
+    Returns the fold test frames, the fold metrics table (index ``fold``) and the fold models'
+    ``capacity_`` dicts (fold order; the final model grows their median).
     """
     bins = int(cfg.evaluation.get("psi_bins", 10))
     blocking = [c for c in callbacks if getattr(c, "blocking", False)]
     background = [c for c in callbacks if not getattr(c, "blocking", False)]
-    frames, pending = [], []
+    frames, pending, capacities = [], [], []
     for fold in folds:
         child = writer.start_fold(parent, fold.fold_id, np.asarray(fold.test_paths).tolist())
         try:
-            test_frame, valid_frame = train_fold(cfg, prep, splitter, fold, signal, child)
+            test_frame, valid_frame, capacity = train_fold(cfg, prep, splitter, fold, signal, child)
         except BaseException as exc:
             child.fail(exc)
             raise
         drift = fold_drift(frames[-1], test_frame, prep.data.horizons, bins) if frames else {}
         frames.append(test_frame)
+        capacities.append(capacity)
         future = scoring.submit(score_fold, child, test_frame, valid_frame, score, drift)
         if background:
             future.add_done_callback(
@@ -122,4 +129,4 @@ def run_folds(
         for callback in blocking:  # e.g. pruning needs this fold's score now
             callback.on_fold_end(fold.fold_id, len(folds), future.result())
     rows = [{"fold": fold.fold_id, **future.result()} for fold, future in zip(folds, pending)]
-    return frames, pd.DataFrame(rows).set_index("fold")
+    return frames, pd.DataFrame(rows).set_index("fold"), capacities

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.bundle import FeatureContract
-from quantml.contracts import REQUIRED_COLUMNS, QuantmlInputError
+from quantml.contracts import REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.contracts.config import build
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
 from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
 from quantml.models.base import PanelData
+from quantml.validation.lockbox import Lockbox, calendar_of, split_development
 
 # per horizon, from quantml.labels.Labels; t1 = the label end (datetime64, naive UTC here)
 REALISED = ("ret", "ret_after_cost", "dir", "vol", "t1")
@@ -27,13 +28,41 @@ class PreparedData:
 
     panel: pd.DataFrame
     data: PanelData
-    samples: np.ndarray  # positions (into data) of usable samples, in time order
+    samples: np.ndarray  # positions (into data) of development samples, in time order
     realised: pd.DataFrame  # per row: ret/ret_after_cost/dir/vol/t1 per horizon + ret_next_bar
     contract: FeatureContract
     fingerprint: str
     bar: pd.Timedelta
     periods_per_year: float
     skipped_blocks: dict
+    # the lockbox's samples (positions into data, time order); empty until reserve_lockbox
+    holdout_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lockbox: Lockbox = field(default_factory=lambda: Lockbox(None, "none"))
+
+    @property
+    def calendar(self) -> np.ndarray:
+        """The development bar times (sorted unique int64 ns): every bar of the panel before
+        the lockbox. Fold plans are cut from it, so they depend on the data alone."""
+        cal = calendar_of(self.panel[TIMESTAMP])
+        if self.lockbox.start is None:
+            return cal
+        return cal[cal < self.lockbox.start.tz_convert("UTC").tz_localize(None).value]
+
+    def market(self, part: str = "development") -> pd.DataFrame:
+        """Every bar of the panel (``symbol, timestamp, ret_next_bar``) of the ``development``
+        period (before the lockbox) or of the ``holdout`` (the lockbox): the calendar a book's
+        PnL runs over, bars without a forecast included."""
+        frame = pd.DataFrame(
+            {
+                SYMBOL: self.panel[SYMBOL].to_numpy(),
+                TIMESTAMP: self.panel[TIMESTAMP].to_numpy(),
+                "ret_next_bar": self.realised["ret_next_bar"].to_numpy(),
+            }
+        )
+        if self.lockbox.start is None:
+            return frame if part == "development" else frame.iloc[:0]
+        inside = (frame[TIMESTAMP] >= self.lockbox.start).to_numpy()
+        return frame[~inside if part == "development" else inside].reset_index(drop=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,6 +117,19 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         periods_per_year=float(cfg.data.get("periods_per_year") or periods_per_year(panel)),
         skipped_blocks=dict(features.skipped),
     )
+
+
+def reserve_lockbox(prep: PreparedData, lockbox: Lockbox, embargo: pd.Timedelta) -> PreparedData:
+    """``prep`` with its samples cut at the lockbox: development samples (labels end more than
+    ``embargo`` before the lockbox's first bar) stay ``samples``; samples from the first bar on
+    become ``holdout_samples``; the ones in between are purged."""
+    dev, box = split_development(prep.data.t0[prep.samples], prep.data.t1[prep.samples], lockbox.start, embargo)
+    if lockbox.enabled and not dev.any():
+        raise QuantmlInputError(
+            f"the lockbox from {lockbox.start} leaves no development samples: use a smaller validation.holdout, "
+            "an earlier validation.holdout_start, or more data"
+        )
+    return replace(prep, samples=prep.samples[dev], holdout_samples=prep.samples[box], lockbox=lockbox)
 
 
 def time_range(data: PanelData, rows: np.ndarray) -> tuple[str, str]:

@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.bundle import ModelBundle, warmup_bars
-from quantml.contracts import SYMBOL, TIMESTAMP
+from quantml.contracts import SYMBOL
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
 from quantml.evaluation import best_monitor, ic_mode_for
@@ -21,7 +21,8 @@ from quantml.experiment.artifacts import stage_artifacts
 from quantml.experiment.callbacks import FoldCallback
 from quantml.experiment.fitting import fit_final
 from quantml.experiment.folds import run_folds
-from quantml.experiment.prepare import PreparedData, prepare_data, seed_everything
+from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_holdout, resolve_lockbox
+from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
 from quantml.portfolio.strategy import build_strategy
 from quantml.tracking import RunWriter, TrackedRun, flatten_config
 from quantml.tracking.pyfunc import log_bundle
@@ -49,6 +50,7 @@ class ExperimentResult:
     metrics: dict[str, float]
     model_uri: str | None = None
     report: object | None = None
+    holdout: pd.DataFrame | None = None  # the final model's lockbox predictions
 
 
 RUN_NAME_MAX = 40
@@ -163,14 +165,10 @@ def _run_in_parent(
     strategy = build_strategy(cfg.get("strategy"), signal)
     n_symbols = int(prep.panel[SYMBOL].nunique())
     ic_mode = ic_mode_for(n_symbols)
-    # every bar of the panel: the backtest's PnL runs over the full bar calendar, not only forecast rows
-    market = pd.DataFrame(
-        {
-            SYMBOL: prep.panel[SYMBOL].to_numpy(),
-            TIMESTAMP: prep.panel[TIMESTAMP].to_numpy(),
-            "ret_next_bar": prep.realised["ret_next_bar"].to_numpy(),
-        }
-    )
+    splitter = make_splitter(cfg.validation)
+    prep = reserve_lockbox(prep, resolve_lockbox(cfg.validation, prep, writer), splitter.embargo)
+    # every development bar: the backtest's PnL runs over the full bar calendar, not only forecast rows
+    market = prep.market("development")
     score = Scorer(prep.periods_per_year, costs, ic_mode, evaluation_options(cfg.evaluation), strategy, market)
     parent.set_tags(
         {
@@ -181,11 +179,14 @@ def _run_in_parent(
             L.TAG_N_SYMBOLS: n_symbols,
             L.TAG_N_FEATURES: len(prep.contract.feature_names),
             L.TAG_TRADABLE: str(_tradable(cfg)).lower(),
+            L.TAG_LOCKBOX_START: prep.lockbox.tag(),
+            L.TAG_LOCKBOX_SOURCE: prep.lockbox.source,
         }
     )
     derived = {
         "periods_per_year": prep.periods_per_year,
         "n_samples": len(prep.samples),
+        "n_holdout_samples": len(prep.holdout_samples),
         "skipped_blocks": ",".join(prep.skipped_blocks) or "none",
         "bar": str(prep.bar),
     }
@@ -193,9 +194,14 @@ def _run_in_parent(
     # also as params, for the UI's columns and comparisons (readers use derived.json)
     parent.log_params({f"{L.DERIVED_PARAM_PREFIX}{k}": v for k, v in derived.items() if k != "bar"})
 
-    splitter = make_splitter(cfg.validation)
     t0s, t1s = prep.data.t0[prep.samples], prep.data.t1[prep.samples]
-    folds = splitter.split(t0s, t1s)
+    calendar = prep.calendar
+    folds = splitter.split(t0s, t1s, calendar=calendar)
+    plan = splitter.fold_plan(calendar)
+    plan["lockbox_start"] = prep.lockbox.tag()
+    parent.log_dict(plan, L.FOLD_PLAN_ARTIFACT)
+    parent.set_tags({L.TAG_FOLD_PLAN: plan["hash"]})
+    _log_market(parent, market)
     audit = audit_folds(
         prep.data.keys.iloc[prep.samples].reset_index(drop=True),
         t0s,
@@ -204,16 +210,18 @@ def _run_in_parent(
         splitter.embargo,
         valid_fraction=splitter.valid_fraction,
     )
+    audit["checks"]["lockbox"] = lockbox_check(prep, splitter.embargo)
+    audit["clean"] = bool(audit["clean"] and audit["checks"]["lockbox"]["ok"])
     parent.log_dict(audit, L.AUDIT_ARTIFACT)
     parent.set_tags({L.TAG_LEAKAGE_AUDIT: "clean" if audit["clean"] else "violations", L.TAG_N_FOLDS: len(folds)})
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantml-scoring") as scoring:
-        fold_frames, fold_metrics = run_folds(
+        fold_frames, fold_metrics, capacities = run_folds(
             cfg, writer, parent, prep, splitter, folds, signal, score, scoring, callbacks
         )
         oos = pd.concat(fold_frames, ignore_index=True)
         summary_job = scoring.submit(_summarise, oos, fold_metrics, score, _tradable(cfg))
-        final_model, calibrator, _ = fit_final(cfg, prep, splitter)
+        final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
         model_uri = None
         if cfg.tracking.get("log_model", True):  # while the report is still being built
             bundle = ModelBundle(
@@ -225,11 +233,18 @@ def _run_in_parent(
                 metadata={
                     "bar": str(prep.bar),
                     "periods_per_year": prep.periods_per_year,
+                    "ic_mode": ic_mode,
                     L.WARMUP_BARS: warmup_bars(prep.data),
+                    L.CAPACITY: capacity,
                 },
+                strategy=OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.get("strategy") else None,
             )
             model_uri = log_bundle(bundle, parent.run_id)
+        holdout = predict_holdout(final_model, calibrator, prep, signal)
+        holdout_job = None if holdout is None else scoring.submit(holdout_scorer(score, prep), holdout, L.SPLIT_HOLDOUT)
         metrics, report = summary_job.result()
+        if holdout_job is not None:  # logged for the record; nothing that chooses reads them
+            metrics.update(holdout_job.result())
 
     metrics.update(aggregate_fold_metrics(fold_metrics))
     monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)
@@ -240,6 +255,9 @@ def _run_in_parent(
     parent.set_description(run_description(header, report.summary))
     with tempfile.TemporaryDirectory() as tmp:
         stage_artifacts(Path(tmp), oos, fold_metrics, report, final_model)
+        if holdout is not None:
+            (Path(tmp) / L.HOLDOUT_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
+            holdout.to_parquet(Path(tmp) / L.HOLDOUT_ARTIFACT, index=False)
         parent.log_artifacts(tmp)
     if output_dir is not None:  # a local copy of the report beside Hydra's outputs
         report.write(output_dir / "report")
@@ -247,9 +265,34 @@ def _run_in_parent(
     if cfg.get("print_report", True):
         print(f"\n{header}")
         print(report.summary)
+        print(lockbox_line(prep))
         print(f"\nMLflow: experiment '{cfg.tracking.experiment}', parent run {parent.run_id}")
         print(_ui_command(resolve_tracking_uri(cfg.tracking.get("uri")), parent.experiment_id))
-    return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report)
+    return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report, holdout)
+
+
+def lockbox_line(prep: PreparedData) -> str:
+    """What the run printed about its lockbox: where it starts, how much it holds, and that
+    its figures are logged but not shown (commands that show them count each read)."""
+    box = prep.lockbox
+    if not box.enabled:
+        return "Lockbox: none (validation.holdout=0): every figure above was also available to choose with"
+    where = {"pinned": "pinned by validation.holdout_start", "computed": "computed and recorded by this run"}.get(
+        box.source, f"recorded by run {box.source.partition(':')[2][:12]}"
+    )
+    return (
+        f"Lockbox: from {box.start:%Y-%m-%d %H:%M} UTC ({where}), {len(prep.holdout_samples)} samples; its "
+        f"{L.LOCKBOX_PREFIX}* figures are logged, not shown (each command that shows them counts a read)"
+    )
+
+
+def _log_market(parent: TrackedRun, market: pd.DataFrame) -> None:
+    """Every development bar (``symbol, timestamp, ret_next_bar``) as :data:`MARKET_ARTIFACT`:
+    tuning and the gates rebuild the book on the same calendar the folds were scored on."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(L.MARKET_ARTIFACT).name
+        market.to_parquet(path, index=False)
+        parent.log_artifact(str(path), str(Path(L.MARKET_ARTIFACT).parent))
 
 
 def run_description(header: str, table: str, limit: int = 7900) -> str:

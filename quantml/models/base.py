@@ -5,7 +5,10 @@ Shapes: ``n`` rows of the panel, ``F`` features, ``H`` horizons.
 
 from __future__ import annotations
 
+import copy
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -184,21 +187,57 @@ class Forecast:
 
 
 class Forecaster(ABC):
-    """A backbone. Subclasses take ``horizons`` and ``seed`` plus their own hyper-parameters."""
+    """A backbone. Subclasses take ``horizons`` and ``seed`` plus their own hyper-parameters.
+
+    Capacity
+    --------
+    After :meth:`fit`, ``capacity_`` is a JSON-able ``{name: int}`` of how much the model grew
+    (LightGBM: trees per head and horizon, ``{"return/1d": 37, ...}``; sequence models:
+    ``{"epochs": 12}``; ridge: ``{}``). :meth:`with_capacity` gives an unfitted copy that
+    trains to a given capacity without early stopping (the final model takes the median
+    capacity of the fold models, see :func:`median_capacity`).
+
+    Fitted attributes end with ``_`` (the scikit-learn convention); hyper-parameters do not.
+    """
 
     def __init__(self, horizons: list[str], seed: int = 0) -> None:
         if not horizons:
             raise QuantmlInputError("a backbone needs at least one horizon; set horizon=1d (or another)")
         self.horizons = list(horizons)
         self.seed = int(seed)
+        self.fixed_capacity: dict[str, int] | None = None  # set by with_capacity
 
     @abstractmethod
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> Forecaster:
-        """Fit on ``train``; ``valid`` (purged, earlier than test) is for early stopping only."""
+        """Fit on ``train``; ``valid`` (purged, earlier than test) is for early stopping only.
+
+        Sets ``capacity_``. With a fixed capacity (:meth:`with_capacity`) there is no early
+        stopping: ``valid`` may still serve out-of-sample statistics (residual quantiles)."""
+
+    def unfitted(self) -> Forecaster:
+        """A deep copy holding the hyper-parameters only (every attribute ending in ``_`` dropped)."""
+        clone = copy.copy(self)
+        clone.__dict__ = copy.deepcopy({k: v for k, v in self.__dict__.items() if not k.endswith("_")})
+        return clone
+
+    def with_capacity(self, capacity: Mapping[str, int] | None) -> Forecaster:
+        """An unfitted copy that trains to ``capacity`` (a ``capacity_`` dict) with no early stopping.
+
+        ``None`` gives a plain unfitted copy (early stopping as configured). Backbones without
+        a capacity ignore the values (the default)."""
+        clone = self.unfitted()
+        clone.fixed_capacity = None if capacity is None else check_capacity(capacity)
+        return clone
 
     @abstractmethod
     def predict(self, data: SampleSet) -> Forecast:
         """Forecast every row of ``data`` (rows need no labels)."""
+
+    @property
+    def uses_residual_quantiles(self) -> bool:
+        """True when P10/P50/P90 are ``expected_return + vol_forecast * z`` with residual quantiles
+        ``z`` (a calibrator may then refit ``z``); False for learned quantile heads."""
+        return False
 
     def feature_importance(self) -> pd.Series | None:
         """Importance per feature name, or None when the backbone has none."""
@@ -216,3 +255,34 @@ def residual_quantiles(expected: np.ndarray, vol: np.ndarray, z: np.ndarray) -> 
     """
     z = np.sort(np.asarray(z, dtype=np.float64), axis=0)
     return tuple(expected + vol * z[i] for i in range(3))
+
+
+def check_capacity(capacity: Mapping[str, int], where: str = "capacity") -> dict[str, int]:
+    """``capacity`` as a plain ``{str: int >= 1}`` dict, or a :class:`QuantmlInputError` naming the bad entry."""
+    if not isinstance(capacity, Mapping):
+        raise QuantmlInputError(f"{where} must be a mapping such as {{'return/1d': 37}}, got {type(capacity).__name__}")
+    out = {}
+    for key, value in capacity.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise QuantmlInputError(f"{where}[{key!r}]={value!r} must be an integer >= 1 (trees, epochs, ...)")
+        out[str(key)] = int(value)
+    return out
+
+
+def median_capacity(capacities: list[Mapping[str, int]]) -> dict[str, int]:
+    """Per key, the median of the values of the dicts that hold it, rounded half up, at least 1.
+
+    ``[{"return/1d": 3, "vol/1d": 80}, {"return/1d": 8}]`` -> ``{"return/1d": 6, "vol/1d": 80}``
+    (keys in first-seen order); ``[]`` or only empty dicts -> ``{}``.
+    """
+    values: dict[str, list[float]] = {}
+    for i, cap in enumerate(capacities):
+        if not isinstance(cap, Mapping):
+            raise QuantmlInputError(f"capacities[{i}] must be a capacity_ dict, got {type(cap).__name__}")
+        for key, value in cap.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise QuantmlInputError(f"capacities[{i}][{key!r}]={value!r} is not a number")
+            if not math.isfinite(float(value)):
+                raise QuantmlInputError(f"capacities[{i}][{key!r}]={value!r} is not finite")
+            values.setdefault(str(key), []).append(float(value))
+    return {key: max(1, int(math.floor(float(np.median(v)) + 0.5))) for key, v in values.items()}

@@ -1,4 +1,4 @@
-"""LightGBM heads with early stopping on the purged validation slice."""
+"""LightGBM heads with early stopping on the purged validation slice, or a fixed number of trees."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class LightGBMForecaster(TabularForecaster):
         return X
 
     def _fit_kwargs(self, Xv, yv) -> dict:
-        if Xv is None or yv is None or not self.early_stopping_rounds:
+        if Xv is None or yv is None or not self.early_stopping_rounds or self._fixed() is not None:
             return {}
         return {
             "eval_X": (Xv,),
@@ -71,17 +71,29 @@ class LightGBMForecaster(TabularForecaster):
             "callbacks": [lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         }
 
-    def _fit_regressor(self, X, y, Xv, yv, **extra):
-        model = lgb.LGBMRegressor(**self.params, **extra)
+    def _fixed(self) -> dict[str, int] | None:
+        return getattr(self, "fixed_capacity", None)
+
+    def _trees(self, key: str) -> dict:
+        """``n_estimators`` of head ``key``: the fixed capacity's when set (else the configured one)."""
+        fixed = self._fixed()
+        return {} if fixed is None or key not in fixed else {"n_estimators": int(fixed[key])}
+
+    def _fit_regressor(self, X, y, Xv, yv, key: str, **extra):
+        model = lgb.LGBMRegressor(**{**self.params, **self._trees(key)}, **extra)
         return model.fit(X, y, **self._fit_kwargs(Xv, yv))
 
-    def _fit_classifier(self, X, y, Xv, yv):
-        model = lgb.LGBMClassifier(**self.params)
+    def _fit_classifier(self, X, y, Xv, yv, key: str):
+        model = lgb.LGBMClassifier(**{**self.params, **self._trees(key)})
         if yv is not None and len(np.unique(yv)) < 2:
             yv = None
         return model.fit(X, y, **self._fit_kwargs(Xv, yv))
 
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> LightGBMForecaster:
+        """Fit every head; with ``valid`` each early-stops on it, unless a fixed capacity is set
+        (:meth:`with_capacity`): then head ``key`` grows ``capacity[key]`` trees (a head missing
+        from the capacity grows ``n_estimators``) and ``valid`` only measures the residual quantiles."""
+        self.__dict__.pop("quantile_models_", None)  # a refit must not read the last fit's heads
         super().fit(train, valid)
         if self.quantiles == "native":
             has_valid = valid is not None and len(valid)
@@ -92,14 +104,35 @@ class LightGBMForecaster(TabularForecaster):
                         np.nan_to_num(train.y_ret[:, j]),
                         valid.X if has_valid else None,
                         np.nan_to_num(valid.y_ret[:, j]) if has_valid else None,
+                        key=f"q{round(100 * a)}/{h}",
                         objective="quantile",
                         alpha=a,
                     )
                     for a in QUANTILE_LEVELS
                 ]
-                for j in range(len(self.horizons))
+                for j, h in enumerate(self.horizons)
             ]
+            self.capacity_ = self._capacity()
         return self
+
+    @property
+    def uses_residual_quantiles(self) -> bool:
+        return self.quantiles == "residual"
+
+    def _capacity(self) -> dict[str, int]:
+        """Trees per head and horizon: the best iteration where a head early-stopped, else the
+        trees it grew (a constant one-class direction head has no entry)."""
+        quantile_models = getattr(self, "quantile_models_", None)
+        named = []
+        for j, h in enumerate(self.horizons):
+            named += [
+                (f"return/{h}", self.return_models_[j]),
+                (f"direction/{h}", self.direction_models_[j]),
+                (f"vol/{h}", self.vol_models_[j]),
+            ]
+            if quantile_models is not None:
+                named += [(f"q{round(100 * a)}/{h}", m) for a, m in zip(QUANTILE_LEVELS, quantile_models[j])]
+        return {key: _trees_used(m) for key, m in named if hasattr(m, "booster_")}
 
     def _forecast(self, X: np.ndarray) -> Forecast:
         fc = super()._forecast(X)
@@ -114,3 +147,11 @@ class LightGBMForecaster(TabularForecaster):
             [m.booster_.feature_importance("gain") for m in self.return_models_ if hasattr(m, "booster_")], axis=0
         )
         return importance_series(self.feature_names_, gains)
+
+
+def _trees_used(model) -> int:
+    """The best iteration of an early-stopped LightGBM model, else the number of trees it grew."""
+    best = getattr(model, "best_iteration_", None)
+    if best:
+        return int(best)
+    return max(1, int(model.booster_.current_iteration()))

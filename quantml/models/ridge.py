@@ -30,10 +30,10 @@ class RidgeForecaster(TabularForecaster):
             return self.scaler_.fit_transform(X)
         return self.scaler_.transform(X)
 
-    def _fit_regressor(self, X, y, Xv, yv):
+    def _fit_regressor(self, X, y, Xv, yv, key: str):
         return Ridge(alpha=self.alpha).fit(X, y)
 
-    def _fit_classifier(self, X, y, Xv, yv):
+    def _fit_classifier(self, X, y, Xv, yv, key: str):
         return LogisticRegression(C=1.0 / self.alpha, max_iter=500).fit(X, y)
 
     def feature_importance(self) -> pd.Series | None:

@@ -3,7 +3,9 @@
 Heads per horizon: expected return (regression on the forward return), direction
 (classifier on 1[ret > 0]), volatility (regression on log realised vol), and
 P10/P50/P90 from the empirical quantiles of the vol-standardised residuals, measured
-on the validation slice when there is one (out-of-sample residuals), else on train.
+on the validation slice when there is one (out-of-sample residuals), else on train. In the
+pipeline the calibrator refits those quantiles on a disjoint calibration part
+(:class:`quantml.evaluation.calibration.Calibrator`); ``residual_z_`` is the fallback.
 """
 
 from __future__ import annotations
@@ -27,15 +29,25 @@ class TabularForecaster(Forecaster):
         if valid is not None and len(valid):
             Xv = self._prepare(valid.X)
         self.return_models_, self.direction_models_, self.vol_models_ = [], [], []
-        for j in range(len(self.horizons)):
+        for j, h in enumerate(self.horizons):
             y_ret, y_dir, y_logvol = _targets(train, j)
             v = _targets(valid, j) if Xv is not None else None
-            self.return_models_.append(self._fit_regressor(X, y_ret, Xv, v and v[0]))
-            self.direction_models_.append(self._fit_direction(X, y_dir, Xv, v and v[1]))
-            self.vol_models_.append(self._fit_regressor(X, y_logvol, Xv, v and v[2]))
+            self.return_models_.append(self._fit_regressor(X, y_ret, Xv, v and v[0], key=f"return/{h}"))
+            self.direction_models_.append(self._fit_direction(X, y_dir, Xv, v and v[1], key=f"direction/{h}"))
+            self.vol_models_.append(self._fit_regressor(X, y_logvol, Xv, v and v[2], key=f"vol/{h}"))
         self.residual_z_ = self._residual_z(valid if Xv is not None else train)
         self.feature_names_ = list(train.data.feature_names)
+        self.capacity_ = self._capacity()
         return self
+
+    @property
+    def uses_residual_quantiles(self) -> bool:
+        """P10/P50/P90 come from the vol-standardised residual quantiles ``residual_z_``."""
+        return True
+
+    def _capacity(self) -> dict[str, int]:
+        """``capacity_`` after fit: ``{}`` (a backbone with iterations overrides it)."""
+        return {}
 
     def predict(self, data: SampleSet) -> Forecast:
         X = self._prepare(data.X)
@@ -61,23 +73,23 @@ class TabularForecaster(Forecaster):
             z[:, j] = np.quantile(r, QUANTILE_LEVELS) if len(r) else (-1.2816, 0.0, 1.2816)
         return z
 
-    def _fit_direction(self, X, y, Xv, yv):
+    def _fit_direction(self, X, y, Xv, yv, key: str):
         classes = np.unique(y)
         if len(classes) < 2:  # one-sided training fold: a constant probability is all we can say
             return _ConstantProbability(float(classes[0]) if len(classes) else 0.5)
-        return self._fit_classifier(X, y, Xv, yv)
+        return self._fit_classifier(X, y, Xv, yv, key=key)
 
     @abstractmethod
     def _prepare(self, X: np.ndarray, fit: bool = False) -> np.ndarray:
         """Turn raw features [n, F] into model inputs; ``fit`` learns any statistics."""
 
     @abstractmethod
-    def _fit_regressor(self, X, y, Xv, yv):
-        """A fitted regressor with ``predict``."""
+    def _fit_regressor(self, X, y, Xv, yv, key: str):
+        """A fitted regressor with ``predict``; ``key`` names the head in ``capacity_`` (``"return/1d"``)."""
 
     @abstractmethod
-    def _fit_classifier(self, X, y, Xv, yv):
-        """A fitted binary classifier with ``predict_proba``."""
+    def _fit_classifier(self, X, y, Xv, yv, key: str):
+        """A fitted binary classifier with ``predict_proba``; ``key`` as for :meth:`_fit_regressor`."""
 
 
 class _ConstantProbability:

@@ -9,6 +9,7 @@ from quantml.portfolio.strategy import (
     RankLongShort,
     SignalPanel,
     build_strategy,
+    market_returns,
     strategy_positions,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "allocate_panel",
     "build_strategy",
     "deduplicate",
+    "market_returns",
     "strategy_positions",
     "trailing_covariance",
 ]

@@ -11,6 +11,13 @@ Two strategies, each the ``_target_`` of a ``strategy`` config (``conf/strategy/
   forecast row held from its bar to its own label end ``t1`` (overlapping portfolios);
 - :class:`AllocatorStrategy` (``strategy=allocator``): thresholds -> allocator over every
   horizon bucket (:class:`SignalPanel`, :func:`strategy_positions`).
+
+Each strategy's ``target_weights(frame, market, periods_per_year) -> [len(frame)]`` is the
+weight its book opens for each (symbol, horizon) row at the row's bar, computed by the same
+code :meth:`book` reads (:meth:`RankLongShort.tranche_weights`,
+:meth:`AllocatorStrategy.allocation`): the backtest, the tuning and serving (the prediction
+contract's ``target_weight``) cannot disagree. ``min_history()`` says how many bars per symbol
+a served panel needs for its last bar's weight to be the backtest's.
 """
 
 from __future__ import annotations
@@ -51,16 +58,27 @@ class SignalPanel:
 
     @classmethod
     def from_frame(
-        cls, frame: pd.DataFrame, horizons: list[str] | None = None, volume_column: str | None = None
+        cls,
+        frame: pd.DataFrame,
+        horizons: list[str] | None = None,
+        volume_column: str | None = None,
+        market: pd.DataFrame | None = None,
     ) -> SignalPanel:
         """Build from a long frame with one row per (symbol, timestamp, horizon).
 
         ``horizons`` fixes the bucket order (default: order of first appearance).
         ``volume_column`` (optional) names a per-bar traded-notional column.
+        ``market`` (optional): every bar of the panel (``symbol, timestamp, ret_next_bar``, see
+        :func:`market_returns`); the panel's bars are then the union of the frame's and the
+        market's (bars without a forecast are NaN, i.e. flat) and ``next_return`` comes from the
+        market (the frame's own ``ret_next_bar``, if any, fills what the market lacks), so the
+        trailing covariance sees the history before the first forecast; the frame itself then
+        needs no ``ret_next_bar`` (a served prediction frame has none).
         """
+        required = PANEL_COLUMNS if market is None else tuple(c for c in PANEL_COLUMNS if c != "ret_next_bar")
         require_columns(
             frame,
-            PANEL_COLUMNS,
+            required,
             "prediction frame",
             "it must follow the oos_predictions.parquet contract (symbol, timestamp, horizon, "
             "score, confidence, vol_forecast, ret_next_bar, ...)",
@@ -92,6 +110,9 @@ class SignalPanel:
             raise QuantmlInputError(f"horizon(s) {unknown} are in the frame but not in horizons={horizons}")
         timestamps = pd.DatetimeIndex(np.sort(ts.unique()))
         symbols = sorted(frame[SYMBOL].astype(str).unique())
+        if market is not None:
+            market = _market_of(market, symbols)
+            timestamps = timestamps.union(pd.DatetimeIndex(market[TIMESTAMP].unique()))
         t_idx = timestamps.get_indexer(ts)
         n_idx = pd.Index(symbols).get_indexer(frame[SYMBOL].astype(str))
         h_idx = pd.Index(horizons).get_indexer(frame["horizon"])
@@ -107,6 +128,13 @@ class SignalPanel:
             out[t_idx, n_idx] = frame[col].to_numpy(dtype=np.float64)
             return out
 
+        log_next = plane("ret_next_bar") if "ret_next_bar" in frame.columns else np.full((T, N), np.nan)
+        if market is not None:
+            m_t = timestamps.get_indexer(market[TIMESTAMP])
+            m_n = pd.Index(symbols).get_indexer(market[SYMBOL].astype(str))
+            from_market = np.full((T, N), np.nan)
+            from_market[m_t, m_n] = market["ret_next_bar"].to_numpy(dtype=np.float64)
+            log_next = np.where(np.isfinite(from_market), from_market, log_next)
         return cls(
             timestamps,
             symbols,
@@ -114,7 +142,7 @@ class SignalPanel:
             cube("score"),
             cube("confidence"),
             cube("vol_forecast"),
-            np.expm1(plane("ret_next_bar")),
+            np.expm1(log_next),
             None if volume_column is None else plane(volume_column),
         )
 
@@ -258,6 +286,33 @@ def _utc(values) -> pd.DatetimeIndex:
     return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
 
 
+def market_returns(panel: pd.DataFrame) -> pd.DataFrame:
+    """The market frame of a raw panel: ``symbol, timestamp, ret_next_bar`` ``[rows of panel]``.
+
+    ``ret_next_bar`` is the log return from a bar's close to the next close of the same symbol
+    (NaN at each symbol's last bar), as :func:`quantml.labels.make_labels` defines it; at bar
+    ``t`` only the rows before ``t`` are realised, and that is all the trailing covariance reads.
+    """
+    require_columns(panel, (SYMBOL, TIMESTAMP, "close"), "panel", "pass a raw panel (timestamp, symbol, OHLCV)")
+    frame = pd.DataFrame(
+        {SYMBOL: panel[SYMBOL].to_numpy(), TIMESTAMP: _utc(panel[TIMESTAMP]), "close": panel["close"].to_numpy()}
+    ).sort_values([SYMBOL, TIMESTAMP], kind="stable")
+    log_close = np.log(frame["close"].to_numpy(dtype=np.float64))
+    nxt = frame.groupby(SYMBOL, sort=False)["close"].shift(-1).to_numpy(dtype=np.float64)
+    frame["ret_next_bar"] = np.log(nxt) - log_close
+    return frame.drop(columns="close").reset_index(drop=True)
+
+
+def _market_of(market: pd.DataFrame, symbols: list[str]) -> pd.DataFrame:
+    """``market``'s rows of ``symbols`` with UTC timestamps, one per (timestamp, symbol)."""
+    require_columns(
+        market, MARKET_COLUMNS, "market frame", "pass every bar of the panel (symbol, timestamp, ret_next_bar)"
+    )
+    m = market[market[SYMBOL].astype(str).isin(symbols)]
+    m = m.assign(**{TIMESTAMP: _utc(m[TIMESTAMP]), SYMBOL: m[SYMBOL].astype(str)})
+    return m.drop_duplicates([TIMESTAMP, SYMBOL])
+
+
 def book_calendar(frame: pd.DataFrame, market: pd.DataFrame | None) -> pd.DatetimeIndex:
     """The bars a forecast book runs over.
 
@@ -340,42 +395,87 @@ class RankLongShort:
             return replace(self, mode=ic_mode)
         return self
 
+    def min_history(self) -> tuple[int, str]:
+        """Bars per symbol a served panel must hold for its last bar's :meth:`target_weights` to
+        be the backtest's (1: the weights read only that bar's forecasts), and why."""
+        return 1, ""
+
+    def _check_bound(self) -> None:
+        if self.mode == "auto":
+            raise QuantmlInputError(
+                "strategy.mode=auto is resolved from the run's IC mode: call "
+                "strategy.bind(ic_mode=...) or set strategy.mode=cross_sectional|time_series"
+            )
+
+    def tranche_weights(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The weight of the tranche each forecast row opens: ``[T, N]`` (index: the frame's bars,
+        UTC; columns: its symbols) from ONE horizon's ``expected_return`` (:func:`forecast_weights`
+        in this strategy's mode). The book holds ``1/k`` of it on each of the ``k`` bars of the
+        row's span; :meth:`book` and :meth:`target_weights` both read it."""
+        self._check_bound()
+        er = _pivot(frame, "expected_return")
+        er.index = _utc(er.index)
+        return forecast_weights(er, self.mode)
+
+    def target_weights(
+        self, frame: pd.DataFrame, market: pd.DataFrame | None = None, periods_per_year: float | None = None
+    ) -> np.ndarray:
+        """Target weight of every row of ``frame`` ``[len(frame)]``: the weight of the tranche the
+        book opens for that (symbol, horizon) row at its bar (:meth:`tranche_weights`, one
+        horizon at a time; 0 where the row has no forecast). ``frame``: ``symbol, timestamp,
+        expected_return`` [+ ``horizon``]; ``market`` and ``periods_per_year`` are not used (the
+        weights read only each bar's forecasts)."""
+        self._check_bound()
+        require_columns(
+            frame,
+            (SYMBOL, TIMESTAMP, "expected_return"),
+            "prediction frame",
+            "pass a prediction frame (see quantml.contracts.PREDICTION_COLUMNS)",
+        )
+        out = np.zeros(len(frame))
+        groups = frame["horizon"].to_numpy() if "horizon" in frame.columns else np.zeros(len(frame))
+        for rows in pd.Series(np.arange(len(frame))).groupby(groups, sort=False).indices.values():
+            part = frame.iloc[rows]
+            w = self.tranche_weights(part)
+            t = w.index.get_indexer(_utc(part[TIMESTAMP]))
+            n = w.columns.get_indexer(part[SYMBOL])
+            out[rows] = w.to_numpy(dtype=np.float64)[t, n]
+        return out
+
     def book(
         self, frame: pd.DataFrame, periods_per_year: float | None = None, market: pd.DataFrame | None = None
     ) -> Book:
         """``frame``: ONE horizon (and path) of a prediction frame with ``symbol, timestamp,
         expected_return, ret_next_bar`` (log; turned into a simple return with ``expm1``)
         [+ ``t1``, each row's label end]. ``market``: every bar of the panel (``symbol,
-        timestamp, ret_next_bar``) for the full calendar (:func:`book_calendar`), or None."""
-        if self.mode == "auto":
-            raise QuantmlInputError(
-                "strategy.mode=auto is resolved from the run's IC mode: call "
-                "strategy.bind(ic_mode=...) or set strategy.mode=cross_sectional|time_series"
-            )
+        timestamp, ret_next_bar``) for the full calendar (:func:`book_calendar`), or None; with
+        it the frame's own ``ret_next_bar`` is optional (a served frame has none)."""
+        self._check_bound()
         require_columns(
             frame,
-            RANK_COLUMNS,
+            RANK_COLUMNS if market is None else tuple(c for c in RANK_COLUMNS if c != "ret_next_bar"),
             "prediction frame",
             "pass one horizon of a prediction frame (see quantml.contracts.PREDICTION_COLUMNS)",
         )
-        er = _pivot(frame, "expected_return")
-        er.index = _utc(er.index)
-        weights = forecast_weights(er, self.mode)
+        weights = self.tranche_weights(frame)
         symbols = list(weights.columns)
-        if er.empty:
+        if weights.empty:
             empty = np.zeros((0, len(symbols)))
-            return Book(empty, empty.copy(), er.index, symbols)
+            return Book(empty, empty.copy(), weights.index, symbols)
         calendar = book_calendar(frame, market)
-        simple = np.expm1(_pivot(frame, "ret_next_bar"))
-        simple.index = _utc(simple.index)
-        simple = simple.reindex(index=calendar, columns=symbols)
+        if "ret_next_bar" in frame.columns:
+            simple = np.expm1(_pivot(frame, "ret_next_bar"))
+            simple.index = _utc(simple.index)
+            simple = simple.reindex(index=calendar, columns=symbols)
+        else:
+            simple = pd.DataFrame(np.nan, index=calendar, columns=symbols)
         if market is not None:
             m = market[market[SYMBOL].isin(symbols)]
             m = m.assign(**{TIMESTAMP: _utc(m[TIMESTAMP])})
             m = m[(m[TIMESTAMP] >= calendar[0]) & (m[TIMESTAMP] <= calendar[-1])].drop_duplicates([TIMESTAMP, SYMBOL])
             mret = np.expm1(m.pivot(index=TIMESTAMP, columns=SYMBOL, values="ret_next_bar"))
             simple = simple.combine_first(mret.reindex(index=calendar, columns=symbols))[symbols]
-        start = calendar.get_indexer(er.index)
+        start = calendar.get_indexer(weights.index)
         span = np.full(weights.shape, 1 if self.hold == "horizon" else int(self.hold), dtype=np.int64)
         if self.hold == "horizon":
             span[:] = holding_bars(frame)
@@ -386,7 +486,7 @@ class RankLongShort:
                 row_span = np.where(t1.notna(), np.maximum(row_end - row_start, 1), np.nan)
                 k = frame.assign(_span=row_span).pivot(index=TIMESTAMP, columns=SYMBOL, values="_span")
                 k.index = _utc(k.index)
-                k = k.reindex(index=er.index, columns=symbols).to_numpy()
+                k = k.reindex(index=weights.index, columns=symbols).to_numpy()
                 span = np.where(np.isfinite(k), k, span).astype(np.int64)
         positions = tranche_positions(weights.to_numpy(), start, span, len(calendar))
         benchmark = None
@@ -418,20 +518,79 @@ class AllocatorStrategy:
             return replace(self, signal=signal)
         return self
 
-    def book(self, data: SignalPanel | pd.DataFrame, periods_per_year: float) -> Book:
-        """``data``: a :class:`SignalPanel` or a prediction frame of one path."""
-        panel = (
-            data if isinstance(data, SignalPanel) else SignalPanel.from_frame(data, volume_column=self.volume_column)
+    def min_history(self) -> tuple[int, str]:
+        """Bars per symbol a served panel must hold for its last bar's :meth:`target_weights` to
+        be the backtest's, and why: ``cov_window + 1`` (the ``cov_window`` realised returns
+        before the bar that the backtest's trailing covariance reads at every bar past its first
+        ``cov_window``; with fewer the covariance is a shorter window's, a different weight, and
+        under ``cov_min_periods`` there is none and the weights would be silently 0)."""
+        window = self.allocator.cov_window
+        return window + 1, (
+            f"the allocator's covariance window, strategy.allocator.cov_window={window}: {window} "
+            "realised returns before the bar predicted, the window the backtest's covariance uses"
         )
+
+    def allocation(
+        self, data: SignalPanel | pd.DataFrame, periods_per_year: float, market: pd.DataFrame | None = None
+    ) -> tuple[SignalPanel, np.ndarray, np.ndarray]:
+        """``(panel, positions [T, N], attribution [T, N, H])`` for every bar of ``data``'s panel.
+
+        ``data``: a :class:`SignalPanel` or a prediction frame of one path (with ``market``: see
+        :meth:`SignalPanel.from_frame`). :meth:`book` and :meth:`target_weights` both read it."""
+        if isinstance(data, SignalPanel):
+            if market is not None:
+                raise QuantmlInputError(
+                    "market= goes with a prediction frame, not a SignalPanel; build the panel with "
+                    "SignalPanel.from_frame(frame, market=market)"
+                )
+            panel = data
+        else:
+            panel = SignalPanel.from_frame(data, volume_column=self.volume_column, market=market)
         signal = self.signal if self.signal is not None else SignalConfig()
         pos, attr = strategy_positions(panel, signal, self.allocator, periods_per_year)
+        return panel, pos, attr
+
+    def target_weights(
+        self, frame: pd.DataFrame, market: pd.DataFrame | None = None, periods_per_year: float | None = None
+    ) -> np.ndarray:
+        """Target weight of every row of ``frame`` ``[len(frame)]``: the allocator's weight of
+        that (symbol, horizon) bucket at the row's bar (``attribution[t, n, h]`` of
+        :meth:`allocation`; the book's position of the symbol is their sum over horizons).
+
+        ``frame``: ``symbol, timestamp, horizon, score, confidence, vol_forecast`` (the actions
+        are this strategy's thresholds on score and confidence); ``market``: every bar of the
+        panel (:func:`market_returns`) for the trailing covariance, else the frame's own
+        ``ret_next_bar``; ``periods_per_year`` annualises the vol target (required)."""
+        if periods_per_year is None or not np.isfinite(periods_per_year) or periods_per_year <= 0:
+            raise QuantmlInputError(
+                f"periods_per_year={periods_per_year!r}: the allocator's vol target needs the bars per "
+                "year of the run (quantml.contracts.periods_per_year(panel))"
+            )
+        panel, _, attr = self.allocation(frame, float(periods_per_year), market)
+        t = panel.timestamps.get_indexer(pd.DatetimeIndex(frame[TIMESTAMP]))
+        n = pd.Index(panel.symbols).get_indexer(frame[SYMBOL].astype(str))
+        h = pd.Index(panel.horizons).get_indexer(frame["horizon"])
+        return attr[t, n, h]
+
+    def book(
+        self, data: SignalPanel | pd.DataFrame, periods_per_year: float, market: pd.DataFrame | None = None
+    ) -> Book:
+        """``data``: a :class:`SignalPanel` or a prediction frame of one path. ``market``: every bar
+        of the panel (``symbol, timestamp, ret_next_bar``): the covariance then reads the
+        history before the first forecast and the book runs over every bar from the first
+        forecast bar to the last (bars without a forecast are flat)."""
+        panel, pos, attr = self.allocation(data, periods_per_year, market)
+        keep = slice(None)
+        if market is not None:
+            ts = panel.timestamps.get_indexer(pd.DatetimeIndex(data[TIMESTAMP]))
+            keep = slice(int(ts.min()), int(ts.max()) + 1) if len(ts) else slice(0, 0)
         return Book(
-            pos,
-            panel.next_return,
-            panel.timestamps,
+            pos[keep],
+            panel.next_return[keep],
+            panel.timestamps[keep],
             panel.symbols,
-            volume=panel.volume,
-            attribution=attr,
+            volume=None if panel.volume is None else panel.volume[keep],
+            attribution=attr[keep],
             horizons=panel.horizons,
         )
 

@@ -20,10 +20,12 @@ from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError
 from quantml.contracts import run_layout as L
 from quantml.registry.gates import (
     Baseline,
+    BookSettings,
     GateReport,
     evaluate_gates,
     load_gates_config,
     load_run_summary,
+    lockbox_line,
 )
 from quantml.registry.store import (
     ACTIVE,
@@ -245,6 +247,54 @@ def history(store: RegistryStore, name: str) -> pd.DataFrame:
 
 
 # -- gates and promotion ---------------------------------------------------------------------------
+def version_book(store: RegistryStore, mv: ModelVersion) -> BookSettings:
+    """The settings of the book ``mv`` would trade and the folds it may be judged on.
+
+    A version made by ``quantml tune attach=`` (tag ``quantml.source_version``) trades its bundle's
+    signal and allocator, judged on its tune run's ``selection_folds`` (the development folds its
+    thresholds were not tuned on); any other version trades its run's own book, judged on every fold."""
+    import tempfile
+
+    from quantml.portfolio.allocator import AllocatorConfig
+    from quantml.signals.core import SignalConfig
+    from quantml.tracking.pyfunc import load_bundle
+
+    tags = mv.tags or {}
+    if L.TAG_SOURCE_VERSION not in tags:
+        return BookSettings(label=f"v{mv.version}: the run's own (untuned) settings, every fold")
+    tune_run = tags.get(L.TAG_TUNE_RUN)
+    if not tune_run:
+        return BookSettings(
+            label=f"v{mv.version}: tuned",
+            problem=(
+                f"v{mv.version} carries tuned settings but no {L.TAG_TUNE_RUN} tag, so the folds its thresholds "
+                f"were tuned on are unknown and no fold is known to be unseen; re-run `quantml tune "
+                f"run_id={mv.run_id} log_to_mlflow=true attach={mv.name}:{tags[L.TAG_SOURCE_VERSION]}`"
+            ),
+        )
+    try:
+        params = store.client.get_run(tune_run).data.params
+    except Exception as exc:  # noqa: BLE001 - a deleted / foreign tune run: say so
+        return BookSettings(label=f"v{mv.version}: tuned", problem=f"tune run {tune_run} cannot be read: {exc}")
+    folds = tuple(int(f) for f in str(params.get("selection_folds", "")).split(",") if f.strip())
+    if not folds:
+        return BookSettings(
+            label=f"v{mv.version}: tuned",
+            problem=f"tune run {tune_run} records no selection_folds param; re-run `quantml tune` with this quantml",
+        )
+    with tempfile.TemporaryDirectory() as tmp, store.global_uri():
+        bundle = load_bundle(f"models:/{mv.name}/{mv.version}", tmp)
+    signal = SignalConfig.from_dict(bundle.signal) if bundle.signal else None
+    allocator = AllocatorConfig.from_dict(bundle.allocator) if bundle.allocator else None
+    shown = ",".join(map(str, folds))
+    return BookSettings(
+        label=f"v{mv.version}: its bundle's tuned settings (tune run {tune_run}), on selection folds {shown}",
+        signal=signal,
+        allocator=allocator,
+        folds=folds,
+    )
+
+
 def resolve_baseline(
     store: RegistryStore, name: str, version: str, cfg: DictConfig, baseline_run_id: str | None = None
 ) -> Baseline:
@@ -261,7 +311,10 @@ def resolve_baseline(
     mv = store.get_version(name, active)
     if not mv.run_id:
         return Baseline(f"0 (active v{active} has no source run)")
-    return Baseline(f"active v{active} (run {mv.run_id})", load_run_summary(reader, mv.run_id))
+    book = version_book(store, mv)
+    if book.problem:  # the baseline's settings cannot be read back: its run's own book stands in
+        book = BookSettings(label=f"v{active}: its run's own settings ({book.problem})")
+    return Baseline(f"active v{active} (run {mv.run_id})", load_run_summary(reader, mv.run_id), book=book)
 
 
 def check_gates(
@@ -276,7 +329,14 @@ def check_gates(
             f"register versions with `quantml registry register <run_id>`"
         )
     baseline = resolve_baseline(store, name, str(mv.version), cfg, baseline_run_id)
-    return evaluate_gates(_reader(store), mv.run_id, cfg, baseline, subject=f"{name} v{mv.version} (run {mv.run_id})")
+    candidate = version_book(store, mv) if cfg.sharpe.enabled else None
+    reader = _reader(store)
+    report = evaluate_gates(
+        reader, mv.run_id, cfg, baseline, subject=f"{name} v{mv.version} (run {mv.run_id})", candidate=candidate
+    )
+    # the lockbox beside the verdict, for the person who promotes: a read, counted on the parent
+    report.lockbox = lockbox_line(reader.parent(mv.run_id, action="gate").lockbox_metrics())
+    return report
 
 
 @dataclass

@@ -3,7 +3,16 @@
 Every gate reads the run layout (``quantml.contracts.run_layout``: parent run + nested
 fold runs) through :class:`quantml.tracking.reader.RunReader` and returns a
 :class:`GateResult` whose ``detail`` says what was measured and, on failure, by how much
-it missed. Nothing here writes to MLflow.
+it missed. Nothing here writes to MLflow but the lockbox read counter: the ``holdout`` gate
+(off by default) reads the candidate's lockbox (``holdout_*``), which increments its parent's
+``quantml.lockbox_reads``.
+
+The Sharpe gate judges the book that would be traded (:mod:`quantml.registry.book`): the
+candidate version's signal and allocator settings in the source run's configured strategy,
+recomputed fold by fold on the run's out-of-sample predictions and market calendar, on the
+development folds its thresholds were not tuned on, against the baseline's book recomputed the
+same way on the same folds. Runs without out-of-sample predictions fall back to the fold runs'
+logged ``test_sharpe_after_cost/<h>`` (with a note).
 """
 
 from __future__ import annotations
@@ -18,7 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError
 from quantml.contracts import run_layout as L
 from quantml.contracts.metrics import METRICS_VERSION
+from quantml.portfolio.allocator import AllocatorConfig
+from quantml.signals.core import SignalConfig
 from quantml.tracking.reader import FoldRun, ParentRun, RunReader, metric_horizons
+
+RECOMPUTED_METRIC = "test_sharpe_after_cost"  # the fold metric the book recomputation reproduces
+FEWER_WINDOWS = ("all", "fail")
 
 GATES_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "registry" / "gates.yaml"
 AUDIT_ARTIFACT = L.AUDIT_ARTIFACT
@@ -85,6 +99,21 @@ class GateResult:
     name: str
     passed: bool
     detail: str
+    # what the gate measured, for programs: the Sharpe gate's {"candidate"|"baseline": {h: {fold id: sharpe}}}
+    figures: dict = field(default_factory=dict)
+
+
+@dataclass
+class BookSettings:
+    """The settings of a version's book: ``signal``/``allocator`` (None: the run's own, i.e. the
+    untuned book), the fold ids to judge it on (None: every fold), and ``problem``: why its book
+    cannot be judged honestly (the Sharpe gate then fails saying so)."""
+
+    label: str = "untuned"
+    signal: SignalConfig | None = None
+    allocator: AllocatorConfig | None = None
+    folds: tuple[int, ...] | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -94,6 +123,7 @@ class Baseline:
     label: str
     run: RunSummary | None = None
     short: str = ""
+    book: BookSettings = field(default_factory=BookSettings)
 
     def __post_init__(self) -> None:
         self.short = self.short or self.label.split(" (")[0]
@@ -106,6 +136,7 @@ class GateReport:
     subject: str
     baseline: str
     results: list[GateResult]
+    lockbox: str = ""  # the candidate's lockbox figures, printed beside the verdict (never gated on by default)
 
     @property
     def passed(self) -> bool:
@@ -127,6 +158,8 @@ class GateReport:
             lines.append(head + body[0])
             lines += [" " * len(head) + extra for extra in body[1:]]
         lines.append(f"result: {'PASSED' if self.passed else 'FAILED (' + ', '.join(self.failed) + ')'}")
+        if self.lockbox:
+            lines.append(self.lockbox)
         return "\n".join(lines)
 
 
@@ -158,34 +191,93 @@ def gate_leakage_audit(client: MlflowClient | RunReader, run: RunSummary, cfg) -
     return GateResult("leakage_audit", clean, detail)
 
 
-def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
-    """Candidate beats the baseline in >= ``min_windows`` matched walk-forward windows, per horizon."""
+def _logged(run: RunSummary | None, key: str) -> dict[str, tuple[FoldRun, float]]:
+    if run is None:
+        return {}
+    return {f.fold_id: (f, float(f.metrics[key])) for f in run.folds if _finite(f.metrics.get(key))}
+
+
+def _recomputed(
+    run: RunSummary, book: BookSettings, horizons: list[str], notes: list[str], who: str
+) -> dict[str, dict[str, tuple[FoldRun, float]]] | None:
+    """``{h: {fold id: (fold run, Sharpe of the version's book)}}``, or None when the run has no
+    out-of-sample predictions to recompute from (a note says the logged figure is used)."""
+    from quantml.registry.book import describe, run_books
+
+    books = run_books(run.parent) if run.parent is not None else None
+    if books is None:
+        notes.append(
+            f"{who}: run {run.run_id} (layout {run.parent.layout_version if run.parent else '?'}) has no "
+            f"{L.OOS_ARTIFACT} with folds: its fold runs' logged {RECOMPUTED_METRIC} is judged, not its book"
+        )
+        return None
+    strategy = books.strategy(book.signal, book.allocator)
+    if not books.has_market:
+        notes.append(
+            f"{who}: run {run.run_id} has no {L.MARKET_ARTIFACT}: its book runs on the forecast bars only "
+            f"(training's backtests used the full bar calendar); re-run `quantml train`"
+        )
+    by_id = {f.fold_id: f for f in run.folds}
+    sharpe = books.books.fold_sharpe(strategy, book.folds, horizons)
+    out: dict[str, dict[str, tuple[FoldRun, float]]] = {}
+    for h, per in sharpe.items():
+        out[h] = {str(f): (by_id[str(f)], v) for f, v in per.items() if str(f) in by_id and _finite(v)}
+    notes.append(f"{who}: {describe(strategy)} book, {book.label}")
+    return out
+
+
+def gate_sharpe(run: RunSummary, baseline: Baseline, cfg, candidate: BookSettings | None = None) -> GateResult:
+    """Candidate's book beats the baseline's in >= ``min_windows`` matched walk-forward windows, per
+    horizon, on the folds the candidate's thresholds were not tuned on (see the module doc)."""
     metric, min_windows = str(cfg.metric), int(cfg.min_windows)
     margin, match_on = float(cfg.get("margin", 0.0)), str(cfg.get("match_on", "time_range"))
+    fewer = str(cfg.get("fewer_windows", "all"))
     if match_on not in ("time_range", "fold_id"):
         raise QuantmlInputError(f"gates sharpe.match_on={match_on!r}; use time_range or fold_id")
+    if fewer not in FEWER_WINDOWS:
+        raise QuantmlInputError(f"gates sharpe.fewer_windows={fewer!r}; use one of {FEWER_WINDOWS}")
     refusal = sharpe_refusal(run, baseline)
     if refusal:
         return GateResult("sharpe", False, refusal)
+    candidate = candidate or BookSettings()
+    if candidate.problem:
+        return GateResult("sharpe", False, f"candidate: {candidate.problem}")
     horizons = list(cfg.horizons) if cfg.get("horizons") else run.horizons
     if not horizons:
         return GateResult("sharpe", False, f"run {run.run_id} logs no horizons (tag {L.TAG_HORIZONS})")
+    notes: list[str] = []
+    recompute = metric == RECOMPUTED_METRIC
+    cand_books = _recomputed(run, candidate, horizons, notes, "candidate") if recompute else None
+    base_run = baseline.run
+    base_books = None
+    if recompute and cand_books is not None and base_run is not None:
+        base_books = _recomputed(base_run, baseline.book, horizons, notes, f"baseline {baseline.short}")
+    judged = None if candidate.folds is None else {str(f) for f in candidate.folds}
     lines, ok = [], True
+    figures: dict = {"candidate": {}, "baseline": {}}
     for h in horizons:
         key = f"{metric}{HORIZON_SEPARATOR}{h}"
-        cand = {f.window(match_on): (f, f.metrics[key]) for f in run.folds if _finite(f.metrics.get(key))}
-        base_run = baseline.run
-        base_has_h = base_run is not None and any(_finite(f.metrics.get(key)) for f in base_run.folds)
-        if base_run is not None and base_has_h:
-            base = {f.window(match_on): f.metrics[key] for f in base_run.folds if _finite(f.metrics.get(key))}
+        if cand_books is not None:
+            cand_by_id = cand_books.get(h, {})
+        else:
+            cand_by_id = {i: v for i, v in _logged(run, key).items() if judged is None or i in judged}
+        cand = {fr.window(match_on): (fr, v) for fr, v in cand_by_id.values()}
+        if base_run is not None and base_books is not None:
+            base_by_id = base_books.get(h, {})
+        else:
+            base_by_id = _logged(base_run, key)
+        if base_run is not None and base_by_id:
+            base = {fr.window(match_on): v for fr, v in base_by_id.values()}
             against = baseline.short
         else:
             base = {w: 0.0 for w in cand}
             against = "0" if base_run is None else f"0 ({baseline.short} has no {key})"
         common = [w for w in cand if w in base]
+        figures["candidate"][h] = {fr.fold_id: v for fr, v in cand.values()}
+        figures["baseline"][h] = {fr.fold_id: v for fr, v in base_by_id.values()} if base_run is not None else {}
         if not cand:
             ok = False
-            lines.append(f"{h}: the candidate's fold runs log no {key}")
+            lines.append(f"{h}: the candidate has no {key} on the folds it is judged on")
             continue
         if not common:
             ok = False
@@ -194,17 +286,29 @@ def gate_sharpe(run: RunSummary, baseline: Baseline, cfg) -> GateResult:
                 f"retrain on the same splits, use baseline=RUN_ID, or sharpe.match_on=fold_id"
             )
             continue
-        deltas = [(cand[w][0], cand[w][1] - base[w]) for w in common]
-        wins = sum(d > margin for _, d in deltas)
-        passed = wins >= min_windows
+        deltas = [(cand[w][0], cand[w][1], cand[w][1] - base[w]) for w in common]
+        wins = sum(d > margin for _, _, d in deltas)
+        need, rule = min_windows, f"needs {min_windows}"
+        if len(common) < min_windows:
+            if fewer == "all":
+                need = len(common)
+                rule = f"only {len(common)} comparable < min_windows {min_windows}: all {need} must be better"
+            else:
+                rule = (
+                    f"only {len(common)} comparable < min_windows {min_windows}: cannot pass "
+                    f"(sharpe.fewer_windows=all requires all of them instead)"
+                )
+        passed = wins >= need
         ok &= passed
-        shown = ", ".join(f"{f.fold_id}:{d:+.3f}" for f, d in deltas)
-        gap = "" if passed else f", {min_windows - wins} short"
+        shown = ", ".join(f"{f.fold_id}:{d:+.3f}" for f, _, d in deltas)
+        sharpe_shown = ", ".join(f"{f.fold_id}:{v:.3f}" for f, v, _ in deltas)
+        gap = "" if passed else f", {need - wins} short"
+        by = f" by more than {margin:g}" if margin else ""
         lines.append(
-            f"{h}: {key} better than {against} in {wins}/{len(common)} windows "
-            f"(needs {min_windows}{gap}); delta per fold {shown}"
+            f"{h}: {key} better than {against}{by} in {wins}/{len(common)} windows "
+            f"({rule}{gap}); delta per fold {shown}; candidate per fold {sharpe_shown}"
         )
-    return GateResult("sharpe", ok, "\n".join(lines))
+    return GateResult("sharpe", ok, "\n".join(lines + [f"note: {n}" for n in notes]), figures)
 
 
 def sharpe_refusal(run: RunSummary, baseline: Baseline) -> str | None:
@@ -264,21 +368,64 @@ def gate_folds(run: RunSummary, cfg) -> GateResult:
     )
 
 
+def gate_holdout(run: RunSummary, cfg, lockbox: dict[str, float]) -> GateResult:
+    """The lockbox gate (off by default; using it is a lockbox read): every horizon's
+    ``<metric>/<h>`` on the parent run >= ``min``."""
+    metric, bound = str(cfg.get("metric", "holdout_sharpe_after_cost")), float(cfg.get("min", 0.0))
+    horizons = list(cfg.horizons) if cfg.get("horizons") else run.horizons
+    if not lockbox:
+        return GateResult(
+            "holdout",
+            False,
+            f"run {run.run_id} has no lockbox ({L.LOCKBOX_PREFIX}* metrics): an older run; retrain with this "
+            f"quantml, or disable the gate with gates.holdout.enabled=false",
+        )
+    lines, ok = [], bool(horizons)
+    for h in horizons:
+        key = f"{metric}{HORIZON_SEPARATOR}{h}"
+        value = lockbox.get(key)
+        if not _finite(value):
+            ok = False
+            lines.append(f"{h}: no {key} on the parent run")
+        else:
+            ok &= value >= bound
+            lines.append(f"{h}: {key}={value:.4f} {'>=' if value >= bound else '<'} {bound:g}")
+    return GateResult("holdout", ok, "; ".join(lines) + " (a lockbox read, counted)")
+
+
+def lockbox_line(lockbox: dict[str, float]) -> str:
+    """The lockbox figures beside the verdict, for the person who promotes."""
+    if not lockbox:
+        return "lockbox: no lockbox (the run has no holdout_* metrics)"
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(lockbox.items()))
+    return f"lockbox (not gated on; this read is counted in {L.TAG_LOCKBOX_READS}): {shown}"
+
+
 def gate_run_status(run: RunSummary) -> GateResult:
     return GateResult("run_status", run.status == "FINISHED", f"parent run status {run.status}")
 
 
 def evaluate_gates(
-    client: MlflowClient | RunReader, run_id: str, cfg: DictConfig, baseline: Baseline, subject: str = ""
+    client: MlflowClient | RunReader,
+    run_id: str,
+    cfg: DictConfig,
+    baseline: Baseline,
+    subject: str = "",
+    candidate: BookSettings | None = None,
 ) -> GateReport:
-    """Run every enabled gate of ``cfg`` on the parent run ``run_id``; writes nothing."""
+    """Run every enabled gate of ``cfg`` on the parent run ``run_id`` (``candidate``: the settings
+    of the version's book; None: the run's own). Writes nothing, except that the ``holdout`` gate
+    (when enabled) counts its lockbox read."""
     client = _reader(client)
     run = load_run_summary(client, run_id)
     results = []
     if cfg.leakage_audit.enabled:
         results.append(gate_leakage_audit(client, run, cfg.leakage_audit))
     if cfg.sharpe.enabled:
-        results.append(gate_sharpe(run, baseline, cfg.sharpe))
+        results.append(gate_sharpe(run, baseline, cfg.sharpe, candidate))
+    holdout = cfg.get("holdout") or {}
+    if holdout.get("enabled", False):
+        results.append(gate_holdout(run, holdout, run.parent.lockbox_metrics() if run.parent else {}))
     if cfg.calibration.enabled:
         results.append(gate_calibration(run, cfg.calibration))
     if cfg.folds.enabled:

@@ -3,12 +3,13 @@
 ``predict_panel(model_uri, panel)`` pins an alias (``models:/NAME@active``; a bare
 ``models:/NAME`` means that alias) to the version it points at *once*, loads exactly that
 version, asks the pyfunc for the prediction contract (``schema.PREDICTION_COLUMNS``) with
-``model_name/model_version`` filled from the resolved version. The signal settings are the
-bundle's own (a version made by ``quantml tune attach=`` carries its tuned thresholds in its
-bundle), so ``quantml predict`` answers exactly what ``mlflow models serve`` answers. Only a
-version tuned the 0.1 way (model-version tag ``quantml.signal``, JSON of
-``SignalConfig.to_dict()``) has ``score, confidence, action`` re-derived from that tag, with a
-log line: ``mlflow models serve`` ignores it, re-run ``quantml tune attach=`` to fix that.
+``model_name/model_version`` filled from the resolved version. The signal and strategy settings
+are the bundle's own (a version made by ``quantml tune attach=`` carries its tuned thresholds and
+allocator in its bundle), so ``quantml predict`` answers exactly what ``mlflow models serve``
+answers, ``action`` and ``target_weight`` included. Only a version tuned the 0.1 way (model-version tag
+``quantml.signal``, JSON of ``SignalConfig.to_dict()``) is predicted with that tag's
+thresholds (``score, confidence, action`` and the ``target_weight`` they lead to), with a log
+line: ``mlflow models serve`` ignores it, re-run ``quantml tune attach=`` to fix that.
 ``models:/NAME@champion`` (the 0.1 alias) still resolves for one release: promotions move
 it with ``active``.
 """
@@ -139,8 +140,14 @@ def predict_panel(
     if schema is not None and schema.has_input_names():
         # columns the model does not use would only be dropped (noisily) by MLflow
         panel = panel[[c for c in panel.columns if c in set(schema.input_names())]]
+    legacy = _bundle_of(model) if resolved.signal is not None else None
     try:
-        frame = model.predict(panel, params=params)
+        if legacy is not None:  # a 0.1 tag: its thresholds, and the weights they lead to
+            frame = legacy.predict_contract(
+                panel, bool(last_only), resolved.name, resolved.version, signal=resolved.signal.to_dict()
+            )
+        else:
+            frame = model.predict(panel, params=params)
     except QuantmlInputError:
         raise
     except MlflowException as exc:  # MLflow's schema enforcement: the panel does not fit the signature
@@ -166,8 +173,17 @@ def predict_panel(
             resolved.name,
             resolved.version,
         )
-        frame = apply_signal(frame, resolved.signal)
+        if legacy is None:  # not a quantml bundle: only score, confidence and action can be redone
+            frame = apply_signal(frame, resolved.signal)
     return frame.reset_index(drop=True), resolved
+
+
+def _bundle_of(model):
+    """The :class:`~quantml.bundle.ModelBundle` inside a loaded quantml pyfunc, or None."""
+    try:
+        return getattr(model.unwrap_python_model(), "bundle", None)
+    except (MlflowException, AttributeError):
+        return None
 
 
 def default_output(resolved: ResolvedModel, root: str | Path = "outputs/predictions") -> Path:

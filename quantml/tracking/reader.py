@@ -97,6 +97,13 @@ class ParentRun:
     def leakage_audit(self) -> dict | None:
         return self.reader.leakage_audit(self.run_id)
 
+    def market(self) -> pd.DataFrame | None:
+        """Every development bar (``predictions/market.parquet``), or None for runs without it."""
+        return self.reader.market(self.run_id)
+
+    def has_oos_predictions(self) -> bool:
+        return self.reader.has_artifact(self.run_id, L.OOS_ARTIFACT)
+
     def derived(self) -> dict:
         return self.reader.derived(self)
 
@@ -285,6 +292,29 @@ class RunReader:
                     "quantml train job (its out-of-sample predictions are logged there)"
                 )
             return pd.read_parquet(local)
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        """Whether the run logged the artifact file ``path`` (listing only, nothing downloaded)."""
+        folder, _, _ = path.rpartition("/")
+        try:
+            return any(f.path == path for f in self.client.list_artifacts(run_id, folder or None))
+        except (MlflowException, OSError):
+            return False
+
+    def market(self, run_id: str) -> pd.DataFrame | None:
+        """The run's market calendar ``predictions/market.parquet`` (``symbol``, ``timestamp`` UTC,
+        ``ret_next_bar``: every development bar, the PnL calendar of the run's books), or None when
+        the run predates it (its books then run on the forecast bars only)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._download(run_id, L.MARKET_ARTIFACT, tmp)
+            if local is None or not local.is_file():
+                return None
+            market = pd.read_parquet(local)
+        require = [c for c in ("symbol", "timestamp", "ret_next_bar") if c not in market.columns]
+        if require:
+            raise RunLayoutError(f"{L.MARKET_ARTIFACT} of run {run_id} lacks column(s) {require}; {RETRAIN}")
+        ts = pd.to_datetime(market["timestamp"], utc=True)
+        return market.assign(timestamp=ts)[["symbol", "timestamp", "ret_next_bar"]]
 
     def leakage_audit(self, run_id: str) -> dict | None:
         """``audit/leakage_audit.json``, or None when absent or unreadable."""

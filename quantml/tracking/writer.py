@@ -246,6 +246,27 @@ class RunWriter:
         std.update(tags or {})
         return self.start(run_name, std)
 
+    def recorded_lockbox(self, fingerprint: str) -> tuple[str, str] | None:
+        """``(lockbox start, run id)`` first recorded for data ``fingerprint`` anywhere in the
+        store (the oldest parent run tagged with both), or None: the lockbox date every later
+        run on the same data reuses."""
+        experiments = [e.experiment_id for e in retrying(self.client.search_experiments)()]
+        if not experiments:
+            return None
+        runs = retrying(self.client.search_runs)(
+            experiments,
+            filter_string=(
+                f"tags.`{L.TAG_DATA_FINGERPRINT}` = '{fingerprint}' and tags.`{L.TAG_KIND}` = '{L.KIND_PARENT}'"
+            ),
+            order_by=["attributes.start_time ASC"],
+            max_results=200,
+        )
+        for run in runs:
+            start = run.data.tags.get(L.TAG_LOCKBOX_START)
+            if start and start != "none":
+                return start, run.info.run_id
+        return None
+
     def start_fold(
         self,
         parent: TrackedRun | str,

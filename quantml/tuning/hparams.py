@@ -232,6 +232,51 @@ class HparamSearch:
             log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
+    def _best_parent_run(self, study: optuna.Study):
+        """The MLflow parent run of the best trial (params ``hparams_search.trial`` / ``.study_name``), or None."""
+        from quantml.tracking.reader import RunReader
+        from quantml.tracking.store import resolve_tracking_uri
+
+        tracking = (getattr(self, "config", None) or {}).get("tracking")
+        if not tracking:  # not a quantml train sweep: no MLflow runs to look up
+            return None, None
+        reader = RunReader(resolve_tracking_uri(tracking.get("uri")))
+        trial = study.best_trial.number
+        query = (
+            f"params.`hparams_search.trial` = '{trial}' and params.`hparams_search.study_name` = '{study.study_name}'"
+        )
+        try:
+            experiments = [e.experiment_id for e in reader.client.search_experiments()]
+            found = reader.client.search_runs(experiments, filter_string=query, max_results=5)
+        except Exception as exc:  # noqa: BLE001 - a report, not the sweep: say why and go on
+            log.warning("could not find the best trial's MLflow run: %s", exc)
+            return None, reader
+        parents = [r for r in found if r.data.tags.get("quantml.kind", "parent") == "parent"]
+        return (parents[0].info.run_id if parents else None), reader
+
+    def _selection_beside_holdout(self, study: optuna.Study) -> dict[str, Any]:
+        """Print the best trial's selection figure (its objective: development folds' test blocks)
+        beside its parent run's lockbox (``holdout_*``, a counted read); return both for the results file."""
+        objective = str(
+            ((getattr(self, "config", None) or {}).get("hparams_search") or {}).get("objective") or "objective"
+        )
+        run_id, reader = self._best_parent_run(study)
+        lockbox: dict[str, float] = {}
+        if run_id is not None:
+            lockbox = reader.parent(run_id, action="report").lockbox_metrics()
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(lockbox.items())) or "no lockbox"
+        line = (
+            f"best trial {study.best_trial.number}: selection_{objective} = {study.best_value:.6g} "
+            f"(development folds) | holdout (lockbox of run {run_id or '?'}, read counted): {shown}"
+        )
+        print(line)
+        log.info(line)
+        return {
+            "best_run_id": run_id,
+            f"selection_{objective}": float(study.best_value),
+            "holdout": {k: float(v) for k, v in lockbox.items()},
+        }
+
     def _write_results(self, study: optuna.Study) -> None:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
@@ -252,6 +297,7 @@ class HparamSearch:
                 study.best_value,
                 study.best_params,
             )
+            result.update(self._selection_beside_holdout(study))
         else:
             log.warning("no trial of study %s completed", study.study_name)
         OmegaConf.save(OmegaConf.create(result), self.sweep_dir / "optimization_results.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from quantml.backtest.figures import equity_figure  # noqa: E402
@@ -66,6 +68,8 @@ class TuneOutcome:
     n_complete: int
     lockbox: dict[str, float] = field(default_factory=dict)  # holdout_* of the source run (read counted)
     attached: object | None = None  # the new ModelVersion of ``attach=``
+    book: str = ""  # the strategy the study traded (the run's configured one)
+    notes: list[str] = field(default_factory=list)  # what the person should know about the book
 
 
 def default_study_name(run_id: str, objective: str) -> str:
@@ -137,8 +141,12 @@ def run_tuning(
     )
     tune_run_id = None
     if log_to_mlflow:
-        tune_run_id = _log_child_run(study, optuna_study, signal, alloc, tuned, metrics, storage, seed, worker)
+        tune_run_id = _log_child_run(
+            study, optuna_study, signal, alloc, tuned, baseline, metrics, storage, seed, worker
+        )
     outcome = TuneOutcome(name, dict(best.params), signal, alloc, tuned, baseline, metrics, tune_run_id, len(complete))
+    outcome.book = study.book_name
+    outcome.notes = book_notes(study)
     outcome.lockbox = read_lockbox(run_id, tracking_uri)
     if attach:
         model, version = parse_attach(attach)
@@ -154,6 +162,25 @@ def run_tuning(
             tracking_uri=tracking_uri,
         )
     return outcome
+
+
+def book_notes(study: ThresholdStudy) -> list[str]:
+    """Plain-language caveats on the book a study traded."""
+    notes = []
+    src = study.source
+    if src.market is None:
+        notes.append(
+            f"run {src.run_id} has no {L.MARKET_ARTIFACT}: its books ran on the forecast bars only, not the "
+            "full bar calendar its training backtests used; re-run `quantml train` for matching Sharpe ratios"
+        )
+    if study.strategy_cfg is None:
+        notes.append(f"run {src.run_id} names no strategy in its config: the study traded the allocator book")
+    if not study.reads_settings:
+        notes.append(
+            f"the run's book ({study.book_name}) reads no thresholds or allocator settings: every trial traded "
+            "the same book; train with strategy=allocator to tune the book itself"
+        )
+    return notes
 
 
 def _metrics(
@@ -187,6 +214,7 @@ def _log_child_run(
     signal: SignalConfig,
     alloc: AllocatorConfig,
     tuned: Evaluation,
+    baseline: Evaluation,
     metrics: dict[str, float],
     storage: str | None,
     seed: int,
@@ -217,6 +245,8 @@ def _log_child_run(
                 "tune_folds": ",".join(map(str, study.split.tune_folds)),
                 "selection_folds": ",".join(map(str, study.split.selection_folds)),
                 "periods_per_year": study.periods_per_year,
+                "book": study.book_name,
+                "market_calendar": "yes" if study.source.market is not None else "no",
                 "seed": seed,
                 "worker": worker,
                 **{f"cost.{k}": v for k, v in study.costs.to_dict().items()},
@@ -224,6 +254,12 @@ def _log_child_run(
             }
         )
         run.log_metrics({k: v for k, v in metrics.items() if v == v})
+        folds = fold_table(study, tuned, baseline)
+        _log_fold_metrics(run, folds)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "fold_sharpe.csv"
+            folds.to_csv(path, index=False)
+            run.log_artifact(str(path), "tune")
         run.log_dict(optuna_study.best_params, "tune/best_params.json")
         run.log_dict(signal.to_dict(), "tune/signal.json")
         run.log_dict(alloc.to_dict(), "tune/allocator.json")
@@ -235,16 +271,63 @@ def _log_child_run(
         for name, fig in study_figures(optuna_study, seed).items():
             run.log_figure(fig, f"figures/{name}")
             plt.close(fig)
-        first = min(tuned.results)
-        full = tuned.results[first]
-        log_backtest(
-            full.slice(stop=study.split.cutoff), "tune", per_bar_steps=False, log_stats=False, figures=False, run=run
-        )
-        log_backtest(full.slice(start=study.split.cutoff), "selection", per_bar_steps=True, log_stats=False, run=run)
-        fig = equity_figure(full, f"tuned, path {first}, tuning | selection", split_at=study.split.cutoff)
+        h0 = study.horizons[0]
+        tune_chain = chain_folds(tuned.results, study.split.tune_folds, h0, study.periods_per_year)
+        sel_chain = chain_folds(tuned.results, study.split.selection_folds, h0, study.periods_per_year)
+        log_backtest(tune_chain, "tune", per_bar_steps=False, log_stats=False, figures=False, run=run)
+        log_backtest(sel_chain, "selection", per_bar_steps=True, log_stats=False, run=run)
+        fig = equity_figure(chain_folds(tuned.results, None, h0, study.periods_per_year), f"tuned {h0}, folds chained")
         run.log_figure(fig, "figures/tuned_equity.png")
         plt.close(fig)
     return run.run_id
+
+
+FOLD_SHARPE_METRIC = "fold_sharpe_after_cost"  # <split>_fold_sharpe_after_cost/<h>, step = fold id
+
+
+def fold_table(study: ThresholdStudy, tuned: Evaluation, baseline: Evaluation) -> pd.DataFrame:
+    """One row per (fold, horizon): the split it belongs to, the tuned book's and the untuned
+    book's after-cost Sharpe (``tune/fold_sharpe.csv``; the gate recomputes the same figures)."""
+    rows = []
+    for h in study.horizons:
+        for f, value in tuned.fold_sharpe.get(h, {}).items():
+            split = "tune" if f in study.split.tune_folds else "selection"
+            base = baseline.fold_sharpe.get(h, {}).get(f, float("nan"))
+            rows.append({"fold": int(f), "split": split, "horizon": h, "sharpe_after_cost": value, "baseline": base})
+    return pd.DataFrame(rows, columns=["fold", "split", "horizon", "sharpe_after_cost", "baseline"])
+
+
+def _log_fold_metrics(run, folds: pd.DataFrame) -> None:
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    rows = []
+    for r in folds.itertuples(index=False):
+        for prefix, value in ((r.split, r.sharpe_after_cost), (f"{r.split}_baseline", r.baseline)):
+            if value == value:
+                rows.append(
+                    Metric(metric_name(prefix, FOLD_SHARPE_METRIC, r.horizon), float(value), stamp, int(r.fold))
+                )
+    if rows:
+        mlflow.MlflowClient().log_batch(run.run_id, metrics=rows)
+
+
+def chain_folds(results: dict, folds, horizon: str, periods_per_year: float):
+    """The per-fold backtests of one horizon (path 0), one after another, as one result for the
+    figures and ``backtest/*_bars.csv`` (columns ``fold`` and ``timestamp``; equity restarts at 0)."""
+    from quantml.backtest.vectorised import BacktestResult, result_stats
+    from quantml.market.performance import compounded_drawdown
+
+    keys = sorted(k for k in results if k[1] == horizon and (folds is None or k[0] in set(folds)))
+    keys = [k for k in keys if k[2] == min(kk[2] for kk in keys if kk[0] == k[0])]
+    bars = pd.concat(
+        [results[k].bars.rename_axis("timestamp").reset_index().assign(fold=k[0]) for k in keys], ignore_index=True
+    )
+    positions = pd.concat([results[k].positions.reset_index(drop=True) for k in keys], ignore_index=True).fillna(0.0)
+    bars["equity"] = bars["pnl"].cumsum()
+    bars["drawdown"] = compounded_drawdown(bars["pnl"].to_numpy())
+    stats = result_stats(bars["pnl"].to_numpy(), bars["turnover"].to_numpy(), periods_per_year)
+    return BacktestResult(bars, positions, None, stats, float(periods_per_year))
 
 
 def study_figures(optuna_study: optuna.Study, seed: int = 0) -> dict:

@@ -1,8 +1,9 @@
-"""The run a study tunes: a quantml train parent run and its out-of-sample predictions.
+"""The run a study tunes: a quantml train parent run, its out-of-sample predictions and market calendar.
 
 Read through :class:`quantml.tracking.reader.RunReader`: costs and the signal's own
 thresholds come from the run's logged resolved config (``cfg.cost``, ``cfg.signal``),
-``periods_per_year`` from the value the run derived (else inferred from the timestamps).
+``periods_per_year`` from the value the run derived (else inferred from the timestamps), the book
+from ``cfg.strategy``, the PnL calendar from ``predictions/market.parquet`` (None when absent).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class SourceRun:
     horizons: list[str]
     cfg: DictConfig = field(default_factory=lambda: OmegaConf.create({}))
     derived: dict = field(default_factory=dict)
+    # every development bar (``predictions/market.parquet``: symbol, timestamp, ret_next_bar), the
+    # PnL calendar of the run's books; None for runs logged before it (books on forecast bars only)
+    market: pd.DataFrame | None = None
 
     @property
     def layout_version(self) -> str:
@@ -67,6 +71,21 @@ class SourceRun:
             if _is_number(value):
                 return float(value)
         return periods_per_year(self.frame[TIMESTAMP], self.frame[SYMBOL])
+
+    def ic_mode(self) -> str:
+        """The run's IC mode (tag ``quantml.ic_mode``), else the one its number of symbols gives."""
+        tagged = self.tags.get(L.TAG_IC_MODE)
+        if tagged:
+            return str(tagged)
+        from quantml.evaluation import ic_mode_for
+
+        return ic_mode_for(int(self.frame[SYMBOL].nunique()))
+
+    def strategy_config(self):
+        """The run's ``strategy`` config node (the book its folds were scored with), or None."""
+        from quantml.registry.book import run_strategy_config
+
+        return run_strategy_config(self.cfg)
 
     def paths(self) -> list[int]:
         return sorted(int(p) for p in self.frame["path"].unique()) if "path" in self.frame.columns else [0]
@@ -106,4 +125,5 @@ def load_source_run(run_id: str, tracking_uri: str | None = None, reader: RunRea
         horizons,
         cfg=cfg,
         derived=parent.derived(),
+        market=parent.market(),
     )

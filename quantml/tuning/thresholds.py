@@ -1,11 +1,13 @@
 """Optuna study over signal thresholds and allocator risk settings, time-respecting.
 
-The source run's OOS predictions are cut in time (:func:`time_split`): trials are scored
-on the earlier (tuning) bars only; the best trial is then judged on the later (selection)
-bars, which no trial has seen. (``holdout`` is reserved for the lockbox: data no study of
-the development folds ever reads.) The strategy scored is the whole chain thresholds ->
-allocator -> after-cost backtest: an :class:`AllocatorStrategy` run by the one engine
-(:func:`quantml.backtest.run_backtest`).
+The source run's OOS predictions are cut at a fold boundary (:func:`time_split`): trials are
+scored on the earlier (tuning) folds only; the best trial is then judged on the later
+(selection) folds, which no trial has seen. (``holdout`` is reserved for the lockbox: data no
+study of the development folds ever reads.) The book scored is the run's own: its configured
+strategy (``cfg.strategy``) with the trial's settings, backtested fold by fold and horizon by
+horizon by the one engine (:func:`quantml.backtest.run_backtest`) on the run's market calendar
+(:mod:`quantml.registry.book`, shared with the promotion gate), so the untuned signal scores
+exactly the fold runs' logged ``test_sharpe_after_cost/<h>``.
 
 Parameters searched (names in the Optuna study):
 - ``threshold/<h>`` in ``[0, q(|score|)]`` per horizon, ``q`` = ``threshold_quantile`` of the
@@ -25,11 +27,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from quantml.backtest import BacktestResult, run_backtest
+from quantml.backtest import BacktestResult
 from quantml.contracts import QuantmlInputError
 from quantml.market import CostModel
 from quantml.portfolio.allocator import AllocatorConfig
-from quantml.portfolio.strategy import AllocatorStrategy, SignalPanel
+from quantml.portfolio.strategy import SignalPanel
+from quantml.registry.book import FoldBooks, book_strategy, describe, per_fold, reads_settings, strategy_allocator
 from quantml.signals.core import SignalConfig
 from quantml.tuning.objectives import check_objective, objective_value
 from quantml.tuning.source import SourceRun
@@ -124,20 +127,28 @@ class SearchSpace:
 
 @dataclass
 class Evaluation:
-    """Stats of one strategy on tuning and selection bars (averaged over CPCV paths)."""
+    """One book (signal + allocator) scored fold by fold: mean stats and objective over the tuning
+    folds and over the selection folds; per (fold, horizon, path) backtests in ``results`` and the
+    per-fold after-cost Sharpe in ``fold_sharpe`` (``{horizon: {fold: sharpe}}``)."""
 
     tune: dict[str, float]
     selection: dict[str, float]
     tune_objective: float
     selection_objective: float
-    results: dict[int, BacktestResult] = field(default_factory=dict)  # full-period backtest per path
+    results: dict[tuple[int, str, int], BacktestResult] = field(default_factory=dict)
+    fold_sharpe: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 class ThresholdStudy:
-    """Scores strategies on a source run's OOS predictions, tuning bars before selection bars.
+    """Scores books on a source run's OOS predictions, fold by fold, tuning folds before selection folds.
 
-    ``costs`` and ``periods_per_year`` default to the source run's; ``allocator`` gives the
-    fixed allocator settings the study starts from.
+    The book is the run's own (``cfg.strategy``, through :mod:`quantml.registry.book`): each trial's
+    signal and allocator settings go into the run's configured strategy, which the one engine
+    backtests on every (fold, horizon) of the tuning folds with the run's costs, periods per year,
+    IC mode and market calendar, so the untuned signal scores exactly each fold run's logged
+    ``test_sharpe_after_cost/<h>``. ``costs`` and ``periods_per_year`` default to the source run's;
+    ``allocator`` is the allocator the study starts from when the run's strategy carries none of
+    its own (runs without a strategy config trade the allocator book).
     """
 
     def __init__(
@@ -151,27 +162,42 @@ class ThresholdStudy:
     ) -> None:
         self.source = source
         self.settings = settings
-        self.allocator = allocator or AllocatorConfig()
         self.costs = costs or source.costs()
         self.periods_per_year = float(periods_per_year or source.periods_per_year())
         self.base_signal = base_signal or source.signal_config(self.costs)
+        self.strategy_cfg = source.strategy_config()
+        own = strategy_allocator(book_strategy(self.strategy_cfg, self.base_signal)) if self.strategy_cfg else None
+        self.allocator = own or allocator or AllocatorConfig()
         self.split: TimeSplit = time_split(source.frame, settings.tune_fraction)
+        if self.split.method != "folds" or not self.split.tune_folds or not self.split.selection_folds:
+            raise QuantmlInputError(
+                f"run {source.run_id}: its folds' test blocks are not disjoint in time, so no fold-by-fold "
+                f"tuning/selection split exists; tune a walk-forward run (quantml train validation=walk_forward)"
+            )
         self.horizons = source.horizons
-        self.full: dict[int, SignalPanel] = {}
+        self.books = FoldBooks(
+            source.frame, source.market, self.costs, self.periods_per_year, source.ic_mode(), self.horizons
+        )
+        self.book_name = describe(self.strategy(self.base_signal, self.allocator))
+        self.reads_settings = reads_settings(self.strategy(self.base_signal, self.allocator))
         self.tune_panels: dict[int, SignalPanel] = {}
+        tune_rows = source.frame["fold"].astype(int).isin(self.split.tune_folds)
         for path in source.paths():
-            part = source.frame if "path" not in source.frame.columns else source.frame[source.frame["path"] == path]
-            panel = SignalPanel.from_frame(part, self.horizons)
-            panel.covariance(self.allocator.cov_window, self.allocator.cov_min_periods)  # before slicing
-            cut = int(np.searchsorted(panel.timestamps, self.split.cutoff))
-            if cut < 2 or cut > len(panel) - 2:
-                raise QuantmlInputError(
-                    f"path {path}: the tuning/selection cut at {self.split.cutoff} leaves {cut} tuning and "
-                    f"{len(panel) - cut} selection bars; change split.tune_fraction or use more folds"
-                )
-            self.full[path] = panel
-            self.tune_panels[path] = panel.slice(0, cut)
+            rows = tune_rows if "path" not in source.frame.columns else tune_rows & (source.frame["path"] == path)
+            self.tune_panels[path] = SignalPanel.from_frame(source.frame[rows], self.horizons)
         self.space = SearchSpace.from_panels(list(self.tune_panels.values()), self.horizons, settings)
+        if not self.reads_settings:
+            log.warning(
+                "run %s trades %s, whose book reads neither signal thresholds nor allocator settings: every "
+                "trial scores the same book (the tuned thresholds only change the served `action`); train "
+                "with strategy=allocator to tune the book itself",
+                source.run_id,
+                self.book_name,
+            )
+
+    def strategy(self, signal: SignalConfig, allocator: AllocatorConfig):
+        """The run's book with these settings (the one :mod:`quantml.registry.book` builds)."""
+        return book_strategy(self.strategy_cfg, signal, allocator)
 
     # -- scoring ---------------------------------------------------------------------------
     def _value(self, result: BacktestResult) -> float:
@@ -180,14 +206,23 @@ class ThresholdStudy:
             return 0.0  # a strategy that (almost) never trades scores like not trading at all
         return objective_value(result.stats, self.settings.objective, self.settings.dd_penalty)
 
-    def score_tuning(self, signal: SignalConfig, allocator: AllocatorConfig) -> tuple[float, dict[str, float]]:
-        """Objective on the tuning bars (mean over paths) and the mean stats."""
-        strategy = AllocatorStrategy(allocator, signal)
-        results = [run_backtest(strategy, p, self.costs, self.periods_per_year) for p in self.tune_panels.values()]
-        value = float(np.mean([self._value(r) for r in results]))
-        stats = _mean_stats([r.stats for r in results])
-        stats["active_fraction"] = float(np.mean([(r.positions.abs().sum(axis=1) > 0).mean() for r in results]))
+    def _score(self, results: dict) -> tuple[float, dict[str, float]]:
+        value = float(np.nanmean([self._value(r) for r in results.values()]))
+        stats = _mean_stats([r.stats for r in results.values()])
+        for h in self.horizons:
+            mine = [r.stats for (_, hh, _), r in results.items() if hh == h]
+            if mine:
+                for k, v in _mean_stats(mine).items():
+                    if k in ("sharpe", "ann_return", "max_drawdown"):
+                        stats[f"{k}/{h}"] = v
+        stats["active_fraction"] = float(
+            np.mean([(r.positions.abs().sum(axis=1) > 0).mean() if len(r.positions) else 0.0 for r in results.values()])
+        )
         return value, stats
+
+    def score_tuning(self, signal: SignalConfig, allocator: AllocatorConfig) -> tuple[float, dict[str, float]]:
+        """Objective on the tuning folds (mean over their (fold, horizon) books) and the mean stats."""
+        return self._score(self.books.results(self.strategy(signal, allocator), self.split.tune_folds))
 
     def objective(self, trial: optuna.Trial) -> float:
         signal, allocator = self.space.configs(self.space.suggest(trial), self.base_signal, self.allocator)
@@ -197,26 +232,13 @@ class ThresholdStudy:
         return value
 
     def evaluate(self, signal: SignalConfig, allocator: AllocatorConfig) -> Evaluation:
-        """Backtest the full OOS period once per path; report the tuning and selection slices."""
-        results, tune, hold, tv, hv = {}, [], [], [], []
-        strategy = AllocatorStrategy(allocator, signal)
-        for path, panel in self.full.items():
-            res = run_backtest(strategy, panel, self.costs, self.periods_per_year)
-            results[path] = res
-            t, h = res.slice(stop=self.split.cutoff), res.slice(start=self.split.cutoff)
-            tune.append(_with_horizons(t))
-            hold.append(_with_horizons(h))
-            tv.append(self._value(t))
-            hv.append(self._value(h))
-        return Evaluation(_mean_stats(tune), _mean_stats(hold), float(np.mean(tv)), float(np.mean(hv)), results)
-
-
-def _with_horizons(result: BacktestResult) -> dict[str, float]:
-    out = dict(result.stats)
-    for h, s in result.horizon_stats().items():
-        for k in ("sharpe", "ann_return", "max_drawdown"):
-            out[f"{k}/{h}"] = s[k]
-    return out
+        """Backtest every fold's book once; report the tuning folds and the selection folds."""
+        results = self.books.results(self.strategy(signal, allocator))
+        tune = {k: r for k, r in results.items() if k[0] in self.split.tune_folds}
+        sel = {k: r for k, r in results.items() if k[0] in self.split.selection_folds}
+        tv, ts = self._score(tune)
+        sv, ss = self._score(sel)
+        return Evaluation(ts, ss, tv, sv, results, per_fold(results))
 
 
 def _mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:

@@ -11,6 +11,7 @@ See ``docs/validation.md``. Typical use inside the pipeline::
 """
 
 from quantml.validation.audit import audit_folds
+from quantml.validation.crossfit import CROSSFIT_BLOCK, crossfit, crossfit_parts
 from quantml.validation.purging import inner_validation_split, parse_embargo, purge
 from quantml.validation.splitters import (
     CombinatorialPurgedCV,
@@ -23,12 +24,15 @@ from quantml.validation.splitters import (
 )
 
 __all__ = [
+    "CROSSFIT_BLOCK",
     "CombinatorialPurgedCV",
     "Fold",
     "PurgedKFold",
     "Splitter",
     "WalkForward",
     "audit_folds",
+    "crossfit",
+    "crossfit_parts",
     "describe_fold",
     "inner_validation_split",
     "make_splitter",

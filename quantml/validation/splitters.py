@@ -19,7 +19,9 @@ purged against each contiguous test segment (see :mod:`quantml.validation.purgin
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -68,6 +70,8 @@ class Splitter(ABC):
     min_train_samples, min_test_samples : int   a smaller fold is an error.
     min_inner_outcomes : int   the inner validation slice must hold at least this many
         independent outcomes of the longest horizon (:func:`independent_outcomes`).
+    crossfit_folds : int   blocks of the inner cross-fitting (out-of-fold predictions inside a
+        training part: calibration of the final model, scored validation metrics).
     """
 
     method: str = ""
@@ -80,8 +84,10 @@ class Splitter(ABC):
         min_train_samples: int = 1,
         min_test_samples: int = 1,
         min_inner_outcomes: int = 1,
+        crossfit_folds: int = 3,
     ) -> None:
         self.embargo = parse_embargo(embargo)
+        self.crossfit_folds = _positive_int(crossfit_folds, "crossfit_folds", minimum=2)
         self.valid_fraction = check_valid_fraction(valid_fraction)
         self.min_train_samples = _positive_int(min_train_samples, "min_train_samples", minimum=1)
         self.min_test_samples = _positive_int(min_test_samples, "min_test_samples", minimum=1)
@@ -104,25 +110,37 @@ class Splitter(ABC):
     def get_n_splits(self) -> int:
         return len(self._plan())
 
-    def split(self, t0, t1) -> list[Fold]:
+    def block_starts(self, calendar) -> np.ndarray:
+        """First bar time (int64 ns) of each of the ``n_blocks`` blocks of ``calendar`` (sorted
+        unique bar times, int64 ns or datetime64): ``numpy.array_split`` of its bars."""
+        times = unique_sorted(to_ns(calendar, "calendar"))
+        if self.n_blocks > len(times):
+            raise QuantmlInputError(
+                f"validation.method={self.method} needs {self.n_blocks} blocks but the samples have "
+                f"only {len(times)} unique timestamps: use fewer splits/groups or more data"
+            )
+        return np.array([times[b[0]] for b in np.array_split(np.arange(len(times)), self.n_blocks)], np.int64)
+
+    def split(self, t0, t1, calendar=None) -> list[Fold]:
         """Folds for samples with label intervals ``[t0, t1]`` (datetime64[ns] [n], any order).
+
+        ``calendar``: the bar times the blocks are cut from (the data's calendar, so every run
+        on the same data gets the same block boundaries whatever its horizons or ablations
+        keep as samples); default the samples' own unique ``t0``. A sample belongs to the
+        block whose first bar is the last one at or before its ``t0``.
 
         Raises :class:`QuantmlInputError` on NaT, ``t1 < t0``, more blocks than unique
         timestamps, or a fold below ``min_train_samples`` / ``min_test_samples``.
         """
         t0n, t1n = to_ns(t0, "t0"), to_ns(t1, "t1")
         check_intervals(t0n, t1n)
-        times = unique_sorted(t0n)
-        ts_idx = np.searchsorted(times, t0n)
-        if self.n_blocks > len(times):
+        starts = self.block_starts(t0n if calendar is None else calendar)
+        if len(t0n) and t0n.min() < starts[0]:
             raise QuantmlInputError(
-                f"validation.method={self.method} needs {self.n_blocks} blocks but the samples have "
-                f"only {len(times)} unique timestamps: use fewer splits/groups or more data"
+                f"a sample at {pd.Timestamp(int(t0n.min()))} lies before the fold plan's calendar "
+                f"(from {pd.Timestamp(int(starts[0]))}): pass the panel's own bar times as the calendar"
             )
-        block_of_ts = np.concatenate(
-            [np.full(len(b), i) for i, b in enumerate(np.array_split(np.arange(len(times)), self.n_blocks))]
-        )
-        block = block_of_ts[ts_idx]
+        block = np.searchsorted(starts, t0n, side="right") - 1
         order = np.argsort(block, kind="stable")
         bounds = np.searchsorted(block[order], np.arange(self.n_blocks + 1))
         members = [np.sort(order[bounds[b] : bounds[b + 1]]) for b in range(self.n_blocks)]
@@ -142,6 +160,28 @@ class Splitter(ABC):
             self._check_size(fold, t0n, len(candidates))
             folds.append(fold)
         return folds
+
+    def fold_plan(self, calendar) -> dict:
+        """The fold plan on ``calendar`` as JSON-able data: each block's first and last bar (ISO,
+        UTC), each fold's train and test blocks, ``hash`` (a short digest of those: the same for
+        every run on the same calendar and method, whatever its horizons or ablations), and the
+        splitter's ``settings``."""
+        times = unique_sorted(to_ns(calendar, "calendar"))
+        starts = self.block_starts(times)
+        ends = np.r_[times[np.searchsorted(times, starts[1:]) - 1], times[-1]]
+        iso = lambda v: pd.Timestamp(int(v), tz="UTC").isoformat()  # noqa: E731
+        plan = {
+            "method": self.method,
+            "blocks": [{"block": i, "start": iso(a), "end": iso(b)} for i, (a, b) in enumerate(zip(starts, ends))],
+            "folds": [
+                {"fold_id": k, "train_blocks": list(train), "test_blocks": list(test)}
+                for k, (train, test, _) in enumerate(self._plan())
+            ],
+        }
+        # the boundaries and the blocks of each fold, not settings that leave them unchanged
+        plan["hash"] = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:12]
+        plan["settings"] = self._params()
+        return plan
 
     def inner_split(self, fold: Fold, t0, t1) -> tuple[np.ndarray, np.ndarray]:
         """``(fit, valid)`` of a fold with this splitter's ``valid_fraction`` and ``embargo``.
@@ -187,6 +227,7 @@ class Splitter(ABC):
             "min_train_samples": self.min_train_samples,
             "min_test_samples": self.min_test_samples,
             "min_inner_outcomes": self.min_inner_outcomes,
+            "crossfit_folds": self.crossfit_folds,
         }
 
 
@@ -294,7 +335,16 @@ _SPLITTERS: dict[str, type[Splitter]] = {
     "purged_kfold": PurgedKFold,
     "cpcv": CombinatorialPurgedCV,
 }
-_COMMON = ("embargo", "valid_fraction", "min_train_samples", "min_test_samples", "min_inner_outcomes")
+_COMMON = (
+    "embargo",
+    "valid_fraction",
+    "min_train_samples",
+    "min_test_samples",
+    "min_inner_outcomes",
+    "crossfit_folds",
+)
+# settings of the lockbox (quantml.validation.lockbox), not of the splitter
+LOCKBOX_KEYS = ("holdout", "holdout_start")
 _KEYS = {
     "walk_forward": ("n_splits", "mode", "train_blocks", *_COMMON),
     "purged_kfold": ("n_splits", *_COMMON),
@@ -311,6 +361,8 @@ def make_splitter(cfg) -> Splitter:
     be a setting of that method (a typo such as ``n_split`` is an error, not silently ignored).
     """
     params = to_mapping(cfg, "validation")
+    for key in LOCKBOX_KEYS:
+        params.pop(key, None)
     target = params.pop("_target_", None)
     method = params.pop("method", None)
     if target is not None:

@@ -89,6 +89,9 @@ with warnings.catch_warnings():
             out["prob_up"] = 0.5 + np.clip(out.expected_return * 10, -0.4, 0.4)
             out["vol_forecast"] = 0.02
             out = compute_signals(out, SignalConfig.from_config(self.signal, cost=self.signal.get("cost", 0.0)))
+            from quantml.portfolio import RankLongShort
+
+            out["target_weight"] = RankLongShort(mode="time_series").target_weights(out)
             out["model_name"] = str(params.get("model_name", ""))
             out["model_version"] = str(params.get("model_version", ""))
             out["schema_version"] = SCHEMA_VERSION

@@ -44,7 +44,7 @@ def test_hparams_search_lightgbm_runs_trials_as_parent_runs(tracking_uri, tmp_pa
     parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("quantml.kind") == "parent"]
     by_trial = {int(r.data.params["hparams_search.trial"]): r for r in parents}
     assert sorted(by_trial) == [0, 1, 2]
-    objective = "val_rank_ic_mean/4h"
+    objective = "test_rank_ic_mean/4h"
     for t in study.trials:
         run = by_trial[t.number]
         assert run.data.tags["choice.hparams_search"] == "lightgbm"
@@ -55,3 +55,10 @@ def test_hparams_search_lightgbm_runs_trials_as_parent_runs(tracking_uri, tmp_pa
             assert t.intermediate_values and set(t.intermediate_values) <= {0, 1, 2}
     results = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
     assert results.study_name == "hparams-lightgbm" and results.trials.COMPLETE >= 1
+    # the sweep ends with the best trial's selection figure beside its parent's lockbox (a counted read)
+    assert f"selection_{objective} = " in proc.stdout and "holdout (lockbox of run" in proc.stdout
+    best = by_trial[study.best_trial.number]
+    assert results.best_run_id == best.info.run_id
+    lockbox = {k: v for k, v in best.data.metrics.items() if k.startswith("holdout_")}
+    reads = client.get_run(best.info.run_id).data.tags.get("quantml.lockbox_reads", "0")
+    assert (int(reads) >= 1) if lockbox else ("no lockbox" in proc.stdout)

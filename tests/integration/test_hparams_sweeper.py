@@ -72,7 +72,9 @@ def test_presets_compose_and_every_searched_key_exists(preset, backbone):
     assert cfg.backbone._target_.endswith(backbone)
     assert cfg.hydra.sweeper._target_.endswith("QuantmlOptunaSweeper")
     first = cfg.horizon.horizons[0]
-    assert cfg.hparams_search.objective == f"val_rank_ic_mean/{first}"
+    # selection on development folds' test blocks (the lockbox is never in them)
+    assert cfg.hparams_search.objective == f"test_rank_ic_mean/{first}"
+    assert cfg.hparams_search.prune_metric == f"test_rank_ic/{first}"
     space, fixed = HparamSearch(params=cfg.hydra.sweeper.params).search_space([])
     assert len(space) >= 5 and not fixed
     for key in space:
@@ -151,3 +153,36 @@ def test_toy_sweep_tells_values_prunes_and_survives_failures(tmp_path, monkeypat
     results = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
     assert results.best_value == pytest.approx(study.best_value) and results.trials.COMPLETE == len(complete)
     assert math.isfinite(results.best_value) and set(states) == set(range(8))
+
+
+def test_sweep_end_prints_selection_beside_the_best_trials_lockbox(tmp_path, capsys):
+    """The best trial's objective (development folds) is printed beside its parent run's holdout_*,
+    and that print is a counted lockbox read."""
+    import mlflow
+
+    from tests.helpers.registry_fakes import sqlite_store
+
+    uri = sqlite_store(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("hp", artifact_location=(tmp_path / "a").as_uri())
+    runs = {}
+    for trial in (0, 1):
+        run = client.create_run(exp, tags={"quantml.kind": "parent"})
+        client.log_param(run.info.run_id, "hparams_search.trial", str(trial))
+        client.log_param(run.info.run_id, "hparams_search.study_name", "hp-study")
+        client.log_metric(run.info.run_id, "holdout_rank_ic/4h", 0.01 * (trial + 1))
+        runs[trial] = run.info.run_id
+    study = optuna.create_study(study_name="hp-study", direction="maximize")
+    for value in (0.2, 0.05):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    search = HparamSearch()
+    search.config = OmegaConf.create(
+        {"tracking": {"uri": uri}, "hparams_search": {"objective": "test_rank_ic_mean/4h"}}
+    )
+    out = search._selection_beside_holdout(study)
+    printed = capsys.readouterr().out
+    assert "selection_test_rank_ic_mean/4h = 0.2 (development folds)" in printed
+    assert f"lockbox of run {runs[0]}" in printed and "holdout_rank_ic/4h 0.01" in printed
+    assert out["best_run_id"] == runs[0] and out["holdout"] == {"holdout_rank_ic/4h": 0.01}
+    assert client.get_run(runs[0]).data.tags["quantml.lockbox_reads"] == "1"
+    assert "quantml.lockbox_reads" not in client.get_run(runs[1]).data.tags

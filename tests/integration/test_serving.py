@@ -9,6 +9,7 @@ promoted to active in a temporary SQLite store.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,9 +22,11 @@ from quantml.cli.common import CONFIG_DIR
 from quantml.cli.predict import main as predict_main
 from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError
 from quantml.data import load_panel
+from quantml.portfolio import AllocatorConfig, market_returns
 from quantml.registry import ACTIVE, CHAMPION, RegistryStore, promote, register
 from quantml.registry.store import mlflow_uri_scope
 from quantml.serving import predict_panel, resolve_model
+from quantml.signals import SignalConfig
 from tests.helpers.registry_fakes import mlflow_model_server, post_json, sqlite_store
 
 NAME = "served"
@@ -34,6 +37,7 @@ TRAIN = [
     "horizon=1h",
     "feature_set=price_volume_regime",
     "validation.n_splits=3",
+    "validation.embargo=1h",  # 1h labels: a day's embargo would empty the inner early-stopping part
     "print_report=false",
     "tracking.experiment=serving",
 ]
@@ -194,6 +198,7 @@ def test_mlflow_models_serve_answers_the_contract_and_refuses_bad_panels(champio
         assert served["timestamp"].tolist() == expected["timestamp"].map(lambda t: t.isoformat()).tolist()
         np.testing.assert_allclose(served["expected_return"], expected["expected_return"], rtol=1e-9)
         assert served["action"].tolist() == expected["action"].tolist()
+        assert served["target_weight"].tolist() == expected["target_weight"].tolist()
         assert set(served["model_name"]) == {NAME}
 
         status, body = post_json(
@@ -211,7 +216,6 @@ def test_mlflow_models_serve_answers_the_contract_and_refuses_bad_panels(champio
 @pytest.fixture(scope="module")
 def tuned(champion, panel):
     """NAME v<new>: v1 copied with non-trivial thresholds in its bundle (quantml tune attach=)."""
-    from quantml.portfolio import AllocatorConfig
     from quantml.signals import SignalConfig
     from quantml.tuning.run import attach_to_model_version
 
@@ -272,6 +276,8 @@ def test_mlflow_models_serve_answers_the_same_actions_as_predict_after_attach(ch
     served = pd.DataFrame(body["predictions"])
     assert served["action"].tolist() == expected["action"].tolist()
     assert served["action"].tolist() != plain["action"].tolist()
+    # the rank book's weights read the forecasts, not the thresholds: tuning left them as they were
+    assert served["target_weight"].tolist() == expected["target_weight"].tolist() == plain["target_weight"].tolist()
 
 
 def test_a_panel_shorter_than_the_warm_up_is_refused(champion, panel, tmp_path):
@@ -307,3 +313,143 @@ def test_a_bundle_without_warmup_bars_still_predicts(champion, panel, tmp_path):
     del bundle.__dict__["allocator"]  # a bundle pickled before the field existed
     out = bundle.predict_contract(panel.groupby("symbol", group_keys=False).tail(5), last_only=True)
     assert len(out) == panel["symbol"].nunique()
+
+
+# -- one book: target_weight is the configured strategy's, the same through predict and serve -------
+ALLOCATOR_YAML = Path(CONFIG_DIR) / "strategy" / "allocator.yaml"
+TUNED_ALLOCATOR = AllocatorConfig(cov_window=30, cov_min_periods=10, target_vol=0.2)
+
+
+@pytest.fixture(scope="module")
+def allocator_versions(champion, tuned):
+    """``(allocator version, its tuned copy)``: v1 with ``strategy=allocator`` in its bundle (what a
+    run with ``strategy=allocator`` logs), then ``quantml tune attach=`` of it with the tuned
+    thresholds and allocator settings of ``tuned``."""
+    from omegaconf import OmegaConf
+
+    from quantml.registry.commands import copy_version_with_bundle
+    from quantml.tuning.run import attach_to_model_version
+
+    uri, store, run_id, _ = champion
+    _, signal, _ = tuned
+    config = OmegaConf.to_container(OmegaConf.load(ALLOCATOR_YAML), resolve=True)
+
+    def allocator_strategy(bundle) -> None:
+        bundle.strategy = config
+
+    plain = copy_version_with_bundle(
+        store.client, NAME, "1", allocator_strategy, log_run_id=run_id, artifact_name="model_allocator"
+    )
+    mv = attach_to_model_version(
+        NAME, str(plain.version), signal, TUNED_ALLOCATOR, source_run_id=run_id, tune_run_id=None, tracking_uri=uri
+    )
+    return str(plain.version), str(mv.version)
+
+
+def _through_pyfunc(store, version: str, panel: pd.DataFrame, last_only: bool) -> pd.DataFrame:
+    with store.global_uri():
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    return pd.DataFrame(model.predict(panel, params={"last_only": last_only}))
+
+
+def test_pyfunc_and_predict_give_the_same_actions_and_target_weights_for_both_strategies(
+    champion, panel, tuned, allocator_versions
+):
+    _, store, _, _ = champion
+    rank_tuned = tuned[0]
+    allocator, allocator_tuned = allocator_versions
+    frames = {}
+    for version in ("1", rank_tuned, allocator, allocator_tuned):
+        frame, _ = predict_panel(f"models:/{NAME}/{version}", panel, store=store, last_only=False)
+        direct = _through_pyfunc(store, version, panel, last_only=False)
+        assert list(frame.columns) == list(PREDICTION_COLUMNS)
+        assert frame["action"].tolist() == direct["action"].tolist()
+        assert frame["target_weight"].tolist() == direct["target_weight"].tolist()
+        # the last bar's weight is the same whether the panel's other bars are predicted or not
+        last, _ = predict_panel(f"models:/{NAME}/{version}", panel, store=store, last_only=True)
+        at_last = frame.merge(last[["symbol", "timestamp", "horizon"]], on=["symbol", "timestamp", "horizon"])
+        np.testing.assert_allclose(last["target_weight"], at_last["target_weight"], rtol=1e-12, atol=1e-15)
+        frames[version] = frame
+    rank, alloc, alloc_tuned = frames["1"], frames[allocator], frames[allocator_tuned]
+    # the rank book: dollar-neutral rank weights, gross 1 at every bar with forecasts
+    gross = rank.groupby("timestamp")["target_weight"].apply(lambda w: np.abs(w).sum())
+    np.testing.assert_allclose(gross[gross > 0], 1.0)
+    # the allocator: flat rows get no weight, the thresholds and allocator settings move the book
+    assert (alloc.loc[alloc["action"] == "flat", "target_weight"] == 0).all()
+    assert (alloc["target_weight"] != 0).sum() > 50
+    assert alloc["target_weight"].tolist() != rank["target_weight"].tolist()
+    assert alloc_tuned["target_weight"].tolist() != alloc["target_weight"].tolist()
+    assert alloc_tuned["action"].tolist() == frames[rank_tuned]["action"].tolist()  # same tuned thresholds
+
+
+def test_served_target_weights_are_the_backtest_books_positions(champion, panel, allocator_versions):
+    """The engine, run on the served frame with the panel as its market, holds exactly the
+    served weights: serve == backtest, for the rank book (1h bars, 1h horizon: held one bar) and
+    the tuned allocator."""
+    from quantml.backtest import run_backtest
+    from quantml.market.execution import CostModel
+    from quantml.tracking.pyfunc import load_bundle
+
+    _, store, _, root = champion
+    market = market_returns(panel)
+    for version in ("1", allocator_versions[1]):
+        frame, _ = predict_panel(f"models:/{NAME}/{version}", panel, store=store, last_only=False)
+        with store.global_uri():
+            bundle = load_bundle(f"models:/{NAME}/{version}", root / f"bundle-{version}")
+        strategy = bundle.serving_strategy(SignalConfig.from_dict(bundle.signal), panel)
+        ppy = bundle.periods_per_year(panel)
+        result = run_backtest(strategy, frame, CostModel(), ppy, market=market)
+        held = result.positions.rename_axis(index="timestamp", columns="symbol").stack().rename("held").reset_index()
+        both = frame.merge(held, on=["timestamp", "symbol"])
+        assert len(both) == len(frame)
+        np.testing.assert_allclose(both["held"], both["target_weight"], rtol=1e-12, atol=1e-15)
+        assert (both["held"] != 0).any()
+
+
+def test_an_allocator_model_refuses_a_panel_shorter_than_its_covariance_window(
+    champion, panel, allocator_versions, tmp_path
+):
+    """This model's warm-up (263 bars of 1h features) already covers allocator.yaml's 60-bar
+    window; a covariance window past the warm-up is refused by its own message, naming the bars."""
+    from quantml.tracking.pyfunc import load_bundle
+
+    _, store, _, _ = champion
+    with store.global_uri():
+        bundle = load_bundle(f"models:/{NAME}/{allocator_versions[0]}", tmp_path)
+    warmup = bundle.warmup_bars
+    window = warmup + 10
+    bundle.strategy = {**bundle.strategy, "allocator": {**bundle.strategy["allocator"], "cov_window": window}}
+    assert window + 1 <= panel.groupby("symbol").size().min()
+    short = panel.groupby("symbol", group_keys=False).tail(warmup + 1).reset_index(drop=True)
+    with pytest.raises(
+        QuantmlInputError,
+        match=rf"needs at least {window + 1} bars \(the allocator's covariance window, "
+        rf"strategy.allocator.cov_window={window}.* has {warmup + 1}",
+    ):
+        bundle.predict_contract(short, last_only=True)
+    enough = panel.groupby("symbol", group_keys=False).tail(window + 1).reset_index(drop=True)
+    frame = bundle.predict_contract(enough, last_only=True)
+    assert len(frame) == panel["symbol"].nunique() and (frame["target_weight"] != 0).any()
+    # (the last bar's weight equals a longer history's only given equal forecasts: the features'
+    # 480-bar regime window still moves them here; tests/unit/test_target_weights.py pins the window)
+
+
+def test_mlflow_models_serve_answers_the_allocators_target_weights_after_attach(champion, panel, allocator_versions):
+    uri, store, _, root = champion
+    version = allocator_versions[1]
+    expected, _ = predict_panel(f"models:/{NAME}/{version}", panel, store=store, last_only=False)
+    last, _ = predict_panel(f"models:/{NAME}/{version}", panel, store=store, last_only=True)
+    wire = panel.assign(timestamp=panel["timestamp"].map(lambda t: t.isoformat()))
+    with mlflow_model_server(f"models:/{NAME}/{version}", uri, root, timeout=150) as url:
+        answers = [
+            post_json(
+                f"{url}/invocations", {"dataframe_split": wire.to_dict(orient="split"), "params": {"last_only": flag}}
+            )
+            for flag in (False, True)
+        ]
+    for (status, body), want in zip(answers, (expected, last)):
+        assert status == 200, body
+        served = pd.DataFrame(body["predictions"])
+        assert served["action"].tolist() == want["action"].tolist()
+        assert served["target_weight"].tolist() == want["target_weight"].tolist()
+    assert (expected["target_weight"] != 0).any() and (last["target_weight"] != 0).any()

@@ -250,7 +250,23 @@ def test_cli_tunes_logs_a_child_run_and_attaches(tracking_uri, tmp_path, monkeyp
     assert [m.step for m in equity] == list(range(len(bars)))
     assert [m.value for m in equity] == pytest.approx(bars["equity"].tolist())
     ppy = float(child.data.params["periods_per_year"])
-    assert bars["pnl"].mean() * ppy == pytest.approx(m["selection_ann_return"])  # the selection metric is these bars
+    # the selection bars are the selection folds' books of the first horizon, one after another;
+    # each fold's bars give that fold's logged Sharpe (tune/fold_sharpe.csv, selection_fold_* metrics)
+    from quantml.market.performance import performance_stats
+
+    folds = pd.read_csv(client.download_artifacts(child.info.run_id, "tune/fold_sharpe.csv", str(tmp_path)))
+    sel = folds[(folds["split"] == "selection") & (folds["horizon"] == "1d")].set_index("fold")["sharpe_after_cost"]
+    assert (
+        sorted(bars["fold"].unique())
+        == sorted(sel.index)
+        == [int(f) for f in child.data.params["selection_folds"].split(",")]
+    )
+    for f, part in bars.groupby("fold"):
+        stats = performance_stats(part["pnl"].to_numpy(), part["turnover"].to_numpy(), ppy)
+        assert stats["sharpe"] == pytest.approx(sel[f], rel=1e-9)
+    history = client.get_metric_history(child.info.run_id, "selection_fold_sharpe_after_cost/1d")
+    assert {h.step: h.value for h in history} == pytest.approx(sel.to_dict())
+    assert m["selection_sharpe_after_cost/1d"] == pytest.approx(sel.mean())
     trials = pd.read_csv(client.download_artifacts(child.info.run_id, "tune/trials.csv", str(tmp_path)))
     assert len(trials) == 3 and "params_threshold/1d" in trials.columns
     study = optuna.load_study(study_name=f"quantml-tune-{run_id[:12]}-calmar", storage=storage)

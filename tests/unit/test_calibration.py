@@ -197,3 +197,74 @@ def test_transform_never_crosses_quantiles(seed, width):
     out = fit_calibrator(valid, {"conformal": {"mode": "asymmetric"}}).transform(test)
     assert (out["q10"] <= out["q50"]).all() and (out["q50"] <= out["q90"]).all()
     assert out["prob_up"].between(0, 1).all()
+
+
+def residual_frame(n, seed, z_scale=1.0, horizons=("1d",)):
+    """A residual-quantile forecaster whose ``z`` (and so its quantiles) are ``z_scale`` x too narrow."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for h in horizons:
+        er = rng.normal(0, 0.01, n)
+        vol = np.exp(rng.normal(np.log(0.02), 0.3, n))
+        ret = er + vol * rng.standard_t(5, n)  # heavy tails: the Gaussian 1.2816 is wrong
+        z = 1.2816 * z_scale
+        parts.append(
+            pd.DataFrame(
+                {
+                    "horizon": h,
+                    "expected_return": er,
+                    "vol_forecast": vol,
+                    "prob_up": 0.5,
+                    "q10": er - vol * z,
+                    "q50": er,
+                    "q90": er + vol * z,
+                    "ret": ret,
+                    "dir": (ret > 0).astype(float),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_residual_quantiles_are_refitted_on_the_calibration_rows():
+    valid, test = residual_frame(5000, 1, z_scale=0.3), residual_frame(20000, 2, z_scale=0.3)
+    cal = fit_calibrator(valid, {"conformal": {"enabled": False}}, residual_quantiles=True)
+    z10, z50, z90 = cal.residual_z["1d"]
+    t5 = np.quantile(np.random.default_rng(0).standard_t(5, 200_000), [0.1, 0.5, 0.9])
+    np.testing.assert_allclose([z10, z50, z90], t5, atol=0.06)
+    out = cal.transform(test)
+    np.testing.assert_allclose(out["q90"], test["expected_return"] + test["vol_forecast"] * z90)
+    inside = (test["ret"] >= out["q10"]) & (test["ret"] <= out["q90"])
+    assert abs(inside.mean() - 0.8) < 0.02
+    assert abs(((test["ret"] >= test["q10"]) & (test["ret"] <= test["q90"])).mean() - 0.8) > 0.3  # was too narrow
+    # the conformal shift is then measured on the rebuilt quantiles: almost nothing is left to shift
+    shifted = fit_calibrator(valid, {}, residual_quantiles=True)
+    assert max(abs(v) for v in shifted.shift["1d"]) < 0.002
+    assert shifted.to_dict()["residual_z"]["1d"] == list(shifted.residual_z["1d"])
+
+
+def test_without_residual_quantiles_the_model_quantiles_are_kept():
+    valid, test = residual_frame(2000, 3, z_scale=0.3), residual_frame(500, 4, z_scale=0.3)
+    cal = fit_calibrator(valid, {"conformal": {"enabled": False}})
+    assert cal.residual_z == {}
+    pd.testing.assert_series_equal(cal.transform(test)["q90"], test["q90"])
+    # too few rows: the model's own quantiles are the fallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        small = fit_calibrator(valid.iloc[:20], {"calibration": {"min_samples": 50}}, residual_quantiles=True)
+    assert small.residual_z == {}
+    pd.testing.assert_series_equal(small.transform(test)["q10"], test["q10"])
+    with pytest.raises(QuantmlInputError, match="vol_forecast"):
+        fit_calibrator(valid.drop(columns="vol_forecast"), {}, residual_quantiles=True)
+
+
+def test_a_calibrator_pickled_before_residual_quantiles_still_loads():
+    cal = fit_calibrator(classifier_frame(500, seed=3), {})
+    state = dict(cal.__dict__)
+    del state["residual_z"]  # what a 0.1-era pickle holds
+    old = object.__new__(type(cal))
+    old.__setstate__(state)
+    clone = pickle.loads(pickle.dumps(old))
+    assert clone.residual_z == {}
+    test = classifier_frame(100, seed=4)
+    pd.testing.assert_frame_equal(clone.transform(test), cal.transform(test))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -129,3 +130,92 @@ def test_prediction_frame_aligns_realised_values_per_horizon():
     np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "ret"], rows * 10)
     np.testing.assert_array_equal(frame.loc[frame.horizon == "4h", "vol"], rows * 10 + 0.3)
     np.testing.assert_array_equal(frame["ret_next_bar"], -np.tile(rows, 2))
+
+
+# ---- capacity: what a fit grew to, and refits to a fixed capacity -------------------------------
+
+
+def test_lightgbm_capacity_is_the_best_iteration_per_head_and_horizon():
+    from quantml.models.lightgbm_model import _trees_used
+
+    data = planted_panel(n_per_symbol=300)
+    rows = np.arange(data.n_rows)
+    model = LightGBMForecaster(
+        HORIZONS, seed=1, n_estimators=200, min_child_samples=20, early_stopping_rounds=10, n_jobs=1
+    )
+    model.fit(data.subset(rows[:600]), data.subset(rows[600:750]))
+    keys = [f"{head}/{h}" for h in HORIZONS for head in ("return", "direction", "vol")]
+    assert list(model.capacity_) == keys
+    heads = {"return": model.return_models_, "direction": model.direction_models_, "vol": model.vol_models_}
+    for key, trees in model.capacity_.items():
+        head, h = key.split("/")
+        assert trees == heads[head][HORIZONS.index(h)].best_iteration_ == _trees_used(heads[head][HORIZONS.index(h)])
+        assert 1 <= trees < 200  # every head early-stopped before the budget
+    assert model.capacity_ == json.loads(json.dumps(model.capacity_))  # JSON-able as it is
+    # without a validation slice there is no early stopping: every head grows n_estimators
+    assert set(LightGBMForecaster(HORIZONS, n_estimators=7, n_jobs=1).fit(data.subset(rows)).capacity_.values()) == {7}
+
+
+def test_lightgbm_with_capacity_grows_exactly_those_trees_and_ignores_early_stopping():
+    data = planted_panel(n_per_symbol=300)
+    rows = np.arange(data.n_rows)
+    template = LightGBMForecaster(
+        HORIZONS, seed=1, n_estimators=200, min_child_samples=20, early_stopping_rounds=5, n_jobs=1
+    )
+    fitted = template.with_capacity(None).fit(data.subset(rows[:600]), data.subset(rows[600:750]))
+    capacity = {"return/1h": 3, "direction/1h": 40, "vol/1h": 9, "return/4h": 120, "direction/4h": 1}
+    fixed = fitted.with_capacity(capacity)
+    assert not hasattr(fixed, "return_models_") and not hasattr(fixed, "capacity_")  # an unfitted copy
+    assert hasattr(fitted, "return_models_") and fitted.fixed_capacity is None  # the source is untouched
+    fixed.fit(data.subset(rows[:600]), data.subset(rows[600:750]))  # valid is there, yet no early stopping
+    assert fixed.capacity_ == {**capacity, "vol/4h": 200}  # a head missing from the capacity: n_estimators
+    assert fixed.return_models_[1].booster_.current_iteration() == 120
+    again = template.with_capacity(capacity).fit(data.subset(rows[:600]))
+    np.testing.assert_array_equal(
+        again.predict(data.subset(rows[750:])).expected_return, fixed.predict(data.subset(rows[750:])).expected_return
+    )
+
+
+def test_native_quantile_heads_have_a_capacity_too():
+    data = planted_panel(n_per_symbol=200)
+    rows = np.arange(data.n_rows)
+    model = LightGBMForecaster(HORIZONS, n_estimators=30, min_child_samples=20, quantiles="native", n_jobs=1)
+    model.fit(data.subset(rows[:400]), data.subset(rows[400:500]))
+    assert {"q10/1h", "q50/1h", "q90/4h"} <= set(model.capacity_)
+    assert model.uses_residual_quantiles is False
+    refit = model.with_capacity({"q90/4h": 4}).fit(data.subset(rows[:400]))
+    assert refit.capacity_["q90/4h"] == 4
+
+
+def test_ridge_capacity_is_empty_and_with_capacity_is_a_plain_copy():
+    data = planted_panel(n_per_symbol=100)
+    rows = np.arange(data.n_rows)
+    model = RidgeForecaster(HORIZONS, alpha=2.0).fit(data.subset(rows))
+    assert model.capacity_ == {} and model.uses_residual_quantiles
+    clone = model.with_capacity({})
+    assert clone.alpha == 2.0 and not hasattr(clone, "scaler_")
+    np.testing.assert_array_equal(
+        clone.fit(data.subset(rows)).predict(data.subset(rows)).q90, model.predict(data.subset(rows)).q90
+    )
+
+
+def test_median_capacity_per_key_rounded_at_least_one():
+    from quantml.models.base import median_capacity
+
+    caps = [{"return/1d": 2, "vol/1d": 80}, {"return/1d": 5, "vol/1d": 81}, {"return/1d": 30}, {}]
+    assert median_capacity(caps) == {"return/1d": 5, "vol/1d": 81}  # vol: median(80, 81) = 80.5 -> 81
+    assert median_capacity([{"epochs": 2}, {"epochs": 3}]) == {"epochs": 3}
+    assert median_capacity([{"a": 0}, {"a": 1}]) == {"a": 1}  # never below one
+    assert median_capacity([]) == {} and median_capacity([{}, {}]) == {}
+
+
+def test_bad_capacities_are_refused_with_the_key_named():
+    from quantml.contracts import QuantmlInputError
+    from quantml.models.base import median_capacity
+
+    with pytest.raises(QuantmlInputError, match=r"return/1h.*integer >= 1"):
+        RidgeForecaster(HORIZONS).with_capacity({"return/1h": 0})
+    with pytest.raises(QuantmlInputError, match="mapping"):
+        RidgeForecaster(HORIZONS).with_capacity([3])
+    with pytest.raises(QuantmlInputError, match=r"capacities\[1\]\['vol/1d'\]"):
+        median_capacity([{"vol/1d": 3}, {"vol/1d": "many"}])

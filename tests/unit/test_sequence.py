@@ -339,6 +339,21 @@ def test_early_stopping_restores_the_best_epoch(panel):
     assert len(tr_only.history_) == 2 and np.isnan(tr_only.history_[0]["val_loss"])
 
 
+def test_capacity_is_the_restored_epoch_and_a_fixed_capacity_ignores_validation(panel):
+    tr, va, te = split_rows()
+    m = make("mlp", max_epochs=8, patience=2, lr=3e-2).fit(panel.subset(tr), panel.subset(va))
+    assert m.capacity_ == {"epochs": m.best_epoch_ + 1}
+    fixed = m.with_capacity({"epochs": 3})
+    assert not hasattr(fixed, "net_") and m.fixed_capacity is None  # an unfitted copy; m untouched
+    fixed.fit(panel.subset(tr), panel.subset(va))  # valid given, yet no early stopping, no val loss
+    assert len(fixed.history_) == 3 and np.isnan(fixed.history_[-1]["val_loss"])
+    assert fixed.capacity_ == {"epochs": 3}
+    plain = make("mlp", max_epochs=3, patience=2, lr=3e-2).fit(panel.subset(tr))
+    np.testing.assert_allclose(
+        plain.predict(panel.subset(te)).expected_return, fixed.predict(panel.subset(te)).expected_return, rtol=1e-5
+    )
+
+
 def test_learns_the_planted_signal(fitted, panel):
     _, _, te = split_rows()
     m = make("lstm", max_epochs=25, limit_train_batches=None, patience=5)

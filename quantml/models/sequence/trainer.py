@@ -149,6 +149,9 @@ class SequenceForecaster(Forecaster):
 
     # ---- Forecaster ---------------------------------------------------------------------
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> SequenceForecaster:
+        """Train with early stopping on ``valid`` (best state restored); ``capacity_`` is
+        ``{"epochs": best epoch + 1}``. With a fixed capacity (:meth:`with_capacity`) it trains
+        ``capacity["epochs"]`` epochs (``max_steps`` still caps it) and ignores ``valid``."""
         import lightning.pytorch as pl
         from lightning.pytorch.callbacks import EarlyStopping
 
@@ -159,8 +162,10 @@ class SequenceForecaster(Forecaster):
             raise QuantmlInputError(
                 "the training fold has no labelled rows; use a longer data range or a shorter horizon"
             )
+        fixed = getattr(self, "fixed_capacity", None)
+        max_epochs = int(fixed.get("epochs", self.max_epochs)) if fixed is not None else self.max_epochs
         valid_rows = None
-        if valid is not None and len(valid):
+        if fixed is None and valid is not None and len(valid):  # a fixed capacity: no early stopping
             valid_rows = valid.rows[np.isfinite(valid.data.y_ret[valid.rows]).any(axis=1)]
             valid_rows = valid_rows if len(valid_rows) else None
 
@@ -216,7 +221,7 @@ class SequenceForecaster(Forecaster):
                     accelerator="gpu" if gpu else "cpu",
                     devices=1,
                     precision="bf16-mixed" if gpu else "32-true",
-                    max_epochs=self.max_epochs,
+                    max_epochs=max_epochs,
                     max_steps=-1 if self.max_steps is None else int(self.max_steps),
                     limit_train_batches=1.0 if self.limit_train_batches is None else self.limit_train_batches,
                     limit_val_batches=1.0 if self.limit_val_batches is None else self.limit_val_batches,
@@ -239,6 +244,9 @@ class SequenceForecaster(Forecaster):
             self.history_ = keeper.history
             self.n_steps_ = int(trainer.global_step)
             self.best_epoch_ = keeper.best_epoch
+            # epochs to the restored best state; without validation, every epoch that ran
+            epochs = keeper.best_epoch + 1 if keeper.best_state is not None else len(keeper.history)
+            self.capacity_ = {"epochs": max(1, int(epochs))}
             self._after_fit(
                 valid.data if valid_rows is not None else data, valid_rows if valid_rows is not None else rows
             )

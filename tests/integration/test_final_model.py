@@ -1,0 +1,111 @@
+"""The served model is the evaluated model: the final model grows the fold models' median
+capacity on every development sample and ranks symbols as the fold models do.
+
+On the bundled stocks (``data=stocks_daily``, the default) with LightGBM, the final model's
+cross-sectional dispersion (std across symbols per timestamp, averaged over timestamps) of
+``expected_return``, ``prob_up`` and the signal ``score`` must match the last fold model's
+on the same rows, within a factor of two.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import pytest
+
+from quantml.contracts.config import build
+from quantml.experiment.fitting import fit_final, fit_fold_model, prediction_frame
+from quantml.experiment.prepare import prepare_data, seed_everything
+from quantml.models.base import median_capacity
+from quantml.signals import compute_signals
+from quantml.validation import make_splitter
+from quantml.validation.purging import to_ns
+
+# a few seconds on two shared cores: eight years of the five stocks, three folds, small trees
+SMALL = [
+    "data.start=2005-01-01",
+    "backbone.n_estimators=60",
+    "backbone.n_jobs=1",
+    "validation.n_splits=3",
+    "print_report=false",
+]
+FIELDS = ("expected_return", "prob_up", "score")
+
+
+def dispersion(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Per horizon: the std across symbols at each timestamp, averaged over timestamps."""
+    return frame.groupby(["horizon", "timestamp"])[column].std().groupby(level="horizon").mean()
+
+
+@pytest.fixture(scope="module")
+def fitted(request):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from quantml.cli.common import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name="config", overrides=SMALL)
+    GlobalHydra.instance().clear()
+    seed_everything(int(cfg.seed))
+    prep = prepare_data(cfg)
+    splitter = make_splitter(cfg.validation)
+    t0s, t1s = prep.data.t0[prep.samples], prep.data.t1[prep.samples]
+    folds = splitter.split(t0s, t1s)
+    fits = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for fold in folds:
+            fit_pos, valid_pos = splitter.inner_split(fold, t0s, t1s)
+            fits.append(fit_fold_model(cfg, prep, splitter, prep.samples[fit_pos], prep.samples[valid_pos]))
+        final = fit_final(cfg, prep, splitter, [f.capacity for f in fits])
+    return cfg, prep, splitter, folds, fits, final
+
+
+def test_final_model_grows_the_median_fold_capacity(fitted):
+    _, prep, _, _, fits, (model, calibrator, capacity) = fitted
+    assert capacity == median_capacity([f.capacity for f in fits])
+    assert set(capacity) == {f"{head}/{h}" for h in prep.data.horizons for head in ("return", "direction", "vol")}
+    assert model.capacity_ == capacity  # grown to it, no early stopping
+    assert all(calibrator.fitted.values()) and set(calibrator.residual_z) == set(prep.data.horizons)
+
+
+def test_fold_parts_are_disjoint_and_purged(fitted):
+    _, prep, splitter, _, fits, _ = fitted
+    t0, t1 = to_ns(prep.data.t0), to_ns(prep.data.t1)
+    for f in fits:
+        assert len(f.stop_rows) and len(f.calibration_rows)
+        assert t1[f.stop_rows].max() + splitter.embargo.value < t0[f.calibration_rows].min()
+        # the scored validation frame is the calibration part, calibrated out of fold
+        assert len(f.valid_frame) == len(f.calibration_rows) * len(prep.data.horizons)
+        assert not f.valid_frame["prob_up"].equals(f.calibrator.transform(f.valid_frame)["prob_up"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "median fold capacity is ~1-2 trees for the return heads here (folds early-stop at 2, 1, 29 trees "
+        "on return/1d): final / last-fold std of expected_return/1d ~0.1, score/1d ~0.03; the fold models "
+        "disagree as much among themselves (fold 1 vs fold 2: 0.12). See the issue-10 report."
+    ),
+)
+def test_final_model_ranks_symbols_like_the_last_fold_model(fitted, record_property):
+    cfg, prep, _, folds, fits, (model, calibrator, _) = fitted
+    costs = build(cfg.cost, "cost", "quantml.market.CostModel")
+    signal = build(cfg.signal, "signal", "quantml.signals.SignalConfig.build", cost=costs.round_trip)
+    rows = prep.data.subset(prep.samples[folds[-1].test])
+
+    def served(m, cal):
+        return compute_signals(cal.transform(prediction_frame(m, rows, prep.realised)), signal)
+
+    final, last = served(model, calibrator), served(fits[-1].model, fits[-1].calibrator)
+    ratios = {}
+    for column in FIELDS:
+        ratio = dispersion(final, column) / dispersion(last, column)
+        for h, value in ratio.items():
+            ratios[f"{column}/{h}"] = round(float(value), 3)
+    record_property("dispersion_ratio", ratios)
+    off = {k: v for k, v in ratios.items() if not 0.5 <= v <= 2.0}
+    assert not off, f"final / last-fold cross-sectional std outside [0.5, 2]: {off} (all: {ratios})"
