@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.cli.common import CONFIG_DIR, fail_cleanly, tracking_uri
+from quantml.contracts.metrics import format_lockbox
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ def tune(cfg: DictConfig) -> float:
         f"{m['selection_sharpe_after_cost']:.4g} (untuned baseline {m['selection_baseline_sharpe_after_cost']:.4g})"
     )
     # the selection figure beside the lockbox, for the person (the study never reads the lockbox)
-    shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.lockbox.items())) or "no lockbox"
-    print(f"lockbox (source run's holdout_*, read counted): {shown}")
+    print(f"lockbox  (source run's holdout_*, read counted): {format_lockbox(outcome.lockbox)}")
     print(f"book: {outcome.book} (the run's configured strategy), scored fold by fold")
     for note in outcome.notes:
         print(f"note: {note}")

@@ -22,3 +22,26 @@ def split_metric_name(name: str) -> tuple[str, str]:
     """``"val_rank_ic/1d" -> ("val_rank_ic", "1d")``; horizon is ``""`` when absent."""
     base, _, horizon = name.partition(HORIZON_SEPARATOR)
     return base, horizon
+
+
+# the lockbox figures a command shows a person beside its selection figures (all stay on the run)
+LOCKBOX_HEADLINE = ("rank_ic", "sharpe_after_cost", "max_drawdown")
+
+
+def format_lockbox(lockbox: dict[str, float], prefix: str = "holdout_") -> str:
+    """``holdout_<metric>/<h>`` figures as one short line, headline metrics per horizon:
+    ``"1d: rank_ic -0.0075 sharpe_after_cost -1.457 max_drawdown -0.4155; 7d: ..."``
+    (``"no lockbox"`` when empty; every figure stays on the run)."""
+    by_horizon: dict[str, list[tuple[int, str, float]]] = {}
+    for name in sorted(lockbox):
+        base, horizon = split_metric_name(name)
+        metric = base.removeprefix(prefix)
+        if metric in LOCKBOX_HEADLINE:
+            by_horizon.setdefault(horizon, []).append((LOCKBOX_HEADLINE.index(metric), metric, lockbox[name]))
+    if not by_horizon:
+        return "no lockbox" if not lockbox else f"{len(lockbox)} figures (none of {', '.join(LOCKBOX_HEADLINE)})"
+    parts = []
+    for horizon, items in by_horizon.items():
+        shown = " ".join(f"{m} {v:.4g}" for _, m, v in sorted(items))
+        parts.append(f"{horizon}: {shown}" if horizon else shown)
+    return "; ".join(parts)

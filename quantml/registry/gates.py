@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError
 from quantml.contracts import run_layout as L
-from quantml.contracts.metrics import METRICS_VERSION
+from quantml.contracts.metrics import METRICS_VERSION, format_lockbox
 from quantml.portfolio.allocator import AllocatorConfig
 from quantml.signals.core import SignalConfig
 from quantml.tracking.reader import FoldRun, ParentRun, RunReader, metric_horizons
@@ -397,8 +397,7 @@ def lockbox_line(lockbox: dict[str, float]) -> str:
     """The lockbox figures beside the verdict, for the person who promotes."""
     if not lockbox:
         return "lockbox: no lockbox (the run has no holdout_* metrics)"
-    shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(lockbox.items()))
-    return f"lockbox (not gated on; this read is counted in {L.TAG_LOCKBOX_READS}): {shown}"
+    return f"lockbox (not gated on; this read is counted in {L.TAG_LOCKBOX_READS}): {format_lockbox(lockbox)}"
 
 
 def gate_run_status(run: RunSummary) -> GateResult:

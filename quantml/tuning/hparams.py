@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from quantml.contracts import QuantmlInputError
+from quantml.contracts.metrics import format_lockbox
 from quantml.tuning import pruning
 from quantml.tuning.storage import make_storage, redact
 
@@ -264,7 +265,7 @@ class HparamSearch:
         lockbox: dict[str, float] = {}
         if run_id is not None:
             lockbox = reader.parent(run_id, action="report").lockbox_metrics()
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in sorted(lockbox.items())) or "no lockbox"
+        shown = format_lockbox(lockbox)
         line = (
             f"best trial {study.best_trial.number}: selection_{objective} = {study.best_value:.6g} "
             f"(development folds) | holdout (lockbox of run {run_id or '?'}, read counted): {shown}"

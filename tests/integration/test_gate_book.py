@@ -186,7 +186,7 @@ def test_gate_prints_the_lockbox_and_counts_each_read(world):
         client.log_metric(run_id, "holdout_sharpe_after_cost/4h", -0.5)
     before = reads()
     text = check_gates(world["store"], "book", "1").to_text()
-    assert "lockbox (not gated on" in text and "holdout_sharpe_after_cost/4h" in text
+    assert "lockbox (not gated on" in text and "4h: rank_ic" in text and "sharpe_after_cost" in text
     assert reads() == before + 1
     cfg = load_gates_config(overrides=["holdout.enabled=true", "holdout.min=100"])
     report = check_gates(world["store"], "book", "1", cfg)

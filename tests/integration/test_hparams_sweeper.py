@@ -182,7 +182,7 @@ def test_sweep_end_prints_selection_beside_the_best_trials_lockbox(tmp_path, cap
     out = search._selection_beside_holdout(study)
     printed = capsys.readouterr().out
     assert "selection_test_rank_ic_mean/4h = 0.2 (development folds)" in printed
-    assert f"lockbox of run {runs[0]}" in printed and "holdout_rank_ic/4h 0.01" in printed
+    assert f"lockbox of run {runs[0]}" in printed and "4h: rank_ic 0.01" in printed
     assert out["best_run_id"] == runs[0] and out["holdout"] == {"holdout_rank_ic/4h": 0.01}
     assert client.get_run(runs[0]).data.tags["quantml.lockbox_reads"] == "1"
     assert "quantml.lockbox_reads" not in client.get_run(runs[1]).data.tags

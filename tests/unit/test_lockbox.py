@@ -60,3 +60,16 @@ def test_fold_plan_is_cut_from_the_calendar_not_the_samples():
     assert splitter.split(long_, long_ + np.timedelta64(3, "D"))[0].test.tolist() != list(range(10, 20))
     assert splitter.fold_plan(cal)["hash"] == WalkForward(n_splits=3, valid_fraction=0.3).fold_plan(cal)["hash"]
     assert splitter.fold_plan(cal)["hash"] != WalkForward(n_splits=4).fold_plan(cal)["hash"]
+
+
+def test_commands_show_the_lockbox_as_headline_figures_per_horizon():
+    from quantml.contracts.metrics import format_lockbox
+
+    lockbox = {
+        "holdout_sharpe_after_cost/1d": -1.4567,
+        "holdout_rank_ic/1d": -0.00745,
+        "holdout_brier/1d": 0.25,
+        "holdout_rank_ic/7d": -0.3116,
+    }
+    assert format_lockbox(lockbox) == "1d: rank_ic -0.00745 sharpe_after_cost -1.457; 7d: rank_ic -0.3116"
+    assert format_lockbox({}) == "no lockbox"
