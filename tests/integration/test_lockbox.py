@@ -20,45 +20,67 @@ HOLDOUT = 0.2
 TRIALS = {"a": ["backbone.alpha=1.0"], "b": ["backbone.alpha=300.0"]}
 
 
-def _write(tmp_path, name: str, bars: pd.DataFrame, funding: pd.DataFrame):
+def _write(tmp_path, name: str, bars: pd.DataFrame, funding: pd.DataFrame | None):
     folder = tmp_path / name
     folder.mkdir()
     bars.to_parquet(folder / "bars.parquet", index=False)
-    funding.to_parquet(folder / "funding.parquet", index=False)
+    if funding is not None:
+        funding.to_parquet(folder / "funding.parquet", index=False)
     return folder
 
 
-def _perturbed(bars: pd.DataFrame, funding: pd.DataFrame, start: pd.Timestamp):
+def _perturbed(bars: pd.DataFrame, funding: pd.DataFrame | None, start: pd.Timestamp):
     """Prices (OHLC scaled together, so bars stay valid), volume and the funding stream from
     ``start`` on, changed at random."""
     rng = np.random.default_rng(1)
-    bars, funding = bars.copy(), funding.copy()
+    bars = bars.copy()
     late = (bars["timestamp"] >= start).to_numpy()
     scale = np.exp(rng.normal(0, 0.05, late.sum()))
     for col in ("open", "high", "low", "close"):
         bars.loc[late, col] = bars.loc[late, col].to_numpy() * scale
     bars.loc[late, "volume"] = bars.loc[late, "volume"].to_numpy() * rng.uniform(0.2, 3.0, late.sum())
+    if funding is None:
+        return bars, None
+    funding = funding.copy()
     known = (funding["available_at"] >= start).to_numpy()
     value = [c for c in funding.columns if c not in ("symbol", "event_time", "available_at")][0]
     funding.loc[known, value] = rng.normal(0, 0.01, known.sum())
     return bars, funding
 
 
-def _train(compose_cfg, folder, trial: str, experiment: str):
+def _synthetic():
+    synth = generate_synthetic(freq="1h", n_symbols=3, n_bars=900, seed=5)
+    settings = ["horizon=4h", "validation.embargo=4h", "validation.n_splits=3", "validation.min_train_samples=50"]
+    return synth.bars, synth.streams["funding"], "4h", settings
+
+
+def _stocks():
+    from quantml.data.loaders import load_stocks_daily
+
+    bars = load_stocks_daily()
+    bars = bars[bars["timestamp"] >= pd.Timestamp("2008-01-01", tz="UTC")].reset_index(drop=True)
+    return bars, None, "1d", ["horizon=1d", "validation.embargo=1d", "validation.n_splits=3"]
+
+
+DATASETS = {
+    "synthetic_intraday": pytest.param(_synthetic, id="synthetic_intraday"),
+    "bundled_stocks": pytest.param(_stocks, id="bundled_stocks", marks=pytest.mark.slow),
+}
+
+
+def _train(compose_cfg, folder, trial: str, experiment: str, settings: list[str]):
+    streams = [f"+data.streams.funding={folder / 'funding.parquet'}"] if (folder / "funding.parquet").exists() else []
     return run_experiment(
         compose_cfg(
             [
                 "data=parquet",
                 f"data.path={folder / 'bars.parquet'}",
-                f"+data.streams.funding={folder / 'funding.parquet'}",
+                *streams,
                 "feature_set=price_volume_regime",
-                "horizon=4h",
                 "backbone=ridge",
                 "strategy=allocator",  # a book the tuned thresholds change
                 *TRIALS[trial],
-                "validation.n_splits=3",
-                "validation.min_train_samples=50",
-                "validation.embargo=4h",
+                *settings,
                 f"validation.holdout={HOLDOUT}",
                 "print_report=false",
                 f"tracking.experiment={experiment}",
@@ -67,9 +89,9 @@ def _train(compose_cfg, folder, trial: str, experiment: str):
     )
 
 
-def _choices(compose_cfg, folder, experiment: str, tracking_uri: str):
-    runs = {trial: _train(compose_cfg, folder, trial, experiment) for trial in TRIALS}
-    objective = {t: r.metrics["test_rank_ic_mean/4h"] for t, r in runs.items()}
+def _choices(compose_cfg, folder, experiment: str, tracking_uri: str, horizon: str, settings: list[str]):
+    runs = {trial: _train(compose_cfg, folder, trial, experiment, settings) for trial in TRIALS}
+    objective = {t: r.metrics[f"test_rank_ic_mean/{horizon}"] for t, r in runs.items()}
     chosen = max(objective, key=objective.get)
     other = next(t for t in TRIALS if t != chosen)
     tuned = run_tuning(runs[chosen].parent_run_id, tracking_uri, storage=None, n_trials=6, n_startup_trials=3, seed=3)
@@ -84,16 +106,20 @@ def _choices(compose_cfg, folder, experiment: str, tracking_uri: str):
     return runs, objective, chosen, tuned, verdict
 
 
-@pytest.mark.timeout(600)
-def test_perturbing_the_lockbox_changes_no_choice(tmp_path, tracking_uri, compose_cfg):
-    synth = generate_synthetic(freq="1h", n_symbols=3, n_bars=900, seed=5)
-    bars, funding = synth.bars, synth.streams["funding"]
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("dataset", list(DATASETS.values()))
+def test_perturbing_the_lockbox_changes_no_choice(tmp_path, tracking_uri, compose_cfg, dataset):
+    bars, funding, horizon, settings = dataset()
     start = computed_start(calendar_of(bars["timestamp"]), HOLDOUT)
     clean = _write(tmp_path, "clean", bars, funding)
     noisy = _write(tmp_path, "noisy", *_perturbed(bars, funding, start))
 
-    runs_a, objective_a, chosen_a, tuned_a, verdict_a = _choices(compose_cfg, clean, "lockbox-clean", tracking_uri)
-    runs_b, objective_b, chosen_b, tuned_b, verdict_b = _choices(compose_cfg, noisy, "lockbox-noisy", tracking_uri)
+    runs_a, objective_a, chosen_a, tuned_a, verdict_a = _choices(
+        compose_cfg, clean, "lockbox-clean", tracking_uri, horizon, settings
+    )
+    runs_b, objective_b, chosen_b, tuned_b, verdict_b = _choices(
+        compose_cfg, noisy, "lockbox-noisy", tracking_uri, horizon, settings
+    )
 
     client = RunReader(tracking_uri=tracking_uri).client
     tags = client.get_run(runs_a[chosen_a].parent_run_id).data.tags
@@ -109,7 +135,8 @@ def test_perturbing_the_lockbox_changes_no_choice(tmp_path, tracking_uri, compos
     hold_a, hold_b = runs_a[chosen_a].holdout, runs_b[chosen_b].holdout
     assert len(hold_a) and (hold_a["timestamp"] >= start).all()
     assert not np.array_equal(hold_a["ret"].to_numpy(), hold_b["ret"].to_numpy())
-    assert runs_a[chosen_a].metrics["holdout_rank_ic/4h"] != runs_b[chosen_b].metrics["holdout_rank_ic/4h"]
+    key = f"holdout_rank_ic/{horizon}"
+    assert runs_a[chosen_a].metrics[key] != runs_b[chosen_b].metrics[key]
 
 
 def test_development_rows_end_before_the_lockbox_with_the_embargo():
