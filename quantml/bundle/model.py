@@ -26,7 +26,7 @@ from quantml.contracts import (
     periods_per_year,
     require_columns,
 )
-from quantml.contracts.run_layout import WARMUP_BARS
+from quantml.contracts.run_layout import FIRST_BARS, WARMUP_BARS
 from quantml.data import data_fingerprint, validate_panel
 from quantml.evaluation.metrics import ic_mode_for
 from quantml.features import build_features
@@ -140,7 +140,7 @@ class ModelBundle:
         warmup = self.warmup_bars
         if warmup:
             _refuse_short(
-                counts,
+                counts[~self._whole_history(panel).reindex(counts.index, fill_value=False)],
                 warmup + 1,
                 f"the model's warm-up: each symbol needs at least {warmup + 1} bars "
                 f"({warmup} warm-up bars, whose features are not yet all finite, plus the bar predicted)",
@@ -150,6 +150,18 @@ class ModelBundle:
             _refuse_short(
                 counts, need, f"the strategy: each symbol needs at least {need} bars ({why}, plus the bar predicted)"
             )
+
+    def _whole_history(self, panel: pd.DataFrame) -> pd.Series:
+        """Per symbol of ``panel``: True when its first bar is at or before the symbol's first bar
+        at training (bundle metadata ``first_bars``), so the panel holds all the history the
+        model ever saw for it (a symbol listed late, such as FB in the bundled stocks, has fewer
+        bars than the warm-up at training too, and was trained on exactly those features)."""
+        first = pd.Series((getattr(self, "metadata", None) or {}).get(FIRST_BARS) or {}, dtype=object)
+        starts = panel.groupby(SYMBOL, sort=True)[TIMESTAMP].min()
+        if first.empty:
+            return pd.Series(False, index=starts.index)
+        known = pd.to_datetime(first.reindex(starts.index), utc=True)
+        return (starts <= known).fillna(False).astype(bool)
 
     def predict_contract(
         self,

@@ -150,6 +150,9 @@ HOLDOUT_ARTIFACT = "predictions/holdout_predictions.parquet"  # the final model'
 # every development bar: symbol, timestamp, ret_next_bar (the book's PnL calendar, for tune and gates)
 MARKET_ARTIFACT = "predictions/market.parquet"
 FOLD_PLAN_ARTIFACT = "folds/fold_plan.json"  # calendar-anchored block boundaries and each fold's blocks
+# bundle metadata: each symbol's first bar at training (ISO UTC): a served symbol whose panel
+# starts there holds its whole history, so fewer bars than the warm-up are not a truncation
+FIRST_BARS = "first_bars"
 # bundle metadata: the final model's capacity taken from the folds (median best iteration / epoch)
 CAPACITY = "capacity"
 

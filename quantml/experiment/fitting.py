@@ -6,9 +6,10 @@ part** (temperature, conformal shift, residual quantiles). The fold's scored ``v
 metrics are computed on the calibration part with the calibrator cross-fitted inside it, so
 neither early stopping nor calibration has seen the rows it is scored on.
 
-The final model grows the median capacity of the fold models on every development sample,
-without early stopping; its calibrator is fitted on out-of-fold predictions of models of the
-same capacity (:func:`quantml.validation.crossfit`), never on rows a model was fitted on.
+The final model grows the median capacity of the fold models (boosting rounds scaled by the
+ratio of rows) on every development sample, without early stopping; its calibrator is fitted
+on out-of-fold predictions of models grown the same way (:func:`quantml.validation.crossfit`),
+never on rows a model was fitted on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 from quantml.contracts import QuantmlInputError
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
 from quantml.experiment.prepare import REALISED, PreparedData
-from quantml.models.base import Forecaster, SampleSet, median_capacity
+from quantml.models.base import Forecaster, SampleSet, scaled_median_capacity
 from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
 from quantml.validation.purging import parse_embargo, to_ns
 
@@ -158,24 +159,41 @@ def capacity_of(model: Forecaster) -> dict:
     return dict(getattr(model, "capacity_", None) or {})
 
 
+@dataclass(frozen=True)
+class FoldCapacity:
+    """A fold model's ``capacity_`` and the number of rows it was fitted on."""
+
+    capacity: dict
+    n_fit: int
+
+
 def fit_final(
-    cfg: DictConfig, prep: PreparedData, splitter, capacities: list[dict]
+    cfg: DictConfig, prep: PreparedData, splitter, capacities: list[FoldCapacity | dict]
 ) -> tuple[Forecaster, Calibrator, dict]:
     """The model that gets logged, and what it is calibrated with.
 
-    ``capacities``: the fold models' ``capacity_`` dicts. The model grows their
-    :func:`median_capacity` on every development sample (``prep.samples``) with no early
-    stopping. Its calibrator is fitted on out-of-fold predictions over ``prep.samples``
-    (``validation.crossfit_folds`` purged, embargoed blocks, each predicted by a model of the
-    same capacity fitted on the other blocks).
+    ``capacities``: the fold models' :class:`FoldCapacity` (a bare ``capacity_`` dict counts as
+    fitted on as many rows as the target). The model grows their
+    :func:`~quantml.models.base.scaled_median_capacity` for its row count — for boosting, each
+    fold's trees scaled by the ratio of rows, so the served model moves its forecasts as far as
+    the fold models did — on every development sample (``prep.samples``) with no early stopping.
+    Its calibrator is fitted on out-of-fold predictions over ``prep.samples``
+    (``validation.crossfit_folds`` purged, embargoed blocks, each predicted by a model fitted on
+    the other blocks with the capacity scaled to their rows).
 
-    Returns ``(model, calibrator, capacity)`` (``capacity``: the dict the models grew to).
+    Returns ``(model, calibrator, capacity)`` (``capacity``: the dict the served model grew to).
     """
-    capacity = median_capacity(list(capacities))
     template = build_model(cfg, prep.data.horizons)
+    folds = [c if isinstance(c, FoldCapacity) else FoldCapacity(dict(c), 0) for c in capacities]
+
+    def capacity_for(n_rows: int) -> dict:
+        rows = [f.n_fit or n_rows for f in folds]
+        return scaled_median_capacity([f.capacity for f in folds], rows, n_rows, template.capacity_grows_with_rows)
+
+    capacity = capacity_for(len(prep.samples))
 
     def fit_on(rows: np.ndarray) -> Forecaster:
-        return template.with_capacity(capacity).fit(prep.data.subset(rows), None)
+        return template.with_capacity(capacity_for(len(rows))).fit(prep.data.subset(rows), None)
 
     def fit_predict(fit_rows: np.ndarray, predict_rows: np.ndarray) -> pd.DataFrame:
         return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised)

@@ -13,7 +13,7 @@ from quantml.contracts import run_layout as L
 from quantml.evaluation.drift import fold_drift
 from quantml.evaluation.evaluate import Scorer
 from quantml.experiment.callbacks import FoldCallback
-from quantml.experiment.fitting import fit_fold_model, prediction_frame
+from quantml.experiment.fitting import FoldCapacity, fit_fold_model, prediction_frame
 from quantml.experiment.prepare import PreparedData, time_range
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import RunWriter, TrackedRun
@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 
 def train_fold(
     cfg: DictConfig, prep: PreparedData, splitter, fold, signal: SignalConfig, run: TrackedRun
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+) -> tuple[pd.DataFrame, pd.DataFrame | None, FoldCapacity]:
     """Fit one fold on its purged training part (early stopping and calibration on the two
     disjoint parts of its inner validation slice); returns its test frame, its validation
-    frame (the calibration part, calibrated out of fold) and the model's ``capacity_``."""
+    frame (the calibration part, calibrated out of fold) and the model's capacity with its row count."""
     train = prep.samples[fold.train]
     test = prep.samples[fold.test]
     fit_pos, valid_pos = splitter.inner_split(fold, prep.data.t0[prep.samples], prep.data.t1[prep.samples])
@@ -59,7 +59,7 @@ def train_fold(
     valid_frame = fitted.valid_frame
     if valid_frame is not None:
         valid_frame = compute_signals(valid_frame, signal)
-    return test_frame, valid_frame, fitted.capacity
+    return test_frame, valid_frame, FoldCapacity(fitted.capacity, len(fit_rows))
 
 
 def score_fold(
@@ -104,7 +104,7 @@ def run_folds(
     cores the quant evaluation and MLflow writes cost little wall time.
 
     Returns the fold test frames, the fold metrics table (index ``fold``) and the fold models'
-    ``capacity_`` dicts (fold order; the final model grows their median).
+    :class:`FoldCapacity` (fold order; the final model grows their row-scaled median).
     """
     bins = int(cfg.evaluation.get("psi_bins", 10))
     blocking = [c for c in callbacks if getattr(c, "blocking", False)]

@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.bundle import ModelBundle, warmup_bars
-from quantml.contracts import SYMBOL
+from quantml.contracts import SYMBOL, TIMESTAMP
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
 from quantml.evaluation import best_monitor, ic_mode_for
@@ -235,6 +235,9 @@ def _run_in_parent(
                     "periods_per_year": prep.periods_per_year,
                     "ic_mode": ic_mode,
                     L.WARMUP_BARS: warmup_bars(prep.data),
+                    L.FIRST_BARS: {
+                        str(sym): ts.isoformat() for sym, ts in prep.panel.groupby(SYMBOL)[TIMESTAMP].min().items()
+                    },
                     L.CAPACITY: capacity,
                 },
                 strategy=OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.get("strategy") else None,

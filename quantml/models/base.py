@@ -197,8 +197,17 @@ class Forecaster(ABC):
     trains to a given capacity without early stopping (the final model takes the median
     capacity of the fold models, see :func:`median_capacity`).
 
+    ``capacity_grows_with_rows``: True when a capacity is counted in steps that each see a
+    fixed share of the rows, so a fit on more rows needs proportionally more of them (boosting
+    rounds at a fixed learning rate: each tree's leaves average over more rows, so the same
+    number of trees moves the forecasts less). The final model then scales each fold's capacity
+    by its row ratio before taking the median (:func:`scaled_median_capacity`). Epochs already
+    pass over every row: sequence models keep False.
+
     Fitted attributes end with ``_`` (the scikit-learn convention); hyper-parameters do not.
     """
+
+    capacity_grows_with_rows: bool = False
 
     def __init__(self, horizons: list[str], seed: int = 0) -> None:
         if not horizons:
@@ -286,3 +295,26 @@ def median_capacity(capacities: list[Mapping[str, int]]) -> dict[str, int]:
                 raise QuantmlInputError(f"capacities[{i}][{key!r}]={value!r} is not finite")
             values.setdefault(str(key), []).append(float(value))
     return {key: max(1, int(math.floor(float(np.median(v)) + 0.5))) for key, v in values.items()}
+
+
+def scaled_median_capacity(
+    capacities: list[Mapping[str, int]], n_rows: list[int], target_rows: int, grows_with_rows: bool
+) -> dict[str, int]:
+    """The capacity a model fitted on ``target_rows`` rows gets from fold models of
+    ``capacities`` fitted on ``n_rows`` rows each: :func:`median_capacity` of
+    ``capacity * target_rows / n_rows`` when ``grows_with_rows`` (boosting rounds), else of the
+    capacities as they are (epochs).
+
+    ``[{"return/1d": 4}, {"return/1d": 9}]``, rows ``[1000, 3000]``, target 6000, growing ->
+    median of 24 and 18 -> ``{"return/1d": 21}``.
+    """
+    if len(capacities) != len(n_rows):
+        raise QuantmlInputError(f"{len(capacities)} capacities for {len(n_rows)} row counts: pass one per fold")
+    if not grows_with_rows:
+        return median_capacity(capacities)
+    scaled = []
+    for cap, n in zip(capacities, n_rows):
+        if int(n) < 1:
+            raise QuantmlInputError(f"a fold model fitted on {n} rows has no capacity to scale")
+        scaled.append({k: float(v) * int(target_rows) / int(n) for k, v in cap.items()})
+    return median_capacity(scaled)

@@ -59,6 +59,8 @@ class LightGBMForecaster(TabularForecaster):
         self.early_stopping_rounds = int(early_stopping_rounds)
         self.quantiles = quantiles
 
+    capacity_grows_with_rows = True  # trees at a fixed learning rate: see Forecaster
+
     def _prepare(self, X: np.ndarray, fit: bool = False) -> np.ndarray:
         return X
 

@@ -301,7 +301,7 @@ def test_cli_prints_the_lockbox_beside_and_counts_the_read(tracking_uri, tmp_pat
     code = _run_cli(monkeypatch, [f"run_id={run_id}", "study.storage=memory", "log_to_mlflow=false", *SMALL])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "lockbox" in out and "holdout_sharpe_after_cost/1d 0.42" in out
+    assert "lockbox" in out and "1d: sharpe_after_cost 0.42" in out
     assert client.get_run(run_id).data.tags["quantml.lockbox_reads"] == "1"
 
 

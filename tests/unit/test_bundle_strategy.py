@@ -6,12 +6,13 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
 from quantml.bundle import FeatureContract, ModelBundle
 from quantml.contracts import OHLCV, SYMBOL, TIMESTAMP, QuantmlInputError
-from quantml.contracts.run_layout import WARMUP_BARS
+from quantml.contracts.run_layout import FIRST_BARS, WARMUP_BARS
 from quantml.portfolio import AllocatorConfig, AllocatorStrategy, RankLongShort
 from quantml.signals import SignalConfig
 from tests.helpers.registry_fakes import toy_panel
@@ -80,3 +81,21 @@ def test_a_panel_shorter_than_the_allocators_covariance_window_is_refused():
     # the rank book needs only the warm-up: the refusal names it, not a covariance window
     with pytest.raises(QuantmlInputError, match=r"warm-up: each symbol needs at least 6 bars .* AAA has 4"):
         _bundle().predict_contract(panel.groupby(SYMBOL).head(4).reset_index(drop=True), last_only=True)
+
+
+def test_a_symbol_served_with_its_whole_history_is_not_refused_for_the_warm_up():
+    # BBB's history began at its first bar here at training (a late listing, like FB in the
+    # bundled stocks): 4 bars are all it ever had, so its features are the ones it was trained on
+    panel = toy_panel(n_bars=40, symbols=("AAA", "BBB")).groupby(SYMBOL).head(4).reset_index(drop=True)
+    first = panel.groupby(SYMBOL)[TIMESTAMP].min()
+    bundle = _bundle()
+    bundle.metadata[FIRST_BARS] = {
+        "AAA": (first["AAA"] - pd.Timedelta("30D")).isoformat(),
+        "BBB": first["BBB"].isoformat(),
+    }
+    history = bundle._whole_history(panel)
+    assert history.to_dict() == {"AAA": False, "BBB": True}
+    with pytest.raises(QuantmlInputError, match=r"warm-up: each symbol needs at least 6 bars .*; AAA has 4; send"):
+        bundle.check_history(panel)
+    bundle.metadata[FIRST_BARS]["AAA"] = first["AAA"].isoformat()
+    bundle.check_history(panel)  # both hold their whole training history now
