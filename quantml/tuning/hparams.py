@@ -271,7 +271,6 @@ class HparamSearch:
             f"(development folds) | holdout (lockbox of run {run_id or '?'}, read counted): {shown}"
         )
         print(line)
-        log.info(line)
         return {
             "best_run_id": run_id,
             f"selection_{objective}": float(study.best_value),
