@@ -12,31 +12,28 @@ usage: quantml COMMAND [IDS] [key=value ...]
   quantml registry gates NAME VERSION | promote NAME VERSION [reason=TEXT force=true baseline=RUN_ID]
   quantml registry rollback NAME | list [NAME] | history NAME | unlock NAME
                                             the MLflow model registry: candidate -> active -> rollback
+  quantml sweep-report sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]
+                                            a sweep's leaderboard, the best run's deflated Sharpe ratio, PBO
 
 Settings are Hydra key=value overrides of the packaged configs (quantml/conf): config.yaml
-(train), tune.yaml, predict.yaml, registry.yaml; tracking.uri= picks the MLflow store in every
-command (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Only identifiers (a run id,
-a model name and version) are positional. `quantml COMMAND --help` shows a command's settings.
+(train), tune.yaml, predict.yaml, registry.yaml, sweep_report.yaml; tracking.uri= picks the
+MLflow store in every command (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Only
+identifiers (a run id, a model name and version) are positional. `quantml COMMAND --help` shows a command's settings.
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "tune", "predict", "registry")
+COMMANDS = ("train", "tune", "predict", "registry", "sweep-report")
 
 
-def _hydra_app(module: str, prog: str, args: list[str]) -> int:
-    """Run a ``@hydra.main`` entrypoint as if it had been started as ``prog args...``."""
+def _hydra_app(module: str, args: list[str]) -> int:
+    """Run the ``main(argv)`` of a ``@hydra.main`` entrypoint (quantml.cli.train, quantml.cli.tune)."""
     import importlib
 
     entry = importlib.import_module(module)
-    saved = sys.argv
-    sys.argv = [prog, *args]
-    try:
-        return entry.main()
-    finally:
-        sys.argv = saved
+    return entry.main(list(args))  # sets sys.argv to ``prog args...`` while Hydra runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = argv[0], argv[1:]
     if command == "train":
-        return _hydra_app("quantml.cli.train", "quantml train", args)
+        return _hydra_app("quantml.cli.train", args)
     if command == "tune":
-        return _hydra_app("quantml.cli.tune", "quantml tune", args)
+        return _hydra_app("quantml.cli.tune", args)
     if command == "predict":
         from quantml.cli.predict import main as predict
 
@@ -62,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from quantml.cli.registry import main as registry
 
         return registry(args)
+    if command == "sweep-report":
+        from quantml.cli.sweep_report import main as sweep_report
+
+        return sweep_report(args)
     print(f"error: unknown command {command!r}; one of {', '.join(COMMANDS)} (quantml --help)", file=sys.stderr)
     return 2
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from quantml.cli.common import error_exit, flag_hint
+    from quantml.cli.common import error_exit, refuse_non_settings
     from quantml.contracts import QuantmlInputError
     from quantml.serving import run_predict
 
@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        hint = flag_hint(argv, USAGE)
-        positional = [a for a in argv if "=" not in a and not a.startswith(("~", "+", "--"))]
-        if hint or positional:
-            raise QuantmlInputError(hint or f"{positional[0]!r}: settings are key=value; usage: {USAGE}")
+        refuse_non_settings(argv, USAGE)
         cfg = compose_config(argv)
         if OmegaConf.is_missing(cfg, "model") or not cfg.model:
             raise QuantmlInputError("model=... is required, e.g. model=models:/NAME@active")

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from quantml.cli.common import CONFIG_DIR, fail_cleanly
+from quantml.cli.common import CONFIG_DIR, fail_cleanly, run_hydra_command
 from quantml.tracking.callbacks import SWEEP_AXES_ENV
 
 log = logging.getLogger(__name__)
@@ -73,21 +73,37 @@ def fold_callbacks(cfg: DictConfig, progress: bool | None = None) -> list:
     return callbacks
 
 
+def check_settings(cfg: DictConfig, reference: DictConfig | None = None) -> None:
+    """The train settings checked before anything runs (:mod:`quantml.cli.settings`): every value
+    the command line changed keeps its packaged default's type (``reference``: the config with the
+    same group choices and no value overrides), and the keys read first hold valid values."""
+    from quantml.cli.settings import check_train_settings, check_types
+
+    if reference is not None:
+        check_types(cfg, reference)
+    check_train_settings(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def train(cfg: DictConfig) -> float | None:
     from quantml.experiment import run_experiment
 
-    with fail_cleanly():
+    with fail_cleanly() as outcome:
+        check_settings(cfg)  # again in the job: a sweeper's trial values, another config tree
         result = run_experiment(cfg, run_context(), fold_callbacks(cfg))
+    if outcome.failed:  # a sweep's job with bad input: reported, its run ended FAILED
+        return None
     objective = cfg.get("hparams_search", {}) or {}
     if objective.get("objective"):  # what the Optuna sweeper maximises
         return float(result.metrics[objective.objective])
     return None
 
 
-def main() -> int:
-    train()  # a trial's objective value is for the sweeper, not an exit status
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """``quantml train ARGV``: 0 done; 2 bad input (a setting, a file: one line ``error: ...``,
+    also when it is one job of a sweep); 1 a job that failed otherwise. A trial's objective value
+    is for the sweeper, not an exit status."""
+    return run_hydra_command(train, "config", "quantml train", argv, validate=check_settings)
 
 
 if __name__ == "__main__":

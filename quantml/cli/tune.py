@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from quantml.cli.common import CONFIG_DIR, fail_cleanly, tracking_uri
+from quantml.cli.common import CONFIG_DIR, fail_cleanly, run_hydra_command, tracking_uri
 from quantml.contracts.metrics import format_lockbox
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def tune(cfg: DictConfig) -> float:
     from quantml.portfolio.allocator import AllocatorConfig
     from quantml.tuning.run import run_tuning, settings_from_config
 
-    with fail_cleanly():
+    with fail_cleanly() as job:
         study = cfg.study
         outcome = run_tuning(
             run_id=cfg.run_id,
@@ -45,6 +45,8 @@ def tune(cfg: DictConfig) -> float:
             attach=cfg.attach,
             attach_force=bool(cfg.attach_force),
         )
+    if job.failed:  # one job of a sweep with bad input: reported
+        return float("nan")
     m = outcome.metrics
     print(f"study {outcome.study_name}: {outcome.n_complete} trials; best params {outcome.best_params}")
     print(
@@ -70,9 +72,10 @@ def tune(cfg: DictConfig) -> float:
     return float(m["selection_objective"])
 
 
-def main() -> int:
-    tune()  # the selection objective it returns is for sweepers, not an exit status
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """``quantml tune ARGV``: 0 done; 2 bad input. The selection objective ``tune`` returns is for
+    sweepers, not an exit status."""
+    return run_hydra_command(tune, "tune", "quantml tune", argv)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,15 @@ from quantml.contracts.columns import require_columns
 from quantml.contracts.errors import QuantmlInputError
 from quantml.contracts.metrics import HORIZON_SEPARATOR, metric_name, split_metric_name
 from quantml.contracts.schema import (
+    BAR_COLUMNS,
+    CORE_COLUMNS,
     EXOGENOUS_MODALITY,
     FORECAST_FIELDS,
     IC_MODES,
     MODALITIES,
     OHLCV,
+    OPTIONAL_COLUMNS,
+    POSITION_FIELDS,
     PREDICTION_COLUMNS,
     PREDICTION_KEYS,
     PROVENANCE_FIELDS,
@@ -27,12 +31,16 @@ from quantml.contracts.schema import (
 from quantml.contracts.time import bar_size, parse_duration, periods_per_year
 
 __all__ = [
+    "BAR_COLUMNS",
+    "CORE_COLUMNS",
     "EXOGENOUS_MODALITY",
     "FORECAST_FIELDS",
     "HORIZON_SEPARATOR",
     "IC_MODES",
     "MODALITIES",
     "OHLCV",
+    "OPTIONAL_COLUMNS",
+    "POSITION_FIELDS",
     "PREDICTION_COLUMNS",
     "PREDICTION_KEYS",
     "PROVENANCE_FIELDS",

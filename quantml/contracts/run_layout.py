@@ -35,7 +35,8 @@ KIND_FOLD = "fold"  # nested under a parent: one validation fold
 KIND_TUNE = "tune"  # nested under a parent: a threshold study
 KIND_STACK = "stack"  # reserved
 KIND_MONITOR = "monitor"  # reserved
-RUN_KINDS = (KIND_PARENT, KIND_FOLD, KIND_TUNE, KIND_STACK, KIND_MONITOR)
+KIND_SWEEP = "sweep"  # one per `quantml sweep-report`: the leaderboard of a sweep's parent runs
+RUN_KINDS = (KIND_PARENT, KIND_FOLD, KIND_TUNE, KIND_STACK, KIND_MONITOR, KIND_SWEEP)
 
 # -- run tags ---------------------------------------------------------------------------------------
 # every run
@@ -173,3 +174,14 @@ def split_list_tag(value: str | None) -> list[str]:
 
 def version_metric_tag(metric: str) -> str:
     return f"{VERSION_TAG_METRIC_PREFIX}{metric}"
+
+
+# -- appended: the sweep leaderboard (quantml sweep-report) ------------------------------------------
+TAG_SWEEP_RUN = quantml_tag("sweep_run")  # on each parent of a sweep: the id of its latest sweep run
+TAG_N_TRIALS = quantml_tag("n_trials")  # sweep runs: the number of trials the DSR deflates by
+TAG_TRIALS_SOURCE = quantml_tag("trials_source")  # sweep runs: how n_trials was counted (or given)
+TAG_BEST_RUN = quantml_tag("best_run")  # sweep runs: the parent chosen on development figures
+SWEEP_LEADERBOARD_CSV = "sweep/leaderboard.csv"  # one row per parent: mean ± std over folds, holdout beside
+SWEEP_LEADERBOARD_HTML = "sweep/leaderboard.html"  # the same table, sortable, with the DSR and PBO below
+SWEEP_SUMMARY = "sweep/summary.json"  # the DSR and PBO figures and their inputs
+SWEEP_PBO_FIGURE = "figures/pbo_logits.png"  # the CSCV logit distribution

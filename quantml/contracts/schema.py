@@ -11,7 +11,14 @@ SCHEMA_VERSION = "1"
 TIMESTAMP = "timestamp"
 SYMBOL = "symbol"
 OHLCV = ("open", "high", "low", "close", "volume")
-REQUIRED_COLUMNS = (TIMESTAMP, SYMBOL, *OHLCV)
+# A panel needs only these; the other bar columns are optional (docs/data.md): an optional
+# column that is missing or entirely NaN is *absent*, and feature blocks reading it are skipped.
+CORE_COLUMNS = (TIMESTAMP, SYMBOL, "close")
+OPTIONAL_COLUMNS = ("open", "high", "low", "volume")
+# The standard bar columns (timestamp, symbol, OHLCV): every column that is not exogenous.
+# The name predates optional OHLCV; only CORE_COLUMNS are required of a panel.
+BAR_COLUMNS = (TIMESTAMP, SYMBOL, *OHLCV)
+REQUIRED_COLUMNS = BAR_COLUMNS
 
 MODALITIES = (
     "price",

@@ -5,8 +5,13 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import importlib.util
 import logging
+import os
+import re
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +20,11 @@ import pandas as pd
 
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.data.panel import validate_panel
+
+try:  # what pyarrow raises for a corrupt or truncated parquet file
+    from pyarrow.lib import ArrowException
+except ImportError:  # no parquet engine: read_parquet says so (an ImportError, reported below)
+    ArrowException = OSError
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +121,81 @@ def load_stocks_daily() -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- files
+def _unreadable(path: Path, what: str, exc: BaseException | None = None) -> QuantmlInputError:
+    text = str(exc).splitlines()[0] if exc is not None and str(exc) else ""
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text)  # it names the path again
+    detail = f" ({type(exc).__name__}: {text[:160]})" if text else ""
+    return QuantmlInputError(
+        f"data file {path} {what}{detail}; re-export or re-download it, or point data.path elsewhere"
+    )
+
+
+def _check_csv_shape(path: Path, df: pd.DataFrame) -> None:
+    """A CSV that is not comma-separated, or whose last line stops mid-row (a truncated copy)."""
+    if len(df.columns) == 1:
+        header = str(df.columns[0])
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if sep in header:
+                raise QuantmlInputError(
+                    f"data file {path} is separated by {name}, not commas (its one column is {header[:80]!r}); "
+                    f"save it as a comma-separated CSV, e.g. pd.read_csv(path, sep={sep!r}).to_csv(path, index=False)"
+                )
+    if path.name.lower().endswith(".gz"):
+        return  # a truncated gzip stream fails to decompress instead
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 65536))
+        tail = fh.read()
+    if tail.endswith((b"\n", b"\r")):
+        return
+    last = tail.splitlines()[-1].decode("utf-8", "replace") if tail.splitlines() else ""
+    n_fields = len(next(csv.reader([last]), []))
+    if 0 < n_fields < len(df.columns):
+        raise QuantmlInputError(
+            f"data file {path} looks truncated: its last line stops mid-row ({n_fields} of {len(df.columns)} "
+            "fields, no final newline); re-export or re-download it (or delete the partial last line)"
+        )
+
+
 def _read_one(path: Path) -> pd.DataFrame:
     name = path.name.lower()
-    if path.stat().st_size == 0:
-        raise QuantmlInputError(f"data file {path} is empty (0 bytes); point data.path at a panel file")
     try:
-        if name.endswith(CSV_SUFFIXES):
-            df = pd.read_csv(path)
-        elif name.endswith(PARQUET_SUFFIXES):
-            df = pd.read_parquet(path)
-        else:
-            raise QuantmlInputError(f"data file {path} has an unknown extension; use .parquet/.pq or .csv/.csv.gz")
+        size = path.stat().st_size
+        if not os.access(path, os.R_OK):
+            raise PermissionError(f"no read permission for {path}")
+    except PermissionError as exc:
+        raise QuantmlInputError(
+            f"data file {path} cannot be read: permission denied ({exc.strerror or exc}); "
+            f"give this user read access (chmod u+r {path}) or copy the file somewhere readable"
+        ) from None
+    if size == 0:
+        raise QuantmlInputError(f"data file {path} is empty (0 bytes); point data.path at a panel file")
+    if not name.endswith(CSV_SUFFIXES + PARQUET_SUFFIXES):
+        raise QuantmlInputError(f"data file {path} has an unknown extension; use .parquet/.pq or .csv/.csv.gz")
+    kind = "CSV" if name.endswith(CSV_SUFFIXES) else "parquet"
+    try:
+        df = pd.read_csv(path) if kind == "CSV" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise QuantmlInputError(f"data file {path} has no rows or columns; point data.path at a panel file") from None
+    except PermissionError as exc:
+        raise QuantmlInputError(
+            f"data file {path} cannot be read: permission denied; give this user read access (chmod u+r {path})"
+        ) from exc
+    except ImportError as exc:
+        raise QuantmlInputError(f"reading {path} needs a parquet engine: pip install pyarrow ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise _unreadable(path, "is not a text CSV (it is binary or not UTF-8 encoded)", exc) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _unreadable(path, "is a truncated or corrupt gzip file", exc) from None
+    except pd.errors.ParserError as exc:
+        raise _unreadable(path, "is not a well-formed CSV (rows with more fields than the header?)", exc) from None
+    except (ArrowException, OSError, ValueError) as exc:
+        if kind == "parquet":
+            raise _unreadable(path, "is not a readable parquet file (corrupt or truncated)", exc) from None
+        raise _unreadable(path, f"could not be read as {kind}", exc) from None
     if len(df) == 0:
         raise QuantmlInputError(f"data file {path} has columns but no rows; point data.path at a panel file")
+    if kind == "CSV":
+        _check_csv_shape(path, df)
     return df
 
 
@@ -138,6 +208,11 @@ def list_panel_files(path: str | Path) -> list[Path]:
         )
     if p.is_file():
         return [p]
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise QuantmlInputError(
+            f"data.path directory {str(p)!r} cannot be listed: permission denied; give this user read access "
+            f"(chmod u+rx {p}) or point data.path elsewhere"
+        )
     files = sorted(
         f
         for f in p.rglob("*")
@@ -152,10 +227,32 @@ def list_panel_files(path: str | Path) -> list[Path]:
     return files
 
 
+def _same_schema(files: list[Path], frames: list[pd.DataFrame]) -> None:
+    """The files of a directory are one table: the same columns in each (named when they differ)."""
+    first, columns = files[0], list(frames[0].columns)
+    for path, frame in zip(files[1:], frames[1:]):
+        only_first = [c for c in columns if c not in frame.columns]
+        only_here = [c for c in frame.columns if c not in columns]
+        if only_first or only_here:
+            parts = [
+                f"only {first.name} has {only_first}" if only_first else "",
+                f"only {path.name} has {only_here}" if only_here else "",
+            ]
+            raise QuantmlInputError(
+                f"data files {first} and {path} have different columns ({'; '.join(p for p in parts if p)}); "
+                "the files of a data.path directory must share one schema: rename or add the columns, "
+                "or move the odd file out of the directory"
+            )
+
+
 def load_files(path: str | Path) -> pd.DataFrame:
     """Read and concatenate a panel file or a directory of them (not yet validated)."""
-    frames = [_read_one(f) for f in list_panel_files(path)]
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    files = list_panel_files(path)
+    frames = [_read_one(f) for f in files]
+    if len(frames) == 1:
+        return frames[0]
+    _same_schema(files, frames)
+    return pd.concat(frames, ignore_index=True)
 
 
 # --------------------------------------------------------------------------- dispatch

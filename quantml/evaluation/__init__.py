@@ -9,11 +9,25 @@ from quantml.evaluation.drift import population_stability_index, prediction_drif
 from quantml.evaluation.evaluate import evaluate_predictions, evaluation_options, horizon_metrics
 from quantml.evaluation.metrics import ic_mode_for, ic_series
 from quantml.evaluation.monitor import best_monitor, higher_is_better, monitor_for, monitor_mode
+from quantml.evaluation.overfitting import (
+    DeflatedSharpe,
+    PBOResult,
+    deflated_sharpe,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    pbo_cscv,
+    probabilistic_sharpe_ratio,
+)
 
 __all__ = [
     "Calibrator",
     "CalibrationSettings",
+    "DeflatedSharpe",
+    "PBOResult",
     "best_monitor",
+    "deflated_sharpe",
+    "deflated_sharpe_ratio",
+    "expected_max_sharpe",
     "evaluate_predictions",
     "evaluation_options",
     "fit_calibrator",
@@ -23,6 +37,8 @@ __all__ = [
     "ic_series",
     "monitor_for",
     "monitor_mode",
+    "pbo_cscv",
     "population_stability_index",
     "prediction_drift",
+    "probabilistic_sharpe_ratio",
 ]

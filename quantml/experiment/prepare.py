@@ -10,8 +10,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from quantml.bundle import FeatureContract
-from quantml.contracts import REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.contracts.config import build
+from quantml.contracts.schema import CORE_COLUMNS
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
 from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
@@ -100,7 +101,9 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     realised = {f"{name}@{h}": getattr(labels, name)[:, j] for j, h in enumerate(horizons) for name in REALISED}
     realised["ret_next_bar"] = labels.ret_next_bar
     contract = FeatureContract(
-        input_columns=sorted(set(features.input_columns) | set(REQUIRED_COLUMNS)),
+        # what the features read, plus timestamp/symbol/close: a served panel needs no bar
+        # column the model never read (a close-only model takes a close-only panel)
+        input_columns=sorted(set(features.input_columns) | set(CORE_COLUMNS)),
         feature_names=list(features.frame.columns),
         feature_set=feature_set,
         drop_modalities=drop,

@@ -3,18 +3,24 @@
 A block is ``fn(ctx, **params) -> None``; it reads raw columns through ``ctx.col`` (which
 records them as inputs) and adds features with ``ctx.add(name, values, modality)``.
 Windows, lags and half-lives are in **bars** of the panel. Blocks whose source columns are
-absent raise :class:`Skip` (reported in ``FeatureMatrix.skipped``, not an error).
+absent raise :class:`Skip` (reported in ``FeatureMatrix.skipped``, not an error). An optional
+bar column the panel cannot supply (``quantml.data.panel.unavailable_columns``: missing, NaN on
+every bar, or degenerate, such as high = low = close in a close-only series) counts as absent:
+``ctx.has`` is False and ``ctx.col`` raises :class:`Skip` saying why, so a block (or the part of
+one, :meth:`Context.part`) that reads it is skipped instead of computing zeros.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import EXOGENOUS_MODALITY, OHLCV, REQUIRED_COLUMNS, SYMBOL, TIMESTAMP, modality_of
+from quantml.contracts import EXOGENOUS_MODALITY, SYMBOL, TIMESTAMP, modality_of
+from quantml.contracts.schema import BAR_COLUMNS
 from quantml.features.ops import SegmentOps
 
 _LN2_4 = 4.0 * np.log(2.0)
@@ -36,15 +42,21 @@ class Context:
     used: set[str] = field(default_factory=set)
     skipped: dict[str, str] = field(default_factory=dict)
     known_future: list[str] = field(default_factory=list)
+    # optional bar columns the panel cannot supply -> why (quantml.data.panel.unavailable_columns)
+    unavailable: dict[str, str] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
 
     def has(self, column: str) -> bool:
-        return column in self.panel.columns
+        return column in self.panel.columns and column not in self.unavailable
+
+    def why_not(self, column: str) -> str:
+        """Why ``column`` cannot be read (for a skip message)."""
+        return self.unavailable.get(column, "absent from the panel")
 
     def col(self, column: str) -> np.ndarray:
         """Raw column as float64 (recorded as an input of the feature set)."""
-        if column not in self.panel.columns:
-            raise Skip(f"needs column {column!r}, absent from the panel")
+        if not self.has(column):
+            raise Skip(f"needs column {column!r}, {self.why_not(column)}")
         self.used.add(column)
         key = ("col", column)
         if key not in self._cache:
@@ -68,8 +80,17 @@ class Context:
         if present:
             for c in wanted:
                 if c not in present:
-                    self.skipped[f"{block}.{c}"] = f"column {c!r} absent from the panel"
+                    self.skipped[f"{block}.{c}"] = f"column {c!r} {self.why_not(c)}"
         return present
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Run one part of a block: a :class:`Skip` inside it is noted as ``skipped[name]`` and
+        the rest of the block goes on. A part reads every column before it adds a feature."""
+        try:
+            yield
+        except Skip as why:
+            self.skipped[name] = str(why)
 
     def add_missing_flag(self, column: str, modality: str) -> None:
         flag = f"{column}_missing"
@@ -147,8 +168,9 @@ def volatility(ctx: Context, windows=(12, 48, 192), parkinson: bool = True) -> N
     for w in ws[1:]:
         ctx.add(f"rv_ratio_{ws[0]}_{w}", _safe_log(_ratio(ctx.realised_vol(ws[0]), ctx.realised_vol(w))), "price")
     if parkinson:
-        hl = np.log(ctx.col("high") / ctx.col("low"))
-        ctx.add(f"pk_vol_{ws[0]}", np.sqrt(ctx.ops.mean(hl * hl, ws[0]) / _LN2_4), "price")
+        with ctx.part("volatility.pk_vol"):
+            hl = np.log(ctx.col("high") / ctx.col("low"))
+            ctx.add(f"pk_vol_{ws[0]}", np.sqrt(ctx.ops.mean(hl * hl, ws[0]) / _LN2_4), "price")
 
 
 # ---------------------------------------------------------------------------- volume
@@ -178,8 +200,9 @@ def regime(
     structure_window: int = 96,
 ) -> None:
     """Regime core: volatility regime, volume regime, momentum, ATR slope, structure gap
-    (price/volume), and the funding / open-interest slopes (derivatives; skipped alone
-    when the column is absent)."""
+    (price/volume), and the funding / open-interest slopes (derivatives). Each part whose
+    columns are absent is skipped alone: the volume regime without volume, the ATR slope and
+    the structure gap without high/low ranges, the slopes without their columns."""
     vw, rw, vf, vs, mw, aw, sl, sw = _ints(
         [vol_window, regime_window, volume_fast, volume_slow, momentum_window, atr_window, slope_lag, structure_window],
         "regime windows",
@@ -187,26 +210,30 @@ def regime(
     ops = ctx.ops
     lrv = _safe_log(ctx.realised_vol(vw))
     ctx.add("regime_vol_z", ops.zscore(lrv, rw, _minp(rw)), "price")
-    lv = ctx.col("volume")
-    ctx.add("regime_volume", _safe_log(_ratio(ops.mean(lv, vf), ops.mean(lv, vs))), "volume")
+    with ctx.part("regime.regime_volume"):
+        lv = ctx.col("volume")
+        ctx.add("regime_volume", _safe_log(_ratio(ops.mean(lv, vf), ops.mean(lv, vs))), "volume")
     lc = np.log(ctx.col("close"))
     ctx.add(f"momentum_{mw}", _ratio(ops.diff(lc, mw), ctx.realised_vol(vw) * np.sqrt(mw)), "price")
-    atr = ctx.atr_frac(aw)
-    ctx.add("atr_slope", _safe_log(_ratio(atr, ops.shift(atr, sl))), "price")
-    hi = np.log(ops.max(ctx.col("high"), sw))
-    lo = np.log(ops.min(ctx.col("low"), sw))
-    ctx.add(f"gap_high_{sw}", _ratio(lc - hi, atr), "price")
-    ctx.add(f"gap_low_{sw}", _ratio(lc - lo, atr), "price")
-    ctx.add(f"range_pos_{sw}", _ratio(lc - lo, hi - lo), "price")
+    with ctx.part("regime.atr_slope"):
+        atr = ctx.atr_frac(aw)
+        ctx.add("atr_slope", _safe_log(_ratio(atr, ops.shift(atr, sl))), "price")
+    with ctx.part("regime.structure_gap"):
+        atr = ctx.atr_frac(aw)
+        hi = np.log(ops.max(ctx.col("high"), sw))
+        lo = np.log(ops.min(ctx.col("low"), sw))
+        ctx.add(f"gap_high_{sw}", _ratio(lc - hi, atr), "price")
+        ctx.add(f"gap_low_{sw}", _ratio(lc - lo, atr), "price")
+        ctx.add(f"range_pos_{sw}", _ratio(lc - lo, hi - lo), "price")
     if ctx.has("funding_rate"):
         f = ops.mean(ctx.col("funding_rate"), sl, _minp(sl)) * 1e4
         ctx.add("funding_slope", ops.diff(f, sl), "derivatives")
     else:
-        ctx.skipped["regime.funding_slope"] = "needs column 'funding_rate', absent from the panel"
+        ctx.skipped["regime.funding_slope"] = f"needs column 'funding_rate', {ctx.why_not('funding_rate')}"
     if ctx.has("open_interest"):
         ctx.add("oi_slope", ops.diff(_safe_log(ctx.col("open_interest")), sl), "derivatives")
     else:
-        ctx.skipped["regime.oi_slope"] = "needs column 'open_interest', absent from the panel"
+        ctx.skipped["regime.oi_slope"] = f"needs column 'open_interest', {ctx.why_not('open_interest')}"
 
 
 # ---------------------------------------------------------------------------- derivatives
@@ -380,7 +407,7 @@ def passthrough(ctx: Context, include_known: bool = False) -> None:
     that no other block reads, as raw values with their modality (+ ``*_missing`` flags)."""
     added = 0
     for c in ctx.panel.columns:
-        if c in REQUIRED_COLUMNS or c.endswith("_missing") or (c in KNOWN_EXOGENOUS and not include_known):
+        if c in BAR_COLUMNS or c.endswith("_missing") or (c in KNOWN_EXOGENOUS and not include_known):
             continue
         mod = modality_of(c)
         if mod is None or not pd.api.types.is_numeric_dtype(ctx.panel[c]):
@@ -401,9 +428,9 @@ class BlockSpec:
 
 BLOCKS: dict[str, BlockSpec] = {
     "returns": BlockSpec(returns, ("price",), ("close",)),
-    "volatility": BlockSpec(volatility, ("price",), ("close", "high", "low")),
+    "volatility": BlockSpec(volatility, ("price",), ("close",)),  # Parkinson part: high, low
     "volume": BlockSpec(volume, ("volume",), ("close", "volume")),
-    "regime": BlockSpec(regime, ("price", "volume", "derivatives"), OHLCV),
+    "regime": BlockSpec(regime, ("price", "volume", "derivatives"), ("close",)),  # parts: volume, high, low
     "derivatives": BlockSpec(derivatives, ("derivatives",)),
     "onchain": BlockSpec(onchain, ("onchain",), ("onchain_netflow",)),
     "text": BlockSpec(text, ("text",)),

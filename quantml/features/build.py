@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, modality_of, parse_duration
-from quantml.data.panel import ts_int64
+from quantml.data.panel import ts_int64, unavailable_columns
 from quantml.features.blocks import BLOCKS, Context, Skip
 from quantml.features.ops import SegmentOps
 
@@ -22,8 +22,11 @@ class FeatureMatrix:
     frame : DataFrame [n, F] float32 (NaN during warm-up / when a source is missing).
     modalities : feature name -> modality. known_future : calendar features.
     input_columns : raw panel columns the features read (besides timestamp, symbol).
-    skipped : block (or ``block.part``) -> why it was not built (absent source columns, or
-        every modality of the block dropped).
+    skipped : block (or ``block.part``) -> why it was not built (absent source columns, optional
+        bar columns the panel cannot supply -- see ``unavailable`` --, or every modality of the
+        block dropped).
+    unavailable : optional bar column -> why the panel cannot supply it (missing, NaN on every
+        bar, degenerate OHLC or volume; ``quantml.data.panel.unavailable_columns``).
     dropped : features of partly-dropped blocks removed by ``drop_modalities``.
     """
 
@@ -33,6 +36,7 @@ class FeatureMatrix:
     input_columns: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -124,15 +128,17 @@ def build_features(
     blocks = _blocks_of(cfg)
     _check_sorted(panel)
     bar = bar_size(panel) if len(panel) > 1 else pd.Timedelta("1D")
-    ctx = Context(panel=panel, ops=SegmentOps(panel[SYMBOL].to_numpy()), bar=bar)
+    ctx = Context(
+        panel=panel, ops=SegmentOps(panel[SYMBOL].to_numpy()), bar=bar, unavailable=unavailable_columns(panel)
+    )
     for name, params in blocks.items():
         spec = BLOCKS[name]
         if set(spec.modalities) <= drop:
             ctx.skipped[name] = f"all its modalities {list(spec.modalities)} are in drop_modalities"
             continue
-        missing = [c for c in spec.requires if c not in panel.columns]
+        missing = [c for c in spec.requires if not ctx.has(c)]
         if missing:
-            ctx.skipped[name] = f"needs column(s) {missing}, absent from the panel"
+            ctx.skipped[name] = "; ".join(f"needs column {c!r}, {ctx.why_not(c)}" for c in missing)
             continue
         try:
             spec.fn(ctx, **params)
@@ -144,7 +150,8 @@ def build_features(
         if lacking:
             raise QuantmlInputError(
                 f"the model needs feature(s) {lacking[:8]}{' ...' if len(lacking) > 8 else ''} that this panel "
-                f"cannot provide (skipped blocks: {ctx.skipped}); add the missing raw columns to the panel"
+                f"cannot provide (skipped blocks: {ctx.skipped}); add the missing raw columns to the panel, with "
+                "real values (not NaN on every bar, not open = high = low = close)"
             )
         names = list(expected)
     dropped = [n for n in ctx.features if ctx.modalities[n] in drop]
@@ -167,6 +174,7 @@ def build_features(
         input_columns=used,
         skipped=dict(ctx.skipped),
         dropped=dropped,
+        unavailable=dict(ctx.unavailable),
     )
 
 

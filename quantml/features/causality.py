@@ -14,7 +14,8 @@ from quantml.features.build import build_features
 def perturb_after(panel: pd.DataFrame, cut: pd.Timestamp, seed: int = 0) -> pd.DataFrame:
     """Copy of ``panel`` where every row with ``timestamp > cut`` (all symbols) has new values
     in every column but timestamp/symbol: OHLC rescaled by one random factor per row (stays a
-    valid bar), volume rescaled, other numeric columns rescaled, shifted and 10% set to NaN."""
+    valid bar; a close-only series stays one), volume rescaled, other numeric columns
+    rescaled, shifted and 10% set to NaN."""
     rng = np.random.default_rng(seed)
     out = panel.copy()
     after = (out[TIMESTAMP] > cut).to_numpy()
@@ -23,8 +24,11 @@ def perturb_after(panel: pd.DataFrame, cut: pd.Timestamp, seed: int = 0) -> pd.D
         return out
     f = np.exp(rng.normal(0.0, 0.05, m))
     for c in ("open", "high", "low", "close"):
-        out.loc[after, c] = out.loc[after, c].to_numpy() * f
-    out.loc[after, "volume"] = out.loc[after, "volume"].to_numpy() * rng.uniform(0.5, 2.0, m)
+        if c in out.columns:  # open/high/low are optional
+            out.loc[after, c] = out.loc[after, c].to_numpy() * f
+    scale = rng.uniform(0.5, 2.0, m)
+    if "volume" in out.columns:
+        out.loc[after, "volume"] = out.loc[after, "volume"].to_numpy() * scale
     for c in out.columns:
         if c in (TIMESTAMP, SYMBOL, *OHLCV) or not pd.api.types.is_numeric_dtype(out[c]):
             continue

@@ -13,6 +13,11 @@ recomputed fold by fold on the run's out-of-sample predictions and market calend
 development folds its thresholds were not tuned on, against the baseline's book recomputed the
 same way on the same folds. Runs without out-of-sample predictions fall back to the fold runs'
 logged ``test_sharpe_after_cost/<h>`` (with a note).
+
+The ``dsr`` gate (off by default) asks the same book for its deflated Sharpe ratio: the
+probability that its true Sharpe ratio is positive once the number of trials tried on the same
+data (every parent run on the candidate's ``quantml.data_fingerprint``) is accounted for
+(:mod:`quantml.evaluation.overfitting`, docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -393,6 +398,182 @@ def gate_holdout(run: RunSummary, cfg, lockbox: dict[str, float]) -> GateResult:
     return GateResult("holdout", ok, "; ".join(lines) + " (a lockbox read, counted)")
 
 
+# -- the deflated Sharpe ratio of the book (off by default) ---------------------------------------
+def bar_returns(books, horizon: str, strategy=None, folds=None):
+    """A run's book per bar at ``horizon`` (:class:`~quantml.registry.book.RunBooks`: the one book the
+    Sharpe gate judges; ``strategy`` None: the run's own): each fold's out-of-sample backtest (a
+    fold's lowest path), folds one after another on the run's market calendar. A bar two folds'
+    books both cover (one fold's last holding over the next fold's first bars) carries their summed
+    PnL. A ``pd.Series`` of after-cost PnL indexed by UTC timestamp, sorted; None when no fold of
+    ``folds`` (None: every fold) has the horizon."""
+    import pandas as pd
+
+    results = books.books.results(strategy or books.strategy(), folds=folds, horizons=[horizon])
+    if not results:
+        return None
+    lowest: dict[int, int] = {}
+    for f, _, path in results:
+        lowest[f] = min(path, lowest.get(f, path))
+    parts = [results[k].pnl for k in sorted(results) if k[2] == lowest[k[0]]]
+    pnl = pd.concat(parts)
+    return pnl.groupby(level=0).sum().sort_index()
+
+
+@dataclass
+class TrialCount:
+    """How many trials a selection was made from: ``n_trials`` (counted, or given), ``source``
+    (``store`` | ``given``), the counted parent ``runs`` and a one-line ``description``."""
+
+    n_trials: float
+    source: str
+    description: str
+    runs: list = field(default_factory=list, repr=False)
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def _trial_status(run: ParentRun) -> str:
+    if str(run.tags.get(L.TAG_PRUNED, "")).lower() == "true":
+        return "pruned"
+    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}.get(
+        run.status, run.status.lower()
+    )
+
+
+def count_trials(reader: RunReader, fingerprint: str | None, also=(), given: float | None = None) -> TrialCount:
+    """Every trial tried on the data ``fingerprint``: each parent run of the store tagged with it
+    (every experiment and sweep, pruned and failed trials included), plus the runs ``also`` (e.g. a
+    sweep's runs that failed before recording a fingerprint); ``given`` (an effective number of
+    trials, >= 1) replaces the count, which is still described."""
+    found = reader.parents_on_fingerprint(fingerprint) if fingerprint else []
+    seen = {r.run_id for r in found}
+    extra = [r for r in also if r.run_id not in seen]
+    runs = found + extra
+    by_status: dict[str, int] = {}
+    for r in runs:
+        status = _trial_status(r)
+        by_status[status] = by_status.get(status, 0) + 1
+    sweeps = {r.tags.get(L.TAG_SWEEP_DIR) for r in runs if r.tags.get(L.TAG_SWEEP_DIR)}
+    experiments = {r.experiment_id for r in runs}
+    statuses = ", ".join(f"{v} {k}" for k, v in sorted(by_status.items()))
+    where = f"data fingerprint {fingerprint}" if fingerprint else "no data fingerprint"
+    text = (
+        f"{len(found)} parent run(s) of the store on {where} ({statuses}; "
+        f"{len(sweeps)} sweep dir(s), {len(experiments)} experiment(s))"
+    )
+    if extra:
+        text += f", plus {len(extra)} run(s) of this selection not tagged with that fingerprint"
+    if given is not None:
+        if not float(given) >= 1:
+            raise QuantmlInputError(f"n_trials={given}: the number of trials must be >= 1 (or null: count them)")
+        return TrialCount(
+            float(given), "given", f"n_trials={float(given):g} given; the store has {text}", runs, by_status
+        )
+    return TrialCount(float(len(runs)), "store", f"N={len(runs)} counted: {text}", runs, by_status)
+
+
+def trial_sharpe_variance(runs, horizon: str, cache: dict | None = None) -> tuple[float | None, int]:
+    """``(V[SR], k)``: the sample variance (ddof=1) of the per-bar Sharpe ratios of the books of the
+    ``k`` finished ``runs`` with out-of-sample predictions at ``horizon``; V is None when k < 2.
+    ``cache``: ``{run id: per-bar returns}`` filled as the books are computed."""
+    import numpy as np
+
+    from quantml.evaluation.overfitting import per_period_sharpe
+    from quantml.registry.book import run_books
+
+    cache = {} if cache is None else cache
+    sharpes = []
+    for r in runs:
+        if r.run_id not in cache:
+            cache[r.run_id] = None
+            if r.status == "FINISHED" and r.walk_forward_problem() is None:
+                books = run_books(r)
+                cache[r.run_id] = bar_returns(books, horizon) if books is not None else None
+        series = cache[r.run_id]
+        if series is not None and len(series) >= 2:
+            sharpes.append(per_period_sharpe(series.to_numpy()))
+    sharpes = [v for v in sharpes if math.isfinite(v)]
+    if len(sharpes) < 2:
+        return None, len(sharpes)
+    return float(np.var(sharpes, ddof=1)), len(sharpes)
+
+
+def gate_dsr(
+    client: MlflowClient | RunReader, run: RunSummary, cfg, candidate: BookSettings | None = None
+) -> GateResult:
+    """The deflated Sharpe ratio of the candidate's book >= ``min_probability`` at every horizon.
+
+    The book is the one the Sharpe gate judges (the version's settings, on the folds it may be
+    judged on); N counts every parent run on the candidate's data fingerprint in the store
+    (``n_trials``: an effective number instead); V[SR] is the variance of those trials' book Sharpe
+    ratios (``sr_variance``: per bar, instead). A candidate chosen out of many trials must clear the
+    bar its search raised (docs/sweeps.md)."""
+    from quantml.evaluation.overfitting import deflated_sharpe
+    from quantml.registry.book import run_books
+
+    reader = _reader(client)
+    bound = float(cfg.get("min_probability", 0.95))
+    parent = run.parent or reader.parent(run.run_id, action="gate")
+    problem = parent.walk_forward_problem()
+    if problem:
+        return GateResult("dsr", False, f"candidate: {problem}")
+    candidate = candidate or BookSettings()
+    if candidate.problem:
+        return GateResult("dsr", False, f"candidate: {candidate.problem}")
+    books = run_books(parent)
+    if books is None:
+        return GateResult(
+            "dsr",
+            False,
+            f"run {run.run_id} has no {L.OOS_ARTIFACT} with folds, so its book's per-bar returns are unknown; "
+            f"re-run `quantml train`, or disable the gate with gates.dsr.enabled=false",
+        )
+    fingerprint = run.tags.get(L.TAG_DATA_FINGERPRINT)
+    given = cfg.get("n_trials")
+    if not fingerprint and given is None:
+        return GateResult(
+            "dsr",
+            False,
+            f"run {run.run_id} records no {L.TAG_DATA_FINGERPRINT}, so the trials tried on its data cannot be "
+            f"counted; set gates.dsr.n_trials=N (every trial tried before choosing it)",
+        )
+    count = count_trials(reader, fingerprint, also=[parent], given=given)
+    horizons = list(cfg.horizons) if cfg.get("horizons") else run.horizons
+    strategy = books.strategy(candidate.signal, candidate.allocator)
+    lines, ok, cache, figures = [], bool(horizons), {}, {}
+    for h in horizons:
+        own = bar_returns(books, h, strategy, candidate.folds)
+        if own is None or len(own) < 2:
+            ok = False
+            lines.append(f"{h}: the candidate's book has no out-of-sample bars at this horizon")
+            continue
+        variance = cfg.get("sr_variance")
+        k = None
+        if variance is None and count.n_trials > 1:
+            variance, k = trial_sharpe_variance(count.runs, h, cache)
+            if variance is None:
+                ok = False
+                lines.append(
+                    f"{h}: N={count.n_trials:g} trials but only {k} with a book, so the variance of the trials' "
+                    f"Sharpe ratios cannot be estimated; set gates.dsr.sr_variance=V (per-bar Sharpe ratios)"
+                )
+                continue
+        d = deflated_sharpe(own.to_numpy(), count.n_trials, float(variance or 0.0))
+        passed = math.isfinite(d.dsr) and d.dsr >= bound
+        ok &= passed
+        figures[h] = d.dsr
+        ppy = books.books.periods_per_year
+        sr_ann, sr0_ann = d.annualised(ppy)
+        source = f"V[SR] {d.sr_variance:.3g} from {k} trials' books" if k else f"V[SR] {d.sr_variance:.3g}"
+        lines.append(
+            f"{h}: DSR {d.dsr:.4f} {'>=' if passed else '<'} {bound:g} (book SR {d.sr:.4f}/bar = {sr_ann:.3f} "
+            f"annualised over {d.n_obs} bars, skew {d.skewness:.2f}, kurtosis {d.kurtosis:.2f}; E[max SR] "
+            f"{d.expected_max_sr:.4f}/bar = {sr0_ann:.3f} annualised from N={d.n_trials:g}, {source}; "
+            f"PSR(0) {d.psr_zero:.4f})"
+        )
+    lines.append(f"trials: {count.description}")
+    return GateResult("dsr", ok, "\n".join(lines), {"dsr": figures, "n_trials": count.n_trials})
+
+
 def lockbox_line(lockbox: dict[str, float]) -> str:
     """The lockbox figures beside the verdict, for the person who promotes."""
     if not lockbox:
@@ -422,6 +603,9 @@ def evaluate_gates(
         results.append(gate_leakage_audit(client, run, cfg.leakage_audit))
     if cfg.sharpe.enabled:
         results.append(gate_sharpe(run, baseline, cfg.sharpe, candidate))
+    dsr = cfg.get("dsr") or {}
+    if dsr.get("enabled", False):
+        results.append(gate_dsr(client, run, dsr, candidate))
     holdout = cfg.get("holdout") or {}
     if holdout.get("enabled", False):
         results.append(gate_holdout(run, holdout, run.parent.lockbox_metrics() if run.parent else {}))

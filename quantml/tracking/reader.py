@@ -210,17 +210,7 @@ class RunReader:
             raise RunLayoutError(
                 f"run {run_id} is a {kind} run; {action} its parent run {parent} instead (run_id={parent})"
             )
-        return ParentRun(
-            run_id=run.info.run_id,
-            experiment_id=run.info.experiment_id,
-            run_name=run.info.run_name or "",
-            status=run.info.status,
-            artifact_uri=run.info.artifact_uri or "",
-            tags=tags,
-            params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
-            reader=self,
-        )
+        return self._parent_record(run)
 
     def children(self, parent: ParentRun | str, kind: str | None = None) -> list:
         """Raw child runs of ``parent`` (optionally of one kind)."""
@@ -261,6 +251,66 @@ class RunReader:
         self.client.set_tag(parent.run_id, L.TAG_LOCKBOX_READS, str(count))
         parent.tags[L.TAG_LOCKBOX_READS] = str(count)
         return count
+
+    # -- searching parent runs (sweep reports, the trial count of the deflated Sharpe ratio) --------
+    def _parent_record(self, run) -> ParentRun:
+        return ParentRun(
+            run_id=run.info.run_id,
+            experiment_id=run.info.experiment_id,
+            run_name=run.info.run_name or "",
+            status=run.info.status,
+            artifact_uri=run.info.artifact_uri or "",
+            tags=dict(run.data.tags),
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            reader=self,
+        )
+
+    def search_parents(self, filter_string: str = "", experiment_ids: list[str] | None = None) -> list[ParentRun]:
+        """Every parent run (tag ``quantml.kind=parent``, any status: finished, failed, pruned, running)
+        matching the MLflow ``filter_string``, in ``experiment_ids`` (None: every experiment of the
+        store), oldest first."""
+        if experiment_ids is None:
+            experiment_ids = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiment_ids:
+            return []
+        kind = f"tags.`{L.TAG_KIND}` = '{L.KIND_PARENT}'"
+        query = f"{kind} and {filter_string}" if filter_string else kind
+        out, token = [], None
+        while True:
+            page = self.client.search_runs(
+                list(experiment_ids),
+                filter_string=query,
+                order_by=["attributes.start_time ASC"],
+                max_results=1000,
+                page_token=token,
+            )
+            out += [self._parent_record(r) for r in page]
+            token = page.token
+            if not token:
+                break
+        return out
+
+    def sweep_parents(self, sweep_dir: str) -> list[ParentRun]:
+        """The parent runs of one ``quantml train -m`` sweep: tag ``quantml.sweep_dir`` equal to
+        ``sweep_dir`` (as the sweep recorded it), in any experiment of the store."""
+        return self.search_parents(f"tags.`{L.TAG_SWEEP_DIR}` = '{_quoted(sweep_dir)}'")
+
+    def experiment_parents(self, experiment: str) -> list[ParentRun]:
+        """Every parent run of the MLflow experiment named ``experiment``."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in self.client.search_experiments())
+            raise RunLayoutError(
+                f"no experiment {experiment!r} in the tracking store {self.tracking_uri} "
+                f"(it has: {', '.join(names) or 'none'}); pass experiment=NAME of one of them"
+            )
+        return self.search_parents(experiment_ids=[exp.experiment_id])
+
+    def parents_on_fingerprint(self, fingerprint: str) -> list[ParentRun]:
+        """Every parent run of the store (every experiment, every status: earlier sweeps, pruned
+        and failed trials included) trained on the data ``quantml.data_fingerprint=fingerprint``."""
+        return self.search_parents(f"tags.`{L.TAG_DATA_FINGERPRINT}` = '{_quoted(fingerprint)}'")
 
     # -- artifacts ----------------------------------------------------------------------------------
     def _download(self, run_id: str, path: str, tmp: str) -> Path | None:
@@ -347,6 +397,11 @@ class RunReader:
                 if key.startswith(L.DERIVED_PARAM_PREFIX):
                     out[key[len(L.DERIVED_PARAM_PREFIX) :]] = float(value) if _number(value) else value
         return out
+
+
+def _quoted(value: str) -> str:
+    """A value inside a single-quoted MLflow filter string."""
+    return str(value).replace("'", "\\'")
 
 
 def metric_horizons(metrics: dict[str, float]) -> set[str]:

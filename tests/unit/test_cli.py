@@ -137,3 +137,39 @@ def test_python_dash_m_dispatches_too(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0 and "quantml registry register RUN_ID" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["seed=0", "validation.holdout=365d", "validation.embargo=0", "backbone.reg_lambda=2"],
+        ["backbone=lstm", "backbone.limit_train_batches=0.5", "backbone.max_steps=10"],
+        ["data=stocks_daily", "data.start=2005-01-01", "data.symbols=[IBM,MSFT]", "data.periods_per_year=252"],
+        ["data=synthetic", "+data.symbols=[BTC]", "horizon.horizons=[1h,4h]", "validation.train_blocks=2"],
+        ["experiment=smoke", "tracking.log_model=false", "validation=cpcv", "validation.holdout_start=2024-03-01"],
+        ["-m", "backbone=ridge,lightgbm", "ablation=full,no_macro", "hydra/launcher=joblib"],
+        ["-m", "hparams_search=lightgbm", "backbone.num_leaves=int(interval(7, 31))"],
+    ],
+)
+def test_valid_train_settings_pass_the_boundary_checks(argv):
+    from quantml.cli.common import precheck
+    from quantml.cli.train import check_settings
+
+    precheck("config", argv, "quantml train", check_settings)  # raises QuantmlInputError on a refusal
+
+
+def test_a_sweep_with_a_bad_value_is_refused_before_any_job_names_the_job():
+    from quantml.cli.common import precheck
+    from quantml.cli.train import check_settings
+    from quantml.contracts import QuantmlInputError
+
+    with pytest.raises(QuantmlInputError, match=r"backbone.num_leaves=many is not an integer.*\[job 2: "):
+        precheck("config", ["-m", "backbone.num_leaves=7,15,many"], "quantml train", check_settings)
+
+
+def test_tune_setting_typos_are_one_line_errors(capsys):
+    assert dispatcher.main(["tune", "run_id=abc", "study.n_trails=3"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "study.n_trails is not a setting of quantml tune; did you mean study.n_trials?" in err
+    )
