@@ -46,18 +46,24 @@ class FeatureContract:
     drop_modalities: list[str]
     horizons: list[str]
     schema_version: str = SCHEMA_VERSION
+    # symbol -> the trading calendar its duration windows resolved on at training
+    # (``FeatureMatrix.calendar``); serving resolves them on the same one. Empty: bar counts only.
+    calendar: dict = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
+        fields = {
+            "inputs": sorted(self.input_columns),
+            "features": self.feature_names,
+            "feature_set": self.feature_set,
+            "drop": sorted(self.drop_modalities),
+            "horizons": self.horizons,
+            "schema": self.schema_version,
+        }
+        if getattr(self, "calendar", None):  # only then: hashes of bar-count contracts stay as they were
+            fields["calendar"] = self.calendar
         payload = json.dumps(
-            {
-                "inputs": sorted(self.input_columns),
-                "features": self.feature_names,
-                "feature_set": self.feature_set,
-                "drop": sorted(self.drop_modalities),
-                "horizons": self.horizons,
-                "schema": self.schema_version,
-            },
+            fields,
             sort_keys=True,
             default=str,
         )
@@ -182,7 +188,11 @@ class ModelBundle:
         strategy = self.serving_strategy(config, panel)
         self.check_history(panel, strategy)
         features = build_features(
-            panel, self.contract.feature_set, self.contract.drop_modalities, expected=self.contract.feature_names
+            panel,
+            self.contract.feature_set,
+            self.contract.drop_modalities,
+            expected=self.contract.feature_names,
+            calendar=getattr(self.contract, "calendar", None) or None,
         )
         data = PanelData.assemble(panel, features, self.contract.horizons)
         rows, keep = _rows_to_predict(panel, last_only)

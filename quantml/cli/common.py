@@ -88,6 +88,19 @@ def refuse_non_settings(argv: list[str], usage: str) -> None:
         raise QuantmlInputError(hint or f"{positional[0]!r}: settings are key=value; usage: {usage}")
 
 
+def compose_run_selection(config_name: str, argv: list[str], usage: str):
+    """The config of a command that names runs (``sweep_dir=`` | ``experiment=`` | ``runs=[...]``:
+    sweep-report, stack) composed from ``argv``. ``experiment`` is also a config group of the
+    packaged tree (``conf/experiment/``): it is read here, not as a Hydra override, so
+    ``experiment=NAME`` names an MLflow experiment."""
+    refuse_non_settings(argv, usage)
+    experiment = [a.split("=", 1)[1] for a in argv if a.startswith("experiment=")]
+    cfg = compose(config_name, [a for a in argv if not a.startswith("experiment=")])
+    if experiment:
+        cfg.experiment = experiment[-1]
+    return cfg
+
+
 # A multirun's jobs report bad input here (a file named by this variable: the joblib launcher's
 # workers inherit the environment), so the command's exit status can say 2 after the sweep.
 FAILURES_ENV = "QUANTML_JOB_FAILURES"

@@ -14,9 +14,11 @@ usage: quantml COMMAND [IDS] [key=value ...]
                                             the MLflow model registry: candidate -> active -> rollback
   quantml sweep-report sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]
                                             a sweep's leaderboard, the best run's deflated Sharpe ratio, PBO
+  quantml stack sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]
+                                            a combiner over walk-forward experts' out-of-fold predictions
 
 Settings are Hydra key=value overrides of the packaged configs (quantml/conf): config.yaml
-(train), tune.yaml, predict.yaml, registry.yaml, sweep_report.yaml; tracking.uri= picks the
+(train), tune.yaml, predict.yaml, registry.yaml, sweep_report.yaml, stack.yaml; tracking.uri= picks the
 MLflow store in every command (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Only
 identifiers (a run id, a model name and version) are positional. `quantml COMMAND --help` shows a command's settings.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "tune", "predict", "registry", "sweep-report")
+COMMANDS = ("train", "tune", "predict", "registry", "sweep-report", "stack")
 
 
 def _hydra_app(module: str, args: list[str]) -> int:
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from quantml.cli.sweep_report import main as sweep_report
 
         return sweep_report(args)
+    if command == "stack":
+        from quantml.cli.stack import main as stack
+
+        return stack(args)
     print(f"error: unknown command {command!r}; one of {', '.join(COMMANDS)} (quantml --help)", file=sys.stderr)
     return 2
 

@@ -23,6 +23,7 @@ from quantml.contracts import QuantmlInputError, parse_duration
 SEED_MAX = 2**32 - 1  # numpy's seed range
 # keys whose packaged default is a number but that also take another form
 NUMBER_OR_DURATION = ("validation.holdout",)  # a fraction of the calendar or a duration (365d)
+DURATION_PREFIXES = ("feature_set.blocks.",)  # feature windows, lags, half-lives: bars or durations
 INT_OR_FLOAT_LEAVES = ("limit_train_batches", "limit_val_batches")  # batches (int) or a share (float)
 DATE_KEYS = ("data.start", "data.end", "validation.holdout_start")
 
@@ -48,6 +49,8 @@ def _type_error(key: str, value, default) -> str | None:
     if default is None or _interpolation(value) or _interpolation(default) or value is None:
         return None
     shown = f"{key}={_show(value)}"
+    if key.startswith(DURATION_PREFIXES) and isinstance(value, str) and not isinstance(default, bool):
+        return None  # a feature window given as a duration (momentum_window=21d): the features parse it
     if isinstance(default, bool):
         if not isinstance(value, bool):
             return f"{shown} is not true or false; write {key}=true or {key}=false"

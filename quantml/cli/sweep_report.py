@@ -35,20 +35,14 @@ SETTINGS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quantml.cli.common import compose, error_exit, refuse_non_settings, tracking_uri
+    from quantml.cli.common import compose_run_selection, error_exit, tracking_uri
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__)
         return 0
     try:
-        refuse_non_settings(argv, USAGE)
-        # `experiment` is also a config group of the packaged tree (conf/experiment/): read it here,
-        # not as a Hydra override, so experiment=NAME names an MLflow experiment
-        experiment = [a.split("=", 1)[1] for a in argv if a.startswith("experiment=")]
-        cfg = compose("sweep_report", [a for a in argv if not a.startswith("experiment=")])
-        if experiment:
-            cfg.experiment = experiment[-1]
+        cfg = compose_run_selection("sweep_report", argv, USAGE)
         from quantml.tuning.sweep_report import SweepReportSettings, run_sweep_report
 
         report = run_sweep_report(tracking_uri(cfg), SweepReportSettings.from_config(cfg))

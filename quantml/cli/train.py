@@ -51,6 +51,18 @@ def run_context():
     )
 
 
+def job_label(context) -> str:
+    """How ``resume=true`` names a job it skips: in a sweep ``#<job number> <its values of the swept
+    keys>`` (Hydra's launch line above names all its overrides), else all its overrides."""
+    hc = _hydra_config()
+    overrides = list(context.overrides)
+    if hc is None or hc.mode.name != "MULTIRUN":
+        return " ".join(overrides)
+    axes = set(context.sweep_axes or [])
+    swept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in axes] or overrides
+    return " ".join([f"#{hc.job.num}", *swept])
+
+
 def interactive() -> bool:
     """A single job started from a terminal (``quantml train ...``), not one job of a ``-m`` sweep."""
     hc = _hydra_config()
@@ -82,15 +94,39 @@ def check_settings(cfg: DictConfig, reference: DictConfig | None = None) -> None
     if reference is not None:
         check_types(cfg, reference)
     check_train_settings(cfg)
+    check_resume_settings(cfg)
+
+
+def check_resume_settings(cfg: DictConfig) -> None:
+    """``resume`` and ``tracking.lease_s``: a hyper-parameter sweep resumes through its Optuna
+    study, not ``resume=true`` (refused, so the two never disagree about which trials ran)."""
+    from quantml.contracts import QuantmlInputError
+
+    if cfg.get("resume", False) and cfg.get("hparams_search") is not None:
+        raise QuantmlInputError(
+            "resume=true does not apply to hparams_search: a hyper-parameter sweep resumes through its Optuna "
+            "study (the same hydra.sweeper.study_name and hydra.sweeper.storage continue it); drop resume=true"
+        )
+    tracking = cfg.get("tracking") or {}
+    lease = tracking.get("lease_s") if hasattr(tracking, "get") else None
+    if lease is not None and (isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0):
+        raise QuantmlInputError(
+            f"tracking.lease_s={lease} must be a positive number of seconds (how long a job's run is taken "
+            "for alive without a renewal), e.g. tracking.lease_s=120"
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def train(cfg: DictConfig) -> float | None:
     from quantml.experiment import run_experiment
+    from quantml.experiment.resume import skip_if_finished
 
     with fail_cleanly() as outcome:
         check_settings(cfg)  # again in the job: a sweeper's trial values, another config tree
-        result = run_experiment(cfg, run_context(), fold_callbacks(cfg))
+        context = run_context()
+        if skip_if_finished(cfg, job_label(context)) is not None:  # resume=true: done before
+            return None
+        result = run_experiment(cfg, context, fold_callbacks(cfg))
     if outcome.failed:  # a sweep's job with bad input: reported, its run ended FAILED
         return None
     objective = cfg.get("hparams_search", {}) or {}

@@ -176,6 +176,15 @@ def version_metric_tag(metric: str) -> str:
     return f"{VERSION_TAG_METRIC_PREFIX}{metric}"
 
 
+# -- runs that outlive their process: heartbeat leases and resumable sweeps ------------------------
+# a RUNNING parent run's lease: ISO UTC time until which its job is known alive (renewed while it
+# lives); a RUNNING run whose lease has expired is marked FAILED the next time the store is used
+TAG_LEASE_UNTIL = quantml_tag("lease_until")
+TAG_LEASE_HOST = quantml_tag("lease_host")  # host:pid of the job holding the lease
+# the identity of a train job: a hash of its resolved config without run names, output folders
+# and `resume` itself; `resume=true` skips a job whose identity already FINISHED
+TAG_RUN_IDENTITY = quantml_tag("run_identity")
+
 # -- appended: the sweep leaderboard (quantml sweep-report) ------------------------------------------
 TAG_SWEEP_RUN = quantml_tag("sweep_run")  # on each parent of a sweep: the id of its latest sweep run
 TAG_N_TRIALS = quantml_tag("n_trials")  # sweep runs: the number of trials the DSR deflates by
@@ -185,3 +194,18 @@ SWEEP_LEADERBOARD_CSV = "sweep/leaderboard.csv"  # one row per parent: mean ± s
 SWEEP_LEADERBOARD_HTML = "sweep/leaderboard.html"  # the same table, sortable, with the DSR and PBO below
 SWEEP_SUMMARY = "sweep/summary.json"  # the DSR and PBO figures and their inputs
 SWEEP_PBO_FIGURE = "figures/pbo_logits.png"  # the CSCV logit distribution
+
+# -- appended: the stack (quantml stack, docs/stacking.md) --------------------------------------------
+# stack runs (quantml.kind=stack): also the consistency fields they checked (data fingerprint, schema,
+# metrics version, fold plan, lockbox start, validation, horizons) under the experts' own tag names
+TAG_STACK_EXPERTS = quantml_tag("stack_experts")  # comma list of the experts' parent run ids, alias order
+TAG_COMBINER = quantml_tag("combiner")  # the combiner config's choice (ridge | equal_weight | best_single)
+TAG_STACK_AUDIT = quantml_tag("stack_audit")  # clean | violations (the stack ran with force=true)
+TAG_STACK_FORCED = quantml_tag("stack_forced")  # "true" when a failed audit was overridden
+TAG_STACK_FORCE_REASON = quantml_tag("stack_force_reason")  # the reason= given with force=true
+TAG_EXPERTS_LAYOUT_VERSION = quantml_tag("experts_layout_version")  # the layout the experts share
+STACK_OOF_ARTIFACT = "stack/oof_table.parquet"  # one row per (symbol, timestamp, horizon), a block per expert
+STACK_COMPARISON_CSV = "stack/comparison.csv"  # stack vs equal weight vs best single vs each expert
+STACK_AUDIT_ARTIFACT = "stack/leakage_audit.json"  # PASS/FAIL per check of the OOF table
+STACK_EXPERTS_ARTIFACT = "stack/experts.json"  # alias -> run id, name, choices
+STACK_FOLDS_ARTIFACT = "stack/folds.json"  # per stack fold: fit window and rows, combiner and calibrator

@@ -7,11 +7,15 @@
 - :func:`bar_size`: the most common gap between consecutive bars of the same symbol.
 - :func:`periods_per_year`: bars per year actually observed (sum over symbols of
   ``bars - 1`` over the time they span).
+- :func:`infer_calendars` and :func:`duration_to_bars`: a duration on a symbol's own trading
+  calendar, in bars (feature windows written ``1d``, ``4h``, ``2w``).
+- :func:`bars_missing`: per bar, how many of its symbol's usual bars the gap before it skipped.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -158,3 +162,161 @@ def periods_per_year(timestamps, symbols=None) -> float:
             raise QuantmlInputError("cannot infer periods per year from no timestamps; set periods_per_year")
         return float(YEAR / bar_size(ts, codes))
     return float(gaps * YEAR.value / span)  # exact integer ratio, rounded once
+
+
+# ---------------------------------------------------------------------------- calendars
+DAY = pd.Timedelta(days=1)
+WEEK = pd.Timedelta(days=7)
+_CANONICAL_UNIT = {"s": "s", "min": "min", "h": "h", "D": "d", "W": "w"}
+# 1970-01-05 00:00 UTC is a Monday: weekly slots are offsets from a Monday midnight (UTC)
+_MONDAY_NS = 4 * DAY.value
+
+
+def duration_parts(text, what: str = "duration") -> tuple[int, str]:
+    """``(count, unit)`` of a positive duration in the grammar of :func:`parse_duration`, the unit
+    one of ``s, min, h, d, w``: ``"4H"`` -> ``(4, "h")``, ``"30m"`` -> ``(30, "min")``, ``"2 weeks"``
+    -> ``(2, "w")``. A ``Timedelta`` is written in its largest whole unit among d, h, min, s (never
+    w: a Timedelta does not say whether 7 days were meant as a week). Errors as parse_duration."""
+    td = parse_duration(text, what)
+    m = None if hasattr(text, "total_seconds") or isinstance(text, np.timedelta64) else _DURATION.match(str(text))
+    if m is not None:
+        return int(m.group(1)), _CANONICAL_UNIT[_UNITS[m.group(2).lower()]]
+    for unit, size in (("d", DAY), ("h", pd.Timedelta(hours=1)), ("min", pd.Timedelta(minutes=1))):
+        if td % size == pd.Timedelta(0):
+            return int(td // size), unit
+    return int(td.total_seconds()), "s"
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """A symbol's trading calendar as inferred from its own bars.
+
+    step : the modal spacing between consecutive bars.
+    bars_per_day : the median number of bars in the trailing 24 hours (``(t - 1d, t]``) over the
+        symbol's bars with a full day of history before them: 24 for 24/7 hourly bars, 7 for
+        hourly equities (a 6.5-hour session), 1 for daily bars.
+    bars_per_week : the same over the trailing 7 days: 168, 35, 5 (daily equities), 7 (daily crypto).
+    """
+
+    step: pd.Timedelta
+    bars_per_day: float
+    bars_per_week: float
+
+    def to_dict(self) -> dict:
+        return {"step": str(self.step), "bars_per_day": self.bars_per_day, "bars_per_week": self.bars_per_week}
+
+    @classmethod
+    def from_dict(cls, d) -> Calendar:
+        return cls(pd.Timedelta(d["step"]), float(d["bars_per_day"]), float(d["bars_per_week"]))
+
+
+def _typical_count(ts: np.ndarray, span: int, step: int) -> float:
+    """Median number of bars in ``(t - span, t]`` over bars with a full ``span`` of history;
+    with none, ``span / step`` (a history shorter than the span reads as continuous trading)."""
+    counts = np.arange(len(ts)) - np.searchsorted(ts, ts - span, side="right") + 1
+    full = ts - span >= ts[0]
+    if not full.any():
+        return float(max(1, span // step))
+    return float(np.median(counts[full]))
+
+
+def infer_calendars(timestamps, symbols=None) -> dict[str, Calendar]:
+    """Each symbol's :class:`Calendar`, inferred from its bars (a frame with ``timestamp`` and
+    ``symbol`` columns, or aligned columns). A symbol with a single bar gets the panel's bar size
+    and one bar per step of clock time (nothing else can be known)."""
+    if isinstance(timestamps, pd.DataFrame) and symbols is None and SYMBOL in timestamps.columns:
+        symbols = timestamps[SYMBOL]
+    names = np.asarray(symbols) if symbols is not None else np.zeros(len(timestamps), dtype=object)
+    uniques = pd.unique(names)
+    ts, codes = _sorted(timestamps, names)
+    panel_step = bar_size(ts, codes, default=DAY).value
+    bounds = _segments(codes)
+    out: dict[str, Calendar] = {}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        t = ts[a:b]
+        d = np.diff(t)
+        d = d[d > 0]
+        step = int(modal_step(d)) if d.size else panel_step
+        out[str(uniques[codes[a]])] = Calendar(
+            pd.Timedelta(step, unit="ns"), _typical_count(t, DAY.value, step), _typical_count(t, WEEK.value, step)
+        )
+    return out
+
+
+class DurationTooShort(QuantmlInputError):
+    """A duration that resolves to less than one bar of a symbol."""
+
+
+def duration_to_bars(duration, calendar: Calendar, what: str = "window") -> int:
+    """A duration as a whole number of bars on one symbol's calendar: **trading time**.
+
+    ``d`` counts trading days (``calendar.bars_per_day`` bars each), ``w`` trading weeks
+    (``calendar.bars_per_week`` each), ``h``, ``min`` and ``s`` trading hours, minutes and seconds
+    on the bar grid (``duration / calendar.step``). The product is rounded to the nearest whole
+    bar (halves up). Hourly equities (7 bars a day, 35 a week): ``1d`` -> 7, ``5d`` -> 35, ``1w`` -> 35,
+    ``4h`` -> 4; hourly 24/7 crypto: ``1d`` -> 24, ``1w`` -> 168, ``4h`` -> 4; daily equities:
+    ``1d`` -> 1, ``5d`` -> 5, ``1w`` -> 5, ``21d`` -> 21; daily crypto: ``1w`` -> 7. A duration under
+    one bar (``4h`` of daily bars) raises :class:`DurationTooShort` naming ``what``."""
+    count, unit = duration_parts(duration, what)
+    if unit == "d":
+        per = calendar.bars_per_day
+    elif unit == "w":
+        per = calendar.bars_per_week
+    else:
+        per = pd.Timedelta(1, unit=unit) / calendar.step
+    exact = count * per
+    if exact < 1.0:
+        raise DurationTooShort(
+            f"{what}={duration!r} is shorter than one bar ({calendar.step}) of this panel; "
+            "use a longer duration or a number of bars"
+        )
+    return int(np.floor(exact + 0.5))
+
+
+def _slots_up_to(x: np.ndarray, usual: np.ndarray) -> np.ndarray:
+    """Instances of the weekly ``usual`` slots at or before ``x`` (ns from a Monday midnight)."""
+    week = WEEK.value
+    return (x // week) * len(usual) + np.searchsorted(usual, x % week, side="right")
+
+
+def bars_missing(timestamps, symbols=None, min_share: float = 0.75) -> np.ndarray:
+    """Per bar (in the order given), how many of its symbol's **usual** bars the gap before it skipped.
+
+    A symbol's usual bars are the weekly slots it fills in at least ``min_share`` of the weeks its
+    history covers: the time of the week (UTC) of each bar, or its weekday for daily and longer
+    bars. Overnight and weekend gaps of an exchange skip no usual slot (0); a closed weekday of
+    daily equities skips 1, a lost session of hourly equities 7, a 3-hour outage of 24/7 hourly
+    bars 2. An inferred calendar cannot tell a holiday from an outage: both count. Slots filled
+    in fewer than ``min_share`` of the weeks (the hour that moves with daylight saving time) are
+    not usual. A symbol's first bar: 0.
+    """
+    if isinstance(timestamps, pd.DataFrame) and symbols is None and SYMBOL in timestamps.columns:
+        symbols = timestamps[SYMBOL]
+    raw = _int64_ns(timestamps[TIMESTAMP] if isinstance(timestamps, pd.DataFrame) else timestamps)
+    codes = np.zeros(len(raw), dtype=np.int64) if symbols is None else pd.factorize(np.asarray(symbols))[0]
+    order = np.lexsort((raw, codes))
+    ts, cs = raw[order], codes[order]
+    out_sorted = np.zeros(len(ts), dtype=np.float64)
+    week, day = WEEK.value, DAY.value
+    bounds = _segments(cs)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a < 2:
+            continue
+        t = ts[a:b]
+        d = np.diff(t)
+        step = int(modal_step(d[d > 0])) if (d > 0).any() else day
+        rel = t - _MONDAY_NS
+        if step >= day:
+            rel = (rel // day) * day  # daily bars: the slot is the weekday, not the clock time
+        filled = np.r_[True, rel[1:] != rel[:-1]]  # one entry per (week, slot) filled
+        offs, weeks_with = np.unique(rel[filled] % week, return_counts=True)
+        # weeks whose instance of the slot lies inside the symbol's history
+        lo, hi = rel[0], rel[-1]
+        possible = (hi - offs) // week - (-((offs - lo) // week)) + 1
+        usual = np.sort(offs[weeks_with >= min_share * np.maximum(possible, 1)])
+        if not len(usual):
+            continue
+        out_sorted[a + 1 : b] = _slots_up_to(rel[1:] - 1, usual) - _slots_up_to(rel[:-1], usual)
+    out = np.empty_like(out_sorted)
+    out[order] = out_sorted
+    return out

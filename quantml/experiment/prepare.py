@@ -108,6 +108,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         feature_set=feature_set,
         drop_modalities=drop,
         horizons=horizons,
+        calendar=dict(features.calendar),
     )
     return PreparedData(
         panel=panel,

@@ -23,10 +23,11 @@ from quantml.experiment.fitting import fit_final
 from quantml.experiment.folds import run_folds
 from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_holdout, resolve_lockbox
 from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
+from quantml.experiment.resume import run_identity
 from quantml.portfolio.strategy import build_strategy
 from quantml.tracking import RunWriter, TrackedRun, flatten_config
 from quantml.tracking.pyfunc import log_bundle
-from quantml.tracking.store import resolve_tracking_uri
+from quantml.tracking.store import DEFAULT_LEASE_S, resolve_tracking_uri
 from quantml.validation import audit_folds, make_splitter
 
 
@@ -137,11 +138,14 @@ def run_experiment(
     context = context or RunContext()
     seed_everything(int(cfg.seed))
     writer = RunWriter.prepare(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
-    tags = {}
+    tags = {L.TAG_RUN_IDENTITY: run_identity(cfg)}  # what resume=true finds a FINISHED job by
     if context.sweep_dir is not None:
         tags[L.TAG_SWEEP_DIR] = context.sweep_dir
     if context.output_dir is not None:
         tags[L.TAG_OUTPUT_DIR] = str(context.output_dir)
+    # the run holds a lease while this job lives: should the job die without ending the run
+    # (SIGKILL, out of memory), the next command that prepares the store ends it FAILED
+    lease_s = cfg.tracking.get("lease_s")
     parent = writer.start_parent(
         default_run_name(cfg, context.choices, context.overrides, context.sweep_axes),
         seed=int(cfg.seed),
@@ -149,11 +153,15 @@ def run_experiment(
         validation=cfg.validation.method,
         choices=context.choices,
         tags=tags,
+        lease_s=float(lease_s) if lease_s is not None else DEFAULT_LEASE_S,
     )
-    with parent.ending():
-        parent.log_params(flatten_config(cfg))
-        parent.log_resolved_config(cfg)
-        return _run_in_parent(cfg, writer, parent, context.output_dir, list(callbacks))
+    try:
+        with parent.ending():
+            parent.log_params(flatten_config(cfg))
+            parent.log_resolved_config(cfg)
+            return _run_in_parent(cfg, writer, parent, context.output_dir, list(callbacks))
+    finally:
+        parent.stop_lease()  # ending() stopped it already; this holds even if ending the run failed
 
 
 def _run_in_parent(

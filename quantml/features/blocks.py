@@ -2,7 +2,13 @@
 
 A block is ``fn(ctx, **params) -> None``; it reads raw columns through ``ctx.col`` (which
 records them as inputs) and adds features with ``ctx.add(name, values, modality)``.
-Windows, lags and half-lives are in **bars** of the panel. Blocks whose source columns are
+Windows, lags and half-lives are **bars** of the panel (an int, bit for bit as always) or
+**durations** (``"1d"``, ``"4h"``, ``"2w"``: the grammar of ``quantml.contracts.parse_duration``),
+each converted to bars on each symbol's own trading calendar
+(``quantml.contracts.time.duration_to_bars``; :meth:`Context.windows`). A feature is named by what
+was written (``ret_24``, ``ret_1d``); what a duration resolved to per symbol is recorded in
+``Context.resolved``. A duration shorter than one bar of the panel skips that feature (a list
+value) or the block (a single-valued parameter), with the reason. Blocks whose source columns are
 absent raise :class:`Skip` (reported in ``FeatureMatrix.skipped``, not an error). An optional
 bar column the panel cannot supply (``quantml.data.panel.unavailable_columns``: missing, NaN on
 every bar, or degenerate, such as high = low = close in a close-only series) counts as absent:
@@ -19,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import EXOGENOUS_MODALITY, SYMBOL, TIMESTAMP, modality_of
+from quantml.contracts import EXOGENOUS_MODALITY, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
 from quantml.contracts.schema import BAR_COLUMNS
+from quantml.contracts.time import Calendar, DurationTooShort, duration_parts, duration_to_bars, infer_calendars
 from quantml.features.ops import SegmentOps
 
 _LN2_4 = 4.0 * np.log(2.0)
@@ -28,6 +35,28 @@ _LN2_4 = 4.0 * np.log(2.0)
 
 class Skip(Exception):
     """A block (or part of one) cannot run on this panel; the message says why."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window, lag or half-life of a block, resolved to bars.
+
+    label : how it appears in feature names: the bar count (``"24"``) or the duration as written,
+        in canonical units (``"1d"``, ``"4h"``, ``"30min"``, ``"2w"``).
+    bars : an ``int`` (a bar count: the same on every symbol) or a tuple of one count per symbol
+        (a duration, in the order the symbols first appear in the panel).
+    """
+
+    label: str
+    bars: int | tuple[int, ...]
+
+    @property
+    def typical(self) -> float:
+        """Mean bars over symbols (to order windows from short to long)."""
+        return float(np.mean(self.bars))
+
+
+_WINDOW_FORMS = "a positive whole number of bars (24) or a duration (30min, 4h, 1d, 5d, 2w)"
 
 
 @dataclass
@@ -44,7 +73,79 @@ class Context:
     known_future: list[str] = field(default_factory=list)
     # optional bar columns the panel cannot supply -> why (quantml.data.panel.unavailable_columns)
     unavailable: dict[str, str] = field(default_factory=dict)
+    # symbol -> Calendar pinned by the caller (a served model's training calendars); the rest inferred
+    pinned: dict[str, Calendar] = field(default_factory=dict)
+    block: str = ""  # the block running now (for skip and resolution keys)
+    # "<block>.<param>=<duration>" -> {symbol: bars}, for every duration a block resolved
+    resolved: dict[str, dict[str, int]] = field(default_factory=dict)
+    _calendars: dict[str, Calendar] | None = None
     _cache: dict = field(default_factory=dict)
+
+    # -- windows: bars or durations
+    @property
+    def symbols(self) -> list[str]:
+        """Symbols in the order they first appear (the order of per-symbol window tuples)."""
+        if "symbols" not in self._cache:
+            self._cache["symbols"] = [str(s) for s in pd.unique(self.panel[SYMBOL].to_numpy())]
+        return self._cache["symbols"]
+
+    @property
+    def calendars(self) -> dict[str, Calendar]:
+        """Each symbol's calendar: pinned, else inferred from the panel (only when a duration is used)."""
+        if self._calendars is None:
+            need = [s for s in self.symbols if s not in self.pinned]
+            inferred = infer_calendars(self.panel[[TIMESTAMP, SYMBOL]]) if need else {}
+            self._calendars = {s: self.pinned.get(s) or inferred[s] for s in self.symbols}
+        return self._calendars
+
+    def _window(self, value, param: str) -> Window:
+        what = f"{self.block}.{param}" if self.block else param
+        if isinstance(value, bool) or value is None:
+            raise QuantmlInputError(f"feature parameter {what}={value!r} must be {_WINDOW_FORMS}")
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, (int, np.integer, float, np.floating)):
+            if not float(value).is_integer() or int(value) < 1:
+                raise QuantmlInputError(
+                    f"feature parameter {what}={value!r} must be positive whole numbers of bars, "
+                    f"or durations: {_WINDOW_FORMS}"
+                )
+            return Window(str(int(value)), int(value))
+        try:
+            count, unit = duration_parts(value, what)
+        except QuantmlInputError:
+            raise QuantmlInputError(
+                f"feature parameter {what}={value!r} is neither a whole number of bars nor a duration; "
+                f"write {_WINDOW_FORMS}"
+            ) from None
+        label = f"{count}{unit}"
+        bars = []
+        for sym in self.symbols:
+            try:
+                bars.append(duration_to_bars(value, self.calendars[sym], what))
+            except DurationTooShort as why:
+                raise Skip(f"{why} (symbol {sym})") from None
+        self.resolved[f"{what}={label}"] = dict(zip(self.symbols, bars))
+        return Window(label, tuple(bars))
+
+    def window(self, value, param: str) -> Window:
+        """One window/lag/half-life parameter resolved to bars; a duration under one bar skips the
+        block (or the part running)."""
+        return self._window(value, param)
+
+    def windows(self, values, param: str) -> list[Window]:
+        """A list parameter resolved to bars; a duration under one bar drops that value alone
+        (noted as ``skipped["<block>.<param>=<duration>"]``), and none left skips the block."""
+        out = []
+        for v in values if isinstance(values, (list, tuple)) else [values]:
+            try:
+                out.append(self._window(v, param))
+            except Skip as why:
+                key = f"{self.block}.{param}={v}" if self.block else f"{param}={v}"
+                self.skipped[key] = str(why)
+        if not out:
+            raise Skip(f"every {param} value is shorter than one bar of this panel: {values}")
+        return out
 
     def has(self, column: str) -> bool:
         return column in self.panel.columns and column not in self.unavailable
@@ -104,14 +205,15 @@ class Context:
             self._cache["r1"] = self.ops.diff(np.log(self.col("close")), 1)
         return self._cache["r1"]
 
-    def realised_vol(self, window: int) -> np.ndarray:
+    def realised_vol(self, window) -> np.ndarray:
+        """sqrt of the mean squared 1-bar log return over ``window`` bars (an int or per symbol)."""
         key = ("rv", window)
         if key not in self._cache:
             r = self.logret()
             self._cache[key] = np.sqrt(self.ops.mean(r * r, window))
         return self._cache[key]
 
-    def atr_frac(self, window: int) -> np.ndarray:
+    def atr_frac(self, window) -> np.ndarray:
         """Average true range over ``window`` bars as a fraction of the close."""
         key = ("atr", window)
         if key not in self._cache:
@@ -137,40 +239,35 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
 
 
-def _ints(values, name: str) -> list[int]:
-    out = [int(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
-    if any(v < 1 for v in out):
-        from quantml.contracts import QuantmlInputError
-
-        raise QuantmlInputError(f"feature parameter {name}={values} must be positive whole numbers of bars")
-    return out
-
-
-def _minp(w: int) -> int:
-    """Min observations for exogenous rolling stats (they have gaps)."""
+def _minp(w):
+    """Min observations for exogenous rolling stats (they have gaps); per symbol for a tuple."""
+    if isinstance(w, tuple):
+        return tuple(max(2, b // 2) for b in w)
     return max(2, w // 2)
 
 
 # ---------------------------------------------------------------------------- price
 def returns(ctx: Context, lags=(1, 2, 4, 8, 24)) -> None:
-    """``ret_<k>``: log(close_t / close_{t-k}) for each lag k (bars)."""
+    """``ret_<k>``: log(close_t / close_{t-k}) for each lag k (bars or a duration)."""
     lc = np.log(ctx.col("close"))
-    for k in _ints(lags, "lags"):
-        ctx.add(f"ret_{k}", ctx.ops.diff(lc, k), "price")
+    for k in ctx.windows(lags, "lags"):
+        ctx.add(f"ret_{k.label}", ctx.ops.diff(lc, k.bars), "price")
 
 
 def volatility(ctx: Context, windows=(12, 48, 192), parkinson: bool = True) -> None:
     """Realised vol ``rv_<w>`` = sqrt(mean r^2), term structure ``rv_ratio_<w0>_<w>`` =
     log(rv_w0 / rv_w) for every longer window, Parkinson range vol ``pk_vol_<w0>``."""
-    ws = sorted(_ints(windows, "windows"))
+    ws = sorted(ctx.windows(windows, "windows"), key=lambda w: w.typical)
     for w in ws:
-        ctx.add(f"rv_{w}", ctx.realised_vol(w), "price")
+        ctx.add(f"rv_{w.label}", ctx.realised_vol(w.bars), "price")
+    w0 = ws[0]
     for w in ws[1:]:
-        ctx.add(f"rv_ratio_{ws[0]}_{w}", _safe_log(_ratio(ctx.realised_vol(ws[0]), ctx.realised_vol(w))), "price")
+        ratio = _safe_log(_ratio(ctx.realised_vol(w0.bars), ctx.realised_vol(w.bars)))
+        ctx.add(f"rv_ratio_{w0.label}_{w.label}", ratio, "price")
     if parkinson:
         with ctx.part("volatility.pk_vol"):
             hl = np.log(ctx.col("high") / ctx.col("low"))
-            ctx.add(f"pk_vol_{ws[0]}", np.sqrt(ctx.ops.mean(hl * hl, ws[0]) / _LN2_4), "price")
+            ctx.add(f"pk_vol_{w0.label}", np.sqrt(ctx.ops.mean(hl * hl, w0.bars) / _LN2_4), "price")
 
 
 # ---------------------------------------------------------------------------- volume
@@ -178,13 +275,14 @@ def volume(ctx: Context, windows=(24, 96), impact_window: int = 24) -> None:
     """``volume_z_<w>``: z-score of log(1+volume); ``amihud_<w>``: log of the mean of
     |r| / dollar volume (Amihud illiquidity; bars without volume are ignored)."""
     lv = _log1p(ctx.col("volume"))
-    for w in _ints(windows, "windows"):
-        ctx.add(f"volume_z_{w}", ctx.ops.zscore(lv, w), "volume")
-    w = _ints(impact_window, "impact_window")[0]
+    ws = ctx.windows(windows, "windows")
+    w = ctx.window(impact_window, "impact_window")
+    for v in ws:
+        ctx.add(f"volume_z_{v.label}", ctx.ops.zscore(lv, v.bars), "volume")
     dollar = ctx.col("close") * ctx.col("volume")
     illiq = _ratio(np.abs(ctx.logret()), dollar)
     illiq[dollar <= 0] = np.nan
-    ctx.add(f"amihud_{w}", _safe_log(ctx.ops.mean(illiq, w, _minp(w))), "volume")
+    ctx.add(f"amihud_{w.label}", _safe_log(ctx.ops.mean(illiq, w.bars, _minp(w.bars))), "volume")
 
 
 # ---------------------------------------------------------------------------- regime core
@@ -203,10 +301,21 @@ def regime(
     (price/volume), and the funding / open-interest slopes (derivatives). Each part whose
     columns are absent is skipped alone: the volume regime without volume, the ATR slope and
     the structure gap without high/low ranges, the slopes without their columns."""
-    vw, rw, vf, vs, mw, aw, sl, sw = _ints(
-        [vol_window, regime_window, volume_fast, volume_slow, momentum_window, atr_window, slope_lag, structure_window],
-        "regime windows",
+    named = {
+        "vol_window": vol_window,
+        "regime_window": regime_window,
+        "volume_fast": volume_fast,
+        "volume_slow": volume_slow,
+        "momentum_window": momentum_window,
+        "atr_window": atr_window,
+        "slope_lag": slope_lag,
+        "structure_window": structure_window,
+    }
+    w = {k: ctx.window(v, k) for k, v in named.items()}
+    vw, rw, vf, vs, aw, sl = (
+        w[k].bars for k in ("vol_window", "regime_window", "volume_fast", "volume_slow", "atr_window", "slope_lag")
     )
+    mw, sw = w["momentum_window"], w["structure_window"]
     ops = ctx.ops
     lrv = _safe_log(ctx.realised_vol(vw))
     ctx.add("regime_vol_z", ops.zscore(lrv, rw, _minp(rw)), "price")
@@ -214,17 +323,18 @@ def regime(
         lv = ctx.col("volume")
         ctx.add("regime_volume", _safe_log(_ratio(ops.mean(lv, vf), ops.mean(lv, vs))), "volume")
     lc = np.log(ctx.col("close"))
-    ctx.add(f"momentum_{mw}", _ratio(ops.diff(lc, mw), ctx.realised_vol(vw) * np.sqrt(mw)), "price")
+    momentum = _ratio(ops.diff(lc, mw.bars), ctx.realised_vol(vw) * np.sqrt(ops.per_row(mw.bars)))
+    ctx.add(f"momentum_{mw.label}", momentum, "price")
     with ctx.part("regime.atr_slope"):
         atr = ctx.atr_frac(aw)
         ctx.add("atr_slope", _safe_log(_ratio(atr, ops.shift(atr, sl))), "price")
     with ctx.part("regime.structure_gap"):
         atr = ctx.atr_frac(aw)
-        hi = np.log(ops.max(ctx.col("high"), sw))
-        lo = np.log(ops.min(ctx.col("low"), sw))
-        ctx.add(f"gap_high_{sw}", _ratio(lc - hi, atr), "price")
-        ctx.add(f"gap_low_{sw}", _ratio(lc - lo, atr), "price")
-        ctx.add(f"range_pos_{sw}", _ratio(lc - lo, hi - lo), "price")
+        hi = np.log(ops.max(ctx.col("high"), sw.bars))
+        lo = np.log(ops.min(ctx.col("low"), sw.bars))
+        ctx.add(f"gap_high_{sw.label}", _ratio(lc - hi, atr), "price")
+        ctx.add(f"gap_low_{sw.label}", _ratio(lc - lo, atr), "price")
+        ctx.add(f"range_pos_{sw.label}", _ratio(lc - lo, hi - lo), "price")
     if ctx.has("funding_rate"):
         f = ops.mean(ctx.col("funding_rate"), sl, _minp(sl)) * 1e4
         ctx.add("funding_slope", ops.diff(f, sl), "derivatives")
@@ -246,32 +356,33 @@ def derivatives(ctx: Context, z_window: int = 96, change_lags=(1, 24), smooth: i
     present = ctx.note_absent("derivatives", DERIVATIVE_COLUMNS)
     if not present:
         raise Skip(f"needs at least one of {list(DERIVATIVE_COLUMNS)}, none in the panel")
-    ops, w = ctx.ops, _ints(z_window, "z_window")[0]
-    lags = _ints(change_lags, "change_lags")
-    sm = _ints(smooth, "smooth")[0]
+    ops, zw = ctx.ops, ctx.window(z_window, "z_window")
+    lags = ctx.windows(change_lags, "change_lags")
+    smw = ctx.window(smooth, "smooth")
+    w, sm = zw.bars, smw.bars
     m = "derivatives"
     if "funding_rate" in present:
         f = ctx.col("funding_rate") * 1e4
         ctx.add("funding_bps", f, m)
-        ctx.add(f"funding_z_{w}", ops.zscore(f, w, _minp(w)), m)
+        ctx.add(f"funding_z_{zw.label}", ops.zscore(f, w, _minp(w)), m)
     if "open_interest" in present:
         loi = _safe_log(ctx.col("open_interest"))
         for k in lags:
-            ctx.add(f"oi_chg_{k}", ops.diff(loi, k), m)
-        ctx.add(f"oi_z_{w}", ops.zscore(loi, w, _minp(w)), m)
+            ctx.add(f"oi_chg_{k.label}", ops.diff(loi, k.bars), m)
+        ctx.add(f"oi_z_{zw.label}", ops.zscore(loi, w, _minp(w)), m)
     if "basis" in present:
         bs = ctx.col("basis")
         ctx.add("basis", bs, m)
-        ctx.add(f"basis_z_{w}", ops.zscore(bs, w, _minp(w)), m)
+        ctx.add(f"basis_z_{zw.label}", ops.zscore(bs, w, _minp(w)), m)
     if "long_short_ratio" in present:
         ls = _safe_log(ctx.col("long_short_ratio"))
         ctx.add("ls_log", ls, m)
         for k in lags:
-            ctx.add(f"ls_chg_{k}", ops.diff(ls, k), m)
+            ctx.add(f"ls_chg_{k.label}", ops.diff(ls, k.bars), m)
     if "taker_buy_sell_ratio" in present:
         tk = _safe_log(ctx.col("taker_buy_sell_ratio"))
         ctx.add("taker_log", tk, m)
-        ctx.add(f"taker_mean_{sm}", ops.mean(tk, sm, _minp(sm)), m)
+        ctx.add(f"taker_mean_{smw.label}", ops.mean(tk, sm, _minp(sm)), m)
     for c in present:
         ctx.add_missing_flag(c, m)
 
@@ -281,10 +392,11 @@ def onchain(ctx: Context, windows=(24, 168)) -> None:
     """``netflow_z_<w>``: z-score of exchange net flow; ``netflow_t_<w>``: mean / std
     over the window (persistent in- or outflow)."""
     x = ctx.col("onchain_netflow")
-    for w in _ints(windows, "windows"):
-        ctx.add(f"netflow_z_{w}", ctx.ops.zscore(x, w, _minp(w)), "onchain")
+    for v in ctx.windows(windows, "windows"):
+        w = v.bars
+        ctx.add(f"netflow_z_{v.label}", ctx.ops.zscore(x, w, _minp(w)), "onchain")
         mu, sd = ctx.ops.mean(x, w, _minp(w)), ctx.ops.std(x, w, _minp(w))
-        ctx.add(f"netflow_t_{w}", _ratio(mu, sd), "onchain")
+        ctx.add(f"netflow_t_{v.label}", _ratio(mu, sd), "onchain")
     ctx.add_missing_flag("onchain_netflow", "onchain")
 
 
@@ -292,14 +404,16 @@ def onchain(ctx: Context, windows=(24, 168)) -> None:
 SOCIAL_COLUMNS = ("social_posts", "social_comments", "social_sentiment", "social_sources")
 
 
-def text(ctx: Context, fast: int = 6, slow: int = 72, sentiment_halflife: float = 12.0) -> None:
+def text(ctx: Context, fast: int = 6, slow: int = 72, sentiment_halflife: float | str = 12.0) -> None:
     """Social statistics: post velocity (log posts vs slow mean), acceleration, comments per
     post, sentiment (raw, EWM, change), source diversity, attention-weighted sentiment."""
     present = ctx.note_absent("text", SOCIAL_COLUMNS)
     if not present:
         raise Skip(f"needs at least one of {list(SOCIAL_COLUMNS)}, none in the panel")
     ops = ctx.ops
-    fw, sw = _ints([fast, slow], "fast/slow")
+    fw, sw = ctx.window(fast, "fast").bars, ctx.window(slow, "slow").bars
+    if isinstance(sentiment_halflife, str):  # a duration; a number of bars stays as given (may be fractional)
+        sentiment_halflife = ctx.window(sentiment_halflife, "sentiment_halflife").bars
     m = "text"
     velocity = None
     if "social_posts" in present:
@@ -311,7 +425,8 @@ def text(ctx: Context, fast: int = 6, slow: int = 72, sentiment_halflife: float 
             ctx.add("comments_per_post", _log1p(ctx.col("social_comments")) - lp, m)
     if "social_sentiment" in present:
         s = ctx.col("social_sentiment")
-        ema = ops.ewm_mean(s, float(sentiment_halflife), min_periods=1)
+        hl = sentiment_halflife if isinstance(sentiment_halflife, tuple) else float(sentiment_halflife)
+        ema = ops.ewm_mean(s, hl, min_periods=1)
         ctx.add("sentiment", s, m)
         ctx.add("sentiment_ewm", ema, m)
         ctx.add("sentiment_chg", ema - ops.mean(s, sw, _minp(sw)), m)
@@ -333,10 +448,10 @@ def event(ctx: Context, halflives=(6, 48)) -> None:
     the first event)."""
     cnt = np.nan_to_num(ctx.col("event_count"))
     sent = ctx.col("event_sentiment") if ctx.has("event_sentiment") else None
-    for hl in _ints(halflives, "halflives"):
-        ctx.add(f"event_intensity_{hl}", ctx.ops.decay_sum(cnt, hl), "event")
+    for hl in ctx.windows(halflives, "halflives"):
+        ctx.add(f"event_intensity_{hl.label}", ctx.ops.decay_sum(cnt, hl.bars), "event")
         if sent is not None:
-            ctx.add(f"event_sent_{hl}", ctx.ops.decay_sum(cnt * np.nan_to_num(sent), hl), "event")
+            ctx.add(f"event_sent_{hl.label}", ctx.ops.decay_sum(cnt * np.nan_to_num(sent), hl.bars), "event")
     ctx.add("bars_since_event", _log1p(ctx.ops.bars_since(cnt > 0)), "event")
 
 
@@ -347,7 +462,8 @@ def macro(ctx: Context, halflife: int = 24, change_lag: int = 168) -> None:
     present = ctx.note_absent("macro", ("macro_surprise", "macro_rate"))
     if not present:
         raise Skip("needs column 'macro_surprise' or 'macro_rate', none in the panel")
-    hl, lag = _ints([halflife, change_lag], "halflife/change_lag")
+    hlw, lagw = ctx.window(halflife, "halflife"), ctx.window(change_lag, "change_lag")
+    hl, lag = hlw.bars, lagw.bars
     ops = ctx.ops
     if "macro_surprise" in present:
         v = ctx.col("macro_surprise")
@@ -355,11 +471,11 @@ def macro(ctx: Context, halflife: int = 24, change_lag: int = 168) -> None:
         new = np.isfinite(v) & ~((v == prev) | (np.isnan(v) & np.isnan(prev)))
         age = ops.bars_since(new)
         ctx.add("macro_surprise", v, "macro")
-        ctx.add("macro_surprise_decay", v * 0.5 ** (age / hl), "macro")
+        ctx.add("macro_surprise_decay", v * 0.5 ** (age / ops.per_row(hl)), "macro")
     if "macro_rate" in present:
         r = ctx.col("macro_rate")
         ctx.add("macro_rate", r, "macro")
-        ctx.add(f"macro_rate_chg_{lag}", ops.diff(r, lag), "macro")
+        ctx.add(f"macro_rate_chg_{lagw.label}", ops.diff(r, lag), "macro")
     for c in present:
         ctx.add_missing_flag(c, "macro")
 
@@ -390,12 +506,12 @@ def cross_section(ctx: Context, lags=(1, 24), vol_window: int = 48) -> None:
         raise Skip("needs at least 2 symbols")
     lc = np.log(ctx.col("close"))
     codes = pd.factorize(pd.DatetimeIndex(ctx.panel[TIMESTAMP]).asi8)[0]
-    for k in _ints(lags, "lags"):
-        r = pd.Series(ctx.ops.diff(lc, k))
-        ctx.add(f"xs_rank_ret_{k}", r.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
-    w = _ints(vol_window, "vol_window")[0]
-    rv = pd.Series(ctx.realised_vol(w))
-    ctx.add(f"xs_rank_rv_{w}", rv.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
+    w = ctx.window(vol_window, "vol_window")
+    for k in ctx.windows(lags, "lags"):
+        r = pd.Series(ctx.ops.diff(lc, k.bars))
+        ctx.add(f"xs_rank_ret_{k.label}", r.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
+    rv = pd.Series(ctx.realised_vol(w.bars))
+    ctx.add(f"xs_rank_rv_{w.label}", rv.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
 
 
 # ---------------------------------------------------------------------------- passthrough

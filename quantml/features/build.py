@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, modality_of, parse_duration
+from quantml.contracts.time import Calendar, bars_missing, infer_calendars
 from quantml.data.panel import ts_int64, unavailable_columns
 from quantml.features.blocks import BLOCKS, Context, Skip
 from quantml.features.ops import SegmentOps
@@ -28,6 +29,18 @@ class FeatureMatrix:
     unavailable : optional bar column -> why the panel cannot supply it (missing, NaN on every
         bar, degenerate OHLC or volume; ``quantml.data.panel.unavailable_columns``).
     dropped : features of partly-dropped blocks removed by ``drop_modalities``.
+    resolved : every window, lag or half-life written as a duration -> its bars per symbol,
+        ``{"returns.lags=1d": {"AAPL": 1, "BTC": 24}}`` (bar counts are the same everywhere: not listed).
+    calendar : symbol -> its calendar (``Calendar.to_dict()``: step, bars per day, bars per week) the
+        durations were resolved on; empty when the feature set has no duration. Pass it back as
+        ``build_features(..., calendar=)`` to resolve the durations identically on another panel.
+    bars_missing : float [n], per row: how many of its symbol's usual bars the gap before it
+        skipped (``quantml.contracts.time.bars_missing``; 0 for none). No row is ever added for
+        them and nothing is forward-filled.
+    gaps : the flagged gaps (:func:`flag_gaps`: ``bars_missing >= gaps.min_missing`` of the feature
+        set, default 5, and more than a trading day of an exchange calendar), one row each:
+        symbol, timestamp (the first bar after the gap), previous (the last bar before it),
+        bars_missing.
     """
 
     frame: pd.DataFrame
@@ -37,6 +50,10 @@ class FeatureMatrix:
     skipped: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    resolved: dict[str, dict[str, int]] = field(default_factory=dict)
+    calendar: dict[str, dict] = field(default_factory=dict)
+    bars_missing: np.ndarray | None = None
+    gaps: pd.DataFrame | None = None
 
     @property
     def names(self) -> list[str]:
@@ -87,6 +104,52 @@ def _blocks_of(cfg: Mapping) -> dict[str, dict]:
     return out
 
 
+GAP_MIN_MISSING = 5  # a gap that skips at least this many usual bars is flagged
+
+
+def flag_gaps(panel: pd.DataFrame, gap_bars: np.ndarray, min_missing: int = GAP_MIN_MISSING) -> np.ndarray:
+    """Bool [n]: rows whose gap before them is flagged. A gap is flagged when it skipped at least
+    ``min_missing`` of the symbol's usual bars (``gap_bars``, from ``bars_missing``) and, on a
+    calendar with closures (fewer bars a week than 7 days of its bars a day: an exchange), also
+    more than one trading day of bars: one lost session reads as a holiday, not an outage. So
+    24/7 hourly bars flag 5 missing hours, hourly equities two lost sessions (a holiday is 7
+    bars), daily equities 5 lost trading days."""
+    flagged = np.asarray(gap_bars) >= min_missing
+    if not flagged.any():
+        return flagged
+    cals = infer_calendars(panel[[TIMESTAMP, SYMBOL]])
+    per_row = pd.Series(
+        {s: c.bars_per_day if c.bars_per_week < 7 * c.bars_per_day - 0.5 else 0.0 for s, c in cals.items()}
+    )
+    day = per_row.reindex(panel[SYMBOL].astype(str).to_numpy()).to_numpy(dtype=np.float64)
+    return flagged & (np.asarray(gap_bars) > day)
+
+
+def _gaps_of(cfg: Mapping) -> tuple[int, bool]:
+    """``(min_missing, break_windows)`` of the feature set's optional ``gaps`` mapping."""
+    gaps = dict(cfg.get("gaps") or {})
+    unknown = sorted(set(gaps) - {"min_missing", "break_windows"})
+    if unknown:
+        raise QuantmlInputError(
+            f"feature set {cfg.get('name', '?')!r}: gaps has no setting(s) {unknown}; its settings are "
+            "min_missing (usual bars a gap must skip to be flagged, default 5) and break_windows "
+            "(true: no window spans a flagged gap; default false)"
+        )
+    k = gaps.get("min_missing", GAP_MIN_MISSING)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QuantmlInputError(f"feature set gaps.min_missing={k!r} must be a positive whole number of bars")
+    brk = gaps.get("break_windows", False)
+    if not isinstance(brk, bool):
+        raise QuantmlInputError(f"feature set gaps.break_windows={brk!r} must be true or false")
+    return int(k), brk
+
+
+def _pinned(calendar: Mapping | None) -> dict[str, Calendar]:
+    if not calendar:
+        return {}
+    return {str(s): c if isinstance(c, Calendar) else Calendar.from_dict(c) for s, c in calendar.items()}
+
+
 def _check_sorted(panel: pd.DataFrame) -> None:
     codes, uniques = pd.factorize(panel[SYMBOL])
     ts = ts_int64(panel[TIMESTAMP])
@@ -104,6 +167,7 @@ def build_features(
     feature_set_cfg: Mapping,
     drop_modalities: Iterable[str] = (),
     expected: Sequence[str] | None = None,
+    calendar: Mapping | None = None,
 ) -> FeatureMatrix:
     """Compute every block of the feature set on a validated panel.
 
@@ -115,6 +179,8 @@ def build_features(
     expected : feature names a fitted model needs (serving). When given, the frame has exactly
         these columns in this order, and a feature that cannot be built (its source column is
         absent from this panel) is a ``QuantmlInputError`` naming the missing raw column.
+    calendar : symbol -> calendar (``FeatureMatrix.calendar`` of the training build) that durations
+        resolve on; symbols not in it are inferred from ``panel``. Bar-count windows ignore it.
 
     Returns
     -------
@@ -126,12 +192,21 @@ def build_features(
     if unknown:
         raise QuantmlInputError(f"drop_modalities {unknown} are not modalities; choose from {list(MODALITIES)}")
     blocks = _blocks_of(cfg)
+    min_missing, break_windows = _gaps_of(cfg)
     _check_sorted(panel)
     bar = bar_size(panel) if len(panel) > 1 else pd.Timedelta("1D")
+    symbols = panel[SYMBOL].to_numpy()
+    gap_bars = bars_missing(panel[TIMESTAMP], symbols) if len(panel) else np.zeros(0)
+    flagged = flag_gaps(panel, gap_bars, min_missing)
     ctx = Context(
-        panel=panel, ops=SegmentOps(panel[SYMBOL].to_numpy()), bar=bar, unavailable=unavailable_columns(panel)
+        panel=panel,
+        ops=SegmentOps(symbols, breaks=flagged if break_windows else None),
+        bar=bar,
+        unavailable=unavailable_columns(panel),
+        pinned=_pinned(calendar),
     )
     for name, params in blocks.items():
+        ctx.block = name
         spec = BLOCKS[name]
         if set(spec.modalities) <= drop:
             ctx.skipped[name] = f"all its modalities {list(spec.modalities)} are in drop_modalities"
@@ -167,6 +242,15 @@ def build_features(
     frame = pd.DataFrame(block.T, columns=names, index=panel.index, copy=False)
     # raw exogenous columns of a dropped modality feed only dropped features
     used = sorted(c for c in ctx.used if modality_of(c.removesuffix("_missing")) not in drop)
+    rows = np.flatnonzero(flagged)
+    gaps = pd.DataFrame(
+        {
+            SYMBOL: panel[SYMBOL].to_numpy()[rows],
+            TIMESTAMP: panel[TIMESTAMP].to_numpy()[rows],
+            "previous": panel[TIMESTAMP].to_numpy()[rows - 1] if len(rows) else panel[TIMESTAMP].to_numpy()[:0],
+            "bars_missing": gap_bars[rows],
+        }
+    )
     return FeatureMatrix(
         frame=frame,
         modalities={n: ctx.modalities[n] for n in names},
@@ -175,6 +259,10 @@ def build_features(
         skipped=dict(ctx.skipped),
         dropped=dropped,
         unavailable=dict(ctx.unavailable),
+        resolved=dict(ctx.resolved),
+        calendar={s: c.to_dict() for s, c in ctx.calendars.items()} if ctx.resolved else {},
+        bars_missing=gap_bars,
+        gaps=gaps,
     )
 
 

@@ -3,6 +3,11 @@
 Every operation works on each symbol's contiguous segment separately (a loop over
 symbols, never over rows) and is sequential in time: the output at row ``t`` depends
 only on rows ``<= t`` of the same symbol, so changing later rows leaves it bit-identical.
+
+A window, lag or half-life is an ``int`` (bars, the same for every symbol) or a tuple of one
+value per symbol (in the order the symbols first appear: a duration resolved on each symbol's
+calendar). Optional ``breaks`` cut a symbol's segment before the flagged rows (a gap), so no
+window spans them.
 """
 
 from __future__ import annotations
@@ -20,16 +25,33 @@ class SegmentOps:
     Parameters
     ----------
     symbols : array [n] of symbol names, sorted so each symbol is one contiguous run.
+    breaks : optional bool array [n]; a True row starts a new segment (the windows restart
+        there: nothing before it is seen from it or after it).
     """
 
-    def __init__(self, symbols: np.ndarray) -> None:
+    def __init__(self, symbols: np.ndarray, breaks: np.ndarray | None = None) -> None:
         n = len(symbols)
-        change = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1 if n else np.zeros(0, dtype=np.int64)
+        cut = symbols[1:] != symbols[:-1] if n else np.zeros(0, dtype=bool)
+        if breaks is not None and n:
+            cut = cut | np.asarray(breaks, dtype=bool)[1:]
+        change = np.flatnonzero(cut) + 1
         self.bounds = np.r_[0, change, n].astype(np.int64)
         self.n = n
         starts = self.bounds[:-1]
         lengths = np.diff(self.bounds)
-        self.pos = np.arange(n) - np.repeat(starts, lengths)  # position within the symbol
+        self.pos = np.arange(n) - np.repeat(starts, lengths)  # position within the segment
+        self.codes = pd.factorize(symbols)[0] if n else np.zeros(0, dtype=np.int64)  # symbol per row
+        self.seg_symbol = self.codes[starts] if n else np.zeros(0, dtype=np.int64)  # symbol per segment
+
+    def per_segment(self, w) -> list:
+        """``w`` (an int, or one value per symbol) as one value per segment."""
+        if np.ndim(w) == 0:
+            return [w] * len(self.seg_symbol)
+        return [v.item() for v in np.asarray(w)[self.seg_symbol]]
+
+    def per_row(self, w):
+        """``w`` broadcast to rows: an int stays an int, one value per symbol becomes an array [n]."""
+        return w if np.ndim(w) == 0 else np.asarray(w, dtype=np.float64)[self.codes]
 
     def segments(self):
         return zip(self.bounds[:-1], self.bounds[1:])
@@ -43,10 +65,15 @@ class SegmentOps:
         return out
 
     # -- shifts and differences (vectorised over the whole array)
-    def shift(self, x: np.ndarray, k: int) -> np.ndarray:
+    def shift(self, x: np.ndarray, k) -> np.ndarray:
         """``x[t-k]`` of the same symbol; NaN for the first ``k`` rows of each symbol."""
         x = np.asarray(x, dtype=np.float64)
         out = np.full(self.n, np.nan)
+        if np.ndim(k) != 0:  # one lag per symbol
+            kr = np.asarray(k, dtype=np.int64)[self.codes]
+            ok = self.pos >= kr
+            out[ok] = x[np.flatnonzero(ok) - kr[ok]]
+            return out
         if k < self.n:
             out[k:] = x[: self.n - k]
         out[self.pos < k] = np.nan
@@ -56,9 +83,15 @@ class SegmentOps:
         return np.asarray(x, dtype=np.float64) - self.shift(x, k)
 
     # -- rolling windows (pandas, per symbol)
-    def rolling(self, x: np.ndarray, window: int, how: str, min_periods: int | None = None) -> np.ndarray:
+    def rolling(self, x: np.ndarray, window, how: str, min_periods=None) -> np.ndarray:
         mp = window if min_periods is None else min_periods
-        return self.apply(x, lambda s: getattr(s.rolling(window, min_periods=mp), how)())
+        if np.ndim(window) == 0 and np.ndim(mp) == 0:
+            return self.apply(x, lambda s: getattr(s.rolling(window, min_periods=mp), how)())
+        x = np.asarray(x, dtype=np.float64)
+        out = np.empty(self.n, dtype=np.float64)
+        for (a, b), w, m in zip(self.segments(), self.per_segment(window), self.per_segment(mp)):
+            out[a:b] = getattr(pd.Series(x[a:b]).rolling(int(w), min_periods=int(m)), how)().to_numpy()
+        return out
 
     def mean(self, x, window, min_periods=None):
         return self.rolling(x, window, "mean", min_periods)
@@ -82,15 +115,22 @@ class SegmentOps:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(sd > 0, (np.asarray(x) - mu) / sd, np.nan)
 
-    def ewm_mean(self, x, halflife: float, min_periods: int = 1) -> np.ndarray:
-        return self.apply(x, lambda s: s.ewm(halflife=halflife, min_periods=min_periods, ignore_na=True).mean())
+    def ewm_mean(self, x, halflife, min_periods: int = 1) -> np.ndarray:
+        if np.ndim(halflife) == 0:
+            return self.apply(x, lambda s: s.ewm(halflife=halflife, min_periods=min_periods, ignore_na=True).mean())
+        x = np.asarray(x, dtype=np.float64)
+        out = np.empty(self.n, dtype=np.float64)
+        for (a, b), hl in zip(self.segments(), self.per_segment(halflife)):
+            s = pd.Series(x[a:b]).ewm(halflife=float(hl), min_periods=min_periods, ignore_na=True).mean()
+            out[a:b] = s.to_numpy()
+        return out
 
-    def decay_sum(self, x: np.ndarray, halflife: float) -> np.ndarray:
+    def decay_sum(self, x: np.ndarray, halflife) -> np.ndarray:
         """``y[t] = d * y[t-1] + x[t]`` with ``d = 0.5 ** (1 / halflife)``; NaN inputs count as 0."""
-        d = 0.5 ** (1.0 / halflife)
         x = np.nan_to_num(np.asarray(x, dtype=np.float64))
         out = np.empty(self.n)
-        for a, b in self.segments():
+        for (a, b), hl in zip(self.segments(), self.per_segment(halflife)):
+            d = 0.5 ** (1.0 / hl)
             out[a:b] = lfilter([1.0], [1.0, -d], x[a:b])
         return out
 

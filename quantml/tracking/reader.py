@@ -291,6 +291,15 @@ class RunReader:
                 break
         return out
 
+    def finished_with_identity(self, identity: str, experiment_id: str) -> ParentRun | None:
+        """The newest FINISHED parent run of ``experiment_id`` whose ``quantml.run_identity`` is
+        ``identity`` (what ``resume=true`` skips a job for), or None."""
+        found = self.search_parents(
+            f"tags.`{L.TAG_RUN_IDENTITY}` = '{_quoted(identity)}' and attributes.status = 'FINISHED'",
+            [str(experiment_id)],
+        )
+        return found[-1] if found else None
+
     def sweep_parents(self, sweep_dir: str) -> list[ParentRun]:
         """The parent runs of one ``quantml train -m`` sweep: tag ``quantml.sweep_dir`` equal to
         ``sweep_dir`` (as the sweep recorded it), in any experiment of the store."""
@@ -371,6 +380,29 @@ class RunReader:
         with tempfile.TemporaryDirectory() as tmp:
             local = self._download(run_id, L.AUDIT_ARTIFACT, tmp)
             if local is None:
+                return None
+            try:
+                return json.loads(local.read_text())
+            except (OSError, ValueError):
+                return None
+
+    def fold_params(self, parent: ParentRun | str) -> dict[str, dict[str, str]]:
+        """``{fold id: params}`` of the parent's fold runs (``train_start``, ``train_end``,
+        ``valid_start``, ``valid_end``, ``test_start``, ``test_end``, counts): the windows each fold
+        model was fitted and tested on, as logged (UTC strings)."""
+        out: dict[str, dict[str, str]] = {}
+        for child in self.children(parent, L.KIND_FOLD):
+            tags, params = child.data.tags, dict(child.data.params)
+            fold_id = tags.get(L.TAG_FOLD_ID, params.get(L.PARAM_FOLD_ID, child.info.run_name))
+            out[str(fold_id)] = params
+        return out
+
+    def fold_plan(self, run_id: str) -> dict | None:
+        """``folds/fold_plan.json`` (each block's first and last bar, each fold's blocks, the
+        lockbox start), or None when the run has none (before calendar-anchored fold plans)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._download(run_id, L.FOLD_PLAN_ARTIFACT, tmp)
+            if local is None or not local.is_file():
                 return None
             try:
                 return json.loads(local.read_text())

@@ -9,14 +9,21 @@ for a pruned hyper-parameter trial, KILLED with ``quantml.pruned=true``.
 All writes go through :class:`mlflow.MlflowClient` with retries, so parallel jobs on one
 SQLite store survive lock contention, and nothing depends on the fluent active-run stack
 except model logging.
+
+A train job's parent run holds a lease (:class:`RunLease`: ``quantml.lease_until``, renewed by a
+daemon thread while the job lives, stopped when the run ends), so a job killed without ending
+its run leaves a run the next command ends FAILED (:func:`~quantml.tracking.store.sweep_stale_runs`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import mlflow
 import pandas as pd
@@ -26,20 +33,163 @@ from omegaconf import DictConfig, OmegaConf
 from quantml.contracts import SCHEMA_VERSION
 from quantml.contracts import run_layout as L
 from quantml.contracts.metrics import METRICS_VERSION
-from quantml.tracking.store import ensure_experiment, git_commit, prepare_store, retrying
+from quantml.tracking.store import (
+    LEASE_EXPIRED,
+    ensure_experiment,
+    git_commit,
+    lease_holder,
+    lease_stamp,
+    prepare_store,
+    retrying,
+    utc_now,
+)
 
+log = logging.getLogger(__name__)
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 MAX_TAG_CHARS = 5000
 MAX_DESCRIPTION_CHARS = 8000  # MLflow's limit for a run tag value
 
 
-class TrackedRun:
-    """One MLflow run written through the client; end it with ``end``/``fail``."""
+_RENEW_ATTEMPTS = 4  # a renewal retries briefly: the next one comes a third of a lease later
 
-    def __init__(self, client: mlflow.MlflowClient, run_id: str, experiment_id: str | None = None) -> None:
+
+class RunLease:
+    """The lease of a RUNNING run: ``quantml.lease_until`` (ISO UTC, now + ``lease_s``), renewed by a
+    daemon thread every ``lease_s / 3`` through the MLflow client, so any host that reads the store
+    can tell a live job from a dead one. ``quantml.lease_host`` (``host:pid``) says who holds it.
+
+    A failed renewal logs a warning and never fails the job (the next one tries again). :meth:`stop`
+    (called by :meth:`TrackedRun.end` before the run ends) returns only once no renewal can be
+    written any more. Should another command have ended the run FAILED as expired while this job
+    still lives (clocks of two hosts apart by more than the lease, a job stalled past it), the next
+    renewal marks it, and its fold runs ended with it, RUNNING again, with a warning.
+    """
+
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        run_id: str,
+        lease_s: float,
+        *,
+        holder: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        interval_s: float | None = None,
+    ) -> None:
+        if not lease_s or lease_s <= 0:
+            raise ValueError(f"a lease must last a positive number of seconds, not {lease_s!r}")
+        self.client = client
+        self.run_id = run_id
+        self.lease_s = float(lease_s)
+        self.interval_s = float(interval_s) if interval_s else self.lease_s / 3
+        self.holder = holder or lease_holder()
+        self.clock = clock
+        self.renewals = 0
+        self.failures = 0
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()  # held while a renewal writes: stop() waits for it
+        self._thread: threading.Thread | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The lease tags as of now (what the run is created with)."""
+        return {L.TAG_LEASE_UNTIL: self.until(), L.TAG_LEASE_HOST: self.holder}
+
+    def until(self) -> str:
+        return lease_stamp(self.clock() + timedelta(seconds=self.lease_s))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> RunLease:
+        if self._thread is None and not self._stopped.is_set():
+            self._thread = threading.Thread(target=self._loop, name=f"quantml-lease-{self.run_id[:8]}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - a renewal must never fail the job
+                self.failures += 1
+                log.warning(
+                    "could not renew the lease of run %s (the job goes on; the run is taken for dead "
+                    "%.0f s after the last renewal): %s",
+                    self.run_id,
+                    self.lease_s,
+                    exc,
+                )
+
+    def renew(self) -> bool:
+        """Push ``quantml.lease_until`` to now + the lease; False once stopped (nothing written)."""
+        with self._lock:
+            if self._stopped.is_set():
+                return False
+            run = retrying(self.client.get_run, attempts=_RENEW_ATTEMPTS)(self.run_id)
+            if run.info.status != "RUNNING":
+                if not str(run.data.tags.get(L.TAG_ERROR, "")).startswith(LEASE_EXPIRED):
+                    log.warning(
+                        "run %s was ended %s by someone else: its lease is no longer renewed",
+                        self.run_id,
+                        run.info.status,
+                    )
+                    self._stopped.set()
+                    return False
+                self._revive(run)
+            retrying(self.client.set_tag, attempts=_RENEW_ATTEMPTS)(self.run_id, L.TAG_LEASE_UNTIL, self.until())
+            self.renewals += 1
+            return True
+
+    def _revive(self, run) -> None:
+        log.warning(
+            "run %s was ended FAILED as expired (%s) while its job still runs (clocks of two hosts apart "
+            "by more than tracking.lease_s=%g, or a job stalled past its lease?): marked RUNNING again",
+            self.run_id,
+            run.data.tags.get(L.TAG_ERROR),
+            self.lease_s,
+        )
+        children = retrying(self.client.search_runs, attempts=_RENEW_ATTEMPTS)(
+            [run.info.experiment_id], filter_string=f"tags.`{L.MLFLOW_PARENT_RUN_ID}` = '{self.run_id}'"
+        )
+        for child in [*children, run]:
+            if str(child.data.tags.get(L.TAG_ERROR, "")).startswith(LEASE_EXPIRED):
+                retrying(self.client.delete_tag, attempts=_RENEW_ATTEMPTS)(child.info.run_id, L.TAG_ERROR)
+                if child.info.status == "FAILED":
+                    retrying(self.client.update_run, attempts=_RENEW_ATTEMPTS)(child.info.run_id, status="RUNNING")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop renewing: once this returns no renewal is being or will be written (a renewal stuck
+        longer than ``timeout`` on the store is abandoned: the thread is a daemon)."""
+        acquired = self._lock.acquire(timeout=timeout)
+        try:
+            self._stopped.set()
+        finally:
+            if acquired:
+                self._lock.release()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+class TrackedRun:
+    """One MLflow run written through the client; end it with ``end``/``fail``.
+
+    A parent run (``kind``) ends its RUNNING fold runs with it when it ends FAILED or KILLED; a run
+    holding a :class:`RunLease` stops renewing it before it ends."""
+
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        run_id: str,
+        experiment_id: str | None = None,
+        kind: str | None = None,
+        lease: RunLease | None = None,
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
+        self.kind = kind
+        self.lease = lease
 
     # -- values ------------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, object]) -> None:
@@ -118,8 +268,29 @@ class TrackedRun:
             self.set_tags({L.TAG_PERIODS_PER_YEAR: f"{float(derived['periods_per_year']):.12g}"})
 
     # -- ending ------------------------------------------------------------------------------------
+    def stop_lease(self) -> None:
+        """Stop renewing the run's lease (if it holds one); the run itself goes on. Idempotent."""
+        if self.lease is not None:
+            self.lease.stop()
+
     def end(self, status: str = "FINISHED") -> None:
+        self.stop_lease()  # no renewal after the run has ended
+        if status != "FINISHED" and self.kind == L.KIND_PARENT:
+            self._end_running_folds(status)
         retrying(self.client.set_terminated)(self.run_id, status)
+
+    def _end_running_folds(self, status: str) -> None:
+        """A parent ending FAILED/KILLED ends its fold runs still RUNNING with the same status."""
+        try:
+            children = retrying(self.client.search_runs)(
+                [self.experiment_id],
+                filter_string=f"tags.`{L.MLFLOW_PARENT_RUN_ID}` = '{self.run_id}' and attributes.status = 'RUNNING'",
+            )
+            for child in children:
+                if child.data.tags.get(L.TAG_KIND, L.KIND_FOLD) == L.KIND_FOLD:
+                    retrying(self.client.set_terminated)(child.info.run_id, status)
+        except Exception as exc:  # noqa: BLE001 - the parent's own end matters more
+            log.warning("could not end the fold runs of run %s %s: %s", self.run_id, status, exc)
 
     def fail(self, exc: BaseException) -> None:
         """Attach the error and end FAILED; never raises (the original error matters more).
@@ -191,9 +362,14 @@ class RunWriter:
 
     # -- generic ----------------------------------------------------------------------------------
     def start(
-        self, run_name: str, tags: Mapping[str, object] | None = None, parent: TrackedRun | str | None = None
+        self,
+        run_name: str,
+        tags: Mapping[str, object] | None = None,
+        parent: TrackedRun | str | None = None,
+        lease: RunLease | None = None,
     ) -> TrackedRun:
-        """A run with ``tags`` (plus the layout version), nested under ``parent`` if given."""
+        """A run with ``tags`` (plus the layout version), nested under ``parent`` if given; with
+        ``lease`` (made for run id ``""``), created with its tags and renewed from then on."""
         all_tags = {
             L.MLFLOW_RUN_NAME: run_name,
             L.TAG_LAYOUT_VERSION: L.LAYOUT_VERSION,
@@ -202,8 +378,14 @@ class RunWriter:
         parent_id = _parent_id(parent)
         if parent_id is not None:
             all_tags[L.MLFLOW_PARENT_RUN_ID] = parent_id
+        if lease is not None:
+            all_tags.update(lease.tags())  # alive from the first write: no window without a lease
         run = retrying(self.client.create_run)(self.experiment_id, run_name=run_name, tags=all_tags)
-        return TrackedRun(self.client, run.info.run_id, self.experiment_id)
+        kind = all_tags.get(L.TAG_KIND)
+        if lease is not None:
+            lease.run_id = run.info.run_id
+            lease.start()
+        return TrackedRun(self.client, run.info.run_id, self.experiment_id, kind=kind, lease=lease)
 
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, object] | None = None, parent: TrackedRun | str | None = None):
@@ -224,9 +406,12 @@ class RunWriter:
         tags: Mapping[str, object] | None = None,
         commit: str | None = None,
         description: str | None = None,
+        lease_s: float | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> TrackedRun:
         """The parent run of a train job: kind, layout/metrics/schema versions, seed, git commit,
-        horizons, validation method and the config-group choices (``choice.<group>``)."""
+        horizons, validation method and the config-group choices (``choice.<group>``). With
+        ``lease_s``, the run holds a :class:`RunLease` of that length until it ends."""
         std: dict[str, object] = {
             L.TAG_KIND: L.KIND_PARENT,
             L.TAG_METRICS_VERSION: METRICS_VERSION,
@@ -244,7 +429,8 @@ class RunWriter:
         if description:
             std[L.MLFLOW_NOTE] = description
         std.update(tags or {})
-        return self.start(run_name, std)
+        lease = RunLease(self.client, "", lease_s, clock=clock) if lease_s is not None else None
+        return self.start(run_name, std, lease=lease)
 
     def recorded_lockbox(self, fingerprint: str) -> tuple[str, str] | None:
         """``(lockbox start, run id)`` first recorded for data ``fingerprint`` anywhere in the

@@ -41,6 +41,7 @@ from quantml.contracts import run_layout as L
 from quantml.evaluation.overfitting import DeflatedSharpe, PBOResult, deflated_sharpe, pbo_cscv, per_period_sharpe
 from quantml.registry.gates import TrialCount, bar_returns, count_trials
 from quantml.tracking.reader import ParentRun, RunReader
+from quantml.tracking.store import sweep_stale_runs
 
 HEADLINE = ("rank_ic", "sharpe_after_cost", "max_drawdown", "ece")
 SHORT = {"rank_ic": "rank_ic", "sharpe_after_cost": "sharpe", "max_drawdown": "max_dd", "ece": "ece"}
@@ -640,6 +641,8 @@ def log_report(reader: RunReader, report: SweepReport, settings: SweepReportSett
 def run_sweep_report(tracking_uri: str, settings: SweepReportSettings) -> SweepReport:
     """Build the report, log it (``log_to_mlflow``) and write it to ``output_dir`` when given."""
     reader = RunReader(tracking_uri)
+    for experiment in reader.client.search_experiments():  # a killed job's run reads FAILED, not RUNNING
+        sweep_stale_runs(reader.client, experiment.experiment_id)
     report = build_report(reader, settings)
     if settings.log_to_mlflow:
         log_report(reader, report, settings)

@@ -12,6 +12,14 @@ from omegaconf import OmegaConf
 from quantml.backtest import run_backtest
 from quantml.contracts import QuantmlInputError, bar_size, parse_duration, periods_per_year, require_columns
 from quantml.contracts.config import build
+from quantml.contracts.time import (
+    Calendar,
+    DurationTooShort,
+    bars_missing,
+    duration_parts,
+    duration_to_bars,
+    infer_calendars,
+)
 from quantml.evaluation.evaluate import Scorer
 from quantml.market import CostModel
 from quantml.portfolio.allocator import AllocatorConfig
@@ -67,6 +75,96 @@ def test_bar_size_and_periods_per_year_of_a_long_frame():
     assert bar_size(frame.iloc[:1], default=pd.Timedelta("1D")) == pd.Timedelta("1D")
     with pytest.raises(QuantmlInputError, match="bar size"):
         bar_size(frame.iloc[:1])
+
+
+def equity_hours(days: int = 30, start: str = "2024-01-01") -> pd.DatetimeIndex:
+    """Hourly equity bars: 7 a weekday (14:30 .. 20:30 UTC), none at night or on weekends."""
+    d = pd.bdate_range(start, periods=days, tz="UTC")
+    open_ = pd.Timedelta(hours=14, minutes=30)
+    return pd.DatetimeIndex([t + open_ + pd.Timedelta(hours=h) for t in d for h in range(7)])
+
+
+CRYPTO_1H = Calendar(pd.Timedelta("1h"), 24.0, 168.0)
+EQUITY_1H = Calendar(pd.Timedelta("1h"), 7.0, 35.0)
+EQUITY_1D = Calendar(pd.Timedelta("1D"), 1.0, 5.0)
+CRYPTO_1D = Calendar(pd.Timedelta("1D"), 1.0, 7.0)
+
+
+@pytest.mark.parametrize(
+    "text,parts",
+    [("4H", (4, "h")), ("30m", (30, "min")), ("15min", (15, "min")), ("2 weeks", (2, "w")), ("1D", (1, "d")),
+     (pd.Timedelta("7D"), (7, "d")), (pd.Timedelta("90min"), (90, "min")), ("45s", (45, "s"))],
+)  # fmt: skip
+def test_duration_parts_keep_the_unit_written(text, parts):
+    assert duration_parts(text) == parts
+
+
+@pytest.mark.parametrize(
+    "duration,calendar,bars",
+    [
+        ("1d", CRYPTO_1H, 24), ("1d", EQUITY_1H, 7), ("1d", EQUITY_1D, 1), ("1d", CRYPTO_1D, 1),
+        ("5d", EQUITY_1D, 5), ("5d", CRYPTO_1D, 5), ("5d", EQUITY_1H, 35), ("5d", CRYPTO_1H, 120),
+        ("1w", EQUITY_1D, 5), ("1w", CRYPTO_1D, 7), ("1w", EQUITY_1H, 35), ("1w", CRYPTO_1H, 168),
+        ("7d", EQUITY_1D, 7), ("2w", EQUITY_1D, 10), ("21d", EQUITY_1D, 21),
+        ("4h", CRYPTO_1H, 4), ("4h", EQUITY_1H, 4), ("24h", EQUITY_1H, 24), ("90min", CRYPTO_1H, 2),
+        ("1h", CRYPTO_1H, 1), ("48h", EQUITY_1D, 2), ("1d", Calendar(pd.Timedelta("30min"), 13.0, 65.0), 13),
+        ("1d", Calendar(pd.Timedelta("1h"), 6.5, 32.5), 7),  # halves round up
+    ],
+)  # fmt: skip
+def test_duration_to_bars_exact(duration, calendar, bars):
+    """Trading time: d = trading days, w = trading weeks, h/min/s = clock time on the bar grid."""
+    assert duration_to_bars(duration, calendar) == bars
+
+
+def test_duration_shorter_than_a_bar_is_refused_by_name():
+    for duration, cal in (("4h", EQUITY_1D), ("30min", CRYPTO_1H), ("23h", CRYPTO_1D)):
+        with pytest.raises(DurationTooShort, match=rf"^volatility\.windows='{duration}' is shorter than one bar"):
+            duration_to_bars(duration, cal, "volatility.windows")
+    with pytest.raises(QuantmlInputError, match="is not a duration"):
+        duration_to_bars("abc", CRYPTO_1H, "volatility.windows")
+
+
+def test_infer_calendars_on_bundled_stocks_crypto_and_equity_hours():
+    from quantml.data import load_panel
+
+    stocks = load_panel({"source": "stocks_daily"})  # holidays, 9/11, Sandy: the medians hold
+    assert set(infer_calendars(stocks).values()) == {EQUITY_1D}
+    tail = stocks[stocks["timestamp"] >= "2012-12-01"]  # a serving-sized tail infers the same calendar
+    assert set(infer_calendars(tail).values()) == {EQUITY_1D}
+    crypto = pd.date_range("2024-01-01", periods=24 * 20, freq="1h", tz="UTC")
+    eq = equity_hours(30)
+    frame = pd.DataFrame({"timestamp": np.r_[crypto, eq], "symbol": ["BTC"] * len(crypto) + ["XYZ"] * len(eq)})
+    cals = infer_calendars(frame)
+    assert cals == {"BTC": CRYPTO_1H, "XYZ": EQUITY_1H}
+    daily = pd.date_range("2024-01-01", periods=60, freq="1D", tz="UTC")
+    assert infer_calendars(daily, np.array(["ETH"] * 60)) == {"ETH": CRYPTO_1D}
+    assert Calendar.from_dict(cals["XYZ"].to_dict()) == EQUITY_1H
+
+
+def test_bars_missing_counts_usual_bars_only():
+    crypto = pd.date_range("2024-01-01", periods=24 * 28, freq="1h", tz="UTC")
+    keep = np.ones(len(crypto), bool)
+    keep[100:106] = False  # a 6-hour outage
+    keep[300:303] = False  # 3 hours
+    ts = crypto[keep]
+    got = bars_missing(ts, np.array(["BTC"] * len(ts)))
+    assert got[100] == 6 and got[303 - 9] == 3 and got.sum() == 9
+    eq = equity_hours(30)
+    day = eq.normalize()
+    holiday = day == pd.Timestamp("2024-01-17", tz="UTC")  # a Wednesday without a session
+    eq = eq[~holiday]
+    got = bars_missing(eq)
+    first_after = np.flatnonzero(eq.normalize() == pd.Timestamp("2024-01-18", tz="UTC"))[0]
+    assert got[first_after] == 7 and got.sum() == 7  # nights and weekends skip no usual bar
+    # the bundled stocks: each market holiday skips 1, 9/11 4 trading days; weekends none
+    from quantml.data import load_panel
+
+    stocks = load_panel({"source": "stocks_daily", "symbols": ["AAPL"]})
+    got = pd.Series(bars_missing(stocks), index=stocks["timestamp"].dt.strftime("%Y-%m-%d"))
+    assert got["2001-09-17"] == 4 and got["2012-10-31"] == 2 and got["2002-01-02"] == 1
+    assert sorted(got[got > 1].index) == ["2001-09-17", "2007-01-03", "2012-10-31"]  # the rest: 0 or 1
+    monday = stocks["timestamp"].dt.day_of_week.to_numpy() == 0
+    assert (got.to_numpy()[monday] <= 1).sum() == monday.sum() - 1  # weekends skip nothing; 9/11 is a Monday
 
 
 def test_require_columns_names_what_and_how_to_fix():

@@ -14,6 +14,7 @@ from quantml.features.blocks import BlockSpec
 
 CONF = Path(__file__).resolve().parents[2] / "quantml" / "conf" / "feature_set"
 FULL = OmegaConf.to_container(OmegaConf.load(CONF / "full.yaml"))
+FULL_DURATIONS = OmegaConf.to_container(OmegaConf.load(CONF / "full_durations.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,17 @@ def test_block_is_causal(panel, block):
     cut = panel["timestamp"].sort_values().iloc[len(panel) * 2 // 3]
     assert build_features(panel, cfg).frame.shape[1] > 0
     assert causality_violations(panel, cfg, cut=cut, seed=1) == {}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_block_is_causal_with_duration_windows(panel, block):
+    """The same with every window, lag and half-life written as a duration (full_durations)."""
+    cfg = {"name": block, "gaps": FULL_DURATIONS["gaps"], "blocks": {block: FULL_DURATIONS["blocks"][block]}}
+    cut = panel["timestamp"].sort_values().iloc[len(panel) // 2]
+    fm = build_features(panel, cfg)
+    assert fm.frame.shape[1] > 0
+    assert fm.resolved or block in ("calendar", "passthrough")  # every other block has a duration
+    assert causality_violations(panel, cfg, cut=cut, seed=4) == {}
 
 
 def test_full_set_causal_at_several_cuts(panel):
@@ -180,10 +192,12 @@ def test_blocks_without_sources_are_skipped():
 def test_feature_set_configs(panel):
     mods = {}
     for name in ("price", "price_volume_regime", "full"):
-        cfg = OmegaConf.load(CONF / f"{name}.yaml")
-        fm = build_features(panel, cfg)
-        assert cfg.name == name
-        mods[name] = set(fm.modalities.values())
+        for variant in (name, f"{name}_durations"):
+            cfg = OmegaConf.load(CONF / f"{variant}.yaml")
+            fm = build_features(panel, cfg)
+            assert cfg.name == variant
+            mods[variant] = set(fm.modalities.values())
+        assert mods[name] == mods[f"{name}_durations"]
     assert mods["price"] == {"price", "calendar"}
     assert mods["price_volume_regime"] == {"price", "volume", "calendar", "derivatives"}
     assert mods["full"] == set(MODALITIES)

@@ -1,0 +1,60 @@
+"""quantml stack sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]
+
+A Z-layer over a sweep's walk-forward experts: their out-of-fold predictions in one OOF table keyed by
+(symbol, timestamp, horizon), a leakage audit of it (PASS/FAIL per check; a FAIL stops the stack unless
+force=true reason=TEXT), and a combiner trained walk-forward (fold k fitted on earlier folds' rows whose
+labels ended before fold k), compared on the same folds with equal weight, the best single expert and
+each expert. Printed, and logged as a stack run (quantml.kind=stack) with nested fold runs.
+
+Settings are Hydra key=value overrides of the packaged conf/stack.yaml:
+  sweep_dir= | experiment= | runs=[...]   the experts (exactly one), as quantml sweep-report reads them
+  exclude=[ID,...]                        leave these parent runs out
+  horizons=[4h]                           the horizons to stack (default: every horizon all experts cover)
+  combiner=ridge | equal_weight | best_single   combiner.alpha=10 combiner.C=0.5 combiner.metric=rmse
+  baselines=[equal_weight,best_single]    compared on the same folds
+  embargo=4h crossfit_folds=3 min_fit_rows=50
+  audit.max_gap_bars=5 audit.max_missing=0.0
+  force=true reason=TEXT                  stack despite a failed audit (recorded)
+  log_to_mlflow=false output_dir=DIR run_name=NAME
+  tracking.uri=...                        the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)
+
+Exit codes: 0 done; 1 the leakage audit failed (nothing fitted); 2 bad input (no such sweep, experiment or
+run, experts that cannot be stacked together, a setting that does not exist, force=true without reason=).
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "quantml stack sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]"
+SETTINGS = (
+    "sweep_dir=, experiment=, runs=[...], exclude=[...], horizons=[...], combiner=, combiner.<key>=, baselines=[...], "
+    "embargo=, crossfit_folds=, min_fit_rows=, audit.max_gap_bars=, audit.max_missing=, force=, reason=, "
+    "log_to_mlflow=, output_dir=, run_name=, tracking.uri="
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quantml.cli.common import compose_run_selection, error_exit, tracking_uri
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        cfg = compose_run_selection("stack", argv, USAGE)
+        from quantml.stacking.run import StackAuditError, StackSettings, run_stack
+
+        try:
+            result = run_stack(tracking_uri(cfg), StackSettings.from_config(cfg))
+        except StackAuditError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
+        return error_exit(exc, SETTINGS)
+    print(result.to_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""``quantml stack``: select and check the experts, audit their OOF table, train the combiner
+walk-forward, compare it with equal weight, the best single expert and every expert on the same
+folds, and log it all as a stack run (``quantml.kind=stack``) with nested fold runs.
+
+Nothing here reads the lockbox: only the experts' development out-of-fold predictions, their fold
+runs' windows, their fold plan and market calendar. Every combiner is deterministic, so a stack is
+reproducible from its experts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError, parse_duration
+from quantml.contracts import run_layout as L
+from quantml.contracts.config import build
+from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
+from quantml.stacking.combiners import expert_column
+from quantml.stacking.experts import Expert, check_consistency, load_experts, select_experts
+from quantml.stacking.oof import EXPERT_FIELDS, REALISED, audit_oof, build_oof_table
+from quantml.stacking.walkforward import StackFold, stack_folds, walk_forward
+from quantml.tracking.reader import RunReader
+
+COMBINER_DIR = Path(__file__).resolve().parents[1] / "conf" / "combiner"
+COMPARED = ("ap", "ece", "rmse", "rank_ic", "sharpe_after_cost")  # the comparison table's figures
+
+
+class StackAuditError(QuantmlInputError):
+    """The leakage audit of the OOF table failed and ``force=true reason=...`` was not given."""
+
+
+@dataclass
+class StackSettings:
+    """What ``conf/stack.yaml`` sets (see there)."""
+
+    combiner: dict
+    sweep_dir: str | None = None
+    experiment: str | None = None
+    runs: list[str] | None = None
+    exclude: list[str] | None = None
+    horizons: list[str] | None = None
+    baselines: list[str] = field(default_factory=lambda: ["equal_weight", "best_single"])
+    embargo: str | None = None
+    crossfit_folds: int | None = None
+    min_fit_rows: int = 50
+    max_gap_bars: int = 5
+    max_missing: float = 0.0
+    force: bool = False
+    reason: str | None = None
+    log_to_mlflow: bool = True
+    output_dir: str | None = None
+    run_name: str | None = None
+    resolved: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> StackSettings:
+        def ids(value):
+            if value is None:
+                return None
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value] or None
+
+        audit = cfg.get("audit") or {}
+        out = cls(
+            combiner=OmegaConf.to_container(cfg.combiner, resolve=True),
+            sweep_dir=cfg.get("sweep_dir") or None,
+            experiment=cfg.get("experiment") or None,
+            runs=ids(cfg.get("runs")),
+            exclude=ids(cfg.get("exclude")),
+            horizons=ids(cfg.get("horizons")),
+            baselines=ids(cfg.get("baselines")) or [],
+            embargo=None if cfg.get("embargo") is None else str(cfg.embargo),
+            crossfit_folds=None if cfg.get("crossfit_folds") is None else int(cfg.crossfit_folds),
+            min_fit_rows=int(cfg.get("min_fit_rows", 50)),
+            max_gap_bars=int(audit.get("max_gap_bars", 5)),
+            max_missing=float(audit.get("max_missing", 0.0)),
+            force=bool(cfg.get("force", False)),
+            reason=None if cfg.get("reason") in (None, "") else str(cfg.reason),
+            log_to_mlflow=bool(cfg.get("log_to_mlflow", True)),
+            output_dir=cfg.get("output_dir") or None,
+            run_name=cfg.get("run_name") or None,
+            resolved=OmegaConf.to_container(cfg, resolve=True),
+        )
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if self.force and not self.reason:
+            raise QuantmlInputError("force=true needs reason=TEXT (recorded on the stack run with the failed audit)")
+        if not 0.0 <= self.max_missing <= 1.0:
+            raise QuantmlInputError(f"audit.max_missing={self.max_missing} must be a share in [0, 1]")
+        if self.max_gap_bars < 0:
+            raise QuantmlInputError(f"audit.max_gap_bars={self.max_gap_bars} must be >= 0")
+        if self.min_fit_rows < 1:
+            raise QuantmlInputError(f"min_fit_rows={self.min_fit_rows} must be >= 1")
+        for name in self.baselines:
+            if not (COMBINER_DIR / f"{name}.yaml").is_file():
+                known = sorted(p.stem for p in COMBINER_DIR.glob("*.yaml"))
+                raise QuantmlInputError(f"baselines: no combiner config {name!r}; use some of {known}")
+
+
+@dataclass
+class StackResult:
+    """What a stack measured; ``to_text`` is what the command prints."""
+
+    label: str
+    combiner: str
+    experts: list[Expert]
+    horizons: list[str]
+    folds: list[StackFold]
+    table: pd.DataFrame  # the OOF table
+    audit: dict
+    predictions: dict[str, pd.DataFrame]  # candidate -> its walk-forward predictions
+    comparison: pd.DataFrame
+    fold_info: dict[int, dict]
+    shared: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    fold_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # the stack's test_* per fold (index fold)
+    embargo: pd.Timedelta = field(default_factory=pd.Timedelta)
+    crossfit_folds: int = 3
+    run_id: str | None = None
+
+    def audit_lines(self) -> list[str]:
+        lines = []
+        for name, check in self.audit["checks"].items():
+            lines.append(f"  {check['status']}  {name} ({check['count']}): {check['detail']}")
+        return lines
+
+    def comparison_text(self) -> str:
+        shown = self.comparison.copy()
+        for col in shown.columns:
+            if shown[col].dtype.kind == "f":
+                shown[col] = [("-" if not math.isfinite(v) else f"{v:.4g}") for v in shown[col]]
+        with pd.option_context("display.width", 250, "display.max_columns", 40):
+            return shown.drop(columns=["run_id"]).to_string(index=False)
+
+    def to_text(self) -> str:
+        folds = ", ".join(str(f.fold_id) for f in self.folds)
+        lines = [
+            f"Stack: {self.combiner} over {len(self.experts)} walk-forward experts of {self.label}, "
+            f"folds {folds} (each fitted on earlier folds only)",
+            *(f"  {e.alias} = run {e.run_id} ({e.run.run_name})" for e in self.experts),
+            "",
+            "Leakage audit of the OOF table:"
+            + ("" if self.audit["clean"] else "  (FAILED: forced, " + (f"reason: {self.audit.get('reason')})")),
+            *self.audit_lines(),
+            "",
+            "Comparison on the same folds (pooled over the stack folds; ap, ece: direction; rmse, rank_ic: return; "
+            "sharpe_after_cost: the one book):",
+            self.comparison_text(),
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.run_id:
+            lines.append(
+                f"logged as MLflow run {self.run_id} (kind {L.KIND_STACK}: {L.STACK_COMPARISON_CSV}, "
+                f"{L.STACK_OOF_ARTIFACT}, {L.STACK_AUDIT_ARTIFACT})"
+            )
+        lines.append("served stacking model: not built yet (docs/stacking.md)")
+        return "\n".join(lines)
+
+
+def combiner_config(name: str) -> dict:
+    """A packaged combiner config (``quantml/conf/combiner/<name>.yaml``) as a plain dict."""
+    return OmegaConf.to_container(OmegaConf.load(COMBINER_DIR / f"{name}.yaml"), resolve=True)
+
+
+def make_combiner(node: dict):
+    """A fresh combiner from its config (``_target_`` and settings; unknown keys are an error)."""
+    return build(node, "combiner")
+
+
+def _scorer(expert: Expert) -> tuple[Scorer, object, DictConfig]:
+    """The Scorer training used for this expert (its costs, signal, strategy, evaluation options,
+    periods per year, IC mode and market calendar) and its signal config."""
+    from quantml.evaluation import ic_mode_for
+    from quantml.portfolio.strategy import build_strategy
+
+    cfg = expert.run.config()
+    costs = build(cfg.cost, "cost", "quantml.market.CostModel")
+    signal = build(cfg.signal, "signal", "quantml.signals.SignalConfig.build", cost=costs.round_trip)
+    strategy = build_strategy(cfg.get("strategy"), signal)
+    ppy = expert.run.periods_per_year()
+    if ppy is None:
+        raise QuantmlInputError(f"run {expert.run_id} records no periods_per_year; {RETRAIN}")
+    ic_mode = expert.run.tags.get(L.TAG_IC_MODE) or ic_mode_for(int(expert.oos["symbol"].nunique()))
+    market = expert.run.market()
+    score = Scorer(float(ppy), costs, str(ic_mode), evaluation_options(cfg.evaluation), strategy, market)
+    return score, signal, cfg
+
+
+RETRAIN = "re-run `quantml train` with this quantml version"
+
+
+def _expert_frame(table: pd.DataFrame, alias: str) -> pd.DataFrame:
+    out = table[["symbol", "timestamp", "horizon", *REALISED, "t1", "fold"]].copy()
+    for name in EXPERT_FIELDS:
+        out[name] = table[expert_column(alias, name)].to_numpy(np.float64)
+    out["path"] = 0
+    return out
+
+
+def _figures(score: Scorer, frame: pd.DataFrame, horizons: list[str]) -> tuple[dict, pd.DataFrame]:
+    """Pooled ``oos_*`` metrics over the frame's folds, and the per-fold ``test_*`` table (index fold)."""
+    pooled = score(frame, "oos")
+    per_fold = {int(k): score(part, "test") for k, part in frame.groupby("fold", sort=True)}
+    return pooled, pd.DataFrame.from_dict(per_fold, orient="index").sort_index()
+
+
+def _comparison_rows(name, kind, run_id, pooled, per_fold, frame, horizons) -> list[dict]:
+    rows = []
+    for h in horizons:
+        row = {"candidate": name, "kind": kind, "horizon": h}
+        for m in COMPARED:
+            row[m] = float(pooled.get(f"oos_{m}{HORIZON_SEPARATOR}{h}", np.nan))
+        for m in ("rank_ic", "sharpe_after_cost"):
+            col = f"test_{m}{HORIZON_SEPARATOR}{h}"
+            row[f"{m}_fold_mean"] = float(per_fold[col].mean()) if col in per_fold else np.nan
+        row["n_rows"] = int((frame["horizon"].astype(str) == h).sum())
+        row["n_folds"] = int(frame["fold"].nunique())
+        row["run_id"] = run_id or ""
+        rows.append(row)
+    return rows
+
+
+def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> StackResult:
+    """Everything but the logging. ``on_audit(audit, experts, shared, horizons, label)`` is called once
+    the audit is known (before a failed audit stops the stack), so the caller can record it."""
+    parents, label, notes = select_experts(reader, settings)
+    shared, horizons = check_consistency(parents, settings.horizons)
+    experts = load_experts(reader, parents, horizons)
+    first = experts[0]
+    plan = reader.fold_plan(first.run_id)
+    if plan is None:
+        raise QuantmlInputError(f"run {first.run_id} has no {L.FOLD_PLAN_ARTIFACT}; {RETRAIN}")
+    if plan.get("hash") != shared[L.TAG_FOLD_PLAN]:
+        raise QuantmlInputError(
+            f"{L.FOLD_PLAN_ARTIFACT} of run {first.run_id} hashes to {plan.get('hash')} but the run is tagged "
+            f"{L.TAG_FOLD_PLAN}={shared[L.TAG_FOLD_PLAN]}; {RETRAIN}"
+        )
+    score, signal, cfg = _scorer(first)
+    audit = audit_oof(experts, score.market, settings.max_gap_bars, settings.max_missing)
+    audit["forced"] = bool(settings.force and not audit["clean"])
+    audit["reason"] = settings.reason if audit["forced"] else None
+    if on_audit is not None:
+        on_audit(audit, experts, shared, horizons, label)
+    if not audit["clean"] and not settings.force:
+        failed = [f"{k} ({c['count']}: {c['detail']})" for k, c in audit["checks"].items() if not c["ok"]]
+        raise StackAuditError(
+            "the leakage audit of the OOF table failed: " + "; ".join(failed) + ". Fix the experts (or drop one "
+            "with exclude=[...]), or stack anyway with force=true reason=TEXT (recorded on the stack run)"
+        )
+    table = build_oof_table(experts)
+    folds = stack_folds(plan)
+    embargo = _embargo(settings, experts)
+    crossfit_folds = settings.crossfit_folds or int((cfg.get("validation") or {}).get("crossfit_folds") or 3)
+    kwargs = dict(
+        embargo=embargo,
+        crossfit_folds=crossfit_folds,
+        cfg_evaluation=cfg.get("evaluation"),
+        signal=signal,
+        min_fit_rows=settings.min_fit_rows,
+    )
+    aliases = [e.alias for e in experts]
+    main = make_combiner(settings.combiner)
+    name = getattr(main, "name", type(main).__name__)
+    candidates = [(name, "stack", settings.combiner)]
+    for b in settings.baselines:
+        node = combiner_config(b)
+        if node.get("_target_") != settings.combiner.get("_target_"):
+            candidates.append((b, "baseline", node))
+    predictions, fold_info, rows = {}, {}, []
+    for cand, kind, node in candidates:
+        frame, info = walk_forward(lambda node=node: make_combiner(node), table, aliases, folds, **kwargs)
+        predictions[cand] = frame
+        if kind == "stack":
+            fold_info = info
+        pooled, per_fold = _figures(score, frame, horizons)
+        rows += _comparison_rows(cand, kind, None, pooled, per_fold, frame, horizons)
+        if kind == "stack":
+            stack_pooled, stack_folds_table = pooled, per_fold
+    stacked = table[table["fold"].isin([f.fold_id for f in folds])]
+    for e in experts:
+        frame = _expert_frame(stacked, e.alias)
+        pooled, per_fold = _figures(score, frame, horizons)
+        rows += _comparison_rows(e.alias, "expert", e.run_id, pooled, per_fold, frame, horizons)
+    comparison = pd.DataFrame(rows)
+    metrics = dict(stack_pooled)
+    metrics.update(aggregate_fold_metrics(stack_folds_table))
+    for row in rows:
+        if row["kind"] == "stack":
+            continue
+        for m in COMPARED:
+            metrics[f"cmp_{row['candidate']}_{m}{HORIZON_SEPARATOR}{row['horizon']}"] = row[m]
+    result = StackResult(
+        label=label,
+        combiner=name,
+        experts=experts,
+        horizons=horizons,
+        folds=folds,
+        table=table,
+        audit=audit,
+        predictions=predictions,
+        comparison=comparison,
+        fold_info=fold_info,
+        shared=shared,
+        metrics=metrics,
+        notes=notes,
+        fold_metrics=stack_folds_table,
+        embargo=embargo,
+        crossfit_folds=crossfit_folds,
+    )
+    return result
+
+
+def _duration(value, what: str) -> pd.Timedelta:
+    if value is None or str(value).strip() in ("0", "0s", ""):
+        return pd.Timedelta(0)
+    return pd.Timedelta(parse_duration(value, what, allow_zero=True))
+
+
+def _embargo(settings: StackSettings, experts: list[Expert]) -> pd.Timedelta:
+    """``embargo=``, else the largest of the experts' ``validation.embargo``."""
+    if settings.embargo is not None:
+        return _duration(settings.embargo, "embargo")
+    return max(
+        _duration((e.run.config().get("validation") or {}).get("embargo"), "validation.embargo") for e in experts
+    )
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def write_files(result: StackResult, folder: Path) -> dict[str, Path]:
+    """The OOF table, the comparison table, the audit and the experts under ``folder`` (layout paths)."""
+    folder = Path(folder)
+    paths = {
+        "oof": folder / L.STACK_OOF_ARTIFACT,
+        "comparison": folder / L.STACK_COMPARISON_CSV,
+        "experts": folder / L.STACK_EXPERTS_ARTIFACT,
+        "folds": folder / L.STACK_FOLDS_ARTIFACT,
+        "oos": folder / L.OOS_ARTIFACT,
+    }
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    result.table.to_parquet(paths["oof"], index=False)
+    result.comparison.to_csv(paths["comparison"], index=False)
+    paths["experts"].write_text(json.dumps([e.describe() for e in result.experts], indent=2), encoding="utf-8")
+    folds = {str(k): v for k, v in result.fold_info.items()}
+    paths["folds"].write_text(json.dumps(folds, indent=2, default=str), encoding="utf-8")
+    result.predictions[result.combiner].to_parquet(paths["oos"], index=False)
+    write_audit(result.audit, folder)
+    return paths
+
+
+def write_audit(audit: dict, folder: Path) -> Path:
+    path = Path(folder) / L.STACK_AUDIT_ARTIFACT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(audit, indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def _run_tags(settings: StackSettings, experts: list[Expert], shared: dict, horizons: list[str], name: str) -> dict:
+    first = experts[0].run
+    tags = {
+        L.TAG_KIND: L.KIND_STACK,
+        L.TAG_STACK_EXPERTS: ",".join(e.run_id for e in experts),
+        L.TAG_COMBINER: name,
+        L.TAG_VALIDATION: L.WALK_FORWARD,
+        L.TAG_HORIZONS: ",".join(horizons),
+        L.TAG_EXPERTS_LAYOUT_VERSION: shared[L.TAG_LAYOUT_VERSION],
+        **{k: v for k, v in shared.items() if k != L.TAG_LAYOUT_VERSION},
+    }
+    for tag in (L.TAG_IC_MODE, L.TAG_BAR, L.TAG_N_SYMBOLS, L.TAG_PERIODS_PER_YEAR):
+        if first.tags.get(tag):
+            tags[tag] = first.tags[tag]
+    if settings.sweep_dir:
+        tags[L.TAG_SWEEP_DIR] = first.tags.get(L.TAG_SWEEP_DIR, settings.sweep_dir)
+    return tags
+
+
+def run_stack(tracking_uri: str, settings: StackSettings) -> StackResult:
+    """Build the stack; log it (``log_to_mlflow``: a stack run, FAILED with its audit when the audit
+    stops it) and write its files to ``output_dir`` when given."""
+    from quantml.tracking.writer import RunWriter
+
+    reader = RunReader(tracking_uri)
+    state: dict = {}
+    main_name = getattr(make_combiner(settings.combiner), "name", "stack")
+
+    def on_audit(audit, experts, shared, horizons, label):
+        if settings.output_dir:
+            write_audit(audit, Path(settings.output_dir).expanduser())
+        if not settings.log_to_mlflow:
+            return
+        writer = RunWriter(experts[0].run.experiment_id, reader.client)
+        tags = _run_tags(settings, experts, shared, horizons, main_name)
+        tags[L.TAG_STACK_AUDIT] = "clean" if audit["clean"] else "violations"
+        if audit["forced"]:
+            tags[L.TAG_STACK_FORCED] = "true"
+            tags[L.TAG_STACK_FORCE_REASON] = settings.reason
+        run = writer.start((settings.run_name or f"stack · {main_name} · {label}")[:240], tags)
+        run.log_dict(audit, L.STACK_AUDIT_ARTIFACT)
+        state.update(writer=writer, run=run)
+
+    try:
+        result = build_stack(reader, settings, on_audit)
+    except BaseException as exc:
+        if "run" in state:
+            state["run"].fail(exc)
+        raise
+    if "run" in state:
+        _log(reader, state["writer"], state["run"], result, settings)
+    if settings.output_dir:
+        write_files(result, Path(settings.output_dir).expanduser())
+    return result
+
+
+def _log(reader: RunReader, writer, run, result: StackResult, settings: StackSettings) -> None:
+    with run.ending():
+        params = {
+            "combiner": result.combiner,
+            "n_experts": len(result.experts),
+            "embargo": str(result.embargo),
+            "crossfit_folds": result.crossfit_folds,
+            "min_fit_rows": settings.min_fit_rows,
+            "audit.max_gap_bars": settings.max_gap_bars,
+            "audit.max_missing": settings.max_missing,
+            "baselines": ",".join(settings.baselines),
+            **{f"combiner.{k}": v for k, v in settings.combiner.items()},
+        }
+        run.log_params(params)
+        run.log_resolved_config(settings.resolved or {"combiner": settings.combiner})
+        run.set_tags({L.TAG_N_FOLDS: len(result.folds)})
+        run.log_metrics(result.metrics)
+        for fold in result.folds:
+            info = result.fold_info.get(fold.fold_id, {})
+            child = writer.start_fold(run, fold.fold_id)
+            with child.ending():
+                child.log_params(
+                    {
+                        L.PARAM_FOLD_ID: fold.fold_id,
+                        "train_start": info.get("fit_start"),
+                        "train_end": info.get("fit_end"),
+                        L.PARAM_TEST_START: str(fold.test_start),
+                        L.PARAM_TEST_END: str(fold.test_end),
+                        "n_train": info.get("n_fit", 0),
+                        "n_test": info.get("n_test", 0),
+                    }
+                )
+                if fold.fold_id in result.fold_metrics.index:
+                    child.log_metrics(result.fold_metrics.loc[fold.fold_id].to_dict())
+        with tempfile.TemporaryDirectory() as tmp:
+            write_files(result, Path(tmp))
+            plan = reader.fold_plan(result.experts[0].run_id)
+            (Path(tmp) / L.FOLD_PLAN_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / L.FOLD_PLAN_ARTIFACT).write_text(json.dumps(plan, indent=2), encoding="utf-8")
+            market = result.experts[0].run.market()
+            if market is not None:
+                (Path(tmp) / L.MARKET_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
+                market.to_parquet(Path(tmp) / L.MARKET_ARTIFACT, index=False)
+            for sub in ("stack", "predictions", "folds"):
+                run.log_artifacts(str(Path(tmp) / sub), sub)
+        result.run_id = run.run_id
+        run.set_description(f"```\n{result.to_text()}\n```")
