@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # MLflow telemetry and progress bars are switched off by quantml itself (quantml/__init__.py)
 export PYTHONWARNINGS := ignore
 
-.PHONY: demo test test-all benchmark lint install clean
+.PHONY: demo test test-all test-server benchmark lint install clean
 
 # torch first: `pip install torch==2.13.0` takes the CPU wheel; letting another package
 # pull torch would fetch a multi-GB CUDA build.
@@ -35,6 +35,12 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider $(PYTEST_ARGS)
 
+# the tracking-server tests on a PostgreSQL of their own (.ci/postgres.sh: installs it as root when
+# missing, starts it when stopped), the slow SQLite half included
+test-server: install
+	QUANTML_TEST_POSTGRES="$$(bash .ci/postgres.sh)" && export QUANTML_TEST_POSTGRES && \
+		$(BIN)/python -m pytest -q -m "" -p no:cacheprovider tests/integration/test_server.py $(PYTEST_ARGS)
+
 benchmark: install
 	$(BIN)/python -m pytest -q -m benchmark tests/benchmarks -s
 
@@ -45,4 +51,4 @@ lint: $(BIN)/.lint-installed
 	$(BIN)/lint-imports --no-cache
 
 clean:
-	rm -rf multirun outputs mlruns mlflow.db optuna.db
+	rm -rf multirun outputs mlruns mlartifacts mlflow.db optuna.db

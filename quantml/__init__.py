@@ -8,3 +8,4 @@ __version__ = "0.1.0"
 # transfers (they flood logs of sweeps). setdefault: an explicit environment value wins.
 _os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 _os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+_os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" lines per run over http

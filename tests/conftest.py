@@ -13,6 +13,31 @@ from quantml.cli.common import CONFIG_DIR  # importing quantml quiets MLflow (te
 
 REPO = Path(__file__).resolve().parents[1]
 
+# -- requires_postgres: tests that need a real PostgreSQL (the tracking server's backend) ----------
+POSTGRES_ENV = "QUANTML_TEST_POSTGRES"  # a DSN, e.g. postgresql+psycopg://quantml:quantml@127.0.0.1:54329/quantml
+requires_postgres = pytest.mark.requires_postgres
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        f'requires_postgres: needs PostgreSQL at ${POSTGRES_ENV} (export {POSTGRES_ENV}="$(.ci/postgres.sh)"); '
+        "skipped without it, a failure in CI (CI=true)",
+    )
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_postgres") is None or os.environ.get(POSTGRES_ENV):
+        return
+    reason = f'needs PostgreSQL: ${POSTGRES_ENV} is not set (export {POSTGRES_ENV}="$(.ci/postgres.sh)" first)'
+    if _in_ci():
+        pytest.fail(f"{reason}; in CI (CI=true) these tests must run: .ci/run starts PostgreSQL", pytrace=False)
+    pytest.skip(reason)
+
 
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:

@@ -103,6 +103,7 @@ def attribute_pnl(
     costs: CostModel,
     volume: np.ndarray | None = None,
     capital: float = 1.0,
+    half_spread: np.ndarray | None = None,
 ) -> np.ndarray:
     """After-cost PnL per horizon bucket ``[T, H]`` from attribution ``[T, N, H]``.
 
@@ -114,7 +115,9 @@ def attribute_pnl(
     gross = np.einsum("tnh,tn->th", w, r)
     pos = w.sum(axis=2)
     trades = np.diff(pos, axis=0, prepend=np.zeros((1, pos.shape[1])))
-    sym_cost = costs.trade_cost(trades, participation_rate(trades, volume, capital, costs.participation_cap))
+    sym_cost = costs.trade_cost(
+        trades, participation_rate(trades, volume, capital, costs.participation_cap), half_spread
+    )
     dw = np.abs(np.diff(w, axis=0, prepend=np.zeros((1, *w.shape[1:]))))
     tot = dw.sum(axis=2, keepdims=True)
     share = np.where(tot > 0, dw / np.where(tot > 0, tot, 1.0), 1.0 / w.shape[2])
@@ -134,13 +137,15 @@ def backtest(
     symbols=None,
     horizons=None,
     benchmark: np.ndarray | None = None,
+    half_spread: np.ndarray | None = None,
 ) -> BacktestResult:
     """Backtest a ``[T, N]`` position matrix against next-bar returns ``[T, N]``.
 
     DataFrame inputs (index timestamps, columns symbols) supply ``timestamps``/``symbols``;
     ``ret_next_bar`` is aligned to ``positions``. ``attribution [T, N, H]`` (optional, with
     ``horizons``) adds per-horizon PnL; ``benchmark [T]`` adds a ``benchmark`` bar column and
-    the ``information_ratio``.
+    the ``information_ratio``; ``half_spread [T, N]`` (NaN: unknown) prices trades at the quoted
+    spread instead of the constant ``slippage_bps``.
     """
     if isinstance(positions, pd.DataFrame):
         timestamps = positions.index if timestamps is None else timestamps
@@ -153,7 +158,7 @@ def backtest(
     T = len(pos)
     timestamps = pd.RangeIndex(T) if timestamps is None else pd.Index(timestamps, name="timestamp")
     symbols = list(range(pos.shape[1])) if symbols is None else list(symbols)
-    ex = execute(pos, ret, costs, volume=volume, capital=capital)
+    ex = execute(pos, ret, costs, volume=volume, capital=capital, half_spread=half_spread)
     bars = pd.DataFrame({k: ex[k] for k in BAR_COLUMNS}, index=timestamps)
     if benchmark is not None:
         benchmark = np.asarray(benchmark, dtype=np.float64)
@@ -161,7 +166,9 @@ def backtest(
     hp = None
     if attribution is not None:
         horizons = list(horizons) if horizons is not None else list(range(attribution.shape[2]))
-        hp = pd.DataFrame(attribute_pnl(attribution, ret, costs, volume, capital), index=timestamps, columns=horizons)
+        hp = pd.DataFrame(
+            attribute_pnl(attribution, ret, costs, volume, capital, half_spread), index=timestamps, columns=horizons
+        )
     return BacktestResult(
         bars,
         pd.DataFrame(pos, index=timestamps, columns=symbols),
@@ -202,6 +209,7 @@ def run_backtest(
         symbols=book.symbols,
         horizons=book.horizons,
         benchmark=book.benchmark,
+        half_spread=getattr(book, "half_spread", None),
     )
 
 

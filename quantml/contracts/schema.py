@@ -30,6 +30,7 @@ MODALITIES = (
     "event",
     "calendar",
     "cross_section",
+    "microstructure",
 )
 
 # Exogenous columns the loaders and the synthetic generator know, with their modality.
@@ -49,6 +50,13 @@ EXOGENOUS_MODALITY = {
     "event_sentiment": "event",
     "macro_surprise": "macro",
     "macro_rate": "macro",
+    # the order-book stream (docs/data.md): quotes and sizes at the touch, depth over a few levels
+    "bid": "microstructure",
+    "ask": "microstructure",
+    "bid_size": "microstructure",
+    "ask_size": "microstructure",
+    "depth_bid": "microstructure",
+    "depth_ask": "microstructure",
 }
 
 # Columns of the prediction contract, in order (one row per symbol, timestamp, horizon).

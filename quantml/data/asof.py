@@ -11,6 +11,12 @@ Event streams (those with an ``event_count`` column) are not as-of joined but bu
 each event lands on the first bar with ``timestamp >= available_at``; the bar gets the sum
 of ``event_count`` (0.0 when none) and the count-weighted mean of the other columns (NaN
 when none).
+
+Order-book streams (named ``orderbook``, or any stream with a ``bid``/``ask``/``bid_size``/
+``ask_size`` column) follow a grammar: ``bid``, ``ask``, ``bid_size``, ``ask_size`` at the touch,
+optional ``depth_bid``, ``depth_ask`` (sizes summed over a few levels); prices > 0, ``ask >= bid``,
+sizes >= 0 (NaN: not quoted, joined as missing). They are as-of joined like the others, with
+the ``orderbook`` staleness default whatever the stream's name.
 """
 
 from __future__ import annotations
@@ -35,8 +41,12 @@ DEFAULT_MAX_STALENESS = {
     "social": "3h",
     "macro": "14D",
     "rates": "45D",
+    "orderbook": "1h",
 }
 FALLBACK_STALENESS = "7D"
+ORDERBOOK_STREAM = "orderbook"
+ORDERBOOK_COLUMNS = ("bid", "ask", "bid_size", "ask_size")  # required of an order-book stream
+ORDERBOOK_DEPTH = ("depth_bid", "depth_ask")  # optional: sizes summed over a few levels
 
 
 def _utc(s: pd.Series, name: str, col: str) -> pd.Series:
@@ -80,7 +90,52 @@ def _prepare(name: str, stream: pd.DataFrame, bar_columns: set[str]) -> tuple[pd
         s[c] = pd.to_numeric(s[c], errors="coerce").astype("float64")
     if SYMBOL in s.columns:
         s[SYMBOL] = s[SYMBOL].astype(str)
+    if is_orderbook(name, values):
+        _check_orderbook(name, s)
     return s, values
+
+
+def is_orderbook(name: str, values) -> bool:
+    """A stream named ``orderbook`` or carrying any quote/size column of the order-book grammar."""
+    return name == ORDERBOOK_STREAM or bool(set(values) & set(ORDERBOOK_COLUMNS))
+
+
+def _check_orderbook(name: str, s: pd.DataFrame) -> None:
+    """The order-book grammar: every quote/size column, positive prices, uncrossed, sizes >= 0."""
+    require_columns(
+        s,
+        ORDERBOOK_COLUMNS,
+        f"order-book stream {name!r}",
+        "an order-book stream needs bid, ask (best prices) and bid_size, ask_size (sizes at the touch), "
+        "plus event_time, available_at [, symbol]; depth_bid, depth_ask (sizes summed over a few levels) "
+        "are optional. Rename your columns (e.g. stream.rename(columns={'best_bid': 'bid'}))",
+    )
+    cols = [*ORDERBOOK_COLUMNS, *(c for c in ORDERBOOK_DEPTH if c in s.columns)]
+    v = {c: s[c].to_numpy(dtype="float64") for c in cols}
+
+    def fail(mask: np.ndarray, what: str, fix: str) -> None:
+        i = int(np.flatnonzero(mask)[0])
+        row = s.iloc[i]
+        where = f"symbol={row[SYMBOL]}, " if SYMBOL in s.columns else ""
+        shown = ", ".join(f"{c}={row[c]!r}" for c in cols[:4])
+        raise QuantmlInputError(
+            f"order-book stream {name!r} has {what} at {int(mask.sum())} row(s) (first: {where}"
+            f"event_time={row['event_time']}, {shown}); {fix}"
+        )
+
+    with np.errstate(invalid="ignore"):
+        for c in cols:
+            if np.isinf(v[c]).any():
+                fail(np.isinf(v[c]), f"inf in {c!r}", "use NaN for a side that is not quoted")
+        for c in ("bid", "ask"):
+            if (v[c] <= 0).any():
+                fail(v[c] <= 0, f"non-positive {c!r} prices", "prices must be > 0; drop those rows or set them NaN")
+        crossed = v["ask"] < v["bid"]
+        if crossed.any():
+            fail(crossed, "a crossed book (ask < bid)", "swap bid and ask if they were mislabelled, or drop those rows")
+        for c in cols[2:]:
+            if (v[c] < 0).any():
+                fail(v[c] < 0, f"negative sizes in {c!r}", "sizes must be >= 0 (NaN when unknown)")
 
 
 def _drop_superseded(s: pd.DataFrame) -> pd.DataFrame:
@@ -93,11 +148,11 @@ def _drop_superseded(s: pd.DataFrame) -> pd.DataFrame:
     return s.loc[keep.to_numpy()]
 
 
-def _limit(name: str, col: str, max_staleness: Mapping, bar: pd.Timedelta) -> pd.Timedelta:
+def _limit(name: str, col: str, max_staleness: Mapping, bar: pd.Timedelta, kind: str | None = None) -> pd.Timedelta:
     for key in (col, name):
         if key in max_staleness and max_staleness[key] is not None:
             return parse_duration(max_staleness[key], f"max_staleness[{key!r}]")
-    default = parse_duration(DEFAULT_MAX_STALENESS.get(name, FALLBACK_STALENESS))
+    default = parse_duration(DEFAULT_MAX_STALENESS.get(kind or name, FALLBACK_STALENESS))
     return max(default, 2 * bar)
 
 
@@ -181,6 +236,7 @@ def join_streams(
         if EVENT_COUNT in values:
             new.update(_bucket_events(left, s, values, n))
             continue
+        kind = ORDERBOOK_STREAM if is_orderbook(name, values) else name
         s = _drop_superseded(s)
         by = SYMBOL if SYMBOL in s.columns else None
         s = s.sort_values("available_at", kind="mergesort")
@@ -199,7 +255,7 @@ def join_streams(
         age = np.where(known, bar_ts - ts_int64(et.fillna(pd.Timestamp(0, tz="UTC"))), 0)
         for c in values:
             v = m[c].to_numpy(dtype="float64", na_value=np.nan)
-            limit = _limit(name, c, max_staleness, bar)
+            limit = _limit(name, c, max_staleness, bar, kind)
             stale = ~known | (age > limit.value) | np.isnan(v)
             col = np.empty(n)
             col[order] = np.where(stale, np.nan, v)

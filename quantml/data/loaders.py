@@ -44,6 +44,16 @@ def _get(cfg: Mapping, key: str, default=None):
     return default if value is None else value
 
 
+def _flag(cfg: Mapping, key: str) -> bool:
+    """A true/false setting of the data config (default false); anything else names the fix."""
+    value = _get(cfg, key, False)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise QuantmlInputError(f"data.{key}={value!r} must be true or false (e.g. data.{key}=true)")
+
+
 # --------------------------------------------------------------------------- stocks_daily
 def stocks_csv_path() -> Path:
     """Location of ``stocks.csv.gz`` inside the installed ``bokeh_sampledata`` package."""
@@ -291,8 +301,8 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
     """Load and validate the panel described by the ``data`` config group.
 
     ``cfg.source``: ``stocks_daily`` (bundled, adjusted daily equities), ``synthetic``
-    (``freq, n_symbols, n_bars, start, seed``; streams joined as-of with ``*_missing``
-    flags) or ``file`` (``path``: parquet/CSV file or directory). ``symbols``, ``start``,
+    (``freq, n_symbols, n_bars, start, seed``, opt-in ``orderbook``; streams joined as-of with
+    ``*_missing`` flags) or ``file`` (``path``: parquet/CSV file or directory). ``symbols``, ``start``,
     ``end`` filter rows. Returns the validated panel (see ``validate_panel``).
     """
     source = _get(cfg, "source")
@@ -309,6 +319,7 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             n_bars=int(_get(cfg, "n_bars", 3000)),
             seed=int(_get(cfg, "seed", 0)),
             start=str(_get(cfg, "start", "2024-01-01")),
+            orderbook=_flag(cfg, "orderbook"),
         )
         max_staleness = _get(cfg, "max_staleness")
         df = join_streams(syn.bars, syn.streams, dict(max_staleness) if max_staleness else None)

@@ -19,6 +19,14 @@ What is planted (so tests and demos have a small, real, causal signal to find):
   publication lags; macro tables have no symbol (market-wide) and ``event_time`` is the
   reference period, days before ``available_at``.
 
+* With ``orderbook=True`` (opt-in), an order-book stream too: a snapshot at every bar close
+  (bid/ask around the close, sizes at the touch, depth over a few levels), relative spreads
+  that widen with the volatility regime (and touch depth that thins), and an imbalance at the
+  touch whose value at bar ``t`` moves the drift of bar ``t+1`` (a next-bar IC of about
+  ``K_BOOK`` at any bar size). Its draws come from a generator of their own, so every other
+  stream keeps its values; the bars (and the taker stream, tied to returns) differ by the
+  planted drift only. ``orderbook=False`` is bit-identical to the generator without the flag.
+
 Same arguments -> identical data. 10 symbols x 100k 5m bars take a few seconds.
 """
 
@@ -40,6 +48,10 @@ K_STATE = 0.15  # funding / sentiment / net-flow combination
 K_EVENT = 0.10  # post-event drift
 K_MACRO = 0.06  # post-macro-release drift of the common factor
 EVENTS_PER_DAY = 0.7
+K_BOOK = 0.04  # order-book imbalance -> next-bar return (IC per bar, whatever the bar size)
+# order-book draws use their own generator, seeded from (seed, this key): the default panel's
+# draws are untouched by the flag
+_ORDERBOOK_KEY = 0x0B00C
 
 
 @dataclass
@@ -55,6 +67,56 @@ class SyntheticData:
     bars: pd.DataFrame
     streams: dict[str, pd.DataFrame]
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _orderbook_state(
+    b: _Builder, rng: np.random.Generator, mult: np.ndarray, bars_per
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The order book's latent state and its stream rows (prices filled in once the closes exist).
+
+    Returns the stream (``_pos``/``_sym``: the bar and symbol each row snapshots; ``bid``/``ask``
+    still missing) and [n_bars, n_symbols] arrays: ``spread`` (relative, ask/bid around the close)
+    and the imbalance at the touch ``imbalance``.
+    """
+    T, N = b.n_bars, b.n_sym
+    # imbalance at the touch: short-lived (half-life 30 min, at least a bar)
+    hl = max(1.0, bars_per(pd.Timedelta("30min")))
+    imb = np.tanh(0.9 * _ar1(rng, (T, N), hl) + 0.25 * rng.standard_normal((T, N)))
+    # touch size thins in turbulent regimes; depth over a few levels is a multiple of it
+    touch = np.exp(
+        rng.uniform(2.0, 6.0, N)[None, :]
+        + 0.3 * _ar1(rng, (T, N), bars_per(pd.Timedelta("1D")))
+        - 0.5 * np.log(mult)
+        + 0.2 * rng.standard_normal((T, N))
+    )
+    depth_imb = np.tanh(0.5 * np.arctanh(np.clip(imb, -0.999, 0.999)) + 0.4 * rng.standard_normal((T, N)))
+    extra = 4.0 * touch * np.exp(0.25 * rng.standard_normal((T, N)))
+    # relative spread: 1-5 bps per symbol, x mult^1.5 (about x2.6 in the turbulent regime)
+    spread = rng.uniform(1.0, 5.0, N)[None, :] * 1e-4 * mult**1.5 * np.exp(0.15 * rng.standard_normal((T, N)))
+    bid_size = touch * (1.0 + imb) / 2.0
+    ask_size = touch * (1.0 - imb) / 2.0
+    table = b.stream(
+        np.arange(T),
+        pd.Timedelta(0),  # a snapshot at the bar close, known at the close
+        {
+            "_pos": np.broadcast_to(np.arange(T, dtype=np.float64)[:, None], (T, N)),
+            "_sym": np.broadcast_to(np.arange(N, dtype=np.float64)[None, :], (T, N)),
+            "bid_size": bid_size,
+            "ask_size": ask_size,
+            "depth_bid": bid_size + extra * (1.0 + depth_imb) / 2.0,
+            "depth_ask": ask_size + extra * (1.0 - depth_imb) / 2.0,
+        },
+    )
+    return table, {"spread": spread, "imbalance": imb}
+
+
+def _orderbook_prices(table: pd.DataFrame, close: np.ndarray, spread: np.ndarray) -> pd.DataFrame:
+    """Fill bid/ask around each snapshot's close; the stream's columns in grammar order."""
+    pos, sym = table.pop("_pos").to_numpy(np.int64), table.pop("_sym").to_numpy(np.int64)
+    mid, half = close[pos, sym], spread[pos, sym] / 2.0
+    table.insert(3, "bid", mid * (1.0 - half))
+    table.insert(4, "ask", mid * (1.0 + half))
+    return table
 
 
 def _symbols(n: int) -> list[str]:
@@ -162,11 +224,17 @@ def _check_args(freq: str, n_symbols: int, n_bars: int) -> pd.Timedelta:
 
 
 def generate_synthetic(
-    freq: str = "1h", n_symbols: int = 4, n_bars: int = 3000, seed: int = 0, start: str = "2024-01-01"
+    freq: str = "1h",
+    n_symbols: int = 4,
+    n_bars: int = 3000,
+    seed: int = 0,
+    start: str = "2024-01-01",
+    orderbook: bool = False,
 ) -> SyntheticData:
     """Generate bars and exogenous streams; see the module docstring for what is planted.
 
-    Bars are stamped at their close: ``start + bar, start + 2 bar, ...`` (UTC).
+    Bars are stamped at their close: ``start + bar, start + 2 bar, ...`` (UTC). ``orderbook``:
+    also emit the ``orderbook`` stream (and plant its imbalance effect on next-bar returns).
     """
     bar = _check_args(freq, n_symbols, n_bars)
     rng = np.random.default_rng(seed)
@@ -310,6 +378,13 @@ def generate_synthetic(
     signal = K_STATE * state + K_EVENT * event_drift + K_MACRO * beta[None, :] * macro_drift
     drift = np.zeros((T, N))
     drift[1:] = day_scale * sigma[1:] * signal[:-1]
+    if orderbook:  # the imbalance seen at bar t (through the stream's gaps) moves bar t+1
+        ob_rng = np.random.default_rng([int(seed), _ORDERBOOK_KEY])
+        ob_table, ob_truth = _orderbook_state(_Builder(ts, bar, symbols, ob_rng), ob_rng, mult, bars_per)
+        seen = np.zeros((T, N))  # a bar without its snapshot (a gap, the outage) plants nothing
+        at = (ob_table["_pos"].to_numpy(np.int64), ob_table["_sym"].to_numpy(np.int64))
+        seen[at] = z(ob_truth["imbalance"])[at]
+        drift[1:] += K_BOOK * sigma[1:] * seen[:-1]
     # macro release moves the common factor on the release bar
     shock = np.zeros((T, 1))
     np.add.at(shock, (mvis[mok], 0), 0.5 * surprise[mok])
@@ -349,8 +424,11 @@ def generate_synthetic(
         }
     )
     bars[TIMESTAMP] = bars[TIMESTAMP].astype("datetime64[ns, UTC]")
+    truth = {"drift": drift, "sigma": sigma, "regime": reg_sym.astype(np.float64), "signal": signal}
+    if orderbook:
+        streams["orderbook"] = _orderbook_prices(ob_table, close, ob_truth["spread"])
+        truth.update(ob_truth)
     for k, v in streams.items():
         sort = [SYMBOL, "event_time"] if SYMBOL in v.columns else ["event_time"]
         streams[k] = v.sort_values(sort, kind="mergesort").reset_index(drop=True)
-    truth = {"drift": drift, "sigma": sigma, "regime": reg_sym.astype(np.float64), "signal": signal}
     return SyntheticData(bars=bars, streams=streams, truth=truth)

@@ -16,7 +16,9 @@ from quantml.contracts.schema import CORE_COLUMNS
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
 from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
+from quantml.market.execution import panel_half_spread
 from quantml.models.base import PanelData
+from quantml.portfolio.strategy import HALF_SPREAD
 from quantml.validation.lockbox import Lockbox, calendar_of, split_development
 
 # per horizon, from quantml.labels.Labels; t1 = the label end (datetime64, naive UTC here)
@@ -50,7 +52,8 @@ class PreparedData:
         return cal[cal < self.lockbox.start.tz_convert("UTC").tz_localize(None).value]
 
     def market(self, part: str = "development") -> pd.DataFrame:
-        """Every bar of the panel (``symbol, timestamp, ret_next_bar``) of the ``development``
+        """Every bar of the panel (``symbol, timestamp, ret_next_bar`` [+ ``half_spread`` with an
+        order-book stream]) of the ``development``
         period (before the lockbox) or of the ``holdout`` (the lockbox): the calendar a book's
         PnL runs over, bars without a forecast included."""
         frame = pd.DataFrame(
@@ -60,6 +63,9 @@ class PreparedData:
                 "ret_next_bar": self.realised["ret_next_bar"].to_numpy(),
             }
         )
+        half_spread = panel_half_spread(self.panel)
+        if half_spread is not None:  # an order-book stream: the book pays its quoted spread
+            frame[HALF_SPREAD] = half_spread
         if self.lockbox.start is None:
             return frame if part == "development" else frame.iloc[:0]
         inside = (frame[TIMESTAMP] >= self.lockbox.start).to_numpy()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quantml.contracts import EXOGENOUS_MODALITY, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
+from quantml.contracts import EXOGENOUS_MODALITY, MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
 from quantml.contracts.schema import BAR_COLUMNS
 from quantml.contracts.time import Calendar, DurationTooShort, duration_parts, duration_to_bars, infer_calendars
 from quantml.features.ops import SegmentOps
@@ -480,6 +480,59 @@ def macro(ctx: Context, halflife: int = 24, change_lag: int = 168) -> None:
         ctx.add_missing_flag(c, "macro")
 
 
+# ---------------------------------------------------------------------------- microstructure
+def _any_flag(ctx: Context, columns: tuple[str, ...]) -> np.ndarray | None:
+    """1.0 where any of the columns' as-of ``*_missing`` flags is set (None: no flag in the panel)."""
+    flags = [ctx.col(f"{c}_missing") for c in columns if ctx.has(f"{c}_missing")]
+    return None if not flags else np.fmax.reduce(flags) if len(flags) > 1 else flags[0]
+
+
+def microstructure(ctx: Context, z_window: int = 96, smooth: int = 6) -> None:
+    """Order-book snapshots joined as of publication (``bid, ask, bid_size, ask_size`` [+
+    ``depth_bid, depth_ask``]): relative spread ``ob_spread_bps`` and its z-score
+    ``ob_spread_z_<w>`` (of the log spread), imbalance at the touch ``ob_imbalance`` =
+    (bid_size - ask_size) / (bid_size + ask_size) and its mean ``ob_imbalance_mean_<s>``, the
+    z-score of the log touch size ``ob_touch_z_<w>``, depth imbalance ``ob_depth_imbalance`` and
+    z-score ``ob_depth_z_<w>`` over a few levels; flags ``ob_quote_missing``, ``ob_size_missing``,
+    ``ob_depth_missing`` (any of their columns missing or stale). Each part is skipped alone when
+    its columns are absent; the whole block when the stream is."""
+    from quantml.data.asof import ORDERBOOK_COLUMNS, ORDERBOOK_DEPTH
+
+    if not any(ctx.has(c) for c in (*ORDERBOOK_COLUMNS, *ORDERBOOK_DEPTH)):
+        raise Skip(
+            f"needs an order-book stream (columns {list(ORDERBOOK_COLUMNS)}: data.streams: {{orderbook: FILE}}, "
+            "or data.orderbook=true on synthetic data), none in the panel"
+        )
+    ops, m = ctx.ops, "microstructure"
+    zw, smw = ctx.window(z_window, "z_window"), ctx.window(smooth, "smooth")
+    w, sm = zw.bars, smw.bars
+    with ctx.part("microstructure.spread"):
+        bid, ask = ctx.col("bid"), ctx.col("ask")
+        flag = _any_flag(ctx, ("bid", "ask"))
+        rel = _ratio(ask - bid, (ask + bid) / 2.0)
+        rel[rel < 0] = np.nan  # a crossed quote carries no spread
+        ctx.add("ob_spread_bps", rel * 1e4, m)
+        ctx.add(f"ob_spread_z_{zw.label}", ops.zscore(_safe_log(rel), w, _minp(w)), m)
+        if flag is not None:
+            ctx.add("ob_quote_missing", flag, m)
+    with ctx.part("microstructure.imbalance"):
+        bs, asz = ctx.col("bid_size"), ctx.col("ask_size")
+        flag = _any_flag(ctx, ("bid_size", "ask_size"))
+        imb = _ratio(bs - asz, bs + asz)
+        ctx.add("ob_imbalance", imb, m)
+        ctx.add(f"ob_imbalance_mean_{smw.label}", ops.mean(imb, sm, _minp(sm)), m)
+        ctx.add(f"ob_touch_z_{zw.label}", ops.zscore(_safe_log(bs + asz), w, _minp(w)), m)
+        if flag is not None:
+            ctx.add("ob_size_missing", flag, m)
+    with ctx.part("microstructure.depth"):
+        db, da = ctx.col("depth_bid"), ctx.col("depth_ask")
+        flag = _any_flag(ctx, ("depth_bid", "depth_ask"))
+        ctx.add("ob_depth_imbalance", _ratio(db - da, db + da), m)
+        ctx.add(f"ob_depth_z_{zw.label}", ops.zscore(_safe_log(db + da), w, _minp(w)), m)
+        if flag is not None:
+            ctx.add("ob_depth_missing", flag, m)
+
+
 # ---------------------------------------------------------------------------- calendar
 def calendar(ctx: Context, hour: bool | None = None, day_of_week: bool = True, month: bool = False) -> None:
     """Hour-of-day and day-of-week (and optionally month) as sin/cos; known in advance.
@@ -552,12 +605,11 @@ BLOCKS: dict[str, BlockSpec] = {
     "text": BlockSpec(text, ("text",)),
     "event": BlockSpec(event, ("event",), ("event_count",)),
     "macro": BlockSpec(macro, ("macro",)),
+    "microstructure": BlockSpec(microstructure, ("microstructure",)),
     "calendar": BlockSpec(calendar, ("calendar",)),
     "cross_section": BlockSpec(cross_section, ("cross_section",), ("close",)),
     "passthrough": BlockSpec(
         passthrough,
-        tuple(
-            sorted({"price", "volume", "derivatives", "onchain", "macro", "text", "event", "calendar", "cross_section"})
-        ),
+        tuple(sorted(MODALITIES)),  # tags by prefix: any modality (microstructure_* too)
     ),
 }

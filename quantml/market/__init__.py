@@ -1,7 +1,14 @@
 """The market kernel every stage shares: costs, execution of positions, performance statistics
 (and the pyplot-free figure helpers every stage that draws uses)."""
 
-from quantml.market.execution import CostModel, execute, execute_bar, participation_rate
+from quantml.market.execution import (
+    CostModel,
+    execute,
+    execute_bar,
+    half_spread_of,
+    panel_half_spread,
+    participation_rate,
+)
 from quantml.market.performance import (
     METRIC_KEYS,
     STAT_NAMES,
@@ -23,6 +30,8 @@ __all__ = [
     "max_drawdown_additive",
     "execute",
     "execute_bar",
+    "half_spread_of",
+    "panel_half_spread",
     "information_ratio",
     "participation_rate",
     "performance_stats",

@@ -215,7 +215,10 @@ class Book:
     ``positions [T, N]``: held over the next bar; ``next_return [T, N]``: the simple return
     they earn (NaN: unknown, no PnL); ``volume [T, N]`` traded notional (or None);
     ``attribution [T, N, H]`` per horizon bucket with ``horizons`` (or None);
-    ``benchmark [T]``: a per-bar benchmark return for the information ratio (or None).
+    ``benchmark [T]``: a per-bar benchmark return for the information ratio (or None);
+    ``half_spread [T, N]``: each bar's quoted half-spread (fraction of notional, from an
+    order-book stream: the market frame's ``half_spread`` column) that replaces the cost
+    model's constant ``slippage_bps`` where known (or None).
     """
 
     positions: np.ndarray
@@ -226,6 +229,10 @@ class Book:
     attribution: np.ndarray | None = None
     horizons: list | None = None
     benchmark: np.ndarray | None = None
+    half_spread: np.ndarray | None = None
+
+
+HALF_SPREAD = "half_spread"  # optional column of the market frame: a bar's quoted half-spread
 
 
 def _pivot(frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -469,12 +476,16 @@ class RankLongShort:
             simple = simple.reindex(index=calendar, columns=symbols)
         else:
             simple = pd.DataFrame(np.nan, index=calendar, columns=symbols)
+        half_spread = None
         if market is not None:
             m = market[market[SYMBOL].isin(symbols)]
             m = m.assign(**{TIMESTAMP: _utc(m[TIMESTAMP])})
             m = m[(m[TIMESTAMP] >= calendar[0]) & (m[TIMESTAMP] <= calendar[-1])].drop_duplicates([TIMESTAMP, SYMBOL])
             mret = np.expm1(m.pivot(index=TIMESTAMP, columns=SYMBOL, values="ret_next_bar"))
             simple = simple.combine_first(mret.reindex(index=calendar, columns=symbols))[symbols]
+            if HALF_SPREAD in m.columns:  # quoted spreads of an order-book stream price the trades
+                half_spread = m.pivot(index=TIMESTAMP, columns=SYMBOL, values=HALF_SPREAD)
+                half_spread = half_spread.reindex(index=calendar, columns=symbols).to_numpy(dtype=np.float64)
         start = calendar.get_indexer(weights.index)
         span = np.full(weights.shape, 1 if self.hold == "horizon" else int(self.hold), dtype=np.int64)
         if self.hold == "horizon":
@@ -492,7 +503,7 @@ class RankLongShort:
         benchmark = None
         if self.mode == "time_series":
             benchmark = simple.mean(axis=1).fillna(0.0).to_numpy()
-        return Book(positions, simple.to_numpy(), calendar, symbols, benchmark=benchmark)
+        return Book(positions, simple.to_numpy(), calendar, symbols, benchmark=benchmark, half_spread=half_spread)
 
 
 @dataclass

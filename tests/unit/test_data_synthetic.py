@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from quantml.contracts import EXOGENOUS_MODALITY, QuantmlInputError
-from quantml.data import infer_bar_frequency, join_streams, load_panel, validate_panel
+from quantml.data import data_fingerprint, infer_bar_frequency, join_streams, load_panel, validate_panel
 from quantml.data.synthetic import generate_synthetic
 from quantml.features import build_features
 from quantml.labels import make_labels
@@ -35,10 +35,16 @@ def test_frequencies_and_contract(freq):
     assert p["timestamp"].min() == pd.Timestamp("2024-03-01", tz="UTC") + infer_bar_frequency(p)
 
 
-def test_every_exogenous_column_and_flag(syn):
+@pytest.fixture(scope="module")
+def syn_ob():
+    return generate_synthetic("1h", n_symbols=3, n_bars=2000, seed=7, orderbook=True)
+
+
+def test_every_exogenous_column_and_flag(syn, syn_ob):
     p = join_streams(syn.bars, syn.streams)
-    for col in EXOGENOUS_MODALITY:
-        assert col in p.columns, col
+    for col, modality in EXOGENOUS_MODALITY.items():  # the order book is opt-in
+        assert (col in p.columns) == (modality != "microstructure"), col
+    assert set(EXOGENOUS_MODALITY) <= set(join_streams(syn_ob.bars, syn_ob.streams).columns)
     for col in ("funding_rate", "open_interest", "social_sentiment", "macro_surprise"):
         assert f"{col}_missing" in p.columns
     # the social stream of the last symbol starts late; every stream has gaps/outages
@@ -92,6 +98,40 @@ def test_planted_signal_is_causal_and_findable():
     assert ic["sentiment_ewm"] > 0.02  # sentiment momentum
     assert ic["event_sent_6"] > 0.01  # post-event drift
     assert ic.abs().max() < 0.15  # weak, as in real markets
+
+
+def test_default_panel_is_bit_identical_and_the_book_is_opt_in(syn, syn_ob):
+    """The fingerprints of the seeded default panels from before the order book existed."""
+    assert data_fingerprint(load_panel({"source": "synthetic"})) == "8d41ad7c2001116e"
+    p = load_panel({"source": "synthetic", "freq": "1h", "n_symbols": 3, "n_bars": 700, "seed": 5, "orderbook": False})
+    assert data_fingerprint(p) == "48adc03ecff355bf"
+    assert "orderbook" not in syn.streams and "orderbook" in syn_ob.streams
+    # the book draws from its own generator: every stream not tied to returns is unchanged
+    for k, v in syn.streams.items():
+        if k != "taker":
+            pd.testing.assert_frame_equal(v, syn_ob.streams[k])
+    np.testing.assert_array_equal(syn.truth["sigma"], syn_ob.truth["sigma"])
+    assert not np.array_equal(syn.bars["close"], syn_ob.bars["close"])  # the planted drift moves the bars
+    with pytest.raises(QuantmlInputError, match=r"data.orderbook='yes' must be true or false"):
+        load_panel({"source": "synthetic", "n_bars": 50, "orderbook": "yes"})
+
+
+def test_orderbook_stream(syn_ob):
+    ob = syn_ob.streams["orderbook"]
+    assert list(ob.columns) == [
+        "symbol", "event_time", "available_at", "bid", "ask", "bid_size", "ask_size", "depth_bid", "depth_ask"
+    ]  # fmt: skip
+    assert (ob["available_at"] == ob["event_time"]).all()  # a snapshot at the close, known at the close
+    assert 0.95 * 3 * 2000 < len(ob) < 0.995 * 3 * 2000  # gaps and an outage
+    assert (ob["ask"] > ob["bid"]).all() and (ob["depth_bid"] >= ob["bid_size"]).all()
+    at = ob.merge(syn_ob.bars, left_on=["symbol", "event_time"], right_on=["symbol", "timestamp"])
+    assert len(at) == len(ob)  # quotes around the snapshot bar's close
+    np.testing.assert_allclose(np.sqrt(at["bid"] * at["ask"]), at["close"], rtol=1e-6)
+    assert join_streams(syn_ob.bars, syn_ob.streams)["bid_missing"].sum() > 0
+    # spreads widen in the turbulent regime (relative to each symbol's median)
+    sp, reg = syn_ob.truth["spread"], syn_ob.truth["regime"]
+    rel = sp / np.median(sp, axis=0)[None, :]
+    assert np.median(rel[reg == 2]) > 1.6 * np.median(rel[reg == 0])
 
 
 def test_bad_arguments():

@@ -19,7 +19,7 @@ FULL_DURATIONS = OmegaConf.to_container(OmegaConf.load(CONF / "full_durations.ya
 
 @pytest.fixture(scope="module")
 def panel():
-    p = load_panel({"source": "synthetic", "freq": "1h", "n_symbols": 3, "n_bars": 700, "seed": 5})
+    p = load_panel({"source": "synthetic", "freq": "1h", "n_symbols": 3, "n_bars": 700, "seed": 5, "orderbook": True})
     p["macro_custom"] = np.sin(np.arange(len(p)) / 50.0)  # a user column, tagged by prefix
     return p
 
@@ -180,6 +180,7 @@ def test_blocks_without_sources_are_skipped():
         "cross_section",
         "regime.funding_slope",
         "regime.oi_slope",
+        "microstructure",
     ):
         assert b in fm.skipped, b
     assert "onchain_netflow" in fm.skipped["onchain"]

@@ -219,3 +219,50 @@ def test_bad_capacities_are_refused_with_the_key_named():
         RidgeForecaster(HORIZONS).with_capacity([3])
     with pytest.raises(QuantmlInputError, match=r"capacities\[1\]\['vol/1d'\]"):
         median_capacity([{"vol/1d": 3}, {"vol/1d": "many"}])
+
+
+# ---- early stopping: the rank metric and the floor of rounds ------------------------------------
+
+
+def test_rank_ic_metric_is_the_mean_cross_sectional_spearman():
+    from quantml.models.lightgbm_model import rank_ic_metric
+
+    times = np.repeat(np.arange(4), 3)  # 4 timestamps x 3 symbols
+    y = np.tile([0.1, -0.2, 0.3], 4)
+    metric = rank_ic_metric(times, len(y))
+    assert metric(y, y * 7 + 1) == ("rank_ic", 1.0, True)  # ranks, not values
+    assert metric(y, -y)[1] == pytest.approx(-1.0)
+    assert metric(y, np.zeros_like(y))[1] == 0.0  # every forecast tied: no ranking
+    mixed = np.r_[y[:6], -y[6:]]  # right on two timestamps, reversed on two
+    assert metric(y, mixed)[1] == pytest.approx(0.0)
+    # one symbol (time-series mode): Pearson over time
+    ts = rank_ic_metric(np.arange(12), 12)
+    x = np.linspace(-1, 1, 12)
+    assert ts(x, 2 * x + 3)[1] == pytest.approx(1.0)
+
+
+def test_rank_ic_stopping_and_the_floor_of_rounds():
+    data = planted_panel()
+    rows = np.arange(data.n_rows)
+    train, valid = data.subset(rows[(rows % 600) < 400]), data.subset(rows[(rows % 600) >= 420])
+    kw = dict(seed=1, n_estimators=120, min_child_samples=20, n_jobs=1, learning_rate=0.1)
+    ranked = LightGBMForecaster(HORIZONS, return_stop_metric="rank_ic", **kw).fit(train, valid)
+    assert "rank_ic" in ranked.return_models_[0].best_score_["valid_0"]
+    assert "l2" not in ranked.return_models_[0].best_score_["valid_0"]
+    assert not hasattr(ranked, "stop_times_")  # fit-time only, not pickled with the model
+    again = LightGBMForecaster(HORIZONS, return_stop_metric="rank_ic", **kw).fit(train, valid)
+    assert again.capacity_ == ranked.capacity_  # deterministic for a seed
+    # the floor: no return head stops before ceil(min_rounds / learning_rate) trees; the others
+    # early-stop as without it
+    floored = LightGBMForecaster(HORIZONS, min_rounds=2.0, **kw).fit(train, valid)
+    plain = LightGBMForecaster(HORIZONS, **kw).fit(train, valid)
+    assert all(20 <= floored.capacity_[f"return/{h}"] <= 120 for h in HORIZONS)
+    assert {k: v for k, v in floored.capacity_.items() if not k.startswith("return/")} == {
+        k: v for k, v in plain.capacity_.items() if not k.startswith("return/")
+    }
+    # a floor at or below one tree is LightGBM's own early stopping: the numbers of before
+    assert LightGBMForecaster(HORIZONS, min_rounds=0.1, **kw).fit(train, valid).capacity_ == plain.capacity_
+    with pytest.raises(ValueError, match="return_stop_metric"):
+        LightGBMForecaster(HORIZONS, return_stop_metric="sharpe")
+    with pytest.raises(ValueError, match="min_rounds"):
+        LightGBMForecaster(HORIZONS, min_rounds=-1)
