@@ -101,6 +101,29 @@ def compose_run_selection(config_name: str, argv: list[str], usage: str):
     return cfg
 
 
+class CommandFailed(Exception):
+    """A command that ran but failed its own check (a stack's leakage audit): exit 1 with the message."""
+
+
+def run_selection_command(argv, doc: str, config_name: str, usage: str, settings: str, execute) -> int:
+    """The whole of a command that names runs (sweep-report, stack): ``--help`` prints ``doc``;
+    the config is composed (:func:`compose_run_selection`) and ``execute(cfg) -> text`` runs;
+    the text is printed (exit 0). Bad input: one line, exit 2; :class:`CommandFailed`: exit 1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(doc)
+        return 0
+    try:
+        text = execute(compose_run_selection(config_name, argv, usage))
+    except CommandFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
+        return error_exit(exc, settings)
+    print(text)
+    return 0
+
+
 # A multirun's jobs report bad input here (a file named by this variable: the joblib launcher's
 # workers inherit the environment), so the command's exit status can say 2 after the sweep.
 FAILURES_ENV = "QUANTML_JOB_FAILURES"

@@ -35,25 +35,17 @@ SETTINGS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quantml.cli.common import compose_run_selection, error_exit, tracking_uri
+    from quantml.cli.common import CommandFailed, run_selection_command, tracking_uri
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        cfg = compose_run_selection("stack", argv, USAGE)
+    def execute(cfg) -> str:
         from quantml.stacking.run import StackAuditError, StackSettings, run_stack
 
         try:
-            result = run_stack(tracking_uri(cfg), StackSettings.from_config(cfg))
+            return run_stack(tracking_uri(cfg), StackSettings.from_config(cfg)).to_text()
         except StackAuditError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
-        return error_exit(exc, SETTINGS)
-    print(result.to_text())
-    return 0
+            raise CommandFailed(str(exc)) from exc
+
+    return run_selection_command(argv, __doc__, "stack", USAGE, SETTINGS, execute)
 
 
 if __name__ == "__main__":

@@ -35,21 +35,14 @@ SETTINGS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quantml.cli.common import compose_run_selection, error_exit, tracking_uri
+    from quantml.cli.common import run_selection_command, tracking_uri
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        cfg = compose_run_selection("sweep_report", argv, USAGE)
+    def execute(cfg) -> str:
         from quantml.tuning.sweep_report import SweepReportSettings, run_sweep_report
 
-        report = run_sweep_report(tracking_uri(cfg), SweepReportSettings.from_config(cfg))
-    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
-        return error_exit(exc, SETTINGS)
-    print(report.to_text())
-    return 0
+        return run_sweep_report(tracking_uri(cfg), SweepReportSettings.from_config(cfg)).to_text()
+
+    return run_selection_command(argv, __doc__, "sweep_report", USAGE, SETTINGS, execute)
 
 
 if __name__ == "__main__":

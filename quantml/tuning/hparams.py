@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from quantml.contracts import QuantmlInputError
+from quantml.contracts import run_layout as L
 from quantml.contracts.metrics import format_lockbox
 from quantml.tuning import pruning
 from quantml.tuning.storage import make_storage, redact
@@ -252,7 +253,7 @@ class HparamSearch:
         except Exception as exc:  # noqa: BLE001 - a report, not the sweep: say why and go on
             log.warning("could not find the best trial's MLflow run: %s", exc)
             return None, reader
-        parents = [r for r in found if r.data.tags.get("quantml.kind", "parent") == "parent"]
+        parents = [r for r in found if L.run_kind(r.data.tags, L.KIND_PARENT) == L.KIND_PARENT]
         return (parents[0].info.run_id if parents else None), reader
 
     def _selection_beside_holdout(self, study: optuna.Study) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from quantml.cli import main as dispatcher
+from quantml.contracts import run_layout as L
 from tests.helpers import TINY, quantml_cli
 from tests.helpers.registry_fakes import sqlite_store
 
@@ -153,9 +154,9 @@ def test_bad_input_is_one_line_naming_the_culprit_and_the_fix(
     if where == BEFORE:
         assert new == []  # refused before anything ran
     else:
-        (parent,) = [r for r in new if r.data.tags.get("quantml.kind") == "parent"]
+        (parent,) = [r for r in new if L.run_kind(r.data.tags) == L.KIND_PARENT]
         assert parent.info.status == "FAILED"
-        assert lines[0].removeprefix("error: ") in parent.data.tags["quantml.error"]
+        assert lines[0].removeprefix("error: ") in parent.data.tags[L.TAG_ERROR]
 
 
 def _quantml_train(args, cwd, store):
@@ -182,30 +183,40 @@ def test_console_of_a_single_run_with_a_corrupt_file(data, tmp_path):
 
 
 def _sweep_with_one_bad_job(data, tmp_path, launcher=()):
+    """Run a 2-job sweep whose second job names a symbol the data lacks; returns
+    ``(exit code, console, the error lines, the parent runs, every run)``."""
     store = sqlite_store(tmp_path / "store")
     args = ["-m", *launcher, *TINY, "backbone=ridge", "tracking.log_model=false", "+data.symbols=[BTC,ETH],[NOPE]"]
     proc = _quantml_train([*args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, store)
-    console = proc.stdout + proc.stderr
-    assert proc.returncode == 2, console[-3000:]
-    assert "Traceback" not in console and "HYDRA_FULL_ERROR" not in console and "Error executing job" not in console
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "data.symbols ['NOPE'] not in the data" in errors[0], proc.stderr[-3000:]
+    runs = _runs(store)
+    parents = [r for r in runs if L.run_kind(r.data.tags) == L.KIND_PARENT]
+    return proc.returncode, proc.stdout + proc.stderr, errors, parents, runs
+
+
+def _check_one_bad_job(returncode, console, errors, parents, runs):
+    assert returncode == 2, console[-3000:]
+    assert "Traceback" not in console and "HYDRA_FULL_ERROR" not in console and "Error executing job" not in console
+    assert len(errors) == 1 and "data.symbols ['NOPE'] not in the data" in errors[0], console[-3000:]
     assert console.count("['NOPE'] not in the data") == 1  # shown once
-    parents = [r for r in _runs(store) if r.data.tags.get("quantml.kind") == "parent"]
     assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]
     (failed,) = [r for r in parents if r.info.status == "FAILED"]
-    assert errors[0].removeprefix("error: ").split(" [job ")[0] in failed.data.tags["quantml.error"]
-    assert all(r.info.status != "RUNNING" for r in _runs(store))
+    assert errors[0].removeprefix("error: ").split(" [job ")[0] in failed.data.tags[L.TAG_ERROR]
+    assert all(r.info.status != "RUNNING" for r in runs)
 
 
 def test_console_of_a_sweep_with_one_bad_job(data, tmp_path):
-    _sweep_with_one_bad_job(data, tmp_path)
+    returncode, console, errors, parents, runs = _sweep_with_one_bad_job(data, tmp_path)
+    assert returncode == 2 and len(errors) == 1, console[-3000:]
+    _check_one_bad_job(returncode, console, errors, parents, runs)
 
 
 @pytest.mark.slow
 def test_console_of_a_parallel_sweep_with_one_bad_job(data, tmp_path):
     # joblib workers are other processes: their failures still reach the exit status
-    _sweep_with_one_bad_job(data, tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    outcome = _sweep_with_one_bad_job(data, tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert outcome[0] == 2 and len(outcome[2]) == 1, outcome[1][-3000:]
+    _check_one_bad_job(*outcome)
 
 
 def test_an_unreadable_file_is_named_even_as_root(data, monkeypatch):

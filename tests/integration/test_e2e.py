@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from quantml.contracts import PREDICTION_COLUMNS
+from quantml.contracts import run_layout as L
 from tests.helpers import TINY, quantml_cli, train_cli
 
 FAST_LGBM = ["backbone.n_estimators=40"]
@@ -29,8 +30,8 @@ def parent_runs(experiment: str):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=500)
-    parents = [r for r in runs if r.data.tags.get("quantml.kind") == "parent"]
-    folds = [r for r in runs if r.data.tags.get("quantml.kind") == "fold"]
+    parents = [r for r in runs if r.data.tags.get(L.TAG_KIND) == "parent"]
+    folds = [r for r in runs if r.data.tags.get(L.TAG_KIND) == "fold"]
     return client, parents, folds
 
 

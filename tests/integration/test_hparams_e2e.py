@@ -10,6 +10,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from quantml.contracts import run_layout as L
 from tests.helpers import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_hparams_search_lightgbm_runs_trials_as_parent_runs(tracking_uri, tmp_pa
     assert len(study.trials) == 3
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("hparams")
-    parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("quantml.kind") == "parent"]
+    parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(L.TAG_KIND) == "parent"]
     by_trial = {int(r.data.params["hparams_search.trial"]): r for r in parents}
     assert sorted(by_trial) == [0, 1, 2]
     objective = "test_rank_ic_mean/4h"

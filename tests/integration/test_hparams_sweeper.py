@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from quantml.cli.common import CONFIG_DIR
 from quantml.contracts import QuantmlInputError
+from quantml.contracts import run_layout as L
 from quantml.tuning import pruning
 from quantml.tuning.hparams import HparamSearch, distribution_from_override, format_value
 
@@ -167,7 +168,7 @@ def test_sweep_end_prints_selection_beside_the_best_trials_lockbox(tmp_path, cap
     exp = client.create_experiment("hp", artifact_location=(tmp_path / "a").as_uri())
     runs = {}
     for trial in (0, 1):
-        run = client.create_run(exp, tags={"quantml.kind": "parent"})
+        run = client.create_run(exp, tags={L.TAG_KIND: "parent"})
         client.log_param(run.info.run_id, "hparams_search.trial", str(trial))
         client.log_param(run.info.run_id, "hparams_search.study_name", "hp-study")
         client.log_metric(run.info.run_id, "holdout_rank_ic/4h", 0.01 * (trial + 1))

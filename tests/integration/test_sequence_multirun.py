@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 
 from quantml.contracts import PREDICTION_COLUMNS
+from quantml.contracts import run_layout as L
 from tests.helpers import quantml_cli
 
 SEQUENCE = ["mlp", "lstm", "gru", "tcn", "tsmixer", "patchtst", "itransformer", "tft"]
@@ -53,8 +54,8 @@ def test_multirun_over_every_sequence_backbone(tracking_uri, tmp_path):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("seq_multirun")
     runs = client.search_runs([exp.experiment_id], max_results=200)
-    parents = {r.data.tags["choice.backbone"]: r for r in runs if r.data.tags.get("quantml.kind") == "parent"}
-    folds = [r for r in runs if r.data.tags.get("quantml.kind") == "fold"]
+    parents = {r.data.tags["choice.backbone"]: r for r in runs if r.data.tags.get(L.TAG_KIND) == "parent"}
+    folds = [r for r in runs if r.data.tags.get(L.TAG_KIND) == "fold"]
     assert sorted(parents) == sorted(SEQUENCE)
     for name, parent in parents.items():
         assert parent.info.status == "FINISHED", name

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from quantml.contracts import PREDICTION_COLUMNS
+from quantml.contracts import run_layout as L
 from tests.conftest import POSTGRES_ENV, requires_postgres
 from tests.helpers import TINY, quantml_cli
 from tests.helpers.registry_fakes import free_port, sqlite_store
@@ -162,8 +163,8 @@ def check_sweep(uri: str, experiment: str) -> dict:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("quantml.kind") == "parent"]
-    folds = [r for r in runs if r.data.tags.get("quantml.kind") == "fold"]
+    parents = [r for r in runs if r.data.tags.get(L.TAG_KIND) == "parent"]
+    folds = [r for r in runs if r.data.tags.get(L.TAG_KIND) == "fold"]
     assert len(runs) == len(parents) + len(folds)
     assert sorted(int(p.data.tags["quantml.seed"]) for p in parents) == SEEDS
     assert {p.info.status for p in parents} == {"FINISHED"}

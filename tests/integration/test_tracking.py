@@ -6,14 +6,15 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
+from quantml.contracts import run_layout as L
 from quantml.tracking import ExperimentTracker, flatten_config, prepare_store, retrying
 from quantml.tracking.store import is_transient, resolve_tracking_uri
 
 
 def test_parent_and_child_runs_finish(tracking_uri):
     tracker = ExperimentTracker(prepare_store(tracking_uri, "t"))
-    with tracker.run("parent", {"quantml.kind": "parent"}) as parent:
-        with tracker.run("fold-0", {"quantml.kind": "fold"}, parent=parent) as child:
+    with tracker.run("parent", {L.TAG_KIND: "parent"}) as parent:
+        with tracker.run("fold-0", {L.TAG_KIND: "fold"}, parent=parent) as child:
             child.log_metrics({"test_ic/1d": 0.1, "test_ap/1d": float("nan")})
         parent.log_params({"a.b": 1})
     client = mlflow.MlflowClient()

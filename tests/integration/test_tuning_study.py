@@ -12,6 +12,7 @@ import pytest
 
 from quantml.cli.tune import tune
 from quantml.contracts import QuantmlInputError
+from quantml.contracts import run_layout as L
 from quantml.portfolio import AllocatorConfig
 from quantml.registry import RegistryStore, register
 from quantml.signals import SIGNAL_TAG, SignalConfig
@@ -178,7 +179,7 @@ def test_bad_source_runs_explain_the_fix(tracking_uri):
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.create_experiment("bad-sources")
     parent = client.create_run(exp).info.run_id
-    fold = client.create_run(exp, tags={"quantml.kind": "fold", "mlflow.parentRunId": parent}).info.run_id
+    fold = client.create_run(exp, tags={L.TAG_KIND: "fold", "mlflow.parentRunId": parent}).info.run_id
     with pytest.raises(QuantmlInputError, match=f"run_id={parent}"):
         load_source_run(fold, tracking_uri)
     with pytest.raises(QuantmlInputError, match="has no predictions/oos_predictions.parquet"):
