@@ -63,6 +63,16 @@ def job_label(context) -> str:
     return " ".join([f"#{hc.job.num}", *swept])
 
 
+def share_cpus() -> None:
+    """Tell backbones with ``n_jobs: auto`` how many jobs of this sweep run side by side (the joblib
+    launcher's ``n_jobs``), so they split the CPUs instead of each taking all of them."""
+    from quantml.models.threads import PARALLEL_JOBS_ENV, launcher_parallel_jobs
+
+    hc = _hydra_config()
+    jobs = launcher_parallel_jobs(hc.launcher) if hc is not None and hc.mode.name == "MULTIRUN" else 1
+    os.environ[PARALLEL_JOBS_ENV] = str(jobs)
+
+
 def interactive() -> bool:
     """A single job started from a terminal (``quantml train ...``), not one job of a ``-m`` sweep."""
     hc = _hydra_config()
@@ -124,6 +134,7 @@ def train(cfg: DictConfig) -> float | None:
     with fail_cleanly() as outcome:
         check_settings(cfg)  # again in the job: a sweeper's trial values, another config tree
         context = run_context()
+        share_cpus()
         if skip_if_finished(cfg, job_label(context)) is not None:  # resume=true: done before
             return None
         result = run_experiment(cfg, context, fold_callbacks(cfg))

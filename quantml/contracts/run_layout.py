@@ -33,7 +33,7 @@ def quantml_tag(name: str) -> str:
 KIND_PARENT = "parent"  # one per train job: config, OOS predictions, report, the model
 KIND_FOLD = "fold"  # nested under a parent: one validation fold
 KIND_TUNE = "tune"  # nested under a parent: a threshold study
-KIND_STACK = "stack"  # reserved
+KIND_STACK = "stack"  # one per `quantml stack`: a served, registrable Z-layer over parent runs
 KIND_MONITOR = "monitor"  # reserved
 KIND_SWEEP = "sweep"  # one per `quantml sweep-report`: the leaderboard of a sweep's parent runs
 RUN_KINDS = (KIND_PARENT, KIND_FOLD, KIND_TUNE, KIND_STACK, KIND_MONITOR, KIND_SWEEP)
@@ -47,6 +47,8 @@ TAG_PRUNED = quantml_tag("pruned")  # "true" on a run ended KILLED by Optuna's p
 # parent runs: provenance
 TAG_METRICS_VERSION = quantml_tag("metrics_version")
 TAG_SEED = quantml_tag("seed")
+# threads the backbone trained on (n_jobs resolved: LightGBM is deterministic for any count)
+TAG_THREADS = quantml_tag("threads")
 TAG_GIT_COMMIT = quantml_tag("git_commit")
 TAG_SCHEMA_VERSION = quantml_tag("schema_version")
 TAG_VALIDATION = quantml_tag("validation")
@@ -209,3 +211,22 @@ STACK_COMPARISON_CSV = "stack/comparison.csv"  # stack vs equal weight vs best s
 STACK_AUDIT_ARTIFACT = "stack/leakage_audit.json"  # PASS/FAIL per check of the OOF table
 STACK_EXPERTS_ARTIFACT = "stack/experts.json"  # alias -> run id, name, choices
 STACK_FOLDS_ARTIFACT = "stack/folds.json"  # per stack fold: fit window and rows, combiner and calibrator
+
+# -- appended: the served stack and its lockbox (quantml stack serve=true holdout=true) ----------------
+STACK_FINAL_ARTIFACT = "stack/final.json"  # per candidate and horizon: the final combiner's fit (development rows)
+STACK_HOLDOUT_COMPARISON_CSV = "stack/holdout_comparison.csv"  # stack vs baselines vs each final model, lockbox
+STACK_SCALE_CHECK_CSV = "stack/scale_check.csv"  # per expert/horizon: lockbox vs development forecast spread
+# run kinds whose `model` the registry registers, gates, promotes and serves
+REGISTRABLE_KINDS = (KIND_PARENT, KIND_STACK)
+
+# -- appended: Optuna workers on one study (quantml tune study.n_workers, the hparams sweeper) ----------
+# a hyper-parameter trial's parent run: the Optuna trial and study it is (params of the resolved config)
+PARAM_HPARAMS_TRIAL = "hparams_search.trial"
+PARAM_HPARAMS_STUDY = "hparams_search.study_name"
+# how quantml.error of a trial's run ended FAILED because its trial's heartbeat went stale starts
+HEARTBEAT_STALE = "optuna heartbeat stale"
+# Optuna trial user attr: host:pid of the sweeper that asked the trial and beats its heartbeat
+TRIAL_ATTR_WORKER = quantml_tag("worker")
+# Optuna study user attrs quantml.uncounted_trial.<number> = why: trials left out of the trial budget
+# (failed stale: their sweeper died; asked over the budget by a concurrent sweeper)
+STUDY_ATTR_UNCOUNTED_PREFIX = quantml_tag("uncounted_trial.")

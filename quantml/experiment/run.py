@@ -230,6 +230,8 @@ def _run_in_parent(
         oos = pd.concat(fold_frames, ignore_index=True)
         summary_job = scoring.submit(_summarise, oos, fold_metrics, score, _tradable(cfg))
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
+        if getattr(final_model, "threads_", None):
+            parent.set_tags({L.TAG_THREADS: int(final_model.threads_)})
         model_uri = None
         if cfg.tracking.get("log_model", True):  # while the report is still being built
             bundle = ModelBundle(

@@ -1,4 +1,11 @@
-"""LightGBM heads with early stopping on the purged validation slice, or a fixed number of trees."""
+"""LightGBM heads with early stopping on the purged validation slice, or a fixed number of trees.
+
+Every head and horizon of one fit trains on ONE binned dataset: the feature matrix is binned
+once (:class:`_BinnedRows`) and each head only swaps the label, where LightGBM's scikit-learn
+wrappers would re-bin the same matrix for each of the 3 x horizons heads (binning costs about as
+much as growing 60 trees). The trees are the scikit-learn wrappers' to the bit (same parameters,
+same bins; ``tests/unit/test_models_tabular.py`` checks it).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import pandas as pd
 
 from quantml.models.base import Forecast, SampleSet
 from quantml.models.tabular import QUANTILE_LEVELS, TabularForecaster, importance_series
+from quantml.models.threads import AUTO, resolve_threads
 
 
 class LightGBMForecaster(TabularForecaster):
@@ -17,9 +25,11 @@ class LightGBMForecaster(TabularForecaster):
     model less per quantile); ``"native"`` fits LightGBM's quantile objective per level
     and sorts the three outputs so they never cross.
 
-    ``n_jobs=-1`` (the default) trains on every core of the machine. ``deterministic`` with
-    ``force_row_wise`` makes the trees the same for a seed whatever the thread count, so
-    ``n_jobs`` changes the speed, never the numbers.
+    ``n_jobs="auto"`` (the default) trains on this job's share of the CPUs the process may use
+    (:func:`quantml.models.threads.resolve_threads`: divided by the jobs a launcher runs side by
+    side), ``-1`` on every one, an int on that many; the count used is ``threads_`` after fit.
+    ``deterministic`` with ``force_row_wise`` makes the trees the same for a seed whatever the
+    thread count, so ``n_jobs`` changes the speed, never the numbers.
     """
 
     def __init__(
@@ -35,7 +45,7 @@ class LightGBMForecaster(TabularForecaster):
         reg_lambda: float = 1.0,
         early_stopping_rounds: int = 30,
         quantiles: str = "residual",
-        n_jobs: int = -1,
+        n_jobs: int | str = AUTO,
         return_stop_metric: str = "l2",
         direction_stop_metric: str = "logloss",
         min_rounds: float = 0.0,
@@ -52,13 +62,14 @@ class LightGBMForecaster(TabularForecaster):
             subsample_freq=1,
             colsample_bytree=float(colsample_bytree),
             reg_lambda=float(reg_lambda),
-            n_jobs=int(n_jobs),
             random_state=self.seed,
             verbose=-1,
             # same trees for a seed whatever n_jobs: LightGBM needs both for that
             deterministic=True,
             force_row_wise=True,
         )
+        resolve_threads(n_jobs)  # refuse a bad value when the config is built, not at fit
+        self.n_jobs = n_jobs
         self.early_stopping_rounds = int(early_stopping_rounds)
         self.quantiles = quantiles
         if return_stop_metric not in RETURN_STOP_METRICS:
@@ -83,18 +94,6 @@ class LightGBMForecaster(TabularForecaster):
     def _stops(self, Xv, yv) -> bool:
         return not (Xv is None or yv is None or not self.early_stopping_rounds or self._fixed() is not None)
 
-    def _fit_kwargs(self, Xv, yv, eval_metric=None, floor: bool = False) -> dict:
-        if not self._stops(Xv, yv):
-            return {}
-        kwargs = {
-            "eval_X": (Xv,),
-            "eval_y": (yv,),
-            "callbacks": [self._stopper(floor)],
-        }
-        if eval_metric is not None:
-            kwargs["eval_metric"] = eval_metric
-        return kwargs
-
     def _stopper(self, floored: bool):
         floor = int(np.ceil(self.min_rounds / self.params["learning_rate"] - 1e-9)) if floored else 0
         if floor <= 1:  # LightGBM's own callback: the numbers of every earlier version
@@ -114,27 +113,60 @@ class LightGBMForecaster(TabularForecaster):
         if key.startswith("return/") and self.return_stop_metric == "rank_ic" and self._stops(Xv, yv):
             extra = {**extra, "metric": "None"}  # early-stop on the rank metric alone
             metric = rank_ic_metric(getattr(self, "stop_times_", None), len(yv))
-        model = lgb.LGBMRegressor(**{**self.params, **self._trees(key)}, **extra)
-        return model.fit(X, y, **self._fit_kwargs(Xv, yv, metric, floor=key.startswith("return/")))
+        extra.setdefault("objective", "regression")
+        extra.setdefault("metric", extra["objective"])  # the wrappers' default: the objective's own loss
+        return self._train(X, y, Xv, yv, key, extra, metric, floor=key.startswith("return/"))
 
     def _fit_classifier(self, X, y, Xv, yv, key: str):
-        extra = {"metric": "auc"} if self.direction_stop_metric == "auc" else {}
-        model = lgb.LGBMClassifier(**{**self.params, **self._trees(key)}, **extra)
+        extra = {"objective": "binary", "metric": "auc" if self.direction_stop_metric == "auc" else "binary_logloss"}
         if yv is not None and len(np.unique(yv)) < 2:
             yv = None
-        return model.fit(X, y, **self._fit_kwargs(Xv, yv))
+        return self._train(X, y, Xv, yv, key, extra, None, floor=False, classifier=True)
+
+    def _train(self, X, y, Xv, yv, key: str, extra: dict, metric, floor: bool, classifier: bool = False):
+        """One head grown on the fit's shared bins: ``extra`` holds objective and metric (and a
+        quantile's alpha), ``metric`` a custom early-stopping metric ``(y_true, y_pred)``."""
+        params = {**self.params, **self._trees(key), **extra}
+        rounds = params.pop("n_estimators")
+        params["num_threads"] = self.threads_
+        bins = self._bins(X, Xv)
+        kwargs = {}
+        if self._stops(Xv, yv):
+            kwargs = {
+                "valid_sets": [bins.valid_with(yv)],
+                "valid_names": ["valid_0"],
+                "callbacks": [self._stopper(floor)],
+            }
+            if metric is not None:
+                kwargs["feval"] = lambda preds, data: metric(data.get_label(), preds)
+        booster = lgb.train(params, bins.train_with(y), num_boost_round=rounds, **kwargs)
+        return _Head(booster, classifier)
+
+    def _bins(self, X, Xv) -> _BinnedRows:
+        """The fit's binned rows (built on the first head, reused by the others)."""
+        cached = self.__dict__.get("_binned")
+        if cached is None or cached.X is not X or (Xv is not None and cached.Xv is not Xv):
+            cached = _BinnedRows(X, Xv, {k: v for k, v in self.params.items() if k != "n_estimators"}, self.threads_)
+            self.__dict__["_binned"] = cached
+        return cached
 
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> LightGBMForecaster:
         """Fit every head; with ``valid`` each early-stops on it, unless a fixed capacity is set
         (:meth:`with_capacity`): then head ``key`` grows ``capacity[key]`` trees (a head missing
         from the capacity grows ``n_estimators``) and ``valid`` only measures the residual quantiles."""
         self.__dict__.pop("quantile_models_", None)  # a refit must not read the last fit's heads
+        self.threads_ = resolve_threads(getattr(self, "n_jobs", -1))
         # the early-stopping rows' timestamps, for the cross-sectional rank metric (fit-time only)
         self.stop_times_ = None if valid is None else valid.data.t0[valid.rows]
         try:
             super().fit(train, valid)
+            self._fit_native_quantiles(train, valid)
         finally:
             self.__dict__.pop("stop_times_", None)
+            self.__dict__.pop("_binned", None)  # the bins are fit-time only: never pickled
+        return self
+
+    def _fit_native_quantiles(self, train: SampleSet, valid: SampleSet | None) -> None:
         if self.quantiles == "native":
             has_valid = valid is not None and len(valid)
             self.quantile_models_ = [
@@ -153,7 +185,6 @@ class LightGBMForecaster(TabularForecaster):
                 for j, h in enumerate(self.horizons)
             ]
             self.capacity_ = self._capacity()
-        return self
 
     @property
     def uses_residual_quantiles(self) -> bool:
@@ -187,6 +218,48 @@ class LightGBMForecaster(TabularForecaster):
             [m.booster_.feature_importance("gain") for m in self.return_models_ if hasattr(m, "booster_")], axis=0
         )
         return importance_series(self.feature_names_, gains)
+
+
+class _BinnedRows:
+    """One fit's feature matrix binned once (and its early-stopping rows on the same bins): each
+    head sets its label on the constructed datasets instead of binning the matrix again."""
+
+    def __init__(self, X: np.ndarray, Xv: np.ndarray | None, params: dict, threads: int) -> None:
+        self.X, self.Xv = X, Xv
+        params = {**params, "num_threads": threads}
+        self.train = lgb.Dataset(X, label=np.zeros(len(X)), params=params, free_raw_data=False).construct()
+        self.valid = None
+        if Xv is not None:
+            self.valid = lgb.Dataset(
+                Xv, label=np.zeros(len(Xv)), reference=self.train, params=params, free_raw_data=False
+            ).construct()
+
+    def train_with(self, y: np.ndarray) -> lgb.Dataset:
+        self.train.set_label(y)
+        return self.train
+
+    def valid_with(self, yv: np.ndarray) -> lgb.Dataset:
+        self.valid.set_label(yv)
+        return self.valid
+
+
+class _Head:
+    """A trained head: the booster with the scikit-learn wrappers' reading of it (``predict``, a
+    classifier's ``predict_proba``, ``booster_``, ``best_iteration_``, ``best_score_``), so models
+    pickled with the wrappers and these read alike."""
+
+    def __init__(self, booster: lgb.Booster, classifier: bool) -> None:
+        self.booster_ = booster
+        self.best_iteration_ = int(booster.best_iteration or 0)
+        self.best_score_ = {name: dict(scores) for name, scores in (booster.best_score or {}).items()}
+        self.classifier = classifier
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.booster_.predict(X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self.booster_.predict(X)
+        return np.column_stack([1.0 - p, p])
 
 
 RETURN_STOP_METRICS = ("l2", "rank_ic")

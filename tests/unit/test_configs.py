@@ -116,11 +116,11 @@ def test_sequence_backbones_share_one_base_config(compose_cfg, backbone):
     assert composed["batch_chunk"] == (16 if backbone == "tft" else 1)
 
 
-def test_lightgbm_uses_every_core_by_default(compose_cfg):
+def test_lightgbm_takes_its_share_of_the_cores_by_default(compose_cfg):
     from quantml.models.lightgbm_model import LightGBMForecaster
 
     cfg = compose_cfg(["backbone=lightgbm"])
     model = instantiate(cfg.backbone, horizons=["1d"], seed=1)
-    assert isinstance(model, LightGBMForecaster) and cfg.backbone.n_jobs == -1
+    assert isinstance(model, LightGBMForecaster) and cfg.backbone.n_jobs == "auto" and model.n_jobs == "auto"
     # the thread count must not change the trees: LightGBM's determinism switches are on
-    assert model.params["n_jobs"] == -1 and model.params["deterministic"] and model.params["force_row_wise"]
+    assert model.params["deterministic"] and model.params["force_row_wise"]

@@ -1,0 +1,61 @@
+"""How many threads a backbone trains on: the CPUs this process may use, shared by the jobs a
+launcher runs side by side.
+
+``quantml train -m hydra/launcher=joblib hydra.launcher.n_jobs=4`` runs four jobs at once; each
+would otherwise start one thread per core of the machine (LightGBM's and torch's default), and
+four jobs on two cores then fight over eight threads. The train entry point records the launcher's
+parallel jobs in ``QUANTML_PARALLEL_JOBS`` (1 for a single run); a backbone configured with
+``n_jobs: auto`` trains on ``usable_cpus() // parallel_jobs()`` threads (at least one).
+"""
+
+from __future__ import annotations
+
+import os
+
+PARALLEL_JOBS_ENV = "QUANTML_PARALLEL_JOBS"
+AUTO = "auto"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a SLURM task's ``cpus_per_task``), else the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_jobs() -> int:
+    """Jobs the launcher runs at once (``QUANTML_PARALLEL_JOBS``; 1 when unset or unreadable)."""
+    try:
+        return max(1, int(os.environ.get(PARALLEL_JOBS_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+def resolve_threads(n_jobs) -> int:
+    """``n_jobs`` of a backbone config as a thread count: ``"auto"`` (or None) = this job's share of the
+    usable CPUs, ``-1`` = every usable CPU, a positive int = itself."""
+    if n_jobs is None or str(n_jobs).strip().lower() == AUTO:
+        return max(1, usable_cpus() // parallel_jobs())
+    problem = f"backbone.n_jobs={n_jobs!r}: use auto, -1 (every CPU) or a positive number of threads"
+    try:
+        value = int(n_jobs)
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if value == -1:
+        return usable_cpus()
+    if value < 1:
+        raise ValueError(problem)
+    return value
+
+
+def launcher_parallel_jobs(launcher) -> int:
+    """Jobs a Hydra launcher config (``hydra.launcher``) runs at once: joblib's ``n_jobs`` (-1: every
+    CPU). Anything else 1: a SLURM task runs on CPUs of its own (its affinity mask says how many)."""
+    if launcher is None:
+        return 1
+    target = str(launcher.get("_target_", "") or "")
+    if "joblib" in target.lower():
+        n = int(launcher.get("n_jobs", 1) or 1)
+        return usable_cpus() if n < 0 else max(1, n)
+    return 1
