@@ -10,19 +10,30 @@ on rows of one horizon of the OOF table and predicts rows of the same horizon::
 Rows carry the experts' blocks as ``<alias>__<field>`` columns (:func:`expert_column`) and the
 realised ``ret`` and ``dir``. Fitting reads only the rows it is given: which rows those are (earlier
 folds, purged) is decided by :mod:`quantml.stacking.walkforward`, never here. All combiners are
-deterministic (no random state).
+deterministic: the ones with random initial states (the MLP, LightGBM) take a ``seed``.
+
+Combiners with ``uses_regime`` true also read the rows' regime columns (``regime__*``, joined by
+:func:`quantml.stacking.regime.attach_regime`): ``RidgeLogistic(regime=True)``, ``MLPCombiner``,
+``LightGBMCombiner`` (inputs) and ``RegimeGate`` (soft weights over the experts gated by them). Rows
+with a NaN input predict NaN; fitting uses the rows whose inputs and labels are all finite.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit
+from scipy.optimize import minimize
+from scipy.special import expit, logit, softmax
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
+from threadpoolctl import threadpool_limits
 
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.stacking.regime import REGIME_PREFIX, regime_columns
 
 PROB_CLIP = 1e-6
 SELECT_METRICS = ("rank_ic", "rmse", "log_loss")
@@ -51,9 +62,107 @@ def _labelled(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return ret, direction
 
 
+def _flag(value, key: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise QuantmlInputError(f"{key}={value!r} must be true or false")
+    return bool(value)
+
+
+def _positive(value, key: str, minimum: float = 0.0, strict: bool = True) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    ok = ok and math.isfinite(float(value)) and (float(value) > minimum if strict else float(value) >= minimum)
+    if not ok:
+        raise QuantmlInputError(f"{key}={value!r} must be a number {'>' if strict else '>='} {minimum:g}")
+    return float(value)
+
+
+def _whole(value, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise QuantmlInputError(f"{key}={value!r} must be a whole number >= {minimum}")
+    return int(value)
+
+
 def _check_rows(rows: pd.DataFrame, what: str) -> None:
     if len(rows) == 0:
         raise QuantmlInputError(f"{what}: no rows to fit on; give the stack earlier folds (more validation.n_splits)")
+
+
+def _check_fit_rows(ok: np.ndarray, what: str, head: str) -> None:
+    if not ok.any():
+        raise QuantmlInputError(
+            f"{what}: no fit row has finite inputs and a finite label for the {head} head; check the OOF table "
+            "for NaN expert forecasts or regime features (a regime window longer than the history)"
+        )
+
+
+def _need_regime(rows: pd.DataFrame, what: str, fix: str) -> list[str]:
+    """The regime columns of the fit rows (a QuantmlInputError naming the fix when there are none)."""
+    cols = regime_columns(rows)
+    if not cols:
+        raise QuantmlInputError(
+            f"{what} needs regime columns ({REGIME_PREFIX}*) in its rows and they have none; attach regime features "
+            f"with quantml.stacking.regime.attach_regime(table, regime_features(panel)), or {fix}"
+        )
+    return cols
+
+
+class _RegimeScaler:
+    """The regime columns a combiner was fitted with, standardised on the fit rows (mean 0, std 1).
+
+    Columns with no finite value on the fit rows are left out (``dropped``)."""
+
+    def __init__(self, rows: pd.DataFrame, cols: list[str], what: str) -> None:
+        x = rows[cols].to_numpy(np.float64)
+        usable = np.isfinite(x).any(axis=0)
+        self.dropped = [c for c, u in zip(cols, usable) if not u]
+        self.columns = [c for c, u in zip(cols, usable) if u]
+        if not self.columns:
+            raise QuantmlInputError(
+                f"{what}: every regime column is NaN on the fit rows ({cols}); the regime windows need more "
+                "history than the fit rows have (shorter regime windows, or more folds before the first stack fold)"
+            )
+        x = x[:, usable]
+        ok = np.isfinite(x).all(axis=1)
+        _check_fit_rows(ok, what, "regime")
+        self.mean = x[ok].mean(axis=0)
+        std = x[ok].std(axis=0)
+        self.scale = np.where(std > 0, std, 1.0)
+        self.what = what
+
+    def transform(self, rows: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in rows.columns]
+        if missing:
+            raise QuantmlInputError(
+                f"{self.what} was fitted with regime column(s) {missing} the rows to predict lack; attach the same "
+                "regime features to them (quantml.stacking.regime.attach_regime)"
+            )
+        return (rows[self.columns].to_numpy(np.float64) - self.mean) / self.scale
+
+    def describe(self) -> dict:
+        out = {"regime_columns": list(self.columns)}
+        if self.dropped:
+            out["regime_dropped"] = list(self.dropped)
+        return out
+
+
+def _no_regime(n: int) -> np.ndarray:
+    return np.zeros((n, 0))
+
+
+class _Standardiser:
+    """Columns standardised on the rows it was fitted on (constant columns keep scale 1)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        self.scale = np.where(std > 0, std, 1.0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.scale
+
+
+def _constant_prob(y: np.ndarray) -> float:
+    return float(np.clip(y.mean() if len(y) else 0.5, PROB_CLIP, 1 - PROB_CLIP))
 
 
 class RidgeLogistic:
@@ -61,45 +170,59 @@ class RidgeLogistic:
     and L2 logistic regression of ``dir`` on the experts' ``logit(prob_up)`` (the direction head).
 
     ``alpha``: the ridge penalty on standardised inputs; ``C``: the inverse penalty of the logistic
-    head (scikit-learn's). A direction head fitted on one class predicts that class's frequency."""
+    head (scikit-learn's). A direction head fitted on one class predicts that class's frequency.
+    ``regime``: both heads' inputs are joined by the rows' regime columns (``regime__*``, standardised
+    on the fit rows; without any, fitting is an error)."""
 
     name = "ridge"
 
-    def __init__(self, alpha: float = 1.0, C: float = 1.0, fit_intercept: bool = True) -> None:
+    def __init__(self, alpha: float = 1.0, C: float = 1.0, fit_intercept: bool = True, regime: bool = False) -> None:
         if not (math.isfinite(float(alpha)) and float(alpha) >= 0):
             raise QuantmlInputError(f"combiner.alpha={alpha!r} must be a number >= 0")
         if not (math.isfinite(float(C)) and float(C) > 0):
             raise QuantmlInputError(f"combiner.C={C!r} must be a number > 0")
         self.alpha, self.C, self.fit_intercept = float(alpha), float(C), bool(fit_intercept)
+        self.regime = _flag(regime, "combiner.regime")
+        self.uses_regime = self.regime
+
+    def _regime(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.regime_.transform(rows) if self.regime_ is not None else _no_regime(len(rows))
 
     def fit(self, rows: pd.DataFrame, experts: list[str]) -> RidgeLogistic:
         _check_rows(rows, "ridge combiner")
+        self.regime_ = None
+        if self.regime:
+            cols = _need_regime(rows, "combiner ridge with regime=true", "set combiner.regime=false")
+            self.regime_ = _RegimeScaler(rows, cols, "combiner ridge")
+        reg = self._regime(rows)
         ret, direction = _labelled(rows)
         x = _matrix(rows, experts, "expected_return")
-        ok = np.isfinite(x).all(axis=1) & np.isfinite(ret)
+        ok = np.isfinite(x).all(axis=1) & np.isfinite(reg).all(axis=1) & np.isfinite(ret)
+        _check_fit_rows(ok, "ridge combiner", "return")
         self.mean_ = x[ok].mean(axis=0)
         self.scale_ = np.where(x[ok].std(axis=0) > 0, x[ok].std(axis=0), 1.0)
         self.ridge_ = Ridge(alpha=self.alpha, fit_intercept=self.fit_intercept).fit(
-            (x[ok] - self.mean_) / self.scale_, ret[ok]
+            np.hstack([(x[ok] - self.mean_) / self.scale_, reg[ok]]), ret[ok]
         )
         z = _logits(_matrix(rows, experts, "prob_up"))
-        ok = np.isfinite(z).all(axis=1) & np.isfinite(direction)
+        ok = np.isfinite(z).all(axis=1) & np.isfinite(reg).all(axis=1) & np.isfinite(direction)
         y = direction[ok].astype(int)
         self.constant_prob_ = None
         if np.unique(y).size < 2:
-            self.constant_prob_ = float(np.clip(y.mean() if len(y) else 0.5, PROB_CLIP, 1 - PROB_CLIP))
+            self.constant_prob_ = _constant_prob(y)
         else:
             self.logistic_ = LogisticRegression(C=self.C, fit_intercept=self.fit_intercept, max_iter=1000)
-            self.logistic_.fit(z[ok], y)
+            self.logistic_.fit(np.hstack([z[ok], reg[ok]]), y)
         return self
 
     def predict(self, rows: pd.DataFrame, experts: list[str]) -> pd.DataFrame:
-        x = (_matrix(rows, experts, "expected_return") - self.mean_) / self.scale_
+        reg = self._regime(rows)
+        x = np.hstack([(_matrix(rows, experts, "expected_return") - self.mean_) / self.scale_, reg])
         er = np.full(len(rows), np.nan)
         ok = np.isfinite(x).all(axis=1)
         if ok.any():
             er[ok] = self.ridge_.predict(x[ok])
-        z = _logits(_matrix(rows, experts, "prob_up"))
+        z = np.hstack([_logits(_matrix(rows, experts, "prob_up")), reg])
         prob = np.full(len(rows), np.nan)
         ok = np.isfinite(z).all(axis=1)
         if self.constant_prob_ is not None:
@@ -109,11 +232,18 @@ class RidgeLogistic:
         return pd.DataFrame({"expected_return": er, "prob_up": prob}, index=rows.index)
 
     def describe(self) -> dict:
-        out = {"combiner": self.name, "alpha": self.alpha, "C": self.C}
+        out = {"combiner": self.name, "alpha": self.alpha, "C": self.C, "regime": self.regime}
         if hasattr(self, "ridge_"):
-            out["return_weights"] = [float(w) for w in self.ridge_.coef_ / self.scale_]
-        if getattr(self, "logistic_", None) is not None:
-            out["direction_weights"] = [float(w) for w in self.logistic_.coef_[0]]
+            n = len(self.scale_)
+            out["return_weights"] = [float(w) for w in self.ridge_.coef_[:n] / self.scale_]
+            if self.regime_ is not None:
+                out.update(self.regime_.describe())
+                out["return_regime_weights"] = [float(w) for w in self.ridge_.coef_[n:]]
+        if getattr(self, "logistic_", None) is not None and self.constant_prob_ is None:
+            n = len(self.scale_)
+            out["direction_weights"] = [float(w) for w in self.logistic_.coef_[0][:n]]
+            if self.regime_ is not None:
+                out["direction_regime_weights"] = [float(w) for w in self.logistic_.coef_[0][n:]]
         return out
 
 
@@ -122,6 +252,7 @@ class EqualWeight:
     logit with ``prob_space: logit``). Nothing is fitted: the baseline every stack must beat."""
 
     name = "equal_weight"
+    uses_regime = False
 
     def __init__(self, prob_space: str = "probability") -> None:
         if prob_space not in ("probability", "logit"):
@@ -151,6 +282,7 @@ class BestSingle:
     to the earlier expert."""
 
     name = "best_single"
+    uses_regime = False
 
     def __init__(self, metric: str = "rank_ic") -> None:
         if metric not in SELECT_METRICS:
@@ -195,6 +327,405 @@ class BestSingle:
         out = {"combiner": self.name, "metric": self.metric}
         if hasattr(self, "chosen_"):
             out["chosen"] = self.chosen_
+        return out
+
+
+class _LearnedHeads:
+    """Both heads learned by a scikit-learn-style regressor (``ret``) and classifier (``dir``).
+
+    Inputs: the experts' ``expected_return`` (return head) or ``logit(prob_up)`` (direction head),
+    joined, with ``regime``, by the rows' regime columns (standardised on the fit rows). A direction
+    head fitted on one class predicts that class's frequency."""
+
+    name = "learned"
+
+    def _setup_regime(self, regime) -> None:
+        self.regime = _flag(regime, "combiner.regime")
+        self.uses_regime = self.regime
+
+    def _regressor(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _classifier(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _inputs(self, rows: pd.DataFrame, experts: list[str], field: str) -> np.ndarray:
+        x = _matrix(rows, experts, field)
+        if field == "prob_up":
+            x = _logits(x)
+        reg = self.regime_.transform(rows) if self.regime_ is not None else _no_regime(len(rows))
+        return np.hstack([x, reg])
+
+    def _input_names(self, experts: list[str]) -> list[str]:
+        return list(experts) + (list(self.regime_.columns) if self.regime_ is not None else [])
+
+    def _scale_inputs(self) -> bool:
+        return False
+
+    def _scale_target(self) -> bool:
+        return False
+
+    def _threads(self):
+        return nullcontext()
+
+    def fit(self, rows: pd.DataFrame, experts: list[str]):
+        with self._threads():
+            return self._fit(rows, experts)
+
+    def predict(self, rows: pd.DataFrame, experts: list[str]) -> pd.DataFrame:
+        with self._threads():
+            return self._predict(rows, experts)
+
+    def _fit(self, rows: pd.DataFrame, experts: list[str]):
+        what = f"{self.name} combiner"
+        _check_rows(rows, what)
+        self.regime_ = None
+        if self.regime:
+            cols = _need_regime(rows, f"combiner {self.name} with regime=true", "set combiner.regime=false")
+            self.regime_ = _RegimeScaler(rows, cols, f"combiner {self.name}")
+        self.inputs_ = self._input_names(experts)
+        ret, direction = _labelled(rows)
+        x = self._inputs(rows, experts, "expected_return")
+        ok = np.isfinite(x).all(axis=1) & np.isfinite(ret)
+        _check_fit_rows(ok, what, "return")
+        self.x_return_ = _Standardiser(x[ok]) if self._scale_inputs() else None
+        y = ret[ok]
+        self.y_mean_, self.y_scale_ = 0.0, 1.0
+        if self._scale_target():
+            self.y_mean_ = float(y.mean())
+            self.y_scale_ = float(y.std()) if y.std() > 0 else 1.0
+        self.n_fit_ = int(ok.sum())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            xr = self.x_return_(x[ok]) if self.x_return_ is not None else x[ok]
+            self.return_model_ = self._regressor().fit(xr, (y - self.y_mean_) / self.y_scale_)
+            z = self._inputs(rows, experts, "prob_up")
+            ok = np.isfinite(z).all(axis=1) & np.isfinite(direction)
+            y = direction[ok].astype(int)
+            self.constant_prob_, self.direction_model_ = None, None
+            self.x_direction_ = _Standardiser(z[ok]) if self._scale_inputs() and ok.any() else None
+            if np.unique(y).size < 2:
+                self.constant_prob_ = _constant_prob(y)
+            else:
+                zd = self.x_direction_(z[ok]) if self.x_direction_ is not None else z[ok]
+                self.direction_model_ = self._classifier().fit(zd, y)
+        return self
+
+    def _predict(self, rows: pd.DataFrame, experts: list[str]) -> pd.DataFrame:
+        x = self._inputs(rows, experts, "expected_return")
+        er = np.full(len(rows), np.nan)
+        ok = np.isfinite(x).all(axis=1)
+        if ok.any():
+            xr = self.x_return_(x[ok]) if self.x_return_ is not None else x[ok]
+            er[ok] = self.return_model_.predict(xr) * self.y_scale_ + self.y_mean_
+        z = self._inputs(rows, experts, "prob_up")
+        prob = np.full(len(rows), np.nan)
+        ok = np.isfinite(z).all(axis=1)
+        if self.constant_prob_ is not None:
+            prob[ok] = self.constant_prob_
+        elif ok.any():
+            zd = self.x_direction_(z[ok]) if self.x_direction_ is not None else z[ok]
+            prob[ok] = self.direction_model_.predict_proba(zd)[:, 1]
+        return pd.DataFrame({"expected_return": er, "prob_up": prob}, index=rows.index)
+
+    def _settings(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        out = {"combiner": self.name, **self._settings(), "regime": self.regime}
+        if hasattr(self, "return_model_"):
+            out["inputs"] = list(self.inputs_)
+            out["n_fit"] = self.n_fit_
+            if self.regime_ is not None:
+                out.update(self.regime_.describe())
+            if self.constant_prob_ is not None:
+                out["direction_constant_prob"] = self.constant_prob_
+        return out
+
+
+class MLPCombiner(_LearnedHeads):
+    """A small multi-layer perceptron per head: scikit-learn's ``MLPRegressor`` of ``ret`` (target
+    standardised on the fit rows) and ``MLPClassifier`` of ``dir``, on inputs standardised on the fit
+    rows. Early stopping is off (it would hold out, and look into, later fit rows); ``max_iter``
+    bounds the solver's iterations (``solver``: ``lbfgs``, full batch, or ``adam``). ``alpha``: the L2
+    penalty; ``seed``: the initial weights (same seed, bit-identical fit)."""
+
+    name = "mlp"
+
+    def __init__(
+        self,
+        hidden=(16,),
+        alpha: float = 1e-3,
+        max_iter: int = 500,
+        seed: int = 0,
+        regime: bool = True,
+        solver: str = "lbfgs",
+    ) -> None:
+        layers = (hidden,) if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool) else hidden
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise QuantmlInputError(f"combiner.hidden={hidden!r} must be a list of layer widths, e.g. [16]")
+        self.hidden = tuple(_whole(h, "combiner.hidden") for h in layers)
+        self.alpha = _positive(alpha, "combiner.alpha", strict=False)
+        self.max_iter = _whole(max_iter, "combiner.max_iter")
+        self.seed = _whole(seed, "combiner.seed", minimum=0)
+        if solver not in ("lbfgs", "adam"):
+            raise QuantmlInputError(f"combiner.solver={solver!r}; use lbfgs or adam")
+        self.solver = solver
+        self._setup_regime(regime)
+
+    def _scale_inputs(self) -> bool:
+        return True
+
+    def _scale_target(self) -> bool:
+        return True
+
+    def _threads(self):
+        # small dense layers: one BLAS thread is faster, and the bits do not depend on the thread count
+        return threadpool_limits(limits=1)
+
+    def _common(self) -> dict:
+        return {
+            "hidden_layer_sizes": self.hidden,
+            "alpha": self.alpha,
+            "max_iter": self.max_iter,
+            "solver": self.solver,
+            "early_stopping": False,
+            "random_state": self.seed,
+        }
+
+    def _regressor(self):
+        from sklearn.neural_network import MLPRegressor
+
+        return MLPRegressor(**self._common())
+
+    def _classifier(self):
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier(**self._common())
+
+    def _settings(self) -> dict:
+        return {
+            "hidden": list(self.hidden),
+            "alpha": self.alpha,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+            "solver": self.solver,
+        }
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if hasattr(self, "return_model_"):
+            out["return_n_iter"] = int(self.return_model_.n_iter_)
+            if self.direction_model_ is not None:
+                out["direction_n_iter"] = int(self.direction_model_.n_iter_)
+        return out
+
+
+class LightGBMCombiner(_LearnedHeads):
+    """Gradient-boosted trees per head: LightGBM's ``LGBMRegressor`` of ``ret`` and ``LGBMClassifier`` of
+    ``dir``, a fixed number of trees (no early stopping: nothing held out of the fit rows), small
+    leaves (``num_leaves``, ``min_child_samples``) for a few noisy inputs, ``deterministic=True`` with
+    ``n_jobs`` threads fixed and ``seed``: the same settings give bit-identical trees."""
+
+    name = "lightgbm"
+
+    def __init__(
+        self,
+        n_estimators: int = 200,
+        learning_rate: float = 0.05,
+        num_leaves: int = 7,
+        min_child_samples: int = 50,
+        seed: int = 0,
+        n_jobs: int = 1,
+        regime: bool = True,
+    ) -> None:
+        self.n_estimators = _whole(n_estimators, "combiner.n_estimators")
+        self.learning_rate = _positive(learning_rate, "combiner.learning_rate")
+        self.num_leaves = _whole(num_leaves, "combiner.num_leaves", minimum=2)
+        self.min_child_samples = _whole(min_child_samples, "combiner.min_child_samples")
+        self.seed = _whole(seed, "combiner.seed", minimum=0)
+        self.n_jobs = _whole(n_jobs, "combiner.n_jobs")
+        self._setup_regime(regime)
+
+    def _common(self) -> dict:
+        return {
+            "n_estimators": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "random_state": self.seed,
+            "n_jobs": self.n_jobs,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbose": -1,
+        }
+
+    def _regressor(self):
+        import lightgbm as lgb
+
+        return lgb.LGBMRegressor(**self._common())
+
+    def _classifier(self):
+        import lightgbm as lgb
+
+        return lgb.LGBMClassifier(**self._common())
+
+    def _settings(self) -> dict:
+        return {
+            "n_estimators": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "seed": self.seed,
+            "n_jobs": self.n_jobs,
+        }
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if hasattr(self, "return_model_"):
+            gain = self.return_model_.booster_.feature_importance("gain")
+            out["return_importance_gain"] = {n: float(g) for n, g in zip(self.inputs_, gain)}
+            if self.direction_model_ is not None:
+                gain = self.direction_model_.booster_.feature_importance("gain")
+                out["direction_importance_gain"] = {n: float(g) for n, g in zip(self.inputs_, gain)}
+        return out
+
+
+class RegimeGate:
+    """Soft weights over the experts gated by the regime: ``w(x) = softmax((A x + b) / temperature)``
+    over the rows' regime columns ``x`` (standardised on the fit rows), one weight per expert, each
+    row's weights summing to 1.
+
+    Return head: ``sum_e w_e(x) * expected_return_e``; ``A`` and ``b`` minimise the squared error
+    against ``ret`` summed over the fit rows in units of ``ret``'s variance there, plus ``alpha *
+    ||A||^2`` (the ridge convention: ``alpha`` is worth that many rows), by scipy's L-BFGS from the
+    equal weights (``A = 0, b = 0``: a deterministic start, nothing random; ``seed`` is kept for
+    the combiners' common interface). Direction head: the same weights on the experts'
+    ``logit(prob_up)``, then a 1-D logistic recalibration of that logit fitted on the fit rows (a
+    one-class fit predicts that class's frequency). Without regime columns fitting is an error."""
+
+    name = "regime_gate"
+    uses_regime = True
+    RECALIBRATION_C = 1e4  # the 1-D recalibration is all but unpenalised
+
+    def __init__(self, temperature: float = 1.0, alpha: float = 1.0, seed: int = 0, max_iter: int = 500) -> None:
+        self.temperature = _positive(temperature, "combiner.temperature")
+        self.alpha = _positive(alpha, "combiner.alpha", strict=False)
+        self.seed = _whole(seed, "combiner.seed", minimum=0)
+        self.max_iter = _whole(max_iter, "combiner.max_iter")
+
+    def _gate(self, x: np.ndarray) -> np.ndarray:
+        """Weights [n, experts] for standardised regime rows ``x``; NaN rows where ``x`` has a NaN."""
+        w = np.full((len(x), len(self.experts_)), np.nan)
+        ok = np.isfinite(x).all(axis=1)
+        if ok.any():
+            w[ok] = softmax((x[ok] @ self.A_.T + self.b_) / self.temperature, axis=1)
+        return w
+
+    def _check_experts(self, experts: list[str]) -> None:
+        if list(experts) != self.experts_:
+            raise QuantmlInputError(
+                f"combiner regime_gate was fitted on experts {self.experts_} and is asked about {list(experts)}; "
+                "predict with the experts it was fitted on, in the same order"
+            )
+
+    def fit(self, rows: pd.DataFrame, experts: list[str]) -> RegimeGate:
+        what = "regime_gate combiner"
+        _check_rows(rows, what)
+        cols = _need_regime(
+            rows, "combiner regime_gate", "choose another combiner (combiner=ridge, equal_weight or best_single)"
+        )
+        self.regime_ = _RegimeScaler(rows, cols, "combiner regime_gate")
+        self.experts_ = list(experts)
+        x_all = self.regime_.transform(rows)
+        r_all = _matrix(rows, experts, "expected_return")
+        ret, direction = _labelled(rows)
+        ok = np.isfinite(x_all).all(axis=1) & np.isfinite(r_all).all(axis=1) & np.isfinite(ret)
+        _check_fit_rows(ok, what, "return")
+        x, r, y = x_all[ok], r_all[ok], ret[ok]
+        var = float(y.var()) if y.var() > 0 else 1.0
+        n_e, n_r, temp, alpha = len(experts), x.shape[1], self.temperature, self.alpha
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            a, b = theta[: n_e * n_r].reshape(n_e, n_r), theta[n_e * n_r :]
+            w = softmax((x @ a.T + b) / temp, axis=1)
+            f = (w * r).sum(axis=1)
+            resid = f - y
+            g = (2.0 * resid / var)[:, None] * w * (r - f[:, None])
+            grad_a = g.T @ x / temp + 2.0 * alpha * a
+            loss = float(resid @ resid / var + alpha * (a * a).sum())
+            return loss, np.concatenate([grad_a.ravel(), g.sum(axis=0) / temp])
+
+        start = np.zeros(n_e * n_r + n_e)
+        with threadpool_limits(limits=1):  # a few columns: one BLAS thread is faster
+            res = minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
+        self.A_ = res.x[: n_e * n_r].reshape(n_e, n_r)
+        self.b_ = res.x[n_e * n_r :]
+        self.converged_, self.n_iter_ = bool(res.success), int(res.nit)
+        self.loss_, self.loss_equal_ = float(res.fun), float(objective(start)[0])
+        self.n_fit_ = int(ok.sum())
+        self.mean_weights_ = self._gate(x).mean(axis=0)
+        # direction head: the gate's weights on the experts' logits, recalibrated in one dimension
+        s = self._blend_logit(rows, x_all)
+        ok = np.isfinite(s) & np.isfinite(direction)
+        labels = direction[ok].astype(int)
+        self.constant_prob_, self.recalibration_ = None, None
+        if np.unique(labels).size < 2:
+            self.constant_prob_ = _constant_prob(labels)
+        else:
+            self.recalibration_ = LogisticRegression(C=self.RECALIBRATION_C, max_iter=1000)
+            self.recalibration_.fit(s[ok, None], labels)
+        return self
+
+    def _blend_logit(self, rows: pd.DataFrame, x: np.ndarray) -> np.ndarray:
+        return (self._gate(x) * _logits(_matrix(rows, self.experts_, "prob_up"))).sum(axis=1)
+
+    def weights(self, rows: pd.DataFrame, experts: list[str]) -> pd.DataFrame:
+        """The gate's weights per row: [rows.index, experts], each row summing to 1 (NaN where a regime
+        input is NaN)."""
+        self._check_experts(experts)
+        return pd.DataFrame(self._gate(self.regime_.transform(rows)), index=rows.index, columns=self.experts_)
+
+    def predict(self, rows: pd.DataFrame, experts: list[str]) -> pd.DataFrame:
+        self._check_experts(experts)
+        x = self.regime_.transform(rows)
+        w = self._gate(x)
+        er = np.sum(w * _matrix(rows, experts, "expected_return"), axis=1)
+        s = self._blend_logit(rows, x)
+        prob = np.full(len(rows), np.nan)
+        ok = np.isfinite(s)
+        if self.constant_prob_ is not None:
+            prob[ok] = self.constant_prob_
+        elif ok.any():
+            prob[ok] = self.recalibration_.predict_proba(s[ok, None])[:, 1]
+        return pd.DataFrame({"expected_return": er, "prob_up": prob}, index=rows.index)
+
+    def describe(self) -> dict:
+        out = {
+            "combiner": self.name,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "max_iter": self.max_iter,
+        }
+        if not hasattr(self, "A_"):
+            return out
+        out.update(self.regime_.describe())
+        out["experts"] = list(self.experts_)
+        out["gate_coef"] = {
+            e: {c: float(v) for c, v in zip(self.regime_.columns, row)} for e, row in zip(self.experts_, self.A_)
+        }
+        out["gate_bias"] = {e: float(v) for e, v in zip(self.experts_, self.b_)}
+        out["mean_weights"] = {e: float(v) for e, v in zip(self.experts_, self.mean_weights_)}
+        out.update(converged=self.converged_, n_iter=self.n_iter_, n_fit=self.n_fit_)
+        out.update(loss=self.loss_, loss_equal_weight=self.loss_equal_)
+        if self.constant_prob_ is not None:
+            out["direction_constant_prob"] = self.constant_prob_
+        else:
+            out["recalibration"] = {
+                "slope": float(self.recalibration_.coef_[0][0]),
+                "intercept": float(self.recalibration_.intercept_[0]),
+            }
         return out
 
 

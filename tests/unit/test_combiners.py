@@ -1,6 +1,7 @@
 """The combiners of `quantml stack` (config group `combiner`), the stack's fold rule and its audit, on
-synthetic OOF rows: each head learns what it should, nothing random, best_single chooses on the rows it
-is fitted on only, bad settings are refused."""
+synthetic OOF rows: each head learns what it should, the same seed fits bit-identically, best_single
+chooses on the rows it is fitted on only, the regime gate moves its weights to the expert that is good
+in each regime, bad settings are refused."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from quantml.contracts import QuantmlInputError
 from quantml.stacking import BestSingle, EqualWeight, RidgeLogistic, expert_column, fit_mask, stack_folds
+from quantml.stacking.combiners import LightGBMCombiner, MLPCombiner, RegimeGate
 from quantml.stacking.run import COMBINER_DIR, combiner_config, make_combiner
 
 EXPERTS = ["e0", "e1"]
@@ -95,10 +97,180 @@ def test_bad_settings_and_missing_columns_are_refused():
 
 
 def test_packaged_combiner_configs_build_their_classes():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
     built = {p.stem: type(make_combiner(combiner_config(p.stem))) for p in COMBINER_DIR.glob("*.yaml")}
-    assert built == {"ridge": RidgeLogistic, "equal_weight": EqualWeight, "best_single": BestSingle}
+    classes = {
+        "ridge": RidgeLogistic,
+        "equal_weight": EqualWeight,
+        "best_single": BestSingle,
+        "mlp": MLPCombiner,
+        "lightgbm": LightGBMCombiner,
+        "regime_gate": RegimeGate,
+    }
+    assert built == classes
+    for p in COMBINER_DIR.glob("*.yaml"):  # plain Hydra builds them too, with the interface H2 calls
+        comb = instantiate(OmegaConf.load(p), _convert_="all")
+        assert type(comb) is classes[p.stem] and isinstance(comb.uses_regime, bool) and comb.name == p.stem
+        assert isinstance(comb.describe(), dict)
+    assert [make_combiner(combiner_config(n)).uses_regime for n in ("ridge", "mlp", "lightgbm", "regime_gate")] == [
+        False,
+        True,
+        True,
+        True,
+    ]
     with pytest.raises(QuantmlInputError, match="alpha_"):
         make_combiner({**combiner_config("ridge"), "alpha_": 2.0})
+
+
+def regime_rows(n_times=250, n_symbols=4, seed=0) -> pd.DataFrame:
+    """OOF rows of two regimes (``state`` +1 / -1, switching every ~47 bars, seen through the noisy regime
+    feature ``regime__regime_vol_z``; ``regime__momentum_96`` is noise): expert e0 forecasts ``ret`` in
+    regime +1 and is noise in -1, e1 the other way round."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2024-01-01", periods=n_times, freq="1h", tz="UTC")
+    frame = pd.DataFrame(
+        {"symbol": np.tile([f"S{i}" for i in range(n_symbols)], n_times), "timestamp": np.repeat(ts, n_symbols)}
+    )
+    n = len(frame)
+    state = np.repeat(np.where(np.sin(np.arange(n_times) / 15.0) >= 0, 1.0, -1.0), n_symbols)
+    frame["state"] = state
+    frame["regime__regime_vol_z"] = state + rng.normal(0, 0.3, n)
+    frame["regime__momentum_96"] = rng.normal(0, 1, n)
+    signal = rng.normal(0, 0.01, n)
+    frame["ret"] = signal + rng.normal(0, 0.005, n)
+    frame["dir"] = (frame["ret"] > 0).astype(float)
+    for alias, good in (("e0", state > 0), ("e1", state < 0)):
+        er = np.where(good, signal + rng.normal(0, 0.002, n), rng.normal(0, 0.01, n))
+        frame[expert_column(alias, "expected_return")] = er
+        frame[expert_column(alias, "prob_up")] = 1 / (1 + np.exp(-er / 0.01))
+    return frame
+
+
+def _mse(out: pd.DataFrame, rows: pd.DataFrame) -> float:
+    return float(np.mean((out["expected_return"] - rows["ret"]) ** 2))
+
+
+def _log_loss(out: pd.DataFrame, rows: pd.DataFrame) -> float:
+    p, y = np.clip(out["prob_up"].to_numpy(), 1e-6, 1 - 1e-6), rows["dir"].to_numpy()
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def test_regime_gate_moves_its_weights_to_the_expert_good_in_each_regime():
+    fit, later = regime_rows(seed=0), regime_rows(seed=1)
+    gate = RegimeGate().fit(fit, EXPERTS)
+    w = gate.weights(later, EXPERTS)
+    assert list(w.columns) == EXPERTS and w.index.equals(later.index)
+    assert np.allclose(w.sum(axis=1), 1.0)
+    by_regime = w.groupby(later["state"].to_numpy()).mean()
+    assert by_regime.loc[1.0, "e0"] > 0.85 and by_regime.loc[-1.0, "e1"] > 0.85
+    out = gate.predict(later, EXPERTS)
+    equal = EqualWeight().predict(later, EXPERTS)
+    assert _mse(out, later) < 0.6 * _mse(equal, later)  # measured 0.43
+    assert _log_loss(out, later) < _log_loss(equal, later) - 0.1  # measured 0.37 vs 0.58
+    info = gate.describe()
+    assert info["regime_columns"] == ["regime__momentum_96", "regime__regime_vol_z"] and info["converged"]
+    assert info["gate_coef"]["e0"]["regime__regime_vol_z"] > 1.0 > info["gate_coef"]["e0"]["regime__momentum_96"]
+    assert info["loss"] < info["loss_equal_weight"]
+    again = RegimeGate().fit(fit, EXPERTS).predict(later, EXPERTS)
+    pd.testing.assert_frame_equal(out, again, check_exact=True)
+    # a heavier penalty on A pulls the weights back towards equal weight; a higher temperature softens them
+    flat = RegimeGate(alpha=1e7).fit(fit, EXPERTS).weights(later, EXPERTS)
+    assert (flat - 0.5).abs().max().max() < 0.05
+    soft = RegimeGate(temperature=1e3, alpha=10.0).fit(fit, EXPERTS).weights(later, EXPERTS)
+    assert (soft - 0.5).abs().max().max() < (w - 0.5).abs().max().max()
+
+
+def test_regime_gate_needs_regime_columns_and_its_experts():
+    rows = oof_rows()
+    with pytest.raises(QuantmlInputError, match=r"regime columns \(regime__\*\).*attach_regime.*another combiner"):
+        RegimeGate().fit(rows, EXPERTS)
+    with pytest.raises(QuantmlInputError, match="combiner.regime=false"):
+        MLPCombiner().fit(rows, EXPERTS)
+    with pytest.raises(QuantmlInputError, match="combiner.regime=false"):
+        RidgeLogistic(regime=True).fit(rows, EXPERTS)
+    gate = RegimeGate().fit(regime_rows(), EXPERTS)
+    with pytest.raises(QuantmlInputError, match="fitted on experts"):
+        gate.weights(regime_rows(), ["e1", "e0"])
+    with pytest.raises(QuantmlInputError, match="regime__regime_vol_z"):
+        gate.predict(regime_rows().drop(columns="regime__regime_vol_z"), EXPERTS)
+    with pytest.raises(QuantmlInputError, match="combiner.temperature"):
+        RegimeGate(temperature=0)
+    with pytest.raises(QuantmlInputError, match="combiner.hidden"):
+        MLPCombiner(hidden=[0])
+    with pytest.raises(QuantmlInputError, match="combiner.num_leaves"):
+        LightGBMCombiner(num_leaves=1)
+    with pytest.raises(QuantmlInputError, match="combiner.regime"):
+        LightGBMCombiner(regime="yes")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: RidgeLogistic(regime=True),
+        lambda seed: MLPCombiner(hidden=[8], max_iter=200, seed=seed),
+        lambda seed: LightGBMCombiner(n_estimators=100, seed=seed),
+        lambda seed: RegimeGate(seed=seed),
+    ],
+    ids=["ridge_regime", "mlp", "lightgbm", "regime_gate"],
+)
+def test_regime_combiners_learn_deterministically_and_predict_nan_for_nan_inputs(make):
+    fit, later = regime_rows(seed=0), regime_rows(seed=1)
+    comb = make(0).fit(fit, EXPERTS)
+    out = comb.predict(later, EXPERTS)
+    assert list(out.columns) == ["expected_return", "prob_up"] and out.index.equals(later.index)
+    assert comb.uses_regime and comb.describe()["regime_columns"] == ["regime__momentum_96", "regime__regime_vol_z"]
+    # skill: the return head beats predicting the mean, the direction head beats a coin
+    assert _mse(out, later) < 0.8 * float(np.mean((later["ret"] - fit["ret"].mean()) ** 2))
+    assert _log_loss(out, later) < np.log(2) - 0.1
+    again = make(0).fit(fit, EXPERTS).predict(later, EXPERTS)
+    pd.testing.assert_frame_equal(out, again, check_exact=True)  # the same seed: bit-identical
+    # a NaN input (a regime feature or an expert forecast) predicts NaN for that row only
+    holes = later.copy()
+    holes.loc[holes.index[3], "regime__momentum_96"] = np.nan
+    holes.loc[holes.index[7], expert_column("e1", "prob_up")] = np.nan
+    got = comb.predict(holes, EXPERTS)
+    assert got.iloc[3].isna().all() and np.isnan(got["prob_up"].iloc[7])
+    keep = np.setdiff1d(np.arange(len(later)), [3, 7])
+    # (the same values up to the last bits: BLAS blocks a matrix of other rows differently)
+    pd.testing.assert_frame_equal(got.iloc[keep], out.iloc[keep], check_exact=False, rtol=1e-12, atol=0.0)
+    # fitting skips rows with NaN inputs instead of failing
+    assert np.isfinite(make(0).fit(holes, EXPERTS).predict(later, EXPERTS).to_numpy()).all()
+
+
+def test_mlp_and_lightgbm_capture_the_regime_interaction_that_linear_weights_miss():
+    fit, later = regime_rows(seed=0), regime_rows(seed=1)
+    linear = _mse(RidgeLogistic(regime=True).fit(fit, EXPERTS).predict(later, EXPERTS), later)
+    mlp = MLPCombiner(hidden=[8], max_iter=200).fit(fit, EXPERTS)
+    lgbm = LightGBMCombiner(n_estimators=100).fit(fit, EXPERTS)
+    assert _mse(mlp.predict(later, EXPERTS), later) < 0.7 * linear
+    assert _mse(lgbm.predict(later, EXPERTS), later) < 0.7 * linear
+    other = MLPCombiner(hidden=[8], max_iter=200, seed=1).fit(fit, EXPERTS).predict(later, EXPERTS)
+    assert not other.equals(mlp.predict(later, EXPERTS))  # the seed is the initial weights
+    info = lgbm.describe()
+    assert info["inputs"] == ["e0", "e1", "regime__momentum_96", "regime__regime_vol_z"]
+    gain = info["return_importance_gain"]
+    assert gain["regime__regime_vol_z"] > gain["regime__momentum_96"]
+    # without regime inputs they fit on the experts alone and need no regime columns
+    plain = MLPCombiner(hidden=[8], max_iter=100, regime=False).fit(oof_rows(), EXPERTS)
+    assert not plain.uses_regime and plain.describe()["inputs"] == EXPERTS
+    assert np.isfinite(plain.predict(oof_rows(seed=5), EXPERTS).to_numpy()).all()
+
+
+def test_ridge_regime_false_is_the_plain_ridge_and_true_adds_regime_weights():
+    rows = regime_rows()
+    plain = RidgeLogistic().fit(rows, EXPERTS)
+    info = plain.describe()
+    assert "regime_columns" not in info and len(info["return_weights"]) == 2
+    with_regime = RidgeLogistic(regime=True).fit(rows, EXPERTS).describe()
+    assert len(with_regime["return_regime_weights"]) == 2 and len(with_regime["direction_regime_weights"]) == 2
+    # the regime columns are ignored (not read) with regime=False
+    pd.testing.assert_frame_equal(
+        plain.predict(rows, EXPERTS),
+        RidgeLogistic().fit(rows.drop(columns=["regime__regime_vol_z"]), EXPERTS).predict(rows, EXPERTS),
+        check_exact=True,
+    )
 
 
 def test_stack_folds_and_the_fit_rule():
