@@ -10,11 +10,12 @@ Settings are Hydra key=value overrides of the packaged conf/stack.yaml:
   sweep_dir= | experiment= | runs=[...]   the experts (exactly one), as quantml sweep-report reads them
   exclude=[ID,...]                        leave these parent runs out
   horizons=[4h]                           the horizons to stack (default: every horizon all experts cover)
-  combiner=ridge | equal_weight | best_single   combiner.alpha=10 combiner.C=0.5 combiner.metric=rmse
+  combiner=ridge | equal_weight | best_single | mlp | lightgbm | regime_gate   combiner.alpha=10 combiner.regime=true
   baselines=[equal_weight,best_single]    compared on the same folds
   embargo=4h crossfit_folds=3 min_fit_rows=50
   audit.max_gap_bars=5 audit.max_missing=0.0
   force=true reason=TEXT                  stack despite a failed audit (recorded)
+  serve=true holdout=true register=NAME   the served stack (the run's model), its lockbox evaluation, register it
   log_to_mlflow=false output_dir=DIR run_name=NAME
   tracking.uri=...                        the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)
 
@@ -30,7 +31,7 @@ USAGE = "quantml stack sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value
 SETTINGS = (
     "sweep_dir=, experiment=, runs=[...], exclude=[...], horizons=[...], combiner=, combiner.<key>=, baselines=[...], "
     "embargo=, crossfit_folds=, min_fit_rows=, audit.max_gap_bars=, audit.max_missing=, force=, reason=, "
-    "log_to_mlflow=, output_dir=, run_name=, tracking.uri="
+    "serve=, holdout=, register=, log_to_mlflow=, output_dir=, run_name=, tracking.uri="
 )
 
 

@@ -201,7 +201,7 @@ SWEEP_PBO_FIGURE = "figures/pbo_logits.png"  # the CSCV logit distribution
 # stack runs (quantml.kind=stack): also the consistency fields they checked (data fingerprint, schema,
 # metrics version, fold plan, lockbox start, validation, horizons) under the experts' own tag names
 TAG_STACK_EXPERTS = quantml_tag("stack_experts")  # comma list of the experts' parent run ids, alias order
-TAG_COMBINER = quantml_tag("combiner")  # the combiner config's choice (ridge | equal_weight | best_single)
+TAG_COMBINER = quantml_tag("combiner")  # the combiner config's choice (conf/combiner/*.yaml)
 TAG_STACK_AUDIT = quantml_tag("stack_audit")  # clean | violations (the stack ran with force=true)
 TAG_STACK_FORCED = quantml_tag("stack_forced")  # "true" when a failed audit was overridden
 TAG_STACK_FORCE_REASON = quantml_tag("stack_force_reason")  # the reason= given with force=true
@@ -211,6 +211,9 @@ STACK_COMPARISON_CSV = "stack/comparison.csv"  # stack vs equal weight vs best s
 STACK_AUDIT_ARTIFACT = "stack/leakage_audit.json"  # PASS/FAIL per check of the OOF table
 STACK_EXPERTS_ARTIFACT = "stack/experts.json"  # alias -> run id, name, choices
 STACK_FOLDS_ARTIFACT = "stack/folds.json"  # per stack fold: fit window and rows, combiner and calibrator
+# a gating combiner's (regime_gate) weight of each expert on each stacked row, and their plot
+STACK_GATE_WEIGHTS_ARTIFACT = "stack/gate_weights.parquet"
+STACK_GATE_FIGURE = "stack/gate_weights.png"
 
 # -- appended: the served stack and its lockbox (quantml stack serve=true holdout=true) ----------------
 STACK_FINAL_ARTIFACT = "stack/final.json"  # per candidate and horizon: the final combiner's fit (development rows)

@@ -71,7 +71,7 @@ def _reader(store: RegistryStore) -> RunReader:
 
 def _parent(store: RegistryStore, run_id: str, action: str) -> ParentRun:
     try:
-        return _reader(store).parent(run_id, action=action)
+        return _reader(store).parent(run_id, action=action, kinds=L.REGISTRABLE_KINDS)
     except RegistryError:
         raise
     except QuantmlInputError as exc:
@@ -113,6 +113,8 @@ def version_tags(run: ParentRun) -> dict[str, str]:
     data fingerprint, git commit (and tuned signal), and the headline OOS metrics of the
     first horizon. The rest stays on the run."""
     tags = {L.VERSION_TAG_RUN_ID: run.run_id, L.TAG_LAYOUT_VERSION: run.layout_version}
+    if run.kind == L.KIND_STACK:  # a served stack: its experts stay on the run (quantml.stack_experts)
+        tags[L.TAG_KIND] = L.KIND_STACK
     tags.update({k: run.tags[k] for k in RUN_TAGS if k in run.tags})
     horizons = run.horizons or sorted(
         {k.partition(HORIZON_SEPARATOR)[2] for k in run.metrics if HORIZON_SEPARATOR in k} - {""}
@@ -335,7 +337,7 @@ def check_gates(
         reader, mv.run_id, cfg, baseline, subject=f"{name} v{mv.version} (run {mv.run_id})", candidate=candidate
     )
     # the lockbox beside the verdict, for the person who promotes: a read, counted on the parent
-    report.lockbox = lockbox_line(reader.parent(mv.run_id, action="gate").lockbox_metrics())
+    report.lockbox = lockbox_line(reader.parent(mv.run_id, action="gate", kinds=L.REGISTRABLE_KINDS).lockbox_metrics())
     return report
 
 

@@ -87,7 +87,7 @@ def _reader(client: MlflowClient | RunReader) -> RunReader:
 def load_run_summary(client: MlflowClient | RunReader, run_id: str) -> RunSummary:
     """Read the parent run ``run_id`` and its fold runs through the run reader."""
     reader = _reader(client)
-    parent = reader.parent(run_id, action="gate")
+    parent = reader.parent(run_id, action="gate", kinds=L.REGISTRABLE_KINDS)
     return RunSummary(
         run_id=parent.run_id,
         status=parent.status,
@@ -170,6 +170,8 @@ class GateReport:
 
 # -- the gates ----------------------------------------------------------------------------------
 def gate_leakage_audit(client: MlflowClient | RunReader, run: RunSummary, cfg) -> GateResult:
+    if run.tags.get(L.TAG_KIND) == L.KIND_STACK:
+        return _stack_leakage_audit(client, run)
     tag = run.tags.get(L.TAG_LEAKAGE_AUDIT)
     audit = _reader(client).leakage_audit(run.run_id) if tag != "clean" else None
     if tag is not None:
@@ -194,6 +196,24 @@ def gate_leakage_audit(client: MlflowClient | RunReader, run: RunSummary, cfg) -
         if bad:
             detail += f"; failed checks: {', '.join(bad)}"
     return GateResult("leakage_audit", clean, detail)
+
+
+def _stack_leakage_audit(client: MlflowClient | RunReader, run: RunSummary) -> GateResult:
+    """A stack run is clean when its OOF table's audit was clean (not forced) and every expert's
+    own leakage audit was clean."""
+    reader = _reader(client)
+    stack = run.tags.get(L.TAG_STACK_AUDIT)
+    forced = str(run.tags.get(L.TAG_STACK_FORCED, "")).lower() == "true"
+    parts = [f"stack run tag {L.TAG_STACK_AUDIT}={stack!r}" + (" (forced)" if forced else "")]
+    clean = stack == "clean" and not forced
+    for expert in L.split_list_tag(run.tags.get(L.TAG_STACK_EXPERTS)):
+        try:
+            tag = reader.get_run(expert).data.tags.get(L.TAG_LEAKAGE_AUDIT)
+        except QuantmlInputError:
+            tag = None
+        clean &= tag == "clean"
+        parts.append(f"expert {expert[:12]} {L.TAG_LEAKAGE_AUDIT}={tag!r}")
+    return GateResult("leakage_audit", clean, "; ".join(parts))
 
 
 def _logged(run: RunSummary | None, key: str) -> dict[str, tuple[FoldRun, float]]:
@@ -512,7 +532,7 @@ def gate_dsr(
 
     reader = _reader(client)
     bound = float(cfg.get("min_probability", 0.95))
-    parent = run.parent or reader.parent(run.run_id, action="gate")
+    parent = run.parent or reader.parent(run.run_id, action="gate", kinds=L.REGISTRABLE_KINDS)
     problem = parent.walk_forward_problem()
     if problem:
         return GateResult("dsr", False, f"candidate: {problem}")

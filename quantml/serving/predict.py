@@ -100,7 +100,8 @@ def resolve_model(model_uri: str, store: RegistryStore) -> ResolvedModel:
         return ResolvedModel(model_uri, f"models:/{name}/{version}", name, version, mv.run_id or "", signal)
     r = _RUNS_URI.match(model_uri)
     if r:
-        run = RunReader(client=store.client).parent(r["run_id"], action="serve")  # clear errors for fold runs
+        # clear errors for fold runs; a stack run serves its `model` like a parent
+        run = RunReader(client=store.client).parent(r["run_id"], action="serve", kinds=L.REGISTRABLE_KINDS)
         return ResolvedModel(model_uri, model_uri, run_id=run.run_id)
     raise QuantmlInputError(
         f"model={model_uri!r} is not a model URI; use models:/NAME@{DEFAULT_ALIAS}, "

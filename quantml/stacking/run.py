@@ -2,9 +2,13 @@
 walk-forward, compare it with equal weight, the best single expert and every expert on the same
 folds, and log it all as a stack run (``quantml.kind=stack``) with nested fold runs.
 
-Nothing here reads the lockbox: only the experts' development out-of-fold predictions, their fold
-runs' windows, their fold plan and market calendar. Every combiner is deterministic, so a stack is
-reproducible from its experts.
+The walk-forward and the comparison read only the experts' development out-of-fold predictions,
+their fold runs' windows, their fold plan and market calendar. Then (``serve``) the final combiner is
+fitted on every development OOF row purged before the lockbox and served with the experts' final
+models as a :class:`~quantml.stacking.model.StackBundle` (the stack run's ``model``), and
+(``holdout``) that served stack, the baselines and each expert's final model are scored on the
+lockbox (:mod:`quantml.stacking.holdout`): logged ``holdout_*`` figures, a counted read. Every
+combiner is deterministic, so a stack is reproducible from its experts.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from quantml.contracts import HORIZON_SEPARATOR, QuantmlInputError, parse_duration
+from quantml.contracts import HORIZON_SEPARATOR, TIMESTAMP, QuantmlInputError, parse_duration
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
 from quantml.stacking.combiners import expert_column
 from quantml.stacking.experts import Expert, check_consistency, load_experts, select_experts
+from quantml.stacking.holdout import HoldoutResult, evaluate_holdout
+from quantml.stacking.model import StackBundle, fit_final, has_model, load_expert_bundle, stack_panel, uses_regime
 from quantml.stacking.oof import EXPERT_FIELDS, REALISED, audit_oof, build_oof_table
-from quantml.stacking.walkforward import StackFold, stack_folds, walk_forward
+from quantml.stacking.regime import regime_columns
+from quantml.stacking.walkforward import StackFold, gate_weights, stack_folds, walk_forward
 from quantml.tracking.reader import RunReader
 
 COMBINER_DIR = Path(__file__).resolve().parents[1] / "conf" / "combiner"
@@ -58,6 +65,9 @@ class StackSettings:
     log_to_mlflow: bool = True
     output_dir: str | None = None
     run_name: str | None = None
+    serve: bool = True  # fit the final combiner and log the served stack as the run's `model`
+    holdout: bool = True  # score the served stack, the baselines and the experts on the lockbox
+    register: str | None = None  # register the stack run's model under this name (alias candidate)
     resolved: dict = field(default_factory=dict)
 
     @classmethod
@@ -88,6 +98,9 @@ class StackSettings:
             log_to_mlflow=bool(cfg.get("log_to_mlflow", True)),
             output_dir=cfg.get("output_dir") or None,
             run_name=cfg.get("run_name") or None,
+            serve=bool(cfg.get("serve", True)),
+            holdout=bool(cfg.get("holdout", True)),
+            register=None if cfg.get("register") in (None, "") else str(cfg.register),
             resolved=OmegaConf.to_container(cfg, resolve=True),
         )
         out.validate()
@@ -100,6 +113,16 @@ class StackSettings:
             raise QuantmlInputError(f"audit.max_missing={self.max_missing} must be a share in [0, 1]")
         if self.max_gap_bars < 0:
             raise QuantmlInputError(f"audit.max_gap_bars={self.max_gap_bars} must be >= 0")
+        if self.holdout and not self.serve:
+            raise QuantmlInputError(
+                "holdout=true needs serve=true: the lockbox is scored through the served stack (the experts' "
+                "final models); set serve=true, or holdout=false"
+            )
+        if self.register and not (self.serve and self.log_to_mlflow):
+            raise QuantmlInputError(
+                f"register={self.register} needs serve=true and log_to_mlflow=true (a registered version is the "
+                "stack run's logged model)"
+            )
         if self.min_fit_rows < 1:
             raise QuantmlInputError(f"min_fit_rows={self.min_fit_rows} must be >= 1")
         for name in self.baselines:
@@ -129,6 +152,13 @@ class StackResult:
     embargo: pd.Timedelta = field(default_factory=pd.Timedelta)
     crossfit_folds: int = 3
     run_id: str | None = None
+    bundle: StackBundle | None = None  # the served stack (serve=true and the experts have final models)
+    final_info: dict = field(default_factory=dict)  # per candidate and horizon: the final fit's record
+    holdout: HoldoutResult | None = None  # the lockbox evaluation (holdout=true and a lockbox)
+    registered: tuple[str, str] | None = None  # (model name, version) when register= was given
+    # a gating combiner's weight of each expert on each stacked row (walkforward.gate_weights)
+    gate_weights: pd.DataFrame | None = None
+    book: dict = field(default_factory=dict)  # the first expert's cost, signal, strategy, evaluation
 
     def audit_lines(self) -> list[str]:
         lines = []
@@ -159,13 +189,23 @@ class StackResult:
             "sharpe_after_cost: the one book):",
             self.comparison_text(),
         ]
+        if self.holdout is not None:
+            lines += ["", self.holdout.to_text()]
         lines += [f"note: {n}" for n in self.notes]
         if self.run_id:
             lines.append(
                 f"logged as MLflow run {self.run_id} (kind {L.KIND_STACK}: {L.STACK_COMPARISON_CSV}, "
-                f"{L.STACK_OOF_ARTIFACT}, {L.STACK_AUDIT_ARTIFACT})"
+                f"{L.STACK_OOF_ARTIFACT}, {L.STACK_AUDIT_ARTIFACT}"
+                + (f", {L.STACK_HOLDOUT_COMPARISON_CSV}, {L.STACK_SCALE_CHECK_CSV}" if self.holdout is not None else "")
+                + ")"
             )
-        lines.append("served stacking model: not built yet (docs/stacking.md)")
+            if self.bundle is not None:
+                lines.append(
+                    f"served stack: runs:/{self.run_id}/{L.MODEL_ARTIFACT} (register it: quantml registry register "
+                    f"{self.run_id} name=NAME)"
+                )
+        if self.registered:
+            lines.append(f"registered as {self.registered[0]} v{self.registered[1]} (alias candidate)")
         return "\n".join(lines)
 
 
@@ -261,6 +301,31 @@ def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> St
         )
     table = build_oof_table(experts)
     folds = stack_folds(plan)
+    aliases = [e.alias for e in experts]
+    main = make_combiner(settings.combiner)
+    name = getattr(main, "name", type(main).__name__)
+    candidates = [(name, "stack", settings.combiner)]
+    for b in settings.baselines:
+        node = combiner_config(b)
+        if node.get("_target_") != settings.combiner.get("_target_"):
+            candidates.append((b, "baseline", node))
+    # the experts' panel: for regime inputs and the lockbox (rebuilt from the first expert's config)
+    regime = any(uses_regime(make_combiner(node)) for _, _, node in candidates)
+    serve = settings.serve
+    if serve:
+        lacking = [e.run_id for e in experts if not has_model(reader, e.run_id)]
+        if lacking:
+            serve = False
+            notes.append(
+                f"served stack and lockbox evaluation skipped: expert run(s) {', '.join(lacking)} logged no "
+                f"{L.MODEL_ARTIFACT!r} (trained with tracking.log_model=false); retrain them with "
+                "tracking.log_model=true, or set serve=false holdout=false"
+            )
+    prep = stack_panel(first, shared[L.TAG_DATA_FINGERPRINT]) if (regime or serve) else None
+    if regime:
+        from quantml.stacking.regime import attach_regime, regime_features
+
+        table = attach_regime(table, regime_features(prep.panel))
     embargo = _embargo(settings, experts)
     crossfit_folds = settings.crossfit_folds or int((cfg.get("validation") or {}).get("crossfit_folds") or 3)
     kwargs = dict(
@@ -270,20 +335,13 @@ def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> St
         signal=signal,
         min_fit_rows=settings.min_fit_rows,
     )
-    aliases = [e.alias for e in experts]
-    main = make_combiner(settings.combiner)
-    name = getattr(main, "name", type(main).__name__)
-    candidates = [(name, "stack", settings.combiner)]
-    for b in settings.baselines:
-        node = combiner_config(b)
-        if node.get("_target_") != settings.combiner.get("_target_"):
-            candidates.append((b, "baseline", node))
-    predictions, fold_info, rows = {}, {}, []
+    predictions, fold_info, rows, weights = {}, {}, [], None
     for cand, kind, node in candidates:
         frame, info = walk_forward(lambda node=node: make_combiner(node), table, aliases, folds, **kwargs)
         predictions[cand] = frame
+        gated = gate_weights(info)
         if kind == "stack":
-            fold_info = info
+            fold_info, weights = info, gated
         pooled, per_fold = _figures(score, frame, horizons)
         rows += _comparison_rows(cand, kind, None, pooled, per_fold, frame, horizons)
         if kind == "stack":
@@ -312,14 +370,85 @@ def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> St
         predictions=predictions,
         comparison=comparison,
         fold_info=fold_info,
+        gate_weights=weights,
         shared=shared,
         metrics=metrics,
         notes=notes,
         fold_metrics=stack_folds_table,
         embargo=embargo,
         crossfit_folds=crossfit_folds,
+        book={k: _plain(cfg.get(k)) for k in ("cost", "signal", "strategy", "evaluation") if cfg.get(k) is not None},
     )
+    if serve:
+        _serve(reader, result, settings, candidates, prep, score, signal, cfg, regime)
     return result
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _serve(reader, result: StackResult, settings, candidates, prep, score, signal, cfg, regime: bool) -> None:
+    """The served stack (final combiner per horizon on every development OOF row purged before the
+    lockbox, the experts' final models) and, with ``holdout``, its lockbox evaluation."""
+    experts, horizons = result.experts, result.horizons
+    aliases = [e.alias for e in experts]
+    start = prep.lockbox.start
+    fits = {}
+    for cand, kind, node in candidates:
+        fits[cand] = (
+            kind,
+            fit_final(
+                lambda node=node: make_combiner(node),
+                result.table,
+                aliases,
+                horizons,
+                lockbox_start=start,
+                embargo=result.embargo,
+                crossfit_folds=result.crossfit_folds,
+                cfg_evaluation=cfg.get("evaluation"),
+                min_fit_rows=settings.min_fit_rows,
+            ),
+        )
+    result.final_info = {cand: fit.info for cand, (_, fit) in fits.items()}
+    bundles = [load_expert_bundle(reader.tracking_uri, e.run_id) for e in experts]
+    from quantml.stacking.model import regime_inputs, union_contract
+
+    contract = union_contract(bundles, horizons)
+    if regime:
+        contract.input_columns = sorted(set(contract.input_columns) | set(regime_inputs(prep.panel)))
+    first = experts[0]
+    _, main = fits[result.combiner]
+    result.bundle = StackBundle(
+        experts=bundles,
+        aliases=aliases,
+        expert_runs=[e.run_id for e in experts],
+        horizons=list(horizons),
+        combiners=main.combiners,
+        calibrators=main.calibrators,
+        signal=signal.to_dict(),
+        data_fingerprint=prep.fingerprint,
+        contract=contract,
+        strategy=_plain(cfg.get("strategy")),
+        metadata={
+            "bar": str(prep.bar),
+            "periods_per_year": first.run.periods_per_year() or prep.periods_per_year,
+            "ic_mode": first.run.tags.get(L.TAG_IC_MODE) or score.ic_mode,
+            "lockbox_start": prep.lockbox.tag(),
+        },
+        regime=regime,
+    )
+    if not settings.holdout:
+        return
+    if start is None:
+        result.notes.append("lockbox evaluation skipped: the experts have no lockbox (validation.holdout=0)")
+        return
+    others = {cand: fit for cand, fit in fits.items() if cand != result.combiner}
+    result.holdout = evaluate_holdout(result.bundle, others, result.table, experts, prep, score, result.embargo)
+    if result.holdout is not None:
+        result.metrics.update(result.holdout.metrics)
+        for e in experts:  # each expert's lockbox figures were shown: a read of its lockbox
+            reader.count_lockbox_read(e.run)
 
 
 def _duration(value, what: str) -> pd.Timedelta:
@@ -357,7 +486,33 @@ def write_files(result: StackResult, folder: Path) -> dict[str, Path]:
     paths["folds"].write_text(json.dumps(folds, indent=2, default=str), encoding="utf-8")
     result.predictions[result.combiner].to_parquet(paths["oos"], index=False)
     write_audit(result.audit, folder)
+    if result.gate_weights is not None:
+        paths["gate_weights"] = folder / L.STACK_GATE_WEIGHTS_ARTIFACT
+        paths["gate_figure"] = folder / L.STACK_GATE_FIGURE
+        result.gate_weights.to_parquet(paths["gate_weights"], index=False)
+        paths["gate_figure"].write_bytes(_gate_png(result.gate_weights, [e.alias for e in result.experts]))
+    if result.final_info:
+        paths["final"] = folder / L.STACK_FINAL_ARTIFACT
+        paths["final"].write_text(json.dumps(result.final_info, indent=2, default=str), encoding="utf-8")
+    if result.holdout is not None:
+        paths["holdout_comparison"] = folder / L.STACK_HOLDOUT_COMPARISON_CSV
+        paths["scale_check"] = folder / L.STACK_SCALE_CHECK_CSV
+        paths["holdout"] = folder / L.HOLDOUT_ARTIFACT
+        result.holdout.comparison.to_csv(paths["holdout_comparison"], index=False)
+        result.holdout.scale_check.to_csv(paths["scale_check"], index=False)
+        result.holdout.predictions.to_parquet(paths["holdout"], index=False)
     return paths
+
+
+def _gate_png(weights: pd.DataFrame, aliases: list[str]) -> bytes:
+    """The gate's weights through time (first horizon), with its first regime input beneath."""
+    from quantml.market.figures import figure_png
+    from quantml.stacking.figures import regime_gate_figure
+
+    rows = weights[weights["horizon"] == weights["horizon"].iloc[0]]
+    regime = regime_columns(rows)
+    fig = regime_gate_figure(rows[aliases], rows[regime[0]] if regime else None, rows[TIMESTAMP])
+    return figure_png(fig)
 
 
 def write_audit(audit: dict, folder: Path) -> Path:
@@ -436,12 +591,25 @@ def _log(reader: RunReader, writer, run, result: StackResult, settings: StackSet
             "baselines": ",".join(settings.baselines),
             **{f"combiner.{k}": v for k, v in settings.combiner.items()},
         }
+        params.update({"serve": settings.serve, "holdout": settings.holdout})
         run.log_params(params)
-        run.log_resolved_config(settings.resolved or {"combiner": settings.combiner})
+        # the stack's settings, plus the book it trades (the first expert's cost, signal, strategy,
+        # evaluation): what the registry's Sharpe gate rebuilds the stack's book from
+        resolved = dict(settings.resolved or {"combiner": settings.combiner})
+        resolved.update(result.book)
+        run.log_resolved_config(resolved)
+        ppy = result.experts[0].run.periods_per_year()
+        if ppy is not None:
+            run.log_derived({"periods_per_year": ppy})
         run.set_tags({L.TAG_N_FOLDS: len(result.folds)})
+        if result.holdout is not None:  # the lockbox figures printed by this command: one read
+            run.set_tags({L.TAG_LOCKBOX_READS: 1})
         run.log_metrics(result.metrics)
+        windows = result.experts[0].fold_params
         for fold in result.folds:
             info = result.fold_info.get(fold.fold_id, {})
+            # the test window as the experts' fold runs logged it: the Sharpe gate matches windows on it
+            window = windows.get(str(fold.fold_id)) or {}
             child = writer.start_fold(run, fold.fold_id)
             with child.ending():
                 child.log_params(
@@ -449,8 +617,8 @@ def _log(reader: RunReader, writer, run, result: StackResult, settings: StackSet
                         L.PARAM_FOLD_ID: fold.fold_id,
                         "train_start": info.get("fit_start"),
                         "train_end": info.get("fit_end"),
-                        L.PARAM_TEST_START: str(fold.test_start),
-                        L.PARAM_TEST_END: str(fold.test_end),
+                        L.PARAM_TEST_START: window.get(L.PARAM_TEST_START) or str(fold.test_start),
+                        L.PARAM_TEST_END: window.get(L.PARAM_TEST_END) or str(fold.test_end),
                         "n_train": info.get("n_fit", 0),
                         "n_test": info.get("n_test", 0),
                     }
@@ -468,5 +636,17 @@ def _log(reader: RunReader, writer, run, result: StackResult, settings: StackSet
                 market.to_parquet(Path(tmp) / L.MARKET_ARTIFACT, index=False)
             for sub in ("stack", "predictions", "folds"):
                 run.log_artifacts(str(Path(tmp) / sub), sub)
+        if result.bundle is not None:
+            from quantml.registry.store import mlflow_uri_scope
+            from quantml.tracking.pyfunc import log_bundle_info
+
+            with mlflow_uri_scope(reader.tracking_uri):
+                log_bundle_info(result.bundle, run.run_id)
         result.run_id = run.run_id
-        run.set_description(f"```\n{result.to_text()}\n```")
+        run.set_description(f"```\n{result.to_text()[:7800]}\n```")
+    if settings.register and result.bundle is not None:
+        from quantml.registry.commands import register
+        from quantml.registry.store import RegistryStore
+
+        version = register(RegistryStore(reader.tracking_uri), run.run_id, settings.register)
+        result.registered = (settings.register, str(version.version))

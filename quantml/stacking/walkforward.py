@@ -26,7 +26,10 @@ from quantml.evaluation.calibration import fit_calibrator
 from quantml.signals import SignalConfig, compute_signals
 from quantml.stacking.combiners import expert_column
 from quantml.stacking.oof import REALISED
+from quantml.stacking.regime import regime_columns
 from quantml.validation.crossfit import crossfit
+
+GATE_WEIGHTS = "gate_weights"  # key of a fold record holding a gating combiner's weights (a frame)
 
 Z80 = 1.2815515655446004  # the standard normal 90% quantile: the residual quantiles' starting point
 
@@ -79,8 +82,45 @@ def _base_frame(rows: pd.DataFrame, experts: list[str], raw: pd.DataFrame) -> pd
     out["prob_up"] = raw["prob_up"].to_numpy(np.float64)
     out["vol_forecast"] = vol
     for col in (*REALISED, "t1", "fold"):
-        out[col] = rows[col].to_numpy()
+        if col in rows.columns:  # the OOF table carries them; a served table (raw panel) does not
+            out[col] = rows[col].to_numpy()
     return out
+
+
+def fit_combiner(
+    make: Callable[[], object],
+    fit: pd.DataFrame,
+    experts: list[str],
+    *,
+    embargo: pd.Timedelta,
+    crossfit_folds: int,
+    cfg_evaluation,
+):
+    """A combiner fitted on ``fit`` (rows of one horizon) and the calibrator of its ``prob_up`` and
+    quantiles, fitted on the combiner's own cross-fitted out-of-fold predictions inside ``fit``
+    (each of ``crossfit_folds`` blocks predicted by a combiner fitted on the other blocks, purged
+    with ``embargo``). ``(combiner, calibrator)``; reads nothing but ``fit``."""
+    fit = fit.reset_index(drop=True)
+    combiner = make().fit(fit, experts)
+    t0 = pd.to_datetime(fit[TIMESTAMP], utc=True).dt.tz_convert(None).to_numpy()
+    t1 = pd.to_datetime(fit["t1"], utc=True).dt.tz_convert(None).to_numpy()
+
+    def inner(fit_pos, predict_pos):
+        part = fit.iloc[predict_pos]
+        return _base_frame(part, experts, make().fit(fit.iloc[fit_pos], experts).predict(part, experts))
+
+    oof = crossfit(np.arange(len(fit)), t0, t1, inner, crossfit_folds, embargo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # too few rows: identity maps, recorded in n_fit
+        calibrator = fit_calibrator(oof, cfg_evaluation, residual_quantiles=True)
+    return combiner, calibrator
+
+
+def apply_combiner(combiner, calibrator, rows: pd.DataFrame, experts: list[str], signal: SignalConfig) -> pd.DataFrame:
+    """``rows``' stacked forecasts in the prediction contract's layout: the combiner's heads, the
+    experts' mean ``vol_forecast``, calibrated, then ``score``, ``confidence``, ``action``."""
+    frame = calibrator.transform(_base_frame(rows, experts, combiner.predict(rows, experts)))
+    return compute_signals(frame, signal)
 
 
 def predict_fold(
@@ -111,21 +151,16 @@ def predict_fold(
                 f"bar {fold.test_start} (< min_fit_rows={min_fit_rows}); lower min_fit_rows or the embargo, or "
                 "train the experts with more data or fewer validation.n_splits"
             )
-        combiner = make().fit(fit, experts)
-        raw = combiner.predict(test, experts)
+        combiner, calibrator = fit_combiner(
+            make, fit, experts, embargo=embargo, crossfit_folds=crossfit_folds, cfg_evaluation=cfg_evaluation
+        )
+        frames.append(apply_combiner(combiner, calibrator, test, experts, signal))
+        if hasattr(combiner, "weights"):  # a gating combiner: each expert's weight on each row, for the record
+            weights = combiner.weights(test, experts).reset_index(drop=True)
+            keys = test[[SYMBOL, TIMESTAMP, "horizon", "fold"]].reset_index(drop=True)
+            regime = test[regime_columns(test)].reset_index(drop=True)
+            info.setdefault(GATE_WEIGHTS, []).append(pd.concat([keys, weights, regime], axis=1))
         t0 = pd.to_datetime(fit[TIMESTAMP], utc=True).dt.tz_convert(None).to_numpy()
-        t1 = pd.to_datetime(fit["t1"], utc=True).dt.tz_convert(None).to_numpy()
-
-        def inner(fit_pos, predict_pos, fit=fit):
-            part = fit.iloc[predict_pos]
-            return _base_frame(part, experts, make().fit(fit.iloc[fit_pos], experts).predict(part, experts))
-
-        oof = crossfit(np.arange(len(fit)), t0, t1, inner, crossfit_folds, embargo)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # too few rows: identity maps, recorded in n_fit
-            calibrator = fit_calibrator(oof, cfg_evaluation, residual_quantiles=True)
-        frame = calibrator.transform(_base_frame(test, experts, raw))
-        frames.append(compute_signals(frame, signal))
         info["n_fit"] += len(fit)
         info["n_test"] += len(test)
         start, end = pd.Timestamp(t0.min(), tz="UTC"), pd.Timestamp(t0.max(), tz="UTC")
@@ -136,7 +171,17 @@ def predict_fold(
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not out.empty:
         out["path"] = 0
+    if GATE_WEIGHTS in info:
+        info[GATE_WEIGHTS] = pd.concat(info[GATE_WEIGHTS], ignore_index=True)
     return out, info
+
+
+def gate_weights(infos: dict[int, dict]) -> pd.DataFrame | None:
+    """Take the gate weights out of :func:`walk_forward`'s per-fold records (they are frames, the
+    rest is JSON): one row per stacked row, ``symbol, timestamp, horizon, fold``, one column per
+    expert, then the regime inputs. None when the combiner has no weights."""
+    frames = [info.pop(GATE_WEIGHTS) for info in infos.values() if GATE_WEIGHTS in info]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def walk_forward(

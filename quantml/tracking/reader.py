@@ -185,11 +185,12 @@ class RunReader:
                 f"was logged to"
             ) from exc
 
-    def parent(self, run_id: str, action: str = "read") -> ParentRun:
+    def parent(self, run_id: str, action: str = "read", kinds: tuple[str, ...] = (L.KIND_PARENT,)) -> ParentRun:
         """The parent run ``run_id``; a child run is refused with its parent's id in the message.
 
         ``action`` is the verb of the message (``tune``, ``register``, ...). A run without a
-        kind tag is read as a parent (hand-made or very old runs).
+        kind tag is read as a parent (hand-made or very old runs). ``kinds``: the run kinds
+        accepted (the registry also takes ``stack`` runs: :data:`run_layout.REGISTRABLE_KINDS`).
         """
         if not run_id:
             raise RunLayoutError(
@@ -205,7 +206,7 @@ class RunReader:
                 f"(it reads {', '.join(L.KNOWN_LAYOUT_VERSIONS)}); upgrade quantml, or {RETRAIN}"
             )
         kind = tags.get(L.TAG_KIND, L.KIND_PARENT)
-        if kind != L.KIND_PARENT:
+        if kind not in kinds:
             parent = tags.get(L.MLFLOW_PARENT_RUN_ID, "<parent>")
             raise RunLayoutError(
                 f"run {run_id} is a {kind} run; {action} its parent run {parent} instead (run_id={parent})"
