@@ -18,7 +18,9 @@ class QuantmlOptunaSweeperConf:
     direction: str = "maximize"
     study_name: Optional[str] = None  # null -> "quantml-hparams"; the same name resumes a study
     storage: Optional[str] = "sqlite:///optuna.db"  # any DB URL, journal:///file, or null (in memory)
-    n_trials: int = 20  # trials run by this sweep
+    # the study's trial budget, shared by every sweeper on it: a rerun (or a second sweeper on the
+    # same study_name and storage) runs only the trials left (COMPLETE, PRUNED, FAIL, RUNNING count)
+    n_trials: int = 20
     n_jobs: int = 1  # trials per batch handed to the launcher (parallel launchers)
     seed: Optional[int] = None  # TPE sampler seed
     n_startup_trials: int = 5  # random trials before TPE
@@ -29,6 +31,11 @@ class QuantmlOptunaSweeperConf:
     # search space: "<config key>": "<Hydra sweep: interval(a,b) | tag(log, interval(a,b)) |
     # int(interval(a,b)) | range(a,b[,step]) | choice(a,b,...)>"; command-line sweeps add to it
     params: Dict[str, Any] = field(default_factory=dict)
+    # RDB storages (sqlite, postgresql): each running trial's heartbeat every heartbeat_interval s
+    # (null: none); a RUNNING trial without one for grace_period s (null: 3x the interval) is failed
+    # before the next ask, its MLflow run ended FAILED, and it leaves the budget (run again)
+    heartbeat_interval: Optional[int] = 10
+    grace_period: Optional[int] = None
 
 
 ConfigStore.instance().store(

@@ -40,6 +40,7 @@ def tune(cfg: DictConfig) -> float:
             timeout=study.timeout,
             seed=int(cfg.seed),
             worker=int(study.worker),
+            n_workers=study.get("n_workers", 1),
             n_startup_trials=int(study.n_startup_trials),
             log_to_mlflow=bool(cfg.log_to_mlflow),
             attach=cfg.attach,

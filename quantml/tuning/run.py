@@ -28,7 +28,7 @@ from quantml.portfolio.allocator import AllocatorConfig  # noqa: E402
 from quantml.signals.core import SignalConfig  # noqa: E402
 from quantml.tracking.writer import RunWriter  # noqa: E402
 from quantml.tuning.source import SourceRun, load_source_run  # noqa: E402
-from quantml.tuning.storage import make_storage, redact  # noqa: E402
+from quantml.tuning.storage import is_memory, make_storage, redact  # noqa: E402
 from quantml.tuning.thresholds import (  # noqa: E402
     Evaluation,
     SearchSpace,
@@ -94,14 +94,21 @@ def run_tuning(
     log_to_mlflow: bool = True,
     attach: str | None = None,
     attach_force: bool = False,
+    n_workers: int = 1,
 ) -> TuneOutcome:
     """Tune ``run_id``'s thresholds; see ``docs/signals.md``.
 
     ``run_id``: a parent run id, or an already loaded :class:`SourceRun`. ``worker`` offsets
     the sampler seed so several processes sharing one ``storage`` draw different first
     trials. ``n_trials=0`` only re-reports (and attaches) a stored study.
+
+    ``n_workers``: processes optimizing the study at once (this one and ``n_workers - 1`` spawned
+    ones), worker ``i`` with sampler seed ``seed + worker + i`` and a fixed share of the
+    ``n_trials`` (:func:`worker_shares`): exactly ``n_trials`` new trials in all. They need a
+    storage they share (SQLite, PostgreSQL, a journal file): an in-memory study is refused.
     """
     settings = settings or TuneSettings()
+    n_workers = check_workers(n_workers, storage)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     source = run_id if isinstance(run_id, SourceRun) else load_source_run(run_id, tracking_uri)
@@ -119,7 +126,19 @@ def run_tuning(
         load_if_exists=True,
     )
     check_or_set_attrs(optuna_study, study_attrs(study))
-    if n_trials > 0:
+    if n_trials > 0 and n_workers > 1:
+        optimize_in_workers(
+            optuna_study,
+            study,
+            storage,
+            n_trials=int(n_trials),
+            n_workers=n_workers,
+            n_jobs=int(n_jobs),
+            timeout=timeout,
+            seed=seed + worker,
+            n_startup_trials=n_startup_trials,
+        )
+    elif n_trials > 0:
         optuna_study.optimize(study.objective, n_trials=int(n_trials), n_jobs=int(n_jobs), timeout=timeout)
     complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
@@ -142,7 +161,7 @@ def run_tuning(
     tune_run_id = None
     if log_to_mlflow:
         tune_run_id = _log_child_run(
-            study, optuna_study, signal, alloc, tuned, baseline, metrics, storage, seed, worker
+            study, optuna_study, signal, alloc, tuned, baseline, metrics, storage, seed, worker, n_workers
         )
     outcome = TuneOutcome(name, dict(best.params), signal, alloc, tuned, baseline, metrics, tune_run_id, len(complete))
     outcome.book = study.book_name
@@ -162,6 +181,104 @@ def run_tuning(
             tracking_uri=tracking_uri,
         )
     return outcome
+
+
+def check_workers(n_workers, storage: str | None) -> int:
+    """``study.n_workers`` as an int >= 1; several workers need a storage they share."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise QuantmlInputError(f"study.n_workers={n_workers!r}: give a whole number of processes >= 1")
+    if n_workers > 1 and is_memory(storage):
+        raise QuantmlInputError(
+            f"study.n_workers={n_workers} with study.storage={storage}: worker processes need a storage they "
+            "share, not memory; give study.storage=sqlite:///optuna.db (the workers wait on its lock) or "
+            "study.storage=journal:///path/tune.log"
+        )
+    return n_workers
+
+
+def worker_shares(n_trials: int, n_workers: int) -> list[int]:
+    """Trials per worker: ``n_trials`` split as evenly as possible, the first workers one more."""
+    base, extra = divmod(int(n_trials), int(n_workers))
+    return [base + (1 if i < extra else 0) for i in range(int(n_workers))]
+
+
+def optimize_in_workers(
+    optuna_study: optuna.Study,
+    study: ThresholdStudy,
+    storage: str,
+    n_trials: int,
+    n_workers: int,
+    n_jobs: int,
+    timeout: float | None,
+    seed: int,
+    n_startup_trials: int,
+) -> None:
+    """Optimize ``optuna_study`` in ``n_workers`` processes: this one (worker 0, sampler seed
+    ``seed``) and ``n_workers - 1`` started ones (worker ``i``: seed ``seed + i``), each running its
+    share of ``n_trials`` (:func:`worker_shares`) on the shared ``storage``. The workers are fresh
+    interpreters (``python -c``, the study's inputs pickled to a temporary file), so nothing of this
+    process (threads, DB connections, an unguarded ``__main__``) is forked or re-run. Raises when a
+    worker failed (after the others end)."""
+    import pickle
+    import subprocess
+    import sys
+
+    shares = worker_shares(n_trials, n_workers)
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="quantml-tune-") as tmp:
+        try:
+            for i, share in enumerate(shares[1:], start=1):
+                if share == 0:
+                    continue
+                job = {
+                    "source": study.source,
+                    "settings": study.settings,
+                    "allocator": study.allocator,
+                    "costs": study.costs,
+                    "periods_per_year": study.periods_per_year,
+                    "storage": storage,
+                    "study_name": optuna_study.study_name,
+                    "n_trials": share,
+                    "n_jobs": n_jobs,
+                    "timeout": timeout,
+                    "seed": seed + i,
+                    "n_startup_trials": n_startup_trials,
+                }
+                path = Path(tmp) / f"worker-{i}.pkl"
+                path.write_bytes(pickle.dumps(job))
+                code = f"from quantml.tuning.run import tune_worker; tune_worker({str(path)!r})"
+                procs.append((i, subprocess.Popen([sys.executable, "-c", code])))
+            log.info("study %s: %d worker processes, trials per worker %s", optuna_study.study_name, n_workers, shares)
+            if shares[0]:  # the study was created with this process's sampler, seed ``seed``
+                optuna_study.optimize(study.objective, n_trials=shares[0], n_jobs=n_jobs, timeout=timeout)
+        except BaseException:
+            for _, proc in procs:
+                proc.kill()
+            raise
+        finally:
+            for _, proc in procs:
+                proc.wait()
+    failed = [f"worker {i} (exit code {proc.returncode})" for i, proc in procs if proc.returncode != 0]
+    if failed:
+        raise RuntimeError(f"study {optuna_study.study_name}: {', '.join(failed)} failed; its traceback is above")
+
+
+def tune_worker(job_file: str) -> None:
+    """One started worker of :func:`optimize_in_workers`: its share of the trials on the shared
+    study, from the pickled inputs in ``job_file``."""
+    import pickle
+
+    job = pickle.loads(Path(job_file).read_bytes())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = ThresholdStudy(job["source"], job["settings"], job["allocator"], job["costs"], job["periods_per_year"])
+    optuna_study = optuna.load_study(
+        study_name=job["study_name"],
+        storage=make_storage(job["storage"]),
+        sampler=make_sampler(job["seed"], job["n_startup_trials"]),
+    )
+    optuna_study.optimize(
+        study.objective, n_trials=int(job["n_trials"]), n_jobs=int(job["n_jobs"]), timeout=job["timeout"]
+    )
 
 
 def book_notes(study: ThresholdStudy) -> list[str]:
@@ -219,6 +336,7 @@ def _log_child_run(
     storage: str | None,
     seed: int,
     worker: int,
+    n_workers: int = 1,
 ) -> str:
     """The study as a ``quantml.kind=tune`` child run of its source run, through the run writer."""
     source = study.source
@@ -249,6 +367,7 @@ def _log_child_run(
                 "market_calendar": "yes" if study.source.market is not None else "no",
                 "seed": seed,
                 "worker": worker,
+                "n_workers": n_workers,
                 **{f"cost.{k}": v for k, v in study.costs.to_dict().items()},
                 **{f"best.{k}": v for k, v in optuna_study.best_params.items()},
             }
