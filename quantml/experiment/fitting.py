@@ -14,8 +14,11 @@ never on rows a model was fitted on.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +28,7 @@ from omegaconf import DictConfig
 from quantml.contracts import QuantmlInputError
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
 from quantml.experiment.prepare import REALISED, PreparedData
+from quantml.experiment.resume import run_identity
 from quantml.models.base import Forecaster, SampleSet, scaled_median_capacity
 from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
 from quantml.validation.purging import parse_embargo, to_ns
@@ -32,13 +36,25 @@ from quantml.validation.purging import parse_embargo, to_ns
 # share of the inner validation slice's timestamps (the latest ones) kept for calibration
 CALIBRATION_SHARE = 0.5
 _ROW = "_crossfit_row"
+# where sequence backbones checkpoint a job's fits: $QUANTML_CHECKPOINT_DIR, else <tmp>/quantml-checkpoints
+CHECKPOINT_DIR_ENV = "QUANTML_CHECKPOINT_DIR"
 
 
 def build_model(cfg: DictConfig, horizons: list[str]) -> Forecaster:
     try:
-        return instantiate(cfg.backbone, horizons=horizons, seed=int(cfg.seed))
+        model = instantiate(cfg.backbone, horizons=horizons, seed=int(cfg.seed))
     except Exception as exc:
         raise QuantmlInputError(f"could not build backbone={cfg.backbone.get('_target_')}: {exc}") from exc
+    if hasattr(model, "checkpoint_in"):  # sequence backbones: resumable fits (docs/backbones.md)
+        model.checkpoint_in(job_checkpoint_dir(cfg), resume=bool(cfg.get("resume", False)))
+    return model
+
+
+def job_checkpoint_dir(cfg: DictConfig) -> Path:
+    """The folder a job's fits checkpoint in: ``<$QUANTML_CHECKPOINT_DIR or <tmp>/quantml-checkpoints>/
+    <run identity>``, the same for a rerun of the same job (a new Hydra output folder would not be)."""
+    root = os.environ.get(CHECKPOINT_DIR_ENV) or os.path.join(tempfile.gettempdir(), "quantml-checkpoints")
+    return Path(root) / run_identity(cfg)
 
 
 def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame) -> pd.DataFrame:

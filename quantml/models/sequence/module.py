@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,7 +70,8 @@ class SequenceModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = multi_horizon_loss(self.net(batch), batch, self.weights, spread=True)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]))
+        # DDP: the epoch mean over every rank's share (a no-op on one device)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -82,13 +84,21 @@ class SequenceModule(pl.LightningModule):
 
 class KeepBestState(pl.Callback):
     """Keeps an in-memory copy of the net's weights at the best ``val_loss`` (no files),
-    and the per-epoch loss history for the loss-curve figure."""
+    and the per-epoch loss history for the loss-curve figure.
 
-    def __init__(self) -> None:
+    Its state travels in Lightning checkpoints (``state_dict``), so a resumed fit restores the
+    best weights and the history of the epochs before the interruption. ``export_path``: rank 0
+    writes that state (and the step count) there when the fit ends, for the launching process
+    of a DDP fit, whose own copy of this callback never trained.
+    """
+
+    def __init__(self, export_path: str | None = None) -> None:
         self.best_score = float("inf")
         self.best_state: dict | None = None
         self.best_epoch = -1
         self.history: list[dict] = []
+        self.global_step = 0
+        self.export_path = export_path
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: SequenceModule) -> None:
         if trainer.sanity_checking:
@@ -110,3 +120,49 @@ class KeepBestState(pl.Callback):
                 "val_loss": float(m["val_loss"]) if "val_loss" in m else float("nan"),
             }
         )
+
+    def on_fit_end(self, trainer: pl.Trainer, module: SequenceModule) -> None:
+        self.global_step = int(trainer.global_step)
+        if self.export_path is not None and trainer.global_rank == 0:
+            torch.save(self.state_dict(), self.export_path)
+
+    def state_dict(self) -> dict:
+        return {
+            "best_score": self.best_score,
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "history": list(self.history),
+            "global_step": self.global_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score, self.best_state = float(state["best_score"]), state["best_state"]
+        self.best_epoch, self.history = int(state["best_epoch"]), list(state["history"])
+        self.global_step = int(state.get("global_step", 0))
+
+
+class RandomState(pl.Callback):
+    """Saves the random streams training draws on (torch's, for dropout; the data set's numpy
+    generator, for symbol dropout) in each checkpoint and restores them on resume, so a fit
+    resumed from a checkpoint draws what an uninterrupted fit would have drawn.
+
+    Under DDP each rank draws its symbol dropout from its own stream (``seed``, rank)."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            self.dataset.rng = np.random.default_rng([self.seed, trainer.global_rank])
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "numpy": self.dataset.rng.bit_generator.state}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        self.dataset.rng.bit_generator.state = state["numpy"]
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -8,22 +8,26 @@ ablation, horizon and validation method works unchanged for every backbone.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
 from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, SampleSet
 from quantml.models.sequence.heads import LossWeights
-from quantml.models.sequence.module import KeepBestState, SequenceModule, SequenceNet
+from quantml.models.sequence.module import KeepBestState, RandomState, SequenceModule, SequenceNet
 from quantml.models.sequence.windows import (
     ChunkedBatchSampler,
     SymbolNormalizer,
@@ -33,6 +37,22 @@ from quantml.models.sequence.windows import (
 )
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
+STRATEGIES = ("auto", "ddp")
+START_METHODS = ("spawn", "fork")
+CHECKPOINT_FILE = "last.ckpt"  # the one checkpoint a fit keeps (overwritten every checkpoint_every_n_epochs)
+_QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*number of training batches.*",
+    ".*GPU available but not used.*",
+    ".*LeafSpec.*",
+    ".*have no `val_dataloader`.*",
+    ".*Checkpoint directory .* exists and is not empty.*",
+    ".*sync_dist=True.*",
+    ".*is smaller than the logging interval.*",
+    ".*Grad strides do not match bucket view strides.*",  # DDP: a performance note on small nets
+)
+
+log = logging.getLogger(__name__)
 
 
 class SequenceForecaster(Forecaster):
@@ -56,6 +76,17 @@ class SequenceForecaster(Forecaster):
     num_threads : torch CPU threads during fit/predict (``None`` = min(torch default, cores)).
     accelerator : ``auto`` (GPU with bf16 autocast when CUDA is available, else CPU fp32),
         ``cpu`` or ``gpu``.
+    devices, strategy : processes that train together. ``devices=1`` (default): one process.
+        ``devices=N`` with ``strategy=ddp`` (``auto`` means ddp when ``devices > 1``): Lightning
+        DDP over N processes (CPU: process group ``gloo``; GPU: ``nccl``), each on a
+        ``batch_size / N`` share of the same global batch (``batch_size`` must divide by N); only
+        rank 0 logs or writes; the fitted weights are rank 0's (identical on every rank).
+    ddp_start_method : how the DDP ranks start: ``spawn`` (default: fresh interpreters, nothing
+        inherited from this process's threads; each imports torch and Lightning, seconds to
+        tens of seconds) or ``fork`` (starts at once; CPU only; it inherits the state of the
+        job's other threads, e.g. the MLflow lease, at the moment of the fork).
+    checkpoint_every_n_epochs : with a checkpoint folder (:meth:`checkpoint_in`), a Lightning
+        checkpoint of the fit every this many epochs (0 = none); see :meth:`checkpoint_in`.
     """
 
     def __init__(
@@ -87,6 +118,10 @@ class SequenceForecaster(Forecaster):
         num_threads: int | None = None,
         accelerator: str = "auto",
         predict_batch_size: int = 2048,
+        devices: int = 1,
+        strategy: str = "auto",
+        ddp_start_method: str = "spawn",
+        checkpoint_every_n_epochs: int = 1,
     ) -> None:
         super().__init__(horizons, seed)
         for name, value in (
@@ -117,6 +152,26 @@ class SequenceForecaster(Forecaster):
             raise QuantmlInputError(f"backbone.lr must be > 0, got {lr}; use e.g. 1e-3")
         if accelerator not in ("auto", "cpu", "gpu"):
             raise QuantmlInputError(f"backbone.accelerator must be auto, cpu or gpu, got {accelerator!r}")
+        if int(devices) < 1:
+            raise QuantmlInputError(f"backbone.devices must be >= 1, got {devices}; 1 = one process, 2+ = DDP")
+        if strategy not in STRATEGIES:
+            raise QuantmlInputError(
+                f"backbone.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}; "
+                "use strategy=ddp with devices=2 or more"
+            )
+        if ddp_start_method not in START_METHODS:
+            raise QuantmlInputError(
+                f"backbone.ddp_start_method must be spawn or fork, got {ddp_start_method!r}; spawn is the safe default"
+            )
+        if int(batch_size) % int(devices):
+            raise QuantmlInputError(
+                f"backbone.batch_size={batch_size} does not divide by backbone.devices={devices}: each process "
+                f"trains on batch_size / devices rows of the global batch; set batch_size to a multiple of {devices}"
+            )
+        if int(checkpoint_every_n_epochs) < 0:
+            raise QuantmlInputError(
+                f"backbone.checkpoint_every_n_epochs must be >= 0, got {checkpoint_every_n_epochs}; 0 = no checkpoints"
+            )
         self.lookback, self.hidden_size, self.dropout = int(lookback), int(hidden_size), float(dropout)
         self.symbol_dim, self.symbol_dropout = int(symbol_dim), float(symbol_dropout)
         self.batch_size, self.lr, self.weight_decay = int(batch_size), float(lr), float(weight_decay)
@@ -130,6 +185,25 @@ class SequenceForecaster(Forecaster):
         )
         self.clip_features, self.num_threads = float(clip_features), num_threads
         self.accelerator, self.predict_batch_size = accelerator, int(predict_batch_size)
+        self.devices, self.strategy, self.ddp_start_method = int(devices), str(strategy), str(ddp_start_method)
+        self.checkpoint_every_n_epochs = int(checkpoint_every_n_epochs)
+        self.checkpoint_root: str | None = None  # set by checkpoint_in()
+        self.resume_checkpoints = False
+
+    def checkpoint_in(self, directory: str | os.PathLike | None, resume: bool = False) -> SequenceForecaster:
+        """Checkpoint every later :meth:`fit` under ``directory`` (``None``: no checkpoints).
+
+        Each fit gets its own folder, ``<directory>/fit-<hash>`` (a hash of its training and
+        early-stopping rows and hyper-parameters, so the same fit of a rerun finds it again),
+        holding ``last.ckpt``: Lightning's checkpoint (weights, optimiser, loop and callback
+        state, random streams) every ``checkpoint_every_n_epochs`` epochs. The folder is removed
+        when the fit finishes. ``resume=True``: a fit whose folder holds a readable ``last.ckpt``
+        resumes from it (logged: ``resuming ... from checkpoint ...``); otherwise a left-over folder
+        is removed and the fit starts over. Copies (:meth:`with_capacity`) keep this setting.
+        Returns ``self``."""
+        self.checkpoint_root = None if directory is None else str(directory)
+        self.resume_checkpoints = bool(resume)
+        return self
 
     # ---- what a backbone supplies -------------------------------------------------------
     def _build_encoder(self, n_inputs: int) -> torch.nn.Module:
@@ -153,7 +227,7 @@ class SequenceForecaster(Forecaster):
         ``{"epochs": best epoch + 1}``. With a fixed capacity (:meth:`with_capacity`) it trains
         ``capacity["epochs"]`` epochs (``max_steps`` still caps it) and ignores ``valid``."""
         import lightning.pytorch as pl
-        from lightning.pytorch.callbacks import EarlyStopping
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
         data = train.data
         self._check_panel(data)
@@ -196,14 +270,15 @@ class SequenceForecaster(Forecaster):
             )
             sampler = ChunkedBatchSampler(
                 len(rows),
-                self.batch_size,
+                self.batch_size,  # the global batch: under DDP each rank yields its share of it
                 self.batch_chunk,
                 torch.Generator().manual_seed(self.seed),
                 drop_last=len(rows) >= 2 * self.batch_size,
+                world_size=self.devices,
             )
             train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
             keeper = KeepBestState()
-            callbacks = [keeper]
+            callbacks = [keeper, RandomState(train_ds, self.seed)]
             val_dl = None
             if valid_rows is not None:
                 val_ds = WindowDataset(valid.data, valid_rows, self.lookback, self.normalizer_, self.scaler_)
@@ -216,10 +291,29 @@ class SequenceForecaster(Forecaster):
                 )
                 callbacks.append(EarlyStopping(monitor="val_loss", patience=self.patience, mode="min"))
             gpu = self.accelerator == "gpu" or (self.accelerator == "auto" and torch.cuda.is_available())
+            ckpt_dir = self._checkpoint_dir(rows, valid_rows, max_epochs)
+            resume_from = self._resume_point(ckpt_dir)
+            if ckpt_dir is not None:
+                callbacks.append(
+                    ModelCheckpoint(
+                        dirpath=str(ckpt_dir),
+                        filename=Path(CHECKPOINT_FILE).stem,
+                        monitor=None,
+                        save_top_k=1,
+                        every_n_epochs=self.checkpoint_every_n_epochs,
+                        save_on_train_epoch_end=True,
+                        enable_version_counter=False,
+                    )
+                )
+            distributed = self.devices > 1 or self.strategy == "ddp"
             with tempfile.TemporaryDirectory(prefix="quantml-seq-") as root:
+                if distributed:  # the spawned ranks' copy of the keeper trained, not this one
+                    keeper.export_path = os.path.join(root, "keeper.pt")
                 trainer = pl.Trainer(
                     accelerator="gpu" if gpu else "cpu",
-                    devices=1,
+                    devices=self.devices,
+                    strategy=self._lightning_strategy(gpu) if distributed else "auto",
+                    use_distributed_sampler=False,  # ChunkedBatchSampler shards the global batch itself
                     precision="bf16-mixed" if gpu else "32-true",
                     max_epochs=max_epochs,
                     max_steps=-1 if self.max_steps is None else int(self.max_steps),
@@ -227,7 +321,7 @@ class SequenceForecaster(Forecaster):
                     limit_val_batches=1.0 if self.limit_val_batches is None else self.limit_val_batches,
                     gradient_clip_val=self.grad_clip,
                     logger=False,
-                    enable_checkpointing=False,
+                    enable_checkpointing=ckpt_dir is not None,
                     enable_progress_bar=_show_progress(),
                     enable_model_summary=False,
                     num_sanity_val_steps=0,
@@ -235,14 +329,19 @@ class SequenceForecaster(Forecaster):
                     default_root_dir=root,
                     deterministic=False,
                 )
-                trainer.fit(module, train_dl, val_dl)
+                # weights_only: a checkpoint holds tensors and plain values, never code to unpickle
+                trainer.fit(module, train_dl, val_dl, ckpt_path=resume_from, weights_only=True)
+                if distributed:
+                    keeper.load_state_dict(torch.load(keeper.export_path, map_location="cpu", weights_only=True))
+            if ckpt_dir is not None:  # the fit finished: its checkpoints go
+                _remove_checkpoints(ckpt_dir)
             net = module.net.cpu().float()
             if keeper.best_state is not None:
                 net.load_state_dict(keeper.best_state)
             net.eval()
             self.net_ = net
             self.history_ = keeper.history
-            self.n_steps_ = int(trainer.global_step)
+            self.n_steps_ = int(keeper.global_step)
             self.best_epoch_ = keeper.best_epoch
             # epochs to the restored best state; without validation, every epoch that ran
             epochs = keeper.best_epoch + 1 if keeper.best_state is not None else len(keeper.history)
@@ -290,6 +389,48 @@ class SequenceForecaster(Forecaster):
         return {f"{self._figure_prefix()}_loss_curve.png": fig}
 
     # ---- helpers ------------------------------------------------------------------------
+    def _lightning_strategy(self, gpu: bool):
+        """DDP over ``devices`` processes started by ``ddp_start_method`` (Lightning's plain
+        ``strategy="ddp"`` re-runs the script for each rank, which cannot work under Hydra or pytest)."""
+        return QuietDDPStrategy(
+            num_threads=self.num_threads,
+            process_group_backend="nccl" if gpu else "gloo",
+            start_method=self.ddp_start_method,
+        )
+
+    def _checkpoint_dir(self, rows: np.ndarray, valid_rows: np.ndarray | None, max_epochs: int) -> Path | None:
+        """This fit's checkpoint folder (:meth:`checkpoint_in`), or None without checkpoints."""
+        root = getattr(self, "checkpoint_root", None)
+        if root is None or self.checkpoint_every_n_epochs < 1:
+            return None
+        skip = {"checkpoint_root", "resume_checkpoints", "num_threads", "predict_batch_size"}
+        params = sorted((k, repr(v)) for k, v in self.__dict__.items() if not k.endswith("_") and k not in skip)
+        digest = hashlib.sha256(repr((type(self).__name__, params, max_epochs)).encode())
+        digest.update(np.sort(np.asarray(rows, dtype=np.int64)).tobytes())
+        digest.update(b"|" + (b"-" if valid_rows is None else np.asarray(valid_rows, dtype=np.int64).tobytes()))
+        return Path(root) / f"fit-{digest.hexdigest()[:16]}"
+
+    def _resume_point(self, ckpt_dir: Path | None) -> str | None:
+        """The checkpoint to resume from (``resume`` and a readable one), else None; a left-over
+        folder that is not resumed from is removed, so the fit starts over."""
+        if ckpt_dir is None:
+            return None
+        last = ckpt_dir / CHECKPOINT_FILE
+        if getattr(self, "resume_checkpoints", False) and last.is_file():
+            try:
+                epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+            except Exception as exc:  # noqa: BLE001 - e.g. cut short by the kill that interrupted the fit
+                log.warning("%s: checkpoint %s is unreadable (%s): training starts over", self._name(), last, exc)
+            else:
+                log.info("%s: resuming training from checkpoint %s (after epoch %d)", self._name(), last, epoch + 1)
+                return str(last)
+        if ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return None
+
+    def _name(self) -> str:
+        return type(self).__name__
+
     def _figure_prefix(self) -> str:
         return type(self).__name__.replace("Forecaster", "").lower()
 
@@ -341,6 +482,8 @@ class SequenceForecaster(Forecaster):
     # ---- pickling: weights + hyper-parameters, never the Lightning objects ------------
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state.pop("checkpoint_root", None)  # where this host checkpointed its fits: not part of the model
+        state.pop("resume_checkpoints", None)
         net = state.pop("net_", None)
         if net is not None:
             state["net_state_"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -377,12 +520,54 @@ def _quiet_lightning():
         lg.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")
+            _filter_warnings()
             yield
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
+
+
+def _filter_warnings() -> None:
+    for message in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _quiet_process() -> None:
+    """In a DDP rank (for its whole life): Lightning's loggers at WARNING, its advice filtered."""
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _filter_warnings()
+
+
+def _remove_checkpoints(ckpt_dir: Path) -> None:
+    """Remove a finished fit's checkpoint folder, and its parent when nothing else is left there."""
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    try:
+        ckpt_dir.parent.rmdir()  # only when empty: another fit of the job may still checkpoint there
+    except OSError:
+        pass
+
+
+class QuietDDPStrategy(DDPStrategy):
+    """Lightning DDP whose spawned ranks run on ``num_threads`` torch threads with Lightning's
+    banners silenced; every rank but 0 prints and logs nothing."""
+
+    def __init__(self, num_threads: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.quantml_threads = num_threads
+
+    def __setstate__(self, state: dict) -> None:  # a spawned rank unpickles this first: quiet from the start
+        super().__setstate__(state)
+        _quiet_process()
+
+    def setup_environment(self) -> None:  # runs in each rank, before the process group
+        _quiet_process()
+        if self.global_rank > 0:
+            logging.disable(logging.CRITICAL)
+            warnings.simplefilter("ignore")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the rank
+        # a forked rank never runs more than one torch thread unless told (OpenMP after fork)
+        threads = self.quantml_threads or (1 if self._start_method == "fork" else None)
+        if threads:
+            torch.set_num_threads(int(threads))
+        super().setup_environment()

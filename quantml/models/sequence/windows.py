@@ -199,27 +199,100 @@ class ChunkedBatchSampler(Sampler):
     """Shuffled batches made of ``chunk`` consecutive positions each (``chunk=1``: plain
     shuffling). Neighbouring rows have overlapping windows, so a chunked batch has far fewer
     distinct steps (``xu``) than ``batch_size * lookback``. Chunk boundaries move by a random
-    offset each epoch; ``generator`` makes the order repeatable."""
+    offset each epoch; ``generator`` makes the order repeatable.
 
-    def __init__(self, n: int, batch_size: int, chunk: int, generator: torch.Generator, drop_last: bool) -> None:
+    ``set_epoch(e)`` (Lightning calls it through :attr:`sampler` at every epoch start) makes the
+    order a function of the generator's seed and ``e`` alone, so training resumed from a
+    checkpoint at epoch ``e`` sees the batches an uninterrupted run would; before any
+    ``set_epoch`` each pass draws on from ``generator``.
+
+    ``world_size > 1`` (DDP): every rank draws the same global batches of ``batch_size`` and
+    yields its own contiguous share (``batch_size / world_size`` rows; the process group's rank,
+    else ``rank``), so the global batch, and the order, equal one process's. A last partial batch
+    smaller than ``world_size`` is dropped so that every rank yields the same number of batches.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        chunk: int,
+        generator: torch.Generator,
+        drop_last: bool,
+        world_size: int = 1,
+        rank: int | None = None,
+    ) -> None:
         self.n, self.batch_size, self.chunk = n, batch_size, max(1, min(int(chunk), batch_size))
         self.generator, self.drop_last = generator, drop_last
+        self.world_size, self.rank = max(1, int(world_size)), rank
+        self.epoch: int | None = None
+        self.sampler = _EpochClock(self)  # what Lightning's per-epoch ``set_epoch`` call reaches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # a torch.Generator does not cross torch.multiprocessing's shared-memory pickling (DDP spawn)
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        g = state.pop("generator")
+        state["generator_state"] = (g.initial_seed(), g.get_state().numpy().copy())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        seed, rng_state = state.pop("generator_state")
+        self.__dict__.update(state)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.generator.set_state(torch.from_numpy(rng_state))
+
+    def _n_global(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        if rest and not self.drop_last and rest >= self.world_size:
+            return full + 1
+        return full
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return self._n_global()
+
+    def _rank(self) -> int:
+        if self.world_size == 1:
+            return 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return int(torch.distributed.get_rank())
+        return int(self.rank or 0)
 
     def __iter__(self):
-        if self.chunk == 1:
-            order = torch.randperm(self.n, generator=self.generator).numpy()
+        # a generator: the order is drawn at the first batch, after Lightning's set_epoch
+        if self.epoch is None:
+            generator = self.generator
         else:
-            offset = int(torch.randint(self.chunk, (1,), generator=self.generator))
+            seed = np.random.SeedSequence([self.generator.initial_seed(), self.epoch]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(seed))
+        if self.chunk == 1:
+            order = torch.randperm(self.n, generator=generator).numpy()
+        else:
+            offset = int(torch.randint(self.chunk, (1,), generator=generator))
             bounds = np.unique(np.r_[0, np.arange(offset, self.n, self.chunk), self.n])
-            perm = torch.randperm(len(bounds) - 1, generator=self.generator).numpy()
+            perm = torch.randperm(len(bounds) - 1, generator=generator).numpy()
             lengths = np.diff(bounds)[perm]
             starts = bounds[:-1][perm]
             order = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
+        rank = self._rank()
         for b in range(len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.world_size > 1:
+                batch = np.array_split(batch, self.world_size)[rank]
+            yield batch.tolist()
+
+
+class _EpochClock:
+    """``batch_sampler.sampler`` of a loader over a :class:`ChunkedBatchSampler`: Lightning calls
+    ``set_epoch`` on it at each epoch start (``lightning.fabric.utilities.data._set_sampler_epoch``)."""
+
+    def __init__(self, owner: ChunkedBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
 
 
 def identity_collate(batch: dict) -> dict:
