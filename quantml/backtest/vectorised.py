@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from quantml.contracts.time import periods_for
 from quantml.market.execution import CostModel, execute, participation_rate
 from quantml.market.performance import compounded_drawdown, information_ratio, performance_stats
 from quantml.portfolio.allocator import AllocatorConfig
@@ -145,7 +146,10 @@ def backtest(
     ``ret_next_bar`` is aligned to ``positions``. ``attribution [T, N, H]`` (optional, with
     ``horizons``) adds per-horizon PnL; ``benchmark [T]`` adds a ``benchmark`` bar column and
     the ``information_ratio``; ``half_spread [T, N]`` (NaN: unknown) prices trades at the quoted
-    spread instead of the constant ``slippage_bps``.
+    spread instead of the constant ``slippage_bps``. ``periods_per_year``: a float, or a
+    mixed-calendar panel's :class:`~quantml.contracts.time.PeriodsPerYear`, resolved for the book's
+    ``symbols`` (:func:`~quantml.contracts.time.periods_for`: one symbol or one calendar annualises
+    with its own bars per year, several calendars with the union calendar's).
     """
     if isinstance(positions, pd.DataFrame):
         timestamps = positions.index if timestamps is None else timestamps
@@ -156,6 +160,8 @@ def backtest(
     ret = np.asarray(ret_next_bar, dtype=np.float64)
     pos = np.asarray(positions, dtype=np.float64)
     T = len(pos)
+    # a mixed-calendar panel's PeriodsPerYear: the book's symbols' own (one calendar) or the union's
+    periods_per_year = periods_for(periods_per_year, symbols) if symbols is not None else float(periods_per_year)
     timestamps = pd.RangeIndex(T) if timestamps is None else pd.Index(timestamps, name="timestamp")
     symbols = list(range(pos.shape[1])) if symbols is None else list(symbols)
     ex = execute(pos, ret, costs, volume=volume, capital=capital, half_spread=half_spread)

@@ -145,6 +145,20 @@ def check_train_settings(cfg) -> None:
                 f"data.periods_per_year={_show(periods)} must be a positive number (252 for daily equity bars, "
                 "8760 for hourly crypto) or null to infer it from the bars"
             )
+        calendars = _select(cfg, "data.calendars")
+        if calendars is not None and not isinstance(calendars, str):
+            from omegaconf import DictConfig, OmegaConf
+
+            plain = OmegaConf.to_container(calendars, resolve=True) if isinstance(calendars, DictConfig) else calendars
+            if not isinstance(plain, Mapping) or not all(v is None or isinstance(v, str) for v in plain.values()):
+                raise QuantmlInputError(
+                    f"data.calendars={_show(plain)} must be null (inferred from the bars), one calendar code for "
+                    "every symbol (data.calendars=24/7) or a mapping symbol -> code, e.g. "
+                    "data.calendars='{BTC: 24/7, default: XNYS}'"
+                )
+        max_gap = _select(cfg, "data.max_gap")
+        if max_gap is not None:
+            parse_duration(max_gap, "data.max_gap")
     if "validation" in cfg:
         blocks = _select(cfg, "validation.train_blocks")
         if blocks is not None and (not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1):

@@ -218,6 +218,7 @@ STACK_GATE_FIGURE = "stack/gate_weights.png"
 # -- appended: the served stack and its lockbox (quantml stack serve=true holdout=true) ----------------
 STACK_FINAL_ARTIFACT = "stack/final.json"  # per candidate and horizon: the final combiner's fit (development rows)
 STACK_HOLDOUT_COMPARISON_CSV = "stack/holdout_comparison.csv"  # stack vs baselines vs each final model, lockbox
+STACK_HOLDOUT_VERDICT_CSV = "stack/holdout_verdict.csv"  # per horizon and baseline: lockbox rank IC gain, t, verdict
 STACK_SCALE_CHECK_CSV = "stack/scale_check.csv"  # per expert/horizon: lockbox vs development forecast spread
 # run kinds whose `model` the registry registers, gates, promotes and serves
 REGISTRABLE_KINDS = (KIND_PARENT, KIND_STACK)

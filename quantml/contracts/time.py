@@ -320,3 +320,98 @@ def bars_missing(timestamps, symbols=None, min_share: float = 0.75) -> np.ndarra
     out = np.empty_like(out_sorted)
     out[order] = out_sorted
     return out
+
+
+# ---------------------------------------------------------------------------- annualisation
+class PeriodsPerYear(float):
+    """Bars per year of a panel whose symbols keep **different calendars** (hourly crypto around the
+    clock beside hourly equities): the float itself is the **union calendar's** (the sorted union
+    of every symbol's timestamps: the bars a book over all symbols runs on, where a closed market
+    is a flat bar), and ``by_symbol`` each symbol's own bars per year (its declared schedule's or
+    its observed bars'). Everything that takes a float takes it; :func:`periods_for` picks the
+    figure of the symbols a statistic covers (one symbol or one calendar: theirs; else the union's).
+    A single-calendar panel's periods per year stays a plain float, :func:`periods_per_year`."""
+
+    by_symbol: dict[str, float]
+    calendar_of: dict[str, str]
+
+    def __new__(cls, union: float, by_symbol: dict, calendar_of: dict | None = None):
+        obj = super().__new__(cls, float(union))
+        obj.by_symbol = {str(k): float(v) for k, v in dict(by_symbol).items()}
+        obj.calendar_of = {str(k): str(v) for k, v in dict(calendar_of or {}).items()}
+        return obj
+
+    def __reduce__(self):
+        return (PeriodsPerYear, (float(self), self.by_symbol, self.calendar_of))
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+    __str__ = __repr__
+
+    def for_symbols(self, symbols) -> float:
+        """The symbols' own bars per year when they share one calendar, else the union's."""
+        syms = {str(s) for s in symbols}
+        if not syms or not syms <= set(self.by_symbol):
+            return float(self)
+        if len(syms) == 1:
+            return self.by_symbol[next(iter(syms))]
+        kinds = {self.calendar_of.get(s, s) for s in syms}
+        if len(kinds) == 1:
+            return float(np.mean([self.by_symbol[s] for s in syms]))
+        return float(self)
+
+
+def periods_for(periods_per_year, symbols) -> float:
+    """The bars per year that annualise a statistic over ``symbols``: ``periods_per_year`` itself
+    (a plain float: one calendar), or :meth:`PeriodsPerYear.for_symbols` on a mixed panel."""
+    if isinstance(periods_per_year, PeriodsPerYear):
+        return periods_per_year.for_symbols(symbols)
+    return float(periods_per_year)
+
+
+def union_periods_per_year(timestamps) -> float:
+    """Bars per year of the union calendar: ``(unique timestamps - 1)`` over the time they span."""
+    ts = np.unique(_int64_ns(timestamps))
+    return periods_per_year(ts)
+
+
+def _calendar_key(cal: Calendar) -> tuple:
+    return (cal.step.value, round(cal.bars_per_week / max(cal.bars_per_day, 1e-9), 1), round(cal.bars_per_day))
+
+
+def panel_periods_per_year(panel: pd.DataFrame, declared: dict[str, str] | None = None):
+    """The panel's bars per year for every statistic: a plain float when every symbol keeps the same
+    calendar (:func:`periods_per_year` of the panel, the observed bars, unchanged; with every
+    symbol declared on one exchange: the schedule's bars per year), else a
+    :class:`PeriodsPerYear` (the union calendar's, with each symbol's own). Calendars are the same
+    when the declared codes are (a declared and an inferred symbol always differ) or, for inferred
+    ones, the bar step, bars per trading day and trading days per week are (an inferred symbol with
+    under two weeks of bars is taken to match).
+
+    ``declared``: ``symbol -> calendar code`` (``data.calendars``, see
+    :mod:`quantml.contracts.exchange_calendars`); the others are inferred from their bars."""
+    from quantml.contracts.exchange_calendars import declared_periods_per_year
+
+    declared = dict(declared or {})
+    inferred = infer_calendars(panel[[TIMESTAMP, SYMBOL]])
+    ts_all = _int64_ns(panel[TIMESTAMP])
+    syms = panel[SYMBOL].astype(str).to_numpy()
+    own, kind = {}, {}
+    for sym in inferred:
+        rows = syms == sym
+        if sym in declared:
+            own[sym] = declared_periods_per_year(declared[sym], ts_all[rows])
+            kind[sym] = declared[sym]
+        else:
+            t = ts_all[rows]
+            own[sym] = periods_per_year(t)
+            # a history under two weeks cannot show its calendar: it is taken to match the others
+            if len(t) and t.max() - t.min() >= 2 * WEEK.value:
+                kind[sym] = "inferred:" + "/".join(map(str, _calendar_key(inferred[sym])))
+    keys = kind
+    if len(set(keys.values())) <= 1:
+        if declared and all(s in declared for s in own):
+            return float(np.mean(list(own.values())))
+        return periods_per_year(panel)
+    return PeriodsPerYear(union_periods_per_year(ts_all), own, {s: keys.get(s, s) for s in own})

@@ -255,6 +255,75 @@ def _same_schema(files: list[Path], frames: list[pd.DataFrame]) -> None:
             )
 
 
+_PARTITION_DIR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[^/]+$")
+
+
+def is_partitioned(path: str | Path) -> bool:
+    """A directory laid out as a hive-partitioned parquet dataset (``symbol=BTC/year=2024/*.parquet``)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and any(d.is_dir() and _PARTITION_DIR.match(d.name) for d in p.iterdir())
+
+
+def _bound(value, key: str) -> pd.Timestamp:
+    try:
+        bound = pd.Timestamp(str(value))
+    except ValueError:
+        raise QuantmlInputError(f"data.{key}={value!r} is not a date; use e.g. 2005-01-01") from None
+    return bound.tz_localize("UTC") if bound.tzinfo is None else bound.tz_convert("UTC")
+
+
+def load_partitioned(path: str | Path, symbols=None, start=None, end=None) -> pd.DataFrame:
+    """Read a hive-partitioned parquet directory as one pyarrow dataset, reading only the partitions
+    and row groups that ``symbols`` and the ``[start, end]`` timestamps keep (the filters are pushed
+    down: a 10-symbol, 8-year panel asked for one symbol reads one symbol's files). ``symbol`` may
+    be a partition key or a column of the files; other partition keys (``year``) are not panel
+    columns and are dropped. Not yet validated."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    p = Path(path).expanduser()
+    try:
+        dataset = ds.dataset(p, format="parquet", partitioning="hive", exclude_invalid_files=False)
+    except (ArrowException, OSError, ValueError) as exc:
+        raise _unreadable(p, "is not a readable partitioned parquet dataset", exc) from None
+    names = dataset.schema.names
+    for col in (SYMBOL, TIMESTAMP):
+        if col not in names:
+            raise QuantmlInputError(
+                f"partitioned dataset {p} has no {col!r} (neither a partition key like {col}=... nor a column of "
+                f"its files; it has {names}); partition it by symbol=<name>/ or add the column"
+            )
+    expr = None
+    if symbols:
+        wanted = [s.strip() for s in symbols.split(",")] if isinstance(symbols, str) else [str(s) for s in symbols]
+        expr = pc.field(SYMBOL).cast(pa.string()).isin(wanted)
+    ts_type = dataset.schema.field(TIMESTAMP).type
+    if pa.types.is_timestamp(ts_type):
+        for key, value in (("start", start), ("end", end)):
+            if value is None:
+                continue
+            bound = _bound(value, key)
+            if key == "end" and len(str(value).strip()) <= 10:  # a bare date: that whole day
+                bound = bound + pd.Timedelta("1D")
+            if ts_type.tz is None:
+                bound = bound.tz_convert(None)
+            scalar = pa.scalar(bound.to_pydatetime(), type=ts_type)
+            cond = pc.field(TIMESTAMP) >= scalar if key == "start" else pc.field(TIMESTAMP) < scalar
+            expr = cond if expr is None else expr & cond
+    try:
+        table = dataset.to_table(filter=expr)
+    except (ArrowException, OSError, ValueError) as exc:
+        why = "holds a parquet file that cannot be read (corrupt, truncated or another schema)"
+        raise _unreadable(p, why, exc) from None
+    first = next(iter(dataset.get_fragments()), None)
+    in_files = set(first.physical_schema.names) if first is not None else set(names)
+    keys = [n for n in names if n not in in_files and n != SYMBOL]  # partition keys that are no panel column
+    df = table.drop_columns(keys).to_pandas() if keys else table.to_pandas()
+    df[SYMBOL] = df[SYMBOL].astype(str)
+    return df.sort_values([SYMBOL, TIMESTAMP], kind="stable").reset_index(drop=True)
+
+
 def load_files(path: str | Path) -> pd.DataFrame:
     """Read and concatenate a panel file or a directory of them (not yet validated)."""
     files = list_panel_files(path)
@@ -281,11 +350,7 @@ def _filter(df: pd.DataFrame, cfg: Mapping) -> pd.DataFrame:
         value = _get(cfg, key)
         if value is None:
             continue
-        try:
-            bound = pd.Timestamp(str(value))
-        except ValueError:
-            raise QuantmlInputError(f"data.{key}={value!r} is not a date; use e.g. 2005-01-01") from None
-        bound = bound.tz_localize("UTC") if bound.tzinfo is None else bound.tz_convert("UTC")
+        bound = _bound(value, key)
         if key == "end" and len(str(value).strip()) <= 10:  # a bare date: include that whole day
             bound, op = bound + pd.Timedelta("1D"), "lt"
         df = df[getattr(df[TIMESTAMP], op)(bound)]
@@ -301,7 +366,7 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
     """Load and validate the panel described by the ``data`` config group.
 
     ``cfg.source``: ``stocks_daily`` (bundled, adjusted daily equities), ``synthetic``
-    (``freq, n_symbols, n_bars, start, seed``, opt-in ``orderbook``; streams joined as-of with
+    (``freq, n_symbols, n_bars, start, seed``, opt-in ``orderbook`` and ``price_signal``; streams joined as-of with
     ``*_missing`` flags) or ``file`` (``path``: parquet/CSV file or directory). ``symbols``, ``start``,
     ``end`` filter rows. Returns the validated panel (see ``validate_panel``).
     """
@@ -320,6 +385,7 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             seed=int(_get(cfg, "seed", 0)),
             start=str(_get(cfg, "start", "2024-01-01")),
             orderbook=_flag(cfg, "orderbook"),
+            price_signal=_flag(cfg, "price_signal"),
         )
         max_staleness = _get(cfg, "max_staleness")
         df = join_streams(syn.bars, syn.streams, dict(max_staleness) if max_staleness else None)
@@ -329,7 +395,10 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
         path = _get(cfg, "path")
         if not path or path == "???":
             raise QuantmlInputError("data source 'file' needs data.path=<parquet/CSV file or directory>")
-        df = load_files(path)
+        if is_partitioned(path):  # symbol=/year= directories: read only what the filters keep
+            df = load_partitioned(path, _get(cfg, "symbols"), _get(cfg, "start"), _get(cfg, "end"))
+        else:
+            df = load_files(path)
         if TIMESTAMP in df.columns and SYMBOL in df.columns:
             from quantml.data.panel import _to_utc
 

@@ -26,6 +26,17 @@ What is planted (so tests and demos have a small, real, causal signal to find):
   ``K_BOOK`` at any bar size). Its draws come from a generator of their own, so every other
   stream keeps its values; the bars (and the taker stream, tied to returns) differ by the
   planted drift only. ``orderbook=False`` is bit-identical to the generator without the flag.
+* With ``price_signal=True`` (opt-in), a price-based drift too: a short-term cross-sectional
+  reversal. The drift of bar ``t+1`` loads (strength ``K_PRICE`` per unit of time, like the
+  exogenous state's ``K_STATE``) on minus an exponentially weighted sum (half-life
+  ``PRICE_HALF_LIFE``) of the symbol's idiosyncratic return shocks of bars ``<= t``, so its past
+  returns relative to the other symbols' forecast it. The two signals are complementary: the
+  reversal is strong in the turbulent market-wide volatility regime and weak in the calm one, the
+  exogenous drift the other way round (weights ``PRICE_REGIME_WEIGHT`` and ``2 -`` them), so an
+  expert of either kind sees about half of the planted drift. Nothing new is drawn: every stream
+  not tied to returns (and ``sigma``, ``regime``) keeps its values; the bars (and the taker stream)
+  differ by the drift only; ``truth["price_signal"]`` holds the planted reversal term.
+  ``price_signal=False`` is bit-identical to the generator without the flag.
 
 Same arguments -> identical data. 10 symbols x 100k 5m bars take a few seconds.
 """
@@ -52,6 +63,11 @@ K_BOOK = 0.04  # order-book imbalance -> next-bar return (IC per bar, whatever t
 # order-book draws use their own generator, seeded from (seed, this key): the default panel's
 # draws are untouched by the flag
 _ORDERBOOK_KEY = 0x0B00C
+K_PRICE = 0.15  # short-term reversal of past idiosyncratic returns (per unit of time, like K_STATE)
+PRICE_HALF_LIFE = pd.Timedelta("12h")  # memory of the reversal's trailing shocks
+# weight of the reversal in the calm / normal / turbulent market volatility regime; the exogenous
+# drift gets 2 - weight (complementary experts: each sees about half the planted drift)
+PRICE_REGIME_WEIGHT = np.array([0.3, 1.0, 1.7])
 
 
 @dataclass
@@ -230,11 +246,14 @@ def generate_synthetic(
     seed: int = 0,
     start: str = "2024-01-01",
     orderbook: bool = False,
+    price_signal: bool = False,
 ) -> SyntheticData:
     """Generate bars and exogenous streams; see the module docstring for what is planted.
 
     Bars are stamped at their close: ``start + bar, start + 2 bar, ...`` (UTC). ``orderbook``:
     also emit the ``orderbook`` stream (and plant its imbalance effect on next-bar returns).
+    ``price_signal``: also plant a short-term reversal of past returns, complementary to the
+    exogenous drift (see the module docstring).
     """
     bar = _check_args(freq, n_symbols, n_bars)
     rng = np.random.default_rng(seed)
@@ -376,8 +395,16 @@ def generate_synthetic(
     np.add.at(mimp, (mvis[mok], 0), surprise[mok])
     macro_drift = z(_decay(mimp, bars_per(pd.Timedelta("12h"))))
     signal = K_STATE * state + K_EVENT * event_drift + K_MACRO * beta[None, :] * macro_drift
+    if price_signal:  # reversal of the idiosyncratic shocks up to bar t moves bar t+1 (nothing drawn)
+        weight = PRICE_REGIME_WEIGHT[reg_mkt]  # the market's regime: every symbol of a bar alike
+        shocks = z_idio.copy()
+        shocks[0] = 0.0  # the first bar has no return
+        price = -weight * z(_decay(shocks, bars_per(PRICE_HALF_LIFE)))
+        signal = (2.0 - weight) * signal
     drift = np.zeros((T, N))
     drift[1:] = day_scale * sigma[1:] * signal[:-1]
+    if price_signal:
+        drift[1:] += K_PRICE * day_scale * sigma[1:] * price[:-1]
     if orderbook:  # the imbalance seen at bar t (through the stream's gaps) moves bar t+1
         ob_rng = np.random.default_rng([int(seed), _ORDERBOOK_KEY])
         ob_table, ob_truth = _orderbook_state(_Builder(ts, bar, symbols, ob_rng), ob_rng, mult, bars_per)
@@ -425,6 +452,8 @@ def generate_synthetic(
     )
     bars[TIMESTAMP] = bars[TIMESTAMP].astype("datetime64[ns, UTC]")
     truth = {"drift": drift, "sigma": sigma, "regime": reg_sym.astype(np.float64), "signal": signal}
+    if price_signal:
+        truth["price_signal"] = price
     if orderbook:
         streams["orderbook"] = _orderbook_prices(ob_table, close, ob_truth["spread"])
         truth.update(ob_truth)

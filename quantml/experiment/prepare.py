@@ -12,8 +12,15 @@ from omegaconf import DictConfig, OmegaConf
 from quantml.bundle import FeatureContract
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.contracts.config import build
+from quantml.contracts.exchange_calendars import (
+    check_max_gap,
+    declared_calendar,
+    panel_bars_missing,
+    resolve_calendars,
+)
 from quantml.contracts.schema import CORE_COLUMNS
-from quantml.data import data_fingerprint, infer_bar_frequency, load_panel, periods_per_year
+from quantml.contracts.time import infer_calendars, panel_periods_per_year
+from quantml.data import data_fingerprint, infer_bar_frequency, load_panel
 from quantml.features import build_features, event_activity_mask
 from quantml.labels import make_labels
 from quantml.market.execution import panel_half_spread
@@ -83,9 +90,10 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     horizons = list(cfg.horizon.horizons)
     costs = build(cfg.cost, "cost", "quantml.market.CostModel")
     panel = load_panel(cfg.data)
+    declared = declared_calendars(cfg.data, panel)
     drop = list(cfg.ablation.drop_modalities or [])
     feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
-    features = build_features(panel, feature_set, drop)
+    features = build_features(panel, feature_set, drop, declared=declared)
     labels = make_labels(panel, horizons, costs.round_trip)
     if features.frame.shape[1] == 0:
         raise QuantmlInputError(
@@ -124,9 +132,35 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         contract=contract,
         fingerprint=data_fingerprint(panel),
         bar=infer_bar_frequency(panel),
-        periods_per_year=float(cfg.data.get("periods_per_year") or periods_per_year(panel)),
+        periods_per_year=_periods_per_year(cfg.data, panel, declared),
         skipped_blocks=dict(features.skipped),
     )
+
+
+def declared_calendars(cfg_data, panel: pd.DataFrame) -> dict[str, str]:
+    """``data.calendars`` resolved against the panel's symbols (``{symbol: exchange code}``, the
+    inferred symbols left out), after checking every declared symbol's bars against its sessions
+    and every symbol's gaps against ``data.max_gap`` (``QuantmlInputError`` naming the bar)."""
+    spec = cfg_data.get("calendars", None) if cfg_data is not None else None
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    declared = resolve_calendars(spec, pd.unique(panel[SYMBOL].astype(str)))
+    max_gap = cfg_data.get("max_gap", None) if cfg_data is not None else None
+    if max_gap is not None:
+        missing = panel_bars_missing(panel[TIMESTAMP], panel[SYMBOL], declared)
+        calendars = infer_calendars(panel[[TIMESTAMP, SYMBOL]])
+        ts = panel[TIMESTAMP]
+        for sym, code in declared.items():
+            calendars[sym] = declared_calendar(code, ts[panel[SYMBOL].astype(str) == sym])
+        check_max_gap(panel, missing, calendars, max_gap)
+    return declared
+
+
+def _periods_per_year(cfg_data, panel: pd.DataFrame, declared: dict[str, str]):
+    """``data.periods_per_year`` when set, else the panel's (a plain float on one calendar, a
+    :class:`~quantml.contracts.time.PeriodsPerYear` with each symbol's own on mixed calendars)."""
+    given = cfg_data.get("periods_per_year")
+    return float(given) if given else panel_periods_per_year(panel, declared)
 
 
 def reserve_lockbox(prep: PreparedData, lockbox: Lockbox, embargo: pd.Timedelta) -> PreparedData:

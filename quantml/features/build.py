@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, modality_of, parse_duration
+from quantml.contracts.exchange_calendars import declared_calendar, panel_bars_missing
 from quantml.contracts.time import Calendar, bars_missing, infer_calendars
 from quantml.data.panel import ts_int64, unavailable_columns
 from quantml.features.blocks import BLOCKS, Context, Skip
@@ -41,6 +42,9 @@ class FeatureMatrix:
         set, default 5, and more than a trading day of an exchange calendar), one row each:
         symbol, timestamp (the first bar after the gap), previous (the last bar before it),
         bars_missing.
+    window_breaks : bool [n] or None: with ``gaps: {break_windows: true}``, the rows right after a
+        flagged gap, where every window restarts: the rolling features here, and the sequence
+        backbones' look-back windows (``PanelData.breaks``), never reach across the gap.
     """
 
     frame: pd.DataFrame
@@ -54,6 +58,7 @@ class FeatureMatrix:
     calendar: dict[str, dict] = field(default_factory=dict)
     bars_missing: np.ndarray | None = None
     gaps: pd.DataFrame | None = None
+    window_breaks: np.ndarray | None = None
 
     @property
     def names(self) -> list[str]:
@@ -107,19 +112,30 @@ def _blocks_of(cfg: Mapping) -> dict[str, dict]:
 GAP_MIN_MISSING = 5  # a gap that skips at least this many usual bars is flagged
 
 
-def flag_gaps(panel: pd.DataFrame, gap_bars: np.ndarray, min_missing: int = GAP_MIN_MISSING) -> np.ndarray:
+def flag_gaps(
+    panel: pd.DataFrame,
+    gap_bars: np.ndarray,
+    min_missing: int = GAP_MIN_MISSING,
+    declared: Mapping[str, Calendar] | None = None,
+) -> np.ndarray:
     """Bool [n]: rows whose gap before them is flagged. A gap is flagged when it skipped at least
     ``min_missing`` of the symbol's usual bars (``gap_bars``, from ``bars_missing``) and, on a
     calendar with closures (fewer bars a week than 7 days of its bars a day: an exchange), also
     more than one trading day of bars: one lost session reads as a holiday, not an outage. So
     24/7 hourly bars flag 5 missing hours, hourly equities two lost sessions (a holiday is 7
-    bars), daily equities 5 lost trading days."""
+    bars), daily equities 5 lost trading days. ``declared``: symbol -> the calendar of a declared
+    exchange schedule; its ``gap_bars`` count only bars the exchange expected (a holiday is 0), so
+    a gap is flagged from ``min_missing`` missing bars on, without the one-trading-day allowance."""
     flagged = np.asarray(gap_bars) >= min_missing
     if not flagged.any():
         return flagged
+    declared = dict(declared or {})
     cals = infer_calendars(panel[[TIMESTAMP, SYMBOL]])
     per_row = pd.Series(
-        {s: c.bars_per_day if c.bars_per_week < 7 * c.bars_per_day - 0.5 else 0.0 for s, c in cals.items()}
+        {
+            s: 0.0 if s in declared else (c.bars_per_day if c.bars_per_week < 7 * c.bars_per_day - 0.5 else 0.0)
+            for s, c in cals.items()
+        }
     )
     day = per_row.reindex(panel[SYMBOL].astype(str).to_numpy()).to_numpy(dtype=np.float64)
     return flagged & (np.asarray(gap_bars) > day)
@@ -168,6 +184,7 @@ def build_features(
     drop_modalities: Iterable[str] = (),
     expected: Sequence[str] | None = None,
     calendar: Mapping | None = None,
+    declared: Mapping[str, str] | None = None,
 ) -> FeatureMatrix:
     """Compute every block of the feature set on a validated panel.
 
@@ -181,6 +198,11 @@ def build_features(
         absent from this panel) is a ``QuantmlInputError`` naming the missing raw column.
     calendar : symbol -> calendar (``FeatureMatrix.calendar`` of the training build) that durations
         resolve on; symbols not in it are inferred from ``panel``. Bar-count windows ignore it.
+    declared : symbol -> exchange calendar code (``data.calendars``, resolved by
+        :func:`quantml.contracts.exchange_calendars.resolve_calendars`). Those symbols' durations
+        resolve on the exchange's sessions (:func:`~quantml.contracts.exchange_calendars.declared_calendar`,
+        unless ``calendar`` pins one) and their gaps are judged against its schedule (a holiday is
+        no gap, a lost session hour is one); a bar outside the sessions is an error.
 
     Returns
     -------
@@ -196,14 +218,23 @@ def build_features(
     _check_sorted(panel)
     bar = bar_size(panel) if len(panel) > 1 else pd.Timedelta("1D")
     symbols = panel[SYMBOL].to_numpy()
-    gap_bars = bars_missing(panel[TIMESTAMP], symbols) if len(panel) else np.zeros(0)
-    flagged = flag_gaps(panel, gap_bars, min_missing)
+    declared = dict(declared or {})
+    if declared:
+        gap_bars = panel_bars_missing(panel[TIMESTAMP], symbols, declared)
+    else:
+        gap_bars = bars_missing(panel[TIMESTAMP], symbols) if len(panel) else np.zeros(0)
+    pinned = _pinned(calendar)
+    ts_ns = ts_int64(panel[TIMESTAMP]) if declared else None
+    for sym, code in declared.items():
+        if sym not in pinned:
+            pinned[sym] = declared_calendar(code, ts_ns[symbols.astype(str) == sym])
+    flagged = flag_gaps(panel, gap_bars, min_missing, {s: pinned[s] for s in declared})
     ctx = Context(
         panel=panel,
         ops=SegmentOps(symbols, breaks=flagged if break_windows else None),
         bar=bar,
         unavailable=unavailable_columns(panel),
-        pinned=_pinned(calendar),
+        pinned=pinned,
     )
     for name, params in blocks.items():
         ctx.block = name
@@ -263,6 +294,7 @@ def build_features(
         calendar={s: c.to_dict() for s, c in ctx.calendars.items()} if ctx.resolved else {},
         bars_missing=gap_bars,
         gaps=gaps,
+        window_breaks=flagged if break_windows else None,
     )
 
 

@@ -48,15 +48,23 @@ class PanelData:
     symbol_codes: np.ndarray
     symbols: list[str]
     known_future: list[str] = field(default_factory=list)
+    # bool [n] or None: rows that start a new window segment after a flagged data gap
+    # (``FeatureMatrix.window_breaks``): a look-back window never reaches across one
+    breaks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
         for name in ("X", "y_ret", "y_dir", "y_vol", "t0", "t1", "symbol_codes"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PanelData.{name} has {len(getattr(self, name))} rows, keys has {n}")
-        # start position of each row's symbol segment, for lazy windowing
+        if self.breaks is not None and len(self.breaks) != n:
+            raise ValueError(f"PanelData.breaks has {len(self.breaks)} rows, keys has {n}")
+        # start position of each row's segment (its symbol's rows, cut at flagged gaps), for lazy windowing
         codes = self.symbol_codes
-        starts = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1]
+        cut = codes[1:] != codes[:-1]
+        if self.breaks is not None and n:
+            cut = cut | np.asarray(self.breaks, dtype=bool)[1:]
+        starts = np.r_[0, np.flatnonzero(cut) + 1]
         seg_id = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
         self.segment_start = starts[seg_id] if n else np.zeros(0, dtype=np.int64)
 
@@ -94,6 +102,7 @@ class PanelData:
             symbol_codes=codes.astype(np.int64),
             symbols=list(symbols),
             known_future=list(features.known_future),
+            breaks=getattr(features, "window_breaks", None),
         )
 
     def labelled_rows(self) -> np.ndarray:

@@ -15,7 +15,9 @@ Horizons are strategy buckets. For each bar (shapes: ``N`` symbols, ``H`` horizo
    scale-down keeps ex-ante volatility ``<= target_vol`` (equal when no cap binds).
 
 Positions are fractions of capital; ``attribution[n, h]`` sums over ``h`` to ``position[n]``.
-A bar whose covariance is not available yet (NaN) gets no positions.
+A bar whose covariance is not available yet (NaN) gets no positions. On a panel of mixed
+calendars (``is_open``), a symbol whose market is closed at a bar keeps the weights of its last
+open bar; only the open symbols are solved for (:func:`carry_closed`).
 """
 
 from __future__ import annotations
@@ -165,12 +167,16 @@ def allocate_panel(
     horizons: list[str],
     config: AllocatorConfig,
     periods_per_year: float,
+    is_open: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Allocate every bar at once.
 
     Shapes: ``score, confidence, vol, active`` ``[T, N, H]`` (``active`` bool or the action
     sign), ``cov`` ``[T, N, N]`` per-bar return covariance (NaN rows = not available).
     Returns ``positions [T, N]`` and ``attribution [T, N, H]`` (sums over H to positions).
+    ``is_open [T, N]`` (optional, bool): whether each symbol has a bar at each bar of the book (a
+    panel of mixed calendars on their union); a closed symbol's weights are carried from its last
+    open bar, never re-targeted (:func:`carry_closed`). None: every symbol is open (as before).
     """
     score = np.asarray(score, dtype=np.float64)
     T, N, H = score.shape
@@ -204,7 +210,44 @@ def allocate_panel(
     w = w * _shrink(config.symbol_cap, np.abs(w.sum(axis=2, keepdims=True)))  # per symbol net
     w = w * _shrink(config.max_gross, np.abs(w.sum(axis=2)).sum(axis=1)[:, None, None])  # total gross
     w = w * _shrink(config.target_vol, total_vol(w))[:, None, None]  # vol after caps
+    if is_open is not None:
+        is_open = np.asarray(is_open, dtype=bool)
+        if is_open.shape != (T, N):
+            raise ValueError(f"is_open {is_open.shape} must be [T, N] = {(T, N)}")
+        if not is_open.all():
+            w = carry_closed(w, is_open, cov, config, ppy)
     return w.sum(axis=2), w
+
+
+def carry_closed(
+    w: np.ndarray, is_open: np.ndarray, cov: np.ndarray, config: AllocatorConfig, ppy: float
+) -> np.ndarray:
+    """The allocator never trades a closed market: at a bar where symbol ``n`` has no bar
+    (``is_open[t, n]`` False: its exchange is closed), its weights (every bucket) are the ones it
+    held at its last open bar, and the open symbols' weights (solved over the open symbols) are
+    scaled down, if need be, so that the book with the carried weights stays within ``max_gross``
+    and the ex-ante ``target_vol``. ``w [T, N, H]`` -> ``[T, N, H]``."""
+    out = np.array(w, dtype=np.float64, copy=True)
+    tv2 = config.target_vol**2 / ppy
+    for t in np.flatnonzero(~is_open.all(axis=1)):
+        shut = ~is_open[t]
+        out[t, shut, :] = out[t - 1, shut, :] if t > 0 else 0.0
+        if not np.any(out[t, shut, :]):
+            continue  # nothing carried: the open symbols' weights stand as solved
+        a = np.where(shut[:, None], 0.0, out[t])
+        b = np.where(shut[:, None], out[t], 0.0)
+        pa, pb = a.sum(axis=1), b.sum(axis=1)
+        scale = 1.0
+        gross_a, gross_b = np.abs(pa).sum(), np.abs(pb).sum()
+        if gross_a > config.eps and gross_a + gross_b > config.max_gross:
+            scale = max(0.0, (config.max_gross - gross_b) / gross_a)
+        c = cov[t]
+        qa, qab, qb = pa @ c @ pa, pa @ c @ pb, pb @ c @ pb
+        if qa > config.eps * config.eps and scale * scale * qa + 2 * scale * qab + qb > tv2:
+            root = 0.0 if qb >= tv2 else (-qab + np.sqrt(max(qab * qab - qa * (qb - tv2), 0.0))) / qa
+            scale = min(scale, max(root, 0.0))
+        out[t] = a * scale + b
+    return out
 
 
 @dataclass

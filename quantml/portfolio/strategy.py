@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import IC_MODES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, parse_duration, require_columns
+from quantml.contracts.time import PeriodsPerYear
 from quantml.portfolio.allocator import AllocatorConfig, allocate_panel
 from quantml.portfolio.covariance import trailing_covariance
 from quantml.signals.core import SignalConfig, decide_actions
@@ -43,7 +44,10 @@ class SignalPanel:
     ``score, confidence, vol_forecast`` float ``[T, N, H]`` (NaN where a row is missing);
     ``next_return [T, N]``: simple return from close ``t`` to close ``t+1`` (``expm1`` of the
     contract's log ``ret_next_bar``; NaN when unknown);
-    ``volume [T, N]`` traded notional per bar or None.
+    ``volume [T, N]`` traded notional per bar or None;
+    ``is_open [T, N]`` (bool, built with ``market``): whether the symbol has a bar there (its market
+    is open); None (no market frame): every symbol counts as open. The allocator never re-targets a
+    closed symbol (:func:`quantml.portfolio.allocator.carry_closed`).
     """
 
     timestamps: pd.DatetimeIndex
@@ -55,6 +59,7 @@ class SignalPanel:
     next_return: np.ndarray
     volume: np.ndarray | None = None
     _cov_cache: dict = field(default_factory=dict, repr=False)
+    is_open: np.ndarray | None = None
 
     @classmethod
     def from_frame(
@@ -135,6 +140,16 @@ class SignalPanel:
             from_market = np.full((T, N), np.nan)
             from_market[m_t, m_n] = market["ret_next_bar"].to_numpy(dtype=np.float64)
             log_next = np.where(np.isfinite(from_market), from_market, log_next)
+            is_open = np.zeros((T, N), dtype=bool)
+            is_open[m_t, m_n] = True
+            is_open[t_idx, n_idx] = True  # a forecast row is a bar of its symbol
+            # a symbol is closed only inside its own history: before its first bar and after its
+            # last one it is not carried (nothing to carry before; a delisted symbol is traded out)
+            seen = np.cumsum(is_open, axis=0) > 0
+            after = np.cumsum(is_open[::-1], axis=0)[::-1] > 0
+            is_open |= ~(seen & after)
+        else:
+            is_open = None
         return cls(
             timestamps,
             symbols,
@@ -144,6 +159,7 @@ class SignalPanel:
             cube("vol_forecast"),
             np.expm1(log_next),
             None if volume_column is None else plane(volume_column),
+            is_open=is_open,
         )
 
     def __len__(self) -> int:
@@ -172,6 +188,7 @@ class SignalPanel:
             self.next_return[sl],
             None if self.volume is None else self.volume[sl],
             {k: v[sl] for k, v in self._cov_cache.items()},
+            None if self.is_open is None else self.is_open[sl],
         )
 
     def actions(self, config: SignalConfig) -> np.ndarray:
@@ -199,6 +216,7 @@ def strategy_positions(
         panel.horizons,
         allocator,
         periods_per_year,
+        is_open=panel.is_open,
     )
 
 
@@ -324,7 +342,8 @@ def book_calendar(frame: pd.DataFrame, market: pd.DataFrame | None) -> pd.Dateti
     """The bars a forecast book runs over.
 
     With ``market`` (every bar of the panel: ``symbol, timestamp, ret_next_bar``): each bar of
-    ``market`` from the first forecast bar through the last one, and on to the bar before the
+    ``market`` (of the frame's symbols: their union calendar) from the first forecast bar through
+    the last one, and on to the bar before the
     latest label end ``t1`` (so the last tranches are held to their end); bars without a
     forecast are bars of the book (flat or still holding earlier tranches), not missing rows.
     Without ``market``: the frame's own forecast bars (the 0.1 calendar; a frame with gaps
@@ -337,7 +356,9 @@ def book_calendar(frame: pd.DataFrame, market: pd.DataFrame | None) -> pd.Dateti
     require_columns(
         market, MARKET_COLUMNS, "market frame", "pass every bar of the panel (symbol, timestamp, ret_next_bar)"
     )
-    bars = pd.DatetimeIndex(np.sort(_utc(market[TIMESTAMP]).unique()))
+    # the union calendar of the book's own symbols: a one-symbol book runs on that symbol's bars
+    mine = market[market[SYMBOL].astype(str).isin(set(frame[SYMBOL].astype(str)))] if SYMBOL in frame else market
+    bars = pd.DatetimeIndex(np.sort(_utc(mine[TIMESTAMP]).unique()))
     stop = last
     if "t1" in frame.columns:
         t1 = _utc(frame["t1"])
@@ -367,6 +388,26 @@ def tranche_positions(weights: np.ndarray, start: np.ndarray, span: np.ndarray, 
     return np.cumsum(delta[:-1], axis=0)
 
 
+def own_bar_positions(weights: np.ndarray, start: np.ndarray, span: np.ndarray, is_open: np.ndarray) -> np.ndarray:
+    """:func:`tranche_positions` on each symbol's own bars of a union calendar (mixed calendars).
+
+    ``is_open [T, N]``: the calendar bars where each symbol has a bar; ``span [F, N]``: bars of the
+    symbol's own each row's tranche is held. Between two of a symbol's bars (its market closed) its
+    position is carried unchanged, so it trades only at its own bars. Returns ``[T, N]``."""
+    T, N = is_open.shape
+    out = np.zeros((T, N))
+    for n in range(N):
+        idx = np.flatnonzero(is_open[:, n])
+        if not len(idx):
+            continue
+        own_start = np.searchsorted(idx, np.asarray(start, dtype=np.int64))
+        w = np.where(own_start < len(idx), weights[:, n], 0.0)
+        col = tranche_positions(w[:, None], np.minimum(own_start, len(idx) - 1), span[:, n : n + 1], len(idx))[:, 0]
+        last = np.searchsorted(idx, np.arange(T), side="right") - 1
+        out[:, n] = np.where(last >= 0, col[np.maximum(last, 0)], 0.0)
+    return out
+
+
 @dataclass
 class RankLongShort:
     """One horizon's forecasts as an after-cost long/short book (``conf/strategy/rank_long_short.yaml``).
@@ -382,7 +423,10 @@ class RankLongShort:
     The benchmark (information ratio) exists only for the ``time_series`` book: the
     equal-weight buy-and-hold of the frame's symbols with a known return at each bar
     (rebalanced every bar, no cost); the dollar-neutral ``cross_sectional`` book has none.
-    ``market`` (see :func:`book_calendar`) puts the book on the panel's full bar calendar.
+    ``market`` (see :func:`book_calendar`) puts the book on the panel's full bar calendar. With a
+    mixed-calendar panel's :class:`~quantml.contracts.time.PeriodsPerYear` (and ``market``), each
+    tranche is held over its symbol's own bars and carried flat while its market is closed
+    (:func:`own_bar_positions`): a symbol trades only at its own bars.
     """
 
     mode: str = "auto"
@@ -499,7 +543,24 @@ class RankLongShort:
                 k.index = _utc(k.index)
                 k = k.reindex(index=weights.index, columns=symbols).to_numpy()
                 span = np.where(np.isfinite(k), k, span).astype(np.int64)
-        positions = tranche_positions(weights.to_numpy(), start, span, len(calendar))
+        if market is not None and isinstance(periods_per_year, PeriodsPerYear):
+            # mixed calendars: each tranche is held over its symbol's own bars, carried flat while
+            # its market is closed (no trade, no cost there); spans count the symbol's own bars
+            is_open = np.zeros((len(calendar), len(symbols)), dtype=bool)
+            is_open[calendar.get_indexer(m[TIMESTAMP]), pd.Index(symbols).get_indexer(m[SYMBOL])] = True
+            is_open[start[:, None], np.arange(len(symbols))[None, :]] |= np.isfinite(
+                _pivot(frame, "expected_return").reindex(columns=symbols).to_numpy(dtype=np.float64)
+            )
+            if self.hold == "horizon" and "t1" in frame.columns:
+                own_before = np.vstack([np.zeros((1, len(symbols)), np.int64), np.cumsum(is_open, axis=0)])
+                end = np.minimum(start[:, None] + span, len(calendar))
+                cols = np.arange(len(symbols))[None, :]
+                span = np.where(
+                    np.isfinite(k), np.maximum(own_before[end, cols] - own_before[start[:, None], cols], 1), span
+                ).astype(np.int64)
+            positions = own_bar_positions(weights.to_numpy(), start, span, is_open)
+        else:
+            positions = tranche_positions(weights.to_numpy(), start, span, len(calendar))
         benchmark = None
         if self.mode == "time_series":
             benchmark = simple.mean(axis=1).fillna(0.0).to_numpy()

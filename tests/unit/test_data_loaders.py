@@ -117,6 +117,37 @@ def test_directory_of_files_concatenated(tmp_path):
     assert sorted(p["symbol"].unique()) == ["A", "B"] and len(p) == 60
 
 
+def _partitioned(root, frames):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    panel = pd.concat(frames, ignore_index=True)
+    panel["year"] = panel["timestamp"].dt.year
+    pq.write_to_dataset(pa.Table.from_pandas(panel, preserve_index=False), root, partition_cols=["symbol", "year"])
+    return panel.drop(columns="year")
+
+
+def test_partitioned_dataset_reads_what_the_filters_keep(tmp_path):
+    root = tmp_path / "bars"
+    frames = [_frame(s, n=60) for s in ("A", "B", "C")]
+    frames[2]["timestamp"] += pd.Timedelta("1D")  # C's bars: Jan 2 - 4
+    whole = _partitioned(root, frames)
+    whole.to_parquet(tmp_path / "flat.parquet")
+    flat = load_panel({"source": "file", "path": str(tmp_path / "flat.parquet")})
+    got = load_panel({"source": "file", "path": str(root)})  # symbol and year live in the paths
+    pd.testing.assert_frame_equal(got[flat.columns.tolist()], flat)
+    assert "year" not in got.columns
+    # a corrupt file in a partition the filters leave out is never opened: partitions are pruned
+    bad = root / "symbol=C" / "year=2024" / "broken.parquet"
+    bad.write_bytes(b"PAR1 not a parquet file")
+    kept = load_panel({"source": "file", "path": str(root), "symbols": "A,B", "end": "2024-01-02"})
+    assert sorted(kept["symbol"].unique()) == ["A", "B"] and kept["timestamp"].max() < pd.Timestamp(
+        "2024-01-03", tz="UTC"
+    )
+    with pytest.raises(QuantmlInputError, match=r"bars holds a parquet file that cannot be read"):
+        load_panel({"source": "file", "path": str(root), "symbols": "C"})
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(QuantmlInputError, match=r"does not exist.*data.path="):
         load_panel({"source": "file", "path": str(tmp_path / "nope.parquet")})

@@ -100,11 +100,34 @@ def test_planted_signal_is_causal_and_findable():
     assert ic.abs().max() < 0.15  # weak, as in real markets
 
 
+def _checksum(panel: pd.DataFrame) -> str:
+    """A checksum of a panel's values that library upgrades do not move: numbers rounded to 9
+    significant digits (a new numpy or pandas may change the last bits of a transcendental or the
+    way pandas hashes a string column, neither of which is a change of the generator)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in panel.columns:
+        col = panel[c]
+        if pd.api.types.is_datetime64_any_dtype(col):
+            values = col.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy(str)
+            h.update(f"{c}|{'|'.join(values)}".encode())
+        elif pd.api.types.is_numeric_dtype(col):
+            h.update(c.encode() + np.char.mod("%.9g", col.to_numpy(np.float64)).tobytes())
+        else:
+            h.update(f"{c}|{'|'.join(col.astype(str))}".encode())
+    return h.hexdigest()[:16]
+
+
 def test_default_panel_is_bit_identical_and_the_book_is_opt_in(syn, syn_ob):
-    """The fingerprints of the seeded default panels from before the order book existed."""
-    assert data_fingerprint(load_panel({"source": "synthetic"})) == "8d41ad7c2001116e"
+    """Checksums of the seeded default panels (pinned; the flags must not move them), and every
+    opt-in flag off gives the very same panel, fingerprint included."""
+    default = load_panel({"source": "synthetic"})
+    off = load_panel({"source": "synthetic", "orderbook": False, "price_signal": False})
+    assert data_fingerprint(default) == data_fingerprint(off)
+    assert _checksum(default) == "f9ad6177ba856f22"
     p = load_panel({"source": "synthetic", "freq": "1h", "n_symbols": 3, "n_bars": 700, "seed": 5, "orderbook": False})
-    assert data_fingerprint(p) == "48adc03ecff355bf"
+    assert _checksum(p) == "ebef5c263a878612"
     assert "orderbook" not in syn.streams and "orderbook" in syn_ob.streams
     # the book draws from its own generator: every stream not tied to returns is unchanged
     for k, v in syn.streams.items():
@@ -141,3 +164,52 @@ def test_bad_arguments():
         generate_synthetic("fast", 1, 100)
     with pytest.raises(QuantmlInputError, match="n_bars >= 10"):
         generate_synthetic("1h", 1, 5)
+
+
+@pytest.fixture(scope="module")
+def syn_price():
+    return generate_synthetic("1h", n_symbols=8, n_bars=2000, seed=7, price_signal=True)
+
+
+def test_price_signal_off_is_bit_identical_and_on_moves_only_the_bars(syn, syn_price):
+    off = generate_synthetic("1h", n_symbols=3, n_bars=2000, seed=7, price_signal=False)
+    pd.testing.assert_frame_equal(off.bars, syn.bars, check_exact=True)
+    assert off.streams.keys() == syn.streams.keys() and "price_signal" not in off.truth
+    for k, v in syn.streams.items():
+        pd.testing.assert_frame_equal(off.streams[k], v, check_exact=True)
+    plain = generate_synthetic("1h", n_symbols=8, n_bars=2000, seed=7)
+    # nothing new is drawn: every stream not tied to returns, the volatility and the regimes keep their values
+    for k, v in plain.streams.items():
+        if k != "taker":
+            pd.testing.assert_frame_equal(v, syn_price.streams[k], check_exact=True)
+    np.testing.assert_array_equal(plain.truth["sigma"], syn_price.truth["sigma"])
+    np.testing.assert_array_equal(plain.truth["regime"], syn_price.truth["regime"])
+    assert not np.array_equal(plain.bars["close"], syn_price.bars["close"])
+    assert syn_price.truth["price_signal"].shape == (2000, 8)
+    with pytest.raises(QuantmlInputError, match=r"data.price_signal='on' must be true or false"):
+        load_panel({"source": "synthetic", "n_bars": 50, "price_signal": "on"})
+
+
+def _xs_rank_ic(frame: pd.DataFrame, feature: str) -> float:
+    ranked = frame.groupby("t")[[feature, "y"]].rank()
+    return float(ranked.assign(t=frame["t"]).groupby("t").corr().xs(feature, level=1)["y"].mean())
+
+
+def test_price_signal_is_a_findable_cross_sectional_reversal_complementary_to_the_exogenous_drift():
+    cfg = {"source": "synthetic", "freq": "1h", "n_symbols": 8, "n_bars": 3000, "seed": 4}
+    blocks = {"name": "t", "blocks": {"cross_section": {"lags": [8], "vol_window": 48}, "text": {}}}
+    ic = {}
+    for flag in (False, True):
+        p = load_panel({**cfg, "price_signal": flag})
+        fm = build_features(p, blocks)
+        y = make_labels(p, ["4h"], 0.0).ret[:, 0]
+        df = fm.frame[["xs_rank_ret_8", "sentiment_ewm"]].assign(y=y, t=p["timestamp"].to_numpy()).dropna()
+        ic[flag] = {f: _xs_rank_ic(df, f) for f in ("xs_rank_ret_8", "sentiment_ewm")}
+    # past winners underperform with the flag (a reversal), not without it; sentiment momentum stays
+    assert ic[True]["xs_rank_ret_8"] < -0.02 and ic[True]["xs_rank_ret_8"] < ic[False]["xs_rank_ret_8"] - 0.02
+    assert ic[True]["sentiment_ewm"] > 0.01 and ic[False]["sentiment_ewm"] > 0.01
+    # the planted terms: the reversal is strong where the exogenous drift is weak (market regime split)
+    syn = generate_synthetic("1h", n_symbols=4, n_bars=3000, seed=3, price_signal=True)
+    price, exo = np.abs(syn.truth["price_signal"]), np.abs(syn.truth["signal"])
+    strong = price.mean(axis=1) > np.median(price.mean(axis=1))
+    assert price[strong].mean() > 1.5 * price[~strong].mean() and exo[strong].mean() < exo[~strong].mean()

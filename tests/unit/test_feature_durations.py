@@ -193,6 +193,22 @@ def test_no_window_spans_a_flagged_gap_when_asked(mixed):
     assert causality_violations(p, {"name": "g", "gaps": {"break_windows": True}, "blocks": blocks}) == {}
 
 
+def test_sequence_windows_restart_after_a_flagged_gap_when_asked(mixed):
+    from quantml.models.base import PanelData
+
+    p = _with_outage(mixed, 6)
+    blocks = {"returns": {"lags": [1]}}
+    spans = PanelData.assemble(p, build_features(p, {"name": "g", "blocks": blocks}), ["1h"])
+    broken = PanelData.assemble(
+        p, build_features(p, {"name": "g", "gaps": {"break_windows": True}, "blocks": blocks}), ["1h"]
+    )
+    btc = np.flatnonzero((p["symbol"] == "BTC").to_numpy())
+    assert spans.segment_start[500] == btc[0]  # the look-back window reaches across the outage ...
+    assert broken.segment_start[500] == 500 and broken.segment_start[499] == btc[0]  # ... or restarts at it
+    other = (p["symbol"] == "XYZ").to_numpy()
+    np.testing.assert_array_equal(broken.segment_start[other], spans.segment_start[other])
+
+
 def test_bar_count_sets_are_unchanged_by_gaps(mixed):
     """The shipped bar-count sets keep windows spanning gaps (bit for bit as before)."""
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "price.yaml"))
