@@ -165,6 +165,46 @@ def _constant_prob(y: np.ndarray) -> float:
     return float(np.clip(y.mean() if len(y) else 0.5, PROB_CLIP, 1 - PROB_CLIP))
 
 
+CROSS_SECTION_MODES = ("auto", "on", "off")
+CROSS_SECTION_MIN_SYMBOLS = 3  # auto: on when a timestamp holds this many symbols (median), as rank IC does
+
+
+def _cross_section_mode(value) -> str:
+    mode = {True: "on", False: "off"}.get(value, value)
+    mode = str(mode).strip().lower() if mode is not None else "auto"
+    if mode not in CROSS_SECTION_MODES:
+        raise QuantmlInputError(f"combiner.cross_section={value!r}; use auto, on or off")
+    return mode
+
+
+def _cross_section_on(mode: str, rows: pd.DataFrame) -> bool:
+    """Whether a combiner in ``mode`` fits on cross-sectional rows (``auto``: when the median
+    timestamp of ``rows`` holds at least 3 symbols, the book ranks across symbols)."""
+    if mode != "auto":
+        return mode == "on"
+    return bool(len(rows)) and float(rows.groupby(TIMESTAMP)[SYMBOL].size().median()) >= CROSS_SECTION_MIN_SYMBOLS
+
+
+def _by_time(rows: pd.DataFrame, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values - their mean per timestamp, that mean on every row)`` column by column; the means
+    skip NaN. Only rows of the same timestamp meet: a forecast's cross-sectional mean at t reads
+    the other symbols' forecasts at t, nothing later."""
+    values = np.asarray(values, dtype=np.float64)
+    flat = values.ndim == 1
+    v = values[:, None] if flat else values
+    codes = pd.factorize(rows[TIMESTAMP])[0]
+    n_t = int(codes.max()) + 1 if len(codes) else 0
+    means = np.empty_like(v)
+    for j in range(v.shape[1]):
+        ok = np.isfinite(v[:, j])
+        count = np.bincount(codes[ok], minlength=n_t)
+        total = np.bincount(codes[ok], v[ok, j], minlength=n_t)
+        per_t = np.divide(total, count, out=np.full(n_t, np.nan), where=count > 0)
+        means[:, j] = per_t[codes]
+    out, level = v - means, means
+    return (out[:, 0], level[:, 0]) if flat else (out, level)
+
+
 class RidgeLogistic:
     """Ridge regression of ``ret`` on the experts' standardised ``expected_return`` (the return head)
     and L2 logistic regression of ``dir`` on the experts' ``logit(prob_up)`` (the direction head).
@@ -172,11 +212,24 @@ class RidgeLogistic:
     ``alpha``: the ridge penalty on standardised inputs; ``C``: the inverse penalty of the logistic
     head (scikit-learn's). A direction head fitted on one class predicts that class's frequency.
     ``regime``: both heads' inputs are joined by the rows' regime columns (``regime__*``, standardised
-    on the fit rows; without any, fitting is an error)."""
+    on the fit rows; without any, fitting is an error).
+
+    ``cross_section`` (``on``, ``off``, or ``auto``: on when a timestamp holds 3 or more symbols):
+    the return head is fitted on the experts' forecasts and ``ret`` demeaned per timestamp, so the
+    weights say how the experts rank symbols against each other (what the book trades and rank IC
+    scores), not how they track the market's move; its prediction is that cross-sectional part
+    plus the experts' mean forecast level at the timestamp."""
 
     name = "ridge"
 
-    def __init__(self, alpha: float = 1.0, C: float = 1.0, fit_intercept: bool = True, regime: bool = False) -> None:
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        C: float = 1.0,
+        fit_intercept: bool = True,
+        regime: bool = False,
+        cross_section: str = "off",
+    ) -> None:
         if not (math.isfinite(float(alpha)) and float(alpha) >= 0):
             raise QuantmlInputError(f"combiner.alpha={alpha!r} must be a number >= 0")
         if not (math.isfinite(float(C)) and float(C) > 0):
@@ -184,9 +237,18 @@ class RidgeLogistic:
         self.alpha, self.C, self.fit_intercept = float(alpha), float(C), bool(fit_intercept)
         self.regime = _flag(regime, "combiner.regime")
         self.uses_regime = self.regime
+        self.cross_section = _cross_section_mode(cross_section)
 
     def _regime(self, rows: pd.DataFrame) -> np.ndarray:
         return self.regime_.transform(rows) if self.regime_ is not None else _no_regime(len(rows))
+
+    def _return_inputs(self, rows: pd.DataFrame, experts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The return head's expert inputs and the level its prediction is added to."""
+        x = _matrix(rows, experts, "expected_return")
+        if not getattr(self, "cross_section_", False):
+            return x, np.zeros(len(rows))
+        demeaned, level = _by_time(rows, x)
+        return demeaned, level.mean(axis=1)
 
     def fit(self, rows: pd.DataFrame, experts: list[str]) -> RidgeLogistic:
         _check_rows(rows, "ridge combiner")
@@ -196,7 +258,10 @@ class RidgeLogistic:
             self.regime_ = _RegimeScaler(rows, cols, "combiner ridge")
         reg = self._regime(rows)
         ret, direction = _labelled(rows)
-        x = _matrix(rows, experts, "expected_return")
+        self.cross_section_ = _cross_section_on(self.cross_section, rows)
+        x, _ = self._return_inputs(rows, experts)
+        if self.cross_section_:
+            ret = _by_time(rows, ret)[0]
         ok = np.isfinite(x).all(axis=1) & np.isfinite(reg).all(axis=1) & np.isfinite(ret)
         _check_fit_rows(ok, "ridge combiner", "return")
         self.mean_ = x[ok].mean(axis=0)
@@ -217,11 +282,12 @@ class RidgeLogistic:
 
     def predict(self, rows: pd.DataFrame, experts: list[str]) -> pd.DataFrame:
         reg = self._regime(rows)
-        x = np.hstack([(_matrix(rows, experts, "expected_return") - self.mean_) / self.scale_, reg])
+        inputs, level = self._return_inputs(rows, experts)
+        x = np.hstack([(inputs - self.mean_) / self.scale_, reg])
         er = np.full(len(rows), np.nan)
         ok = np.isfinite(x).all(axis=1)
         if ok.any():
-            er[ok] = self.ridge_.predict(x[ok])
+            er[ok] = self.ridge_.predict(x[ok]) + level[ok]
         z = np.hstack([_logits(_matrix(rows, experts, "prob_up")), reg])
         prob = np.full(len(rows), np.nan)
         ok = np.isfinite(z).all(axis=1)
@@ -233,7 +299,9 @@ class RidgeLogistic:
 
     def describe(self) -> dict:
         out = {"combiner": self.name, "alpha": self.alpha, "C": self.C, "regime": self.regime}
+        out["cross_section"] = self.cross_section
         if hasattr(self, "ridge_"):
+            out["cross_sectional_fit"] = bool(self.cross_section_)
             n = len(self.scale_)
             out["return_weights"] = [float(w) for w in self.ridge_.coef_[:n] / self.scale_]
             if self.regime_ is not None:
@@ -602,17 +670,36 @@ class RegimeGate:
     equal weights (``A = 0, b = 0``: a deterministic start, nothing random; ``seed`` is kept for
     the combiners' common interface). Direction head: the same weights on the experts'
     ``logit(prob_up)``, then a 1-D logistic recalibration of that logit fitted on the fit rows (a
-    one-class fit predicts that class's frequency). Without regime columns fitting is an error."""
+    one-class fit predicts that class's frequency). Without regime columns fitting is an error.
+
+    ``cross_section`` (``on``, ``off``, or ``auto``: on when a timestamp holds 3 or more symbols):
+    the gate blends the experts' forecasts demeaned per timestamp and scaled to unit spread on the
+    fit rows (``z_e``), so that each weight is the expert's share of the ranking whatever its
+    forecast scale, and fits ``beta * sum_e w_e(x) z_e`` to ``ret`` demeaned per timestamp
+    (``beta`` is fitted with the gate); the prediction adds the experts' mean forecast level at
+    the timestamp."""
 
     name = "regime_gate"
     uses_regime = True
     RECALIBRATION_C = 1e4  # the 1-D recalibration is all but unpenalised
 
-    def __init__(self, temperature: float = 1.0, alpha: float = 1.0, seed: int = 0, max_iter: int = 500) -> None:
+    def __init__(
+        self, temperature: float = 1.0, alpha: float = 1.0, seed: int = 0, max_iter: int = 500, cross_section="off"
+    ) -> None:
         self.temperature = _positive(temperature, "combiner.temperature")
         self.alpha = _positive(alpha, "combiner.alpha", strict=False)
         self.seed = _whole(seed, "combiner.seed", minimum=0)
         self.max_iter = _whole(max_iter, "combiner.max_iter")
+        self.cross_section = _cross_section_mode(cross_section)
+
+    def _signals(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The experts' forecasts the gate blends (cross-sectional and scaled, or raw), and the level
+        the blend is added to."""
+        r = _matrix(rows, self.experts_, "expected_return")
+        if not getattr(self, "cross_section_", False):
+            return r, np.zeros(len(rows))
+        demeaned, level = _by_time(rows, r)
+        return demeaned / self.signal_scale_, level.mean(axis=1)
 
     def _gate(self, x: np.ndarray) -> np.ndarray:
         """Weights [n, experts] for standardised regime rows ``x``; NaN rows where ``x`` has a NaN."""
@@ -638,29 +725,44 @@ class RegimeGate:
         self.regime_ = _RegimeScaler(rows, cols, "combiner regime_gate")
         self.experts_ = list(experts)
         x_all = self.regime_.transform(rows)
-        r_all = _matrix(rows, experts, "expected_return")
         ret, direction = _labelled(rows)
+        self.cross_section_ = _cross_section_on(self.cross_section, rows)
+        if self.cross_section_:
+            demeaned = _by_time(rows, _matrix(rows, experts, "expected_return"))[0]
+            spread = np.nanstd(demeaned, axis=0)
+            self.signal_scale_ = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+            ret = _by_time(rows, ret)[0]
+        r_all, _ = self._signals(rows)
         ok = np.isfinite(x_all).all(axis=1) & np.isfinite(r_all).all(axis=1) & np.isfinite(ret)
         _check_fit_rows(ok, what, "return")
         x, r, y = x_all[ok], r_all[ok], ret[ok]
         var = float(y.var()) if y.var() > 0 else 1.0
         n_e, n_r, temp, alpha = len(experts), x.shape[1], self.temperature, self.alpha
+        free_beta = bool(self.cross_section_)
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            a, b = theta[: n_e * n_r].reshape(n_e, n_r), theta[n_e * n_r :]
+            a, b = theta[: n_e * n_r].reshape(n_e, n_r), theta[n_e * n_r : n_e * n_r + n_e]
+            beta = theta[-1] if free_beta else 1.0
             w = softmax((x @ a.T + b) / temp, axis=1)
-            f = (w * r).sum(axis=1)
-            resid = f - y
-            g = (2.0 * resid / var)[:, None] * w * (r - f[:, None])
+            blend = (w * r).sum(axis=1)
+            resid = beta * blend - y
+            g = (2.0 * beta * resid / var)[:, None] * w * (r - blend[:, None])
             grad_a = g.T @ x / temp + 2.0 * alpha * a
             loss = float(resid @ resid / var + alpha * (a * a).sum())
-            return loss, np.concatenate([grad_a.ravel(), g.sum(axis=0) / temp])
+            grad = [grad_a.ravel(), g.sum(axis=0) / temp]
+            if free_beta:
+                grad.append(np.array([2.0 * (resid @ blend) / var]))
+            return loss, np.concatenate(grad)
 
         start = np.zeros(n_e * n_r + n_e)
+        if free_beta:  # from equal weights and their least-squares scale
+            blend = r.mean(axis=1)
+            start = np.append(start, float(blend @ y / (blend @ blend)) if blend @ blend > 0 else 0.0)
         with threadpool_limits(limits=1):  # a few columns: one BLAS thread is faster
             res = minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
         self.A_ = res.x[: n_e * n_r].reshape(n_e, n_r)
-        self.b_ = res.x[n_e * n_r :]
+        self.b_ = res.x[n_e * n_r : n_e * n_r + n_e]
+        self.beta_ = float(res.x[-1]) if free_beta else 1.0
         self.converged_, self.n_iter_ = bool(res.success), int(res.nit)
         self.loss_, self.loss_equal_ = float(res.fun), float(objective(start)[0])
         self.n_fit_ = int(ok.sum())
@@ -690,7 +792,8 @@ class RegimeGate:
         self._check_experts(experts)
         x = self.regime_.transform(rows)
         w = self._gate(x)
-        er = np.sum(w * _matrix(rows, experts, "expected_return"), axis=1)
+        signals, level = self._signals(rows)
+        er = getattr(self, "beta_", 1.0) * np.sum(w * signals, axis=1) + level
         s = self._blend_logit(rows, x)
         prob = np.full(len(rows), np.nan)
         ok = np.isfinite(s)
@@ -707,9 +810,14 @@ class RegimeGate:
             "alpha": self.alpha,
             "seed": self.seed,
             "max_iter": self.max_iter,
+            "cross_section": self.cross_section,
         }
         if not hasattr(self, "A_"):
             return out
+        out["cross_sectional_fit"] = bool(self.cross_section_)
+        if self.cross_section_:
+            out["beta"] = self.beta_
+            out["signal_scale"] = {e: float(v) for e, v in zip(self.experts_, self.signal_scale_)}
         out.update(self.regime_.describe())
         out["experts"] = list(self.experts_)
         out["gate_coef"] = {

@@ -45,6 +45,8 @@ class HoldoutResult:
     predictions: pd.DataFrame  # the stack's lockbox predictions (contract + realised, fold -1)
     chosen: dict[str, str] = field(default_factory=dict)  # best single expert per horizon (development rows)
     n_rows: int = 0
+    # per horizon and baseline: the stack's rank IC gain on the lockbox and its t-statistic (stack/holdout_verdict.csv)
+    verdict: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_text(self) -> str:
         shown = self.comparison.drop(columns=["run_id"]).copy()
@@ -62,11 +64,66 @@ class HoldoutResult:
                     f"best_single chosen on development OOF rows: {chosen}; a read, counted in {L.TAG_LOCKBOX_READS}):",
                     shown.to_string(index=False),
                     "",
+                    f"Does the stack beat them on the lockbox? (rank IC gain per timestamp; beats when "
+                    f"t >= {BEATS_T:g}, worse when t <= -{BEATS_T:g}, else no better):",
+                    _shown(self.verdict).to_string(index=False) if len(self.verdict) else "  -",
+                    "",
                     f"Scale check (std of each final model's forecasts on the lockbox / on its development OOF rows; "
                     f"ok within [{SCALE_BAND[0]:g}, {SCALE_BAND[1]:g}]):",
                     scale.to_string(index=False),
                 ]
             )
+
+
+BEATS_T = 2.0  # |t| of the mean per-timestamp rank IC gain for a verdict other than "no better"
+
+
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype.kind == "f":
+            out[col] = [("-" if not math.isfinite(v) else f"{v:.4g}") for v in out[col]]
+    return out
+
+
+def _ic_by_time(frame: pd.DataFrame, horizon: str) -> pd.Series:
+    """Spearman correlation of ``expected_return`` with ``ret`` across the symbols of each timestamp
+    (timestamps with 3+ symbols) of one horizon's rows."""
+    rows = frame[frame["horizon"].astype(str) == horizon]
+    rows = rows[np.isfinite(rows["expected_return"]) & np.isfinite(rows["ret"])]
+    ranked = rows.assign(f=rows.groupby(TIMESTAMP)["expected_return"].rank(), r=rows.groupby(TIMESTAMP)["ret"].rank())
+    big = ranked.groupby(TIMESTAMP)[SYMBOL].transform("size") >= 3
+    return ranked[big].groupby(TIMESTAMP)[["f", "r"]].apply(lambda g: g["f"].corr(g["r"])).dropna()
+
+
+def rank_ic_verdict(stack: pd.DataFrame, others: dict[str, pd.DataFrame], horizons: list[str]) -> pd.DataFrame:
+    """Per horizon and other candidate: the stack's and the other's mean per-timestamp rank IC on the
+    same timestamps, the gain, its t-statistic (mean gain / its standard error over timestamps) and a
+    verdict: ``beats`` (t >= 2), ``worse`` (t <= -2), else ``no better`` — a stack of redundant
+    experts is ``no better`` than its best one, whatever the sign of a tiny gain."""
+    rows = []
+    for h in horizons:
+        mine = _ic_by_time(stack, h)
+        for name, frame in others.items():
+            theirs = _ic_by_time(frame, h)
+            both = mine.index.intersection(theirs.index)
+            gain = (mine[both] - theirs[both]).to_numpy(np.float64)
+            se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("nan")
+            t = float(gain.mean() / se) if se and np.isfinite(se) and se > 0 else float("nan")
+            verdict = "beats" if t >= BEATS_T else "worse" if t <= -BEATS_T else "no better"
+            rows.append(
+                {
+                    "horizon": h,
+                    "versus": name,
+                    "stack_rank_ic": float(mine[both].mean()) if len(both) else float("nan"),
+                    "their_rank_ic": float(theirs[both].mean()) if len(both) else float("nan"),
+                    "gain": float(gain.mean()) if len(gain) else float("nan"),
+                    "t": t,
+                    "n_timestamps": len(both),
+                    "verdict": verdict,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def lockbox_rows(prep, horizons: list[str]) -> pd.DataFrame:
@@ -184,9 +241,11 @@ def evaluate_holdout(
     metrics = hs(stack, L.SPLIT_HOLDOUT)
     rows = _rows(bundle.combiner_name, "stack", None, metrics, stack, horizons)
     chosen: dict[str, str] = {}
+    others: dict[str, pd.DataFrame] = {}
     for name, (kind, fit) in baselines.items():
         frame = replace(bundle, combiners=fit.combiners, calibrators=fit.calibrators).combine(table)
         frame["path"] = 0
+        others[name] = frame
         rows += _rows(name, kind, None, hs(frame, L.SPLIT_HOLDOUT), frame, horizons)
         for h, comb in fit.combiners.items():
             if getattr(comb, "chosen_", None):
@@ -203,4 +262,5 @@ def evaluate_holdout(
         predictions=stack,
         chosen=chosen,
         n_rows=len(table),
+        verdict=rank_ic_verdict(stack, others, horizons),
     )

@@ -500,6 +500,8 @@ def write_files(result: StackResult, folder: Path) -> dict[str, Path]:
         paths["holdout"] = folder / L.HOLDOUT_ARTIFACT
         result.holdout.comparison.to_csv(paths["holdout_comparison"], index=False)
         result.holdout.scale_check.to_csv(paths["scale_check"], index=False)
+        paths["holdout_verdict"] = folder / L.STACK_HOLDOUT_VERDICT_CSV
+        result.holdout.verdict.to_csv(paths["holdout_verdict"], index=False)
         result.holdout.predictions.to_parquet(paths["holdout"], index=False)
     return paths
 

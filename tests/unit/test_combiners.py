@@ -328,3 +328,60 @@ def test_audit_flags_a_fold_model_whose_training_labels_reach_its_predictions():
     assert audit["checks"]["time_order"]["status"] == "FAIL" and audit["checks"]["time_order"]["count"] == 1
     assert audit["checks"]["gaps"]["status"] == "FAIL" and audit["checks"]["missing_predictions"]["count"] == 10
     assert audit["checks"]["duplicate_keys"]["status"] == "PASS"
+
+
+def _market_moves(rows: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
+    """``rows`` with a large common move per timestamp added to ``ret`` and, with a different
+    loading, to each expert's forecast (as fold models' intercepts track the market): the ranking
+    across symbols is unchanged."""
+    rng = np.random.default_rng(seed)
+    out = rows.copy()
+    codes = pd.factorize(out["timestamp"])[0]
+    market = rng.normal(0, 0.05, codes.max() + 1)[codes]
+    out["ret"] = out["ret"] + market
+    out["dir"] = (out["ret"] > 0).astype(float)
+    for alias, loading in (("e0", 0.3), ("e1", -0.2)):
+        col = expert_column(alias, "expected_return")
+        out[col] = out[col] + loading * market
+    return out
+
+
+def _cs_ic(out: pd.DataFrame, rows: pd.DataFrame) -> float:
+    frame = pd.DataFrame({"t": rows["timestamp"], "f": out["expected_return"], "r": rows["ret"]})
+    return float(frame.groupby("t")[["f", "r"]].apply(lambda g: g["f"].rank().corr(g["r"].rank())).mean())
+
+
+@pytest.mark.parametrize("make", [lambda cs: RidgeLogistic(cross_section=cs), lambda cs: RegimeGate(cross_section=cs)])
+def test_cross_sectional_fit_ranks_symbols_and_ignores_the_market_move(make):
+    rows = _market_moves(regime_rows(n_times=400, seed=3))
+    fit, test = (
+        rows[rows["timestamp"] < rows["timestamp"].iloc[1200]],
+        rows[rows["timestamp"] >= rows["timestamp"].iloc[1200]],
+    )
+    experts = ["e0", "e1"]
+    pooled, cross = make("off").fit(fit, experts), make("auto").fit(fit, experts)
+    assert not pooled.describe().get("cross_sectional_fit") and cross.describe()["cross_sectional_fit"]
+    ic_pooled, ic_cross = _cs_ic(pooled.predict(test, experts), test), _cs_ic(cross.predict(test, experts), test)
+    assert ic_cross > ic_pooled + 0.05, (ic_pooled, ic_cross)
+    # the level is the experts' mean forecast at the timestamp, the spread the fitted cross-sectional part
+    # (the gate's weights differ across a timestamp's rows, so its spread's mean is near 0, not 0)
+    out = cross.predict(test, experts)
+    level = (
+        test[[expert_column(a, "expected_return") for a in experts]]
+        .mean(axis=1)
+        .groupby(test["timestamp"])
+        .transform("mean")
+    )
+    means = out["expected_return"].groupby(test["timestamp"]).transform("mean")
+    assert np.corrcoef(means, level)[0, 1] > 0.99
+    # a timestamp's cross-sectional inputs read that timestamp alone: moving a later row changes nothing earlier
+    moved = test.copy()
+    last = moved["timestamp"] == moved["timestamp"].max()
+    moved.loc[last, expert_column("e0", "expected_return")] += 1.0
+    before = ~last.to_numpy()
+    np.testing.assert_array_equal(
+        cross.predict(moved, experts)["expected_return"].to_numpy()[before], out["expected_return"].to_numpy()[before]
+    )
+    # one symbol per timestamp: auto falls back to the pooled fit (nothing to rank across)
+    single = fit[fit["symbol"] == "S0"]
+    assert not make("auto").fit(single, experts).describe()["cross_sectional_fit"]
