@@ -653,9 +653,15 @@ class AllocatorStrategy:
         forecast bar to the last (bars without a forecast are flat)."""
         panel, pos, attr = self.allocation(data, periods_per_year, market)
         keep = slice(None)
+        half_spread = None
         if market is not None:
             ts = panel.timestamps.get_indexer(pd.DatetimeIndex(data[TIMESTAMP]))
             keep = slice(int(ts.min()), int(ts.max()) + 1) if len(ts) else slice(0, 0)
+            if HALF_SPREAD in market.columns:  # quoted spreads of an order-book stream price the trades
+                m = market.assign(**{TIMESTAMP: _utc(market[TIMESTAMP])}).drop_duplicates([TIMESTAMP, SYMBOL])
+                half_spread = m.pivot(index=TIMESTAMP, columns=SYMBOL, values=HALF_SPREAD)
+                half_spread = half_spread.reindex(index=panel.timestamps[keep], columns=panel.symbols)
+                half_spread = half_spread.to_numpy(dtype=np.float64)
         return Book(
             pos[keep],
             panel.next_return[keep],
@@ -664,6 +670,7 @@ class AllocatorStrategy:
             volume=None if panel.volume is None else panel.volume[keep],
             attribution=attr[keep],
             horizons=panel.horizons,
+            half_spread=half_spread,
         )
 
 
