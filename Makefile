@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# extra pytest arguments, e.g. `make test PYTEST_ARGS="-n 2"` (pytest-xdist) or PYTEST_ARGS=-x
-PYTEST_ARGS ?=
+# pytest arguments: by default two workers (pytest-xdist; the suite is safe to split: free ports, fresh
+# databases, tmp dirs); `make test PYTEST_ARGS=` runs it in one process, PYTEST_ARGS="-n 2 -x" stops early
+PYTEST_ARGS ?= -n 2
 # MLflow telemetry and progress bars are switched off by quantml itself (quantml/__init__.py)
 export PYTHONWARNINGS := ignore
 
