@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# pytest arguments: by default two workers (pytest-xdist; the suite is safe to split: free ports, fresh
-# databases, tmp dirs); `make test PYTEST_ARGS=` runs it in one process, PYTEST_ARGS="-n 2 -x" stops early
-PYTEST_ARGS ?= -n 2
+# pytest arguments: by default two workers, one module per worker at a time (pytest-xdist loadscope: a module's
+# expensive fixtures are built once), the 15 slowest tests listed; the suite is safe to split: free ports, fresh
+# databases, tmp dirs; `make test PYTEST_ARGS=` runs it in one process, PYTEST_ARGS="-n 2 -x" stops early
+PYTEST_ARGS ?= -n 2 --dist loadscope --durations=15
 # MLflow telemetry and progress bars are switched off by quantml itself (quantml/__init__.py)
 export PYTHONWARNINGS := ignore
 

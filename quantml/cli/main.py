@@ -16,21 +16,24 @@ usage: quantml COMMAND [IDS] [key=value ...]
                                             a sweep's leaderboard, the best run's deflated Sharpe ratio, PBO
   quantml stack sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]
                                             a combiner over walk-forward experts' out-of-fold predictions
+  quantml data audit [data=CONFIG_OR_FILE] [data.*=...] [audit.window=30d audit.min_coverage=0.95 ...]
+                                            a panel's coverage, gaps and missing streams, and its readiness verdict
   quantml server [backend_store_uri=postgresql+psycopg://USER:PASSWORD@HOST:5432/DB] [port=5000] [key=value ...]
                                             an MLflow tracking server on PostgreSQL (artifacts served through it)
                                             for many jobs and hosts: prints the MLFLOW_TRACKING_URI=http://... to use
 
 Settings are Hydra key=value overrides of the packaged configs (quantml/conf): config.yaml
-(train), tune.yaml, predict.yaml, registry.yaml, sweep_report.yaml, stack.yaml, server.yaml; tracking.uri= picks the
-MLflow store in every command (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Only
-identifiers (a run id, a model name and version) are positional. `quantml COMMAND --help` shows a command's settings.
+(train), tune.yaml, predict.yaml, registry.yaml, sweep_report.yaml, stack.yaml, server.yaml,
+data_audit.yaml; tracking.uri= picks the MLflow store in every command (default: $MLFLOW_TRACKING_URI,
+else sqlite:///mlflow.db). Only identifiers (a run id, a model name and version) are positional.
+`quantml COMMAND --help` shows a command's settings.
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "tune", "predict", "registry", "sweep-report", "stack", "server")
+COMMANDS = ("train", "tune", "predict", "registry", "sweep-report", "stack", "server", "data")
 
 
 def _hydra_app(module: str, args: list[str]) -> int:
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from quantml.cli.server import main as server
 
         return server(args)
+    if command == "data":
+        from quantml.cli.data import main as data
+
+        return data(args)
     print(f"error: unknown command {command!r}; one of {', '.join(COMMANDS)} (quantml --help)", file=sys.stderr)
     return 2
 

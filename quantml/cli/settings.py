@@ -128,6 +128,12 @@ def check_train_settings(cfg) -> None:
             parse_duration(h, "horizon.horizons item")
         if len(set(map(str, horizons))) != len(horizons):
             raise QuantmlInputError(f"horizon.horizons={_show(horizons)} repeats a horizon; list each once")
+    warm = _select(cfg, "warm_start") if "warm_start" in cfg else None
+    if warm is not None and not (isinstance(warm, str) and warm.startswith("models:/")):
+        raise QuantmlInputError(
+            f"warm_start={_show(warm)} must be a registered model URI, e.g. warm_start=models:/NAME@active "
+            "(or models:/NAME/3), or null to train from scratch"
+        )
     for key in DATE_KEYS:
         value = _select(cfg, key)
         if value is None:

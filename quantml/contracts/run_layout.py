@@ -234,3 +234,10 @@ TRIAL_ATTR_WORKER = quantml_tag("worker")
 # Optuna study user attrs quantml.uncounted_trial.<number> = why: trials left out of the trial budget
 # (failed stale: their sweeper died; asked over the budget by a concurrent sweeper)
 STUDY_ATTR_UNCOUNTED_PREFIX = quantml_tag("uncounted_trial.")
+
+# -- warm start: a candidate fitted from a registered version on newer data (docs/registry.md) ------
+# parent-run tags of a warm-started run, copied to its model version by `quantml registry register`
+TAG_WARM_START_SOURCE = quantml_tag("warm_start_source")  # models:/NAME/<version> the fits started from
+TAG_WARM_START_RUN = quantml_tag("warm_start_run")  # the source version's parent run id
+TAG_WARM_START_AFTER = quantml_tag("warm_start_after")  # ISO UTC: the source's last development bar
+WARM_START_TAGS = (TAG_WARM_START_SOURCE, TAG_WARM_START_RUN, TAG_WARM_START_AFTER)

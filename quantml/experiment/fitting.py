@@ -40,11 +40,15 @@ _ROW = "_crossfit_row"
 CHECKPOINT_DIR_ENV = "QUANTML_CHECKPOINT_DIR"
 
 
-def build_model(cfg: DictConfig, horizons: list[str]) -> Forecaster:
+def build_model(cfg: DictConfig, horizons: list[str], warm_source: Forecaster | None = None) -> Forecaster:
+    """The configured backbone, unfitted; with ``warm_source`` (``warm_start=``) its fits start
+    from that fitted model (:mod:`quantml.experiment.warm_start`)."""
     try:
         model = instantiate(cfg.backbone, horizons=horizons, seed=int(cfg.seed))
     except Exception as exc:
         raise QuantmlInputError(f"could not build backbone={cfg.backbone.get('_target_')}: {exc}") from exc
+    if warm_source is not None:
+        model.warm_from(warm_source)
     if hasattr(model, "checkpoint_in"):  # sequence backbones: resumable fits (docs/backbones.md)
         model.checkpoint_in(job_checkpoint_dir(cfg), resume=bool(cfg.get("resume", False)))
     return model
@@ -128,7 +132,7 @@ def fit_fold_model(
 ) -> FoldFit:
     """Fit a backbone on ``fit_rows``, early-stop it on the first part of ``valid_rows`` and
     calibrate it on the second (see the module docstring)."""
-    model = build_model(cfg, prep.data.horizons)
+    model = build_model(cfg, prep.data.horizons, prep.warm_source)
     if not len(valid_rows):
         model.fit(prep.data.subset(fit_rows), None)
         empty = np.zeros(0, np.int64)
@@ -199,7 +203,7 @@ def fit_final(
 
     Returns ``(model, calibrator, capacity)`` (``capacity``: the dict the served model grew to).
     """
-    template = build_model(cfg, prep.data.horizons)
+    template = build_model(cfg, prep.data.horizons, prep.warm_source)
     folds = [c if isinstance(c, FoldCapacity) else FoldCapacity(dict(c), 0) for c in capacities]
 
     def capacity_for(n_rows: int) -> dict:

@@ -48,6 +48,8 @@ class PreparedData:
     # the lockbox's samples (positions into data, time order); empty until reserve_lockbox
     holdout_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     lockbox: Lockbox = field(default_factory=lambda: Lockbox(None, "none"))
+    # warm_start=: the registered version's fitted forecaster every fit starts from (None: from scratch)
+    warm_source: object | None = None
 
     @property
     def calendar(self) -> np.ndarray:
@@ -91,6 +93,11 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     costs = build(cfg.cost, "cost", "quantml.market.CostModel")
     panel = load_panel(cfg.data)
     declared = declared_calendars(cfg.data, panel)
+    if _require_ready(cfg.data):  # data.require_ready=true: audit before anything is fitted
+        from quantml.data.audit import ReadyThresholds, require_ready
+
+        ready = OmegaConf.to_container(cfg.data.ready, resolve=True) if cfg.data.get("ready") is not None else {}
+        require_ready(panel, declared, ready.get("window"), ReadyThresholds.from_config(ready))
     drop = list(cfg.ablation.drop_modalities or [])
     feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
     features = build_features(panel, feature_set, drop, declared=declared)
@@ -154,6 +161,13 @@ def declared_calendars(cfg_data, panel: pd.DataFrame) -> dict[str, str]:
             calendars[sym] = declared_calendar(code, ts[panel[SYMBOL].astype(str) == sym])
         check_max_gap(panel, missing, calendars, max_gap)
     return declared
+
+
+def _require_ready(cfg_data) -> bool:
+    value = cfg_data.get("require_ready", False) if cfg_data is not None else False
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise QuantmlInputError(f"data.require_ready={value!r} must be true or false (e.g. data.require_ready=true)")
 
 
 def _periods_per_year(cfg_data, panel: pd.DataFrame, declared: dict[str, str]):

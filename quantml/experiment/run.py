@@ -24,6 +24,7 @@ from quantml.experiment.folds import run_folds
 from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_holdout, resolve_lockbox
 from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
 from quantml.experiment.resume import run_identity
+from quantml.experiment.warm_start import WarmSource, check_warm_data, resolve_warm_start, with_warm_source
 from quantml.portfolio.strategy import build_strategy
 from quantml.tracking import RunWriter, TrackedRun, flatten_config
 from quantml.tracking.pyfunc import log_bundle
@@ -138,6 +139,8 @@ def run_experiment(
     context = context or RunContext()
     seed_everything(int(cfg.seed))
     writer = RunWriter.prepare(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
+    # warm_start=: the version every fit starts from (an unknown version or backbone: no run is made)
+    warm = resolve_warm_start(cfg, writer.client)
     tags = {L.TAG_RUN_IDENTITY: run_identity(cfg)}  # what resume=true finds a FINISHED job by
     if context.sweep_dir is not None:
         tags[L.TAG_SWEEP_DIR] = context.sweep_dir
@@ -159,15 +162,24 @@ def run_experiment(
         with parent.ending():
             parent.log_params(flatten_config(cfg))
             parent.log_resolved_config(cfg)
-            return _run_in_parent(cfg, writer, parent, context.output_dir, list(callbacks))
+            return _run_in_parent(cfg, writer, parent, context.output_dir, list(callbacks), warm)
     finally:
         parent.stop_lease()  # ending() stopped it already; this holds even if ending the run failed
 
 
 def _run_in_parent(
-    cfg: DictConfig, writer: RunWriter, parent: TrackedRun, output_dir: Path | None, callbacks: list[FoldCallback]
+    cfg: DictConfig,
+    writer: RunWriter,
+    parent: TrackedRun,
+    output_dir: Path | None,
+    callbacks: list[FoldCallback],
+    warm: WarmSource | None = None,
 ) -> ExperimentResult:
     prep: PreparedData = prepare_data(cfg)
+    if warm is not None:  # only bars after the source's training end; its features and horizons
+        check_warm_data(prep, warm)
+        parent.set_tags(warm.tags())
+        prep = with_warm_source(prep, warm)
     costs = build(cfg.cost, "cost", "quantml.market.CostModel")
     signal = build(cfg.signal, "signal", "quantml.signals.SignalConfig.build", cost=costs.round_trip)
     strategy = build_strategy(cfg.get("strategy"), signal)

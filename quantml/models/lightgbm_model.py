@@ -139,12 +139,43 @@ class LightGBMForecaster(TabularForecaster):
             }
             if metric is not None:
                 kwargs["feval"] = lambda preds, data: metric(data.get_label(), preds)
-        booster = lgb.train(params, bins.train_with(y), num_boost_round=rounds, **kwargs)
+        init = (getattr(self, "init_models", None) or {}).get(key)
+        booster = lgb.train(params, bins.train_with(y), num_boost_round=rounds, init_model=init, **kwargs)
+        if init is not None:  # the source's trees come first: capacity_ counts only the new ones
+            self.__dict__.setdefault("init_trees_", {})[key] = int(init.current_iteration())
         return _Head(booster, classifier)
+
+    def warm_from(self, source: LightGBMForecaster) -> LightGBMForecaster:
+        """Start each head of the next fits from ``source``'s booster of the same key (``return/1d``,
+        ``direction/1d``, ...: ``lgb.train(..., init_model=booster)``); a head the source lacks
+        (a constant one-class direction head, a native quantile head of a residual source) grows
+        from scratch. Kept by :meth:`with_capacity`; ``capacity_`` counts only the new trees."""
+        if not isinstance(source, LightGBMForecaster):
+            raise TypeError(f"a LightGBM backbone warm-starts from a LightGBM model, not {type(source).__name__}")
+        self.init_models = source.head_boosters()
+        return self
+
+    def head_boosters(self) -> dict[str, lgb.Booster]:
+        """``{head key: booster}`` of a fitted model (the keys of ``capacity_``)."""
+        quantile_models = getattr(self, "quantile_models_", None)
+        named = []
+        for j, h in enumerate(self.horizons):
+            named += [
+                (f"return/{h}", self.return_models_[j]),
+                (f"direction/{h}", self.direction_models_[j]),
+                (f"vol/{h}", self.vol_models_[j]),
+            ]
+            if quantile_models is not None:
+                named += [(f"q{round(100 * a)}/{h}", m) for a, m in zip(QUANTILE_LEVELS, quantile_models[j])]
+        return {key: m.booster_ for key, m in named if hasattr(m, "booster_")}
 
     def _bins(self, X, Xv) -> _BinnedRows:
         """The fit's binned rows (built on the first head, reused by the others)."""
         cached = self.__dict__.get("_binned")
+        if getattr(self, "init_models", None):
+            # a warm start sets each head's init score from its source booster on the dataset itself,
+            # which a head without a source must not inherit: bins per head
+            cached = None
         if cached is None or cached.X is not X or (Xv is not None and cached.Xv is not Xv):
             cached = _BinnedRows(X, Xv, {k: v for k, v in self.params.items() if k != "n_estimators"}, self.threads_)
             self.__dict__["_binned"] = cached
@@ -155,6 +186,7 @@ class LightGBMForecaster(TabularForecaster):
         (:meth:`with_capacity`): then head ``key`` grows ``capacity[key]`` trees (a head missing
         from the capacity grows ``n_estimators``) and ``valid`` only measures the residual quantiles."""
         self.__dict__.pop("quantile_models_", None)  # a refit must not read the last fit's heads
+        self.__dict__.pop("init_trees_", None)
         self.threads_ = resolve_threads(getattr(self, "n_jobs", -1))
         # the early-stopping rows' timestamps, for the cross-sectional rank metric (fit-time only)
         self.stop_times_ = None if valid is None else valid.data.t0[valid.rows]
@@ -203,7 +235,8 @@ class LightGBMForecaster(TabularForecaster):
             ]
             if quantile_models is not None:
                 named += [(f"q{round(100 * a)}/{h}", m) for a, m in zip(QUANTILE_LEVELS, quantile_models[j])]
-        return {key: _trees_used(m) for key, m in named if hasattr(m, "booster_")}
+        init = getattr(self, "init_trees_", None) or {}
+        return {key: max(1, _trees_used(m) - init.get(key, 0)) for key, m in named if hasattr(m, "booster_")}
 
     def _forecast(self, X: np.ndarray) -> Forecast:
         fc = super()._forecast(X)

@@ -45,7 +45,15 @@ from quantml.tracking.reader import ParentRun, RunReader
 MODEL_ARTIFACT = L.MODEL_ARTIFACT
 # The handful of parent-run tags a model version carries (its row in the MLflow UI's versions
 # table stays readable); everything else stays on the run.
-RUN_TAGS = (L.TAG_HORIZONS, L.TAG_VALIDATION, L.TAG_DATA_FINGERPRINT, L.TAG_GIT_COMMIT, L.TAG_SIGNAL)
+# (and a warm-started run's lineage: its source version, that version's run, the data's start)
+RUN_TAGS = (
+    L.TAG_HORIZONS,
+    L.TAG_VALIDATION,
+    L.TAG_DATA_FINGERPRINT,
+    L.TAG_GIT_COMMIT,
+    L.TAG_SIGNAL,
+    *L.WARM_START_TAGS,
+)
 # Headline out-of-sample metrics, for the first horizon only, as ``quantml.metric.<name>/<h>``.
 HEADLINE_METRICS = ("oos_sharpe_after_cost", "oos_rank_ic")
 KEY_METRICS = HEADLINE_METRICS  # the 0.1 name
