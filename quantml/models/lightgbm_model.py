@@ -157,6 +157,11 @@ class LightGBMForecaster(TabularForecaster):
 
     def head_boosters(self) -> dict[str, lgb.Booster]:
         """``{head key: booster}`` of a fitted model (the keys of ``capacity_``)."""
+        return {key: m.booster_ for key, m in self._named_heads()}
+
+    def _named_heads(self) -> list[tuple[str, object]]:
+        """``(head key, trained head)`` for every head grown by LightGBM (a constant one-class
+        direction head is none)."""
         quantile_models = getattr(self, "quantile_models_", None)
         named = []
         for j, h in enumerate(self.horizons):
@@ -167,7 +172,7 @@ class LightGBMForecaster(TabularForecaster):
             ]
             if quantile_models is not None:
                 named += [(f"q{round(100 * a)}/{h}", m) for a, m in zip(QUANTILE_LEVELS, quantile_models[j])]
-        return {key: m.booster_ for key, m in named if hasattr(m, "booster_")}
+        return [(key, m) for key, m in named if hasattr(m, "booster_")]
 
     def _bins(self, X, Xv) -> _BinnedRows:
         """The fit's binned rows (built on the first head, reused by the others)."""
@@ -225,18 +230,8 @@ class LightGBMForecaster(TabularForecaster):
     def _capacity(self) -> dict[str, int]:
         """Trees per head and horizon: the best iteration where a head early-stopped, else the
         trees it grew (a constant one-class direction head has no entry)."""
-        quantile_models = getattr(self, "quantile_models_", None)
-        named = []
-        for j, h in enumerate(self.horizons):
-            named += [
-                (f"return/{h}", self.return_models_[j]),
-                (f"direction/{h}", self.direction_models_[j]),
-                (f"vol/{h}", self.vol_models_[j]),
-            ]
-            if quantile_models is not None:
-                named += [(f"q{round(100 * a)}/{h}", m) for a, m in zip(QUANTILE_LEVELS, quantile_models[j])]
         init = getattr(self, "init_trees_", None) or {}
-        return {key: max(1, _trees_used(m) - init.get(key, 0)) for key, m in named if hasattr(m, "booster_")}
+        return {key: max(1, _trees_used(m) - init.get(key, 0)) for key, m in self._named_heads()}
 
     def _forecast(self, X: np.ndarray) -> Forecast:
         fc = super()._forecast(X)
