@@ -119,7 +119,9 @@ def test_ddp_two_forked_cpu_processes_match_one_process(tmp_path, monkeypatch, c
 @pytest.mark.slow  # each spawned rank imports torch and Lightning first: 12-36 s measured on 2 shared cores
 def test_ddp_two_spawned_cpu_processes_match_one_process(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    _fit_and_compare("spawn", tmp_path, capfd)
+    fits = _fit_and_compare("spawn", tmp_path, capfd)
+    assert fits["two"].devices == 2 and fits["one"].devices == 1
+    assert fits["two"].best_epoch_ == fits["one"].best_epoch_
 
 
 def test_ddp_settings_are_checked():

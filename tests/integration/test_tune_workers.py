@@ -246,10 +246,13 @@ def _killed_sweeper_scenario(tmp_path, uri, storage):
     assert not [r.info.run_id for r in every if r.info.status == "RUNNING"]
     # the budget is spent: a third run of the command would ask nothing
     assert HparamSearch(storage=storage, n_trials=2).trials_counted(study) == 2
+    return {"states": states, "killed": failed, "reason": reason}
 
 
 def test_a_sigkilled_sweeper_leaves_its_trial_failed_and_a_new_sweeper_finishes_the_study(tracking_uri, tmp_path):
-    _killed_sweeper_scenario(tmp_path, tracking_uri, f"sqlite:///{tmp_path / 'optuna.db'}")
+    outcome = _killed_sweeper_scenario(tmp_path, tracking_uri, f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert outcome["states"] == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}  # the study carried on
+    assert outcome["killed"].info.status == "FAILED" and outcome["reason"].startswith(L.HEARTBEAT_STALE)
 
 
 @pytest.mark.slow
@@ -267,7 +270,9 @@ def test_a_sigkilled_sweeper_on_postgresql(tracking_uri, tmp_path):
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = dsn.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-        _killed_sweeper_scenario(tmp_path, tracking_uri, url)
+        outcome = _killed_sweeper_scenario(tmp_path, tracking_uri, url)
+        assert outcome["states"] == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}  # the study carried on
+        assert outcome["killed"].info.status == "FAILED" and outcome["reason"].startswith(L.HEARTBEAT_STALE)
     finally:
         with psycopg.connect(dbname=dsn.database, autocommit=True, **connect) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
