@@ -100,7 +100,8 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
     if not np.isfinite(cost) or cost < 0:
         raise QuantmlInputError(f"round_trip_cost={round_trip_cost!r} must be finite and >= 0")
     deltas = [parse_horizon(h) for h in horizons]
-    bar = bar_size(panel)
+    sym = pd.factorize(panel[SYMBOL])[0]  # int codes: no Python string object per row
+    bar = bar_size(panel[TIMESTAMP], sym)
     for h, d in zip(horizons, deltas):
         if d < bar:
             raise QuantmlInputError(
@@ -108,7 +109,6 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
             )
     n, H = len(panel), len(horizons)
     ts = ts_int64(panel[TIMESTAMP])
-    sym = panel[SYMBOL].to_numpy()
     lc = np.log(panel["close"].to_numpy(dtype=np.float64))
     change = np.flatnonzero(sym[1:] != sym[:-1]) + 1
     bounds = np.r_[0, change, n]
@@ -126,23 +126,36 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
     for a, b in zip(bounds[:-1], bounds[1:]):
         cs[a:b] = np.cumsum(sq[a:b])
 
-    end = np.full((n, H), -1, dtype=np.int64)
+    # symbol by symbol into preallocated outputs: the temporaries are one symbol's, not [n, H] panel-wide
+    ret = np.empty((n, H))
+    after = np.empty((n, H))
+    direction = np.empty((n, H))
+    vol = np.empty((n, H))
+    t1_ns = np.empty((n, H), dtype=np.int64)
+    t1_max_ns = np.empty(n, dtype=np.int64)
+    nat = np.iinfo(np.int64).min
+    any_ok = np.zeros(H, dtype=bool)
     for a, b in zip(bounds[:-1], bounds[1:]):  # loop over symbols, vectorised over rows
-        seg = ts[a:b]
+        seg, lc_seg, cs_seg = ts[a:b], lc[a:b], cs[a:b]
+        L = b - a
+        r, v, t = np.empty((L, H)), np.empty((L, H)), np.empty((L, H), dtype=np.int64)
         for j, d in enumerate(deltas):
             k = np.searchsorted(seg, seg + d.value, side="left")
-            end[a:b, j] = np.where(k < (b - a), a + k, -1)
-    ok = end >= 0
-    e = np.where(ok, end, 0)
-    rows = np.arange(n)[:, None]
-    ret = np.where(ok, lc[e] - lc[rows], np.nan)
-    vol = np.where(ok, np.sqrt(np.maximum(cs[e] - cs[rows], 0.0)), np.nan)
-    after = np.sign(ret) * np.maximum(np.abs(ret) - cost, 0.0)
-    direction = np.where(np.isnan(ret), np.nan, (ret > 0).astype(np.float64))
-    t1_ns = np.where(ok, ts[e], np.iinfo(np.int64).min)
+            ok = k < L
+            e = np.where(ok, k, 0)
+            r[:, j] = np.where(ok, lc_seg[e] - lc_seg, np.nan)
+            v[:, j] = np.where(ok, np.sqrt(np.maximum(cs_seg[e] - cs_seg, 0.0)), np.nan)
+            t[:, j] = np.where(ok, seg[e], nat)
+            any_ok[j] |= bool(ok.any())
+        ret[a:b] = r  # whole rows of the [n, H] outputs: contiguous writes
+        after[a:b] = np.sign(r) * np.maximum(np.abs(r) - cost, 0.0)
+        direction[a:b] = np.where(np.isnan(r), np.nan, (r > 0).astype(np.float64))
+        vol[a:b] = v
+        t1_ns[a:b] = t
+        t1_max_ns[a:b] = np.where((t != nat).all(axis=1), t.max(axis=1), nat)
     t1 = t1_ns.view("datetime64[ns]")
-    t1_max = np.where(ok.all(axis=1), t1_ns.max(axis=1), np.iinfo(np.int64).min).view("datetime64[ns]")
-    empty = [h for h, any_ok in zip(horizons, ok.any(axis=0)) if not any_ok]
+    t1_max = t1_max_ns.view("datetime64[ns]")
+    empty = [h for h, some in zip(horizons, any_ok) if not some]
     if empty:
         raise QuantmlInputError(
             f"horizon(s) {empty} are longer than every symbol's history, so no row has a label; "

@@ -18,6 +18,11 @@ usage: quantml COMMAND [IDS] [key=value ...]
                                             a combiner over walk-forward experts' out-of-fold predictions
   quantml data audit [data=CONFIG_OR_FILE] [data.*=...] [audit.window=30d audit.min_coverage=0.95 ...]
                                             a panel's coverage, gaps and missing streams, and its readiness verdict
+  quantml paper model=models:/NAME@active data=CONFIG_OR_DIR [start=TIME] [follow=true] [log_dir=DIR] [key=value ...]
+                                            paper-trade a registered (or routed) version bar by bar: prediction,
+                                            execution and PnL logs; resumes after a restart
+  quantml monitor model=models:/NAME@active log_dir=DIR data=CONFIG_OR_DIR [key=value ...]
+                                            drift, calibration, paper PnL and slippage per horizon: OK / WARN / FAIL
   quantml server [backend_store_uri=postgresql+psycopg://USER:PASSWORD@HOST:5432/DB] [port=5000] [key=value ...]
                                             an MLflow tracking server on PostgreSQL (artifacts served through it)
                                             for many jobs and hosts: prints the MLFLOW_TRACKING_URI=http://... to use
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "tune", "predict", "registry", "sweep-report", "stack", "server", "data")
+COMMANDS = ("train", "tune", "predict", "registry", "sweep-report", "stack", "server", "data", "paper", "monitor")
 
 
 def _hydra_app(module: str, args: list[str]) -> int:
@@ -83,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         from quantml.cli.data import main as data
 
         return data(args)
+    if command == "paper":
+        from quantml.cli.paper import main as paper
+
+        return paper(args)
+    if command == "monitor":
+        from quantml.cli.monitor import main as monitor
+
+        return monitor(args)
     print(f"error: unknown command {command!r}; one of {', '.join(COMMANDS)} (quantml --help)", file=sys.stderr)
     return 2
 

@@ -1,8 +1,10 @@
 """quantml predict model=models:/NAME@active data=<config or file> [output=...] [key=value ...].
 
-Writes the prediction contract as parquet and prints a preview. Settings are Hydra
+Writes the prediction contract as parquet and prints a preview; with log_dir=DIR it also appends
+the rows to DIR/predictions, the keyed prediction log `quantml paper` writes (source="predict";
+a row already logged, same model, version, symbol, timestamp and horizon, is not written again). Settings are Hydra
 key=value overrides of the packaged conf/predict.yaml (model=, data=, output=,
-last_only=, preview=, seed=, tracking.uri=) plus any data.* override (e.g. data.n_bars=500).
+last_only=, log_dir=, preview=, seed=, tracking.uri=) plus any data.* override (e.g. data.n_bars=500).
 Exit codes: 0 written; 2 bad input (unknown model/alias, a panel that does not match
 the model's feature contract, unreadable data ...).
 """
@@ -45,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             raise QuantmlInputError("model=... is required, e.g. model=models:/NAME@active")
         result = run_predict(cfg)
     except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
-        return error_exit(exc, "model=, data=, output=, last_only=, preview=, seed=, tracking.uri=, data.*=")
+        return error_exit(exc, "model=, data=, output=, last_only=, log_dir=, preview=, seed=, tracking.uri=, data.*=")
     r = result.resolved
     source = f"{r.name} v{r.version}" if r.name else r.load_uri
     tuned = " with its tuned quantml.signal thresholds" if r.signal is not None else ""
     print(f"{len(result.frame)} predictions from {source}{tuned} -> {result.output}")
+    if result.log_dir is not None:
+        print(f"{result.logged} new row(s) appended to the prediction log {result.log_dir / 'predictions'}")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(result.frame.head(int(cfg.preview)).to_string(index=False))
     return 0

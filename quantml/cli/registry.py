@@ -9,12 +9,23 @@
   quantml registry history NAME                         every promotion and rollback of NAME
   quantml registry unlock NAME                          break a lock left by a promotion that died
 
+Route maps (docs/routing.md): the active model per symbol and horizon, a registered model of its own
+whose versions are promoted, gated (each entry version's gates) and served like any other:
+  quantml registry route MAP NAME VERSION [symbols=BTC,ETH] [horizons=1h,4h] [default=NAME:VERSION] [reason=TEXT]
+                                                        new map version (alias 'candidate'): NAME vVERSION serves
+                                                        those symbols/horizons (omitted: all); the first route
+                                                        of a map is its default (or give default=NAME:VERSION)
+  quantml registry rollback MAP symbols=BTC [horizons=1h] [reason=TEXT]
+                                                        that entry back to its previous version, active at once
+  quantml registry routes MAP [version=V]               the entries of a map version and their history
+
 Settings are Hydra key=value overrides of the packaged conf/registry.yaml, e.g.
 gates.calibration.max_ece=0.05, gates.sharpe.min_windows=3, gates_file=my_gates.yaml,
 tracking.uri=sqlite:///other.db (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
 
 Exit codes: 0 done; 1 gates failed (gates, or promote refused); 2 bad input
-(unknown run/model/version, nothing to roll back to, force=true without reason=...).
+(unknown run/model/version, nothing to roll back to, force=true without reason=..., a route to a version
+that lacks the symbol or horizon).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import sys
 
 USAGE = (
     "quantml registry {register RUN_ID | gates NAME VERSION | promote NAME VERSION | rollback NAME | "
-    "list [NAME] | history NAME | unlock NAME} [key=value ...]"
+    "list [NAME] | history NAME | unlock NAME | route MAP NAME VERSION | routes MAP} [key=value ...]"
 )
 # command -> (required identifiers, optional identifiers), in positional order
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -34,7 +45,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "list": ((), ("name",)),
     "history": (("name",), ()),
     "unlock": (("name",), ()),
+    "route": (("name", "model", "version"), ()),
+    "routes": (("name",), ()),
 }
+LIST_KEYS = ("symbols", "horizons")  # symbols=BTC,ETH means the list [BTC,ETH], not a Hydra sweep
 
 
 class UsageError(ValueError):
@@ -43,6 +57,14 @@ class UsageError(ValueError):
 
 def _is_override(arg: str) -> bool:
     return "=" in arg or arg.startswith(("~", "+"))
+
+
+def _list_value(override: str) -> str:
+    """``symbols=BTC,ETH`` -> ``symbols=[BTC,ETH]`` (Hydra reads a bare comma list as a sweep)."""
+    key, sep, value = override.partition("=")
+    if sep and key in LIST_KEYS and "," in value and not value.startswith(("[", "'", '"')):
+        return f"{key}=[{value}]"
+    return override
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
@@ -59,7 +81,7 @@ def parse_args(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
     if hint:
         raise UsageError(hint)
     positional = [a for a in rest if not _is_override(a)]
-    overrides = [a for a in rest if _is_override(a)]
+    overrides = [_list_value(a) for a in rest if _is_override(a)]
     required, optional = COMMANDS[command]
     slots = required + optional
     if len(positional) > len(slots):
@@ -95,7 +117,7 @@ def compose_config(command: str, ids: dict[str, str], overrides: list[str]):
     cfg.command = command
     for key, value in ids.items():
         cfg[key] = value
-    for key in ("run_id", "name", "version", "baseline"):  # run ids / versions: strings, never numbers
+    for key in ("run_id", "name", "version", "baseline", "model", "base", "default"):  # strings, never numbers
         if cfg[key] is not None:
             cfg[key] = str(cfg[key])
     if cfg.gates_file:
@@ -136,6 +158,7 @@ def run(cfg) -> int:
 
     from quantml.cli.common import tracking_uri
     from quantml.registry import commands as reg
+    from quantml.registry import routing
     from quantml.registry.store import RegistryStore
 
     store = RegistryStore(tracking_uri(cfg))
@@ -173,9 +196,44 @@ def run(cfg) -> int:
             f"{name}: {active} v{e.previous or '-'} -> v{e.version}{forced}; recorded as event {e.seq} "
             f"by {e.user} at {e.time}"
         )
+    elif command == "rollback" and (cfg.symbols is not None or cfg.horizons is not None):
+        change = routing.rollback_entry(
+            store,
+            name,
+            symbols=cfg.symbols,
+            horizons=cfg.horizons,
+            reason=str(cfg.reason or ""),
+            experiment=str(cfg.route_experiment),
+        )
+        e = change.event
+        print(f"{name}: {change.change}")
+        print(f"{name}: {active} v{e.previous} -> v{e.version} (entry rollback); recorded as event {e.seq}")
     elif command == "rollback":
         e = reg.rollback(store, name, reason=str(cfg.reason or ""))
         print(f"{name}: rolled back {active} v{e.previous} -> v{e.version}; recorded as event {e.seq}")
+    elif command == "route":
+        change = routing.route(
+            store,
+            name,
+            cfg.model,
+            version,
+            symbols=cfg.symbols,
+            horizons=cfg.horizons,
+            default=cfg.default,
+            reason=str(cfg.reason or ""),
+            base=cfg.base,
+            experiment=str(cfg.route_experiment),
+        )
+        mv = change.version
+        built = f"built on v{change.base}" if change.base else "a new map"
+        print(f"{name} v{mv.version} (alias candidate, {built}): {change.change}")
+        print(
+            f"next: quantml registry routes {name} version={mv.version}; quantml registry promote {name} {mv.version}"
+        )
+    elif command == "routes":
+        header, table = routing.routes(store, name, version)
+        print(header)
+        print(_table(table))
     elif command == "history":
         print(_table(reg.history(store, name)))
         served = store.alias_version(name, active)
@@ -214,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
         return error_exit(
-            exc, "name= version= run_id= reason= force= baseline= gates_file= gates.<gate>.<key>= tracking.uri="
+            exc,
+            "name= version= run_id= reason= force= baseline= gates_file= gates.<gate>.<key>= model= symbols= "
+            "horizons= default= base= route_experiment= tracking.uri=",
         )
 
 

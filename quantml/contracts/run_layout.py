@@ -34,9 +34,10 @@ KIND_PARENT = "parent"  # one per train job: config, OOS predictions, report, th
 KIND_FOLD = "fold"  # nested under a parent: one validation fold
 KIND_TUNE = "tune"  # nested under a parent: a threshold study
 KIND_STACK = "stack"  # one per `quantml stack`: a served, registrable Z-layer over parent runs
-KIND_MONITOR = "monitor"  # reserved
+KIND_MONITOR = "monitor"  # one per `quantml monitor`: checks of a version's logs (docs/monitoring.md)
+KIND_ROUTE = "route"  # one per route-map change: the run a map version's pyfunc is logged on
 KIND_SWEEP = "sweep"  # one per `quantml sweep-report`: the leaderboard of a sweep's parent runs
-RUN_KINDS = (KIND_PARENT, KIND_FOLD, KIND_TUNE, KIND_STACK, KIND_MONITOR, KIND_SWEEP)
+RUN_KINDS = (KIND_PARENT, KIND_FOLD, KIND_TUNE, KIND_STACK, KIND_MONITOR, KIND_SWEEP, KIND_ROUTE)
 
 # -- run tags ---------------------------------------------------------------------------------------
 # every run
@@ -241,3 +242,12 @@ TAG_WARM_START_SOURCE = quantml_tag("warm_start_source")  # models:/NAME/<versio
 TAG_WARM_START_RUN = quantml_tag("warm_start_run")  # the source version's parent run id
 TAG_WARM_START_AFTER = quantml_tag("warm_start_after")  # ISO UTC: the source's last development bar
 WARM_START_TAGS = (TAG_WARM_START_SOURCE, TAG_WARM_START_RUN, TAG_WARM_START_AFTER)
+
+# -- appended: route maps (quantml registry route; docs/routing.md) ------------------------------------------
+TAG_ROUTE_ENTRIES = quantml_tag("route_entries")  # map version: JSON list of its current entries
+TAG_ROUTE_MAP = quantml_tag("route_map")  # route run: the map's registered-model name
+TAG_ROUTE_BASE = quantml_tag("route_base")  # map version: the map version it was built on ("" for none)
+TAG_ROUTE_CHANGE = quantml_tag("route_change")  # map version: the change in one line
+ROUTE_ENTRIES_ARTIFACT = "route/entries.json"  # route run: the entries with their previous values
+ROUTE_EXPERIMENT = "quantml-routes"  # default experiment of the route runs
+CROSS_SECTIONAL = "cross_sectional"  # bundle metadata: the model needs every one of its symbols at once

@@ -85,10 +85,22 @@ def parse_duration(text, what: str = "duration", *, allow_zero: bool = False) ->
 
 def _int64_ns(timestamps) -> np.ndarray:
     """Nanoseconds since the epoch of datetimes (tz-aware or naive, any resolution) or of int64 ns."""
+    dtype = getattr(timestamps, "dtype", None)
+    if dtype is not None and (isinstance(dtype, pd.DatetimeTZDtype) or dtype.kind == "M"):
+        # straight to int64: np.asarray of tz-aware datetimes builds one Timestamp object per row
+        return pd.DatetimeIndex(timestamps).as_unit("ns").asi8
     ts = np.asarray(timestamps)
     if ts.dtype.kind in "iu":
         return ts.astype(np.int64)
     return pd.DatetimeIndex(timestamps).as_unit("ns").asi8
+
+
+def _codes(symbols) -> np.ndarray:
+    """Each row's symbol as an int64 code in order of first appearance. A pandas column is factorised as
+    it is (an Arrow-backed string column natively: no Python string object per row)."""
+    if not isinstance(symbols, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
+        symbols = np.asarray(symbols)
+    return pd.factorize(symbols)[0].astype(np.int64, copy=False)
 
 
 def _segments(symbols: np.ndarray) -> np.ndarray:
@@ -109,11 +121,19 @@ def _sorted(timestamps, symbols) -> tuple[np.ndarray, np.ndarray]:
         if symbols is None and SYMBOL in frame.columns:
             symbols = frame[SYMBOL]
     ts = _int64_ns(timestamps)
-    codes = np.zeros(len(ts), dtype=np.int64) if symbols is None else pd.factorize(np.asarray(symbols))[0]
-    order = np.lexsort((ts, codes))
-    if len(order) and (order != np.arange(len(order))).any():
+    codes = np.zeros(len(ts), dtype=np.int64) if symbols is None else _codes(symbols)
+    if not _is_sorted(ts, codes):
+        order = np.lexsort((ts, codes))
         ts, codes = ts[order], codes[order]
     return ts, codes
+
+
+def _is_sorted(ts: np.ndarray, codes: np.ndarray) -> bool:
+    """Whether rows are already in (code, timestamp) order (ties allowed): then a stable sort is the identity."""
+    if len(ts) < 2:
+        return True
+    dc = codes[1:] - codes[:-1]
+    return bool((dc >= 0).all() and ((dc > 0) | (ts[1:] >= ts[:-1])).all())
 
 
 def modal_step(diffs: np.ndarray) -> np.int64:
@@ -293,8 +313,8 @@ def bars_missing(timestamps, symbols=None, min_share: float = 0.75) -> np.ndarra
     if isinstance(timestamps, pd.DataFrame) and symbols is None and SYMBOL in timestamps.columns:
         symbols = timestamps[SYMBOL]
     raw = _int64_ns(timestamps[TIMESTAMP] if isinstance(timestamps, pd.DataFrame) else timestamps)
-    codes = np.zeros(len(raw), dtype=np.int64) if symbols is None else pd.factorize(np.asarray(symbols))[0]
-    order = np.lexsort((raw, codes))
+    codes = np.zeros(len(raw), dtype=np.int64) if symbols is None else _codes(symbols)
+    order = np.arange(len(raw)) if _is_sorted(raw, codes) else np.lexsort((raw, codes))
     ts, cs = raw[order], codes[order]
     out_sorted = np.zeros(len(ts), dtype=np.float64)
     week, day = WEEK.value, DAY.value

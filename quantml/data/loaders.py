@@ -366,9 +366,10 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
     """Load and validate the panel described by the ``data`` config group.
 
     ``cfg.source``: ``stocks_daily`` (bundled, adjusted daily equities), ``synthetic``
-    (``freq, n_symbols, n_bars, start, seed``, opt-in ``orderbook`` and ``price_signal``; streams joined as-of with
-    ``*_missing`` flags) or ``file`` (``path``: parquet/CSV file or directory). ``symbols``, ``start``,
-    ``end`` filter rows. Returns the validated panel (see ``validate_panel``).
+    (``freq, n_symbols, n_bars, start, seed``, opt-in ``orderbook``, ``price_signal`` and
+    ``regime_shift_at``; streams joined as-of with ``*_missing`` flags) or ``file`` (``path``:
+    parquet/CSV file or directory). ``symbols``, ``start``, ``end`` filter rows. Returns the validated
+    panel (see ``validate_panel``).
     """
     source = _get(cfg, "source")
     if source == "stocks_daily":
@@ -386,6 +387,8 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             start=str(_get(cfg, "start", "2024-01-01")),
             orderbook=_flag(cfg, "orderbook"),
             price_signal=_flag(cfg, "price_signal"),
+            regime_shift_at=_get(cfg, "regime_shift_at"),
+            regime_shift_vol=_get(cfg, "regime_shift_vol", 3.0),
         )
         max_staleness = _get(cfg, "max_staleness")
         df = join_streams(syn.bars, syn.streams, dict(max_staleness) if max_staleness else None)

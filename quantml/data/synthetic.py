@@ -38,6 +38,14 @@ What is planted (so tests and demos have a small, real, causal signal to find):
   differ by the drift only; ``truth["price_signal"]`` holds the planted reversal term.
   ``price_signal=False`` is bit-identical to the generator without the flag.
 
+* With ``regime_shift_at=<time>`` (opt-in; planted drift for ``quantml monitor``'s tests), from the
+  first bar at or after that time the volatility level jumps (``sigma`` x ``regime_shift_vol``, 3) and
+  the planted exogenous loadings flip sign (the drift of bar ``t+1`` loads on minus the state seen
+  at ``t``), so a model trained before the shift sees its features drift, its intervals under-cover
+  and its forecasts point the wrong way. Nothing new is drawn: every stream not tied to returns keeps
+  its values; ``truth["regime_shift"]`` is 1.0 from the shift bar on. ``regime_shift_at=None``
+  is bit-identical to the generator without the flag.
+
 Same arguments -> identical data. 10 symbols x 100k 5m bars take a few seconds.
 """
 
@@ -68,6 +76,7 @@ PRICE_HALF_LIFE = pd.Timedelta("12h")  # memory of the reversal's trailing shock
 # weight of the reversal in the calm / normal / turbulent market volatility regime; the exogenous
 # drift gets 2 - weight (complementary experts: each sees about half the planted drift)
 PRICE_REGIME_WEIGHT = np.array([0.3, 1.0, 1.7])
+REGIME_SHIFT_VOL = 3.0  # default volatility multiplier from regime_shift_at on (regime_shift_vol)
 
 
 @dataclass
@@ -230,6 +239,16 @@ class _Builder:
         return _ffill(out)
 
 
+def _as_utc(value) -> pd.Timestamp:
+    try:
+        t = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        raise QuantmlInputError(
+            f"synthetic regime_shift_at={value!r} is not a time; give an ISO time such as 2024-03-01T00:00"
+        ) from None
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
 def _check_args(freq: str, n_symbols: int, n_bars: int) -> pd.Timedelta:
     bar = parse_duration(freq, "synthetic freq")
     if bar <= pd.Timedelta(0) or bar > _DAY or (_DAY % bar) != pd.Timedelta(0):
@@ -247,13 +266,17 @@ def generate_synthetic(
     start: str = "2024-01-01",
     orderbook: bool = False,
     price_signal: bool = False,
+    regime_shift_at: str | pd.Timestamp | None = None,
+    regime_shift_vol: float = REGIME_SHIFT_VOL,
 ) -> SyntheticData:
     """Generate bars and exogenous streams; see the module docstring for what is planted.
 
     Bars are stamped at their close: ``start + bar, start + 2 bar, ...`` (UTC). ``orderbook``:
     also emit the ``orderbook`` stream (and plant its imbalance effect on next-bar returns).
     ``price_signal``: also plant a short-term reversal of past returns, complementary to the
-    exogenous drift (see the module docstring).
+    exogenous drift (see the module docstring). ``regime_shift_at``: a time (ISO, UTC when naive)
+    from which the volatility jumps (x ``regime_shift_vol``) and the exogenous loadings flip sign
+    (planted drift).
     """
     bar = _check_args(freq, n_symbols, n_bars)
     rng = np.random.default_rng(seed)
@@ -274,6 +297,16 @@ def generate_synthetic(
     mult = np.sqrt(0.5 * REGIME_VOL[reg_sym] ** 2 + 0.5 * REGIME_VOL[reg_mkt] ** 2)
     base_vol = rng.uniform(0.5, 1.0, N) * np.sqrt(dt_years)
     sigma = base_vol[None, :] * mult
+    shifted = None
+    if regime_shift_at is not None:  # planted drift: nothing drawn, only sigma and the loadings change
+        shifted = ts >= _as_utc(regime_shift_at)
+        try:
+            factor = float(regime_shift_vol)
+        except (TypeError, ValueError):
+            factor = float("nan")
+        if not np.isfinite(factor) or factor <= 0:
+            raise QuantmlInputError(f"synthetic regime_shift_vol={regime_shift_vol!r} must be a positive number (3)")
+        sigma = np.where(shifted[:, None], factor * sigma, sigma)
     beta = rng.uniform(0.7, 1.3, N)
     t4 = lambda shape: rng.standard_t(4, size=shape) / np.sqrt(2.0)  # noqa: E731  unit variance
     z_mkt = t4((T, 1))
@@ -395,6 +428,9 @@ def generate_synthetic(
     np.add.at(mimp, (mvis[mok], 0), surprise[mok])
     macro_drift = z(_decay(mimp, bars_per(pd.Timedelta("12h"))))
     signal = K_STATE * state + K_EVENT * event_drift + K_MACRO * beta[None, :] * macro_drift
+    if shifted is not None:  # the signal seen at bar t drives bar t+1: flip it from the bar before the shift
+        flip = np.r_[shifted[1:], shifted[-1:]]
+        signal = np.where(flip[:, None], -signal, signal)
     if price_signal:  # reversal of the idiosyncratic shocks up to bar t moves bar t+1 (nothing drawn)
         weight = PRICE_REGIME_WEIGHT[reg_mkt]  # the market's regime: every symbol of a bar alike
         shocks = z_idio.copy()
@@ -454,6 +490,8 @@ def generate_synthetic(
     truth = {"drift": drift, "sigma": sigma, "regime": reg_sym.astype(np.float64), "signal": signal}
     if price_signal:
         truth["price_signal"] = price
+    if shifted is not None:
+        truth["regime_shift"] = np.broadcast_to(shifted.astype(np.float64)[:, None], (T, N)).copy()
     if orderbook:
         streams["orderbook"] = _orderbook_prices(ob_table, close, ob_truth["spread"])
         truth.update(ob_truth)

@@ -8,7 +8,6 @@ from quantml.evaluation.calibration import CalibrationSettings, Calibrator, fit_
 from quantml.evaluation.drift import population_stability_index, prediction_drift
 from quantml.evaluation.evaluate import evaluate_predictions, evaluation_options, horizon_metrics
 from quantml.evaluation.metrics import ic_mode_for, ic_series
-from quantml.evaluation.monitor import best_monitor, higher_is_better, monitor_for, monitor_mode
 from quantml.evaluation.overfitting import (
     DeflatedSharpe,
     PBOResult,
@@ -18,6 +17,14 @@ from quantml.evaluation.overfitting import (
     pbo_cscv,
     probabilistic_sharpe_ratio,
 )
+from quantml.evaluation.selection import (
+    best_monitor,
+    check_selection_keys,
+    higher_is_better,
+    monitor_for,
+    monitor_mode,
+    selection_metric_for,
+)
 
 __all__ = [
     "Calibrator",
@@ -25,6 +32,7 @@ __all__ = [
     "DeflatedSharpe",
     "PBOResult",
     "best_monitor",
+    "check_selection_keys",
     "deflated_sharpe",
     "deflated_sharpe_ratio",
     "expected_max_sharpe",
@@ -41,4 +49,5 @@ __all__ = [
     "population_stability_index",
     "prediction_drift",
     "probabilistic_sharpe_ratio",
+    "selection_metric_for",
 ]

@@ -14,12 +14,13 @@ from quantml.bundle import ModelBundle, warmup_bars
 from quantml.contracts import SYMBOL, TIMESTAMP
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
-from quantml.evaluation import best_monitor, ic_mode_for
+from quantml.evaluation import best_monitor, check_selection_keys, ic_mode_for
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
+from quantml.evaluation.reference import REFERENCE_KEY, build_reference
 from quantml.evaluation.report import build_report
 from quantml.experiment.artifacts import stage_artifacts
 from quantml.experiment.callbacks import FoldCallback
-from quantml.experiment.fitting import fit_final
+from quantml.experiment.fitting import fit_final, prediction_frame
 from quantml.experiment.folds import run_folds
 from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_holdout, resolve_lockbox
 from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
@@ -137,6 +138,7 @@ def run_experiment(
 ) -> ExperimentResult:
     """Run one experiment end to end and log it to MLflow. Returns what was measured."""
     context = context or RunContext()
+    check_selection_keys(cfg.get("evaluation"))  # a renamed key: refused before any run is made
     seed_everything(int(cfg.seed))
     writer = RunWriter.prepare(resolve_tracking_uri(cfg.tracking.get("uri")), cfg.tracking.experiment)
     # warm_start=: the version every fit starts from (an unknown version or backbone: no run is made)
@@ -261,6 +263,8 @@ def _run_in_parent(
                         str(sym): ts.isoformat() for sym, ts in prep.panel.groupby(SYMBOL)[TIMESTAMP].min().items()
                     },
                     L.CAPACITY: capacity,
+                    # what `quantml monitor` compares live predictions and features with (development data only)
+                    REFERENCE_KEY: _reference(prep, final_model, calibrator),
                 },
                 strategy=OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.get("strategy") else None,
             )
@@ -272,9 +276,11 @@ def _run_in_parent(
             metrics.update(holdout_job.result())
 
     metrics.update(aggregate_fold_metrics(fold_metrics))
-    monitor_name, monitor_value = best_monitor(fold_metrics, cfg.evaluation.monitor, prep.data.horizons)
+    # the layout keeps its names (best_monitor, quantml.monitor): runs logged before the rename read the same
+    selection = str(cfg.evaluation.selection_metric)
+    monitor_name, monitor_value = best_monitor(fold_metrics, selection, prep.data.horizons)
     metrics["best_monitor"] = monitor_value
-    parent.set_tags({L.TAG_MONITOR: cfg.evaluation.monitor, L.TAG_BEST_MONITOR: monitor_name})
+    parent.set_tags({L.TAG_MONITOR: selection, L.TAG_BEST_MONITOR: monitor_name})
     parent.log_metrics(metrics)
     header = f"Out-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):"
     parent.set_description(run_description(header, report.summary))
@@ -294,6 +300,22 @@ def _run_in_parent(
         print(f"\nMLflow: experiment '{cfg.tracking.experiment}', parent run {parent.run_id}")
         print(_ui_command(resolve_tracking_uri(cfg.tracking.get("uri")), parent.experiment_id))
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report, holdout)
+
+
+def _reference(prep: PreparedData, model, calibrator) -> dict:
+    """The version's monitoring reference (``quantml.evaluation.reference``): the final model's
+    calibrated forecasts and the top features on the development samples, never the lockbox. The
+    final model's own forecasts, not the folds' OOS ones: earlier folds' models (trained on less
+    data) forecast on another scale, which would read as drift on stationary data."""
+    rows = prep.samples
+    frame = prediction_frame(model, prep.data.subset(rows), prep.realised)
+    if calibrator is not None:
+        frame = calibrator.transform(frame)
+    importance = model.feature_importance() if hasattr(model, "feature_importance") else None
+    keys = prep.data.keys.iloc[rows].reset_index(drop=True)
+    reference = build_reference(frame, prep.data.X[rows], prep.data.feature_names, keys, importance)
+    reference["source"] = "final model on the development samples"
+    return reference
 
 
 def lockbox_line(prep: PreparedData) -> str:

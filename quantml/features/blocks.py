@@ -28,6 +28,8 @@ import pandas as pd
 from quantml.contracts import EXOGENOUS_MODALITY, MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, modality_of
 from quantml.contracts.schema import BAR_COLUMNS
 from quantml.contracts.time import Calendar, DurationTooShort, duration_parts, duration_to_bars, infer_calendars
+from quantml.data.panel import ts_int64
+from quantml.features import kernels
 from quantml.features.ops import SegmentOps
 
 _LN2_4 = 4.0 * np.log(2.0)
@@ -80,18 +82,27 @@ class Context:
     resolved: dict[str, dict[str, int]] = field(default_factory=dict)
     _calendars: dict[str, Calendar] | None = None
     _cache: dict = field(default_factory=dict)
+    # the whole panel's context when this one covers a group of its symbols (``build_features`` runs
+    # the per-symbol blocks group by group): symbols and calendars are the whole panel's, so windows
+    # resolve identically in every group
+    parent: Context | None = None
+    origin: dict[str, str] = field(default_factory=dict)  # feature -> the block that built it
 
     # -- windows: bars or durations
     @property
     def symbols(self) -> list[str]:
         """Symbols in the order they first appear (the order of per-symbol window tuples)."""
+        if self.parent is not None:
+            return self.parent.symbols
         if "symbols" not in self._cache:
-            self._cache["symbols"] = [str(s) for s in pd.unique(self.panel[SYMBOL].to_numpy())]
+            self._cache["symbols"] = [str(s) for s in pd.unique(self.panel[SYMBOL])]
         return self._cache["symbols"]
 
     @property
     def calendars(self) -> dict[str, Calendar]:
         """Each symbol's calendar: pinned, else inferred from the panel (only when a duration is used)."""
+        if self.parent is not None:
+            return self.parent.calendars
         if self._calendars is None:
             need = [s for s in self.symbols if s not in self.pinned]
             inferred = infer_calendars(self.panel[[TIMESTAMP, SYMBOL]]) if need else {}
@@ -169,9 +180,12 @@ class Context:
             raise ValueError(f"feature {name!r} defined twice; rename it in the feature-set config")
         with np.errstate(over="ignore", invalid="ignore"):
             v = np.asarray(values, dtype=np.float32)  # stored as float32 at once: half the memory
+        if v is values:  # never write into the caller's (or the panel's) array
+            v = v.copy()
         v[~np.isfinite(v)] = np.nan
         self.features[name] = v
         self.modalities[name] = modality
+        self.origin[name] = self.block
         if known_future:
             self.known_future.append(name)
 
@@ -558,13 +572,16 @@ def cross_section(ctx: Context, lags=(1, 24), vol_window: int = 48) -> None:
     if ctx.panel[SYMBOL].nunique() < 2:
         raise Skip("needs at least 2 symbols")
     lc = np.log(ctx.col("close"))
-    codes = pd.factorize(pd.DatetimeIndex(ctx.panel[TIMESTAMP]).asi8)[0]
+    tcodes, stamps = pd.factorize(ts_int64(ctx.panel[TIMESTAMP]))
+    scodes, n_syms = ctx.ops.codes, int(ctx.ops.codes.max()) + 1
     w = ctx.window(vol_window, "vol_window")
+
+    def rank(x: np.ndarray) -> np.ndarray:
+        return kernels.rank_pct(x, tcodes, len(stamps), scodes, n_syms)
+
     for k in ctx.windows(lags, "lags"):
-        r = pd.Series(ctx.ops.diff(lc, k.bars))
-        ctx.add(f"xs_rank_ret_{k.label}", r.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
-    rv = pd.Series(ctx.realised_vol(w.bars))
-    ctx.add(f"xs_rank_rv_{w.label}", rv.groupby(codes).rank(pct=True).to_numpy(), "cross_section")
+        ctx.add(f"xs_rank_ret_{k.label}", rank(ctx.ops.diff(lc, k.bars)), "cross_section")
+    ctx.add(f"xs_rank_rv_{w.label}", rank(ctx.realised_vol(w.bars)), "cross_section")
 
 
 # ---------------------------------------------------------------------------- passthrough
@@ -593,6 +610,8 @@ class BlockSpec:
     fn: Callable
     modalities: tuple[str, ...]  # modalities the block can produce (for drop_modalities)
     requires: tuple[str, ...] = ()  # every one needed, else the block is skipped
+    # computed on time slices across every symbol (on the whole panel); the others see groups of whole symbols
+    cross_sectional: bool = False
 
 
 BLOCKS: dict[str, BlockSpec] = {
@@ -607,7 +626,7 @@ BLOCKS: dict[str, BlockSpec] = {
     "macro": BlockSpec(macro, ("macro",)),
     "microstructure": BlockSpec(microstructure, ("microstructure",)),
     "calendar": BlockSpec(calendar, ("calendar",)),
-    "cross_section": BlockSpec(cross_section, ("cross_section",), ("close",)),
+    "cross_section": BlockSpec(cross_section, ("cross_section",), ("close",), cross_sectional=True),
     "passthrough": BlockSpec(
         passthrough,
         tuple(sorted(MODALITIES)),  # tags by prefix: any modality (microstructure_* too)

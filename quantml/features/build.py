@@ -166,7 +166,8 @@ def _pinned(calendar: Mapping | None) -> dict[str, Calendar]:
     return {str(s): c if isinstance(c, Calendar) else Calendar.from_dict(c) for s, c in calendar.items()}
 
 
-def _check_sorted(panel: pd.DataFrame) -> None:
+def _check_sorted(panel: pd.DataFrame) -> np.ndarray:
+    """The panel's symbol codes [n] (order of first appearance), after checking the panel's order."""
     codes, uniques = pd.factorize(panel[SYMBOL])
     ts = ts_int64(panel[TIMESTAMP])
     same = codes[1:] == codes[:-1]
@@ -176,6 +177,74 @@ def _check_sorted(panel: pd.DataFrame) -> None:
             "panel is not sorted by (symbol, timestamp) with unique timestamps per symbol; "
             "pass it through quantml.data.validate_panel first"
         )
+    return codes.astype(np.int64, copy=False)
+
+
+GROUP_ROWS = 1 << 18  # per-symbol blocks run on groups of whole symbols of at least this many rows
+
+
+def _symbol_groups(codes: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Row ranges ``[a, b)`` of consecutive whole symbols, each at least ``rows`` long (the last may be shorter)."""
+    n = len(codes)
+    if n == 0:
+        return [(0, 0)]
+    bounds = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1, n]
+    out, a = [], 0
+    for b in bounds[1:]:
+        if b - a >= rows or b == n:
+            out.append((a, int(b)))
+            a = int(b)
+    return out
+
+
+def _group_context(ctx: Context, a: int, b: int, breaks: np.ndarray | None) -> Context:
+    """A context on rows ``[a, b)`` (whole symbols) of ``ctx``'s panel: the panel's symbols, calendars,
+    unavailable columns and bar size; records (used columns, skips, resolved durations) go to ``ctx``."""
+    sub = ctx.panel.iloc[a:b]
+    ops = SegmentOps(
+        np.arange(b - a),  # unused: codes below say which symbol each row is
+        breaks=None if breaks is None else breaks[a:b],
+        codes=ctx.ops.codes[a:b],
+    )
+    return Context(
+        panel=sub,
+        ops=ops,
+        bar=ctx.bar,
+        used=ctx.used,
+        skipped=ctx.skipped,
+        unavailable=ctx.unavailable,
+        pinned=ctx.pinned,
+        resolved=ctx.resolved,
+        parent=ctx,
+    )
+
+
+def _run_block(ctx: Context, name: str, params: dict) -> None:
+    ctx.block = name
+    try:
+        BLOCKS[name].fn(ctx, **params)
+    except Skip as why:
+        ctx.skipped[name] = str(why)
+
+
+def _final_names(cfg: Mapping, every: list[str], ctx: Context, drop: set, expected) -> list[str]:
+    """The frame's columns: ``every`` feature built (in block order) less dropped modalities, or ``expected``."""
+    names = [n for n in every if ctx.modalities[n] not in drop]
+    if expected is not None:
+        lacking = [n for n in expected if n not in names]
+        if lacking:
+            raise QuantmlInputError(
+                f"the model needs feature(s) {lacking[:8]}{' ...' if len(lacking) > 8 else ''} that this panel "
+                f"cannot provide (skipped blocks: {ctx.skipped}); add the missing raw columns to the panel, with "
+                "real values (not NaN on every bar, not open = high = low = close)"
+            )
+        names = list(expected)
+    if not names:
+        raise QuantmlInputError(
+            f"feature set {cfg.get('name', '?')!r} produced no features (skipped: {ctx.skipped}, "
+            f"dropped modalities: {sorted(drop)}); choose a feature set whose columns the panel has"
+        )
+    return names
 
 
 def build_features(
@@ -215,29 +284,30 @@ def build_features(
         raise QuantmlInputError(f"drop_modalities {unknown} are not modalities; choose from {list(MODALITIES)}")
     blocks = _blocks_of(cfg)
     min_missing, break_windows = _gaps_of(cfg)
-    _check_sorted(panel)
-    bar = bar_size(panel) if len(panel) > 1 else pd.Timedelta("1D")
-    symbols = panel[SYMBOL].to_numpy()
+    codes = _check_sorted(panel)  # symbols as int codes: no Python string object per row
+    bar = bar_size(panel[TIMESTAMP], codes) if len(panel) > 1 else pd.Timedelta("1D")
     declared = dict(declared or {})
+    symbols = panel[SYMBOL].to_numpy() if declared else None
     if declared:
         gap_bars = panel_bars_missing(panel[TIMESTAMP], symbols, declared)
     else:
-        gap_bars = bars_missing(panel[TIMESTAMP], symbols) if len(panel) else np.zeros(0)
+        gap_bars = bars_missing(panel[TIMESTAMP], codes) if len(panel) else np.zeros(0)
     pinned = _pinned(calendar)
     ts_ns = ts_int64(panel[TIMESTAMP]) if declared else None
     for sym, code in declared.items():
         if sym not in pinned:
             pinned[sym] = declared_calendar(code, ts_ns[symbols.astype(str) == sym])
     flagged = flag_gaps(panel, gap_bars, min_missing, {s: pinned[s] for s in declared})
+    breaks = flagged if break_windows else None
     ctx = Context(
         panel=panel,
-        ops=SegmentOps(symbols, breaks=flagged if break_windows else None),
+        ops=SegmentOps(codes, breaks=breaks, codes=codes),
         bar=bar,
         unavailable=unavailable_columns(panel),
         pinned=pinned,
     )
+    runnable = {}
     for name, params in blocks.items():
-        ctx.block = name
         spec = BLOCKS[name]
         if set(spec.modalities) <= drop:
             ctx.skipped[name] = f"all its modalities {list(spec.modalities)} are in drop_modalities"
@@ -246,39 +316,49 @@ def build_features(
         if missing:
             ctx.skipped[name] = "; ".join(f"needs column {c!r}, {ctx.why_not(c)}" for c in missing)
             continue
-        try:
-            spec.fn(ctx, **params)
-        except Skip as why:
-            ctx.skipped[name] = str(why)
-    names = [n for n in ctx.features if ctx.modalities[n] not in drop]
-    if expected is not None:
-        lacking = [n for n in expected if n not in names]
-        if lacking:
-            raise QuantmlInputError(
-                f"the model needs feature(s) {lacking[:8]}{' ...' if len(lacking) > 8 else ''} that this panel "
-                f"cannot provide (skipped blocks: {ctx.skipped}); add the missing raw columns to the panel, with "
-                "real values (not NaN on every bar, not open = high = low = close)"
-            )
-        names = list(expected)
-    dropped = [n for n in ctx.features if ctx.modalities[n] in drop]
-    if not names:
-        raise QuantmlInputError(
-            f"feature set {cfg.get('name', '?')!r} produced no features (skipped: {ctx.skipped}, "
-            f"dropped modalities: {sorted(drop)}); choose a feature set whose columns the panel has"
-        )
-    # one contiguous row per feature: pandas keeps it as a single float32 block [F, n]
-    block = np.empty((len(names), len(panel)), dtype=np.float32)
-    for j, n in enumerate(names):
-        block[j] = ctx.features.pop(n)
+        runnable[name] = params
+    # cross-sectional blocks on the whole panel (time slices across every symbol); the others group by
+    # group of whole symbols, so their temporaries stay small and the float32 matrix is the one big array
+    for name in [n for n in runnable if BLOCKS[n].cross_sectional]:
+        _run_block(ctx, name, runnable[name])
+    per_symbol = [n for n in runnable if not BLOCKS[n].cross_sectional]
+    block = names = made = None
+    for a, b in _symbol_groups(ctx.ops.codes, GROUP_ROWS):
+        sub = _group_context(ctx, a, b, breaks)
+        for name in per_symbol:
+            _run_block(sub, name, runnable[name])
+        if made is None:  # the first group fixes the features: every group resolves the same windows
+            made = list(sub.features)
+            twice = sorted(set(made) & set(ctx.features))
+            if twice:
+                raise ValueError(f"feature {twice[0]!r} defined twice; rename it in the feature-set config")
+            ctx.modalities.update(sub.modalities)
+            ctx.origin.update(sub.origin)
+            ctx.known_future.extend(sub.known_future)
+            every = [n for blk in blocks for n in (*ctx.features, *made) if ctx.origin[n] == blk]
+            names = _final_names(cfg, every, ctx, drop, expected)
+            block = np.empty((len(names), len(panel)), dtype=np.float32)  # one contiguous row per feature
+            for j, n in enumerate(names):
+                if n in ctx.features:
+                    block[j] = ctx.features.pop(n)
+        elif list(sub.features) != made:  # pragma: no cover - a block that skips on some symbols only
+            raise AssertionError(f"feature blocks built {list(sub.features)} on rows {a}:{b}, {made} on the first")
+        for j, n in enumerate(names):
+            if n in sub.features:
+                block[j, a:b] = sub.features[n]
+        del sub
+    dropped = [n for n in every if ctx.modalities[n] in drop]
+    ctx.features.clear()
     frame = pd.DataFrame(block.T, columns=names, index=panel.index, copy=False)
     # raw exogenous columns of a dropped modality feed only dropped features
     used = sorted(c for c in ctx.used if modality_of(c.removesuffix("_missing")) not in drop)
     rows = np.flatnonzero(flagged)
+    stamps = panel[TIMESTAMP]  # indexed before converting: a whole tz-aware column to numpy is one object per row
     gaps = pd.DataFrame(
         {
-            SYMBOL: panel[SYMBOL].to_numpy()[rows],
-            TIMESTAMP: panel[TIMESTAMP].to_numpy()[rows],
-            "previous": panel[TIMESTAMP].to_numpy()[rows - 1] if len(rows) else panel[TIMESTAMP].to_numpy()[:0],
+            SYMBOL: panel[SYMBOL].iloc[rows].to_numpy(),
+            TIMESTAMP: stamps.iloc[rows].to_numpy(),
+            "previous": stamps.iloc[rows - 1].to_numpy() if len(rows) else stamps.iloc[:0].to_numpy(),
             "bars_missing": gap_bars[rows],
         }
     )

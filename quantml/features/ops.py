@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from quantml.features import kernels
+
 
 class SegmentOps:
     """Causal rolling/shift/decay operations within symbol segments.
@@ -27,11 +29,18 @@ class SegmentOps:
     symbols : array [n] of symbol names, sorted so each symbol is one contiguous run.
     breaks : optional bool array [n]; a True row starts a new segment (the windows restart
         there: nothing before it is seen from it or after it).
+    codes : optional int array [n]: each row's symbol as its index in a wider symbol list (rows of a
+        few symbols of a panel, with per-symbol windows given for all of the panel's symbols);
+        default: the symbols' order of first appearance here.
     """
 
-    def __init__(self, symbols: np.ndarray, breaks: np.ndarray | None = None) -> None:
+    def __init__(self, symbols: np.ndarray, breaks: np.ndarray | None = None, codes: np.ndarray | None = None) -> None:
         n = len(symbols)
-        cut = symbols[1:] != symbols[:-1] if n else np.zeros(0, dtype=bool)
+        if codes is not None:
+            self.codes = np.asarray(codes, dtype=np.int64)
+        else:
+            self.codes = pd.factorize(symbols)[0] if n else np.zeros(0, dtype=np.int64)  # symbol per row
+        cut = self.codes[1:] != self.codes[:-1] if n else np.zeros(0, dtype=bool)
         if breaks is not None and n:
             cut = cut | np.asarray(breaks, dtype=bool)[1:]
         change = np.flatnonzero(cut) + 1
@@ -40,8 +49,8 @@ class SegmentOps:
         starts = self.bounds[:-1]
         lengths = np.diff(self.bounds)
         self.pos = np.arange(n) - np.repeat(starts, lengths)  # position within the segment
-        self.codes = pd.factorize(symbols)[0] if n else np.zeros(0, dtype=np.int64)  # symbol per row
         self.seg_symbol = self.codes[starts] if n else np.zeros(0, dtype=np.int64)  # symbol per segment
+        self._cache: dict = {}  # window bounds per window
 
     def per_segment(self, w) -> list:
         """``w`` (an int, or one value per symbol) as one value per segment."""
@@ -82,12 +91,34 @@ class SegmentOps:
     def diff(self, x: np.ndarray, k: int = 1) -> np.ndarray:
         return np.asarray(x, dtype=np.float64) - self.shift(x, k)
 
-    # -- rolling windows (pandas, per symbol)
+    # -- rolling windows: pandas' compiled kernels, one call over every segment
     def rolling(self, x: np.ndarray, window, how: str, min_periods=None) -> np.ndarray:
+        """``pd.Series.rolling(window, min_periods).<how>()`` per segment (how: mean, std, var, sum, max,
+        min), bit for bit, through pandas' compiled kernels in one call over all segments."""
         mp = window if min_periods is None else min_periods
-        if np.ndim(window) == 0 and np.ndim(mp) == 0:
-            return self.apply(x, lambda s: getattr(s.rolling(window, min_periods=mp), how)())
+        wseg, mseg = self.per_segment(window), self.per_segment(mp)
+        for w, m in zip(wseg, mseg):
+            if int(m) > int(w):  # what pandas says
+                raise ValueError(f"min_periods {int(m)} must be <= window {int(w)}")
         x = np.asarray(x, dtype=np.float64)
+        agg = "var" if how == "std" else how
+        if agg not in kernels.KERNELS:  # pragma: no cover - pandas without the compiled kernels
+            return self._rolling_pandas(x, window, how, mp)
+        key = ("bounds", window)
+        if key not in self._cache:
+            self._cache[key] = kernels.window_bounds(self.pos, self.per_row(window))
+        start, end = self._cache[key]
+        if len(set(map(int, mseg))) <= 1:
+            out = kernels.rolling(x, agg, start, end, int(mseg[0]) if mseg else 1)
+        else:  # one min_periods per symbol: one call per segment
+            out = np.empty(self.n, dtype=np.float64)
+            for (a, b), m in zip(self.segments(), mseg):
+                out[a:b] = kernels.rolling(x[a:b], agg, start[a:b] - a, end[a:b] - a, int(m))
+        if how == "std":
+            np.sqrt(np.maximum(out, 0.0, where=~np.isnan(out), out=out), out=out)  # pandas' zsqrt
+        return out
+
+    def _rolling_pandas(self, x, window, how, mp) -> np.ndarray:
         out = np.empty(self.n, dtype=np.float64)
         for (a, b), w, m in zip(self.segments(), self.per_segment(window), self.per_segment(mp)):
             out[a:b] = getattr(pd.Series(x[a:b]).rolling(int(w), min_periods=int(m)), how)().to_numpy()
@@ -113,7 +144,7 @@ class SegmentOps:
         mu = self.mean(x, window, min_periods)
         sd = self.std(x, window, min_periods)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(sd > 0, (np.asarray(x) - mu) / sd, np.nan)
+            return np.where(sd > 0, (np.asarray(x, dtype=np.float64) - mu) / sd, np.nan)
 
     def ewm_mean(self, x, halflife, min_periods: int = 1) -> np.ndarray:
         if np.ndim(halflife) == 0:
@@ -135,8 +166,8 @@ class SegmentOps:
         return out
 
     def ffill(self, x: np.ndarray) -> np.ndarray:
-        """Forward fill within each symbol (leading NaN stay NaN)."""
-        return self.apply(x, lambda s: s.ffill())
+        """Forward fill within each segment (leading NaN stay NaN)."""
+        return kernels.ffill(x, self.bounds)
 
     def bars_since(self, event: np.ndarray) -> np.ndarray:
         """Bars since the last row where ``event`` is True (0 on that row; NaN before any)."""

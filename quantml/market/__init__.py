@@ -1,4 +1,5 @@
-"""The market kernel every stage shares: costs, execution of positions, performance statistics
+"""The market kernel every stage shares: costs, execution of positions (returns-based: ``execution``;
+bar by bar with fills under horizon-tiered policies: ``fills``), performance statistics
 (and the pyplot-free figure helpers every stage that draws uses)."""
 
 from quantml.market.execution import (
@@ -9,6 +10,7 @@ from quantml.market.execution import (
     panel_half_spread,
     participation_rate,
 )
+from quantml.market.fills import BarOutcome, BarQuotes, ExecutionConfig, ExecutionPolicy, Executor
 from quantml.market.performance import (
     METRIC_KEYS,
     STAT_NAMES,
@@ -21,7 +23,12 @@ from quantml.market.performance import (
 )
 
 __all__ = [
+    "BarOutcome",
+    "BarQuotes",
     "CostModel",
+    "ExecutionConfig",
+    "ExecutionPolicy",
+    "Executor",
     "METRIC_KEYS",
     "STAT_NAMES",
     "compounded_drawdown",

@@ -60,6 +60,22 @@ class TrailingCovariance:
         if len(self._rows) > self.window:
             self._rows.pop(0)
 
+    def state_dict(self) -> dict:
+        """JSON-serialisable window (rows as lists of floats) for a resumable replay."""
+        return {
+            "window": self.window,
+            "min_periods": self.min_periods,
+            "n_assets": self.n_assets,
+            "rows": [r.tolist() for r in self._rows],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> TrailingCovariance:
+        """The window :meth:`state_dict` wrote, bit for bit."""
+        cov = cls(int(state["n_assets"]), int(state["window"]), int(state["min_periods"]))
+        cov._rows = [np.asarray(r, dtype=np.float64) for r in state["rows"]]
+        return cov
+
     def current(self) -> np.ndarray:
         if len(self._rows) < self.min_periods:
             return np.full((self.n_assets, self.n_assets), np.nan)

@@ -1,4 +1,5 @@
-"""The MLflow model registry as the candidate -> active -> rollback store, with promotion gates.
+"""The MLflow model registry as the candidate -> active -> rollback store, with promotion gates,
+and route maps (``routing``: the active model per symbol and horizon, a registered model of its own).
 
 ``ACTIVE`` is the serving alias; ``CHAMPION`` (its 0.1 name) is kept for one release and moves
 with it on every promotion and rollback.
@@ -16,6 +17,14 @@ from quantml.registry.commands import (
     rollback,
 )
 from quantml.registry.gates import GateReport, GateResult, evaluate_gates, load_gates_config
+from quantml.registry.routing import (
+    RoutedBundle,
+    RouteEntry,
+    check_route_gates,
+    rollback_entry,
+    route,
+    routes,
+)
 from quantml.registry.store import (
     ACTIVE,
     CANDIDATE,
@@ -40,9 +49,12 @@ __all__ = [
     "RegistryError",
     "RegistryLockTimeout",
     "RegistryStore",
+    "RouteEntry",
+    "RoutedBundle",
     "active_lineage",
     "champion_lineage",
     "check_gates",
+    "check_route_gates",
     "evaluate_gates",
     "history",
     "list_models",
@@ -51,4 +63,7 @@ __all__ = [
     "promote",
     "register",
     "rollback",
+    "rollback_entry",
+    "route",
+    "routes",
 ]

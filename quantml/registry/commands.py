@@ -244,7 +244,7 @@ def history(store: RegistryStore, name: str) -> pd.DataFrame:
         {
             "seq": e.seq,
             "time": e.time,
-            "action": e.action + (" (forced)" if e.forced else ""),
+            "action": _action(e),
             "version": e.version,
             "previous": e.previous or "-",
             "user": e.user,
@@ -254,6 +254,14 @@ def history(store: RegistryStore, name: str) -> pd.DataFrame:
         for e in store.events(name)
     ]
     return pd.DataFrame(rows, columns=["seq", "time", "action", "version", "previous", "user", "gates", "reason"])
+
+
+def _action(e: Event) -> str:
+    """The history's action: a route map's per-entry rollback is recorded as a promotion (the active
+    lineage), shown as what it was."""
+    if e.extra.get("route_action") == "rollback":
+        return f"rollback {e.extra.get('entry', '')}".strip()
+    return e.action + (" (forced)" if e.forced else "")
 
 
 # -- gates and promotion ---------------------------------------------------------------------------
@@ -333,6 +341,10 @@ def check_gates(
     """The promotion gates of ``name`` v``version`` as a report; changes nothing."""
     cfg = cfg if cfg is not None else load_gates_config()
     mv = store.get_version(name, version)
+    from quantml.registry import routing  # a route map: the gates of its entry versions
+
+    if routing.is_route_version(mv):
+        return routing.check_route_gates(store, name, mv.version, cfg, baseline_run_id)
     if not mv.run_id:
         raise RegistryError(
             f"{name} v{mv.version} has no source run, so no metrics to gate on; "

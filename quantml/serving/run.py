@@ -1,4 +1,5 @@
-"""``quantml predict`` as a library call: composed config in, parquet file out."""
+"""``quantml predict`` as a library call: composed config in, parquet file out (and, with
+``log_dir=``, the rows appended to that directory's keyed prediction log, ``source="predict"``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from quantml.contracts.logs import PREDICTION_LOG, PREDICTION_LOG_COLUMNS
 from quantml.registry.store import RegistryStore
+from quantml.serving.logs import append_log
 from quantml.serving.predict import ResolvedModel, default_output, predict_panel, write_predictions
 
 _SUFFIXES = (".parquet", ".pq", ".csv")
+SOURCE_PREDICT = "predict"  # the prediction log's ``source`` of the rows `quantml predict log_dir=` appends
 
 
 def data_overrides(overrides: list[str]) -> list[str]:
@@ -43,14 +47,28 @@ class PredictResult:
     frame: pd.DataFrame
     resolved: ResolvedModel
     output: Path
+    log_dir: Path | None = None
+    logged: int = 0  # rows new to the prediction log (the others were already there: same key)
+
+
+def log_predictions(log_dir: str | Path, frame: pd.DataFrame, source: str = SOURCE_PREDICT) -> int:
+    """Append prediction-contract rows to ``<log_dir>/predictions`` with ``source`` and the wall-clock
+    ``logged_at``; returns how many were new (a row whose key is logged already is skipped)."""
+    rows = frame.assign(source=source, logged_at=pd.Timestamp.now(tz="UTC"))
+    return append_log(log_dir, PREDICTION_LOG, rows[list(PREDICTION_LOG_COLUMNS)])
 
 
 def run_predict(cfg: DictConfig) -> PredictResult:
-    """Load ``cfg.data``, predict with ``cfg.model``, write ``cfg.output`` (see conf/predict.yaml)."""
+    """Load ``cfg.data``, predict with ``cfg.model``, write ``cfg.output`` and, with ``cfg.log_dir``,
+    append the rows to its prediction log (see conf/predict.yaml)."""
     from quantml.data import load_panel
 
     panel = load_panel(cfg.data)
     store = RegistryStore(cfg.tracking_uri)
     frame, resolved = predict_panel(str(cfg.model), panel, store=store, last_only=bool(cfg.last_only))
     output = write_predictions(frame, cfg.output or default_output(resolved))
-    return PredictResult(frame, resolved, output)
+    log_dir = cfg.get("log_dir")
+    if log_dir in (None, ""):
+        return PredictResult(frame, resolved, output)
+    log_dir = Path(str(log_dir)).expanduser()
+    return PredictResult(frame, resolved, output, log_dir, log_predictions(log_dir, frame))

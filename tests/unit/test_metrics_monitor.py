@@ -1,4 +1,4 @@
-"""Monitor metric: direction (lower/higher is better) and the run's best_monitor summary."""
+"""Model-selection metric (evaluation.selection_metric): direction, the run's best_monitor summary, the rename."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from quantml.contracts import QuantmlInputError
-from quantml.evaluation import best_monitor, evaluation_options, higher_is_better, monitor_for, monitor_mode
+from quantml.evaluation import (
+    best_monitor,
+    check_selection_keys,
+    evaluation_options,
+    higher_is_better,
+    monitor_for,
+    monitor_mode,
+    selection_metric_for,
+)
 
 
 def test_direction_of_monitors():
@@ -23,6 +31,8 @@ def test_monitor_from_default_config():
     cfg = OmegaConf.load("quantml/conf/evaluation/default.yaml")
     assert monitor_for(cfg, "return") == "val_rmse"
     assert monitor_for(cfg, "direction") == "val_ap"
+    assert selection_metric_for(OmegaConf.create({"selection_metric": "val_rank_ic"})) == "val_rank_ic"
+    assert "monitor" not in cfg and cfg.selection_metric == "val_rmse"
     assert evaluation_options(cfg) == {"ece_bins": 10, "ic_bucket": None}
 
 
@@ -40,3 +50,25 @@ def test_best_monitor_averages_folds_then_horizons():
     assert best_monitor(fm, "val_ap", ["1d"]) == ("val_ap_mean", pytest.approx(0.7))
     with pytest.raises(QuantmlInputError, match="val_ap/7d"):
         best_monitor(fm, "val_ap", ["1d", "7d"])
+
+
+def test_the_old_monitor_keys_are_refused_with_the_new_name():
+    for old, new in (("monitor", "selection_metric"), ("monitor_direction", "selection_metric_direction")):
+        cfg = OmegaConf.create({old: "val_ic"})
+        with pytest.raises(QuantmlInputError, match=f"evaluation.{old} was renamed evaluation.{new}") as err:
+            check_selection_keys(cfg)
+        assert f"evaluation.{new}=val_ic" in str(err.value)
+        with pytest.raises(QuantmlInputError, match=f"evaluation.{new}"):
+            monitor_for(cfg, "return")
+    check_selection_keys(OmegaConf.create({"selection_metric": "val_rmse"}))  # the new keys pass
+
+
+def test_train_refuses_an_old_key_before_any_run(compose_cfg, tracking_uri):
+    from quantml.experiment import run_experiment
+
+    cfg = compose_cfg(["data=synthetic", "data.n_bars=200", "backbone=ridge", "+evaluation.monitor=val_ic"])
+    with pytest.raises(QuantmlInputError, match="evaluation.monitor was renamed evaluation.selection_metric"):
+        run_experiment(cfg)
+    import mlflow
+
+    assert mlflow.search_runs(search_all_experiments=True).empty  # refused before a run was made

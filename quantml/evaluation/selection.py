@@ -1,4 +1,11 @@
-"""The monitor metric used for model selection, and its direction (lower or higher is better)."""
+"""The model-selection metric (``evaluation.selection_metric``) and its direction (lower or higher is better).
+
+These keys used to be ``evaluation.monitor`` / ``evaluation.monitor_direction``; "monitor"
+now means ``quantml monitor`` (docs/monitoring.md). A config that still sets an old key is refused
+by :func:`check_selection_keys` with the new key's name. The run layout keeps its names (the
+parent's ``best_monitor`` metric, the ``quantml.monitor`` / ``quantml.best_monitor`` tags), so
+runs logged before the rename read the same.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,22 @@ LOWER_IS_BETTER = frozenset(
     }
 )
 SPLITS = ("val", "test", "oos")
+SELECTION_METRIC = "selection_metric"
+SELECTION_METRIC_DIRECTION = "selection_metric_direction"
+# old key -> new key (evaluation.*)
+RENAMED_KEYS = {"monitor": SELECTION_METRIC, "monitor_direction": SELECTION_METRIC_DIRECTION}
+
+
+def check_selection_keys(cfg_evaluation) -> None:
+    """Refuse an ``evaluation`` block that still sets a renamed key (``monitor``, ``monitor_direction``)."""
+    if cfg_evaluation is None or not hasattr(cfg_evaluation, "get"):
+        return
+    for old, new in RENAMED_KEYS.items():
+        if old in cfg_evaluation:
+            raise QuantmlInputError(
+                f"evaluation.{old} was renamed evaluation.{new} (the model-selection metric; `quantml monitor` "
+                f"is the post-promotion monitor now): write evaluation.{new}={cfg_evaluation.get(old)} instead"
+            )
 
 
 def monitor_key(monitor: str) -> str:
@@ -52,11 +75,12 @@ def monitor_mode(monitor: str) -> str:
 
 
 def monitor_for(cfg_evaluation, task: str = "return") -> str:
-    """The configured monitor of a head: ``task="return"`` -> ``monitor`` (default ``val_rmse``),
-    ``"direction"`` -> ``monitor_direction`` (default ``val_ap``)."""
+    """The configured selection metric of a head: ``task="return"`` -> ``selection_metric`` (default
+    ``val_rmse``), ``"direction"`` -> ``selection_metric_direction`` (default ``val_ap``)."""
     if task not in ("return", "direction"):
         raise QuantmlInputError(f"task={task!r} is unknown; use 'return' or 'direction'")
-    key, default = ("monitor", "val_rmse") if task == "return" else ("monitor_direction", "val_ap")
+    check_selection_keys(cfg_evaluation)
+    key, default = (SELECTION_METRIC, "val_rmse") if task == "return" else (SELECTION_METRIC_DIRECTION, "val_ap")
     value = cfg_evaluation.get(key, default) if cfg_evaluation is not None else default
     monitor_key(value)
     return str(value)
@@ -80,3 +104,6 @@ def best_monitor(fold_metrics: pd.DataFrame, monitor: str, horizons) -> tuple[st
     per_horizon = fold_metrics[columns].astype(np.float64).mean(axis=0, skipna=True)
     value = float(per_horizon.mean()) if per_horizon.notna().any() else float("nan")
     return f"{monitor}_mean", value
+
+
+selection_metric_for = monitor_for  # the name that says what it is

@@ -1,0 +1,245 @@
+"""Benchmark: feature + label build at scale, 0.1 against the current code, side by side in one run.
+
+The synthetic 5-minute panel (10 symbols, ~841k bars each: 8.4M rows, every stream joined) is generated
+ONCE and cached as a parquet directory partitioned by symbol under ``$QUANTML_BENCH_CACHE`` (default
+``/tmp/quantml-bench``). Then, one subprocess at a time:
+
+(a) 0.1 (the worktree at ``$QUANTML_V01``, default ``/work/v01``: commit 1858afd) reads the cache with
+    plain pyarrow/pandas and runs its ``build_features`` (feature_set=full) + ``make_labels`` (1h, 4h, 1d, 7d);
+(b) the current code reads it with ``quantml.data.loaders.load_partitioned`` and runs the same build.
+
+Each subprocess records wall and CPU seconds of the read, the features and the labels, its RSS after the
+read and the peak RSS of the build (the kernel's high-water mark is reset after the read, so the read's own
+peak does not hide the build's, and freed memory of the read is handed back first, on both sides; the
+whole-process peak is recorded too), and a strided sample of every
+feature and label, which the parent compares (the current build must equal 0.1's up to float32 rounding).
+Writes ``tests/benchmarks/results/scale_features.json``.
+
+Run: ``pytest -m benchmark tests/benchmarks/test_bench_scale_features.py -s``; quick iterations at 1M rows:
+``QUANTML_BENCH_ROWS=1000000 pytest -m benchmark tests/benchmarks/test_bench_scale_features.py -s``.
+The 0.1 subprocess at 8.4M rows needs about 8 GB, the generation about the same (once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results" / "scale_features.json"
+N_SYMBOLS = 10
+FULL_BARS = 841_536  # 8 years of 5-minute bars: 8.4M rows over 10 symbols
+HORIZONS = ["1h", "4h", "1d", "7d"]
+SAMPLE_STRIDE = 997  # rows kept (every k-th) to compare 0.1 and the current build
+
+GENERATE = r"""
+import sys, time
+import pyarrow as pa, pyarrow.dataset as ds
+from quantml.data import join_streams, validate_panel
+from quantml.data.synthetic import generate_synthetic
+n_symbols, n_bars, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+t = time.perf_counter()
+syn = generate_synthetic("5m", n_symbols, n_bars, seed=0)
+panel = validate_panel(join_streams(syn.bars, syn.streams))
+del syn
+table = pa.Table.from_pandas(panel, preserve_index=False)
+del panel
+ds.write_dataset(table, out, format="parquet", partitioning=["symbol"], partitioning_flavor="hive",
+                 max_rows_per_group=1 << 20, existing_data_behavior="overwrite_or_ignore")
+print(f"generated {table.num_rows} rows in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+"""
+
+BUILD = r"""
+import gc, json, os, resource, sys, time
+import numpy as np
+side, data, cfg_path, sample_path, stride = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+horizons = sys.argv[6].split(",")
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # MB
+    return float("nan")
+
+t0 = time.perf_counter()
+import pandas as pd
+from omegaconf import OmegaConf
+import quantml
+from quantml.features import build_features
+from quantml.labels import make_labels
+wall, cpu = {"import": time.perf_counter() - t0}, {}
+def timed(name, fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    wall[name], cpu[name] = time.perf_counter() - w, time.process_time() - c
+    return out
+
+def read_v01():  # 0.1 has no partitioned loader: plain pyarrow + pandas
+    import pyarrow.dataset as ds
+    df = ds.dataset(data, format="parquet", partitioning="hive").to_table().to_pandas()
+    df["symbol"] = df["symbol"].astype(str)
+    return df.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+
+def read_current():
+    from quantml.data.loaders import load_partitioned
+    return load_partitioned(data)
+
+panel = timed("read", read_v01 if side == "v01" else read_current)
+gc.collect()  # hand the read's freed memory back (arrow's pool, glibc's heap): RSS is then the panel itself
+import ctypes, pyarrow as pa
+pa.default_memory_pool().release_unused()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+rss_after_load, peak_load = status("VmRSS"), status("VmHWM")
+with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark: the build's own peak from here
+    f.write("5")
+cfg = OmegaConf.load(cfg_path)
+fm = timed("features", lambda: build_features(panel, cfg))
+lab = timed("labels", lambda: make_labels(panel, horizons, 0.001))
+peak_build = status("VmHWM")
+rows = np.arange(0, len(panel), stride)
+sample = {f"f:{c}": fm.frame[c].to_numpy()[rows] for c in fm.frame.columns}
+for name in ("ret", "ret_after_cost", "dir", "vol"):
+    sample[f"l:{name}"] = np.asarray(getattr(lab, name))[rows]
+sample["l:t1"] = np.asarray(lab.t1)[rows].view(np.int64)
+np.savez(sample_path, **sample)
+print(json.dumps({
+    "side": side, "quantml_file": quantml.__file__, "rows": len(panel), "n_panel_columns": panel.shape[1],
+    "n_features": fm.frame.shape[1], "feature_dtypes": sorted({str(d) for d in fm.frame.dtypes}),
+    "wall_seconds": {**wall, "build": wall["features"] + wall["labels"]},
+    "cpu_seconds": {**cpu, "build": cpu["features"] + cpu["labels"]},
+    "rss_mb": {"after_load": rss_after_load, "peak_load": peak_load, "peak_build": peak_build,
+               "peak_build_above_load": peak_build - rss_after_load,
+               "peak_process": max(peak_load, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
+}))
+"""
+
+
+def _n_bars() -> int:
+    rows = os.environ.get("QUANTML_BENCH_ROWS")
+    return FULL_BARS if not rows else max(1000, int(float(rows)) // N_SYMBOLS)
+
+
+def _cached_panel(n_bars: int) -> Path:
+    """The partitioned parquet cache of the synthetic panel (generated once per size)."""
+    root = Path(os.environ.get("QUANTML_BENCH_CACHE", "/tmp/quantml-bench")).expanduser()
+    path = root / f"synthetic_5m_{N_SYMBOLS}x{n_bars}_seed0"
+    done = path / "_COMPLETE"
+    if not done.exists():
+        path.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(
+            [sys.executable, "-c", GENERATE, str(N_SYMBOLS), str(n_bars), str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            timeout=3600,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        done.write_text(out.stderr.strip())
+    return path
+
+
+def _run(side: str, root: Path, data: Path, sample: Path) -> dict:
+    cfg = root / "quantml" / "conf" / "feature_set" / "full.yaml"
+    args = [side, str(data), str(cfg), str(sample), str(SAMPLE_STRIDE), ",".join(HORIZONS)]
+    out = subprocess.run(
+        [sys.executable, "-c", BUILD, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd="/tmp" if side == "v01" else root,  # /tmp: the checkout's own quantml is not on the path
+        timeout=3600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _compare(a_path: Path, b_path: Path) -> dict:
+    """How far the current build's sampled values are from 0.1's: per column, the largest difference in
+    units of float32 rounding of the value (|a - b| / (eps32 * max(|a|, tiny))), and NaN disagreements."""
+    a, b = np.load(a_path), np.load(b_path)
+    common = sorted(set(a.files) & set(b.files))
+    out = {
+        "columns_compared": len(common),
+        "only_v01": sorted(set(a.files) - set(b.files)),
+        "only_current": sorted(set(b.files) - set(a.files)),
+        "nan_mismatch": {},
+        "beyond_4_ulp": {},
+    }
+    worst, identical = 0.0, 0
+    for c in common:
+        x, y = a[c].astype(np.float64), b[c].astype(np.float64)
+        nan = np.isnan(x) != np.isnan(y)
+        if nan.any():
+            out["nan_mismatch"][c] = int(nan.sum())
+        ok = ~np.isnan(x) & ~np.isnan(y)
+        if np.array_equal(a[c], b[c], equal_nan=True):
+            identical += 1
+            continue
+        scale = np.maximum(np.abs(x[ok]), 1e-30) * np.finfo(np.float32).eps
+        ulp = float(np.max(np.abs(x[ok] - y[ok]) / scale)) if ok.any() else 0.0
+        worst = max(worst, ulp)
+        if ulp > 4:
+            out["beyond_4_ulp"][c] = ulp
+    out["bit_identical_columns"] = identical
+    out["max_float32_ulps"] = worst
+    return out
+
+
+@pytest.mark.benchmark
+def test_bench_scale_features():
+    n_bars = _n_bars()
+    v01 = Path(os.environ.get("QUANTML_V01", "/work/v01"))
+    assert (v01 / "quantml" / "features" / "build.py").exists(), f"0.1 worktree missing at {v01}"
+    data = _cached_panel(n_bars)
+    load_before = os.getloadavg()
+    samples = data.parent / f"{data.name}_samples"
+    samples.mkdir(exist_ok=True)
+    old = _run("v01", v01, data, samples / "v01.npz")
+    new = _run("current", REPO, data, samples / "current.npz")
+    assert Path(old["quantml_file"]).resolve().is_relative_to(v01.resolve()), old["quantml_file"]
+    assert Path(new["quantml_file"]).resolve().is_relative_to(REPO.resolve()), new["quantml_file"]
+    same = _compare(samples / "v01.npz", samples / "current.npz")
+    ratios = {
+        "build_wall_speedup": old["wall_seconds"]["build"] / new["wall_seconds"]["build"],
+        "build_cpu_speedup": old["cpu_seconds"]["build"] / new["cpu_seconds"]["build"],
+        "features_wall_speedup": old["wall_seconds"]["features"] / new["wall_seconds"]["features"],
+        "labels_wall_speedup": old["wall_seconds"]["labels"] / new["wall_seconds"]["labels"],
+        "peak_build_rss_ratio": new["rss_mb"]["peak_build"] / old["rss_mb"]["peak_build"],
+        "peak_build_above_load_ratio": new["rss_mb"]["peak_build_above_load"] / old["rss_mb"]["peak_build_above_load"],
+        "peak_process_rss_ratio": new["rss_mb"]["peak_process"] / old["rss_mb"]["peak_process"],
+    }
+    res = {
+        "rows": new["rows"],
+        "n_symbols": N_SYMBOLS,
+        "n_bars_per_symbol": n_bars,
+        "freq": "5m",
+        "feature_set": "full",
+        "horizons": HORIZONS,
+        "cache": str(data),
+        "v01": old,
+        "current": new,
+        "ratios": ratios,
+        "targets": {
+            "build_wall_speedup>=3": ratios["build_wall_speedup"] >= 3.0,
+            "peak_build_rss_ratio<=0.5": ratios["peak_build_rss_ratio"] <= 0.5,
+        },
+        "values_vs_v01": same,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "python": sys.version.split()[0],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    assert old["rows"] == new["rows"] == N_SYMBOLS * n_bars
+    assert new["n_features"] >= old["n_features"] > 60
+    assert not same["nan_mismatch"], same["nan_mismatch"]
