@@ -195,20 +195,10 @@ class PaperTrader:
         }
 
     @classmethod
-    def from_state(
-        cls,
-        state: dict,
-        symbols: list[str],
-        horizons: list[str],
-        signal: SignalConfig,
-        allocator: AllocatorConfig,
-        costs: CostModel,
-        periods_per_year: float,
-        capital: float = 1.0,
-        execution: ExecutionConfig | None = None,
-    ) -> PaperTrader:
-        """A trader resumed from :meth:`state_dict` (same symbols, buckets and settings)."""
-        trader = cls(symbols, horizons, signal, allocator, costs, periods_per_year, capital, execution)
+    def from_state(cls, state: dict, *args, **kwargs) -> PaperTrader:
+        """A trader resumed from :meth:`state_dict`; ``args``/``kwargs`` are :class:`PaperTrader`'s own
+        (the same symbols, buckets and settings as the trader that wrote ``state``)."""
+        trader = cls(*args, **kwargs)
         if state.get("version") != PAPER_STATE_VERSION:
             raise QuantmlInputError(f"paper trader state version {state.get('version')!r} is not {PAPER_STATE_VERSION}")
         if list(state["symbols"]) != trader.symbols or list(state["horizons"]) != trader.horizons:
@@ -216,7 +206,7 @@ class PaperTrader:
                 f"the trader state was written for symbols {state['symbols']} and horizons {state['horizons']}, "
                 f"not {trader.symbols} / {trader.horizons}; start a fresh state"
             )
-        if (state.get("executor") is None) != (execution is None):
+        if (state.get("executor") is None) != (trader.execution is None):
             raise QuantmlInputError(
                 "the trader state was written "
                 + ("without" if state.get("executor") is None else "with")
@@ -241,8 +231,10 @@ class PaperTrader:
             )
         )
         trader._started = bool(state.get("started", False))
-        if execution is not None:
-            trader._executor = Executor.from_state(state["executor"], symbols, horizons, execution, costs)
+        if trader.execution is not None:
+            trader._executor = Executor.from_state(
+                state["executor"], trader.symbols, trader.horizons, trader.execution, trader.costs
+            )
         return trader
 
 

@@ -101,6 +101,41 @@ def compose_run_selection(config_name: str, argv: list[str], usage: str):
     return cfg
 
 
+def compose_command(config_name: str, overrides: list[str], command: str):
+    """The config of a command that reads a panel (paper, monitor): ``overrides`` composed over the
+    packaged ``config_name`` (``data=FILE`` read as a file, :func:`quantml.serving.data_overrides`),
+    an unknown group option or key as one-line bad input, and ``cfg.tracking_uri`` resolved (the
+    library reads it; ``cfg.tracking.uri`` stays the one setting)."""
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from quantml.contracts import QuantmlInputError
+    from quantml.serving import data_overrides
+
+    try:
+        cfg = compose(config_name, data_overrides(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise QuantmlInputError(config_error(exc, command)) from None
+    with open_dict(cfg):
+        cfg.tracking_uri = tracking_uri(cfg)
+    return cfg
+
+
+def run_command(argv, doc: str, usage: str, settings: str, execute) -> int:
+    """The whole of a settings-only command (paper, monitor): ``--help`` prints ``doc``; a positional
+    argument or ``--flag`` is refused; ``execute(argv) -> exit code`` runs. Bad input: one line, exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(doc)
+        return 0
+    try:
+        refuse_non_settings(argv, usage)
+        return int(execute(argv))
+    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
+        return error_exit(exc, settings)
+
+
 class CommandFailed(Exception):
     """A command that ran but failed its own check (a stack's leakage audit): exit 1 with the message."""
 

@@ -27,46 +27,35 @@ SETTINGS = (
 def compose_config(overrides: list[str]):
     from omegaconf import open_dict
 
-    from quantml.cli.common import compose, tracking_uri
+    from quantml.cli.common import compose_command
     from quantml.contracts import QuantmlInputError
     from quantml.monitoring.checks import CHECKS
-    from quantml.serving import data_overrides
 
     for item in overrides:  # a check that does not exist: name those that do (Hydra would suggest +checks...)
         parts = item.split("=", 1)[0].lstrip("+~").split(".")
         if parts[0] == "checks" and len(parts) > 1 and parts[1] not in CHECKS:
             raise QuantmlInputError(f"checks.{parts[1]} is not a check; the checks are {', '.join(CHECKS)}")
+    # experiment= names an MLflow experiment here, not the packaged conf/experiment group
     experiment = [a.split("=", 1)[1] for a in overrides if a.startswith("experiment=")]
-    cfg = compose("monitor", data_overrides([a for a in overrides if not a.startswith("experiment=")]))
-    with open_dict(cfg):  # the library reads the resolved URI (cfg.tracking.uri is the one setting)
-        cfg.tracking_uri = tracking_uri(cfg)
-        if experiment:
+    cfg = compose_command("monitor", [a for a in overrides if not a.startswith("experiment=")], "quantml monitor")
+    if experiment:
+        with open_dict(cfg):
             cfg.experiment = experiment[-1]
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def _monitor(argv: list[str]) -> int:
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from quantml.cli.common import error_exit, refuse_non_settings
     from quantml.contracts import QuantmlInputError
+    from quantml.monitoring import run_monitor
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        refuse_non_settings(argv, USAGE)
-        cfg = compose_config(argv)
-        for key, example in (("model", "model=models:/NAME@active"), ("log_dir", "log_dir=paper_logs")):
-            if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
-                raise QuantmlInputError(f"{key}=... is required, e.g. {example}; usage: {USAGE}")
-        from quantml.monitoring import run_monitor
-
-        result = run_monitor(cfg)
-    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
-        return error_exit(exc, SETTINGS)
+    cfg = compose_config(argv)
+    for key, example in (("model", "model=models:/NAME@active"), ("log_dir", "log_dir=paper_logs")):
+        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
+            raise QuantmlInputError(f"{key}=... is required, e.g. {example}; usage: {USAGE}")
+    result = run_monitor(cfg)
     table = result.checks[
         ["status", "check", "model_version", "horizon", "group", "value", "warn", "fail", "n", "detail"]
     ]
@@ -80,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {result.rollback_command}")
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quantml.cli.common import run_command
+
+    return run_command(argv, __doc__, USAGE, SETTINGS, _monitor)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Paper-trades a registered (or routed) version bar by bar: predicts the panel with the version the
 model URI points at (pinned once), allocates with the bundle's strategy, executes with the policy
 of each horizon bucket, and appends to keyed logs in log_dir (predictions, executions, pnl);
-its state (positions, carried orders, last bar acted on) is persisted after every bar, so a rerun
-resumes without duplicating a row or acting on a bar twice. Nothing ever trades live.
+its state (positions, carried orders, last bar acted on) is committed after the logs every
+commit_bars bars (default 24), so a rerun resumes without duplicating a row or acting on a bar
+twice. Nothing ever trades live.
 
 Settings are Hydra key=value overrides of the packaged conf/paper.yaml plus any data.* override:
   model=models:/NAME@active            the version to trade (models:/NAME/3, runs:/ID/model)
@@ -38,39 +39,23 @@ SETTINGS = (
 
 
 def compose_config(overrides: list[str]):
-    from hydra.errors import HydraException
-    from omegaconf import open_dict
-    from omegaconf.errors import OmegaConfBaseException
+    from quantml.cli.common import compose_command
 
-    from quantml.cli.common import compose, config_error, tracking_uri
-    from quantml.contracts import QuantmlInputError
-    from quantml.serving import data_overrides
+    return compose_command("paper", overrides, "quantml paper")
 
-    try:
-        cfg = compose("paper", data_overrides(overrides))
-    except (HydraException, OmegaConfBaseException) as exc:  # an unknown group option or key: one line
-        raise QuantmlInputError(config_error(exc, "quantml paper")) from None
-    with open_dict(cfg):  # the library reads the resolved URI (cfg.tracking.uri is the one setting)
-        cfg.tracking_uri = tracking_uri(cfg)
-    return cfg
+
+def _paper(argv: list[str]) -> int:
+    from quantml.serving.paper import run_paper_config
+
+    result = run_paper_config(compose_config(argv), echo=lambda line: print(line, flush=True))
+    print(result.summary(" ".join(a for a in argv if a.split("=", 1)[0].split(".", 1)[0] == "data")))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quantml.cli.common import error_exit, refuse_non_settings
+    from quantml.cli.common import run_command
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        from quantml.serving.paper import run_paper_config
-
-        refuse_non_settings(argv, USAGE)
-        result = run_paper_config(compose_config(argv), echo=lambda line: print(line, flush=True))
-    except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
-        return error_exit(exc, SETTINGS)
-    print(result.summary(" ".join(a for a in argv if a.split("=", 1)[0].split(".", 1)[0] == "data")))
-    return 0
+    return run_command(argv, __doc__, USAGE, SETTINGS, _paper)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from quantml.cli.common import CONFIG_DIR
 from quantml.cli.monitor import main as monitor_main
 from quantml.contracts import run_layout as L
 from quantml.contracts.logs import FILL_COLUMNS, PNL_COLUMNS, PREDICTION_LOG_COLUMNS
 from quantml.data import load_panel
 from quantml.evaluation.reference import REFERENCE_KEY
-from quantml.registry import RegistryStore, promote, register
-from quantml.registry.store import mlflow_uri_scope
 from quantml.serving.logs import append_log
-from tests.helpers.registry_fakes import sqlite_store
+from tests.helpers.tiny_runs import register_active, temp_store, train_run
 
 NAME = "watched"
 HOURLY = {"freq": "1h", "n_symbols": 4, "n_bars": 900, "start": "2024-01-01", "seed": 7}
@@ -38,10 +33,7 @@ FEE_BPS = 1.0
 
 def _train(root, data: dict, train_end: str, horizon: str, name: str = NAME, extra=()):
     """(uri, store, run id, bundle): a ridge model on ``data`` up to ``train_end``, registered and active."""
-    from quantml.experiment import run_experiment
-
-    uri = sqlite_store(root)
-    store = RegistryStore(uri)
+    uri, store = temp_store(root)
     overrides = [
         "data=synthetic",
         *(f"data.{k}={v}" for k, v in data.items() if k != "seed"),
@@ -52,18 +44,10 @@ def _train(root, data: dict, train_end: str, horizon: str, name: str = NAME, ext
         "validation.n_splits=3",
         "print_report=false",
         "tracking.experiment=monitored",
-        f"tracking.uri={uri}",
         *extra,
     ]
-    with pytest.MonkeyPatch.context() as mp, mlflow_uri_scope():
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfg = compose(config_name="config", overrides=overrides)
-        GlobalHydra.instance().clear()
-        result = run_experiment(cfg)
-    register(store, result.parent_run_id, name)
-    promote(store, name, 1, force=True, reason="monitor tests: a tiny model, gates not the point")
+    result = train_run(uri, overrides)
+    register_active(store, result.parent_run_id, name, "monitor tests")
     with store.global_uri():
         bundle = mlflow.pyfunc.load_model(f"models:/{name}/1").unwrap_python_model().bundle
     return uri, store, result.parent_run_id, bundle

@@ -31,13 +31,12 @@ from quantml.contracts.logs import LOG_KEYS, LOGS, PAPER_STATE_FILE
 from quantml.data import load_panel
 from quantml.market.execution import CostModel
 from quantml.market.fills import ExecutionConfig
-from quantml.registry import RegistryStore, promote, register
-from quantml.registry.store import mlflow_uri_scope
+from quantml.registry import register
 from quantml.serving import predict_panel
 from quantml.serving.logs import read_log
 from quantml.serving.paper import PaperSession, PaperSettings, load_state, run_paper
 from quantml.serving.paper_settings import horizon_weight_vector, sort_horizons
-from tests.helpers.registry_fakes import sqlite_store
+from tests.helpers.tiny_runs import register_active, temp_store, train_run
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "paper"
@@ -82,21 +81,10 @@ COSTS = CostModel.from_config(_paper_cfg().cost)  # conf/cost/equity.yaml: what 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(tracking uri, store, parent run id, work dir, lockbox start, panel file): NAME v1 @active, v2 candidate."""
-    from quantml.experiment import run_experiment
-
     root = tmp_path_factory.mktemp("paper")
-    uri = sqlite_store(root)
-    store = RegistryStore(uri)
-    store.client.create_experiment("paper", (root / "artifacts").as_uri())
-    with pytest.MonkeyPatch.context() as mp, mlflow_uri_scope():
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfg = compose(config_name="config", overrides=[*TRAIN, f"tracking.uri={uri}"])
-        GlobalHydra.instance().clear()
-        result = run_experiment(cfg)
-    register(store, result.parent_run_id, NAME)
-    promote(store, NAME, 1, force=True, reason="paper tests: tiny model, gates not the point")
+    uri, store = temp_store(root, ["paper"])
+    result = train_run(uri, TRAIN)
+    register_active(store, result.parent_run_id, NAME, "paper tests")
     register(store, result.parent_run_id, NAME)  # v2: a candidate, for the refusal of another version
     lockbox = pd.Timestamp(store.client.get_run(result.parent_run_id).data.tags[L.TAG_LOCKBOX_START])
     panel_file = root / "panel" / "panel.parquet"

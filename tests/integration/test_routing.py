@@ -11,19 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from quantml.cli.common import CONFIG_DIR
 from quantml.cli.predict import main as predict_main
 from quantml.cli.registry import main as registry_main
 from quantml.contracts import PREDICTION_COLUMNS
 from quantml.data import load_panel
-from quantml.registry import RegistryStore, register, routing
+from quantml.registry import register, routing
 from quantml.registry.commands import copy_version_with_bundle
-from quantml.registry.store import mlflow_uri_scope
 from quantml.serving import predict_panel
-from tests.helpers.registry_fakes import mlflow_model_server, post_json, sqlite_store
+from tests.helpers.registry_fakes import mlflow_model_server, post_json
+from tests.helpers.tiny_runs import temp_store, train_run
 
 MODEL = "served"
 TRAIN = [
@@ -43,21 +40,10 @@ PANEL = {"source": "synthetic", "freq": "1h", "n_symbols": 4, "n_bars": 300, "se
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(tracking uri, store, work dir) with two trained runs registered as ``served`` v1 and v2."""
-    from quantml.experiment import run_experiment
-
     root = tmp_path_factory.mktemp("routing")
-    uri = sqlite_store(root)
-    store = RegistryStore(uri)
-    store.client.create_experiment("routing", (root / "artifacts").as_uri())
-    store.client.create_experiment(routing.ROUTE_EXPERIMENT, (root / "routes").as_uri())
-    with pytest.MonkeyPatch.context() as mp, mlflow_uri_scope():
-        mp.setenv("MLFLOW_TRACKING_URI", uri)  # the pipeline lets the environment win
-        for seed in (1, 2):
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-                cfg = compose(config_name="config", overrides=[*TRAIN, f"seed={seed}", f"tracking.uri={uri}"])
-            GlobalHydra.instance().clear()
-            register(store, run_experiment(cfg).parent_run_id, MODEL)
+    uri, store = temp_store(root, ["routing", routing.ROUTE_EXPERIMENT])
+    for seed in (1, 2):
+        register(store, train_run(uri, [*TRAIN, f"seed={seed}"]).parent_run_id, MODEL)
     return uri, store, root
 
 

@@ -15,19 +15,17 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from quantml.cli.common import CONFIG_DIR
 from quantml.cli.predict import main as predict_main
 from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError
 from quantml.data import load_panel
 from quantml.portfolio import AllocatorConfig, market_returns
-from quantml.registry import ACTIVE, CHAMPION, RegistryStore, promote, register
-from quantml.registry.store import mlflow_uri_scope
+from quantml.registry import ACTIVE, CHAMPION
 from quantml.serving import predict_panel, resolve_model
 from quantml.signals import SignalConfig
-from tests.helpers.registry_fakes import mlflow_model_server, post_json, sqlite_store
+from tests.helpers.registry_fakes import mlflow_model_server, post_json
+from tests.helpers.tiny_runs import register_active, temp_store, train_run
 
 NAME = "served"
 TRAIN = [
@@ -47,21 +45,10 @@ PANEL = {"source": "synthetic", "freq": "1h", "n_symbols": 4, "n_bars": 300, "se
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     """(tracking uri, store, parent run id, work dir) with the trained model as NAME v1 @active."""
-    from quantml.experiment import run_experiment
-
     root = tmp_path_factory.mktemp("serving")
-    uri = sqlite_store(root)
-    store = RegistryStore(uri)
-    store.client.create_experiment("serving", (root / "artifacts").as_uri())
-    with pytest.MonkeyPatch.context() as mp, mlflow_uri_scope():
-        mp.setenv("MLFLOW_TRACKING_URI", uri)  # the pipeline lets the environment win
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfg = compose(config_name="config", overrides=[*TRAIN, f"tracking.uri={uri}"])
-        GlobalHydra.instance().clear()
-        result = run_experiment(cfg)  # sets MLflow's global URI: the scope puts it back
-    register(store, result.parent_run_id, NAME)
-    promote(store, NAME, 1, force=True, reason="serving tests: tiny model, gates not the point")
+    uri, store = temp_store(root, ["serving"])
+    result = train_run(uri, TRAIN)
+    register_active(store, result.parent_run_id, NAME, "serving tests")
     return uri, store, result.parent_run_id, root
 
 
