@@ -54,6 +54,21 @@ def _flag(cfg: Mapping, key: str) -> bool:
     raise QuantmlInputError(f"data.{key}={value!r} must be true or false (e.g. data.{key}=true)")
 
 
+def _plants(cfg: Mapping) -> dict:
+    """The synthetic plants switched on: ``data.<flag>=true`` or ``data.<flag>={option: value}``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from quantml.data.plants import PLANTS
+
+    out = {}
+    for flag in PLANTS:
+        value = _get(cfg, flag, False)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        out[flag] = value if isinstance(value, Mapping) else _flag(cfg, flag)
+    return out
+
+
 # --------------------------------------------------------------------------- stocks_daily
 def stocks_csv_path() -> Path:
     """Location of ``stocks.csv.gz`` inside the installed ``bokeh_sampledata`` package."""
@@ -389,6 +404,7 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             price_signal=_flag(cfg, "price_signal"),
             regime_shift_at=_get(cfg, "regime_shift_at"),
             regime_shift_vol=_get(cfg, "regime_shift_vol", 3.0),
+            plants=_plants(cfg),
         )
         max_staleness = _get(cfg, "max_staleness")
         df = join_streams(syn.bars, syn.streams, dict(max_staleness) if max_staleness else None)

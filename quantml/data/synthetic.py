@@ -51,6 +51,7 @@ Same arguments -> identical data. 10 symbols x 100k 5m bars take a few seconds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,7 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, parse_duration
+from quantml.data.plants import PlantContext, load_plants, plant_rng
 
 NAMES = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")
 REGIME_VOL = np.array([0.6, 1.0, 1.9])
@@ -268,6 +270,7 @@ def generate_synthetic(
     price_signal: bool = False,
     regime_shift_at: str | pd.Timestamp | None = None,
     regime_shift_vol: float = REGIME_SHIFT_VOL,
+    plants: Mapping[str, Mapping | bool] | None = None,
 ) -> SyntheticData:
     """Generate bars and exogenous streams; see the module docstring for what is planted.
 
@@ -276,9 +279,12 @@ def generate_synthetic(
     ``price_signal``: also plant a short-term reversal of past returns, complementary to the
     exogenous drift (see the module docstring). ``regime_shift_at``: a time (ISO, UTC when naive)
     from which the volatility jumps (x ``regime_shift_vol``) and the exogenous loadings flip sign
-    (planted drift).
+    (planted drift). ``plants``: opt-in planted effects, ``{flag: options or True}``
+    (:mod:`quantml.data.plants`: ``text_stream``, ``lead_lag``, ``vol_regimes``, ``bimodal``), each
+    drawing from its own generator.
     """
     bar = _check_args(freq, n_symbols, n_bars)
+    planted = load_plants(plants)
     rng = np.random.default_rng(seed)
     T, N = int(n_bars), int(n_symbols)
     t0 = pd.Timestamp(start)
@@ -307,6 +313,14 @@ def generate_synthetic(
         if not np.isfinite(factor) or factor <= 0:
             raise QuantmlInputError(f"synthetic regime_shift_vol={regime_shift_vol!r} must be a positive number (3)")
         sigma = np.where(shifted[:, None], factor * sigma, sigma)
+    contexts = {}
+    for flag, plant in planted.items():  # planted volatility regimes: before anything uses sigma
+        contexts[flag] = PlantContext(ts, bar, symbols, int(seed), sigma, float(day_scale), plant_rng(seed, flag))
+        sigma = np.asarray(plant.sigma(contexts[flag], sigma), dtype=np.float64)
+        if sigma.shape != (T, N):
+            raise ValueError(f"plant {flag!r} returned sigma of shape {sigma.shape}, expected {(T, N)}")
+    for ctx in contexts.values():
+        ctx.sigma = sigma
     beta = rng.uniform(0.7, 1.3, N)
     t4 = lambda shape: rng.standard_t(4, size=shape) / np.sqrt(2.0)  # noqa: E731  unit variance
     z_mkt = t4((T, 1))
@@ -454,6 +468,11 @@ def generate_synthetic(
 
     ret = drift + sigma * (np.sqrt(0.5) * beta[None, :] * (z_mkt + shock) + np.sqrt(0.5) * z_idio)
     ret[0] = 0.0
+    for flag, plant in planted.items():  # lead-lag, bimodal outcomes, text-driven drift
+        ret = np.asarray(plant.returns(contexts[flag], ret), dtype=np.float64)
+        if ret.shape != (T, N):
+            raise ValueError(f"plant {flag!r} returned returns of shape {ret.shape}, expected {(T, N)}")
+        ret[0] = 0.0
     close = np.exp(rng.uniform(0.0, 10.0, N)[None, :] + np.cumsum(ret, axis=0))
     prev = np.vstack([close[:1], close[:-1]])
     open_ = prev * np.exp(0.05 * sigma * rng.standard_normal((T, N)))
@@ -495,6 +514,12 @@ def generate_synthetic(
     if orderbook:
         streams["orderbook"] = _orderbook_prices(ob_table, close, ob_truth["spread"])
         truth.update(ob_truth)
+    for flag, plant in planted.items():
+        for name, table in plant.streams(contexts[flag], ret).items():
+            if name in streams:
+                raise ValueError(f"plant {flag!r} emits stream {name!r}, which the generator already emits")
+            streams[name] = table
+        truth.update(contexts[flag].truth)
     for k, v in streams.items():
         sort = [SYMBOL, "event_time"] if SYMBOL in v.columns else ["event_time"]
         streams[k] = v.sort_values(sort, kind="mergesort").reset_index(drop=True)
