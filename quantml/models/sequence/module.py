@@ -59,17 +59,23 @@ class SequenceModule(pl.LightningModule):
     """Trains a net with :func:`multi_horizon_loss`; logs ``train_loss`` and ``val_loss``.
 
     ``val_loss`` leaves out the spread penalty: early stopping selects on forecast quality.
+    ``extra_loss``: ``(out, batch) -> scalar tensor`` added to the training loss (a distillation or
+    financial term; :meth:`SequenceForecaster._extra_loss`), or None. ``val_loss`` leaves it out too.
     """
 
-    def __init__(self, net: nn.Module, weights: LossWeights, lr: float, weight_decay: float) -> None:
+    def __init__(self, net: nn.Module, weights: LossWeights, lr: float, weight_decay: float, extra_loss=None) -> None:
         super().__init__()
         self.net, self.weights, self.lr, self.weight_decay = net, weights, lr, weight_decay
+        self.extra_loss = extra_loss
 
     def forward(self, batch: dict) -> dict:
         return self.net(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, _ = multi_horizon_loss(self.net(batch), batch, self.weights, spread=True)
+        out = self.net(batch)
+        loss, _ = multi_horizon_loss(out, batch, self.weights, spread=True)
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(out, batch)
         # DDP: the epoch mean over every rank's share (a no-op on one device)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]), sync_dist=True)
         return loss

@@ -257,7 +257,7 @@ class SequenceForecaster(Forecaster):
             }
             torch.manual_seed(self.seed)
             net = self._build_net(self.net_spec_)
-            module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay)
+            module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay, self._extra_loss_fn())
 
             train_ds = WindowDataset(
                 data,
@@ -267,6 +267,7 @@ class SequenceForecaster(Forecaster):
                 self.scaler_,
                 symbol_dropout=self.symbol_dropout,
                 rng=np.random.default_rng(self.seed),
+                extras=self._batch_extras(data, self.scaler_),
             )
             sampler = ChunkedBatchSampler(
                 len(rows),
@@ -433,6 +434,22 @@ class SequenceForecaster(Forecaster):
 
     def _figure_prefix(self) -> str:
         return type(self).__name__.replace("Forecaster", "").lower()
+
+    def _batch_extras(self, data, scaler) -> dict[str, np.ndarray]:
+        """Hook: ``{name: float array [data.n_rows, k]}`` every training batch carries as ``batch[name]``
+        (a teacher's forecasts in scaled units, ``/ scaler.ret_scale_``); none by default."""
+        return {}
+
+    def _extra_loss(self, out: dict, batch: dict):
+        """Hook: a scalar tensor added to the training loss (never to ``val_loss``), or None (default).
+        ``out``: the net's outputs ([B, H] each, scaled units); ``batch``: the training batch."""
+        return None
+
+    def _extra_loss_fn(self):
+        """The :meth:`_extra_loss` hook as the module's callable, or None when a subclass keeps the default."""
+        if type(self)._extra_loss is SequenceForecaster._extra_loss:
+            return None
+        return self._extra_loss
 
     def _after_fit(self, data, rows: np.ndarray) -> None:
         """Hook for interpretation summaries (TFT) on the validation (else training) rows."""

@@ -115,6 +115,11 @@ class WindowDataset(Dataset):
 
     ``symbol_dropout`` (training only): each window is shown as an unseen symbol with this
     probability, drawn from ``rng`` (deterministic for a seeded generator).
+
+    ``extras``: ``{name: float array [n_panel_rows, k]}`` gathered per batch as ``batch[name]``
+    [B, k] (float32, as given: a teacher's scaled forecasts, for instance). A subclass of
+    :class:`~quantml.models.sequence.trainer.SequenceForecaster` supplies them through
+    ``_batch_extras`` and reads them in ``_extra_loss``.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class WindowDataset(Dataset):
         targets: bool = True,
         symbol_dropout: float = 0.0,
         rng: np.random.Generator | None = None,
+        extras: dict[str, np.ndarray] | None = None,
     ) -> None:
         if data.X.shape[1] != normalizer.n_features_:
             raise QuantmlInputError(
@@ -142,6 +148,12 @@ class WindowDataset(Dataset):
         self._sym_of_code = normalizer.index_of(data.symbols)
         self._n_sym = len(normalizer.symbols_) + 1
         self._offsets = np.arange(-self.lookback + 1, 1, dtype=np.int64)
+        self.extras = {}
+        for name, arr in (extras or {}).items():
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.ndim != 2 or len(arr) != data.n_rows:
+                raise ValueError(f"extras[{name!r}] has shape {arr.shape}, expected [{data.n_rows}, k]")
+            self.extras[name] = arr
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -192,6 +204,8 @@ class WindowDataset(Dataset):
             batch["y_ret"] = torch.from_numpy((self.data.y_ret[r] / s.ret_scale_).astype(np.float32))
             batch["y_dir"] = torch.from_numpy(self.data.y_dir[r].astype(np.float32))
             batch["y_logvol"] = torch.from_numpy(logvol.astype(np.float32))
+        for name, arr in self.extras.items():
+            batch[name] = torch.from_numpy(np.ascontiguousarray(arr[r]))
         return batch
 
 
