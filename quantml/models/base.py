@@ -153,6 +153,8 @@ class Forecast:
     """Per-horizon forecasts for ``n`` rows; every array is float [n, H].
 
     Quantiles never cross: ``q10 <= q50 <= q90``. ``prob_up`` is P(forward return > 0).
+    ``diagnostics``: optional ``{name: float [n, H]}`` a backbone explains its forecasts with (a fusion
+    gate's opening, the text contribution, a regime posterior); :meth:`to_frame` adds them as columns.
     """
 
     horizons: list[str]
@@ -162,6 +164,7 @@ class Forecast:
     q90: np.ndarray
     prob_up: np.ndarray
     vol_forecast: np.ndarray
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = (len(self.expected_return), len(self.horizons))
@@ -170,6 +173,15 @@ class Forecast:
             if arr.shape != shape:
                 raise ValueError(f"Forecast.{name} has shape {arr.shape}, expected {shape}")
             setattr(self, name, arr)
+        diagnostics = {}
+        for name, values in dict(self.diagnostics).items():
+            arr = np.asarray(values, dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"Forecast.diagnostics[{name!r}] has shape {arr.shape}, expected {shape}")
+            if name in FORECAST_FIELDS:
+                raise ValueError(f"Forecast.diagnostics[{name!r}] shadows a forecast field")
+            diagnostics[str(name)] = arr
+        self.diagnostics = diagnostics
 
     def __len__(self) -> int:
         return len(self.expected_return)
@@ -184,14 +196,19 @@ class Forecast:
             part["horizon"] = h
             for name in FORECAST_FIELDS:
                 part[name] = getattr(self, name)[:, j]
+            for name, arr in self.diagnostics.items():
+                part[name] = arr[:, j]
             frames.append(part)
         return pd.concat(frames, ignore_index=True)
 
     @staticmethod
     def concat(parts: list[Forecast]) -> Forecast:
+        """Rows of ``parts`` in order; a diagnostic survives only when every part carries it."""
+        shared = [k for k in parts[0].diagnostics if all(k in p.diagnostics for p in parts)]
         return Forecast(
             parts[0].horizons,
             **{f: np.concatenate([getattr(p, f) for p in parts]) for f in FORECAST_FIELDS},
+            diagnostics={k: np.concatenate([p.diagnostics[k] for p in parts]) for k in shared},
         )
 
 
