@@ -74,3 +74,14 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _close_pyplot_figures():
+    """Backbones' figures() draw with pyplot; close what a test leaves open so the next test (the
+    report's pyplot-free check) starts from an empty registry."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import (
-    PREDICTION_COLUMNS,
     SCHEMA_VERSION,
     SYMBOL,
     TIMESTAMP,
@@ -27,9 +26,12 @@ from quantml.contracts import (
     require_columns,
 )
 from quantml.contracts.run_layout import FIRST_BARS, WARMUP_BARS
+from quantml.contracts.schema import DIAGNOSTIC_FIELDS, prediction_columns
 from quantml.data import data_fingerprint, validate_panel
 from quantml.evaluation.metrics import ic_mode_for
 from quantml.features import build_features
+from quantml.features.text import STAT_NAMES as TEXT_STATS
+from quantml.features.text import attach_text, serving_text
 from quantml.models.base import PanelData
 from quantml.portfolio.allocator import AllocatorConfig
 from quantml.portfolio.strategy import AllocatorStrategy, build_strategy, market_returns
@@ -49,6 +51,9 @@ class FeatureContract:
     # symbol -> the trading calendar its duration windows resolved on at training
     # (``FeatureMatrix.calendar``); serving resolves them on the same one. Empty: bar counts only.
     calendar: dict = field(default_factory=dict)
+    # data.text settings (n_hash, window, lexicon, entity_map, latent_dim) of a model trained on a raw text
+    # stream (quantml.features.text); empty: no raw text. Bundles pickled before it read {}.
+    text: dict = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
@@ -62,6 +67,8 @@ class FeatureContract:
         }
         if getattr(self, "calendar", None):  # only then: hashes of bar-count contracts stay as they were
             fields["calendar"] = self.calendar
+        if getattr(self, "text", None):  # likewise: contracts without raw text keep their hash
+            fields["text"] = self.text
         payload = json.dumps(
             fields,
             sort_keys=True,
@@ -103,6 +110,13 @@ class ModelBundle:
     # the run's resolved `strategy` config (a mapping with `_target_`); None (and bundles pickled
     # before it): the rank long/short default
     strategy: dict | None = None
+
+    @property
+    def diagnostic_fields(self) -> tuple[str, ...]:
+        """The optional diagnostic columns (``DIAGNOSTIC_FIELDS``) the forecaster declares in its
+        ``diagnostic_fields`` and the contract carries after ``PREDICTION_COLUMNS`` (docs/fusion.md)."""
+        declared = set(getattr(self.forecaster, "diagnostic_fields", ()) or ())
+        return tuple(name for name in DIAGNOSTIC_FIELDS if name in declared)
 
     @property
     def warmup_bars(self) -> int | None:
@@ -176,10 +190,12 @@ class ModelBundle:
         model_name: str = "",
         model_version: str = "",
         signal: dict | None = None,
+        text_stream: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """The prediction contract ``[rows, len(PREDICTION_COLUMNS)]`` of ``panel``: one row per
         (symbol, timestamp, horizon), only each symbol's latest bar with ``last_only``.
-        ``signal``: thresholds replacing the bundle's (a 0.1 ``quantml.signal`` tag)."""
+        ``signal``: thresholds replacing the bundle's (a 0.1 ``quantml.signal`` tag). ``text_stream``:
+        the raw posts/comments (docs/text.md) of a model trained on one; None: served without text."""
         panel = _coerce_panel(panel)
         self.contract.check(panel)
         panel = validate_panel(panel)
@@ -187,14 +203,22 @@ class ModelBundle:
         config = SignalConfig.from_config(signal, cost=signal.get("cost", 0.0))
         strategy = self.serving_strategy(config, panel)
         self.check_history(panel, strategy)
+        text_cfg = getattr(self.contract, "text", None) or {}  # a model trained on a raw text stream
+        expected = [n for n in self.contract.feature_names if not (text_cfg and n in TEXT_STATS)]
         features = build_features(
             panel,
             self.contract.feature_set,
             self.contract.drop_modalities,
-            expected=self.contract.feature_names,
+            expected=expected,
             calendar=getattr(self.contract, "calendar", None) or None,
         )
+        # the raw stream's statistics and towers; without one they say missing and the latents are 0
+        text = serving_text(panel, text_stream, text_cfg) if text_cfg else None
+        if text is not None:
+            features = attach_text(features, text)
         data = PanelData.assemble(panel, features, self.contract.horizons)
+        if text is not None:
+            data.side = dict(text.side)
         rows, keep = _rows_to_predict(panel, last_only)
         sample = data.subset(rows)
         frame = self.forecaster.predict(sample).to_frame(sample.keys)
@@ -208,7 +232,7 @@ class ModelBundle:
         frame["model_version"] = str(model_version)
         frame["schema_version"] = self.contract.schema_version
         frame["data_version"] = data_fingerprint(panel)
-        return frame[list(PREDICTION_COLUMNS)].reset_index(drop=True)
+        return frame[list(prediction_columns(self.diagnostic_fields))].reset_index(drop=True)
 
 
 def _refuse_short(counts: pd.Series, need: int, what: str) -> None:

@@ -247,6 +247,21 @@ def _swept(overrides: list[str], axes: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- Hydra commands
+def _renamed_setting(key: str, text: str) -> str | None:
+    """The message for a setting that was renamed (``evaluation.monitor`` -> ``evaluation.selection_metric``)."""
+    from quantml.evaluation.selection import RENAMED_KEYS
+
+    group, _, old = key.partition(".")
+    if group != "evaluation" or old not in RENAMED_KEYS:
+        return None
+    value = re.search(rf"{re.escape(key)}=(\S+)", text)
+    new = f"evaluation.{RENAMED_KEYS[old]}"
+    return (
+        f"{key} was renamed {new} (the model-selection metric; `quantml monitor` is the post-promotion monitor "
+        f"now): write {new}={value.group(1) if value else '...'} instead"
+    )
+
+
 def config_error(exc: BaseException, command: str, keys: list[str] | None = None) -> str:
     """A Hydra composition error as one line naming the key and the fix."""
     import difflib
@@ -271,6 +286,9 @@ def config_error(exc: BaseException, command: str, keys: list[str] | None = None
     match = re.search(r"Could not override '([^']+)'", text)
     if match and "not in struct" in text:
         key = match.group(1)
+        renamed = _renamed_setting(key, text)
+        if renamed:
+            return renamed
         near = difflib.get_close_matches(key, keys or [], n=1, cutoff=0.75)
         hint = f"did you mean {near[0]}? " if near else ""
         return f"{key} is not a setting of {command}; {hint}{listing}"

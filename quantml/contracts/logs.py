@@ -18,7 +18,7 @@ cost and positions are fractions of it; notionals are in the panel's price curre
 
 from __future__ import annotations
 
-from quantml.contracts.schema import PREDICTION_COLUMNS, SYMBOL, TIMESTAMP
+from quantml.contracts.schema import DIAGNOSTIC_FIELDS, PREDICTION_COLUMNS, SYMBOL, TIMESTAMP
 
 PREDICTION_LOG = "predictions"
 EXECUTION_LOG = "executions"
@@ -29,7 +29,10 @@ PARTITION = "date"  # hive partition column: the row's timestamp's UTC date, YYY
 
 # The prediction log: the prediction contract plus where and when each row was written.
 # ``source``: "paper" | "predict". ``logged_at``: wall-clock UTC of the write.
-PREDICTION_LOG_COLUMNS = (*PREDICTION_COLUMNS, "source", "logged_at")
+SOURCE_PAPER = "paper"  # rows `quantml paper` writes
+SOURCE_PREDICT = "predict"  # rows `quantml predict log_dir=` appends
+# the diagnostic columns (a fusion model's ``gate``...) are NaN for a model that declares none
+PREDICTION_LOG_COLUMNS = (*PREDICTION_COLUMNS, *DIAGNOSTIC_FIELDS, "source", "logged_at")
 PREDICTION_LOG_KEY = ("model_name", "model_version", SYMBOL, TIMESTAMP, "horizon")
 
 # The execution log: one row per fill of a bucket's order in a bar.

@@ -251,3 +251,35 @@ TAG_ROUTE_CHANGE = quantml_tag("route_change")  # map version: the change in one
 ROUTE_ENTRIES_ARTIFACT = "route/entries.json"  # route run: the entries with their previous values
 ROUTE_EXPERIMENT = "quantml-routes"  # default experiment of the route runs
 CROSS_SECTIONAL = "cross_sectional"  # bundle metadata: the model needs every one of its symbols at once
+
+# -- quantml monitor (docs/monitoring.md) -------------------------------------------------------------
+TAG_DEGRADED = quantml_tag("degraded")  # model-version tag: "true" after a FAIL
+TAG_DEGRADED_REASON = quantml_tag("degraded_reason")  # model-version tag: the failed checks
+TAG_MONITOR_MODEL = quantml_tag("monitor_model")  # monitor run: "NAME"
+TAG_MONITOR_VERSION = quantml_tag("monitor_version")  # monitor run: the version monitored
+TAG_MONITOR_STATUS = quantml_tag("monitor_status")  # monitor run: OK | WARN | FAIL | n/a
+TAG_MONITOR_LOG_DIR = quantml_tag("monitor_log_dir")
+TAG_MONITOR_WINDOW = quantml_tag("monitor_window")
+MONITOR_REPORT_ARTIFACT = "monitor/report.html"
+MONITOR_CHECKS_ARTIFACT = "monitor/checks.csv"
+MONITOR_ROLLING_ARTIFACT = "monitor/rolling.csv"
+MONITOR_FIGURES = "monitor/figures"
+MONITOR_METRIC_PREFIX = "monitor_"  # metrics: monitor_<check>/<horizon>[/<group>], monitor_status (0 OK .. 3 FAIL)
+MONITOR_STATUS_METRIC = "monitor_status"
+PER_SYMBOL_ARTIFACT = (
+    "metrics/per_symbol.csv"  # fold run: IC, rank IC, hit rate per (symbol, horizon) of its test block
+)
+
+# -- backbones' own figures and metrics (docs/fusion.md, hybrid.md, vssm.md, distill.md) --------------------
+METRIC_GATE_MEAN = "gate_mean"  # fold metric test_gate_mean/<h>: a fusion model's mean gate opening
+METRIC_TEXT_CONTRIBUTION = "text_contribution"  # fold metric: |gate*delta| / (|base| + |gate*delta|)
+HYBRID_ATTENTION_FIGURE = "hybrid_attention.png"  # figures/<name>: the hybrid's asset x asset attention
+CROSS_ASSET_MODALITY = "cross_asset"  # modality of the hybrid's stage-1 columns
+VSSM_POSTERIOR_FIGURE = "vssm_regime_posterior.png"  # figures/<name>: the filtered regime posterior
+VSSM_TRANSITION_FIGURE = "vssm_transition.png"  # figures/<name>: the learned transition matrix
+REGIME_COLUMN_PREFIX = "regime_p"  # diagnostics columns regime_p0, regime_p1, ... of a regime model
+METRIC_LATENCY_STUDENT = "distill_latency_ms_student"  # parent metric: ms per row of the student's predict
+METRIC_LATENCY_TEACHER = "distill_latency_ms_teacher"
+METRIC_OOF_SHARE = "distill_oof_share"  # share of training rows with an out-of-fold teacher target
+METRIC_TEACHER_RANK_IC = "teacher_rank_ic"  # fold metrics test_teacher_rank_ic/<h>, test_student_rank_ic/<h>
+METRIC_STUDENT_RANK_IC = "student_rank_ic"

@@ -68,6 +68,20 @@ SIGNAL_FIELDS = ("score", "confidence", "action")
 POSITION_FIELDS = ("target_weight",)
 PROVENANCE_FIELDS = ("model_name", "model_version", "schema_version", "data_version")
 PREDICTION_COLUMNS = (*PREDICTION_KEYS, *FORECAST_FIELDS, *SIGNAL_FIELDS, *POSITION_FIELDS, *PROVENANCE_FIELDS)
+# Optional diagnostic columns (float, one per row like a forecast) a model declares in its signature and
+# appends after PREDICTION_COLUMNS, in this order: a fusion model's gate opening and text contribution
+# (docs/fusion.md). Rule for contracts assembled from several models: a stack drops them (a combination
+# has no single gate); a route keeps a column any of its entries declares, NaN on rows of an entry that
+# does not. Readers of prediction frames ignore columns they do not know.
+DIAGNOSTIC_FIELDS = ("gate", "text_contribution")
+
+
+def prediction_columns(diagnostics=()) -> tuple[str, ...]:
+    """The contract's columns for a model declaring ``diagnostics``: PREDICTION_COLUMNS, then the
+    declared names of DIAGNOSTIC_FIELDS in that order (unknown names are not part of any contract)."""
+    declared = set(diagnostics or ())
+    return (*PREDICTION_COLUMNS, *(name for name in DIAGNOSTIC_FIELDS if name in declared))
+
 
 # How a horizon's forecasts are compared and traded: across symbols at each bar, or per
 # symbol over time (quantml.evaluation.ic_mode_for picks one from the number of symbols).

@@ -407,6 +407,8 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
             plants=_plants(cfg),
         )
         max_staleness = _get(cfg, "max_staleness")
+        # the raw text stream travels beside the panel (quantml.data.text_stream), never as-of joined
+        syn.streams.pop("social_text", None)
         df = join_streams(syn.bars, syn.streams, dict(max_staleness) if max_staleness else None)
         # the generator's start is where the series begins: only symbols/end filter here
         cfg = {k: _get(cfg, k) for k in ("symbols", "end")}

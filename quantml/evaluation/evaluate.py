@@ -10,6 +10,7 @@ import pandas as pd
 
 from quantml.backtest import BacktestResult, run_backtest
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, metric_name, require_columns
+from quantml.evaluation.crps import quantile_crps
 from quantml.evaluation.metrics import (
     average_precision,
     check_ic_mode,
@@ -93,6 +94,9 @@ def horizon_metrics(
     raw = probability_metrics(frame[raw_col].to_numpy(np.float64), direction, ece_bins)
     out.update({f"{k}_raw": v for k, v in raw.items()})
     out.update(quantile_metrics(frame["q10"], frame["q50"], frame["q90"], ret))
+    # CRPS of the distribution the three quantiles imply (quantml.evaluation.crps), beside the pinball loss
+    crps = quantile_crps(*(frame[q].to_numpy(np.float64) for q in ("q10", "q50", "q90")), ret)
+    out["crps"] = float(np.mean(crps[np.isfinite(crps)])) if np.isfinite(crps).any() else np.nan
     return out
 
 

@@ -26,10 +26,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from quantml.contracts import QuantmlInputError
+from quantml.data.text_stream import text_config
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
 from quantml.experiment.prepare import REALISED, PreparedData
 from quantml.experiment.resume import run_identity
-from quantml.models.base import Forecaster, SampleSet, scaled_median_capacity
+from quantml.features.text import text_settings
+from quantml.models.base import Forecaster, PanelData, SampleSet, scaled_median_capacity
+from quantml.models.fusion import wrap_fusion
+from quantml.models.text_latents import TextLatentForecaster, has_text_side
 from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
 from quantml.validation.purging import parse_embargo, to_ns
 
@@ -40,17 +44,32 @@ _ROW = "_crossfit_row"
 CHECKPOINT_DIR_ENV = "QUANTML_CHECKPOINT_DIR"
 
 
-def build_model(cfg: DictConfig, horizons: list[str], warm_source: Forecaster | None = None) -> Forecaster:
+def build_model(
+    cfg: DictConfig, horizons: list[str], warm_source: Forecaster | None = None, data: PanelData | None = None
+) -> Forecaster:
     """The configured backbone, unfitted; with ``warm_source`` (``warm_start=``) its fits start
-    from that fitted model (:mod:`quantml.experiment.warm_start`)."""
+    from that fitted model (:mod:`quantml.experiment.warm_start`). When ``data`` carries the raw text
+    towers, the backbone is wrapped in :class:`~quantml.models.text_latents.TextLatentForecaster`
+    (per-fold text latents, docs/text.md)."""
     try:
         model = instantiate(cfg.backbone, horizons=horizons, seed=int(cfg.seed))
     except Exception as exc:
         raise QuantmlInputError(f"could not build backbone={cfg.backbone.get('_target_')}: {exc}") from exc
+    head = cfg.get("head")
+    if head is not None and head.get("name", "quantile") != "quantile":  # head=diffusion (docs/diffusion.md)
+        if not hasattr(model, "use_head"):
+            raise QuantmlInputError(
+                f"head={head.get('name')} needs a sequence backbone (mlp, lstm, gru, tcn, tsmixer, patchtst, "
+                f"itransformer, tft); backbone={cfg.backbone.get('_target_')} has its own outputs: use head=quantile"
+            )
+        model.use_head(dict(head))
     if warm_source is not None:
         model.warm_from(warm_source)
     if hasattr(model, "checkpoint_in"):  # sequence backbones: resumable fits (docs/backbones.md)
         model.checkpoint_in(job_checkpoint_dir(cfg), resume=bool(cfg.get("resume", False)))
+    model = wrap_fusion(model, cfg.get("fusion"))  # fusion=residual_gate: the gated text residual (docs/fusion.md)
+    if has_text_side(data):  # raw text towers: per-fold latents, outside the fusion so it sees them (docs/text.md)
+        model = TextLatentForecaster(model, text_settings(text_config(cfg.data))["latent_dim"], int(cfg.seed))
     return model
 
 
@@ -132,7 +151,7 @@ def fit_fold_model(
 ) -> FoldFit:
     """Fit a backbone on ``fit_rows``, early-stop it on the first part of ``valid_rows`` and
     calibrate it on the second (see the module docstring)."""
-    model = build_model(cfg, prep.data.horizons, prep.warm_source)
+    model = build_model(cfg, prep.data.horizons, prep.warm_source, prep.data)
     if not len(valid_rows):
         model.fit(prep.data.subset(fit_rows), None)
         empty = np.zeros(0, np.int64)
@@ -203,7 +222,7 @@ def fit_final(
 
     Returns ``(model, calibrator, capacity)`` (``capacity``: the dict the served model grew to).
     """
-    template = build_model(cfg, prep.data.horizons, prep.warm_source)
+    template = build_model(cfg, prep.data.horizons, prep.warm_source, prep.data)
     folds = [c if isinstance(c, FoldCapacity) else FoldCapacity(dict(c), 0) for c in capacities]
 
     def capacity_for(n_rows: int) -> dict:

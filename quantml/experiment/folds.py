@@ -10,8 +10,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from quantml.contracts import run_layout as L
+from quantml.evaluation.diagnostics import diagnostic_metrics
 from quantml.evaluation.drift import fold_drift
 from quantml.evaluation.evaluate import Scorer
+from quantml.evaluation.per_symbol import per_symbol_metrics
+from quantml.experiment.artifacts import FIGURES
 from quantml.experiment.callbacks import FoldCallback
 from quantml.experiment.fitting import FoldCapacity, fit_fold_model, prediction_frame
 from quantml.experiment.prepare import PreparedData, time_range
@@ -51,6 +54,7 @@ def train_fold(
         }
     )
     test_frame = prediction_frame(fitted.model, prep.data.subset(test), prep.realised)
+    _log_model_diagnostics(run, fitted.model, prep.data.subset(test))
     if fitted.calibrator is not None:
         test_frame = fitted.calibrator.transform(test_frame)
     test_frame = compute_signals(test_frame, signal)
@@ -62,16 +66,31 @@ def train_fold(
     return test_frame, valid_frame, FoldCapacity(fitted.capacity, len(fit_rows))
 
 
+def _log_model_diagnostics(run: TrackedRun, model, test) -> None:
+    """A backbone's own per-fold figures and metrics on the fold's test block: the hybrid's attention
+    heatmap (``fold_figures``), the distilled model's teacher-vs-student figures (``fold_metrics``)."""
+    import matplotlib.pyplot as plt
+
+    if hasattr(model, "fold_metrics"):
+        run.log_metrics(model.fold_metrics(test))
+    for name, figure in (model.fold_figures() if hasattr(model, "fold_figures") else {}).items():
+        run.log_figure(figure, f"{FIGURES}/{name}")
+        plt.close(figure)
+
+
 def score_fold(
     run: TrackedRun, test_frame: pd.DataFrame, valid_frame: pd.DataFrame | None, score: Scorer, extra: dict[str, float]
 ) -> dict[str, float]:
     """Score a fold's predictions, log them and end its run (runs on the scoring thread)."""
     try:
         metrics = score(test_frame, "test")
+        metrics.update(diagnostic_metrics(test_frame, "test"))  # a fusion model's gate (docs/fusion.md)
         if valid_frame is not None:
             metrics.update(score(valid_frame, "val"))
         metrics.update(extra)
         run.log_metrics(metrics)
+        # per symbol, for a route map's entries (a version serving some symbols is judged on them)
+        run.log_text(per_symbol_metrics(test_frame).to_csv(index=False), L.PER_SYMBOL_ARTIFACT)
     except BaseException as exc:
         run.fail(exc)
         raise

@@ -22,6 +22,7 @@ from quantml.contracts.schema import CORE_COLUMNS
 from quantml.contracts.time import infer_calendars, panel_periods_per_year
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel
 from quantml.features import build_features, event_activity_mask
+from quantml.features.text import attach_text, prepare_text
 from quantml.labels import make_labels
 from quantml.market.execution import panel_half_spread
 from quantml.models.base import PanelData
@@ -101,6 +102,9 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     drop = list(cfg.ablation.drop_modalities or [])
     feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
     features = build_features(panel, feature_set, drop, declared=declared)
+    text = prepare_text(cfg.data, panel, drop)  # the raw text stream: statistics + sparse towers (docs/text.md)
+    if text is not None:
+        features = attach_text(features, text)
     labels = make_labels(panel, horizons, costs.round_trip)
     if features.frame.shape[1] == 0:
         raise QuantmlInputError(
@@ -109,6 +113,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
             f"the data has, e.g. feature_set=price"
         )
     data = PanelData.assemble(panel, features, horizons, labels)
+    if text is not None:
+        data.side = dict(text.side)
     samples = data.labelled_rows()
     if cfg.ablation.get("event_window"):
         samples = samples[event_activity_mask(panel, cfg.ablation.event_window)[samples]]
@@ -130,6 +136,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         drop_modalities=drop,
         horizons=horizons,
         calendar=dict(features.calendar),
+        text={k: v for k, v in text.settings.items() if k != "path"} if text is not None else {},
     )
     return PreparedData(
         panel=panel,

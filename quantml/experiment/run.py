@@ -263,6 +263,8 @@ def _run_in_parent(
                         str(sym): ts.isoformat() for sym, ts in prep.panel.groupby(SYMBOL)[TIMESTAMP].min().items()
                     },
                     L.CAPACITY: capacity,
+                    # a backbone that needs every one of its symbols at once (the hybrid): routing reads it
+                    **({L.CROSS_SECTIONAL: True} if getattr(final_model, "cross_sectional", False) else {}),
                     # what `quantml monitor` compares live predictions and features with (development data only)
                     REFERENCE_KEY: _reference(prep, final_model, calibrator),
                 },
@@ -276,6 +278,8 @@ def _run_in_parent(
             metrics.update(holdout_job.result())
 
     metrics.update(aggregate_fold_metrics(fold_metrics))
+    # a backbone's own figures of its final model (distilled: the student's and teacher's predict latency)
+    metrics.update(getattr(final_model, "run_metrics", dict)())
     # the layout keeps its names (best_monitor, quantml.monitor): runs logged before the rename read the same
     selection = str(cfg.evaluation.selection_metric)
     monitor_name, monitor_value = best_monitor(fold_metrics, selection, prep.data.horizons)

@@ -51,6 +51,9 @@ class PanelData:
     # bool [n] or None: rows that start a new window segment after a flagged data gap
     # (``FeatureMatrix.window_breaks``): a look-back window never reaches across one
     breaks: np.ndarray | None = None
+    # sparse side matrices {name: scipy.sparse [n, d]}, rows aligned to these rows, never in X (the raw text
+    # towers, quantml.features.text); a wrapper such as quantml.models.text_latents reduces them per fold
+    side: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -59,6 +62,9 @@ class PanelData:
                 raise ValueError(f"PanelData.{name} has {len(getattr(self, name))} rows, keys has {n}")
         if self.breaks is not None and len(self.breaks) != n:
             raise ValueError(f"PanelData.breaks has {len(self.breaks)} rows, keys has {n}")
+        for name, matrix in dict(self.side or {}).items():
+            if matrix.shape[0] != n:
+                raise ValueError(f"PanelData.side[{name!r}] has {matrix.shape[0]} rows, keys has {n}")
         # start position of each row's segment (its symbol's rows, cut at flagged gaps), for lazy windowing
         codes = self.symbol_codes
         cut = codes[1:] != codes[:-1]

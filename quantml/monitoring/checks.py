@@ -25,7 +25,8 @@ A check with fewer than ``checks.<name>.min_rows`` rows is ``n/a`` ("too few row
   of a mean below zero, AR(1)-corrected standard error); thresholds are z values.
 - ``slippage`` (per policy): notional-weighted mean of ``slippage_bps + fee_bps`` of the fills minus
   the cost model's assumed one-way cost (bps); tolerance ``z_a * SE`` of that mean.
-- ``text_coverage`` / ``gate_opening``: fusion-model checks; no fusion model exists yet: ``n/a``.
+- ``text_coverage`` / ``gate_opening``: fusion-model checks (per horizon: share of rows with an open
+  gate, mean gate opening), reported with status ``n/a``; without a ``gate`` column: ``n/a``.
 """
 
 from __future__ import annotations
@@ -357,6 +358,23 @@ def slippage_checks(fills: pd.DataFrame, assumed_bps: float, settings: CheckSett
     return rows
 
 
-def fusion_checks(settings: CheckSettings, version: str = "") -> list[dict]:
-    """``text_coverage`` and ``gate_opening``: n/a until a fusion model exists."""
-    return [na_row(name, settings, NO_FUSION, version=version) for name in ("text_coverage", "gate_opening")]
+def fusion_checks(settings: CheckSettings, version: str = "", frame: pd.DataFrame | None = None) -> list[dict]:
+    """``text_coverage`` and ``gate_opening``: n/a without a ``gate`` column in ``frame`` (the version's
+    prediction rows); with one (a fusion model, docs/fusion.md), per horizon the share of rows whose gate
+    is open (text present) and the mean gate opening, reported with status n/a (no threshold judges them)."""
+    if frame is None or "gate" not in frame.columns or "horizon" not in frame.columns:
+        return [na_row(name, settings, NO_FUSION, version=version) for name in ("text_coverage", "gate_opening")]
+    rows = []
+    for h, part in frame.groupby(frame["horizon"].astype(str), sort=True):
+        gate = pd.to_numeric(part["gate"], errors="coerce").to_numpy(dtype=float)
+        gate = gate[np.isfinite(gate)]
+        window = window_of(part)
+        for name, value in (
+            ("text_coverage", float((gate > 0).mean()) if len(gate) else np.nan),
+            ("gate_opening", float(gate.mean()) if len(gate) else np.nan),
+        ):
+            t = settings.thresholds[name]
+            row = _row(name, h, ALL, value, t.warn, t.fail, len(gate), float(len(gate)), window, version=version)
+            row["status"], row["detail"] = NA, "fusion model: reported, not judged (no threshold)"
+            rows.append(row)
+    return rows

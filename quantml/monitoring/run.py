@@ -47,20 +47,21 @@ from quantml.monitoring.report import build_monitor_report, rolling_table
 
 log = logging.getLogger(__name__)
 
-# names this module adds to the run layout (the lead moves them into quantml/contracts/run_layout.py)
-TAG_DEGRADED = L.quantml_tag("degraded")  # model-version tag: "true" after a FAIL
-TAG_DEGRADED_REASON = L.quantml_tag("degraded_reason")  # model-version tag: the failed checks
-TAG_MONITOR_MODEL = L.quantml_tag("monitor_model")  # monitor run: "NAME"
-TAG_MONITOR_VERSION = L.quantml_tag("monitor_version")  # monitor run: the version monitored
-TAG_MONITOR_STATUS = L.quantml_tag("monitor_status")  # monitor run: OK | WARN | FAIL | n/a
-TAG_MONITOR_LOG_DIR = L.quantml_tag("monitor_log_dir")
-TAG_MONITOR_WINDOW = L.quantml_tag("monitor_window")
-MONITOR_REPORT_ARTIFACT = "monitor/report.html"
-MONITOR_CHECKS_ARTIFACT = "monitor/checks.csv"
-MONITOR_ROLLING_ARTIFACT = "monitor/rolling.csv"
-MONITOR_FIGURES = "monitor/figures"
-METRIC_PREFIX = "monitor_"  # metrics: monitor_<check>/<horizon>[/<group>], monitor_status (0 OK .. 3 FAIL)
-STATUS_METRIC = "monitor_status"
+# the run layout's monitor names, used here by their short names
+TAG_DEGRADED = L.TAG_DEGRADED
+TAG_DEGRADED_REASON = L.TAG_DEGRADED_REASON
+TAG_MONITOR_MODEL = L.TAG_MONITOR_MODEL
+TAG_MONITOR_VERSION = L.TAG_MONITOR_VERSION
+TAG_MONITOR_STATUS = L.TAG_MONITOR_STATUS
+TAG_MONITOR_LOG_DIR = L.TAG_MONITOR_LOG_DIR
+TAG_MONITOR_WINDOW = L.TAG_MONITOR_WINDOW
+MONITOR_REPORT_ARTIFACT = L.MONITOR_REPORT_ARTIFACT
+MONITOR_CHECKS_ARTIFACT = L.MONITOR_CHECKS_ARTIFACT
+MONITOR_ROLLING_ARTIFACT = L.MONITOR_ROLLING_ARTIFACT
+MONITOR_FIGURES = L.MONITOR_FIGURES
+METRIC_PREFIX = L.MONITOR_METRIC_PREFIX
+STATUS_METRIC = L.MONITOR_STATUS_METRIC
+
 DEFAULT_EXPERIMENT = "monitoring"  # when the source run cannot be read
 
 
@@ -239,7 +240,7 @@ def version_checks(
         rows += slippage_checks(fills, inputs.assumed_bps, settings, v)
     else:
         rows.append(na_row("slippage", settings, "the source run's cost model is unknown", version=v))
-    rows += fusion_checks(settings, v)
+    rows += fusion_checks(settings, v, frame)
     return rows
 
 
@@ -268,7 +269,6 @@ def rollback_command(name: str, reason: str) -> str:
 def run_monitor(cfg) -> MonitorResult:
     """The monitor of ``cfg`` (conf/monitor.yaml composed: ``model, log_dir, data, window, rolling,
     checks, significance, psi_bins, ece_bins, output_dir, tracking_uri, experiment``)."""
-    from quantml.data import load_panel
     from quantml.registry.store import RegistryStore
     from quantml.serving.predict import resolve_model
     from quantml.tracking import RunWriter
@@ -313,17 +313,19 @@ def run_monitor(cfg) -> MonitorResult:
     }
     run = writer.start(f"monitor · {name} v{resolved.version}", tags)
     with run.ending():
-        result = _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rolling, settings, load_panel)
+        result = _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rolling, settings)
     return result
 
 
-def _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rolling, settings, load_panel):
+def _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rolling, settings):
+    from quantml.serving.source_data import load_serving_panel
+
     name = resolved.name
     end = pd.to_datetime(predictions[TIMESTAMP], utc=True).max()
     pred_w = apply_window(predictions, window, end)
     pnl_w = apply_window(_read(log_dir, PNL_LOG, name), window, end)
     fills_w = apply_window(_read(log_dir, EXECUTION_LOG, name), window, end)
-    panel = load_panel(cfg.data)
+    panel = load_serving_panel(cfg.data, resolved, store)
     realised = realised_outcomes(pred_w, panel)
     versions = sorted(pd.unique(pred_w["model_version"].astype(str)), key=lambda v: (len(v), v))
     inputs = {v: version_inputs(store, name, v) for v in versions}
@@ -331,7 +333,7 @@ def _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rol
         f"model {name} v{resolved.version}; rows of producing version(s) {', '.join(versions)}; log_dir {log_dir}",
         f"window {cfg.get('window')} ({pred_w[TIMESTAMP].min()} .. {pred_w[TIMESTAMP].max()}); "
         f"{int(np.isfinite(realised['ret']).sum())} of {len(realised)} prediction rows realised",
-        "fusion checks (text coverage, gate opening): n/a, no fusion model exists yet",
+        "fusion checks (text coverage, gate opening): reported for a version whose rows carry a gate (docs/fusion.md)",
     ]
     rows = []
     for v in versions:

@@ -34,8 +34,9 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from quantml.bundle import FeatureContract
-from quantml.contracts import PREDICTION_COLUMNS, SYMBOL, TIMESTAMP, QuantmlInputError, parse_duration
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError, parse_duration
 from quantml.contracts import run_layout as L
+from quantml.contracts.schema import DIAGNOSTIC_FIELDS, prediction_columns
 from quantml.registry.gates import GateReport, GateResult
 from quantml.registry.store import (
     ACTIVE,
@@ -309,7 +310,14 @@ class RoutedBundle:
         rank = {h: i for i, h in enumerate(self.contract.horizons)}
         out["_h"] = out["horizon"].astype(str).map(rank)
         out = out.sort_values(["_h", SYMBOL, TIMESTAMP], kind="mergesort")
-        return out[list(PREDICTION_COLUMNS)].reset_index(drop=True)
+        # a diagnostic column any entry declares is kept, NaN on the rows of entries that do not
+        return out.reindex(columns=list(prediction_columns(self.diagnostic_fields))).reset_index(drop=True)
+
+    @property
+    def diagnostic_fields(self) -> tuple[str, ...]:
+        """The diagnostic columns (``DIAGNOSTIC_FIELDS``) any entry's bundle declares (docs/fusion.md)."""
+        declared = {name for bundle in self.bundles.values() for name in getattr(bundle, "diagnostic_fields", ())}
+        return tuple(name for name in DIAGNOSTIC_FIELDS if name in declared)
 
 
 def check_entry(entry: RouteEntry, bundle) -> None:
@@ -689,8 +697,12 @@ def rollback_entry(
 def check_route_gates(store: RegistryStore, name: str, version, cfg=None, baseline_run_id: str | None = None):
     """The gates of map ``name`` v``version``: every distinct entry version's own gate report
     (:func:`quantml.registry.commands.check_gates`), one result per entry version and gate; the map
-    passes when every entry version passes."""
+    passes when every entry version passes and so does the book the map trades as a whole
+    (:mod:`quantml.registry.routed_book`, with the Sharpe gate's settings)."""
     from quantml.registry.commands import check_gates
+    from quantml.registry.gates import load_gates_config
+
+    cfg = cfg if cfg is not None else load_gates_config()
 
     mv = _require_map_version(store, name, version)
     entries = tagged_entries(mv)
@@ -708,6 +720,10 @@ def check_route_gates(store: RegistryStore, name: str, version, cfg=None, baseli
         baselines.append(f"{where} vs {report.baseline}")
         if report.lockbox:
             lockbox.append(f"{where}: {report.lockbox}")
+    if cfg.sharpe.enabled:  # the map's own book, all cells traded together
+        from quantml.registry.routed_book import gate_routed_book
+
+        results.append(gate_routed_book(store, name, mv.version, cfg))
     routed = "; ".join(f"{e.label()} -> {e.model} v{e.version}" for e in entries)
     return GateReport(
         subject=f"route map {name} v{mv.version} ({routed})",

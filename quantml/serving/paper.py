@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
-from quantml.contracts.logs import EXECUTION_LOG, LOG_COLUMNS, LOGS, PNL_LOG, PREDICTION_LOG
+from quantml.contracts.logs import EXECUTION_LOG, LOG_COLUMNS, LOGS, PNL_LOG, PREDICTION_LOG, SOURCE_PAPER
 from quantml.market.execution import CostModel
 from quantml.market.fills import BarQuotes, ExecutionConfig, Executor
 from quantml.registry.store import RegistryStore
@@ -52,7 +52,6 @@ from quantml.serving.paper_settings import (
 from quantml.serving.paper_state import PaperState, load_state, move_aside, save_state, settings_hash, state_path
 from quantml.serving.predict import ResolvedModel, predict_panel, resolve_model
 
-SOURCE_PAPER = "paper"  # the prediction log's ``source`` of the rows this module writes
 _FIX = "reset=true (moves {log_dir} aside and starts over) or another log_dir="
 _DROP_TOL = 1e-9  # notional below which an unfilled, uncarried remainder is not counted as dropped
 
@@ -256,7 +255,7 @@ class PaperSession:
             parts = [out[log] for _, out in pending if len(out[log])]
             if parts:
                 rows = pd.concat(parts, ignore_index=True)
-                got[log] = append_log(self.log_dir, log, rows[list(LOG_COLUMNS[log])])
+                got[log] = append_log(self.log_dir, log, rows.reindex(columns=list(LOG_COLUMNS[log])))
         s = self.state
         s.executor = self.executor.state_dict()
         for k in LOGS:
@@ -440,7 +439,7 @@ def run_paper_config(cfg, echo: Callable[[str], None] = print, sleep: Callable[[
     ``cost.slippage_bps``)."""
     from omegaconf import OmegaConf, open_dict
 
-    from quantml.data import load_panel
+    from quantml.serving.source_data import load_serving_panel
 
     settings = PaperSettings.from_config(cfg)
     store = RegistryStore(cfg.get("tracking_uri") or None)
@@ -452,5 +451,13 @@ def run_paper_config(cfg, echo: Callable[[str], None] = print, sleep: Callable[[
     costs = CostModel.from_config(OmegaConf.to_container(cfg.cost, resolve=True))
     execution = ExecutionConfig.from_config(cfg.execution)
     return run_paper(
-        settings, lambda: load_panel(cfg.data), execution, costs, store, echo, sleep, resolved=resolved, source=source
+        settings,
+        lambda: load_serving_panel(cfg.data, resolved, store),
+        execution,
+        costs,
+        store,
+        echo,
+        sleep,
+        resolved=resolved,
+        source=source,
     )

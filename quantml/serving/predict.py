@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError, require_columns
 from quantml.contracts import run_layout as L
+from quantml.contracts.schema import DIAGNOSTIC_FIELDS
 from quantml.registry.store import ACTIVE, CHAMPION, RegistryError, RegistryStore, normalise_version
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking.reader import RunReader
@@ -163,7 +164,8 @@ def predict_panel(
         f"the output of {resolved.load_uri}",
         "it is not a quantml model (log models with quantml train)",
     )
-    frame = frame[list(PREDICTION_COLUMNS)]
+    # the contract, plus the diagnostic columns the model declares (a fusion model's gate: docs/fusion.md)
+    frame = frame[[*PREDICTION_COLUMNS, *(c for c in DIAGNOSTIC_FIELDS if c in frame.columns)]]
     if resolved.signal is not None:
         log.warning(
             "%s v%s carries tuned thresholds only as a 0.1-style %s version tag: applying them here, "

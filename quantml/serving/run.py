@@ -9,13 +9,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from quantml.contracts.logs import PREDICTION_LOG, PREDICTION_LOG_COLUMNS
+from quantml.contracts.logs import PREDICTION_LOG, PREDICTION_LOG_COLUMNS, SOURCE_PREDICT
 from quantml.registry.store import RegistryStore
 from quantml.serving.logs import append_log
-from quantml.serving.predict import ResolvedModel, default_output, predict_panel, write_predictions
+from quantml.serving.predict import ResolvedModel, default_output, predict_panel, resolve_model, write_predictions
 
 _SUFFIXES = (".parquet", ".pq", ".csv")
-SOURCE_PREDICT = "predict"  # the prediction log's ``source`` of the rows `quantml predict log_dir=` appends
 
 
 def data_overrides(overrides: list[str]) -> list[str]:
@@ -55,17 +54,22 @@ def log_predictions(log_dir: str | Path, frame: pd.DataFrame, source: str = SOUR
     """Append prediction-contract rows to ``<log_dir>/predictions`` with ``source`` and the wall-clock
     ``logged_at``; returns how many were new (a row whose key is logged already is skipped)."""
     rows = frame.assign(source=source, logged_at=pd.Timestamp.now(tz="UTC"))
-    return append_log(log_dir, PREDICTION_LOG, rows[list(PREDICTION_LOG_COLUMNS)])
+    return append_log(log_dir, PREDICTION_LOG, rows.reindex(columns=list(PREDICTION_LOG_COLUMNS)))
 
 
 def run_predict(cfg: DictConfig) -> PredictResult:
     """Load ``cfg.data``, predict with ``cfg.model``, write ``cfg.output`` and, with ``cfg.log_dir``,
     append the rows to its prediction log (see conf/predict.yaml)."""
-    from quantml.data import load_panel
+    from quantml.serving.source_data import is_model_source, load_serving_panel
 
-    panel = load_panel(cfg.data)
     store = RegistryStore(cfg.tracking_uri)
-    frame, resolved = predict_panel(str(cfg.model), panel, store=store, last_only=bool(cfg.last_only))
+    model = str(cfg.model)
+    if is_model_source(cfg.data):  # data=model: the version's own data config, so resolve it first
+        pinned = resolve_model(model, store)
+        panel, model = load_serving_panel(cfg.data, pinned, store), pinned.load_uri
+    else:
+        panel = load_serving_panel(cfg.data, None, store)
+    frame, resolved = predict_panel(model, panel, store=store, last_only=bool(cfg.last_only))
     output = write_predictions(frame, cfg.output or default_output(resolved))
     log_dir = cfg.get("log_dir")
     if log_dir in (None, ""):

@@ -19,6 +19,7 @@ from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 from quantml.bundle import FeatureContract, ModelBundle
 from quantml.contracts import PREDICTION_COLUMNS, SYMBOL, TIMESTAMP
 from quantml.contracts.run_layout import MODEL_ARTIFACT
+from quantml.contracts.schema import prediction_columns
 
 MODEL_NAME = MODEL_ARTIFACT  # runs:/<parent run id>/model
 
@@ -40,7 +41,9 @@ class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
         )
 
 
-def _signature(contract: FeatureContract) -> ModelSignature:
+def _signature(contract: FeatureContract, diagnostics=()) -> ModelSignature:
+    """The pyfunc's signature; ``diagnostics``: the optional diagnostic columns the model declares
+    (``DIAGNOSTIC_FIELDS``), outputs after the contract's columns, not required."""
     # AnyType for the timestamp: MLflow's datetime type refuses tz-aware values and its string
     # type refuses datetimes, while callers send either (Python: datetimes, REST: ISO strings).
     numeric = [c for c in contract.input_columns if c not in (TIMESTAMP, SYMBOL)]
@@ -60,6 +63,7 @@ def _signature(contract: FeatureContract) -> ModelSignature:
             else ColSpec("double", c)
             for c in PREDICTION_COLUMNS
         ]
+        + [ColSpec("double", c, required=False) for c in prediction_columns(diagnostics)[len(PREDICTION_COLUMNS) :]]
     )
     params = ParamSchema(
         [
@@ -105,7 +109,7 @@ def log_bundle_info(bundle: ModelBundle, run_id: str, name: str = MODEL_NAME):
                 name=name,
                 python_model=str(Path(__file__).with_name("model_code.py")),
                 artifacts={"bundle": str(path)},
-                signature=_signature(bundle.contract),
+                signature=_signature(bundle.contract, getattr(bundle, "diagnostic_fields", ())),
                 pip_requirements=_requirements(),
                 code_paths=None,
             )

@@ -329,6 +329,17 @@ class RunReader:
         except (MlflowException, OSError):
             return None
 
+    def per_symbol(self, parent: ParentRun | str) -> pd.DataFrame:
+        """Every fold run's ``metrics/per_symbol.csv`` (IC, rank IC, hit rate per symbol and horizon of
+        its test block) with a ``fold`` column; empty for runs logged before these tables."""
+        parts = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for fold in self.folds(parent):
+                local = self._download(fold.run_id, L.PER_SYMBOL_ARTIFACT, f"{tmp}/{fold.run_id}")
+                if local is not None and local.is_file():
+                    parts.append(pd.read_csv(local, dtype={"symbol": str, "horizon": str}).assign(fold=fold.fold_id))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
     def resolved_config(self, run_id: str, layout: str | None = None) -> DictConfig:
         """The run's resolved config from ``config/config.yaml``."""
         with tempfile.TemporaryDirectory() as tmp:

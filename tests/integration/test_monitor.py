@@ -60,7 +60,7 @@ def write_paper_logs(bundle, panel, log_dir, after: str, version: str = "1", sli
     preds = preds[preds["timestamp"] > pd.Timestamp(after, tz="UTC")].reset_index(drop=True)
     preds["source"] = "paper"
     preds["logged_at"] = pd.Timestamp("2026-12-01", tz="UTC")
-    append_log(log_dir, "predictions", preds[list(PREDICTION_LOG_COLUMNS)])
+    append_log(log_dir, "predictions", preds.reindex(columns=list(PREDICTION_LOG_COLUMNS)))
     px = panel[["symbol", "timestamp", "close"]].copy()
     px["next_close"] = px.groupby("symbol")["close"].shift(-1)
     px["next_ts"] = px.groupby("symbol")["timestamp"].shift(-1)

@@ -349,3 +349,27 @@ def test_killed_mid_replay_resumes_to_the_logs_of_an_uninterrupted_run(model, re
     for log in LOGS:
         pd.testing.assert_frame_equal(resumed[log], replayed[log])
     assert json.loads(state_file.read_text())["bars_acted"] == 75
+
+
+def test_data_model_reads_the_panel_settings_back_from_the_source_run(model, tmp_path):
+    from quantml.serving.predict import resolve_model
+    from quantml.serving.source_data import model_data_config
+
+    uri, store, _, _, _, panel_file = model
+    data = model_data_config(
+        {"source": "model", "symbols": None, "end": None}, resolve_model(f"models:/{NAME}/1", store), store
+    )
+    assert (data.source, data.n_bars, data.n_symbols, data.start) == ("synthetic", N_BARS, N_SYMBOLS, "2024-03-01")
+    assert (
+        model_data_config(
+            {"source": "model", "end": "2024-03-10"}, resolve_model(f"models:/{NAME}/1", store), store
+        ).end
+        == "2024-03-10"
+    )
+    # quantml predict data=model predicts exactly what the same panel given as a file does
+    outputs = {}
+    for label, data_arg in (("model", "data=model"), ("file", f"data={panel_file}")):
+        outputs[label] = tmp_path / f"{label}.parquet"
+        args = [f"model=models:/{NAME}@active", data_arg, f"output={outputs[label]}", f"tracking.uri={uri}"]
+        assert predict_main(args) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(outputs["model"]), pd.read_parquet(outputs["file"]))

@@ -205,3 +205,40 @@ def test_mlflow_models_serve_answers_the_routed_contract(models, panel):
     assert served["model_version"].tolist() == expected["model_version"].tolist()
     assert set(served.loc[served["symbol"] == "BTC", "model_version"]) == {"2"}
     np.testing.assert_allclose(served["expected_return"], expected["expected_return"], rtol=1e-9)
+
+
+def test_the_routed_book_is_traded_as_one_book(models):
+    from quantml.registry.book import per_fold, run_books
+    from quantml.registry.gates import load_gates_config
+    from quantml.registry.routed_book import GATE_NAME, RoutedBook, gate_routed_book
+    from quantml.tracking import RunReader
+
+    uri, store, _ = models
+    assert cli(uri, "route", "onebook", MODEL, "1") == 0  # every cell on v1
+    assert cli(uri, "route", "onebook", MODEL, "2", "symbols=BTC") == 0  # BTC from v2
+    reader = RunReader(uri)
+    own = {}
+    for v in ("1", "2"):
+        rb = run_books(reader.parent(store.get_version(MODEL, v).run_id))
+        own[v] = rb
+    # a map of one entry trades exactly that version's book
+    whole = RoutedBook(store, "onebook", 1)
+    assert whole.problem is None
+    assert whole.fold_sharpe() == per_fold(own["1"].books.results(own["1"].strategy()))
+    # the mixed map: BTC's rows come from v2's run, every other symbol's from v1's, traded together
+    mixed = RoutedBook(store, "onebook", 2)
+    frame = mixed.books.frame
+    for v, symbols in (("2", {"BTC"}), ("1", {"ETH", "SOL", "BNB"})):
+        theirs = own[v].books.frame
+        mine = frame[frame["symbol"].isin(symbols)].sort_values(["symbol", "horizon", "timestamp"])
+        expected = theirs[theirs["symbol"].isin(symbols)].sort_values(["symbol", "horizon", "timestamp"])
+        np.testing.assert_array_equal(mine["expected_return"].to_numpy(), expected["expected_return"].to_numpy())
+    assert len(frame) == len(own["1"].books.frame)
+    result = gate_routed_book(store, "onebook", 2, load_gates_config())
+    assert result.name == GATE_NAME and set(result.figures["candidate"]) == {"1h", "4h"}
+    assert "traded with served v1's strategy" in result.detail
+    # fold runs carry per-symbol figures: each entry is read on the cells it serves
+    table = reader.per_symbol(store.get_version(MODEL, "2").run_id)
+    assert set(table["symbol"]) == {"BTC", "ETH", "SOL", "BNB"} and set(table["horizon"]) == {"1h", "4h"}
+    assert "per entry, mean fold rank IC on its cells: served v1" in result.detail and "served v2 1h" in result.detail
+    assert any(r.name == GATE_NAME for r in routing.check_route_gates(store, "onebook", 2).results)

@@ -72,3 +72,34 @@ def test_train_refuses_an_old_key_before_any_run(compose_cfg, tracking_uri):
     import mlflow
 
     assert mlflow.search_runs(search_all_experiments=True).empty  # refused before a run was made
+
+
+def test_the_command_line_names_the_new_key_without_a_plus(capsys):
+    from quantml.cli.train import main
+
+    assert main(["evaluation.monitor=oos_rank_ic"]) == 2  # Hydra's own "not in struct" error, rewritten
+    err = capsys.readouterr().err
+    assert "evaluation.monitor was renamed evaluation.selection_metric" in err
+    assert "write evaluation.selection_metric=oos_rank_ic instead" in err
+
+
+def test_per_symbol_metrics_score_each_symbol_and_horizon_over_time():
+    import numpy as np
+    import pandas as pd
+
+    from quantml.evaluation.per_symbol import per_symbol_metrics
+
+    f = np.array([1.0, 2.0, 3.0, 4.0])
+    frame = pd.DataFrame(
+        {
+            "symbol": ["A"] * 4 + ["B"] * 4,
+            "horizon": "1h",
+            "expected_return": np.r_[f, f],
+            "ret": np.r_[2 * f, [-1.0, -2.0, 3.0, np.nan]],
+        }
+    )
+    out = per_symbol_metrics(frame).set_index("symbol")
+    assert out.loc["A", "n"] == 4 and out.loc["A", "ic"] == pytest.approx(1.0) and out.loc["A", "hit_rate"] == 1.0
+    assert out.loc["B", "n"] == 3  # the unrealised row is left out
+    assert out.loc["B", "hit_rate"] == pytest.approx(1 / 3)
+    assert out.loc["B", "rank_ic"] == pytest.approx(0.5)

@@ -19,6 +19,7 @@ from torch import nn
 from quantml.models.sequence.heads import LossWeights, MultiHorizonHead, multi_horizon_loss
 
 N_STATIC_REAL = 2  # per-symbol log ret-std ratio and log vol-level ratio (TargetScaler)
+VALIDATION_NOISE_SEED = 7919  # + batch index: the validation batches' fixed diffusion noise
 
 
 class StaticEncoder(nn.Module):
@@ -47,18 +48,24 @@ class SequenceNet(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.ELU(), nn.Dropout(dropout), nn.LayerNorm(d))
         self.head = MultiHorizonHead(d, n_horizons)
         self.n_horizons = n_horizons
+        self.context_dim = d + symbol_dim  # ``context``: what a diffusion head conditions on
 
     def forward(self, batch: dict) -> dict:
         s = self.static(batch["sym"], batch["static"])
         x = torch.cat([batch["x"], batch["mask"].unsqueeze(-1).to(batch["x"].dtype)], dim=-1)
         h = self.fuse(torch.cat([self.encoder(x, s), s], dim=-1))
-        return self.head(h.unsqueeze(1).expand(-1, self.n_horizons, -1))
+        out = self.head(h.unsqueeze(1).expand(-1, self.n_horizons, -1))
+        # [B, d + symbol_dim]: the fused context and the symbol embedding (a diffusion head's condition)
+        out["context"] = torch.cat([h, self.static.embedding(batch["sym"])], dim=-1)
+        return out
 
 
 class SequenceModule(pl.LightningModule):
     """Trains a net with :func:`multi_horizon_loss`; logs ``train_loss`` and ``val_loss``.
 
     ``val_loss`` leaves out the spread penalty: early stopping selects on forecast quality.
+    A net with a diffusion head (``net.diffusion``, :mod:`quantml.models.sequence.diffusion`) adds
+    ``weight *`` its denoising loss to both (on fixed noise per batch in ``val_loss``).
     ``extra_loss``: ``(out, batch) -> scalar tensor`` added to the training loss (a distillation or
     financial term; :meth:`SequenceForecaster._extra_loss`), or None. ``val_loss`` leaves it out too.
     """
@@ -74,6 +81,7 @@ class SequenceModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.net(batch)
         loss, _ = multi_horizon_loss(out, batch, self.weights, spread=True)
+        loss = loss + self._diffusion_loss(out, batch)
         if self.extra_loss is not None:
             loss = loss + self.extra_loss(out, batch)
         # DDP: the epoch mean over every rank's share (a no-op on one device)
@@ -81,8 +89,19 @@ class SequenceModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss, _ = multi_horizon_loss(self.net(batch), batch, self.weights, spread=False)
+        out = self.net(batch)
+        loss, _ = multi_horizon_loss(out, batch, self.weights, spread=False)
+        # the denoising loss on fixed noise per validation batch: early stopping compares epochs fairly
+        gen = torch.Generator(device=batch["y_ret"].device).manual_seed(VALIDATION_NOISE_SEED + batch_idx)
+        loss = loss + self._diffusion_loss(out, batch, gen)
         self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]))
+
+    def _diffusion_loss(self, out: dict, batch: dict, generator=None):
+        """``weight * denoising loss`` of the net's diffusion head (``net.diffusion``), else 0."""
+        head = getattr(self.net, "diffusion", None)
+        if head is None:
+            return 0.0
+        return head.weight * head.loss(out["context"], batch["y_ret"], generator)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -229,6 +229,7 @@ class TemporalFusionNet(nn.Module):
         self.positionwise = GatedResidualNetwork(d, d, d, dropout)
         self.pre_output = GateAddNorm(d, d, 0.0)
         self.head = MultiHorizonHead(d, n_horizons)
+        self.context_dim = n_horizons * d + symbol_dim  # ``context``: what a diffusion head conditions on
 
     def static_contexts(self, sym: torch.Tensor, table: torch.Tensor):
         """Static selection weights and the four context vectors for symbol indices ``sym``."""
@@ -289,6 +290,8 @@ class TemporalFusionNet(nn.Module):
         out.update(
             static_weights=static_w_s[sym_inv[:B]], encoder_weights=enc_w, decoder_weights=dec_w, attention=attn_w
         )
+        # [B, H * d + symbol_dim]: every horizon's representation and the symbol embedding (diffusion head)
+        out["context"] = torch.cat([h.flatten(1), self.symbol_embedding(batch["sym"])], dim=-1)
         return out
 
 

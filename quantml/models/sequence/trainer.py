@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from torch.utils.data import DataLoader
 
 from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, SampleSet
+from quantml.models.sequence.diffusion import DiffusionHead, parse_head
+from quantml.models.sequence.financial_loss import FinancialLoss, SumOfTerms, check_financial_settings
 from quantml.models.sequence.heads import LossWeights
 from quantml.models.sequence.module import KeepBestState, RandomState, SequenceModule, SequenceNet
 from quantml.models.sequence.windows import (
@@ -87,6 +90,12 @@ class SequenceForecaster(Forecaster):
         job's other threads, e.g. the MLflow lease, at the moment of the fork).
     checkpoint_every_n_epochs : with a checkpoint folder (:meth:`checkpoint_in`), a Lightning
         checkpoint of the fit every this many epochs (0 = none); see :meth:`checkpoint_in`.
+    head : the output head (``conf/head``): ``None``/``quantile`` (the learned P10/P50/P90 head) or a
+        ``{name: diffusion, ...}`` mapping: a conditional diffusion head over the horizon returns whose
+        samples give the quantiles, ``prob_up`` and the expected return (docs/diffusion.md; :meth:`sample`).
+    mc_dropout : Monte Carlo dropout passes at predict (0 = off, bit-identical to no MC). With N > 0
+        the quantile head's P10/P90 widen by the spread of N seeded passes with dropout on; a diffusion
+        head draws its samples from the N passes instead (docs/diffusion.md).
     """
 
     def __init__(
@@ -122,6 +131,13 @@ class SequenceForecaster(Forecaster):
         strategy: str = "auto",
         ddp_start_method: str = "spawn",
         checkpoint_every_n_epochs: int = 1,
+        head: Mapping | str | None = None,
+        mc_dropout: int = 0,
+        w_sharpe: float = 0.0,
+        sharpe_surrogate: str = "tanh",
+        sharpe_kind: str = "sharpe",
+        sharpe_scale: float = 1.0,
+        sharpe_cost_bps: float | None = None,
     ) -> None:
         super().__init__(horizons, seed)
         for name, value in (
@@ -187,6 +203,14 @@ class SequenceForecaster(Forecaster):
         self.accelerator, self.predict_batch_size = accelerator, int(predict_batch_size)
         self.devices, self.strategy, self.ddp_start_method = int(devices), str(strategy), str(ddp_start_method)
         self.checkpoint_every_n_epochs = int(checkpoint_every_n_epochs)
+        if isinstance(mc_dropout, bool) or int(mc_dropout) < 0:
+            raise QuantmlInputError(f"backbone.mc_dropout must be an integer >= 0 (0 = off), got {mc_dropout!r}")
+        self.mc_dropout = int(mc_dropout)
+        self.head_spec = parse_head(head)  # None: the quantile head; a DiffusionSpec: head=diffusion
+        # the financial loss term (quantml.models.sequence.financial_loss; 0 = off: the loss of before)
+        self.w_sharpe, self.sharpe_surrogate, self.sharpe_kind, self.sharpe_scale, self.sharpe_cost_bps = (
+            check_financial_settings(w_sharpe, sharpe_surrogate, sharpe_kind, sharpe_scale, sharpe_cost_bps)
+        )
         self.checkpoint_root: str | None = None  # set by checkpoint_in()
         self.resume_checkpoints = False
 
@@ -256,7 +280,7 @@ class SequenceForecaster(Forecaster):
                 "known_idx": known,
             }
             torch.manual_seed(self.seed)
-            net = self._build_net(self.net_spec_)
+            net = self._attach_head(self._build_net(self.net_spec_))
             module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay, self._extra_loss_fn())
 
             train_ds = WindowDataset(
@@ -361,15 +385,40 @@ class SequenceForecaster(Forecaster):
         self._check_panel(data.data)
         out = self._run(data.data, data.rows)
         s = self.scaler_
+        spec = getattr(self, "head_spec", None)
+        prob_up = 1.0 / (1.0 + np.exp(-out["logit"]))
+        if spec is not None:  # head=diffusion: quantiles, P(up) (and the mean) from the samples
+            draws = self._draw(data.data, data.rows).astype(np.float64)  # [n, S, H] scaled
+            out["q10"], out["q50"], out["q90"] = np.quantile(draws, [0.1, 0.5, 0.9], axis=1)
+            prob_up = ((draws > 0).sum(axis=1) + 0.5) / (draws.shape[1] + 1.0)  # never exactly 0 or 1
+            if spec.point == "samples":
+                out["mean"] = draws.mean(axis=1)
+        elif getattr(self, "mc_dropout", 0) > 0:
+            out = self._mc_widen(data.data, data.rows, out)
         return Forecast(
             self.horizons,
             expected_return=out["mean"] * s.ret_scale_,
             q10=out["q10"] * s.ret_scale_,
             q50=out["q50"] * s.ret_scale_,
             q90=out["q90"] * s.ret_scale_,
-            prob_up=1.0 / (1.0 + np.exp(-out["logit"])),
+            prob_up=prob_up,
             vol_forecast=out["vol"] * s.vol_scale_,
         )
+
+    def sample(self, data: SampleSet) -> np.ndarray:
+        """``head=diffusion``: the head's draws for every row of ``data``, float64 [n, S, H] in return
+        units (S = ``head.n_samples``, or ``mc_dropout * (n_samples // mc_dropout)`` with MC dropout).
+        Seeded: the same fitted model and rows give bit-identical draws."""
+        self._check_fitted()
+        if getattr(self, "head_spec", None) is None:
+            raise QuantmlInputError(f"{self._name()} has the quantile head: sample() needs head=diffusion")
+        self._check_panel(data.data)
+        return self._draw(data.data, data.rows).astype(np.float64) * self.scaler_.ret_scale_
+
+    def use_head(self, head: Mapping | str | None) -> SequenceForecaster:
+        """Set the output head (``head=`` config: quantile or diffusion) before :meth:`fit`; returns ``self``."""
+        self.head_spec = parse_head(head)
+        return self
 
     def figures(self) -> dict:
         if not getattr(self, "history_", None):
@@ -441,33 +490,117 @@ class SequenceForecaster(Forecaster):
         return {}
 
     def _extra_loss(self, out: dict, batch: dict):
-        """Hook: a scalar tensor added to the training loss (never to ``val_loss``), or None (default).
-        ``out``: the net's outputs ([B, H] each, scaled units); ``batch``: the training batch."""
-        return None
+        """Hook: a scalar tensor added to the training loss (never to ``val_loss``), or None.
+        ``out``: the net's outputs ([B, H] each, scaled units); ``batch``: the training batch.
+
+        The default is the financial term (``w_sharpe > 0``, :class:`FinancialLoss`), else None. A
+        subclass that overrides it returns only its own term: :meth:`_extra_loss_fn` adds the
+        financial term to it (do not call ``super()._extra_loss``)."""
+        term = self._financial_loss()
+        return None if term is None else term(out, batch)
+
+    def _financial_loss(self) -> FinancialLoss | None:
+        """The configured financial term (priced with the fitted target scaler), or None when off."""
+        if not getattr(self, "w_sharpe", 0.0) > 0:  # a model pickled before the term existed: off
+            return None
+        scaler = getattr(self, "scaler_", None)
+        return FinancialLoss(
+            self.w_sharpe,
+            self.sharpe_surrogate,
+            self.sharpe_kind,
+            self.sharpe_scale,
+            self.sharpe_cost_bps,
+            ret_scale=None if scaler is None else scaler.ret_scale_,
+        )
 
     def _extra_loss_fn(self):
-        """The :meth:`_extra_loss` hook as the module's callable, or None when a subclass keeps the default."""
-        if type(self)._extra_loss is SequenceForecaster._extra_loss:
+        """The module's extra-loss callable: a subclass's :meth:`_extra_loss` plus the financial term
+        (``w_sharpe > 0``), either alone, or None when there is neither (the loss of before, to the bit)."""
+        terms = []
+        if type(self)._extra_loss is not SequenceForecaster._extra_loss:
+            terms.append(self._extra_loss)
+        financial = self._financial_loss()
+        if financial is not None:
+            terms.append(financial)
+        if not terms:
             return None
-        return self._extra_loss
+        return terms[0] if len(terms) == 1 else SumOfTerms(terms)
+
+    def _attach_head(self, net: torch.nn.Module) -> torch.nn.Module:
+        """Give ``net`` its diffusion head (``net.diffusion``) when ``head=diffusion``; the net must expose
+        ``context_dim`` and a ``context`` output [B, context_dim]. The quantile head: ``net`` unchanged."""
+        spec = getattr(self, "head_spec", None)
+        if spec is None:
+            return net
+        d_context = getattr(net, "context_dim", None)
+        if d_context is None:
+            raise QuantmlInputError(
+                f"{self._name()}'s network exposes no context embedding (context_dim) for head=diffusion; "
+                "use head=quantile with this backbone"
+            )
+        net.diffusion = DiffusionHead(int(d_context), len(self.horizons), spec)
+        return net
+
+    def _draw(self, data, rows: np.ndarray) -> np.ndarray:
+        """The diffusion head's draws for ``rows``, float32 [n, S, H] in scaled units. One generator seeded
+        with ``seed`` per call; with ``mc_dropout = N``, N passes with dropout on (torch's stream seeded with
+        ``seed`` too), ``n_samples // N`` (at least 1) draws from each pass's context, pooled."""
+        spec = self.head_spec
+        gen = torch.Generator().manual_seed(self.seed)
+        n_pass = int(getattr(self, "mc_dropout", 0))
+        per = spec.n_samples if n_pass == 0 else max(1, spec.n_samples // n_pass)
+        passes = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            for _ in range(max(1, n_pass)):
+                parts = []
+
+                def collect(out, batch, parts=parts):
+                    parts.append(self.net_.diffusion.sample(out["context"], per, gen).numpy())
+
+                self._run(data, rows, collect=collect, stochastic=n_pass > 0)
+                passes.append(np.concatenate(parts) if parts else np.zeros((0, per, len(self.horizons)), np.float32))
+        return np.concatenate(passes, axis=1)
+
+    def _mc_widen(self, data, rows: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Monte Carlo dropout on the quantile head: ``mc_dropout`` passes with dropout on (seeded); ``s`` =
+        root mean square deviation of the passes' P50 from the deterministic P50, and each side of the
+        deterministic interval becomes ``sqrt(half_width^2 + (z s)^2)`` (z = 1.2816, the P90 of a normal:
+        the head's spread and the model's spread added as variances). The centre and every other output stay
+        the deterministic pass's, so intervals only widen and the point forecasts do not move."""
+        z = 1.2815515655446004
+        dev2 = np.zeros_like(out["q50"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            for _ in range(self.mc_dropout):
+                dev2 += (self._run(data, rows, stochastic=True)["q50"] - out["q50"]) ** 2
+        spread = z * np.sqrt(dev2 / self.mc_dropout)
+        widened = dict(out)
+        widened["q10"] = out["q50"] - np.sqrt((out["q50"] - out["q10"]) ** 2 + spread**2)
+        widened["q90"] = out["q50"] + np.sqrt((out["q90"] - out["q50"]) ** 2 + spread**2)
+        return widened
 
     def _after_fit(self, data, rows: np.ndarray) -> None:
         """Hook for interpretation summaries (TFT) on the validation (else training) rows."""
 
-    def _run(self, data, rows: np.ndarray, collect=None) -> dict[str, np.ndarray]:
-        """Net outputs (scaled units) for ``rows`` in order, [n, H] numpy arrays each."""
+    def _run(self, data, rows: np.ndarray, collect=None, stochastic: bool = False) -> dict[str, np.ndarray]:
+        """Net outputs (scaled units) for ``rows`` in order, [n, H] numpy arrays each; ``stochastic``: with
+        the net in training mode (dropout on: a Monte Carlo dropout pass; the nets hold no batch norm)."""
         ds = WindowDataset(data, rows, self.lookback, self.normalizer_, self.scaler_, targets=False)
         dl = DataLoader(ds, batch_size=self.predict_batch_size, shuffle=False, collate_fn=identity_collate)
         keys = ("mean", "q10", "q50", "q90", "logit", "vol")
         parts = {k: [] for k in keys}
-        self.net_.eval()
-        with self._torch_threads(), torch.inference_mode():
-            for batch in dl:
-                out = self.net_(batch)
-                for k in keys:
-                    parts[k].append(out[k].double().numpy())
-                if collect is not None:
-                    collect(out, batch)
+        self.net_.train(stochastic)
+        try:
+            with self._torch_threads(), torch.inference_mode():
+                for batch in dl:
+                    out = self.net_(batch)
+                    for k in keys:
+                        parts[k].append(out[k].double().numpy())
+                    if collect is not None:
+                        collect(out, batch)
+        finally:
+            self.net_.eval()
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     def _check_fitted(self) -> None:
@@ -510,7 +643,7 @@ class SequenceForecaster(Forecaster):
         net_state = state.pop("net_state_", None)
         self.__dict__.update(state)
         if net_state is not None:
-            net = self._build_net(self.net_spec_)
+            net = self._attach_head(self._build_net(self.net_spec_))
             net.load_state_dict(net_state)
             self.net_ = net.eval()
 

@@ -1,0 +1,213 @@
+"""A conditional denoising diffusion head over the vector of horizon returns (``head=diffusion``).
+
+The head models ``p(y | c)``: ``y`` [B, H] the scaled horizon returns of a row (``y_ret / ret_scale``),
+``c`` [B, d_c] the backbone's context embedding of the row (what the sequence net hands its output
+head) joined with the symbol embedding. Training adds the denoising loss (eps-prediction MSE at a
+uniformly drawn noise step, NaN targets left out) to the usual multi-horizon loss, so the backbone
+learns a context useful to both; at predict, ``n_samples`` draws per row by DDIM over
+``sample_steps`` of the ``steps`` noise levels (``eta=1`` and ``sample_steps=steps``: ancestral DDPM)
+give the quantiles, ``prob_up`` and (by default) the expected return (:class:`SequenceForecaster`).
+
+Noise schedules: ``linear`` (betas from ``1e-4`` to ``0.02``, scaled by ``1000 / steps`` as in Nichol
+and Dhariwal 2021 so a short schedule still ends near pure noise) and ``cosine`` (their
+``alpha_bar(t) = cos^2((t / T + s) / (1 + s) * pi / 2)``, ``s = 0.008``, betas capped at 0.999).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantml.contracts import QuantmlInputError
+
+HEADS = ("quantile", "diffusion")
+SCHEDULES = ("linear", "cosine")
+POINTS = ("samples", "head")
+TIME_DIM = 16  # sinusoidal embedding of the noise step
+X0_CLIP = 50.0  # predicted clean targets (scaled units) are clipped while sampling, for stability
+SAMPLE_CHUNK = 65536  # rows x samples denoised at once when sampling (bounds memory)
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """The ``head=diffusion`` settings (``conf/head/diffusion.yaml``).
+
+    schedule : ``linear`` or ``cosine`` noise schedule; steps : noise levels in training;
+    sample_steps : denoising steps at predict (<= steps; a strided subsequence when fewer);
+    n_samples : draws per row at predict; hidden, layers : the denoiser MLP's width and depth;
+    weight : weight of the denoising loss; eta : DDIM stochasticity (1 = DDPM-like, 0 = deterministic
+    given the starting noise); point : ``samples`` (expected return = the samples' mean) or ``head``
+    (the mean head's forecast, trained on MSE); train_draws : noise draws per training row and step (the
+    denoiser is small beside the backbone: several draws per row sharpen its gradient at little cost).
+    """
+
+    schedule: str = "cosine"
+    steps: int = 50
+    sample_steps: int = 50
+    n_samples: int = 200
+    hidden: int = 64
+    layers: int = 2
+    weight: float = 1.0
+    eta: float = 1.0
+    point: str = "samples"
+    train_draws: int = 8
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise QuantmlInputError(f"head.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.point not in POINTS:
+            raise QuantmlInputError(f"head.point must be one of {', '.join(POINTS)}, got {self.point!r}")
+        for name in ("steps", "sample_steps", "n_samples", "hidden", "layers", "train_draws"):
+            if int(getattr(self, name)) < 1:
+                raise QuantmlInputError(f"head.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.sample_steps) > int(self.steps):
+            raise QuantmlInputError(
+                f"head.sample_steps={self.sample_steps} exceeds head.steps={self.steps}: sampling walks a subset "
+                "of the training noise levels; set sample_steps <= steps"
+            )
+        if not self.weight >= 0:
+            raise QuantmlInputError(f"head.weight must be >= 0, got {self.weight}")
+        if not 0 <= self.eta <= 1:
+            raise QuantmlInputError(f"head.eta must be in [0, 1], got {self.eta}")
+
+
+def parse_head(head: Mapping | str | None) -> DiffusionSpec | None:
+    """A ``head`` config (mapping with ``name``, or a bare name) -> :class:`DiffusionSpec`, or None for
+    the quantile head (the default). Unknown names or keys raise :class:`QuantmlInputError`."""
+    if head is None:
+        return None
+    if isinstance(head, str):
+        head = {"name": head}
+    if not isinstance(head, Mapping):
+        raise QuantmlInputError(f"head must be a mapping with a name (quantile or diffusion), got {head!r}")
+    opts = dict(head)
+    name = opts.pop("name", "quantile")
+    if name not in HEADS:
+        raise QuantmlInputError(f"head={name!r} is unknown; choose head=quantile or head=diffusion")
+    if name == "quantile":
+        return None
+    known = {f.name for f in fields(DiffusionSpec)}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise QuantmlInputError(f"head=diffusion has no setting(s) {unknown}; its settings are {sorted(known)}")
+    try:
+        return DiffusionSpec(**opts)
+    except (TypeError, ValueError) as exc:
+        raise QuantmlInputError(f"head=diffusion: {exc}") from exc
+
+
+def head_config(spec: DiffusionSpec | None) -> dict:
+    """The inverse of :func:`parse_head` (a plain dict with ``name``)."""
+    return {"name": "quantile"} if spec is None else {"name": "diffusion", **asdict(spec)}
+
+
+def alpha_bars(schedule: str, steps: int) -> torch.Tensor:
+    """Cumulative signal shares ``alpha_bar_k``, k = 0 .. steps-1 (float64 [steps], decreasing in (0, 1))."""
+    if schedule == "linear":
+        scale = 1000.0 / steps
+        betas = torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), steps, dtype=torch.float64)
+    elif schedule == "cosine":
+        s = 0.008
+        t = torch.arange(steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    else:
+        raise QuantmlInputError(f"unknown noise schedule {schedule!r}; use linear or cosine")
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def _time_embedding(k: torch.Tensor, steps: int) -> torch.Tensor:
+    """Sinusoidal embedding of noise steps ``k`` [N] -> [N, TIME_DIM]."""
+    half = TIME_DIM // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=k.device, dtype=torch.float32) / half)
+    arg = (k.float() * (1000.0 / steps)).unsqueeze(-1) * freqs
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+class DiffusionHead(nn.Module):
+    """The denoiser ``eps(x_k, k, c)`` [N, H] and its training loss and sampler.
+
+    ``x_k`` [N, H] noised scaled returns, ``k`` [N] noise steps, ``c`` [N, d_context]. The context enters
+    through one projection (computed once per row when sampling, then shared by its draws), added to
+    the projections of ``x_k`` and of the step embedding and again at the input of each of the ``layers - 1``
+    residual SiLU blocks that follow.
+    """
+
+    def __init__(self, d_context: int, n_horizons: int, spec: DiffusionSpec) -> None:
+        super().__init__()
+        self.spec, self.H = spec, int(n_horizons)
+        d = int(spec.hidden)
+        self.cond = nn.Linear(d_context, d)
+        self.inp = nn.Linear(self.H, d)
+        self.time = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.SiLU()) for _ in range(spec.layers - 1)
+        )
+        self.out = nn.Linear(d, self.H)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("abar", alpha_bars(spec.schedule, int(spec.steps)).float(), persistent=False)
+
+    @property
+    def weight(self) -> float:
+        return float(self.spec.weight)
+
+    def eps(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Predicted noise [N, H] from ``x`` [N, H], steps ``k`` [N] (or [1]: one step for every row) and the
+        projected context ``cond`` [N, d]."""
+        h = F.silu(self.inp(x) + self.time(_time_embedding(k, int(self.spec.steps))) + cond)
+        for block in self.blocks:
+            h = h + block(h + cond)
+        return self.out(h)
+
+    def loss(self, context: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eps-prediction MSE over the finite entries of ``y`` [B, H] (scaled units), ``train_draws`` noise
+        steps and draws per row."""
+        r = int(self.spec.train_draws)
+        cond = self.cond(context).repeat(r, 1)
+        y = y.repeat(r, 1)
+        ok = torch.isfinite(y)
+        x0 = torch.nan_to_num(y).to(cond.dtype)
+        B = len(y)
+        k = torch.randint(0, int(self.spec.steps), (B,), generator=generator, device=y.device)
+        noise = torch.randn(x0.shape, generator=generator, device=y.device, dtype=x0.dtype)
+        ab = self.abar.to(y.device)[k].unsqueeze(-1).to(x0.dtype)
+        xk = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        err = (self.eps(xk, k, cond) - noise) ** 2
+        return torch.where(ok, err, torch.zeros_like(err)).sum() / ok.sum().clamp_min(1)
+
+    @torch.no_grad()
+    def sample(self, context: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        """``n_samples`` draws per row from ``p(y | context)``: [B, S, H] in scaled units.
+
+        DDIM over ``sample_steps`` evenly spaced noise levels (always ending at level 0) with
+        stochasticity ``eta``; every random number comes from ``generator`` (same generator state ->
+        bit-identical draws)."""
+        spec, H = self.spec, self.H
+        B, S = len(context), int(n_samples)
+        abar = self.abar.to(context.device)
+        levels = torch.linspace(int(spec.steps) - 1, 0, int(spec.sample_steps)).round().long().unique_consecutive()
+        cond = self.cond(context.float())  # [B, d]: once per row
+        out = torch.empty(B, S, H, dtype=torch.float32, device=context.device)
+        rows_per = max(1, SAMPLE_CHUNK // S)
+        for lo in range(0, B, rows_per):
+            c = cond[lo : lo + rows_per].repeat_interleave(S, dim=0)
+            n = len(c)
+            x = torch.randn(n, H, generator=generator, dtype=torch.float32).to(context.device)
+            for i, level in enumerate(levels.tolist()):
+                ab_t = abar[level]
+                ab_prev = abar[int(levels[i + 1])] if i + 1 < len(levels) else torch.ones((), device=abar.device)
+                k = torch.full((1,), level, dtype=torch.long, device=context.device)  # broadcast over rows
+                e = self.eps(x, k, c)
+                x0 = ((x - (1 - ab_t).sqrt() * e) / ab_t.sqrt()).clamp(-X0_CLIP, X0_CLIP)
+                sigma = spec.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
+                x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * e
+                if spec.eta > 0 and i + 1 < len(levels):
+                    x = x + sigma * torch.randn(n, H, generator=generator, dtype=torch.float32).to(context.device)
+            out[lo : lo + rows_per] = x.view(-1, S, H)
+        return out
