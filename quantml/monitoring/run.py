@@ -183,15 +183,19 @@ def version_inputs(store, name: str, version: str) -> VersionInputs:
 def _feature_frame(bundle, panel: pd.DataFrame, keys: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """``symbol, timestamp`` of ``keys`` and the bundle's features ``names`` there (built on the whole panel)."""
     from quantml.features import build_features
+    from quantml.features.text import STAT_NAMES, attach_text, serving_text
 
     contract = bundle.contract
+    text_cfg = getattr(contract, "text", None) or {}  # a raw-text model: its statistics come from the stream
     matrix = build_features(
         panel,
         contract.feature_set,
         contract.drop_modalities,
-        expected=contract.feature_names,
+        expected=[n for n in contract.feature_names if not (text_cfg and n in STAT_NAMES)],
         calendar=getattr(contract, "calendar", None) or None,
     )
+    if text_cfg:  # the prediction log holds no posts: the text statistics read missing (their drift shows it)
+        matrix = attach_text(matrix, serving_text(panel, None, text_cfg))
     frame = getattr(matrix, "frame", None)
     if frame is None:
         frame = pd.DataFrame(np.asarray(matrix.X), columns=list(matrix.names))

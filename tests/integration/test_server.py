@@ -169,7 +169,7 @@ def check_sweep(uri: str, experiment: str) -> dict:
     assert sorted(int(p.data.tags["quantml.seed"]) for p in parents) == SEEDS
     assert {p.info.status for p in parents} == {"FINISHED"}
     with ThreadPoolExecutor(8) as pool:  # one listing per directory: REST round trips, in parallel
-        ids = [p.info.run_id for p in parents]
+        ids = [p.info.run_id for p in parents] + [f.info.run_id for f in folds]
         listed = dict(zip(ids, pool.map(lambda run_id: artifact_paths(client, run_id), ids)))
     per_seed, n_artifacts = {}, 0
     for parent in parents:
@@ -178,6 +178,8 @@ def check_sweep(uri: str, experiment: str) -> dict:
         assert len(mine) == n_folds >= 2 and {f.info.status for f in mine} == {"FINISHED"}
         for fold in mine:
             assert FOLD_METRICS <= set(fold.data.metrics), fold.data.metrics.keys()
+            assert L.PER_SYMBOL_ARTIFACT in listed[fold.info.run_id]  # per-symbol figures of the fold
+            n_artifacts += len(listed[fold.info.run_id])
             assert {"train_start", "test_start", "test_end", "n_train"} <= set(fold.data.params)
         assert PARENT_METRICS <= set(parent.data.metrics)
         files = listed[parent.info.run_id]

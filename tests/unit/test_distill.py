@@ -263,7 +263,8 @@ def test_the_financial_term_keeps_forecast_dispersion(sharpe_runs, record_proper
 @pytest.mark.xfail(
     reason="not shown yet: on this panel the small TSMixer has almost no skill (oos rank IC 0.00-0.03) and "
     "w_sharpe=0.5 measured a LOWER test after-cost Sharpe (seed 1: -3.48 vs -0.95; seed 2: -6.59 vs -3.25)",
-    strict=False,
+    strict=True,
+    raises=AssertionError,
 )
 def test_the_financial_term_raises_the_test_after_cost_sharpe(sharpe_runs):
     sharpe = {w: r.metrics["test_sharpe_after_cost_mean/4h"] for w, r in sharpe_runs.items()}
