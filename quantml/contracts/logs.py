@@ -44,7 +44,9 @@ PREDICTION_LOG_KEY = ("model_name", "model_version", SYMBOL, TIMESTAMP, "horizon
 # slippage cap); ``theoretical_price``: the decision bar's close (what the returns-based backtest
 # assumes); ``fill_price``: what was paid; ``slippage_bps`` = side * (fill - theoretical) /
 # theoretical * 1e4 (timing + spread + impact); ``fee_bps``, ``spread_bps``, ``impact_bps``: the
-# charged components; ``participation``: filled notional over the bar's notional volume.
+# charged components; ``participation``: filled notional over the bar's notional volume;
+# ``market_notional``: the part of ``filled_notional`` that went to the market (the rest crossed another
+# bucket's opposite order internally, at the theoretical price, free).
 FILL_COLUMNS = (
     TIMESTAMP,
     "decided_at",
@@ -62,6 +64,7 @@ FILL_COLUMNS = (
     "spread_bps",
     "impact_bps",
     "participation",
+    "market_notional",
     "model_name",
     "model_version",
 )

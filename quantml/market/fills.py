@@ -567,6 +567,7 @@ class Executor:
                     "spread_bps": spread_b[n, hh] * share if af > 0 else np.nan,
                     "impact_bps": impact[n] * share if af > 0 else np.nan,
                     "participation": part_b[n, hh] if am > 0 else (0.0 if af > 0 else np.nan),
+                    "market_notional": am * aum,
                 }
             )
         return cost

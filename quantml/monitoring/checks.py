@@ -23,8 +23,9 @@ A check with fewer than ``checks.<name>.min_rows`` rows is ``n/a`` ("too few row
   ``z_{a/2} sqrt(0.8 * 0.2 / n_eff)`` (two-sided binomial band).
 - ``pnl`` (per bucket, symbol, policy): ``-t`` of the mean after-cost PnL per bar (one-sided t-test
   of a mean below zero, AR(1)-corrected standard error); thresholds are z values.
-- ``slippage`` (per policy): notional-weighted mean of ``slippage_bps + fee_bps`` of the fills minus
-  the cost model's assumed one-way cost (bps); tolerance ``z_a * SE`` of that mean.
+- ``slippage`` (per policy): realised ``slippage_bps + fee_bps`` per unit of market-traded notional
+  (``market_notional``: internal crosses between buckets are free and left out), weighted by that
+  notional, minus the cost model's assumed one-way cost (bps); tolerance ``z_a * SE`` of that mean.
 - ``text_coverage`` / ``gate_opening``: fusion-model checks (per horizon: share of rows with an open
   gate, mean gate opening), reported with status ``n/a``; without a ``gate`` column: ``n/a``.
 """
@@ -344,8 +345,21 @@ def slippage_checks(fills: pd.DataFrame, assumed_bps: float, settings: CheckSett
         if n < t.min_rows:
             rows.append(_too_few("slippage", ALL, group, t, n, window, version))
             continue
-        cost = part["slippage_bps"].to_numpy(np.float64) + part["fee_bps"].to_numpy(np.float64)
-        w = part["filled_notional"].to_numpy(np.float64)
+        # per market-traded notional: a row's bps are charged on its filled notional, but only its
+        # market share paid them (the rest crossed another bucket internally, free); logs written
+        # before market_notional count every filled unit as traded
+        filled = part["filled_notional"].to_numpy(np.float64)
+        market = part["market_notional"].to_numpy(np.float64) if "market_notional" in part.columns else filled.copy()
+        market = np.where(np.isfinite(market), market, filled)
+        traded = market > 0
+        if not traded.any():
+            rows.append(_too_few("slippage", ALL, group, t, 0, window, version))
+            continue
+        paid = (part["slippage_bps"].to_numpy(np.float64) + part["fee_bps"].to_numpy(np.float64)) * filled
+        cost = paid[traded] / market[traded]  # bps per unit of market-traded notional
+        w = market[traded]
+        part, n = part[traded], int(traded.sum())
+        crossed = 1.0 - float(market.sum() / filled.sum()) if filled.sum() > 0 else 0.0
         mean = float(np.average(cost, weights=w))
         excess = mean - float(assumed_bps)
         n_eff = effective_size(cost, part[SYMBOL].to_numpy(), part[TIMESTAMP].to_numpy())
@@ -353,7 +367,10 @@ def slippage_checks(fills: pd.DataFrame, assumed_bps: float, settings: CheckSett
         se = float(np.sqrt(np.average((cost - mean) ** 2, weights=w) / max(min(n_eff, kish), 1.0)))
         warn = max(t.warn, stats.norm.ppf(1 - settings.significance_warn) * se)
         fail = max(t.fail, stats.norm.ppf(1 - settings.significance_fail) * se)
-        detail = f"realised {mean:.2f} bps vs assumed {assumed_bps:.2f} bps one-way"
+        detail = (
+            f"realised {mean:.2f} bps vs assumed {assumed_bps:.2f} bps one-way, per market-traded notional "
+            f"({crossed:.0%} of the filled notional crossed internally, free)"
+        )
         rows.append(_row("slippage", ALL, group, excess, warn, fail, n, n_eff, window, detail, version))
     return rows
 

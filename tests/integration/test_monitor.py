@@ -88,6 +88,7 @@ def write_paper_logs(bundle, panel, log_dir, after: str, version: str = "1", sli
     fills["fee_bps"] = FEE_BPS
     fills["spread_bps"] = fills["impact_bps"] = 0.5 * np.abs(fills["slippage_bps"])
     fills["participation"] = 0.01
+    fills["market_notional"] = fills["filled_notional"]  # every unit to the market: no internal crosses
     append_log(log_dir, "executions", fills[list(FILL_COLUMNS)])
     return preds
 
