@@ -107,6 +107,13 @@ class TextLatentForecaster(Forecaster):
         model = self.__dict__.get("model_")
         return {} if model is None else model.figures()
 
+    def fold_metrics(self, test: SampleSet) -> dict[str, float]:
+        """The inner model's per-fold metrics on the test block with its latents (the distilled model's)."""
+        model = self.__dict__.get("model_")
+        if model is None or not hasattr(model, "fold_metrics"):
+            return {}
+        return model.fold_metrics(SampleSet(self._augment(test.data), test.rows))
+
     def __getattr__(self, name: str):
         """Any other attribute (hooks such as ``run_metrics``, ``cross_sectional``, ``checkpoint_in``) is the
         fitted inner model's, else the template's."""

@@ -242,3 +242,19 @@ def test_lightgbm_fusion_recovers_a_weaker_planted_effect_on_a_longer_panel():
     for j in range(len(HORIZONS)):
         y, t = data.y_ret[test][high, j], data.t0[test][high]
         assert rank_ic(fc.expected_return[high, j], y, t) > rank_ic(base.expected_return[high, j], y, t) + 0.03
+
+
+def test_a_gated_sequence_backbone_without_text_features_trains_as_its_base():
+    import dataclasses
+
+    from quantml.models.sequence import MLPForecaster
+
+    data = text_panel(n_per_symbol=120, n_symbols=2)
+    no_text = dataclasses.replace(
+        data, X=data.X[:, [0, 1]].copy(), feature_names=["f0", "f1"], feature_modalities={"f0": "price", "f1": "price"}
+    )
+    train, test = split_in_time(no_text)
+    kw = dict(seed=3, lookback=4, hidden_size=8, max_epochs=1, batch_size=64, num_threads=1)
+    model = wrap_fusion(MLPForecaster(HORIZONS, **kw), {"name": "residual_gate", "modality_dropout": 0.3, "hidden": 8})
+    fc = model.fit(no_text.subset(train)).predict(no_text.subset(test))  # ablation=no_text: nothing to gate
+    assert np.all(fc.diagnostics["gate"] == 0) and np.isfinite(fc.expected_return).all()

@@ -82,8 +82,9 @@ class SequenceModule(pl.LightningModule):
         out = self.net(batch)
         loss, _ = multi_horizon_loss(out, batch, self.weights, spread=True)
         loss = loss + self._diffusion_loss(out, batch)
-        if self.extra_loss is not None:
-            loss = loss + self.extra_loss(out, batch)
+        extra = self.extra_loss(out, batch) if self.extra_loss is not None else None
+        if extra is not None:  # a hook may have nothing to add for this net (a fusion model without text)
+            loss = loss + extra
         # DDP: the epoch mean over every rank's share (a no-op on one device)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["sym"]), sync_dist=True)
         return loss
