@@ -369,7 +369,7 @@ def slippage_checks(fills: pd.DataFrame, assumed_bps: float, settings: CheckSett
         fail = max(t.fail, stats.norm.ppf(1 - settings.significance_fail) * se)
         detail = (
             f"realised {mean:.2f} bps vs assumed {assumed_bps:.2f} bps one-way, per market-traded notional "
-            f"({crossed:.0%} of the filled notional crossed internally, free)"
+            f"({crossed:.1%} of the filled notional crossed internally, free)"
         )
         rows.append(_row("slippage", ALL, group, excess, warn, fail, n, n_eff, window, detail, version))
     return rows
@@ -379,7 +379,8 @@ def fusion_checks(settings: CheckSettings, version: str = "", frame: pd.DataFram
     """``text_coverage`` and ``gate_opening``: n/a without a ``gate`` column in ``frame`` (the version's
     prediction rows); with one (a fusion model, docs/fusion.md), per horizon the share of rows whose gate
     is open (text present) and the mean gate opening, reported with status n/a (no threshold judges them)."""
-    if frame is None or "gate" not in frame.columns or "horizon" not in frame.columns:
+    has_gate = frame is not None and "gate" in frame.columns and "horizon" in frame.columns
+    if not has_gate or not pd.to_numeric(frame["gate"], errors="coerce").notna().any():  # logs keep NaN gates
         return [na_row(name, settings, NO_FUSION, version=version) for name in ("text_coverage", "gate_opening")]
     rows = []
     for h, part in frame.groupby(frame["horizon"].astype(str), sort=True):

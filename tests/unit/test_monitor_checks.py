@@ -132,6 +132,9 @@ def test_fusion_checks_are_not_applicable_and_settings_are_checked():
     rows = fusion_checks(SETTINGS)
     assert [r["check"] for r in rows] == ["text_coverage", "gate_opening"]
     assert all(r["status"] == NA and "no fusion model" in r["detail"] for r in rows)
+    # a prediction log of a model without a gate carries the column as NaN: still no fusion model
+    logged = pd.DataFrame({"horizon": ["1h", "1h"], "gate": [np.nan, np.nan]})
+    assert [r["detail"] for r in fusion_checks(SETTINGS, "1", logged)] == [rows[0]["detail"]] * 2
     custom = CheckSettings.from_config({"pnl": {"fail": 4.0}}, {"fail": 1e-4})
     assert custom.thresholds["pnl"].fail == 4.0 and custom.thresholds["pnl"].warn == 2.33
     with pytest.raises(QuantmlInputError, match="checks.psi is not a check"):
