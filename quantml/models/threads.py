@@ -11,6 +11,7 @@ parallel jobs in ``QUANTML_PARALLEL_JOBS`` (1 for a single run); a backbone conf
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 PARALLEL_JOBS_ENV = "QUANTML_PARALLEL_JOBS"
 AUTO = "auto"
@@ -59,3 +60,17 @@ def launcher_parallel_jobs(launcher) -> int:
         n = int(launcher.get("n_jobs", 1) or 1)
         return usable_cpus() if n < 0 else max(1, n)
     return 1
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block on ``n`` torch CPU threads (None or 0: the current count, at most the CPUs), then
+    restore the count: a fit or predict of one backbone never changes the threads of the next."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n or min(before, os.cpu_count() or before)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +32,19 @@ def console_script(name: str) -> str:
 def quantml_cli(*command: str) -> list[str]:
     """``["<venv>/bin/quantml", *command]``, e.g. ``quantml_cli("train")``: the one command line."""
     return [console_script("quantml"), *command]
+
+
+def run_train(args: list[str], cwd, timeout: float) -> subprocess.CompletedProcess:
+    """``quantml train *args`` in ``cwd`` as a subprocess (warnings off), its output captured."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [*quantml_cli("train"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def failed_train(proc: subprocess.CompletedProcess) -> str:
+    """The assertion message of a ``quantml train`` subprocess that did not exit 0: both output tails."""
+    return f"quantml train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
 
 def train_cli() -> str:

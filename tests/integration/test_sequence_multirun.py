@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import mlflow
 import numpy as np
 
 from quantml.contracts import PREDICTION_COLUMNS
 from quantml.contracts import run_layout as L
-from tests.helpers import quantml_cli
+from tests.helpers import failed_train, run_train
 
 SEQUENCE = ["mlp", "lstm", "gru", "tcn", "tsmixer", "patchtst", "itransformer", "tft"]
 # "++" because the sweep is composed against the default (lightgbm) backbone first
@@ -44,11 +41,8 @@ def test_multirun_over_every_sequence_backbone(tracking_uri, tmp_path):
         *TINY_SEQ,
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [*quantml_cli("train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, f"quantml train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    proc = run_train(args, tmp_path, timeout=900)
+    assert proc.returncode == 0, failed_train(proc)
     assert not (tmp_path / "lightning_logs").exists()
 
     client = mlflow.MlflowClient()

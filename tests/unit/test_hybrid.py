@@ -6,9 +6,7 @@ Fast tests run on a small prepared synthetic panel with tiny nets; the planted-e
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
 
 import matplotlib
 import numpy as np
@@ -341,7 +339,7 @@ def test_hybrid_beats_stage3_alone_on_the_followers_and_attends_to_the_leader():
 def test_multirun_over_tft_and_hybrid(tracking_uri, tmp_path):
     import mlflow
 
-    from tests.helpers import quantml_cli
+    from tests.helpers import failed_train, run_train
 
     args = [
         "-m",
@@ -359,11 +357,8 @@ def test_multirun_over_tft_and_hybrid(tracking_uri, tmp_path):
         "tracking.experiment=hybrid_multirun",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [*quantml_cli("train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
-    )
-    assert proc.returncode == 0, f"quantml train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    proc = run_train(args, tmp_path, timeout=1200)
+    assert proc.returncode == 0, failed_train(proc)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("hybrid_multirun")
     parents = {

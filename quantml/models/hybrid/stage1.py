@@ -9,8 +9,6 @@ attention to the market row, the mean attention to the asset's sector and the ba
 from __future__ import annotations
 
 import copy
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +19,7 @@ from quantml.models.base import PanelData
 from quantml.models.hybrid.encoder import CrossSectionalNet
 from quantml.models.hybrid.grid import Grid, gather, grid_of
 from quantml.models.sequence.windows import SymbolNormalizer
+from quantml.models.threads import torch_threads
 
 
 @dataclass
@@ -244,14 +243,8 @@ class CrossSectionalStage:
             self.dropout,
         )
 
-    @contextmanager
     def _threads(self):
-        before = torch.get_num_threads()
-        torch.set_num_threads(int(self.num_threads or min(before, os.cpu_count() or before)))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        return torch_threads(self.num_threads)
 
     # ---- pickling: weights, never the module object ----------------------------------------
     def __getstate__(self) -> dict:

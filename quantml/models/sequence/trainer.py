@@ -38,6 +38,7 @@ from quantml.models.sequence.windows import (
     WindowDataset,
     identity_collate,
 )
+from quantml.models.threads import torch_threads
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
 STRATEGIES = ("auto", "ddp")
@@ -619,15 +620,8 @@ class SequenceForecaster(Forecaster):
                 f"(first fitted: {self.feature_names_[:3]}); use the same feature_set and ablation"
             )
 
-    @contextmanager
     def _torch_threads(self):
-        before = torch.get_num_threads()
-        n = self.num_threads or min(before, os.cpu_count() or before)
-        torch.set_num_threads(int(n))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        return torch_threads(self.num_threads)
 
     # ---- pickling: weights + hyper-parameters, never the Lightning objects ------------
     def __getstate__(self) -> dict:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -41,6 +40,7 @@ import torch
 
 from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, PanelData, SampleSet
+from quantml.models.threads import torch_threads
 from quantml.models.vssm.figures import posterior_figure, transition_figure
 from quantml.models.vssm.mixture import common_draws, mixture_mean, mixture_prob_up, sampled_quantiles
 from quantml.models.vssm.names import CAPACITY_EPOCHS, POSTERIOR_FIGURE, TRANSITION_FIGURE, regime_column
@@ -148,7 +148,7 @@ class VSSMForecaster(Forecaster):
         epochs = int(fixed) if fixed else self.max_epochs
         early = fixed is None and len(vrows) > 0
         tracks = Tracks.of(data, self.scope)
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             torch.manual_seed(self.seed)
             rng = np.random.default_rng([self.seed, 0x7353])
             net = VSSMNet(
@@ -266,7 +266,7 @@ class VSSMForecaster(Forecaster):
         tracks = Tracks.of(data, self.scope)
         stretches = full_stretches(tracks, rows)
         batch = gather(tracks, stretches)
-        with _torch_threads(self.num_threads), torch.no_grad():
+        with torch_threads(self.num_threads), torch.no_grad():
             log_post, _ = self._filter(self.net_, data, batch)
         post = np.exp(log_post.numpy().astype(np.float64))[..., self.order_]
         where = {tr: i for i, (tr, _, _, _) in enumerate(stretches)}
@@ -274,7 +274,7 @@ class VSSMForecaster(Forecaster):
         return post[b, tracks.step[rows]]
 
     def _emissions(self, data: PanelData, rows: np.ndarray) -> dict[str, np.ndarray]:
-        with _torch_threads(self.num_threads), torch.no_grad():
+        with torch_threads(self.num_threads), torch.no_grad():
             em = self.net_.emissions(torch.as_tensor(self._inputs(data, rows)))
         return {k: v.numpy().astype(np.float64)[..., self.order_] for k, v in em.items()}
 
@@ -342,14 +342,3 @@ def _labelled(data: PanelData, rows) -> np.ndarray:
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     ok = np.isfinite(data.y_ret[rows]).all(1) & np.isfinite(data.y_vol[rows]).all(1)
     return rows[ok]
-
-
-@contextmanager
-def _torch_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
