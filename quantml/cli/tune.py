@@ -1,4 +1,4 @@
-"""quantml tune run_id=<parent run> [key=value ...]: Optuna study over signal thresholds.
+"""quantml tune run_id=<parent run> | map=NAME:VERSION [key=value ...]: Optuna study over signal thresholds.
 
 Hydra key=value overrides of the packaged conf/tune.yaml (quantml tune --help lists
 them); tracking.uri= points at another store. Exit codes: 0 done; 2 bad input.
@@ -22,14 +22,15 @@ log = logging.getLogger(__name__)
 def tune(cfg: DictConfig) -> float:
     from quantml.market.execution import CostModel
     from quantml.portfolio.allocator import AllocatorConfig
-    from quantml.tuning.run import run_tuning, settings_from_config
+    from quantml.tuning.run import run_tuning
 
     with fail_cleanly() as job:
         study = cfg.study
+        source, settings = tuning_source(cfg)
         outcome = run_tuning(
-            run_id=cfg.run_id,
+            run_id=source,
             tracking_uri=tracking_uri(cfg),
-            settings=settings_from_config(cfg),
+            settings=settings,
             allocator=AllocatorConfig.from_dict(OmegaConf.to_container(cfg.allocator, resolve=True)),
             costs=CostModel.from_config(cfg.cost) if cfg.get("cost") else None,
             periods_per_year=cfg.periods_per_year,
@@ -63,7 +64,7 @@ def tune(cfg: DictConfig) -> float:
     for note in outcome.notes:
         print(f"note: {note}")
     if outcome.tune_run_id:
-        print(f"logged as MLflow run {outcome.tune_run_id} (child of {cfg.run_id})")
+        print(f"logged as MLflow run {outcome.tune_run_id} (child of {outcome.source_run_id})")
     if outcome.attached is not None:
         mv = outcome.attached
         print(
@@ -71,6 +72,25 @@ def tune(cfg: DictConfig) -> float:
             f"gate and promote it: quantml registry promote {mv.name} {mv.version}"
         )
     return float(m["selection_objective"])
+
+
+def tuning_source(cfg: DictConfig):
+    """(source, settings) of the study: ``run_id`` (a train run's id) or ``map`` (a route map version's
+    routed book, allocator search off), never both."""
+    from quantml.contracts import QuantmlInputError
+    from quantml.tuning.route_map import MAP_NOTE, map_settings, map_source
+    from quantml.tuning.run import settings_from_config
+
+    settings = settings_from_config(cfg)
+    if not cfg.get("map"):
+        return cfg.run_id, settings
+    if cfg.run_id:
+        raise QuantmlInputError(
+            f"run_id={cfg.run_id} and map={cfg.map}: tune one source, a train run (run_id=) or a route map's "
+            "book (map=NAME:VERSION)"
+        )
+    log.info("%s", MAP_NOTE)
+    return map_source(cfg.map, tracking_uri(cfg)), map_settings(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

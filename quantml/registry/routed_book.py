@@ -42,18 +42,28 @@ class RoutedBook:
 
     ``books``: :class:`FoldBooks` over the union of the cells' rows; ``strategy``: the default entry's
     (with its own signal); ``windows``: fold id -> (test_start, test_end), shared by every entry;
-    ``problem``: why the map has no one book (entries on different windows, a run without OOS rows)."""
+    ``problem``: why the map has no one book (entries on different windows, a run without OOS rows);
+    ``folds``: the folds it is judged on (None: every fold; a tuned map version: its selection folds);
+    ``settings``: where its thresholds come from (the default entry's, or the map's tuned ones)."""
 
     def __init__(self, store: RegistryStore, name: str, version) -> None:
+        from quantml.contracts import run_layout as L
         from quantml.registry.commands import version_book
         from quantml.registry.routing import owner
         from quantml.tracking import RunReader
 
+        self.name, self.version = name, str(version)
         self.label = f"{name} v{version}"
         self.problem: str | None = None
         self.books: FoldBooks | None = None
         self.strategy = None
+        self.folds: tuple[int, ...] | None = None
         self.windows: dict[int, tuple] = {}
+        self.map_version = store.get_version(name, str(version))
+        tuned = version_book(store, self.map_version) if L.TAG_SOURCE_VERSION in (self.map_version.tags or {}) else None
+        if tuned is not None and tuned.problem:
+            self.problem = tuned.problem
+            return
         routed = _map_bundle(store, name, version)
         reader = RunReader(store.tracking_uri, client=store.client)
         runs, windows = {}, {}
@@ -96,8 +106,15 @@ class RoutedBook:
         self.books = FoldBooks(
             union, market, rb.books.costs, rb.books.periods_per_year, rb.books.ic_mode, list(routed.horizons)
         )
-        self.strategy = rb.strategy(book.signal, book.allocator)
+        self.default_run = rb.run
         self.default_label = f"{default.model} v{default.version}"
+        if tuned is not None:  # the map's own tuned settings, judged on the folds they were not tuned on
+            self.strategy = rb.strategy(tuned.signal, tuned.allocator)
+            self.folds = tuned.folds
+            self.settings = f"{self.label}'s tuned settings, on selection folds {','.join(map(str, tuned.folds))}"
+        else:
+            self.strategy = rb.strategy(book.signal, book.allocator)
+            self.settings = f"{self.default_label}'s strategy"
         self.per_entry = self._per_entry(reader, routed, store)
 
     @staticmethod
@@ -126,7 +143,7 @@ class RoutedBook:
     def fold_sharpe(self) -> dict[str, dict[int, float]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return per_fold(self.books.results(self.strategy))
+            return per_fold(self.books.results(self.strategy, folds=self.folds))
 
 
 def gate_routed_book(store: RegistryStore, name: str, version, cfg) -> GateResult:
@@ -157,5 +174,5 @@ def gate_routed_book(store: RegistryStore, name: str, version, cfg) -> GateResul
     if candidate.per_entry:  # each entry on the cells it serves, from its fold runs' per-symbol tables
         shown = "; ".join(f"{who} {ics}" for who, ics in candidate.per_entry.items())
         lines.append(f"per entry, mean fold rank IC on its cells: {shown}")
-    detail = f"{candidate.label}, traded with {candidate.default_label}'s strategy: " + "; ".join(lines)
+    detail = f"{candidate.label}, traded with {candidate.settings}: " + "; ".join(lines)
     return GateResult(GATE_NAME, bool(passed), detail, {"candidate": cand, "baseline": base})

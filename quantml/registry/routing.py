@@ -280,8 +280,12 @@ class RoutedBundle:
         each ``(symbol, horizon)`` cell is kept from the entry that serves it, stamped with that
         entry's ``model_name``/``model_version`` (``model_name``/``model_version`` given here are
         ignored). Sorted like a single model's: horizon-major (shortest first), then symbol, timestamp.
-        ``signal``: thresholds replacing every entry's own (a 0.1 ``quantml.signal`` tag)."""
+        ``signal``: thresholds replacing every entry's own (a 0.1 ``quantml.signal`` tag); else a map
+        version tuned as one book (``quantml tune map=`` ... ``attach=``) gives every entry its tuned ones."""
         from quantml.bundle.model import _coerce_panel
+
+        if signal is None and self.is_tuned:
+            signal = dict(self.signal)
 
         panel = _coerce_panel(panel)
         self.contract.check(panel)
@@ -312,6 +316,12 @@ class RoutedBundle:
         out = out.sort_values(["_h", SYMBOL, TIMESTAMP], kind="mergesort")
         # a diagnostic column any entry declares is kept, NaN on the rows of entries that do not
         return out.reindex(columns=list(prediction_columns(self.diagnostic_fields))).reset_index(drop=True)
+
+    @property
+    def is_tuned(self) -> bool:
+        """Whether this map version carries thresholds tuned on its routed book (``metadata["tuned"]``,
+        set by ``quantml tune map=NAME:V attach=NAME:V``), served for every cell."""
+        return bool((self.metadata or {}).get("tuned")) and bool(self.signal)
 
     @property
     def diagnostic_fields(self) -> tuple[str, ...]:

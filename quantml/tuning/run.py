@@ -69,6 +69,7 @@ class TuneOutcome:
     lockbox: dict[str, float] = field(default_factory=dict)  # holdout_* of the source run (read counted)
     attached: object | None = None  # the new ModelVersion of ``attach=``
     book: str = ""  # the strategy the study traded (the run's configured one)
+    source_run_id: str = ""  # the run the study tuned (a route map's: its version's route run)
     notes: list[str] = field(default_factory=list)  # what the person should know about the book
 
 
@@ -165,6 +166,7 @@ def run_tuning(
         )
     outcome = TuneOutcome(name, dict(best.params), signal, alloc, tuned, baseline, metrics, tune_run_id, len(complete))
     outcome.book = study.book_name
+    outcome.source_run_id = run_id
     outcome.notes = book_notes(study)
     outcome.lockbox = read_lockbox(run_id, tracking_uri)
     if attach:

@@ -242,3 +242,55 @@ def test_the_routed_book_is_traded_as_one_book(models):
     assert set(table["symbol"]) == {"BTC", "ETH", "SOL", "BNB"} and set(table["horizon"]) == {"1h", "4h"}
     assert "per entry, mean fold rank IC on its cells: served v1" in result.detail and "served v2 1h" in result.detail
     assert any(r.name == GATE_NAME for r in routing.check_route_gates(store, "onebook", 2).results)
+
+
+def test_a_route_map_is_tuned_as_one_book_and_its_tuned_version_serves_and_gates_with_it(models, panel, capsys):
+    from quantml.cli.tune import main as tune_main
+    from quantml.contracts import run_layout as L
+    from quantml.registry.gates import load_gates_config
+    from quantml.registry.routed_book import RoutedBook, gate_routed_book
+    from quantml.tracking import RunReader
+    from quantml.tracking.pyfunc import load_bundle
+
+    uri, store, root = models
+    assert cli(uri, "route", "tunedbook", MODEL, "1") == 0
+    assert cli(uri, "route", "tunedbook", MODEL, "2", "symbols=BTC") == 0
+    capsys.readouterr()
+    base = ["study.storage=memory", "study.n_trials=6", "study.n_startup_trials=3", f"tracking.uri={uri}"]
+    assert tune_main(["map=tunedbook:2", "attach=tunedbook:2", *base]) == 0
+    out = capsys.readouterr().out
+    assert "registered tunedbook v3 with the tuned settings" in out
+    routed = RoutedBook(store, "tunedbook", 2)
+    tuned_mv = store.get_version("tunedbook", 3)
+    tune_run = tuned_mv.tags[L.TAG_TUNE_RUN]
+    # the study traded the map's routed book: its untuned baseline is the routed book's Sharpe, fold by fold
+    reader = RunReader(uri)
+    table = pd.read_csv(reader.client.download_artifacts(tune_run, "tune/fold_sharpe.csv", str(root)))
+    expected = routed.fold_sharpe()
+    for r in table.itertuples():
+        np.testing.assert_allclose(r.baseline, expected[r.horizon][int(r.fold)], rtol=1e-9, atol=1e-12)
+    assert reader.client.get_run(tune_run).data.tags[L.MLFLOW_PARENT_RUN_ID] == store.get_version("tunedbook", 2).run_id
+
+    # the tuned map version: same entries, the tuned thresholds served for every cell
+    assert routing.is_route_version(tuned_mv) and tuned_mv.tags[L.TAG_SOURCE_VERSION] == "2"
+    assert routing.tagged_entries(tuned_mv) == routing.tagged_entries(store.get_version("tunedbook", 2))
+    with store.global_uri():
+        bundle = load_bundle("models:/tunedbook/3", str(root / "tuned"))
+        untuned = load_bundle("models:/tunedbook/2", str(root / "untuned"))
+    assert bundle.is_tuned and not untuned.is_tuned and bundle.signal != untuned.signal
+    served, _ = predict_panel("models:/tunedbook/3", panel, store=store)
+    explicit = untuned.predict_contract(panel, last_only=True, signal=dict(bundle.signal))
+    np.testing.assert_allclose(served["score"], explicit["score"])
+    assert served["action"].tolist() == explicit["action"].tolist()
+
+    # gated on the folds its thresholds were not tuned on, with its own settings
+    result = gate_routed_book(store, "tunedbook", 3, load_gates_config())
+    selection = sorted({int(f) for f in table.loc[table["split"] == "selection", "fold"]})
+    assert "tunedbook v3's tuned settings, on selection folds" in result.detail
+    assert all(sorted(by_fold) == selection for by_fold in result.figures["candidate"].values())
+
+    # bad input: a model that is no map, and two sources at once
+    assert tune_main([f"map={MODEL}:1", *base]) == 2
+    assert "served is not a route map" in capsys.readouterr().err
+    assert tune_main(["map=tunedbook:2", "run_id=abc", *base]) == 2
+    assert "tune one source" in capsys.readouterr().err
