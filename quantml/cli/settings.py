@@ -44,8 +44,14 @@ def _interpolation(value) -> bool:
     return isinstance(value, str) and "${" in value
 
 
+# keys whose packaged default is null (a value derived at run time) but whose values have a type
+TYPED_WHEN_NULL = {"data.n_bars": 3000}
+
+
 def _type_error(key: str, value, default) -> str | None:
     """Why ``value`` cannot replace the packaged ``default`` of ``key`` (None when it can)."""
+    if default is None:
+        default = TYPED_WHEN_NULL.get(key)
     if default is None or _interpolation(value) or _interpolation(default) or value is None:
         return None
     shown = f"{key}={_show(value)}"

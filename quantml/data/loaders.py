@@ -392,12 +392,14 @@ def load_panel(cfg: Mapping) -> pd.DataFrame:
         df[TIMESTAMP] = df[TIMESTAMP].astype("datetime64[ns, UTC]")
     elif source == "synthetic":
         from quantml.data.asof import join_streams
-        from quantml.data.synthetic import generate_synthetic
+        from quantml.data.synthetic import default_bars, generate_synthetic
 
+        freq = str(_get(cfg, "freq", "1h"))
+        n_bars = _get(cfg, "n_bars")
         syn = generate_synthetic(
-            freq=str(_get(cfg, "freq", "1h")),
+            freq=freq,
             n_symbols=int(_get(cfg, "n_symbols", 4)),
-            n_bars=int(_get(cfg, "n_bars", 3000)),
+            n_bars=default_bars(freq) if n_bars is None else int(n_bars),
             seed=int(_get(cfg, "seed", 0)),
             start=str(_get(cfg, "start", "2024-01-01")),
             orderbook=_flag(cfg, "orderbook"),

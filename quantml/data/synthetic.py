@@ -251,6 +251,20 @@ def _as_utc(value) -> pd.Timestamp:
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
+DEFAULT_BARS = 3000  # 125 days of hourly bars
+DEFAULT_SPAN = pd.Timedelta(hours=DEFAULT_BARS)
+
+
+def default_bars(freq: str) -> int:
+    """The bars of ``data.n_bars: null``: 3000 at bars of 1h and longer; for shorter bars, those of the
+    hourly default's 125 days (36,000 at 5m), so the default horizons (up to 7d) still leave every
+    walk-forward fold training and test rows after purging."""
+    bar = parse_duration(freq, "synthetic freq")
+    if bar <= pd.Timedelta(0) or bar >= pd.Timedelta(hours=1):
+        return DEFAULT_BARS
+    return int(DEFAULT_SPAN // bar)
+
+
 def _check_args(freq: str, n_symbols: int, n_bars: int) -> pd.Timedelta:
     bar = parse_duration(freq, "synthetic freq")
     if bar <= pd.Timedelta(0) or bar > _DAY or (_DAY % bar) != pd.Timedelta(0):

@@ -198,7 +198,8 @@ class Splitter(ABC):
             raise QuantmlInputError(
                 f"{where}: the inner validation slice holds {n} independent outcome(s) of the longest "
                 f"horizon (< validation.min_inner_outcomes={self.min_inner_outcomes}); raise "
-                "validation.valid_fraction, use fewer splits, a shorter horizon or more data"
+                "validation.valid_fraction, use fewer splits, a shorter horizon (horizon.horizons=[...]) or more "
+                "data (a longer panel: data.n_bars=, data.start=)"
             )
 
     def _check_size(self, fold: Fold, t0n: np.ndarray, n_candidates: int) -> None:
@@ -210,10 +211,11 @@ class Splitter(ABC):
                 "embargo or more data"
             )
         if len(fold.test) < self.min_test_samples:
-            start = pd.Timestamp(int(t0n[fold.test].min())) if len(fold.test) else None
+            start = f" from {pd.Timestamp(int(t0n[fold.test].min()))}" if len(fold.test) else ""
             raise QuantmlInputError(
-                f"fold {fold.fold_id} has {len(fold.test)} test samples from {start} "
-                f"(< min_test_samples={self.min_test_samples}): use fewer splits/groups or more data"
+                f"fold {fold.fold_id} has {len(fold.test)} test samples{start} "
+                f"(< min_test_samples={self.min_test_samples}): use fewer splits/groups, shorter horizons or "
+                "more data (a longer panel: data.n_bars=, data.start=)"
             )
 
     def __repr__(self) -> str:

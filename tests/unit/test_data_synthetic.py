@@ -213,3 +213,15 @@ def test_price_signal_is_a_findable_cross_sectional_reversal_complementary_to_th
     price, exo = np.abs(syn.truth["price_signal"]), np.abs(syn.truth["signal"])
     strong = price.mean(axis=1) > np.median(price.mean(axis=1))
     assert price[strong].mean() > 1.5 * price[~strong].mean() and exo[strong].mean() < exo[~strong].mean()
+
+
+def test_the_default_length_keeps_the_hourly_span_for_shorter_bars():
+    from quantml.data.synthetic import default_bars
+
+    assert [default_bars(f) for f in ("5m", "15m", "1h", "4h", "1d")] == [36000, 12000, 3000, 3000, 3000]
+    # data.n_bars: null is the hourly default's 3000 bars (the pinned default panel) ...
+    assert len(load_panel({"source": "synthetic", "n_bars": None, "n_symbols": 1})) == 3000
+    # ... and 125 days of 5m bars
+    five = load_panel({"source": "synthetic", "freq": "5m", "n_bars": None, "n_symbols": 1})
+    span = five["timestamp"].iloc[-1] - five["timestamp"].iloc[0]
+    assert len(five) == 36000 and span == pd.Timedelta("125D") - pd.Timedelta("5min")
