@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n 2 --dist loadscope --durations=15
 # MLflow telemetry and progress bars are switched off by quantml itself (quantml/__init__.py)
 export PYTHONWARNINGS := ignore
 
-.PHONY: demo test test-all test-server benchmark lint install clean
+.PHONY: demo test test-all test-server benchmark benchmark-scale lint install clean
 
 # torch first: `pip install torch==2.13.0` takes the CPU wheel; letting another package
 # pull torch would fetch a multi-GB CUDA build.
@@ -45,6 +45,15 @@ test-server: install
 
 benchmark: install
 	$(BIN)/python -m pytest -q -m benchmark tests/benchmarks -s
+
+# the scale benchmarks of the README's "On one machine" figures, one after another (never in parallel:
+# each ratio is measured side by side in one run). The 8.4M-row panel is generated once and cached under
+# $$QUANTML_BENCH_CACHE (default /tmp/quantml-bench); 0.1 runs from the worktree at $$QUANTML_V01 (default
+# /work/v01: git worktree add /work/v01 1858afd); the TFT's pytorch-forecasting side from
+# $$QUANTML_BENCH_VENV (tests/benchmarks/test_bench_tft.py says how to make it). Hours, 8+ GB.
+SCALE_BENCHMARKS := test_bench_scale_features.py test_bench_train_scale.py test_bench_tracking_overhead.py test_bench_tft.py
+benchmark-scale: install
+	$(BIN)/python -m pytest -q -m benchmark -s $(addprefix tests/benchmarks/,$(SCALE_BENCHMARKS))
 
 # ruff (settings in pyproject.toml) and the floors of the package (.importlinter)
 lint: $(BIN)/.lint-installed

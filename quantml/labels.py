@@ -79,15 +79,8 @@ def _suggest(bar: pd.Timedelta) -> str:
     return f"use horizon={int(bar / pd.Timedelta('1min'))}m or longer (e.g. horizon=1h)"
 
 
-def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: float) -> Labels:
-    """Forward returns, after-cost returns, direction and realised vol for each horizon.
-
-    Parameters
-    ----------
-    panel : validated panel sorted by (symbol, timestamp), n rows.
-    horizons : durations, e.g. ["1h", "4h", "1d"]; each must be >= one bar of the panel.
-    round_trip_cost : cost of entering and leaving, as a log-return fraction (>= 0).
-    """
+def check_horizons(horizons: Sequence[str], round_trip_cost: float, bar: pd.Timedelta) -> tuple[list[str], list, float]:
+    """``(horizons, their Timedeltas, cost)`` after checking them against one bar of the panel."""
     horizons = [str(h) for h in (horizons or [])]
     if not horizons:
         raise QuantmlInputError("make_labels needs at least one horizon; set horizon=1d (or another)")
@@ -100,75 +93,151 @@ def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: f
     if not np.isfinite(cost) or cost < 0:
         raise QuantmlInputError(f"round_trip_cost={round_trip_cost!r} must be finite and >= 0")
     deltas = [parse_horizon(h) for h in horizons]
-    sym = pd.factorize(panel[SYMBOL])[0]  # int codes: no Python string object per row
-    bar = bar_size(panel[TIMESTAMP], sym)
-    for h, d in zip(horizons, deltas):
-        if d < bar:
-            raise QuantmlInputError(
-                f"horizon={h} is shorter than one bar ({bar}) of this panel, so it has no label; {_suggest(bar)}"
-            )
-    n, H = len(panel), len(horizons)
-    ts = ts_int64(panel[TIMESTAMP])
-    lc = np.log(panel["close"].to_numpy(dtype=np.float64))
-    change = np.flatnonzero(sym[1:] != sym[:-1]) + 1
-    bounds = np.r_[0, change, n]
+    if bar is not None:
+        for h, d in zip(horizons, deltas):
+            if d < bar:
+                raise QuantmlInputError(
+                    f"horizon={h} is shorter than one bar ({bar}) of this panel, so it has no label; {_suggest(bar)}"
+                )
+    return horizons, deltas, cost
 
-    r1 = np.full(n, np.nan)
-    r1[1:] = np.diff(lc)
-    r1[bounds[:-1]] = np.nan
-    ret_next = np.full(n, np.nan)
-    ret_next[:-1] = r1[1:]
-    ret_next[bounds[1:] - 1] = np.nan
-    # sum of r^2 up to each row, restarted per symbol: a running sum over the whole panel would
-    # let a symbol's later bars round an earlier symbol-segment's differences (no look-ahead, bit for bit)
-    sq = np.nan_to_num(r1) ** 2
-    cs = np.empty(n)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        cs[a:b] = np.cumsum(sq[a:b])
 
-    # symbol by symbol into preallocated outputs: the temporaries are one symbol's, not [n, H] panel-wide
-    ret = np.empty((n, H))
-    after = np.empty((n, H))
-    direction = np.empty((n, H))
-    vol = np.empty((n, H))
-    t1_ns = np.empty((n, H), dtype=np.int64)
-    t1_max_ns = np.empty(n, dtype=np.int64)
-    nat = np.iinfo(np.int64).min
-    any_ok = np.zeros(H, dtype=bool)
-    for a, b in zip(bounds[:-1], bounds[1:]):  # loop over symbols, vectorised over rows
-        seg, lc_seg, cs_seg = ts[a:b], lc[a:b], cs[a:b]
-        L = b - a
+class LabelWriter:
+    """Labels of ``n`` rows written symbol segment by symbol segment (:meth:`write`) into
+    preallocated [n, H] outputs of ``dtype`` (float64 by default; float32 rounds each value once,
+    computed in float64), then :meth:`finish`. ``alloc(shape, dtype)`` makes the outputs."""
+
+    def __init__(
+        self, n: int, horizons: Sequence[str], round_trip_cost: float, bar=None, dtype=np.float64, alloc=np.empty
+    ):
+        self.horizons, self.deltas, self.cost = check_horizons(horizons, round_trip_cost, bar)
+        H = len(self.horizons)
+        self.ret = alloc((n, H), dtype)
+        self.after = alloc((n, H), dtype)
+        self.direction = alloc((n, H), dtype)
+        self.vol = alloc((n, H), dtype)
+        self.t1_ns = alloc((n, H), np.int64)
+        self.t1_max_ns = alloc((n,), np.int64)
+        self.ret_next = alloc((n,), dtype)
+        self.any_ok = np.zeros(H, dtype=bool)
+
+    def check_bar(self, bar: pd.Timedelta) -> None:
+        """Every horizon at least one bar (``bar``: the panel's) long, else the error naming the fix."""
+        check_horizons(self.horizons, self.cost, bar)
+
+    def write(self, a: int, ts: np.ndarray, close: np.ndarray, sym: np.ndarray) -> None:
+        """Rows ``[a, a + len(ts))``: int64 ns timestamps, closes and symbol codes of whole symbols."""
+        change = np.flatnonzero(sym[1:] != sym[:-1]) + 1
+        bounds = np.r_[0, change, len(ts)]
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            self._segment(a + int(s), ts[s:e], np.log(np.asarray(close[s:e], dtype=np.float64)))
+
+    def _segment(self, a: int, seg: np.ndarray, lc_seg: np.ndarray) -> None:
+        L, H, nat = len(seg), len(self.deltas), np.iinfo(np.int64).min
+        b = a + L
+        r1 = np.full(L, np.nan)
+        r1[1:] = np.diff(lc_seg)
+        nxt = np.full(L, np.nan)
+        nxt[:-1] = r1[1:]
+        self.ret_next[a:b] = nxt
+        # sum of r^2 up to each row, restarted per symbol: a running sum over the whole panel would
+        # let a symbol's later bars round an earlier symbol-segment's differences (no look-ahead, bit for bit)
+        cs_seg = np.cumsum(np.nan_to_num(r1) ** 2)
         r, v, t = np.empty((L, H)), np.empty((L, H)), np.empty((L, H), dtype=np.int64)
-        for j, d in enumerate(deltas):
+        for j, d in enumerate(self.deltas):
             k = np.searchsorted(seg, seg + d.value, side="left")
             ok = k < L
             e = np.where(ok, k, 0)
             r[:, j] = np.where(ok, lc_seg[e] - lc_seg, np.nan)
             v[:, j] = np.where(ok, np.sqrt(np.maximum(cs_seg[e] - cs_seg, 0.0)), np.nan)
             t[:, j] = np.where(ok, seg[e], nat)
-            any_ok[j] |= bool(ok.any())
-        ret[a:b] = r  # whole rows of the [n, H] outputs: contiguous writes
-        after[a:b] = np.sign(r) * np.maximum(np.abs(r) - cost, 0.0)
-        direction[a:b] = np.where(np.isnan(r), np.nan, (r > 0).astype(np.float64))
-        vol[a:b] = v
-        t1_ns[a:b] = t
-        t1_max_ns[a:b] = np.where((t != nat).all(axis=1), t.max(axis=1), nat)
-    t1 = t1_ns.view("datetime64[ns]")
-    t1_max = t1_max_ns.view("datetime64[ns]")
-    empty = [h for h, some in zip(horizons, any_ok) if not some]
-    if empty:
-        raise QuantmlInputError(
-            f"horizon(s) {empty} are longer than every symbol's history, so no row has a label; "
-            "use a shorter horizon or load more data"
+            self.any_ok[j] |= bool(ok.any())
+        self.ret[a:b] = r  # whole rows of the [n, H] outputs: contiguous writes
+        self.after[a:b] = np.sign(r) * np.maximum(np.abs(r) - self.cost, 0.0)
+        self.direction[a:b] = np.where(np.isnan(r), np.nan, (r > 0).astype(np.float64))
+        self.vol[a:b] = v
+        self.t1_ns[a:b] = t
+        self.t1_max_ns[a:b] = np.where((t != nat).all(axis=1), t.max(axis=1), nat)
+
+    def finish(self, t0: np.ndarray) -> Labels:
+        """The :class:`Labels` (``t0``: datetime64[ns] [n], kept as given, not copied)."""
+        empty = [h for h, some in zip(self.horizons, self.any_ok) if not some]
+        if empty:
+            raise QuantmlInputError(
+                f"horizon(s) {empty} are longer than every symbol's history, so no row has a label; "
+                "use a shorter horizon or load more data"
+            )
+        return Labels(
+            horizons=self.horizons,
+            ret=self.ret,
+            ret_after_cost=self.after,
+            dir=self.direction,
+            vol=self.vol,
+            t0=t0,
+            t1=self.t1_ns.view("datetime64[ns]"),
+            t1_max=self.t1_max_ns.view("datetime64[ns]"),
+            ret_next_bar=self.ret_next,
         )
-    return Labels(
-        horizons=horizons,
-        ret=ret,
-        ret_after_cost=after,
-        dir=direction,
-        vol=vol,
-        t0=ts.view("datetime64[ns]").copy(),
-        t1=t1,
-        t1_max=t1_max,
-        ret_next_bar=ret_next,
-    )
+
+
+def make_labels(panel: pd.DataFrame, horizons: Sequence[str], round_trip_cost: float) -> Labels:
+    """Forward returns, after-cost returns, direction and realised vol for each horizon.
+
+    Parameters
+    ----------
+    panel : validated panel sorted by (symbol, timestamp), n rows.
+    horizons : durations, e.g. ["1h", "4h", "1d"]; each must be >= one bar of the panel.
+    round_trip_cost : cost of entering and leaving, as a log-return fraction (>= 0).
+    """
+    check_horizons(horizons, round_trip_cost, None)
+    sym = pd.factorize(panel[SYMBOL])[0]  # int codes: no Python string object per row
+    writer = LabelWriter(len(panel), horizons, round_trip_cost, bar_size(panel[TIMESTAMP], sym))
+    ts = ts_int64(panel[TIMESTAMP])
+    writer.write(0, ts, panel["close"].to_numpy(dtype=np.float64), sym)  # symbol by symbol
+    return writer.finish(ts.view("datetime64[ns]").copy())
+
+
+def features_and_labels(
+    panel: pd.DataFrame,
+    feature_set_cfg,
+    horizons: Sequence[str],
+    round_trip_cost: float,
+    drop_modalities=(),
+    declared=None,
+):
+    """:func:`quantml.features.build_features` and :func:`make_labels` (float64) in one pass over the
+    symbols: ``(FeatureMatrix, Labels)``, each equal to what the two functions return."""
+    from quantml.features.build import InMemory, build
+    from quantml.features.memory import populated
+
+    check_horizons(horizons, round_trip_cost, None)
+
+    def writer(n: int) -> LabelWriter:  # checked against the panel's bar in build
+        return LabelWriter(n, horizons, round_trip_cost, alloc=populated)
+
+    return build(InMemory(panel), feature_set_cfg, drop_modalities, declared=declared, labels=writer)
+
+
+def partitioned_features_and_labels(
+    path,
+    feature_set_cfg,
+    horizons: Sequence[str],
+    round_trip_cost: float,
+    drop_modalities=(),
+    symbols=None,
+    calendar=None,
+    dtype=np.float32,
+):
+    """Features and labels of every row of a symbol-partitioned parquet directory, read one symbol at
+    a time (:func:`quantml.features.partitioned.build_partitioned`): a ``PartitionedBuild`` (``keys``,
+    ``features``, ``labels``). Labels [n, H] of ``dtype`` (float32: each value computed in float64 and
+    rounded once, so they equal :func:`make_labels` up to float32 rounding; ``t1`` exact)."""
+    from quantml.features.memory import populated
+    from quantml.features.partitioned import build_partitioned
+
+    check_horizons(horizons, round_trip_cost, None)
+
+    def writer(n: int) -> LabelWriter:
+        return LabelWriter(n, horizons, round_trip_cost, dtype=dtype, alloc=populated)
+
+    return build_partitioned(path, feature_set_cfg, drop_modalities, symbols, calendar, labels=writer)

@@ -195,7 +195,8 @@ class ModelBundle:
         """The prediction contract ``[rows, len(PREDICTION_COLUMNS)]`` of ``panel``: one row per
         (symbol, timestamp, horizon), only each symbol's latest bar with ``last_only``.
         ``signal``: thresholds replacing the bundle's (a 0.1 ``quantml.signal`` tag). ``text_stream``:
-        the raw posts/comments (docs/text.md) of a model trained on one; None: served without text."""
+        the raw posts/comments (docs/text.md) of a model trained on one (refused by a model that was not);
+        None: served without text."""
         panel = _coerce_panel(panel)
         self.contract.check(panel)
         panel = validate_panel(panel)
@@ -204,6 +205,11 @@ class ModelBundle:
         strategy = self.serving_strategy(config, panel)
         self.check_history(panel, strategy)
         text_cfg = getattr(self.contract, "text", None) or {}  # a model trained on a raw text stream
+        if text_stream is not None and not text_cfg:
+            raise QuantmlInputError(
+                "a raw text stream was given, but this model was not trained on one (its feature contract has no "
+                "data.text settings, so it would ignore the posts); serve it without text.path / text_path"
+            )
         expected = [n for n in self.contract.feature_names if not (text_cfg and n in TEXT_STATS)]
         features = build_features(
             panel,

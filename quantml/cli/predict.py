@@ -4,7 +4,9 @@ Writes the prediction contract as parquet and prints a preview; with log_dir=DIR
 the rows to DIR/predictions, the keyed prediction log `quantml paper` writes (source="predict";
 a row already logged, same model, version, symbol, timestamp and horizon, is not written again). Settings are Hydra
 key=value overrides of the packaged conf/predict.yaml (model=, data=, output=,
-last_only=, log_dir=, preview=, seed=, tracking.uri=) plus any data.* override (e.g. data.n_bars=500).
+last_only=, log_dir=, preview=, seed=, tracking.uri=, text.path=) plus any data.* override (e.g. data.n_bars=500).
+A model trained on a raw text stream reads its posts from text.path=<parquet/CSV file or directory>, else
+from the data config (data=model: the version's own text stream); without one it is served without text.
 Exit codes: 0 written; 2 bad input (unknown model/alias, a panel that does not match
 the model's feature contract, unreadable data ...).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import sys
 
 USAGE = "quantml predict model=models:/NAME@active data=<config or file> [output=PATH] [key=value ...]"
+SETTINGS = "model=, data=, output=, last_only=, log_dir=, preview=, seed=, tracking.uri=, text.path=, data.*="
 
 
 def compose_config(overrides: list[str]):
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             raise QuantmlInputError("model=... is required, e.g. model=models:/NAME@active")
         result = run_predict(cfg)
     except Exception as exc:  # noqa: BLE001 - error_exit re-raises what is not bad input
-        return error_exit(exc, "model=, data=, output=, last_only=, log_dir=, preview=, seed=, tracking.uri=, data.*=")
+        return error_exit(exc, SETTINGS)
     r = result.resolved
     source = f"{r.name} v{r.version}" if r.name else r.load_uri
     tuned = " with its tuned quantml.signal thresholds" if r.signal is not None else ""

@@ -11,6 +11,8 @@ Settings are Hydra key=value overrides of the packaged conf/stack.yaml:
   exclude=[ID,...]                        leave these parent runs out
   horizons=[4h]                           the horizons to stack (default: every horizon all experts cover)
   combiner=ridge | equal_weight | best_single | mlp | lightgbm | regime_gate   combiner.alpha=10 combiner.regime=true
+  regime_source=block | e1 | RUN_ID | [block,e1]   the regime__* inputs: the regime block and/or a VSSM run's
+                                          out-of-fold posterior (regime__p*)
   baselines=[equal_weight,best_single]    compared on the same folds
   embargo=4h crossfit_folds=3 min_fit_rows=50
   audit.max_gap_bars=5 audit.max_missing=0.0
@@ -30,8 +32,8 @@ import sys
 USAGE = "quantml stack sweep_dir=DIR | experiment=NAME | runs=[ID,ID] [key=value ...]"
 SETTINGS = (
     "sweep_dir=, experiment=, runs=[...], exclude=[...], horizons=[...], combiner=, combiner.<key>=, baselines=[...], "
-    "embargo=, crossfit_folds=, min_fit_rows=, audit.max_gap_bars=, audit.max_missing=, force=, reason=, "
-    "serve=, holdout=, register=, log_to_mlflow=, output_dir=, run_name=, tracking.uri="
+    "regime_source=, embargo=, crossfit_folds=, min_fit_rows=, audit.max_gap_bars=, audit.max_missing=, force=, "
+    "reason=, serve=, holdout=, register=, log_to_mlflow=, output_dir=, run_name=, tracking.uri="
 )
 
 

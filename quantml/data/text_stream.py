@@ -75,12 +75,12 @@ def load_text_stream(cfg_data) -> pd.DataFrame | None:
     same arguments: the panel's generator output is deterministic). File: ``data.text.path`` (any source),
     with ``data.text.entity_map`` when the file has ``entity`` instead of ``symbol``.
     """
-    from quantml.data.loaders import _flag, _get, _plants, load_files
+    from quantml.data.loaders import _flag, _get, _plants
 
     text = text_config(cfg_data)
     path = text.get("path")
     if path:
-        return validate_text_stream(load_files(path), text.get("entity_map"), f"data.text.path={path}")
+        return read_text_file(path, text.get("entity_map"), f"data.text.path={path}")
     if _get(cfg_data, "source") != "synthetic":
         return None
     plants = _plants(cfg_data)
@@ -101,6 +101,25 @@ def load_text_stream(cfg_data) -> pd.DataFrame | None:
         plants=plants,
     )
     return validate_text_stream(syn.streams[TEXT_STREAM], None, "the synthetic social_text stream")
+
+
+def load_text_file(path, where: str | None = None) -> pd.DataFrame:
+    """The rows of ``path`` (a parquet/CSV file or a directory of them), not yet validated; ``where`` names
+    the setting in messages (default ``text.path=<path>``). A path that does not exist is refused."""
+    from pathlib import Path
+
+    from quantml.data.loaders import load_files
+
+    where = where or f"text.path={path}"
+    if not Path(str(path)).expanduser().exists():
+        raise QuantmlInputError(f"{where}: no such file or directory; give a parquet/CSV file (or directory) of posts")
+    return load_files(Path(str(path)).expanduser())
+
+
+def read_text_file(path, entity_map: Mapping | None = None, where: str | None = None) -> pd.DataFrame:
+    """:func:`load_text_file` validated (:func:`validate_text_stream`, ``entity_map`` for an ``entity`` column)."""
+    where = where or f"text.path={path}"
+    return validate_text_stream(load_text_file(path, where), entity_map, where)
 
 
 def _utc(values: pd.Series, name: str, where: str) -> pd.Series:

@@ -214,7 +214,7 @@ def _path_series(oos: pd.DataFrame, fn) -> dict[str, pd.Series]:
     out = {}
     paths = oos["path"].to_numpy() if "path" in oos.columns else np.zeros(len(oos), dtype=np.int64)
     for h in pd.unique(oos["horizon"]):
-        rows = oos["horizon"].to_numpy() == h
+        rows = (oos["horizon"] == h).to_numpy()  # on the codes of a categorical column, no string per row
         series = [fn(part) for _, part in oos[rows].groupby(paths[rows], sort=True)]
         series = [s for s in series if len(s)]
         out[str(h)] = pd.concat(series, axis=1).mean(axis=1).sort_index() if series else pd.Series(dtype=np.float64)

@@ -8,12 +8,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from quantml.contracts import run_layout as L
 from quantml.evaluation.figures import importance_figure
 from quantml.models.base import Forecaster
 
 FIGURES = "figures"
+# rows converted to Arrow at a time when a prediction frame is written: a frame of tens of millions
+# of rows is never copied whole into an Arrow table
+PARQUET_CHUNK_ROWS = 1 << 21
+
+
+def write_parquet(frame: pd.DataFrame, path: Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> None:
+    """``frame.to_parquet(path, index=False)``, converted and written ``chunk_rows`` rows at a time
+    (one row group each); read back it is the same frame."""
+    if len(frame) <= chunk_rows:
+        frame.to_parquet(path, index=False)
+        return
+    writer = None
+    try:
+        for start in range(0, len(frame), chunk_rows):
+            table = pa.Table.from_pandas(frame.iloc[start : start + chunk_rows], preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def stage_artifacts(root: Path, oos: pd.DataFrame, fold_metrics: pd.DataFrame, report, model: Forecaster) -> None:
@@ -24,7 +47,7 @@ def stage_artifacts(root: Path, oos: pd.DataFrame, fold_metrics: pd.DataFrame, r
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
-    oos.to_parquet(path(L.OOS_ARTIFACT), index=False)
+    write_parquet(oos, path(L.OOS_ARTIFACT))
     fold_metrics.reset_index().to_csv(path(L.FOLD_METRICS_ARTIFACT), index=False)
     report.by_symbol_horizon.to_csv(path(L.REPORT_BY_SYMBOL_HORIZON_ARTIFACT), index=False)
     path(L.REPORT_HTML_ARTIFACT).write_text(report.html, encoding="utf-8")

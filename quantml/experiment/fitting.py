@@ -25,7 +25,8 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from quantml.contracts import QuantmlInputError
+from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
+from quantml.contracts.schema import FORECAST_FIELDS
 from quantml.data.text_stream import text_config
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
 from quantml.experiment.prepare import REALISED, PreparedData
@@ -34,6 +35,7 @@ from quantml.features.text import text_settings
 from quantml.models.base import Forecaster, PanelData, SampleSet, scaled_median_capacity
 from quantml.models.fusion import wrap_fusion
 from quantml.models.text_latents import TextLatentForecaster, has_text_side
+from quantml.signals.core import ACTIONS
 from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
 from quantml.validation.purging import parse_embargo, to_ns
 
@@ -80,18 +82,88 @@ def job_checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(root) / run_identity(cfg)
 
 
+# Float columns of a prediction frame kept in float64: the realised returns (the book's PnL sums
+# them) and the probability (average precision and calibration error rank and bin it, and float32
+# ties between nearby probabilities would move them beyond rounding). Every other float column
+# (forecasts, calibrated quantiles, signals, the label sign) is float32 in memory.
+FLOAT64_COLUMNS = frozenset(("ret", "ret_after_cost", "vol", "ret_next_bar", "prob_up"))
+
+
 def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame) -> pd.DataFrame:
-    """Forecasts of ``part`` in the long contract layout (horizon-major), joined with what was realised."""
-    frame = model.predict(part).to_frame(part.keys)
-    horizons = part.data.horizons
+    """Forecasts of ``part`` in the long contract layout (horizon-major), joined with what was realised.
+
+    Compact at any size (tens of millions of rows for a large panel's folds): ``symbol`` and
+    ``horizon`` categorical over the panel's sorted symbols and the sorted horizons (the same
+    categories in every frame of a panel, so frames concatenate without falling back to strings,
+    and sort as the strings would), float columns float32 but :data:`FLOAT64_COLUMNS`.
+    """
+    forecast = model.predict(part)
+    horizons = list(forecast.horizons)
+    n, n_h = len(part), len(horizons)
+    frame = pd.DataFrame(
+        {
+            SYMBOL: symbol_column(part, n_h),
+            # tz-aware values taken as such: to_numpy() would build one Timestamp object per row
+            TIMESTAMP: part.data.keys[TIMESTAMP].array.take(np.tile(part.rows, n_h)),
+            "horizon": pd.Categorical.from_codes(
+                np.repeat(np.searchsorted(sorted(horizons), horizons), n), categories=sorted(horizons)
+            ),
+        }
+    )
+    for name in FORECAST_FIELDS:  # [n, H] -> horizon-major column
+        frame[name] = getattr(forecast, name).T.reshape(-1).astype(_float_type(name))
+    for name, values in forecast.diagnostics.items():
+        frame[name] = np.asarray(values).T.reshape(-1).astype(np.float32)
+    data_horizons = part.data.horizons
     for name in REALISED:
-        if name == "t1" and f"t1@{horizons[0]}" not in realised:
+        if name == "t1" and f"t1@{data_horizons[0]}" not in realised:
             continue  # a realised table without label ends: the backtest holds by the 0.1 rule
-        frame[name] = np.concatenate([realised[f"{name}@{h}"].to_numpy()[part.rows] for h in horizons])
+        column = np.concatenate([realised[f"{name}@{h}"].to_numpy()[part.rows] for h in data_horizons])
+        frame[name] = column.astype(_float_type(name)) if column.dtype == np.float64 else column
     if "t1" in frame.columns:  # label end per row, UTC like the timestamp
         frame["t1"] = pd.to_datetime(frame["t1"]).dt.tz_localize("UTC")
-    frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], len(horizons))
+    frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], n_h)
     return frame
+
+
+def _float_type(name: str) -> type:
+    return np.float64 if name in FLOAT64_COLUMNS else np.float32
+
+
+def symbol_column(part: SampleSet, n_horizons: int) -> pd.Categorical:
+    """``part``'s symbols tiled ``n_horizons`` times, categorical over the panel's sorted symbols
+    (from ``symbol_codes``: no string is read per row)."""
+    data = part.data
+    if not len(data.symbols):  # a panel without its code table: the keys' strings
+        names = sorted(pd.unique(data.keys[SYMBOL].to_numpy()))
+        column = pd.Categorical(part.keys[SYMBOL].to_numpy(), categories=names)
+        return pd.Categorical.from_codes(np.tile(column.codes, n_horizons), categories=column.categories)
+    names = np.asarray(data.symbols, dtype=object)
+    order = np.argsort(names.astype(str), kind="stable")
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    codes = rank[np.asarray(data.symbol_codes)[part.rows]]
+    return pd.Categorical.from_codes(np.tile(codes, n_horizons), categories=names[order])
+
+
+def compact_predictions(frame: pd.DataFrame, int_columns: tuple[str, ...] = ("fold", "path")) -> pd.DataFrame:
+    """``frame`` (a scored prediction frame: forecasts, calibrated forecasts, signals) in place made
+    compact: float64 columns but :data:`FLOAT64_COLUMNS` to float32, ``action`` categorical,
+    ``int_columns`` (fold ids, CPCV paths) to int16 where they fit. Returns ``frame``."""
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == np.float64 and name not in FLOAT64_COLUMNS:
+            frame[name] = column.to_numpy(np.float32)
+        elif name == "action" and not isinstance(column.dtype, pd.CategoricalDtype):
+            frame[name] = pd.Categorical(column.to_numpy(object), categories=sorted(ACTIONS))
+        elif name in int_columns and column.dtype.kind in "iu" and _fits_int16(column.to_numpy()):
+            frame[name] = column.to_numpy(np.int16)
+    return frame
+
+
+def _fits_int16(values: np.ndarray) -> bool:
+    info = np.iinfo(np.int16)
+    return not len(values) or (int(values.min()) >= info.min and int(values.max()) <= info.max)
 
 
 def calibration_split(valid_rows, t0, t1, embargo, share: float = CALIBRATION_SHARE) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +310,7 @@ def fit_final(
         return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised)
 
     oof = crossfit(prep.samples, prep.data.t0, prep.data.t1, fit_predict, splitter.crossfit_folds, splitter.embargo)
-    calibrator = fit_calibrator(
-        oof.drop(columns=CROSSFIT_BLOCK), cfg.evaluation, residual_quantiles=template.uses_residual_quantiles
-    )
+    # the block column is not read: no copy of a frame as long as the development samples x horizons
+    calibrator = fit_calibrator(oof, cfg.evaluation, residual_quantiles=template.uses_residual_quantiles)
+    del oof
     return fit_on(prep.samples), calibrator, capacity

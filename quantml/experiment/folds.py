@@ -16,7 +16,7 @@ from quantml.evaluation.evaluate import Scorer
 from quantml.evaluation.per_symbol import per_symbol_metrics
 from quantml.experiment.artifacts import FIGURES
 from quantml.experiment.callbacks import FoldCallback
-from quantml.experiment.fitting import FoldCapacity, fit_fold_model, prediction_frame
+from quantml.experiment.fitting import FoldCapacity, compact_predictions, fit_fold_model, prediction_frame
 from quantml.experiment.prepare import PreparedData, time_range
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import RunWriter, TrackedRun
@@ -60,9 +60,10 @@ def train_fold(
     test_frame = compute_signals(test_frame, signal)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
+    test_frame = compact_predictions(test_frame)  # what the OOS frame keeps of every fold
     valid_frame = fitted.valid_frame
     if valid_frame is not None:
-        valid_frame = compute_signals(valid_frame, signal)
+        valid_frame = compact_predictions(compute_signals(valid_frame, signal))
     return test_frame, valid_frame, FoldCapacity(fitted.capacity, len(fit_rows))
 
 

@@ -21,9 +21,9 @@ from quantml.contracts.exchange_calendars import (
 from quantml.contracts.schema import CORE_COLUMNS
 from quantml.contracts.time import infer_calendars, panel_periods_per_year
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel
-from quantml.features import build_features, event_activity_mask
+from quantml.features import event_activity_mask
 from quantml.features.text import attach_text, prepare_text
-from quantml.labels import make_labels
+from quantml.labels import features_and_labels
 from quantml.market.execution import panel_half_spread
 from quantml.models.base import PanelData
 from quantml.portfolio.strategy import HALF_SPREAD
@@ -101,11 +101,11 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         require_ready(panel, declared, ready.get("window"), ReadyThresholds.from_config(ready))
     drop = list(cfg.ablation.drop_modalities or [])
     feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
-    features = build_features(panel, feature_set, drop, declared=declared)
+    # features and labels in one pass over the symbols (quantml.features.build.build)
+    features, labels = features_and_labels(panel, feature_set, horizons, costs.round_trip, drop, declared)
     text = prepare_text(cfg.data, panel, drop)  # the raw text stream: statistics + sparse towers (docs/text.md)
     if text is not None:
         features = attach_text(features, text)
-    labels = make_labels(panel, horizons, costs.round_trip)
     if features.frame.shape[1] == 0:
         raise QuantmlInputError(
             f"feature_set={cfg.feature_set.get('name', '?')} with ablation={cfg.ablation.name} leaves no "

@@ -241,7 +241,8 @@ def _run_in_parent(
         fold_frames, fold_metrics, capacities = run_folds(
             cfg, writer, parent, prep, splitter, folds, signal, score, scoring, callbacks
         )
-        oos = pd.concat(fold_frames, ignore_index=True)
+        oos = pd.concat(fold_frames, ignore_index=True)  # once; the fold frames share its categories
+        fold_frames.clear()  # the OOS frame is the only copy kept
         summary_job = scoring.submit(_summarise, oos, fold_metrics, score, _tradable(cfg))
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
         if getattr(final_model, "threads_", None):
@@ -317,9 +318,17 @@ def _reference(prep: PreparedData, model, calibrator) -> dict:
         frame = calibrator.transform(frame)
     importance = model.feature_importance() if hasattr(model, "feature_importance") else None
     keys = prep.data.keys.iloc[rows].reset_index(drop=True)
+    # naive UTC timestamps (the same instants): the reference only groups by them, and a tz-aware
+    # column's to_numpy() would build a Timestamp object per row, per forecast column and feature
+    frame[TIMESTAMP] = _naive_utc(frame[TIMESTAMP])
+    keys[TIMESTAMP] = _naive_utc(keys[TIMESTAMP])
     reference = build_reference(frame, prep.data.X[rows], prep.data.feature_names, keys, importance)
     reference["source"] = "final model on the development samples"
     return reference
+
+
+def _naive_utc(timestamps: pd.Series) -> pd.Series:
+    return timestamps.dt.tz_convert("UTC").dt.tz_localize(None) if timestamps.dt.tz is not None else timestamps
 
 
 def lockbox_line(prep: PreparedData) -> str:

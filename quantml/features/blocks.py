@@ -87,6 +87,24 @@ class Context:
     # resolve identically in every group
     parent: Context | None = None
     origin: dict[str, str] = field(default_factory=dict)  # feature -> the block that built it
+    # every column of the panel when ``panel`` holds only some (a partitioned panel's whole-panel steps)
+    columns: tuple[str, ...] | None = None
+    # feature name -> where its float32 values go (its row of the feature matrix); others are kept here
+    sink: dict[str, np.ndarray] | None = None
+
+    def release(self, keys: pd.DataFrame) -> None:
+        """Drop the cached whole-panel arrays and keep only ``keys`` (timestamp, symbol) as the panel:
+        what group contexts still read from their parent (symbols, calendars) is kept."""
+        _ = self.symbols  # computed from the panel before it goes
+        self._cache = {"symbols": self._cache["symbols"]}
+        self.panel = keys
+        self.ops = None
+
+    def forget_columns(self) -> None:
+        """Drop cached arrays other than the bar columns and the 1-bar return (a later block computes or
+        reads them again, to the same bits): a group's working set stays one block's."""
+        for key in [k for k in self._cache if isinstance(k, tuple) and not (k[0] == "col" and k[1] in BAR_COLUMNS)]:
+            del self._cache[key]
 
     # -- windows: bars or durations
     @property
@@ -159,7 +177,8 @@ class Context:
         return out
 
     def has(self, column: str) -> bool:
-        return column in self.panel.columns and column not in self.unavailable
+        present = column in self.columns if self.columns is not None else column in self.panel.columns
+        return present and column not in self.unavailable
 
     def why_not(self, column: str) -> str:
         """Why ``column`` cannot be read (for a skip message)."""
@@ -172,16 +191,25 @@ class Context:
         self.used.add(column)
         key = ("col", column)
         if key not in self._cache:
-            self._cache[key] = self.panel[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            values = self.panel[column]
+            if values.dtype == np.float64:  # a float64 column as it is (read-only): no copy per read
+                self._cache[key] = values.to_numpy()
+            else:
+                self._cache[key] = values.to_numpy(dtype=np.float64, na_value=np.nan)
         return self._cache[key]
 
     def add(self, name: str, values: np.ndarray, modality: str, known_future: bool = False) -> None:
         if name in self.features:
             raise ValueError(f"feature {name!r} defined twice; rename it in the feature-set config")
+        dest = self.sink.get(name) if self.sink is not None else None
         with np.errstate(over="ignore", invalid="ignore"):
-            v = np.asarray(values, dtype=np.float32)  # stored as float32 at once: half the memory
-        if v is values:  # never write into the caller's (or the panel's) array
-            v = v.copy()
+            if dest is not None:  # straight into the feature matrix: the same float32 rounding
+                np.copyto(dest, values, casting="unsafe")
+                v = dest
+            else:
+                v = np.asarray(values, dtype=np.float32)  # stored as float32 at once: half the memory
+                if v is values:  # never write into the caller's (or the panel's) array
+                    v = v.copy()
         v[~np.isfinite(v)] = np.nan
         self.features[name] = v
         self.modalities[name] = modality

@@ -197,14 +197,14 @@ def _symbol_groups(codes: np.ndarray, rows: int) -> list[tuple[int, int]]:
     return out
 
 
-def _group_context(ctx: Context, a: int, b: int, breaks: np.ndarray | None) -> Context:
-    """A context on rows ``[a, b)`` (whole symbols) of ``ctx``'s panel: the panel's symbols, calendars,
-    unavailable columns and bar size; records (used columns, skips, resolved durations) go to ``ctx``."""
-    sub = ctx.panel.iloc[a:b]
+def _group_context(ctx: Context, a: int, b: int, breaks: np.ndarray | None, codes: np.ndarray, sub) -> Context:
+    """A context on rows ``[a, b)`` (whole symbols; ``sub``: those rows of the panel, every column) of
+    ``ctx``'s panel: the panel's symbols, calendars, unavailable columns and bar size; records (used
+    columns, skips, resolved durations) go to ``ctx``."""
     ops = SegmentOps(
         np.arange(b - a),  # unused: codes below say which symbol each row is
         breaks=None if breaks is None else breaks[a:b],
-        codes=ctx.ops.codes[a:b],
+        codes=codes[a:b],
     )
     return Context(
         panel=sub,
@@ -277,6 +277,43 @@ def build_features(
     -------
     FeatureMatrix with ``frame`` [n, F] float32 in the panel's row order.
     """
+    return build(InMemory(panel), feature_set_cfg, drop_modalities, expected, calendar, declared)[0]
+
+
+class InMemory:
+    """A panel held in memory as the source of :func:`build`: every row at hand."""
+
+    def __init__(self, panel: pd.DataFrame) -> None:
+        self.keys = self.panel = panel  # keys: timestamp, symbol of every row; panel: for whole-panel blocks
+        self.columns = list(panel.columns)
+
+    def groups(self, codes: np.ndarray) -> list[tuple[int, int]]:
+        """Row ranges of whole symbols the per-symbol blocks run on (a few symbols at a time)."""
+        return _symbol_groups(codes, GROUP_ROWS)
+
+    def rows(self, a: int, b: int) -> pd.DataFrame:
+        return self.panel.iloc[a:b]
+
+
+def build(
+    source,
+    feature_set_cfg: Mapping,
+    drop_modalities: Iterable[str] = (),
+    expected: Sequence[str] | None = None,
+    calendar: Mapping | None = None,
+    declared: Mapping[str, str] | None = None,
+    labels=None,
+) -> tuple[FeatureMatrix, object]:
+    """:func:`build_features` on a ``source``: ``keys`` (timestamp, symbol of every row, sorted),
+    ``panel`` (keys plus the columns the whole-panel steps read: the optional bar columns and what the
+    cross-sectional blocks need), ``columns`` (every panel column), ``groups(codes)`` (row ranges of whole
+    symbols) and ``rows(a, b)`` (rows ``[a, b)`` with every column). Cross-sectional blocks run first,
+    on ``panel`` (time slices across every symbol); the per-symbol blocks then run group by group, so
+    how the rows are grouped never changes a feature. ``labels``: a :class:`quantml.labels.LabelWriter`
+    fed each group's timestamps and closes (returned second, finished; None: no labels).
+    The [F, n] float32 matrix is faulted in group by group (:mod:`quantml.features.memory`)."""
+    from quantml.features.memory import lazy, prefault, reused_heap, trim
+
     cfg = _plain(feature_set_cfg)
     drop = set(drop_modalities or ())
     unknown = sorted(drop - set(MODALITIES))
@@ -284,27 +321,33 @@ def build_features(
         raise QuantmlInputError(f"drop_modalities {unknown} are not modalities; choose from {list(MODALITIES)}")
     blocks = _blocks_of(cfg)
     min_missing, break_windows = _gaps_of(cfg)
-    codes = _check_sorted(panel)  # symbols as int codes: no Python string object per row
-    bar = bar_size(panel[TIMESTAMP], codes) if len(panel) > 1 else pd.Timedelta("1D")
+    keys = source.keys
+    codes = _check_sorted(keys)  # symbols as int codes: no Python string object per row
+    n = len(keys)
+    labels = labels(n) if labels is not None else None
+    bar = bar_size(keys[TIMESTAMP], codes) if n > 1 else pd.Timedelta("1D")
+    if labels is not None:
+        labels.check_bar(bar if n > 1 else bar_size(keys[TIMESTAMP], codes))
     declared = dict(declared or {})
-    symbols = panel[SYMBOL].to_numpy() if declared else None
+    symbols = keys[SYMBOL].to_numpy() if declared else None
     if declared:
-        gap_bars = panel_bars_missing(panel[TIMESTAMP], symbols, declared)
+        gap_bars = panel_bars_missing(keys[TIMESTAMP], symbols, declared)
     else:
-        gap_bars = bars_missing(panel[TIMESTAMP], codes) if len(panel) else np.zeros(0)
+        gap_bars = bars_missing(keys[TIMESTAMP], codes) if n else np.zeros(0)
     pinned = _pinned(calendar)
-    ts_ns = ts_int64(panel[TIMESTAMP]) if declared else None
+    ts_ns = ts_int64(keys[TIMESTAMP]) if declared else None
     for sym, code in declared.items():
         if sym not in pinned:
             pinned[sym] = declared_calendar(code, ts_ns[symbols.astype(str) == sym])
-    flagged = flag_gaps(panel, gap_bars, min_missing, {s: pinned[s] for s in declared})
+    flagged = flag_gaps(keys, gap_bars, min_missing, {s: pinned[s] for s in declared})
     breaks = flagged if break_windows else None
     ctx = Context(
-        panel=panel,
+        panel=source.panel,
         ops=SegmentOps(codes, breaks=breaks, codes=codes),
         bar=bar,
-        unavailable=unavailable_columns(panel),
+        unavailable=unavailable_columns(source.panel),
         pinned=pinned,
+        columns=tuple(source.columns),
     )
     runnable = {}
     for name, params in blocks.items():
@@ -321,48 +364,68 @@ def build_features(
     # group of whole symbols, so their temporaries stay small and the float32 matrix is the one big array
     for name in [n for n in runnable if BLOCKS[n].cross_sectional]:
         _run_block(ctx, name, runnable[name])
+    ctx.release(keys)  # the whole-panel columns and per-row arrays: not needed from here
+    if hasattr(source, "release"):
+        source.release()
+    codes = codes.astype(np.int16 if len(ctx.symbols) < 2**15 else np.int64)
     per_symbol = [n for n in runnable if not BLOCKS[n].cross_sectional]
     block = names = made = None
-    for a, b in _symbol_groups(ctx.ops.codes, GROUP_ROWS):
-        sub = _group_context(ctx, a, b, breaks)
-        for name in per_symbol:
-            _run_block(sub, name, runnable[name])
-        if made is None:  # the first group fixes the features: every group resolves the same windows
-            made = list(sub.features)
-            twice = sorted(set(made) & set(ctx.features))
-            if twice:
-                raise ValueError(f"feature {twice[0]!r} defined twice; rename it in the feature-set config")
-            ctx.modalities.update(sub.modalities)
-            ctx.origin.update(sub.origin)
-            ctx.known_future.extend(sub.known_future)
-            every = [n for blk in blocks for n in (*ctx.features, *made) if ctx.origin[n] == blk]
-            names = _final_names(cfg, every, ctx, drop, expected)
-            block = np.empty((len(names), len(panel)), dtype=np.float32)  # one contiguous row per feature
-            for j, n in enumerate(names):
-                if n in ctx.features:
-                    block[j] = ctx.features.pop(n)
-        elif list(sub.features) != made:  # pragma: no cover - a block that skips on some symbols only
-            raise AssertionError(f"feature blocks built {list(sub.features)} on rows {a}:{b}, {made} on the first")
-        for j, n in enumerate(names):
-            if n in sub.features:
-                block[j, a:b] = sub.features[n]
-        del sub
+    with reused_heap():  # every group's temporaries reuse the pages of the group before
+        for a, b in source.groups(codes):
+            rows = source.rows(a, b)
+            sub = _group_context(ctx, a, b, breaks, codes, rows)
+            if names is not None:  # the features are known: written straight into their rows
+                prefault(block[:, a:b])
+                sub.sink = {name: block[j, a:b] for j, name in enumerate(names)}
+            for name in per_symbol:
+                _run_block(sub, name, runnable[name])
+                sub.forget_columns()
+            if made is None:  # the first group fixes the features: every group resolves the same windows
+                made = list(sub.features)
+                twice = sorted(set(made) & set(ctx.features))
+                if twice:
+                    raise ValueError(f"feature {twice[0]!r} defined twice; rename it in the feature-set config")
+                ctx.modalities.update(sub.modalities)
+                ctx.origin.update(sub.origin)
+                ctx.known_future.extend(sub.known_future)
+                every = [n for blk in blocks for n in (*ctx.features, *made) if ctx.origin[n] == blk]
+                names = _final_names(cfg, every, ctx, drop, expected)
+                block = lazy((len(names), n), np.float32)  # one contiguous row per feature
+                for j, name in enumerate(names):
+                    if name in ctx.features:
+                        block[j] = ctx.features.pop(name)
+                prefault(block[:, a:b])
+            elif list(sub.features) != made:
+                raise QuantmlInputError(
+                    f"the feature blocks built {sorted(set(made) ^ set(sub.features))[:6]} on some symbols "
+                    f"only (rows {a}:{b} against the first symbols); a column present for some symbols only "
+                    "must be present (or NaN) for every symbol: pass the panel through quantml.data.validate_panel"
+                )
+            for j, name in enumerate(names):
+                if name in sub.features and sub.sink is None:
+                    block[j, a:b] = sub.features[name]
+            if labels is not None:
+                labels.write(a, ts_int64(rows[TIMESTAMP]), rows["close"].to_numpy(dtype=np.float64), codes[a:b])
+            first = sub.sink is None
+            del sub, rows
+            if first:  # the first group's features (not written in place) are freed: hand them back
+                trim()
     dropped = [n for n in every if ctx.modalities[n] in drop]
     ctx.features.clear()
-    frame = pd.DataFrame(block.T, columns=names, index=panel.index, copy=False)
+    frame = pd.DataFrame(block.T, columns=names, index=keys.index, copy=False)
     # raw exogenous columns of a dropped modality feed only dropped features
     used = sorted(c for c in ctx.used if modality_of(c.removesuffix("_missing")) not in drop)
     rows = np.flatnonzero(flagged)
-    stamps = panel[TIMESTAMP]  # indexed before converting: a whole tz-aware column to numpy is one object per row
+    stamps = keys[TIMESTAMP]  # indexed before converting: a whole tz-aware column to numpy is one object per row
     gaps = pd.DataFrame(
         {
-            SYMBOL: panel[SYMBOL].iloc[rows].to_numpy(),
+            SYMBOL: keys[SYMBOL].iloc[rows].to_numpy(),
             TIMESTAMP: stamps.iloc[rows].to_numpy(),
             "previous": stamps.iloc[rows - 1].to_numpy() if len(rows) else stamps.iloc[:0].to_numpy(),
             "bars_missing": gap_bars[rows],
         }
     )
-    return FeatureMatrix(
+    matrix = FeatureMatrix(
         frame=frame,
         modalities={n: ctx.modalities[n] for n in names},
         known_future=[n for n in ctx.known_future if n in names],
@@ -376,6 +439,10 @@ def build_features(
         gaps=gaps,
         window_breaks=flagged if break_windows else None,
     )
+    if labels is None:
+        return matrix, None
+    t0 = stamps.array.asi8.view("datetime64[ns]") if n else np.zeros(0, "datetime64[ns]")
+    return matrix, labels.finish(t0 if getattr(source, "owns_keys", False) else t0.copy())
 
 
 def event_activity_mask(panel: pd.DataFrame, window: str) -> np.ndarray:

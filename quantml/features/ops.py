@@ -50,7 +50,6 @@ class SegmentOps:
         lengths = np.diff(self.bounds)
         self.pos = np.arange(n) - np.repeat(starts, lengths)  # position within the segment
         self.seg_symbol = self.codes[starts] if n else np.zeros(0, dtype=np.int64)  # symbol per segment
-        self._cache: dict = {}  # window bounds per window
 
     def per_segment(self, w) -> list:
         """``w`` (an int, or one value per symbol) as one value per segment."""
@@ -104,10 +103,9 @@ class SegmentOps:
         agg = "var" if how == "std" else how
         if agg not in kernels.KERNELS:  # pragma: no cover - pandas without the compiled kernels
             return self._rolling_pandas(x, window, how, mp)
-        key = ("bounds", window)
-        if key not in self._cache:
-            self._cache[key] = kernels.window_bounds(self.pos, self.per_row(window))
-        start, end = self._cache[key]
+        # computed per call (a few ms a symbol), not cached per window: 9 windows of the full feature set
+        # would hold 18 int64 arrays per symbol; the end bound is the same for every window
+        start, end = kernels.window_bounds(self.pos, self.per_row(window))
         if len(set(map(int, mseg))) <= 1:
             out = kernels.rolling(x, agg, start, end, int(mseg[0]) if mseg else 1)
         else:  # one min_periods per symbol: one call per segment

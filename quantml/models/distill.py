@@ -142,6 +142,11 @@ class DistilledForecaster(Forecaster):
     def distill_weight(self) -> float:
         return self.student.distill_weight
 
+    @property
+    def diagnostic_fields(self) -> tuple[str, ...]:
+        """The student's optional contract columns (``gate``, ``text_contribution`` with ``fusion=residual_gate``)."""
+        return tuple(getattr(self.student, "diagnostic_fields", ()) or ())
+
     def checkpoint_in(self, directory, resume: bool = False) -> DistilledForecaster:
         """The student's fits checkpoint under ``directory`` (:meth:`SequenceForecaster.checkpoint_in`);
         copies (:meth:`with_capacity`) keep it."""

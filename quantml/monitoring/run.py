@@ -180,8 +180,11 @@ def version_inputs(store, name: str, version: str) -> VersionInputs:
     return VersionInputs(str(version), reference, source, assumed, bundle, run_id)
 
 
-def _feature_frame(bundle, panel: pd.DataFrame, keys: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """``symbol, timestamp`` of ``keys`` and the bundle's features ``names`` there (built on the whole panel)."""
+def _feature_frame(
+    bundle, panel: pd.DataFrame, keys: pd.DataFrame, names: list[str], text_stream: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """``symbol, timestamp`` of ``keys`` and the bundle's features ``names`` there (built on the whole panel);
+    ``text_stream``: the raw posts a raw-text model reads (``text.path=`` or the data config's stream)."""
     from quantml.features import build_features
     from quantml.features.text import STAT_NAMES, attach_text, serving_text
 
@@ -194,8 +197,8 @@ def _feature_frame(bundle, panel: pd.DataFrame, keys: pd.DataFrame, names: list[
         expected=[n for n in contract.feature_names if not (text_cfg and n in STAT_NAMES)],
         calendar=getattr(contract, "calendar", None) or None,
     )
-    if text_cfg:  # the prediction log holds no posts: the text statistics read missing (their drift shows it)
-        matrix = attach_text(matrix, serving_text(panel, None, text_cfg))
+    if text_cfg:  # without a stream the text statistics read missing (their drift shows it)
+        matrix = attach_text(matrix, serving_text(panel, text_stream, text_cfg))
     frame = getattr(matrix, "frame", None)
     if frame is None:
         frame = pd.DataFrame(np.asarray(matrix.X), columns=list(matrix.names))
@@ -206,6 +209,16 @@ def _feature_frame(bundle, panel: pd.DataFrame, keys: pd.DataFrame, names: list[
     return want.merge(feats, on=[SYMBOL, TIMESTAMP], how="left")
 
 
+def _text_stream(cfg, resolved, store, inputs) -> pd.DataFrame | None:
+    """The raw posts of the versions trained on a raw text stream (``text.path=``, else the data config's
+    stream: ``data=model`` gives the version's own); None when no version reads one or none is there."""
+    from quantml.serving.text_source import serving_text_source
+
+    if not any(getattr(getattr(vin.bundle, "contract", None), "text", None) for vin in inputs):
+        return None
+    return serving_text_source(cfg, resolved, store).load()
+
+
 def version_checks(
     inputs: VersionInputs,
     frame: pd.DataFrame,
@@ -213,9 +226,11 @@ def version_checks(
     fills: pd.DataFrame,
     panel: pd.DataFrame,
     settings: CheckSettings,
+    text_stream: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Every check's rows for one producing version: ``frame`` its window's prediction rows with
-    realised outcomes, ``pnl`` / ``fills`` its window's PnL and execution rows."""
+    realised outcomes, ``pnl`` / ``fills`` its window's PnL and execution rows; ``text_stream``: the raw
+    posts a raw-text model's features read (None: they read missing)."""
     v = inputs.version
     ref = inputs.reference or {}
     rows: list[dict] = []
@@ -232,7 +247,7 @@ def version_checks(
         rows.append(coverage_check(part, settings, h, v))
     names = list(ref.get("top_features") or [])
     if names and inputs.bundle is not None and len(frame):
-        feats = _feature_frame(inputs.bundle, panel, frame, names)
+        feats = _feature_frame(inputs.bundle, panel, frame, names, text_stream)
         for name in names:
             sub = feats[[SYMBOL, TIMESTAMP, name]] if name in feats.columns else feats[[SYMBOL, TIMESTAMP]]
             rows.append(psi_check("feature_psi", sub, name, ref["features"].get(name), settings, ALL, name, v))
@@ -339,6 +354,7 @@ def _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rol
         f"{int(np.isfinite(realised['ret']).sum())} of {len(realised)} prediction rows realised",
         "fusion checks (text coverage, gate opening): reported for a version whose rows carry a gate (docs/fusion.md)",
     ]
+    text_stream = _text_stream(cfg, resolved, store, inputs.values())
     rows = []
     for v in versions:
         vin = inputs[v]
@@ -350,6 +366,7 @@ def _monitor_in_run(cfg, run, store, resolved, predictions, log_dir, window, rol
             fills_w[fills_w["model_version"].astype(str) == v] if len(fills_w) else fills_w,
             panel,
             settings,
+            text_stream,
         )
     checks = frame_of(rows)
     status = worst(checks["status"])

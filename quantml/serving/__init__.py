@@ -10,6 +10,7 @@ from quantml.serving.predict import (
     write_predictions,
 )
 from quantml.serving.run import PredictResult, data_overrides, log_predictions, run_predict
+from quantml.serving.text_source import TextSource, serving_text_source
 
 __all__ = [
     "PaperResult",
@@ -18,6 +19,7 @@ __all__ = [
     "PaperState",
     "PredictResult",
     "ResolvedModel",
+    "TextSource",
     "apply_signal",
     "data_overrides",
     "default_output",
@@ -27,5 +29,6 @@ __all__ = [
     "run_paper",
     "run_paper_config",
     "run_predict",
+    "serving_text_source",
     "write_predictions",
 ]

@@ -51,6 +51,7 @@ from quantml.serving.paper_settings import (
 )
 from quantml.serving.paper_state import PaperState, load_state, move_aside, save_state, settings_hash, state_path
 from quantml.serving.predict import ResolvedModel, predict_panel, resolve_model
+from quantml.serving.text_source import TextSource
 
 _FIX = "reset=true (moves {log_dir} aside and starts over) or another log_dir="
 _DROP_TOL = 1e-9  # notional below which an unfilled, uncarried remainder is not counted as dropped
@@ -167,14 +168,15 @@ class PaperSession:
             )
 
     # -- one poll ------------------------------------------------------------------------------------
-    def poll(self, panel: pd.DataFrame) -> PollSummary:
-        """Predict the whole panel once, act on every bar after the last acted one, in time order."""
+    def poll(self, panel: pd.DataFrame, text: TextSource | pd.DataFrame | None = None) -> PollSummary:
+        """Predict the whole panel once, act on every bar after the last acted one, in time order.
+        ``text``: the raw text stream of a model trained on one (:func:`predict_panel`)."""
         self.polls += 1
         panel_last = pd.to_datetime(panel[TIMESTAMP], utc=True).max() if len(panel) else None
         bars = self._new_bars(panel) if self.executor is not None else None
         if bars is not None and not bars:  # a poll that brings nothing new: no prediction
             return PollSummary(self.polls, 0, None, None, dict.fromkeys(LOGS, 0), 0.0, panel_last)
-        frame, _ = predict_panel(self.resolved.load_uri, panel, store=self.store, last_only=False)
+        frame, _ = predict_panel(self.resolved.load_uri, panel, store=self.store, last_only=False, text=text)
         frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
         if self.executor is None:
             self._bind(frame, panel)
@@ -389,9 +391,11 @@ def run_paper(
     *,
     resolved: ResolvedModel | None = None,
     source: SourceRun | None = None,
+    text: TextSource | None = None,
 ) -> PaperResult:
     """Replay (``follow=False``: one poll) or follow (poll every ``poll_s`` until ``max_polls`` or
-    Ctrl-C) the panel ``load()`` returns. ``costs=None``: the source run's cost settings."""
+    Ctrl-C) the panel ``load()`` returns. ``costs=None``: the source run's cost settings. ``text``: where
+    a model trained on a raw text stream reads its posts (loaded again at each poll that predicts)."""
     session = PaperSession(settings, execution, costs, store, echo, resolved=resolved, source=source)
     interrupted = False
     try:
@@ -406,7 +410,7 @@ def run_paper(
                 echo(f"poll {session.polls}: the data could not be read ({exc}); trying again in {settings.poll_s:g}s")
                 panel = None
             if panel is not None:
-                echo(session.poll(panel).line())
+                echo(session.poll(panel, text).line())
             if not settings.follow or (settings.max_polls is not None and session.polls >= settings.max_polls):
                 break
             if session.past_end():
@@ -440,6 +444,7 @@ def run_paper_config(cfg, echo: Callable[[str], None] = print, sleep: Callable[[
     from omegaconf import OmegaConf, open_dict
 
     from quantml.serving.source_data import load_serving_panel
+    from quantml.serving.text_source import serving_text_source
 
     settings = PaperSettings.from_config(cfg)
     store = RegistryStore(cfg.get("tracking_uri") or None)
@@ -460,4 +465,5 @@ def run_paper_config(cfg, echo: Callable[[str], None] = print, sleep: Callable[[
         sleep,
         resolved=resolved,
         source=source,
+        text=serving_text_source(cfg, resolved, store),  # text.path=, else the data config's (docs/text.md)
     )

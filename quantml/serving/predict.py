@@ -25,10 +25,12 @@ from pathlib import Path
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from quantml.bundle import ModelBundle
 from quantml.contracts import PREDICTION_COLUMNS, QuantmlInputError, require_columns
 from quantml.contracts import run_layout as L
 from quantml.contracts.schema import DIAGNOSTIC_FIELDS
 from quantml.registry.store import ACTIVE, CHAMPION, RegistryError, RegistryStore, normalise_version
+from quantml.serving.text_source import TextSource
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking.reader import RunReader
 
@@ -117,12 +119,21 @@ def apply_signal(predictions: pd.DataFrame, signal: SignalConfig) -> pd.DataFram
 
 
 def predict_panel(
-    model_uri: str, panel: pd.DataFrame, *, store: RegistryStore | None = None, last_only: bool = True
+    model_uri: str,
+    panel: pd.DataFrame,
+    *,
+    store: RegistryStore | None = None,
+    last_only: bool = True,
+    text: TextSource | pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, ResolvedModel]:
     """Prediction contract for ``panel`` from the model at ``model_uri``.
 
     Returns ``(frame [rows, len(PREDICTION_COLUMNS)], resolved)``; one row per
     (symbol, timestamp, horizon), only each symbol's latest bar with ``last_only``.
+    ``text``: the raw text stream of a model trained on one (docs/text.md): a table of posts (given on
+    purpose: a model without raw text refuses it) or a :class:`TextSource` (loaded only when the model
+    reads raw text); None, or a source with no stream: the model is served without text (its text
+    features read missing), with a warning.
     Raises ``QuantmlInputError`` when the panel does not match the model's feature contract.
     """
     import mlflow
@@ -142,11 +153,17 @@ def predict_panel(
     if schema is not None and schema.has_input_names():
         # columns the model does not use would only be dropped (noisily) by MLflow
         panel = panel[[c for c in panel.columns if c in set(schema.input_names())]]
-    legacy = _bundle_of(model) if resolved.signal is not None else None
+    bundle = _bundle_of(model)
+    stream = _text_stream(bundle, text, resolved)
+    # a 0.1 tag (its thresholds, and the weights they lead to) or posts: the bundle itself, which the
+    # pyfunc's params cannot hand a table (the pyfunc takes a path: params text_path)
+    direct = bundle if resolved.signal is not None or stream is not None else None
     try:
-        if legacy is not None:  # a 0.1 tag: its thresholds, and the weights they lead to
-            frame = legacy.predict_contract(
-                panel, bool(last_only), resolved.name, resolved.version, signal=resolved.signal.to_dict()
+        if direct is not None:
+            signal = resolved.signal.to_dict() if resolved.signal is not None else None
+            extra = {} if stream is None else {"text_stream": stream}
+            frame = direct.predict_contract(
+                panel, bool(last_only), resolved.name, resolved.version, signal=signal, **extra
             )
         else:
             frame = model.predict(panel, params=params)
@@ -176,9 +193,49 @@ def predict_panel(
             resolved.name,
             resolved.version,
         )
-        if legacy is None:  # not a quantml bundle: only score, confidence and action can be redone
+        if direct is None:  # not a quantml bundle: only score, confidence and action can be redone
             frame = apply_signal(frame, resolved.signal)
     return frame.reset_index(drop=True), resolved
+
+
+def _text_stream(bundle, text: TextSource | pd.DataFrame | None, resolved: ResolvedModel) -> pd.DataFrame | None:
+    """The posts to serve ``bundle`` with: ``text`` loaded when the model reads raw text (its contract's
+    ``text`` settings); a table given on purpose to a model that does not is refused."""
+    if text is None:
+        reads_text = bool(getattr(getattr(bundle, "contract", None), "text", None))
+        if reads_text:
+            _warn_no_text(resolved, "no text stream was given")
+        return None
+    explicit = isinstance(text, pd.DataFrame) or text.explicit
+    label = text.label if isinstance(text, TextSource) else "the text stream"
+    if not isinstance(bundle, ModelBundle):
+        if explicit:
+            what = f"a {type(bundle).__name__}" if bundle is not None else "not a quantml model"
+            raise QuantmlInputError(
+                f"{label} is for a single quantml model trained on a raw text stream; {resolved.load_uri} is "
+                f"{what}: predict it without text.path"
+            )
+        return None
+    if not getattr(bundle.contract, "text", None):
+        if explicit:
+            raise QuantmlInputError(
+                f"{label}: {resolved.load_uri} was not trained on a raw text stream (its feature contract has no "
+                "data.text settings, so it would ignore the posts); predict it without text.path"
+            )
+        return None
+    stream = text if isinstance(text, pd.DataFrame) else text.load()
+    if stream is None:
+        _warn_no_text(resolved, f"{label} has none")
+    return stream
+
+
+def _warn_no_text(resolved: ResolvedModel, why: str) -> None:
+    log.warning(
+        "%s was trained on a raw text stream but %s: served without text (its text statistics read missing, "
+        "its latents 0); pass text.path=<posts file> (pyfunc: params text_path)",
+        resolved.load_uri,
+        why,
+    )
 
 
 def _bundle_of(model):

@@ -61,15 +61,18 @@ def run_predict(cfg: DictConfig) -> PredictResult:
     """Load ``cfg.data``, predict with ``cfg.model``, write ``cfg.output`` and, with ``cfg.log_dir``,
     append the rows to its prediction log (see conf/predict.yaml)."""
     from quantml.serving.source_data import is_model_source, load_serving_panel
+    from quantml.serving.text_source import serving_text_source
 
     store = RegistryStore(cfg.tracking_uri)
     model = str(cfg.model)
+    pinned = None
     if is_model_source(cfg.data):  # data=model: the version's own data config, so resolve it first
         pinned = resolve_model(model, store)
         panel, model = load_serving_panel(cfg.data, pinned, store), pinned.load_uri
     else:
         panel = load_serving_panel(cfg.data, None, store)
-    frame, resolved = predict_panel(model, panel, store=store, last_only=bool(cfg.last_only))
+    text = serving_text_source(cfg, pinned, store)  # text.path=, else the data config's (docs/text.md)
+    frame, resolved = predict_panel(model, panel, store=store, last_only=bool(cfg.last_only), text=text)
     output = write_predictions(frame, cfg.output or default_output(resolved))
     log_dir = cfg.get("log_dir")
     if log_dir in (None, ""):

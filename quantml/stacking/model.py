@@ -138,6 +138,10 @@ class StackBundle:
     metadata: dict = field(default_factory=dict)
     regime: bool = False  # attach regime features (the combiner reads them)
     regime_params: dict | None = None
+    # a regime model's posterior as regime__p* inputs (quantml.stacking.regime_posterior): the alias of the
+    # expert that is the regime model, or EXTERNAL for posterior_model (a regime model not stacked); None: none
+    posterior_source: str | None = None
+    posterior_model: ModelBundle | None = None
     allocator: dict | None = None  # a tuned allocator is not supported for a stack: always None
     kind: str = L.KIND_STACK
 
@@ -153,6 +157,7 @@ class StackBundle:
             "combiner": {h: (c.describe() if hasattr(c, "describe") else {}) for h, c in self.combiners.items()},
             "calibrator": {h: c.to_dict() for h, c in self.calibrators.items()},
             "regime": self.regime,
+            "posterior_source": self.posterior_source,
             "data_fingerprint": self.data_fingerprint,
         }
 
@@ -161,7 +166,8 @@ class StackBundle:
         """Every expert's forecasts of ``panel`` in the OOF table's layout: one row per
         ``(symbol, timestamp, horizon)`` every expert predicted, a block ``<alias>__<field>`` per
         expert, sorted by horizon, timestamp, symbol; regime columns attached when the combiner
-        reads them. Each expert refuses a panel that fails its contract (its own error)."""
+        reads them (the regime block, and/or the regime model's posterior ``regime__p*`` from its final
+        model). Each expert refuses a panel that fails its contract (its own error)."""
         table = None
         for alias, expert in zip(self.aliases, self.experts, strict=True):
             frame = expert.predict_contract(panel, last_only=False)
@@ -177,6 +183,13 @@ class StackBundle:
             from quantml.stacking.regime import attach_regime, regime_features
 
             table = attach_regime(table, regime_features(_panel_frame(panel), self.regime_params))
+        if self.posterior_source:
+            from quantml.stacking.regime import attach_regime
+            from quantml.stacking.regime_posterior import EXTERNAL, served_posterior
+
+            source = self.posterior_source
+            model = self.posterior_model if source == EXTERNAL else self.experts[self.aliases.index(source)]
+            table = attach_regime(table, served_posterior(model, panel))
         return table
 
     def combine(self, table: pd.DataFrame, signal: SignalConfig | None = None) -> pd.DataFrame:

@@ -11,8 +11,8 @@ the table on ``(symbol, timestamp)``::
     table = attach_regime(oof_table, regime)         # same rows, same order, same index, + regime__*
     regime_columns(table)                            # ["regime__atr_slope", ...]
 
-The regime block is the only source of regime inputs for now: the posterior of a regime model is
-not built (docs/stacking.md).
+A regime model's posterior (a VSSM run's out-of-fold ``regime_p*``) is the other source:
+:mod:`quantml.stacking.regime_posterior` (``regime_source=`` of ``quantml stack``, docs/stacking.md).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def regime_columns(rows: pd.DataFrame) -> list[str]:
 def attach_regime(table: pd.DataFrame, regime: pd.DataFrame) -> pd.DataFrame:
     """``table`` (the OOF table or a serving table) left-joined with ``regime``'s ``regime__*`` columns
     on ``(symbol, timestamp)``: the same rows in the same order with the same index; a key ``regime``
-    lacks gets NaN. Regime columns ``table`` already has are replaced."""
+    lacks gets NaN. Columns of ``regime`` that ``table`` already has are replaced; its other regime columns
+    stay (so the regime block and a regime model's posterior can be attached one after the other)."""
     cols = regime_columns(regime)
     for name, frame in (("table", table), ("regime", regime)):
         lacking = [c for c in (SYMBOL, TIMESTAMP) if c not in frame.columns]
@@ -99,4 +100,4 @@ def attach_regime(table: pd.DataFrame, regime: pd.DataFrame) -> pd.DataFrame:
     values = np.full((len(table), len(cols)), np.nan)
     values[found] = regime[cols].to_numpy(np.float64)[pos[found]]
     joined = pd.DataFrame(values, columns=cols, index=table.index)
-    return pd.concat([table.drop(columns=regime_columns(table)), joined], axis=1)
+    return pd.concat([table.drop(columns=[c for c in regime_columns(table) if c in cols]), joined], axis=1)

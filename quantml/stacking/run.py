@@ -33,6 +33,7 @@ from quantml.stacking.holdout import HoldoutResult, evaluate_holdout
 from quantml.stacking.model import StackBundle, fit_final, has_model, load_expert_bundle, stack_panel, uses_regime
 from quantml.stacking.oof import EXPERT_FIELDS, REALISED, audit_oof, build_oof_table
 from quantml.stacking.regime import regime_columns
+from quantml.stacking.regime_posterior import EXTERNAL, parse_regime_source, posterior_frame, resolve_regime_model
 from quantml.stacking.walkforward import StackFold, gate_weights, stack_folds, walk_forward
 from quantml.tracking.reader import RunReader
 
@@ -68,6 +69,8 @@ class StackSettings:
     serve: bool = True  # fit the final combiner and log the served stack as the run's `model`
     holdout: bool = True  # score the served stack, the baselines and the experts on the lockbox
     register: str | None = None  # register the stack run's model under this name (alias candidate)
+    # where a regime-reading combiner's regime__* inputs come from: block and/or a regime model (alias or run id)
+    regime_source: list[str] | str | None = None
     resolved: dict = field(default_factory=dict)
 
     @classmethod
@@ -101,6 +104,7 @@ class StackSettings:
             serve=bool(cfg.get("serve", True)),
             holdout=bool(cfg.get("holdout", True)),
             register=None if cfg.get("register") in (None, "") else str(cfg.register),
+            regime_source=_plain(cfg.get("regime_source")),
             resolved=OmegaConf.to_container(cfg, resolve=True),
         )
         out.validate()
@@ -123,6 +127,7 @@ class StackSettings:
                 f"register={self.register} needs serve=true and log_to_mlflow=true (a registered version is the "
                 "stack run's logged model)"
             )
+        parse_regime_source(self.regime_source)
         if self.min_fit_rows < 1:
             raise QuantmlInputError(f"min_fit_rows={self.min_fit_rows} must be >= 1")
         for name in self.baselines:
@@ -159,6 +164,7 @@ class StackResult:
     # a gating combiner's weight of each expert on each stacked row (walkforward.gate_weights)
     gate_weights: pd.DataFrame | None = None
     book: dict = field(default_factory=dict)  # the first expert's cost, signal, strategy, evaluation
+    regime_source: list[str] = field(default_factory=list)  # what the regime__* inputs came from (none read: [])
 
     def audit_lines(self) -> list[str]:
         lines = []
@@ -311,9 +317,19 @@ def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> St
             candidates.append((b, "baseline", node))
     # the experts' panel: for regime inputs and the lockbox (rebuilt from the first expert's config)
     regime = any(uses_regime(make_combiner(node)) for _, _, node in candidates)
+    source = parse_regime_source(settings.regime_source)
+    model_alias, model_run, posterior = None, None, None
+    if regime and source.model:  # a regime model's out-of-fold posterior as regime__p* (stacking.regime_posterior)
+        model_alias, model_run = resolve_regime_model(reader, source.model, experts, shared)
+        oos = next(e.oos for e in experts if e.alias == model_alias) if model_alias else model_run.oos_predictions()
+        posterior = posterior_frame(oos, model_run.run_id)
+    elif source.model:
+        notes.append(f"regime_source={source.model} not used: no combiner of this stack reads regime inputs")
+    block = regime and source.block
     serve = settings.serve
     if serve:
-        lacking = [e.run_id for e in experts if not has_model(reader, e.run_id)]
+        runs = [e.run_id for e in experts] + ([model_run.run_id] if model_run is not None and not model_alias else [])
+        lacking = [r for r in runs if not has_model(reader, r)]
         if lacking:
             serve = False
             notes.append(
@@ -321,11 +337,14 @@ def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> St
                 f"{L.MODEL_ARTIFACT!r} (trained with tracking.log_model=false); retrain them with "
                 "tracking.log_model=true, or set serve=false holdout=false"
             )
-    prep = stack_panel(first, shared[L.TAG_DATA_FINGERPRINT]) if (regime or serve) else None
-    if regime:
+    prep = stack_panel(first, shared[L.TAG_DATA_FINGERPRINT]) if (block or serve) else None
+    if block or posterior is not None:
         from quantml.stacking.regime import attach_regime, regime_features
 
-        table = attach_regime(table, regime_features(prep.panel))
+        if block:
+            table = attach_regime(table, regime_features(prep.panel))
+        if posterior is not None:
+            table = attach_regime(table, posterior)
     embargo = _embargo(settings, experts)
     crossfit_folds = settings.crossfit_folds or int((cfg.get("validation") or {}).get("crossfit_folds") or 3)
     kwargs = dict(
@@ -378,9 +397,12 @@ def build_stack(reader: RunReader, settings: StackSettings, on_audit=None) -> St
         embargo=embargo,
         crossfit_folds=crossfit_folds,
         book={k: _plain(cfg.get(k)) for k in ("cost", "signal", "strategy", "evaluation") if cfg.get(k) is not None},
+        regime_source=(([] if not block else ["block"]) + ([model_run.run_id] if posterior is not None else [])),
     )
     if serve:
-        _serve(reader, result, settings, candidates, prep, score, signal, cfg, regime)
+        source_name = (model_alias or EXTERNAL) if posterior is not None else None
+        external = model_run.run_id if posterior is not None and not model_alias else None
+        _serve(reader, result, settings, candidates, prep, score, signal, cfg, block, source_name, external)
     return result
 
 
@@ -388,9 +410,23 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def _serve(reader, result: StackResult, settings, candidates, prep, score, signal, cfg, regime: bool) -> None:
+def _serve(
+    reader,
+    result: StackResult,
+    settings,
+    candidates,
+    prep,
+    score,
+    signal,
+    cfg,
+    regime: bool,
+    posterior_source: str | None = None,
+    posterior_run: str | None = None,
+) -> None:
     """The served stack (final combiner per horizon on every development OOF row purged before the
-    lockbox, the experts' final models) and, with ``holdout``, its lockbox evaluation."""
+    lockbox, the experts' final models) and, with ``holdout``, its lockbox evaluation. ``regime``: the
+    regime block is attached; ``posterior_source``: the alias of the expert whose posterior is attached
+    as ``regime__p*``, or ``EXTERNAL`` for the regime model ``posterior_run`` (not an expert)."""
     experts, horizons = result.experts, result.horizons
     aliases = [e.alias for e in experts]
     start = prep.lockbox.start
@@ -414,7 +450,8 @@ def _serve(reader, result: StackResult, settings, candidates, prep, score, signa
     bundles = [load_expert_bundle(reader.tracking_uri, e.run_id) for e in experts]
     from quantml.stacking.model import regime_inputs, union_contract
 
-    contract = union_contract(bundles, horizons)
+    posterior_model = load_expert_bundle(reader.tracking_uri, posterior_run) if posterior_run else None
+    contract = union_contract(bundles + ([posterior_model] if posterior_model is not None else []), horizons)
     if regime:
         contract.input_columns = sorted(set(contract.input_columns) | set(regime_inputs(prep.panel)))
     first = experts[0]
@@ -437,6 +474,8 @@ def _serve(reader, result: StackResult, settings, candidates, prep, score, signa
             "lockbox_start": prep.lockbox.tag(),
         },
         regime=regime,
+        posterior_source=posterior_source,
+        posterior_model=posterior_model,
     )
     if not settings.holdout:
         return
@@ -594,6 +633,7 @@ def _log(reader: RunReader, writer, run, result: StackResult, settings: StackSet
             **{f"combiner.{k}": v for k, v in settings.combiner.items()},
         }
         params.update({"serve": settings.serve, "holdout": settings.holdout})
+        params["regime_source"] = ",".join(result.regime_source) or "none"
         run.log_params(params)
         # the stack's settings, plus the book it trades (the first expert's cost, signal, strategy,
         # evaluation): what the registry's Sharpe gate rebuilds the stack's book from

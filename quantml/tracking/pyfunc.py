@@ -25,7 +25,9 @@ MODEL_NAME = MODEL_ARTIFACT  # runs:/<parent run id>/model
 
 
 class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper; params: ``last_only``, ``model_name``, ``model_version``."""
+    """MLflow pyfunc wrapper; params: ``last_only``, ``model_name``, ``model_version`` and ``text_path``
+    (a model trained on a raw text stream: a parquet/CSV file or directory of its posts, read by the
+    serving process; empty: served without text, docs/text.md)."""
 
     def load_context(self, context) -> None:
         with open(context.artifacts["bundle"], "rb") as fh:
@@ -33,12 +35,28 @@ class QuantmlPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         params = params or {}
+        text_path = str(params.get("text_path") or "")
+        text = {"text_stream": self._text_stream(text_path)} if text_path else {}
         return self.bundle.predict_contract(
             model_input,
             last_only=bool(params.get("last_only", False)),
             model_name=str(params.get("model_name", "")),
             model_version=str(params.get("model_version", "")),
+            **text,
         )
+
+    def _text_stream(self, text_path: str) -> pd.DataFrame:
+        """The posts at ``text_path``, validated with the training run's entity map."""
+        from quantml.contracts import QuantmlInputError
+        from quantml.data.text_stream import read_text_file
+
+        if not isinstance(self.bundle, ModelBundle):  # a stack or a route map: several models, no one stream
+            raise QuantmlInputError(
+                f"text_path= is for a single model trained on a raw text stream, not a {type(self.bundle).__name__}; "
+                "predict without text_path"
+            )
+        entity_map = (getattr(self.bundle.contract, "text", None) or {}).get("entity_map")
+        return read_text_file(text_path, entity_map, f"text_path={text_path}")
 
 
 def _signature(contract: FeatureContract, diagnostics=()) -> ModelSignature:
@@ -70,6 +88,7 @@ def _signature(contract: FeatureContract, diagnostics=()) -> ModelSignature:
             ParamSpec("last_only", "boolean", False),
             ParamSpec("model_name", "string", ""),
             ParamSpec("model_version", "string", ""),
+            ParamSpec("text_path", "string", ""),  # the raw posts of a model trained on a text stream
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)

@@ -63,6 +63,8 @@ class SourceRun:
             if with_edge.any()
             else costs.round_trip
         )
+        if np.isclose(cost, costs.round_trip, rtol=1e-6, atol=0.0):  # float32 frames: read back to ~1e-7
+            cost = costs.round_trip
         return SignalConfig.from_config(signal, cost=max(cost, 0.0))
 
     def periods_per_year(self) -> float:

@@ -2,17 +2,19 @@
 
 The synthetic 5-minute panel (10 symbols, ~841k bars each: 8.4M rows, every stream joined) is generated
 ONCE and cached as a parquet directory partitioned by symbol under ``$QUANTML_BENCH_CACHE`` (default
-``/tmp/quantml-bench``). Then, one subprocess at a time:
+``/tmp/quantml-bench``). Then, one subprocess at a time, each doing the same job -- from the cached
+parquet to the feature matrix (feature_set=full) and the labels (1h, 4h, 1d, 7d) of every row:
 
 (a) 0.1 (the worktree at ``$QUANTML_V01``, default ``/work/v01``: commit 1858afd) reads the cache with
-    plain pyarrow/pandas and runs its ``build_features`` (feature_set=full) + ``make_labels`` (1h, 4h, 1d, 7d);
-(b) the current code reads it with ``quantml.data.loaders.load_partitioned`` and runs the same build.
+    plain pyarrow/pandas and runs its ``build_features`` + ``make_labels``;
+(b) ``current``: the streaming build, ``quantml.labels.partitioned_features_and_labels`` (one symbol
+    partition in memory at a time; labels float32, each rounded once from float64);
+(c) ``current_in_memory``: the train path, ``load_partitioned`` + ``quantml.labels.features_and_labels``.
 
-Each subprocess records wall and CPU seconds of the read, the features and the labels, its RSS after the
-read and the peak RSS of the build (the kernel's high-water mark is reset after the read, so the read's own
-peak does not hide the build's, and freed memory of the read is handed back first, on both sides; the
-whole-process peak is recorded too), and a strided sample of every
-feature and label, which the parent compares (the current build must equal 0.1's up to float32 rounding).
+Each subprocess records wall and CPU seconds (``build``: the whole job, read included), its RSS after
+imports and the peak RSS of the job (the kernel's high-water mark is reset after the imports), and a
+strided sample of every feature and label, which the parent compares (each must equal 0.1's up to
+float32 rounding). The targets compare (b) with (a).
 Writes ``tests/benchmarks/results/scale_features.json``.
 
 Run: ``pytest -m benchmark tests/benchmarks/test_bench_scale_features.py -s``; quick iterations at 1M rows:
@@ -68,7 +70,7 @@ def status(key):
     return float("nan")
 
 t0 = time.perf_counter()
-import pandas as pd
+import pandas as pd, pyarrow.dataset
 from omegaconf import OmegaConf
 import quantml
 from quantml.features import build_features
@@ -90,31 +92,47 @@ def read_current():
     from quantml.data.loaders import load_partitioned
     return load_partitioned(data)
 
-panel = timed("read", read_v01 if side == "v01" else read_current)
-gc.collect()  # hand the read's freed memory back (arrow's pool, glibc's heap): RSS is then the panel itself
-import ctypes, pyarrow as pa
-pa.default_memory_pool().release_unused()
-ctypes.CDLL("libc.so.6").malloc_trim(0)
-rss_after_load, peak_load = status("VmRSS"), status("VmHWM")
-with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark: the build's own peak from here
-    f.write("5")
 cfg = OmegaConf.load(cfg_path)
-fm = timed("features", lambda: build_features(panel, cfg))
-lab = timed("labels", lambda: make_labels(panel, horizons, 0.001))
-peak_build = status("VmHWM")
-rows = np.arange(0, len(panel), stride)
+rss_start = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark: the job's own peak from here
+    f.write("5")
+if side == "current":  # the streaming build: parquet partitions -> features + labels, one symbol at a time
+    from quantml.labels import partitioned_features_and_labels
+    res = timed("build", lambda: partitioned_features_and_labels(data, cfg, horizons, 0.001))
+    fm, lab, n = res.features, res.labels, len(res.keys)
+    peak_build = peak_load = status("VmHWM")
+    rss_after_load = rss_start
+else:  # read the whole panel, then build from memory (0.1; and the current code's in-memory train path)
+    panel = timed("read", read_v01 if side == "v01" else read_current)
+    peak_load = status("VmHWM")
+    gc.collect()  # hand the read's freed memory back (arrow's pool, glibc's heap): RSS is then the panel itself
+    import ctypes, pyarrow as pa
+    pa.default_memory_pool().release_unused()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    rss_after_load = status("VmRSS")
+    if side == "v01":
+        fm = timed("features", lambda: build_features(panel, cfg))
+        lab = timed("labels", lambda: make_labels(panel, horizons, 0.001))
+    else:
+        from quantml.labels import features_and_labels
+        fm, lab = timed("features_and_labels", lambda: features_and_labels(panel, cfg, horizons, 0.001))
+    peak_build = status("VmHWM")
+    n = len(panel)
+    wall["build"] = sum(v for k, v in wall.items() if k != "import")
+    cpu["build"] = sum(cpu.values())
+rows = np.arange(0, n, stride)
 sample = {f"f:{c}": fm.frame[c].to_numpy()[rows] for c in fm.frame.columns}
 for name in ("ret", "ret_after_cost", "dir", "vol"):
     sample[f"l:{name}"] = np.asarray(getattr(lab, name))[rows]
 sample["l:t1"] = np.asarray(lab.t1)[rows].view(np.int64)
 np.savez(sample_path, **sample)
 print(json.dumps({
-    "side": side, "quantml_file": quantml.__file__, "rows": len(panel), "n_panel_columns": panel.shape[1],
+    "side": side, "quantml_file": quantml.__file__, "rows": n,
     "n_features": fm.frame.shape[1], "feature_dtypes": sorted({str(d) for d in fm.frame.dtypes}),
-    "wall_seconds": {**wall, "build": wall["features"] + wall["labels"]},
-    "cpu_seconds": {**cpu, "build": cpu["features"] + cpu["labels"]},
-    "rss_mb": {"after_load": rss_after_load, "peak_load": peak_load, "peak_build": peak_build,
-               "peak_build_above_load": peak_build - rss_after_load,
+    "label_dtype": str(np.asarray(lab.ret).dtype),
+    "wall_seconds": wall, "cpu_seconds": cpu,
+    "rss_mb": {"start": rss_start, "after_load": rss_after_load, "peak_load": peak_load, "peak_build": peak_build,
+               "peak_job": max(peak_load, peak_build),
                "peak_process": max(peak_load, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
 }))
 """
@@ -205,17 +223,19 @@ def test_bench_scale_features():
     samples.mkdir(exist_ok=True)
     old = _run("v01", v01, data, samples / "v01.npz")
     new = _run("current", REPO, data, samples / "current.npz")
-    assert Path(old["quantml_file"]).resolve().is_relative_to(v01.resolve()), old["quantml_file"]
-    assert Path(new["quantml_file"]).resolve().is_relative_to(REPO.resolve()), new["quantml_file"]
+    train = _run("current_in_memory", REPO, data, samples / "current_in_memory.npz")
+    for side, root in ((old, v01), (new, REPO), (train, REPO)):
+        assert Path(side["quantml_file"]).resolve().is_relative_to(root.resolve()), side["quantml_file"]
     same = _compare(samples / "v01.npz", samples / "current.npz")
-    ratios = {
+    same_train = _compare(samples / "v01.npz", samples / "current_in_memory.npz")
+    ratios = {  # the job on every side: from the cached parquet to the features + labels of every row
         "build_wall_speedup": old["wall_seconds"]["build"] / new["wall_seconds"]["build"],
         "build_cpu_speedup": old["cpu_seconds"]["build"] / new["cpu_seconds"]["build"],
-        "features_wall_speedup": old["wall_seconds"]["features"] / new["wall_seconds"]["features"],
-        "labels_wall_speedup": old["wall_seconds"]["labels"] / new["wall_seconds"]["labels"],
-        "peak_build_rss_ratio": new["rss_mb"]["peak_build"] / old["rss_mb"]["peak_build"],
-        "peak_build_above_load_ratio": new["rss_mb"]["peak_build_above_load"] / old["rss_mb"]["peak_build_above_load"],
-        "peak_process_rss_ratio": new["rss_mb"]["peak_process"] / old["rss_mb"]["peak_process"],
+        "peak_build_rss_ratio": new["rss_mb"]["peak_job"] / old["rss_mb"]["peak_job"],
+        "in_memory_build_wall_speedup": old["wall_seconds"]["build"] / train["wall_seconds"]["build"],
+        "in_memory_features_and_labels_wall_speedup": (old["wall_seconds"]["features"] + old["wall_seconds"]["labels"])
+        / train["wall_seconds"]["features_and_labels"],
+        "in_memory_peak_rss_ratio": train["rss_mb"]["peak_job"] / old["rss_mb"]["peak_job"],
     }
     res = {
         "rows": new["rows"],
@@ -227,12 +247,14 @@ def test_bench_scale_features():
         "cache": str(data),
         "v01": old,
         "current": new,
+        "current_in_memory": train,
         "ratios": ratios,
         "targets": {
             "build_wall_speedup>=3": ratios["build_wall_speedup"] >= 3.0,
             "peak_build_rss_ratio<=0.5": ratios["peak_build_rss_ratio"] <= 0.5,
         },
         "values_vs_v01": same,
+        "in_memory_values_vs_v01": same_train,
         "cpu_count": os.cpu_count(),
         "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
         "python": sys.version.split()[0],
@@ -242,4 +264,5 @@ def test_bench_scale_features():
     print(json.dumps(res, indent=2))
     assert old["rows"] == new["rows"] == N_SYMBOLS * n_bars
     assert new["n_features"] >= old["n_features"] > 60
-    assert not same["nan_mismatch"], same["nan_mismatch"]
+    assert not same["nan_mismatch"] and not same_train["nan_mismatch"], (same, same_train)
+    assert not same["beyond_4_ulp"] and not same_train["beyond_4_ulp"], (same, same_train)

@@ -58,6 +58,7 @@ def test_head_settings_are_checked():
         ({"name": "diffusion", "eta": 2.0}, "eta"),
         ({"name": "diffusion", "samples": 10}, "no setting"),
         ({"name": "diffusion", "point": "median"}, "point"),
+        ({"name": "diffusion", "target": "score"}, "target"),
     ):
         with pytest.raises(QuantmlInputError, match=words):
             parse_head(bad)
@@ -97,6 +98,23 @@ def test_denoising_loss_ignores_missing_targets():
     assert torch.isfinite(full) and torch.isfinite(part) and not torch.equal(full, part)
     part.backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_each_target_converts_to_the_noise_and_the_clean_returns(target, monkeypatch):
+    """A denoiser that outputs its target exactly implies the true noise and clean target, and has zero loss."""
+    head = DiffusionHead(3, 2, DiffusionSpec(steps=20, sample_steps=10, train_draws=1, target=target))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
+    k = torch.randint(0, 20, (64,), generator=g)
+    ab = head.abar[k].unsqueeze(-1)
+    xk = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    exact = {"eps": noise, "x0": x0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[target]
+    monkeypatch.setattr(head, "raw", lambda x, kk, cond: exact)
+    e, c = head.eps_x0(xk, k, None, ab)
+    torch.testing.assert_close(e, noise, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c, x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(head.eps(xk, k, None), noise, rtol=1e-4, atol=1e-4)
 
 
 # ---- the forecaster --------------------------------------------------------------------------

@@ -258,3 +258,65 @@ def test_a_gated_sequence_backbone_without_text_features_trains_as_its_base():
     model = wrap_fusion(MLPForecaster(HORIZONS, **kw), {"name": "residual_gate", "modality_dropout": 0.3, "hidden": 8})
     fc = model.fit(no_text.subset(train)).predict(no_text.subset(test))  # ablation=no_text: nothing to gate
     assert np.all(fc.diagnostics["gate"] == 0) and np.isfinite(fc.expected_return).all()
+
+
+def _distilled():
+    from quantml.models.distill import DistilledForecaster
+
+    student = dict(lookback=4, hidden_size=8, batch_size=64, max_epochs=1, limit_train_batches=2, num_threads=1)
+    teacher = dict(n_estimators=20, min_child_samples=10, n_jobs=1)
+    return DistilledForecaster(
+        HORIZONS, seed=0, crossfit_folds=2, latency_repeats=1, teacher=teacher, student={**student, "ff_size": 8}
+    )
+
+
+def test_the_fusion_wrapper_passes_the_distilled_backbones_run_and_fold_metrics_on():
+    from quantml.models.distill import METRIC_LATENCY_STUDENT, METRIC_LATENCY_TEACHER
+    from quantml.models.text_latents import TextLatentForecaster
+
+    data = text_panel(n_per_symbol=120, n_symbols=3)
+    train, test = split_in_time(data)
+    fused = ResidualGateForecaster(_distilled(), crossfit_folds=2)  # the tabular fusion around any base
+    assert fused.run_metrics() == {} and fused.fold_metrics(data.subset(test)) == {}  # unfitted: nothing yet
+    fused.fit(data.subset(train))
+    run = fused.run_metrics()
+    assert set(run) == {METRIC_LATENCY_STUDENT, METRIC_LATENCY_TEACHER} and all(v > 0 for v in run.values())
+    fold = fused.fold_metrics(data.subset(test))
+    assert {f"test_teacher_rank_ic/{h}" for h in HORIZONS} <= set(fold)
+    # and on through the raw-text wrapper, whose __getattr__ hands hooks to the fitted inner model
+    wrapped = TextLatentForecaster(ridge(), k=2)
+    wrapped.model_ = fused
+    assert wrapped.run_metrics() == run
+    assert ResidualGateForecaster(ridge()).fit(data.subset(train)).run_metrics() == {}  # a base without any
+
+
+def test_fusion_gives_the_distilled_student_the_gated_text_tower():
+    from quantml.models.distill import DistilledForecaster
+    from quantml.models.fusion.neural import GatedTextMixin
+    from quantml.models.sequence.financial_loss import SumOfTerms
+
+    data = text_panel(n_per_symbol=120, n_symbols=3)
+    train, test = split_in_time(data)
+    model = wrap_fusion(_distilled(), {"name": "residual_gate", "hidden": 8})
+    assert isinstance(model, DistilledForecaster) and isinstance(model.student, GatedTextMixin)
+    assert model.diagnostic_fields == DIAGNOSTIC_FIELDS
+    model.fit(data.subset(train))
+    assert isinstance(model.student_, GatedTextMixin) and model.student_.text_columns_.has_text
+    fc = model.predict(data.subset(test))
+    gate = fc.diagnostics["gate"]
+    assert gate.shape == (len(test), len(HORIZONS)) and np.all((gate >= 0) & (gate <= 1)) and gate.max() > 0
+    assert set(model.run_metrics()) and "fusion_gate_vs_activity.png" in model.figures()
+    again = pickle.loads(pickle.dumps(model))  # the bundle holds the gated student alone
+    assert "teacher_" not in again.__dict__
+    np.testing.assert_array_equal(again.predict(data.subset(test)).expected_return, fc.expected_return)
+    # the loss: distillation + gate penalty, plus the financial term exactly once when it is on
+    financial = model.student.with_capacity(None)
+    financial.w_sharpe = 0.2
+    terms = financial._extra_loss_fn()
+    assert isinstance(terms, SumOfTerms) and len(terms.terms) == 2
+    from quantml.models.sequence import MLPForecaster
+
+    plain = wrap_fusion(MLPForecaster(HORIZONS, seed=3, lookback=4, hidden_size=8), {"name": "residual_gate"})
+    plain.w_sharpe = 0.2
+    assert len(plain._extra_loss_fn().terms) == 2  # the gate penalty and the financial term ...
+    assert plain._extra_loss({}, {}) is None  # ... which the gated term does not add a second time

@@ -229,6 +229,65 @@ def test_fixed_capacity_residual_boost_sectors_and_index_symbol(small):
     assert (out.sector_attention > 0).all() and (out.sector_attention < 1).all()
 
 
+def _stage3_training_inputs(monkeypatch, model, train):
+    """Fit ``model`` (an LSTM stage 3) on ``train`` and return the SampleSet its stage 3 was trained on."""
+    seen, original = {}, LSTMForecaster.fit
+
+    def fit_and_keep(self, tr, va=None):
+        seen["train"] = tr
+        return original(self, tr, va)
+
+    monkeypatch.setattr(LSTMForecaster, "fit", fit_and_keep)
+    model.fit(train, None)
+    monkeypatch.setattr(LSTMForecaster, "fit", original)
+    return seen["train"]
+
+
+def test_stage3_trains_on_stage1_columns_of_a_model_not_fitted_on_the_rows_block(small, monkeypatch):
+    """Stage 3's training forecast columns (xa_base_*) of a row in crossfit block b come from a stage 1
+    fitted on the other blocks: changing block b's labels leaves them bit-identical (and moves the other
+    blocks'); the latent columns are the fold stage 1's (stage1_crossfit=forecasts), or out of fold too
+    (all), or every column the fold stage 1's in sample (off)."""
+    from quantml.validation.crossfit import crossfit_parts
+
+    prep, (tr, _, _) = small
+    data = prep.data
+    changed = pickle.loads(pickle.dumps(data))
+    rows = tr[np.isfinite(data.y_ret[tr]).any(axis=1)]
+    parts = crossfit_parts(rows, data.t0, data.t1, 3, pd.Timedelta("4h"))
+    block, other = parts[1][1], parts[0][1]
+    changed.y_ret[block] = np.random.default_rng(5).standard_normal(changed.y_ret[block].shape) * 0.05
+
+    def fit(mode, panel):
+        model = HybridForecaster(["1h", "4h"], seed=1, **HYBRID_TINY, stage1_crossfit=mode)
+        model = model.with_capacity({"stage1_epochs": 2, "epochs": 1})
+        seen = _stage3_training_inputs(monkeypatch, model, panel.subset(tr))
+        cols = [seen.data.feature_names.index(c) for c in model.stage_columns_]
+        fold = model._augment(panel, np.r_[block, other]).X[:, data.X.shape[1] :]  # the fold stage 1, in sample
+        return model, seen.data.X[:, cols].astype(np.float64), fold.astype(np.float64)
+
+    model, seen, fold = fit("forecasts", data)
+    assert [b["n_fit"] for b in model.crossfit_blocks_] == [len(f) for f, _ in parts]
+    base = [i for i, c in enumerate(model.stage_columns_) if c.startswith("xa_base_")]
+    latent = [i for i, c in enumerate(model.stage_columns_) if not c.startswith("xa_base_")]
+    assert np.isfinite(seen[block]).all()
+    assert not np.allclose(seen[np.ix_(block, base)], fold[np.ix_(block, base)])  # not the in-sample baseline
+    np.testing.assert_array_equal(seen[np.ix_(block, latent)], fold[np.ix_(block, latent)])
+    _, moved, _ = fit("forecasts", changed)
+    np.testing.assert_array_equal(moved[np.ix_(block, base)], seen[np.ix_(block, base)])
+    assert not np.array_equal(moved[np.ix_(other, base)], seen[np.ix_(other, base)])
+
+    _, every, _ = fit("all", data)
+    _, every_moved, _ = fit("all", changed)
+    np.testing.assert_array_equal(every_moved[block], every[block])  # every column of block 1 out of fold
+    assert not np.array_equal(every_moved[other], every[other])
+
+    _, plain, plain_fold = fit("off", data)
+    np.testing.assert_array_equal(plain[block], plain_fold[block])
+    with pytest.raises(QuantmlInputError, match="stage1_crossfit"):
+        HybridForecaster(["1h"], stage1_crossfit="blocks")
+
+
 def test_bad_settings_are_input_errors():
     with pytest.raises(QuantmlInputError, match="relation_dim"):
         HybridForecaster(["1h"], relation_dim=8)

@@ -5,7 +5,8 @@ for every head, around any backbone (docs/fusion.md).
   text residual fitted on the base's out-of-fold residuals (inner cross-fitting);
 - :func:`~quantml.models.fusion.neural.gate_sequence`: a sequence backbone's net plus a gated text
   tower, trained jointly with modality dropout;
-- :func:`wrap_fusion`: the configured one (``fusion=none | residual_gate``).
+- :func:`wrap_fusion`: the configured one (``fusion=none | residual_gate``); ``backbone=distilled`` gets
+  the neural one in its TSMixer student (the LightGBM teacher reads every feature).
 
 Both give ``Forecast.diagnostics`` ``gate`` and ``text_contribution`` ([n, H]).
 """
@@ -44,12 +45,18 @@ def wrap_fusion(model: Forecaster, fusion: Mapping | None) -> Forecaster:
         raise QuantmlInputError(f"fusion={name} is not a fusion; use one of {', '.join(FUSIONS)}")
     dropout = float(fusion.get("modality_dropout", 0.3))
     penalty = float(fusion.get("gate_penalty", 0.05))
+    hidden = int(fusion.get("hidden", 16))
     if hasattr(model, "_build_net"):  # a sequence backbone: the gated text tower inside its net
         from quantml.models.fusion.neural import gate_sequence
 
-        return gate_sequence(
-            model, modality_dropout=dropout, hidden=int(fusion.get("hidden", 16)), gate_penalty=penalty
-        )
+        return gate_sequence(model, modality_dropout=dropout, hidden=hidden, gate_penalty=penalty)
+    from quantml.models.distill import DistilledForecaster
+
+    if isinstance(model, DistilledForecaster):  # its TSMixer student gets the tower; the teacher reads every feature
+        from quantml.models.fusion.neural import gate_sequence
+
+        model.student = gate_sequence(model.student, modality_dropout=dropout, hidden=hidden, gate_penalty=penalty)
+        return model
     return ResidualGateForecaster(
         model,
         modality_dropout=dropout,

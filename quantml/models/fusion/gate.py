@@ -6,7 +6,7 @@ direction logit) and ``d_vol`` (added to the base's log volatility). Fitted join
 on the base's out-of-fold residuals, minimising
 
 ``sum_h [ MSE(r_h / s_r - g d_ret_h) + w_dir BCE(y_dir_h, sigmoid(logit_h + g d_dir_h))
-+ w_vol MSE(rv_h / s_v - g d_vol_h) ] + (l2 / m) |W|^2 + gate_penalty mean(g)``,
++ w_vol MSE(rv_h / s_v - g d_vol_h) ] + (l2 / m) (|W|^2 + |wa|^2) + gate_penalty mean(g)``,
 
 where ``r`` is the return residual and ``rv`` the log-vol residual, ``s_r``/``s_v`` their stds (the
 return and log-vol deltas are scaled back by them). The gate penalty keeps the gate
@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 _EPS = 1e-12
+# the ridge alpha on the gate weights, relative to the deltas' (once 0.01: a nearly free gate grew sharp on
+# collinear activity features -- posts vs authors -- and fitted noise on the raw text stream, docs/fusion.md)
+WA_L2 = 1.0
 
 
 @dataclass
@@ -103,7 +106,7 @@ def fit_gated_residual(
     # the return and log-vol deltas are fitted in units of their residual's std: the L2 penalty then
     # means the same on any bar size, and each head's loss is ~1 before the text helps
     scale = np.ones((3, H))
-    scale[0], scale[2] = _std(r), _std(rv)
+    scale[0], scale[2] = column_std(r), column_std(rv)
     ok = [np.isfinite(x) for x in (r, y_dir, rv)]
     cnt = [np.maximum(o.sum(0), 1) for o in ok]
     rt, yd, rvt = (np.where(o, np.nan_to_num(x), 0.0) for o, x in zip(ok, (r, y_dir, rv)))
@@ -132,7 +135,7 @@ def fit_gated_residual(
             + w_dir * ((bce * ok[1]).sum(0) / cnt[1]).sum()
             + w_vol * ((e2**2 * ok[2]).sum(0) / cnt[2]).sum()
         )
-        loss += lam * ((W**2).sum() + 0.01 * (wa**2).sum()) + gate_penalty * H * g.sum() / n_av
+        loss += lam * ((W**2).sum() + WA_L2 * (wa**2).sum()) + gate_penalty * H * g.sum() / n_av
         # d loss / d (g d_k) [m, H]
         q = np.stack(
             [-2.0 * e0 * ok[0] / cnt[0], w_dir * (p1 - yd) * ok[1] / cnt[1], -2.0 * w_vol * e2 * ok[2] / cnt[2]]
@@ -140,7 +143,7 @@ def fit_gated_residual(
         gW = np.einsum("knh,n,nc->khc", q, g, C) + 2.0 * lam * W
         dg = (q * d).sum(axis=(0, 2)) + gate_penalty * H / n_av  # d loss / d g [m]
         dz = dg * av * s * (1.0 - s)
-        grad = np.concatenate([[dz.sum()], A.T @ dz + 0.02 * lam * wa, gW.ravel()])
+        grad = np.concatenate([[dz.sum()], A.T @ dz + 2.0 * WA_L2 * lam * wa, gW.ravel()])
         return float(loss), grad
 
     # start half open, each delta at its ridge fit under that gate: from a closed gate (or zero deltas)
@@ -162,7 +165,7 @@ def fit_gated_residual(
     return GatedResidual(a0, wa.copy(), W.copy(), np.zeros((3, H)), scale)
 
 
-def _std(x: np.ndarray) -> np.ndarray:
+def column_std(x: np.ndarray) -> np.ndarray:
     """Per column std over finite values (1 for an empty or constant column)."""
     out = np.ones(x.shape[1])
     for j in range(x.shape[1]):

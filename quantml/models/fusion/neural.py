@@ -125,11 +125,19 @@ class GatedTextMixin:
         return GatedTextNet(net, cols, z0, z1, spec["n_horizons"], self.fusion_hidden, self.fusion_modality_dropout)
 
     def _extra_loss(self, out: dict, batch: dict):
-        inner = super()._extra_loss(out, batch)
+        # the backbone's own term (the distilled student's), never the default financial one:
+        # _extra_loss_fn adds that to this (it would count twice)
+        own = type(self)._fusion_base._extra_loss is not SequenceForecaster._extra_loss
+        inner = super()._extra_loss(out, batch) if own else None
         if GATE not in out:
             return inner
         term = self.fusion_gate_penalty * out[GATE].mean()
         return term if inner is None else inner + term
+
+    def _extra_loss_fn(self):
+        """This class's term (the gate penalty, plus the backbone's own) and the financial one: the generic
+        sum, also for a distilled student of weight 0 (whose own rule would drop the gate penalty)."""
+        return SequenceForecaster._extra_loss_fn(self)
 
     def predict(self, data) -> Forecast:
         base = super().predict(data)

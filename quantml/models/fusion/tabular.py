@@ -11,7 +11,9 @@ Fit on a training part (``train`` rows, ``valid`` for the base's early stopping 
 3. the gate and the deltas are fitted jointly on those out-of-fold residuals
    (:func:`~quantml.models.fusion.gate.fit_gated_residual`), with modality dropout: a seeded share
    ``modality_dropout`` of the rows is shown without text (gate held at 0), so the fit never
-   counts on text being there.
+   counts on text being there; and only kept when, fitted on the earlier residuals, it beats the
+   base on a later held-out slice of them, with the content group and gate penalty that slice
+   picks (:func:`~quantml.models.fusion.select.select_gated_residual`; ``selection_``).
 
 Heads: expected return ``+ g d_ret``; direction logit ``+ g d_dir``; volatility ``* exp(g d_vol)``;
 P10/P50/P90 ``expected + vol * z`` with the base's residual quantiles ``z`` (a base with residual
@@ -32,7 +34,8 @@ import pandas as pd
 
 from quantml.contracts import QuantmlInputError, parse_duration
 from quantml.models.base import Forecast, Forecaster, PanelData, SampleSet, residual_quantiles, scaled_median_capacity
-from quantml.models.fusion.gate import GatedResidual, Standardiser, fit_gated_residual
+from quantml.models.fusion.gate import GatedResidual, Standardiser
+from quantml.models.fusion.select import content_groups, select_gated_residual
 from quantml.models.fusion.text import TextColumns
 from quantml.validation.crossfit import crossfit_parts
 
@@ -124,6 +127,16 @@ class ResidualGateForecaster(Forecaster):
     def feature_importance(self) -> pd.Series | None:
         return self.base_.feature_importance() if hasattr(self, "base_") else None
 
+    def run_metrics(self) -> dict[str, float]:
+        """The fitted base's metrics for the parent run (the distilled backbone's predict latencies), else none."""
+        hook = getattr(getattr(self, "base_", None), "run_metrics", None)
+        return dict(hook()) if hook is not None else {}
+
+    def fold_metrics(self, test: SampleSet) -> dict[str, float]:
+        """The fitted base's per-fold metrics on the test block it sees (its non-text features), else none."""
+        hook = getattr(getattr(self, "base_", None), "fold_metrics", None)
+        return dict(hook(self._view(test.data).subset(test.rows))) if hook is not None else {}
+
     # ---- fit / predict ----------------------------------------------------------------------
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> ResidualGateForecaster:
         data = train.data
@@ -140,6 +153,7 @@ class ResidualGateForecaster(Forecaster):
         self.activity_scaler_ = Standardiser(np.zeros(n_a), np.zeros(n_a), np.ones(n_a))
         self.content_scaler_ = Standardiser(np.zeros(n_c), np.zeros(n_c), np.ones(n_c))
         self.gate_summary_ = None
+        self.selection_ = None  # the held-out check's choice (fusion/select.py), with text
         if cols.has_text:
             self._fit_text(train, view)
         return self
@@ -157,16 +171,21 @@ class ResidualGateForecaster(Forecaster):
         keep = np.random.default_rng(self.seed).random(len(rows)) >= self.modality_dropout  # modality dropout
         with np.errstate(divide="ignore", invalid="ignore"):
             rv = np.log(np.where(data.y_vol[rows] > 0, data.y_vol[rows], np.nan)) - np.log(oof.vol_forecast)
-        self.gate_model_ = fit_gated_residual(
+        # kept only when it beats the base on a later, purged slice of these residuals (fusion/select.py)
+        self.gate_model_, self.selection_ = select_gated_residual(
             A,
             C,
-            avail & keep,
+            avail,
             data.y_ret[rows] - oof.expected_return,
             _logit(oof.prob_up),
             data.y_dir[rows],
             rv,
+            data.t0[rows],
+            data.t1[rows],
+            keep,
             l2=self.l2,
             gate_penalty=self.gate_penalty,
+            groups=content_groups(cols.names_of("content")),
             max_iter=self.max_iter,
         )
         g = self.gate_model_.gate(A, avail)

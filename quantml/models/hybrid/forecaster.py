@@ -9,7 +9,17 @@
 3. Stage 3 (:mod:`~quantml.models.hybrid.temporal`): a sequence backbone (``temporal``) over the panel
    with the stage-1 columns appended to every row's features (modality ``cross_asset``). A window's past
    steps carry the stage-1 outputs of their own timestamps, and stage 1 at time ``s`` reads only the
-   snapshot at ``s``, so every input of a window is causal.
+   snapshot at ``s``, so every input of a window is causal. With ``stage1_crossfit`` stage 3 trains on
+   **out-of-fold** stage-1 columns: the training rows are cut into ``crossfit_folds`` purged blocks in
+   time (:func:`quantml.validation.crossfit.crossfit_parts`, the blocks of stage 2) and the columns of
+   every bar in block ``b``'s time span come from a stage 1 fitted on the other blocks, so stage 3
+   learns how far to trust stage-1 outputs it has not been fitted on, as it meets them at prediction
+   (where the fold's stage 1 gives them). ``forecasts`` cross-fits the forecast columns
+   (``xa_base_<h>``, ``xa_boost_<h>``: return forecasts mean the same in every stage-1 model) and keeps
+   the latent ones (relationship embedding, attention) from the fold's stage 1, the model that gives them
+   at prediction (an embedding's coordinates only mean something within one model); ``all`` cross-fits
+   every column; ``off`` (default: on the planted lead-lag it forecasts better, docs/hybrid.md): every
+   column from the fold's stage 1, in sample.
 
 Shapes: ``n`` panel rows, ``F`` features, ``H`` horizons, ``S`` training assets.
 """
@@ -30,11 +40,13 @@ from quantml.models.hybrid.boost import ResidualBoost
 from quantml.models.hybrid.grid import window_rows
 from quantml.models.hybrid.stage1 import CrossSectionalStage, StageOutput
 from quantml.models.hybrid.temporal import build_temporal, temporal_config
+from quantml.validation.crossfit import crossfit_parts
 
 MODALITY = L.CROSS_ASSET_MODALITY  # modality of the stage-1 columns stage 3 reads
 PREFIX = "xa_"  # stage-1 column names: xa_rel_00.., xa_att_market, xa_att_sector, xa_base_<h>, xa_boost_<h>
 ATTENTION_FIGURE = L.HYBRID_ATTENTION_FIGURE
 RELATION_DIM_RANGE = (16, 64)
+CROSSFIT_MODES = ("forecasts", "all", "off")  # stage1_crossfit: which stage-1 columns stage 3 trains on out of fold
 
 
 class HybridForecaster(Forecaster):
@@ -52,7 +64,11 @@ class HybridForecaster(Forecaster):
     sectors : ``{SYMBOL: sector}``; gives the ``xa_att_sector`` column (mean attention to same-sector assets).
     baseline_feature : append stage 1's baseline forecast (``xa_base_<h>``) to stage 3's inputs.
     residual_boost : stage 2 on (``xa_boost_<h>``: baseline + trees on the out-of-fold residuals).
-    crossfit_folds : blocks of stage 2's inner cross-fitting (embargo = the longest horizon).
+    stage1_crossfit : ``off`` (default: the fold's stage 1, in sample), ``forecasts`` (stage 3 trains on
+        out-of-fold baseline/boost columns: one stage 1 per block of the training rows, fitted on the
+        other blocks) or ``all`` (every stage-1 column out of fold). ``true``/``false``: ``forecasts``/``off``.
+    crossfit_folds : blocks of the inner cross-fitting of stage 2 and stage 3's inputs (embargo = the
+        longest horizon).
     boost_kwargs : LightGBM settings of stage 2 (:data:`~quantml.models.hybrid.boost.BOOST_DEFAULTS`).
     num_threads : torch threads of stage 1.
 
@@ -83,6 +99,7 @@ class HybridForecaster(Forecaster):
         sectors: dict | None = None,
         baseline_feature: bool = True,
         residual_boost: bool = False,
+        stage1_crossfit: str | bool = "off",
         crossfit_folds: int = 3,
         boost_kwargs: dict | None = None,
         num_threads: int | None = 1,
@@ -126,6 +143,13 @@ class HybridForecaster(Forecaster):
         self.index_symbol = None if index_symbol in (None, "") else str(index_symbol)
         self.sectors = None if sectors is None else {str(k): str(v) for k, v in dict(sectors).items()}
         self.baseline_feature, self.residual_boost = bool(baseline_feature), bool(residual_boost)
+        if isinstance(stage1_crossfit, bool):
+            stage1_crossfit = "forecasts" if stage1_crossfit else "off"
+        if stage1_crossfit not in CROSSFIT_MODES:
+            raise QuantmlInputError(
+                f"backbone.stage1_crossfit must be one of {', '.join(CROSSFIT_MODES)}, got {stage1_crossfit!r}"
+            )
+        self.stage1_crossfit = str(stage1_crossfit)
         self.crossfit_folds = int(crossfit_folds)
         self.boost_kwargs = dict(boost_kwargs or {})
         ResidualBoost(self.horizons, **self.boost_kwargs)  # an unknown key fails now
@@ -168,6 +192,7 @@ class HybridForecaster(Forecaster):
         self.stage1_ = self._new_stage().fit(
             data, rows, valid.data if valid_rows is not None else None, valid_rows, epochs=fixed.get("stage1_epochs")
         )
+        self._block_stages: dict[bytes, CrossSectionalStage] = {}  # stage 1 per crossfit fit part (shared)
         self.boost_ = self._fit_boost(data, rows, fixed) if self.residual_boost else None
         self.feature_names_ = list(data.feature_names)
         self.stage_columns_ = self._stage_columns()
@@ -176,7 +201,15 @@ class HybridForecaster(Forecaster):
             model = model.with_capacity({"epochs": int(fixed["epochs"])})
         model.checkpoint_in(getattr(self, "checkpoint_root", None), getattr(self, "resume_checkpoints", False))
         lookback = model.lookback
-        if valid_rows is not None and valid.data is data:
+        forecasts_read = self.baseline_feature or self.residual_boost
+        crossfit = self.stage1_crossfit == "all" or (self.stage1_crossfit == "forecasts" and forecasts_read)
+        if crossfit:  # training windows read out-of-fold stage-1 columns; validation the fold's
+            needed = window_rows(data, rows, lookback)
+            aug = self._augment(data, needed, outputs=self._crossfit_outputs(data, rows, needed))
+            aug_valid = None
+            if valid_rows is not None:
+                aug_valid = self._augment(valid.data, window_rows(valid.data, valid_rows, lookback)).subset(valid_rows)
+        elif valid_rows is not None and valid.data is data:
             aug = self._augment(data, window_rows(data, np.r_[rows, valid_rows], lookback))
             aug_valid = aug.subset(valid_rows)
         else:
@@ -184,6 +217,7 @@ class HybridForecaster(Forecaster):
             aug_valid = None
             if valid_rows is not None:
                 aug_valid = self._augment(valid.data, window_rows(valid.data, valid_rows, lookback)).subset(valid_rows)
+        self._block_stages = {}
         model.fit(aug.subset(rows), aug_valid)
         self.temporal_ = model
         self.capacity_ = {"stage1_epochs": int(self.stage1_.epochs_), **dict(model.capacity_)}
@@ -285,23 +319,65 @@ class HybridForecaster(Forecaster):
         full[out.grid.pos[present]] = values[present]
         return full, out
 
+    def _crossfit_embargo(self):
+        return max(parse_duration(h, "horizon") for h in self.horizons)
+
+    def _block_stage(self, data: PanelData, fit_rows: np.ndarray) -> CrossSectionalStage:
+        """A stage 1 fitted on ``fit_rows`` for the fold's stage-1 epochs (cached: stage 2 and stage 3's
+        inputs cross-fit on the same blocks)."""
+        key = np.asarray(fit_rows, dtype=np.int64).tobytes()
+        if key not in self._block_stages:
+            self._block_stages[key] = self._new_stage().fit(data, fit_rows, epochs=int(self.stage1_.epochs_))
+        return self._block_stages[key]
+
+    def _crossfit_outputs(self, data: PanelData, rows: np.ndarray, needed: np.ndarray) -> np.ndarray:
+        """Out-of-fold stage-1 outputs ``[n, k]`` (NaN off ``needed``) for stage 3's training windows: the
+        rows ``rows`` cut into the purged blocks of :func:`crossfit_parts`; a row of ``needed`` whose time
+        lies in block ``b``'s span (from its first bar to the next block's; before block 0: block 0) gets
+        the outputs of a stage 1 fitted on the blocks other than ``b`` — only the baseline (the last H
+        columns) with ``stage1_crossfit=forecasts``, the rest the fold stage 1's. Records ``crossfit_blocks_``."""
+        parts = crossfit_parts(rows, data.t0, data.t1, self.crossfit_folds, self._crossfit_embargo())
+        t0 = np.asarray(data.t0, dtype="datetime64[ns]")
+        starts = np.array([t0[predict].min() for _, predict in parts])
+        block = np.clip(np.searchsorted(starts, t0[needed], side="right") - 1, 0, None)
+        full = None
+        if self.stage1_crossfit == "forecasts":
+            full = self._row_outputs(self.stage1_, data, needed)[0]
+        H = len(self.horizons) if self.stage1_crossfit == "forecasts" else None
+        self.crossfit_blocks_ = []
+        for b, (fit_rows, _) in enumerate(parts):
+            mine = needed[block == b]
+            if not len(mine):
+                continue
+            values = self._row_outputs(self._block_stage(data, fit_rows), data, mine)[0]
+            if full is None:
+                full = np.full_like(values, np.nan)
+            if H:
+                full[mine, -H:] = values[mine, -H:]
+            else:
+                full[mine] = values[mine]
+            start = str(pd.Timestamp(starts[b], tz="UTC"))
+            self.crossfit_blocks_.append({"block": b, "start": start, "n_fit": len(fit_rows), "n_rows": len(mine)})
+        return full
+
     def _fit_boost(self, data: PanelData, rows: np.ndarray, fixed: dict) -> ResidualBoost:
-        epochs = int(self.stage1_.epochs_)
-        embargo = max(parse_duration(h, "horizon") for h in self.horizons)
-
         def outputs_of(fit_rows: np.ndarray, predict_rows: np.ndarray) -> np.ndarray:
-            stage = self._new_stage().fit(data, fit_rows, epochs=epochs)
-            return self._row_outputs(stage, data, predict_rows)[0][predict_rows]
+            return self._row_outputs(self._block_stage(data, fit_rows), data, predict_rows)[0][predict_rows]
 
-        boost = ResidualBoost(self.horizons, self.seed, self.crossfit_folds, embargo, **self.boost_kwargs)
+        boost = ResidualBoost(
+            self.horizons, self.seed, self.crossfit_folds, self._crossfit_embargo(), **self.boost_kwargs
+        )
         trees = {k: v for k, v in fixed.items() if k.startswith("boost/")} or None
         return boost.fit(rows, data.t0, data.t1, outputs_of, lambda r, o: np.hstack([data.X[r], o]), data.y_ret, trees)
 
-    def _augment(self, data: PanelData, rows: np.ndarray, keep_output: bool = False):
+    def _augment(self, data: PanelData, rows: np.ndarray, keep_output: bool = False, outputs: np.ndarray | None = None):
         """``data`` with the stage-1 columns appended to ``X`` (modality ``cross_asset``), filled at every
-        row of the timestamps of ``rows`` (NaN elsewhere: rows no window reads)."""
+        row of the timestamps of ``rows`` (NaN elsewhere: rows no window reads): the fold's stage 1, or the
+        given ``outputs`` [n, k] (the out-of-fold ones of :meth:`_crossfit_outputs`)."""
         H = len(self.horizons)
-        outputs, out = self._row_outputs(self.stage1_, data, rows)
+        out = None
+        if outputs is None:
+            outputs, out = self._row_outputs(self.stage1_, data, rows)
         cols = [outputs[:, :-H]]
         if self.baseline_feature:
             cols.append(outputs[:, -H:])

@@ -28,6 +28,7 @@ from quantml.contracts import QuantmlInputError
 HEADS = ("quantile", "diffusion")
 SCHEDULES = ("linear", "cosine")
 POINTS = ("samples", "head")
+TARGETS = ("eps", "x0", "v")  # what the denoiser predicts: the noise, the clean target, or v (DiffusionSpec)
 TIME_DIM = 16  # sinusoidal embedding of the noise step
 X0_CLIP = 50.0  # predicted clean targets (scaled units) are clipped while sampling, for stability
 SAMPLE_CHUNK = 65536  # rows x samples denoised at once when sampling (bounds memory)
@@ -43,7 +44,9 @@ class DiffusionSpec:
     weight : weight of the denoising loss; eta : DDIM stochasticity (1 = DDPM-like, 0 = deterministic
     given the starting noise); point : ``samples`` (expected return = the samples' mean) or ``head``
     (the mean head's forecast, trained on MSE); train_draws : noise draws per training row and step (the
-    denoiser is small beside the backbone: several draws per row sharpen its gradient at little cost).
+    denoiser is small beside the backbone: several draws per row sharpen its gradient at little cost);
+    target : what the denoiser predicts and its loss is the MSE of: ``eps`` (the noise, Ho et al. 2020),
+    ``x0`` (the clean scaled returns) or ``v`` (``sqrt(ab) eps - sqrt(1 - ab) x0``, Salimans and Ho 2022).
     """
 
     schedule: str = "cosine"
@@ -56,8 +59,11 @@ class DiffusionSpec:
     eta: float = 1.0
     point: str = "samples"
     train_draws: int = 8
+    target: str = "eps"
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise QuantmlInputError(f"head.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.schedule not in SCHEDULES:
             raise QuantmlInputError(f"head.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.point not in POINTS:
@@ -157,17 +163,34 @@ class DiffusionHead(nn.Module):
     def weight(self) -> float:
         return float(self.spec.weight)
 
-    def eps(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Predicted noise [N, H] from ``x`` [N, H], steps ``k`` [N] (or [1]: one step for every row) and the
-        projected context ``cond`` [N, d]."""
+    def raw(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output [N, H] (its ``target``: eps, x0 or v) from ``x`` [N, H], steps ``k`` [N]
+        (or [1]: one step for every row) and the projected context ``cond`` [N, d]."""
         h = F.silu(self.inp(x) + self.time(_time_embedding(k, int(self.spec.steps))) + cond)
         for block in self.blocks:
             h = h + block(h + cond)
         return self.out(h)
 
+    def eps_x0(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor, ab: torch.Tensor):
+        """``(eps, x0)`` [N, H] implied by the denoiser at ``x`` with signal share ``ab`` (of step ``k``)."""
+        out = self.raw(x, k, cond)
+        target = getattr(self.spec, "target", "eps")  # specs pickled before the key: eps
+        if target == "eps":
+            return out, (x - (1 - ab).sqrt() * out) / ab.sqrt()
+        if target == "x0":
+            return (x - ab.sqrt() * out) / (1 - ab).sqrt(), out
+        x0 = ab.sqrt() * x - (1 - ab).sqrt() * out  # v
+        return (1 - ab).sqrt() * x + ab.sqrt() * out, x0
+
+    def eps(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Predicted noise [N, H] at ``x`` [N, H], steps ``k`` (see :meth:`raw`)."""
+        kk = k.expand(len(x)) if len(k) == 1 else k
+        ab = self.abar.to(x.device)[kk].unsqueeze(-1).to(x.dtype)
+        return self.eps_x0(x, k, cond, ab)[0]
+
     def loss(self, context: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eps-prediction MSE over the finite entries of ``y`` [B, H] (scaled units), ``train_draws`` noise
-        steps and draws per row."""
+        """MSE of the denoiser's ``target`` (eps, x0 or v) over the finite entries of ``y`` [B, H] (scaled
+        units), ``train_draws`` noise steps and draws per row."""
         r = int(self.spec.train_draws)
         cond = self.cond(context).repeat(r, 1)
         y = y.repeat(r, 1)
@@ -178,7 +201,9 @@ class DiffusionHead(nn.Module):
         noise = torch.randn(x0.shape, generator=generator, device=y.device, dtype=x0.dtype)
         ab = self.abar.to(y.device)[k].unsqueeze(-1).to(x0.dtype)
         xk = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        err = (self.eps(xk, k, cond) - noise) ** 2
+        target = getattr(self.spec, "target", "eps")
+        want = noise if target == "eps" else x0 if target == "x0" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        err = (self.raw(xk, k, cond) - want) ** 2
         return torch.where(ok, err, torch.zeros_like(err)).sum() / ok.sum().clamp_min(1)
 
     @torch.no_grad()
@@ -203,8 +228,8 @@ class DiffusionHead(nn.Module):
                 ab_t = abar[level]
                 ab_prev = abar[int(levels[i + 1])] if i + 1 < len(levels) else torch.ones((), device=abar.device)
                 k = torch.full((1,), level, dtype=torch.long, device=context.device)  # broadcast over rows
-                e = self.eps(x, k, c)
-                x0 = ((x - (1 - ab_t).sqrt() * e) / ab_t.sqrt()).clamp(-X0_CLIP, X0_CLIP)
+                e, x0 = self.eps_x0(x, k, c, ab_t)
+                x0 = x0.clamp(-X0_CLIP, X0_CLIP)
                 sigma = spec.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp_min(0).sqrt()
                 x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * e
                 if spec.eta > 0 and i + 1 < len(levels):
