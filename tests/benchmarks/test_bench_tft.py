@@ -5,12 +5,14 @@ lives in its own venv, never in quantml's dependencies::
 
     python3 -m venv /work/bench-venv
     /work/bench-venv/bin/pip install torch==2.13.0          # first: keeps the CPU wheel
-    /work/bench-venv/bin/pip install "pytorch-forecasting>=1.4,<2"
+    /work/bench-venv/bin/pip install "pytorch-forecasting==1.8.0"   # the version the figures are for
     QUANTML_BENCH_VENV=/work/bench-venv pytest -m benchmark tests/benchmarks/test_bench_tft.py -s
 
 Same synthetic hourly panel (20 symbols x 20,000 bars), encoder 96, one step ahead, hidden 64,
 4 heads, quantiles 0.1/0.5/0.9, batch 256, 2 threads, 200 training batches for both. Each
-measurement runs in its own subprocess (peak RSS = that process's high-water mark).
+measurement runs in its own subprocess (peak RSS = that process's high-water mark); the 400k training
+runs (theirs, ours with the default ``batch_chunk=16``, ours with i.i.d. batches ``batch_chunk=1``) are
+the best of ``BENCH_REPEATS`` (2) rounds, each round running all three one after the other.
 Figures go to ``tests/benchmarks/results/tft.json``.
 """
 
@@ -31,6 +33,7 @@ REPO = HERE.parents[1]
 RESULTS = HERE / "results" / "tft.json"
 VENV_ENV = "QUANTML_BENCH_VENV"
 SMALL, LARGE = (20, 20_000), (20, 100_000)  # 400k and 2M rows
+REPEATS = int(os.environ.get("BENCH_REPEATS", 2))  # each 400k training run: the best of this many
 
 pytestmark = pytest.mark.benchmark
 sys.path.insert(0, str(HERE))
@@ -86,15 +89,31 @@ def test_tft_against_pytorch_forecasting(tmp_path):
     r = {
         "theirs_dataset": _run(theirs_py, "bench_tft_theirs.py", "dataset", str(panels["400k"]), quantml=False),
         "ours_dataset": _run(sys.executable, "bench_tft_ours.py", "dataset", str(panels["400k"]), quantml=True),
-        "theirs_train": _run(theirs_py, "bench_tft_theirs.py", "train", str(panels["400k"]), quantml=False),
-        "ours_train": _run(sys.executable, "bench_tft_ours.py", "train", str(panels["400k"]), quantml=True),
-        "ours_train_iid_batches": _run(
-            sys.executable, "bench_tft_ours.py", "train", str(panels["400k"]), "--batch-chunk", "1", quantml=True
-        ),
-        "ours_train_2M": _run(
-            sys.executable, "bench_tft_ours.py", "train", str(panels["2M"]), "--no-valid", quantml=True
+    }
+    # best of REPEATS: the three 400k training runs one after the other, the whole round repeated, so a
+    # burst of load on the machine hits one round of both sides rather than one side only
+    trains = {
+        "theirs_train": (theirs_py, "bench_tft_theirs.py", "train", str(panels["400k"])),
+        "ours_train": (sys.executable, "bench_tft_ours.py", "train", str(panels["400k"])),
+        "ours_train_iid_batches": (
+            sys.executable,
+            "bench_tft_ours.py",
+            "train",
+            str(panels["400k"]),
+            "--batch-chunk",
+            "1",
         ),
     }
+    runs = {name: [] for name in trains}
+    for _ in range(REPEATS):
+        for name, (python, *args) in trains.items():
+            runs[name].append(_run(python, *args, quantml=python == sys.executable))
+    for name, results in runs.items():
+        r[name] = max(results, key=lambda res: res["samples_per_second"])
+        r[name]["samples_per_second_runs"] = [res["samples_per_second"] for res in results]
+    r["ours_train_2M"] = _run(
+        sys.executable, "bench_tft_ours.py", "train", str(panels["2M"]), "--no-valid", quantml=True
+    )
     for res in r.values():
         # training = the fit (peak RSS when fit returns, before the validation forecasts);
         # dataset = the whole dataset subprocess
@@ -119,11 +138,13 @@ def test_tft_against_pytorch_forecasting(tmp_path):
     # memory targets on what the work took above the import baseline (peak RSS - RSS after
     # imports): whole-process peaks are also reported, but ~0.4 GB of torch + lightning is
     # common to both sides and no library choice can shrink it
-    targets = {
-        "samples_per_second_ours_over_theirs": (">=", 3.0),
-        "training_memory_ours_over_theirs": ("<=", 1 / 3),
+    targets = {  # issue 12 ("Sequence backbones")
+        "samples_per_second_ours_over_theirs": (">=", 5.0),
+        "samples_per_second_ours_iid_over_theirs": (">=", 2.0),
+        "training_memory_ours_over_theirs": ("<=", 1 / 4),
         "dataset_memory_ours_over_theirs": ("<=", 1 / 3),
-        "valid_pinball_ours_over_theirs": ("<=", 1.05),
+        "valid_pinball_ours_over_theirs": ("<=", 1.02),
+        "valid_pinball_ours_iid_over_theirs": ("<=", 1.02),
         "training_peak_rss_2M_over_400k": ("<=", 1.5),
     }
     met = {k: (ratios[k] >= v if op == ">=" else ratios[k] <= v) for k, (op, v) in targets.items()}
@@ -134,6 +155,7 @@ def test_tft_against_pytorch_forecasting(tmp_path):
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "targets": {k: f"{op} {v:.3g}" for k, (op, v) in targets.items()},
         "targets_met": met,
+        "repeats": REPEATS,
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

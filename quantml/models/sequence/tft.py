@@ -20,7 +20,12 @@ decoder steps) -> gated skip -> position-wise GRN -> gated skip -> per-horizon h
 The per-variable networks are evaluated for all variables at once (batched weights), not
 in a Python loop over variables, and the encoder's variable selection — a per-step block
 that depends only on the step's features and the symbol — runs once per distinct panel row
-of a batch (``xu``) and is gathered into the windows, instead of once per window step.
+of a batch (``xu``) and is gathered into the windows, instead of once per window step. That
+selection is fused (:meth:`VariableSelectionNetwork.select_reals`): the embeddings of the real
+inputs are folded into the linear maps that read them, the per-variable GRNs run variable-major on
+cache-sized row slices recomputed in the backward pass, and the final LayerNorm and weighted sum
+over variables is one hand-differentiated step. Same function and parameters as the plain path
+(``forward(embedding(x))``), which ``tests/unit/test_tft_fused.py`` checks, gradients included.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from quantml.contracts import QuantmlInputError
 from quantml.models.sequence.heads import MultiHorizonHead
@@ -41,6 +47,22 @@ from quantml.models.sequence.trainer import SequenceForecaster
 STATIC_NAMES = ["symbol", "symbol_ret_scale", "symbol_vol_level"]
 STEP_NAME = "horizon_step"
 INFERENCE_SLICE = 4096  # distinct steps per variable-selection call when predicting
+VAR_GRN_ELEMENTS = 16384  # (row, variable) pairs per slice of the per-variable GRNs: a cache-sized working set
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
+    """Inverted-dropout multiplier: 0 with probability ``p``, else ``1 / (1 - p)`` (uniform draws compared
+    with ``p``: cheaper on CPU than ``bernoulli_``)."""
+    return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same module, same state) drawing its mask with :func:`dropout_mask`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * dropout_mask(x.shape, self.p, x)
 
 
 class GatedLinearUnit(nn.Module):
@@ -48,7 +70,7 @@ class GatedLinearUnit(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.fc = nn.Linear(d_in, 2 * d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,11 +102,13 @@ class GatedResidualNetwork(nn.Module):
         self.gate = GateAddNorm(d_hidden, d_out, dropout)
 
     def forward(self, a: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.fc2(a)
+        return self.from_linear(self.fc2(a), a if self.skip is None else self.skip(a), c)
+
+    def from_linear(self, h: torch.Tensor, skip: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The GRN given ``h = fc2(a)`` and ``skip = skip(a)`` (or ``a``) computed elsewhere."""
         if c is not None and self.ctx is not None:
             h = h + self.ctx(c)
-        h = self.fc1(F.elu(h))
-        return self.gate(h, a if self.skip is None else self.skip(a))
+        return self.gate(self.fc1(F.elu(h)), skip)
 
 
 class VarLinear(nn.Module):
@@ -111,7 +135,7 @@ class VarGRN(nn.Module):
         self.skip = VarLinear(n_vars, d_in, d_out) if d_in != d_out else None
         self.fc2 = VarLinear(n_vars, d_in, d_hidden)
         self.fc1 = VarLinear(n_vars, d_hidden, d_hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.glu = VarLinear(n_vars, d_hidden, 2 * d_out)
         self.norm = nn.LayerNorm(d_out)
 
@@ -119,6 +143,77 @@ class VarGRN(nn.Module):
         h = self.fc1(F.elu(self.fc2(x)))
         g = F.glu(self.glu(self.drop(h)), dim=-1)
         return self.norm((x if self.skip is None else self.skip(x)) + g)
+
+    def folded(self, we: torch.Tensor, be: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The weights :meth:`weighted_sum_of_normed` takes, for inputs embedded as ``x_v we[v] + be[v]``
+        ([V, d_in] each): ``fc2`` and the skip folded into the embedding ([V, d] weights and biases), then
+        ``fc1``'s weight and bias and the two halves (value, gate) of the GLU's weight and bias."""
+        d_out = self.norm.normalized_shape[0]
+        skip = _fold_var(self.skip, we, be) if self.skip is not None else (we, be)
+        glu_w, glu_b = self.glu.weight, self.glu.bias
+        return (
+            *_fold_var(self.fc2, we, be),
+            *skip,
+            self.fc1.weight,
+            self.fc1.bias,
+            glu_w[..., :d_out],
+            glu_b[:, :d_out],
+            glu_w[..., d_out:],
+            glu_b[:, d_out:],
+        )
+
+    def weighted_sum_of_normed(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        keep: torch.Tensor | None,
+        fc2_w: torch.Tensor,
+        fc2_b: torch.Tensor,
+        skip_w: torch.Tensor,
+        skip_b: torch.Tensor,
+        fc1_w: torch.Tensor,
+        fc1_b: torch.Tensor,
+        value_w: torch.Tensor,
+        value_b: torch.Tensor,
+        gate_w: torch.Tensor,
+        gate_b: torch.Tensor,
+    ) -> torch.Tensor:
+        """``sum_v w[n, v] z^[n, v]`` [n, d_out]: ``z^`` is this GRN's LayerNorm output before its affine
+        map, for scalar inputs ``x`` [n, V] embedded as in :meth:`folded` (which gives the weights).
+        ``keep``: the dropout mask, already scaled by ``1 / (1 - p)`` [V, n, d_hidden], or None (no
+        dropout). Evaluated variable-major ([V, n, .] batched matrix products)."""
+        xv = x.t().unsqueeze(-1)  # [V, n, 1]
+        h = F.elu(torch.addcmul(fc2_b.unsqueeze(1), xv, fc2_w.unsqueeze(1)))
+        h = torch.baddbmm(fc1_b.unsqueeze(1), h, fc1_w)
+        if keep is not None:
+            h = h * keep
+        gate = torch.sigmoid(torch.baddbmm(gate_b.unsqueeze(1), h, gate_w))
+        skip = torch.addcmul(skip_b.unsqueeze(1), xv, skip_w.unsqueeze(1))
+        z = torch.addcmul(skip, torch.baddbmm(value_b.unsqueeze(1), h, value_w), gate)  # skip + GLU
+        return NormedWeightedSum.apply(z, w.t(), self.norm.eps)
+
+
+class NormedWeightedSum(torch.autograd.Function):
+    """``sum_v w[v, n] LayerNorm(z[v, n])`` without the LayerNorm's affine map: ``z`` [V, n, d], ``w`` [V, n]
+    -> [n, d], with a hand-written backward. Written with means and products: on CPU, for rows of a few
+    dozen values, these measured faster than the fused LayerNorm kernel (and ``var_mean``)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        centred = z - z.mean(-1, keepdim=True)
+        rstd = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)  # [V, n, 1]
+        coef = w.unsqueeze(-1) * rstd
+        ctx.save_for_backward(centred, w, rstd)
+        return (centred * coef).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        centred, w, rstd = ctx.saved_tensors
+        z_hat = centred * rstd
+        grad_w = (z_hat * grad).sum(-1)  # [V, n]
+        grad_centred = grad - grad.mean(-1, keepdim=True)  # [n, d]
+        grad_z = torch.addcmul(grad_centred, z_hat, grad_w.unsqueeze(-1), value=-1.0 / z_hat.shape[-1])
+        return grad_z * (w.unsqueeze(-1) * rstd), grad_w, None
 
 
 class RealEmbedding(nn.Module):
@@ -151,6 +246,59 @@ class VariableSelectionNetwork(nn.Module):
             w = torch.ones(e.shape[:-1], dtype=e.dtype, device=e.device)
         return (self.var_grn(e) * w.unsqueeze(-1)).sum(-2), w
 
+    def select_reals(
+        self, x: torch.Tensor, embedding: RealEmbedding, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(embedding(x), c)`` for real inputs ``x`` [N, V] (and ``c`` [N, d_c]) -> [N, d], [N, V],
+        computed without the embeddings [N, V, d_var].
+
+        Every linear map of an embedding ``x_v w_v + b_v`` is affine in the scalar ``x_v``, so it is folded
+        into the embedding's weights; the per-variable GRNs run variable-major ([V, n, .] batched matrix
+        products) on row slices of ``VAR_GRN_ELEMENTS`` (row, variable) pairs, which with autograd are
+        recomputed in the backward pass (activation checkpointing): each slice's working set stays in
+        cache instead of a dozen [N, V, d] tensors going through memory. Same function, same parameters.
+        """
+        we, be = embedding.weight, embedding.bias  # [V, d_var]
+        if self.n_vars > 1:
+            fc2_w, fc2_b = _fold_flat(self.flat.fc2, we, be)
+            if self.flat.skip is None:  # d_var == 1: the flattened embedding is its own skip
+                skip = torch.addcmul(be[:, 0], x, we[:, 0])
+            else:
+                skip_w, skip_b = _fold_flat(self.flat.skip, we, be)
+                skip = torch.addmm(skip_b, x, skip_w)
+            w = torch.softmax(self.flat.from_linear(torch.addmm(fc2_b, x, fc2_w), skip, c), dim=-1)
+        else:
+            w = torch.ones_like(x)
+        g = self.var_grn
+        folded = g.folded(we, be)
+        keep = None
+        if g.drop.training and g.drop.p > 0:  # drawn once, outside the recomputed slices
+            keep = dropout_mask((self.n_vars, len(x), g.fc1.weight.shape[-1]), g.drop.p, x)
+        step = max(1, VAR_GRN_ELEMENTS // self.n_vars)
+        parts = []
+        for i in range(0, len(x), step):
+            args = (x[i : i + step], w[i : i + step], None if keep is None else keep[:, i : i + step], *folded)
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(g.weighted_sum_of_normed, *args, use_reentrant=False, preserve_rng_state=False))
+            else:
+                parts.append(g.weighted_sum_of_normed(*args))
+        s = parts[0] if len(parts) == 1 else torch.cat(parts)
+        # sum_v w_v LayerNorm(z_v) = gamma * sum_v w_v z^_v + beta * sum_v w_v (z^: normalised, no affine)
+        return torch.addcmul(w.sum(-1, keepdim=True) * g.norm.bias, s, g.norm.weight), w
+
+
+def _fold_flat(linear: nn.Linear, we: torch.Tensor, be: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear`` applied to flattened embeddings ``(x_v we[v] + be[v])_v`` as ``x @ W + b``: W [V, out], b [out]."""
+    weight = linear.weight.view(linear.out_features, *we.shape)  # [out, V, d_var]
+    return torch.einsum("vk,ovk->vo", we, weight), linear.bias + torch.einsum("vk,ovk->o", be, weight)
+
+
+def _fold_var(linear: VarLinear, we: torch.Tensor, be: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-variable ``linear`` applied to ``x_v we[v] + be[v]`` as ``x_v W[v] + b[v]``: W, b [V, out]."""
+    return torch.einsum("vk,vko->vo", we, linear.weight), torch.baddbmm(
+        linear.bias.unsqueeze(1), be.unsqueeze(1), linear.weight
+    ).squeeze(1)
+
 
 class InterpretableMultiHeadAttention(nn.Module):
     """Per-head queries and keys, one value projection shared by all heads, heads averaged
@@ -163,7 +311,7 @@ class InterpretableMultiHeadAttention(nn.Module):
         self.k = nn.Linear(d, n_heads * self.d_head)
         self.v = nn.Linear(d, self.d_head)
         self.out = nn.Linear(self.d_head, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(
         self, query: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor
@@ -243,9 +391,11 @@ class TemporalFusionNet(nn.Module):
         """Encoder variable selection of the distinct steps; without autograd (predict) in
         slices of ``INFERENCE_SLICE`` steps, so scattered rows (no shared steps) stay bounded."""
         if torch.is_grad_enabled() or len(xu) <= INFERENCE_SLICE:
-            return self.encoder_vsn(self.encoder_embedding(xu), context)
+            return self.encoder_vsn.select_reals(xu, self.encoder_embedding, context)
         parts = [
-            self.encoder_vsn(self.encoder_embedding(xu[i : i + INFERENCE_SLICE]), context[i : i + INFERENCE_SLICE])
+            self.encoder_vsn.select_reals(
+                xu[i : i + INFERENCE_SLICE], self.encoder_embedding, context[i : i + INFERENCE_SLICE]
+            )
             for i in range(0, len(xu), INFERENCE_SLICE)
         ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
