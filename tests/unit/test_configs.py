@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from quantml.cli.common import CONFIG_DIR
+from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecaster
 
 GROUPS = [
@@ -124,3 +126,25 @@ def test_lightgbm_takes_its_share_of_the_cores_by_default(compose_cfg):
     assert isinstance(model, LightGBMForecaster) and cfg.backbone.n_jobs == "auto" and model.n_jobs == "auto"
     # the thread count must not change the trees: LightGBM's determinism switches are on
     assert model.params["deterministic"] and model.params["force_row_wise"]
+
+
+def test_synthetic_data_brings_horizons_its_default_panel_can_validate(compose_cfg):
+    """``horizon=auto`` (the default) reads ``data.default_horizons``: on the 125-day synthetic panel every
+    walk-forward fold's inner slice holds enough 4h outcomes, where the daily data's 1d + 7d hold one."""
+    from quantml.experiment.prepare import prepare_data
+    from quantml.validation import make_splitter
+
+    assert list(compose_cfg().horizon.horizons) == ["1d", "7d"]
+    cfg = compose_cfg(["data=synthetic", "feature_set=price"])
+    assert list(cfg.horizon.horizons) == ["1h", "4h"]
+    assert list(compose_cfg(["data=synthetic", "horizon=swing"]).horizon.horizons) == ["1d", "7d"]
+    prep = prepare_data(cfg)
+    splitter = make_splitter(cfg.validation)
+    t0, t1 = prep.data.t0[prep.samples], prep.data.t1[prep.samples]
+    folds = splitter.split(t0, t1, calendar=prep.calendar)
+    assert len(folds) == cfg.validation.n_splits
+    for fold in folds:
+        splitter.inner_split(fold, t0, t1)  # refuses a slice with too few outcomes of the longest horizon
+    long_t1 = t0 + np.timedelta64(7, "D")  # the same folds with 7d outcomes: fold 0's slice holds too few
+    with pytest.raises(QuantmlInputError, match="fold 0: the inner validation slice holds"):
+        splitter.inner_split(folds[0], t0, long_t1)
