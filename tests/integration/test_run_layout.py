@@ -207,7 +207,7 @@ def test_run_names_lead_with_what_differs():
     defaults = {
         "data": "stocks_daily",
         "feature_set": "price_volume_regime",
-        "horizon": "swing",
+        "horizon": "auto",
         "backbone": "lightgbm",
         "ablation": "full",
         "validation": "walk_forward",
