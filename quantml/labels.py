@@ -133,31 +133,38 @@ class LabelWriter:
             self._segment(a + int(s), ts[s:e], np.log(np.asarray(close[s:e], dtype=np.float64)))
 
     def _segment(self, a: int, seg: np.ndarray, lc_seg: np.ndarray) -> None:
-        L, H, nat = len(seg), len(self.deltas), np.iinfo(np.int64).min
+        L, nat = len(seg), np.iinfo(np.int64).min
+        if L == 0:
+            return
         b = a + L
         r1 = np.full(L, np.nan)
         r1[1:] = np.diff(lc_seg)
-        nxt = np.full(L, np.nan)
-        nxt[:-1] = r1[1:]
-        self.ret_next[a:b] = nxt
+        self.ret_next[a : b - 1] = r1[1:]
+        self.ret_next[b - 1 : b] = np.nan
         # sum of r^2 up to each row, restarted per symbol: a running sum over the whole panel would
         # let a symbol's later bars round an earlier symbol-segment's differences (no look-ahead, bit for bit)
         cs_seg = np.cumsum(np.nan_to_num(r1) ** 2)
-        r, v, t = np.empty((L, H)), np.empty((L, H)), np.empty((L, H), dtype=np.int64)
+        del r1
+        # one horizon at a time, straight into its column of the outputs: the temporaries stay [L]
+        t_max, unknown = np.full(L, nat), np.zeros(L, dtype=bool)
         for j, d in enumerate(self.deltas):
             k = np.searchsorted(seg, seg + d.value, side="left")
             ok = k < L
             e = np.where(ok, k, 0)
-            r[:, j] = np.where(ok, lc_seg[e] - lc_seg, np.nan)
-            v[:, j] = np.where(ok, np.sqrt(np.maximum(cs_seg[e] - cs_seg, 0.0)), np.nan)
-            t[:, j] = np.where(ok, seg[e], nat)
+            del k
+            r = np.where(ok, lc_seg[e] - lc_seg, np.nan)
+            self.ret[a:b, j] = r
+            self.after[a:b, j] = np.sign(r) * np.maximum(np.abs(r) - self.cost, 0.0)
+            self.direction[a:b, j] = np.where(np.isnan(r), np.nan, (r > 0).astype(np.float64))
+            del r
+            self.vol[a:b, j] = np.where(ok, np.sqrt(np.maximum(cs_seg[e] - cs_seg, 0.0)), np.nan)
+            t = np.where(ok, seg[e], nat)
+            self.t1_ns[a:b, j] = t
+            np.maximum(t_max, t, out=t_max)
+            unknown |= ~ok
             self.any_ok[j] |= bool(ok.any())
-        self.ret[a:b] = r  # whole rows of the [n, H] outputs: contiguous writes
-        self.after[a:b] = np.sign(r) * np.maximum(np.abs(r) - self.cost, 0.0)
-        self.direction[a:b] = np.where(np.isnan(r), np.nan, (r > 0).astype(np.float64))
-        self.vol[a:b] = v
-        self.t1_ns[a:b] = t
-        self.t1_max_ns[a:b] = np.where((t != nat).all(axis=1), t.max(axis=1), nat)
+        t_max[unknown] = nat
+        self.t1_max_ns[a:b] = t_max
 
     def finish(self, t0: np.ndarray) -> Labels:
         """The :class:`Labels` (``t0``: datetime64[ns] [n], kept as given, not copied)."""

@@ -68,21 +68,61 @@ def integrated_time(series: list[np.ndarray]) -> float:
 def dependence(values, symbols, timestamps) -> tuple[int, float, float, float]:
     """``(n, tau, icc, m)`` of ``values``: rows, integrated autocorrelation time within symbols,
     intra-bar correlation across symbols and mean rows per bar (see :func:`effective_size`)."""
-    frame = pd.DataFrame(
-        {"v": np.asarray(values, dtype=np.float64), "s": np.asarray(symbols), "t": np.asarray(timestamps)}
-    )
-    frame = frame[np.isfinite(frame["v"])]
-    n = len(frame)
+    return _dependence(np.asarray(values, dtype=np.float64), _Layout.of(symbols, timestamps))
+
+
+class _Layout:
+    """Rows' symbols and timestamps as sortable integer codes and their stable ``(symbol, time)``
+    order, computed once for every column summarised over the same rows (no string per row)."""
+
+    def __init__(self, symbols: np.ndarray, times: np.ndarray):
+        self.symbols, self.times = symbols, times
+        self.order = np.lexsort((times, symbols))  # stable: the rows' order within ties is kept
+
+    @classmethod
+    def of(cls, symbols, timestamps) -> _Layout:
+        return cls(_sortable_codes(symbols), _sortable_codes(timestamps))
+
+
+def _sortable_codes(values) -> np.ndarray:
+    """int64 [n] codes ordered and tied as ``values`` are (categoricals by their categories' strings)."""
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        values = pd.Categorical(values)
+        rank = np.empty(len(values.categories), dtype=np.int64)
+        rank[np.argsort(np.asarray(values.categories.astype(str)), kind="stable")] = np.arange(len(rank))
+        return rank[values.codes]
+    array = np.asarray(values)
+    if array.dtype.kind in "Mm":
+        return array.view(np.int64)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64)
+    return pd.factorize(array, sort=True)[0].astype(np.int64)
+
+
+def _codes_in_order(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """``(codes [n], names)``: each row's value as a code over the values in order of appearance,
+    as strings (a categorical column by its codes: no string per row)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes, seen = pd.factorize(column.cat.codes.to_numpy(), sort=False)
+        return codes, [str(column.cat.categories[c]) for c in seen]
+    codes, seen = pd.factorize(column.astype(str).to_numpy(), sort=False)
+    return codes, [str(x) for x in seen]
+
+
+def _dependence(values: np.ndarray, layout: _Layout) -> tuple[int, float, float, float]:
+    order = layout.order[np.isfinite(values[layout.order])]
+    n = len(order)
     if n < 3:
         return n, 1.0, 0.0, 1.0
-    frame = frame.sort_values(["s", "t"], kind="mergesort")
-    v = frame["v"].to_numpy()
+    v = values[order]
     total = float(np.var(v))
-    means = frame.groupby("t", sort=False)["v"].agg(["mean", "size"])
+    means = pd.Series(v).groupby(layout.times[order], sort=False).agg(["mean", "size"])
     m = n / len(means)
     if total <= 0:
         return n, 1.0, 0.0, m
-    tau = integrated_time([part.to_numpy() for _, part in frame.groupby("s", sort=False)["v"]])
+    symbols = layout.symbols[order]
+    starts = np.flatnonzero(np.diff(symbols)) + 1  # rows are sorted by symbol: one run each
+    tau = integrated_time(np.split(v, starts))
     icc = 0.0
     if m > 1.0 + 1e-9:
         between = float(np.average((means["mean"] - v.mean()) ** 2, weights=means["size"]))
@@ -107,7 +147,11 @@ def effective_size(values, symbols, timestamps) -> float:
     ``n / ((1 + (m - 1) icc) * tau)``: ``tau`` the integrated autocorrelation time within symbols
     (:func:`integrated_time`), ``m`` the mean rows per timestamp and ``icc`` the share of the
     variance common to a timestamp. NaN rows are dropped; at least 1.0 (0.0 without rows)."""
-    n, tau, icc, m = dependence(values, symbols, timestamps)
+    return _size(dependence(values, symbols, timestamps))
+
+
+def _size(dep: tuple[int, float, float, float]) -> float:
+    n, tau, icc, m = dep
     if n == 0:
         return 0.0
     if n < 3:
@@ -158,18 +202,22 @@ def distribution_dependence(values, symbols, timestamps) -> tuple[float, float]:
     return max(tau_v, tau_s), max(icc_v, icc_s)
 
 
-def _entry(values, symbols, timestamps) -> dict | None:
-    grid = quantile_grid(values)
+def _entry(values, layout: _Layout) -> dict | None:
+    """A column's reference entry; the dependence of the values and of their spread computed once
+    each (:func:`distribution_size` and :func:`distribution_dependence` read the same two)."""
+    v = np.asarray(values, dtype=np.float64)
+    grid = quantile_grid(v)
     if grid is None:
         return None
-    finite = np.isfinite(np.asarray(values, dtype=np.float64))
-    tau, icc = distribution_dependence(values, symbols, timestamps)
+    finite = np.isfinite(v)
+    spread = np.abs(v - np.median(v[finite]))
+    dep_v, dep_s = _dependence(v, layout), _dependence(spread, layout)
     return {
         "q": grid,
         "n": int(finite.sum()),
-        "n_eff": distribution_size(values, symbols, timestamps),
-        "tau": tau,
-        "icc": icc,
+        "n_eff": min(_size(dep_v), _size(dep_s)),
+        "tau": max(dep_v[1], dep_s[1]),
+        "icc": max(dep_v[2], dep_s[2]),
     }
 
 
@@ -203,11 +251,14 @@ def build_reference(
     if "path" in df.columns:  # CPCV: each (symbol, timestamp, horizon) once
         df = df.drop_duplicates([SYMBOL, TIMESTAMP, "horizon"])
     preds: dict[str, dict] = {}
-    for h, part in df.groupby(df["horizon"].astype(str), sort=False):
+    horizon_codes, horizon_names = _codes_in_order(df["horizon"])
+    for code, h in enumerate(horizon_names):
+        rows = np.flatnonzero(horizon_codes == code)
+        layout = _Layout.of(df[SYMBOL].iloc[rows], df[TIMESTAMP].to_numpy()[rows])
         entry = {}
         for col in PREDICTION_COLUMNS:
-            if col in part.columns:
-                e = _entry(part[col].to_numpy(np.float64), part[SYMBOL].to_numpy(), part[TIMESTAMP].to_numpy())
+            if col in df.columns:
+                e = _entry(df[col].to_numpy(np.float64)[rows], layout)
                 if e is not None:
                     entry[col] = e
         preds[str(h)] = entry
@@ -216,8 +267,9 @@ def build_reference(
         names, how = top_features(feature_names, importance, top_k)
         index = {f: j for j, f in enumerate(feature_names)}
         X = np.asarray(features)
+        layout = _Layout.of(keys[SYMBOL], keys[TIMESTAMP].to_numpy())
         for name in names:
-            e = _entry(X[:, index[name]], keys[SYMBOL].to_numpy(), keys[TIMESTAMP].to_numpy())
+            e = _entry(X[:, index[name]], layout)
             if e is not None:
                 out["features"][name] = e
         out["top_features"] = [n for n in names if n in out["features"]]

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +17,7 @@ from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
 from quantml.evaluation import best_monitor, check_selection_keys, ic_mode_for
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
-from quantml.evaluation.reference import REFERENCE_KEY, build_reference
+from quantml.evaluation.reference import REFERENCE_KEY, build_reference, top_features
 from quantml.evaluation.report import build_report
 from quantml.experiment.artifacts import stage_artifacts
 from quantml.experiment.callbacks import FoldCallback
@@ -322,7 +323,10 @@ def _reference(prep: PreparedData, model, calibrator) -> dict:
     # column's to_numpy() would build a Timestamp object per row, per forecast column and feature
     frame[TIMESTAMP] = _naive_utc(frame[TIMESTAMP])
     keys[TIMESTAMP] = _naive_utc(keys[TIMESTAMP])
-    reference = build_reference(frame, prep.data.X[rows], prep.data.feature_names, keys, importance)
+    # only the summarised columns of the development rows: X[rows] whole is a copy of the training matrix
+    names, _ = top_features(prep.data.feature_names, importance)
+    columns = [list(prep.data.feature_names).index(name) for name in names]
+    reference = build_reference(frame, prep.data.X[np.ix_(rows, columns)], names, keys, importance)
     reference["source"] = "final model on the development samples"
     return reference
 

@@ -39,7 +39,10 @@ def _sorted_groups(path: str):
     the groups' ranges do not overlap (a sorted panel written by several threads), else in file order."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path, memory_map=False)
+    # pre_buffer off: the column chunks are read into buffers of pyarrow's pool, not into the IO
+    # cache's, which went to mimalloc and stayed resident after each read (peak RSS at 4.2M rows:
+    # 2213 MB with it, 2156 MB without; wall the same)
+    pf = pq.ParquetFile(path, memory_map=False, pre_buffer=False)
     md = pf.metadata
     j = pf.schema_arrow.get_field_index(TIMESTAMP)
     spans = []
@@ -165,15 +168,28 @@ class Partitioned:
         return pd.Categorical.from_codes(np.full(n, self.symbols.index(sym), dtype=np.int32), categories=self.symbols)
 
     def _read_thin(self) -> None:
-        frames, self._rows, a = [], {}, 0
-        for sym in self.symbols:
+        stamps, codes, thin, self._rows, a = [], [], {c: [] for c in self._thin if c != TIMESTAMP}, {}, 0
+        for k, sym in enumerate(self.symbols):
             ts, order = self._timestamps(sym)
-            data = {SYMBOL: self._symbol(sym, len(ts)), TIMESTAMP: ts}
-            data.update({c: self._column(sym, c, order) for c in self._thin if c != TIMESTAMP})
-            frames.append(pd.DataFrame(data, copy=False))
+            stamps.append(ts.array.asi8)
+            codes.append(np.full(len(ts), k, dtype=np.int32))
+            for c, parts in thin.items():
+                parts.append(self._column(sym, c, order))
             self._rows[sym] = (a, a + len(ts))
             a += len(ts)
-        self.panel = pd.concat(frames, ignore_index=True)  # keys + the thin columns, every row
+        # one copy per column (pd.concat of per-symbol frames took 0.8 s at 4.2M rows, this 0.1 s); a column
+        # whose dtype differs between symbols goes through pd.concat, which upcasts it as it always did
+        ns = np.concatenate(stamps).view("datetime64[ns]")
+        data = {
+            SYMBOL: pd.Categorical.from_codes(np.concatenate(codes), categories=self.symbols),
+            TIMESTAMP: pd.Series(pd.DatetimeIndex(ns).tz_localize("UTC"), name=TIMESTAMP),
+        }
+        del stamps, codes
+        for c in list(thin):
+            parts = thin.pop(c)
+            same = len({p.dtype for p in parts}) == 1 and parts[0].dtype.kind in "fiub"
+            data[c] = np.concatenate(parts) if same else pd.concat([pd.Series(p) for p in parts], ignore_index=True)
+        self.panel = pd.DataFrame(data, copy=False)  # keys + the thin columns, every row
         self.keys = self.panel[[SYMBOL, TIMESTAMP]]
 
     def release(self) -> None:
