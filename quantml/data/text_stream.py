@@ -86,12 +86,16 @@ def load_text_stream(cfg_data) -> pd.DataFrame | None:
     plants = _plants(cfg_data)
     if not plants.get("text_stream"):
         return None
-    from quantml.data.synthetic import generate_synthetic
+    from quantml.data.synthetic import default_bars, generate_synthetic
 
+    freq = str(_get(cfg_data, "freq", "1h"))
+    n_bars = _get(cfg_data, "n_bars")
+    # the panel's own arguments (quantml.data.loaders): n_bars null is default_bars(freq), not 3000 -- another
+    # length draws another stream, whose posts do not carry the effect planted in the panel's returns
     syn = generate_synthetic(
-        freq=str(_get(cfg_data, "freq", "1h")),
+        freq=freq,
         n_symbols=int(_get(cfg_data, "n_symbols", 4)),
-        n_bars=int(_get(cfg_data, "n_bars", 3000)),
+        n_bars=default_bars(freq) if n_bars is None else int(n_bars),
         seed=int(_get(cfg_data, "seed", 0)),
         start=str(_get(cfg_data, "start", "2024-01-01")),
         orderbook=_flag(cfg_data, "orderbook"),

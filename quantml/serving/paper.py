@@ -51,7 +51,7 @@ from quantml.serving.paper_settings import (
 )
 from quantml.serving.paper_state import PaperState, load_state, move_aside, save_state, settings_hash, state_path
 from quantml.serving.predict import ResolvedModel, predict_panel, resolve_model
-from quantml.serving.text_source import TextSource
+from quantml.serving.text_source import TextSource, UnreadablePosts, checked_on_read
 
 _FIX = "reset=true (moves {log_dir} aside and starts over) or another log_dir="
 _DROP_TOL = 1e-9  # notional below which an unfilled, uncarried remainder is not counted as dropped
@@ -395,8 +395,12 @@ def run_paper(
 ) -> PaperResult:
     """Replay (``follow=False``: one poll) or follow (poll every ``poll_s`` until ``max_polls`` or
     Ctrl-C) the panel ``load()`` returns. ``costs=None``: the source run's cost settings. ``text``: where
-    a model trained on a raw text stream reads its posts (loaded again at each poll that predicts)."""
+    a model trained on a raw text stream reads its posts (loaded again at each poll that predicts; in follow
+    mode posts that cannot be read, e.g. a file caught half-written, are said and read again at the next
+    poll, like the panel)."""
     session = PaperSession(settings, execution, costs, store, echo, resolved=resolved, source=source)
+    if settings.follow and text is not None:
+        text = checked_on_read(text)  # posts caught half-written: said, read again at the next poll
     interrupted = False
     try:
         while True:
@@ -410,7 +414,15 @@ def run_paper(
                 echo(f"poll {session.polls}: the data could not be read ({exc}); trying again in {settings.poll_s:g}s")
                 panel = None
             if panel is not None:
-                echo(session.poll(panel, text).line())
+                first = session.polls == 0
+                try:
+                    echo(session.poll(panel, text).line())
+                except UnreadablePosts as exc:
+                    if first:  # as with the panel: a first poll that cannot read is a setup error
+                        raise
+                    # nothing was acted on (the poll stops before its first bar): the same bars come again
+                    again = f"trying again in {settings.poll_s:g}s"
+                    echo(f"poll {session.polls}: the posts could not be read ({exc}); {again}")
             if not settings.follow or (settings.max_polls is not None and session.polls >= settings.max_polls):
                 break
             if session.past_end():

@@ -11,9 +11,11 @@ one given on purpose (``text.path=``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
+
+from quantml.contracts import QuantmlInputError
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,30 @@ def serving_text_source(cfg, resolved, store) -> TextSource:
         return load_text_stream(source)
 
     return TextSource(from_data, False, "the data config's text stream")
+
+
+class UnreadablePosts(QuantmlInputError):
+    """The posts of a :class:`TextSource` could not be read or are incomplete (a file caught half-written)."""
+
+
+def checked_on_read(source: TextSource) -> TextSource:
+    """``source`` whose ``load()`` also checks, at once, that every row is a complete post (the stream format
+    of :func:`~quantml.data.text_stream.validate_text_stream`; an ``entity`` file is checked with its entities
+    standing in for symbols, the model maps them later), raising :class:`UnreadablePosts` when the read or that
+    check fails -- so ``quantml paper follow=true`` can tell posts caught half-written from the model's own
+    refusals, say so, and read them again at the next poll. The rows are returned as read."""
+    from quantml.data.text_stream import ENTITY, validate_text_stream
+
+    def load() -> pd.DataFrame | None:
+        try:
+            stream = source.load()
+            if stream is not None:
+                probe = stream
+                if "symbol" not in stream.columns and ENTITY in stream.columns:
+                    probe = stream.assign(symbol=stream[ENTITY].astype(str))
+                validate_text_stream(probe, None, source.label)
+        except (QuantmlInputError, OSError, ValueError) as exc:
+            raise UnreadablePosts(str(exc)) from exc
+        return stream
+
+    return replace(source, load=load)

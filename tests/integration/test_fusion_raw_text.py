@@ -5,9 +5,18 @@ bucketing, the text statistics, the two towers and the per-fold latents (``TextL
 
 Measured (4 symbols x 2000 hourly bars, last 30% of the times as test, ridge base): with the plant at
 ``strength=0.5`` the fusion's pooled rank IC on the test rows of high post volume (top 20%) is 0.31-0.33
-against 0.05-0.06 for ``no_text`` (seeds 42, 1, 2) and its MSE 2% lower; with the default ``strength=0.25``
-the held-out check of the tabular fusion (quantml/models/fusion/select.py) cannot tell the effect from noise
-at this size (seeds 42, 1: best gain 1.8 and 1.1 standard errors) and keeps the gate closed: a strict xfail.
+against 0.05-0.06 for ``no_text`` (seeds 42, 1, 2) and its MSE 2% lower.
+
+The default ``strength=0.25`` is under the detection limit of 4 x 2000 hourly bars, not lost in the chain: the
+held-out slice of the check (quantml/models/fusion/select.py) has ~1,240 rows with text, and even the planted
+effect itself (the generator's truth ``text_effect``, used as the forecast of the base's residual) beats the
+closed gate there by only 2.29, 2.26 and 0.72 standard errors (seeds 42, 1, 2), against the check's 2; the best
+text feature, ``text_sentiment`` (correlation 0.78 with the planted net count in active bars), under the TRUE
+activity gate keeps 0.9 s.e. for seed 1. So the fitted candidates reach 1.8 / 1.1 s.e. and the gate stays
+closed, as it must. On 4 x 8000 hourly bars (5,060 held-out rows) the same truth clears 3.9 / 4.0 / 6.5 s.e.
+and the fusion recovers the default plant (seeds 42, 1, 2, 3: pooled rank IC on high-volume test rows
+0.15-0.24 against -0.02-0.03 for ``no_text``, MSE 0.6-0.9% lower at 3.3-3.9 s.e., gate 0.17-0.42 on those rows,
+0.02-0.07 elsewhere), while pure-noise text keeps the gate closed at that size too (seeds 1, 2).
 """
 
 from __future__ import annotations
@@ -66,9 +75,9 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a[ok]).rank().corr(pd.Series(b[ok]).rank()))
 
 
-def _compare(plant: str, seed: int):
-    data, test, fused, model = _fit_and_test(plant, seed, "full")
-    _, test_no, plain, _ = _fit_and_test(plant, seed, "no_text")
+def _compare(plant: str, seed: int, n_bars: int = 2000):
+    data, test, fused, model = _fit_and_test(plant, seed, "full", n_bars)
+    _, test_no, plain, _ = _fit_and_test(plant, seed, "no_text", n_bars)
     np.testing.assert_array_equal(test, test_no)
     assert isinstance(model, TextLatentForecaster) and "text_post_lat_0" in model.model_.columns_.names
     posts = data.X[test, list(data.feature_names).index("text_posts")]
@@ -100,13 +109,25 @@ def test_pure_noise_text_keeps_the_gate_closed_and_the_error_of_no_text(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="default plant strength 0.25: the effect is at the detection limit of 4 x 2000 hourly bars "
-    "(held-out gain 1.1 standard errors for seed 1), so the held-out check keeps the gate closed",
-)
-def test_fusion_recovers_the_default_strength_plant():
-    y, high, fused, plain, _ = _compare("true", 1)
+@pytest.mark.parametrize("seed", [42, 1])
+def test_fusion_recovers_the_default_strength_plant(seed):
+    """The default ``strength=0.25`` on 4 x 8000 hourly bars, where it is detectable (module docstring: on
+    4 x 2000 bars even the planted effect itself is under the check's 2 standard errors). ~20 s a seed."""
+    y, high, fused, plain, model = _compare("true", seed, n_bars=8000)
     fused_ic, plain_ic = (_spearman(f.expected_return[high, 0], y[high]) for f in (fused, plain))
-    assert fused_ic > plain_ic + 0.05
+    assert fused_ic > plain_ic + 0.1, (fused_ic, plain_ic)  # measured 0.15-0.24 against -0.02-0.03
+    gate = fused.diagnostics["gate"][:, 0]
+    assert gate[high].mean() > 2 * gate[~high].mean() > 0
+    assert not model.model_.selection_.closed
+    ok = np.isfinite(y)
+    diff = (fused.expected_return[ok, 0] - y[ok]) ** 2 - (plain.expected_return[ok, 0] - y[ok]) ** 2
+    assert diff.mean() < -2 * diff.std() / np.sqrt(len(diff))  # lower MSE, by more than 2 standard errors
+
+
+@pytest.mark.slow
+def test_pure_noise_text_keeps_the_gate_closed_on_the_longer_panel():
+    """Where the default plant is detected (4 x 8000 hourly bars), pure-noise text still is not taken."""
+    _, _, fused, plain, model = _compare("{noise_only: true}", 1, n_bars=8000)
+    assert model.model_.selection_.closed
+    assert fused.diagnostics["gate"].max() < 1e-20
+    np.testing.assert_array_equal(fused.expected_return, plain.expected_return)

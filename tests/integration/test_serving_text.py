@@ -215,3 +215,59 @@ def test_the_monitors_feature_drift_reads_the_models_posts(served):
     assert len(with_posts) == len(without) == 200
     assert with_posts["text_posts"].sum() > 0 and (with_posts["text_raw_missing"] == 0).mean() > 0.5
     assert (without["text_raw_missing"] == 1).all()
+
+
+def test_paper_follow_rereads_posts_caught_half_written(served, tmp_path):
+    """``follow=true text.path=posts.csv``: a poll that finds the posts file with a half-written last row says so
+    and acts on nothing; the next poll reads it whole and acts on those bars -- the logs of a one-shot replay."""
+    from quantml.cli.paper import compose_config as paper_config
+    from quantml.serving.logs import read_log
+    from quantml.serving.paper import run_paper_config
+
+    uri, run_id, root, cfg, bundle, panel, stream, panel_file, posts_file = served
+    times = pd.to_datetime(panel["timestamp"], utc=True).sort_values().unique()
+    start, cut = times[-6], times[-4]  # act on the last 6 bars: 3 in the first poll, 3 after the retry
+    bars, follow_bars, posts = tmp_path / "bars", tmp_path / "follow_bars", tmp_path / "posts.csv"
+    bars.mkdir(), follow_bars.mkdir()
+    panel.to_parquet(bars / "part-1.parquet", index=False)
+    panel[pd.to_datetime(panel["timestamp"], utc=True) <= cut].to_parquet(follow_bars / "part-1.parquet", index=False)
+    in_time = stream.sort_values("available_at", kind="mergesort")  # a file that is appended to
+    in_time.to_csv(tmp_path / "all_posts.csv", index=False)
+    full = (tmp_path / "all_posts.csv").read_text()
+    early = in_time[in_time["available_at"] <= cut]
+    early.to_csv(posts, index=False)
+    assert 0 < len(early) < len(stream)
+    late_row = full.splitlines()[1 + len(early)]  # the first row after the cut
+    assert pd.Timestamp(late_row.split(",")[2]) > cut
+    half_row = late_row[: late_row.index(",", late_row.index(",") + 1) + 1]  # cut after its event_time
+    naps, lines = [], []
+
+    def between_polls(seconds):
+        naps.append(seconds)
+        if len(naps) == 1:  # the bars land; the posts file is caught mid-append
+            panel[pd.to_datetime(panel["timestamp"], utc=True) > cut].to_parquet(follow_bars / "part-2.parquet")
+            posts.write_text(early.to_csv(index=False) + half_row)
+        if len(naps) == 2:
+            posts.write_text(full)
+
+    def run(name, data, text, *extra, sleep=None):
+        args = [f"model=runs:/{run_id}/model", f"data={data}", f"tracking.uri={uri}", f"log_dir={tmp_path / name}"]
+        paper = paper_config([*args, f"start={start.isoformat()}", "allow_in_sample=true", "cost=zero", *extra])
+        paper.text.path = str(text)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            return run_paper_config(paper, echo=lines.append, sleep=sleep or (lambda s: None))
+
+    result = run("follow", follow_bars, posts, "follow=true", "poll_s=0", "max_polls=4", sleep=between_polls)
+    assert result.polls == 4 and len(naps) == 3, lines
+    assert lines[0].startswith("poll 1: 3 bar(s)"), lines
+    assert lines[1].startswith("poll 2: the posts could not be read") and "partial last line" in lines[1], lines
+    assert lines[2].startswith("poll 3: 3 bar(s)") and lines[3].startswith("poll 4: no new bar"), lines
+    run("replay", bars, tmp_path / "all_posts.csv")
+    for log in ("predictions", "executions", "pnl"):
+        followed, replayed = (
+            read_log(tmp_path / name, log).drop(columns=["logged_at", "data_version"], errors="ignore")
+            for name in ("follow", "replay")
+        )
+        pd.testing.assert_frame_equal(followed, replayed)
+    assert read_log(tmp_path / "follow", "predictions")["gate"].max() > 0

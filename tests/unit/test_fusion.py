@@ -99,8 +99,16 @@ def test_text_missing_at_serving_gives_the_base(make):
     assert model.predict(data.subset(test)).diagnostics["gate"].max() > 0.5
 
 
-def test_no_text_features_means_the_base_exactly():
+def _no_text_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "the features have no text" in r.getMessage()]
+
+
+def test_no_text_features_means_the_base_exactly(caplog, monkeypatch):
     import dataclasses
+
+    from quantml.models.fusion import text as fusion_text
+
+    monkeypatch.setattr(fusion_text, "_WARNED_NO_TEXT", set())
 
     data = text_panel(n_per_symbol=300, n_symbols=4)
     keep = [0, 1]
@@ -111,7 +119,13 @@ def test_no_text_features_means_the_base_exactly():
         feature_modalities={"f0": "price", "f1": "price"},
     )
     train, test = split_in_time(no_text)
-    fused = ResidualGateForecaster(lightgbm()).fit(no_text.subset(train))
+    with caplog.at_level("WARNING", logger="quantml.models.fusion.text"):
+        ResidualGateForecaster(ridge()).fit(data.subset(train))  # with text: no warning
+        assert _no_text_warnings(caplog) == []
+        fused = ResidualGateForecaster(lightgbm()).fit(no_text.subset(train))
+        ResidualGateForecaster(lightgbm()).fit(no_text.subset(train))  # the next fold's fit: said once
+    (said,) = _no_text_warnings(caplog)  # one line, naming what enables text
+    assert "data.text_stream=true" in said and "feature_set=full" in said and "ablation=no_text" in said
     plain = lightgbm().fit(no_text.subset(train))
     a, b = fused.predict(no_text.subset(test)), plain.predict(no_text.subset(test))
     for name in FORECAST_FIELDS:
@@ -244,10 +258,13 @@ def test_lightgbm_fusion_recovers_a_weaker_planted_effect_on_a_longer_panel():
         assert rank_ic(fc.expected_return[high, j], y, t) > rank_ic(base.expected_return[high, j], y, t) + 0.03
 
 
-def test_a_gated_sequence_backbone_without_text_features_trains_as_its_base():
+def test_a_gated_sequence_backbone_without_text_features_trains_as_its_base(caplog, monkeypatch):
     import dataclasses
 
+    from quantml.models.fusion import text as fusion_text
     from quantml.models.sequence import MLPForecaster
+
+    monkeypatch.setattr(fusion_text, "_WARNED_NO_TEXT", set())
 
     data = text_panel(n_per_symbol=120, n_symbols=2)
     no_text = dataclasses.replace(
@@ -256,8 +273,10 @@ def test_a_gated_sequence_backbone_without_text_features_trains_as_its_base():
     train, test = split_in_time(no_text)
     kw = dict(seed=3, lookback=4, hidden_size=8, max_epochs=1, batch_size=64, num_threads=1)
     model = wrap_fusion(MLPForecaster(HORIZONS, **kw), {"name": "residual_gate", "modality_dropout": 0.3, "hidden": 8})
-    fc = model.fit(no_text.subset(train)).predict(no_text.subset(test))  # ablation=no_text: nothing to gate
+    with caplog.at_level("WARNING", logger="quantml.models.fusion.text"):
+        fc = model.fit(no_text.subset(train)).predict(no_text.subset(test))  # ablation=no_text: nothing to gate
     assert np.all(fc.diagnostics["gate"] == 0) and np.isfinite(fc.expected_return).all()
+    assert len(_no_text_warnings(caplog)) == 1
 
 
 def _distilled():
@@ -272,7 +291,6 @@ def _distilled():
 
 def test_the_fusion_wrapper_passes_the_distilled_backbones_run_and_fold_metrics_on():
     from quantml.models.distill import METRIC_LATENCY_STUDENT, METRIC_LATENCY_TEACHER
-    from quantml.models.text_latents import TextLatentForecaster
 
     data = text_panel(n_per_symbol=120, n_symbols=3)
     train, test = split_in_time(data)
@@ -283,11 +301,46 @@ def test_the_fusion_wrapper_passes_the_distilled_backbones_run_and_fold_metrics_
     assert set(run) == {METRIC_LATENCY_STUDENT, METRIC_LATENCY_TEACHER} and all(v > 0 for v in run.values())
     fold = fused.fold_metrics(data.subset(test))
     assert {f"test_teacher_rank_ic/{h}" for h in HORIZONS} <= set(fold)
-    # and on through the raw-text wrapper, whose __getattr__ hands hooks to the fitted inner model
-    wrapped = TextLatentForecaster(ridge(), k=2)
-    wrapped.model_ = fused
-    assert wrapped.run_metrics() == run
     assert ResidualGateForecaster(ridge()).fit(data.subset(train)).run_metrics() == {}  # a base without any
+
+
+def _with_text_side(data, n_hash: int = 16):
+    """``data`` with random sparse post/comment towers (what a raw text stream adds, docs/text.md)."""
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    side = {t: sp.random(data.n_rows, n_hash, density=0.2, format="csr", random_state=i, dtype=np.float32)
+            for i, t in enumerate(("text_post", "text_comment"))}  # fmt: skip
+    return dataclasses.replace(data, side=side)
+
+
+@pytest.mark.parametrize("fusion", ["tabular", "neural"])
+def test_the_raw_text_wrapper_passes_the_distilled_latencies_on_through_the_fusion(fusion):
+    """What ``quantml train backbone=distilled fusion=residual_gate data.text_stream=true`` builds, fitted: the
+    raw-text wrapper around the fusion around the distilled backbone, whose predict latencies the parent run
+    logs (``run_metrics``) and whose teacher-vs-student rank IC each fold logs (``fold_metrics``)."""
+    from quantml.models.distill import METRIC_LATENCY_STUDENT, METRIC_LATENCY_TEACHER
+    from quantml.models.text_latents import TextLatentForecaster
+
+    data = _with_text_side(text_panel(n_per_symbol=120, n_symbols=3))
+    train, test = split_in_time(data)
+    inner = (
+        ResidualGateForecaster(_distilled(), crossfit_folds=2)
+        if fusion == "tabular"
+        else wrap_fusion(_distilled(), {"name": "residual_gate", "hidden": 8})
+    )
+    model = TextLatentForecaster(inner, k=2)
+    assert model.run_metrics() == {}  # unfitted: nothing yet
+    model.fit(data.subset(train))
+    fused = model.model_.columns_ if fusion == "tabular" else model.model_.student_.text_columns_
+    assert "text_post_lat_0" in fused.names_of("content")  # the fusion reads the per-fold latents
+    run = model.run_metrics()
+    assert set(run) == {METRIC_LATENCY_STUDENT, METRIC_LATENCY_TEACHER} and all(v > 0 for v in run.values())
+    assert run == model.model_.run_metrics()
+    fold = model.fold_metrics(data.subset(test))
+    assert {f"test_{who}_rank_ic/{h}" for h in HORIZONS for who in ("teacher", "student")} <= set(fold)
+    assert pickle.loads(pickle.dumps(model)).run_metrics() == run  # the bundle's model keeps them
 
 
 def test_fusion_gives_the_distilled_student_the_gated_text_tower():

@@ -71,6 +71,20 @@ def test_load_panel_keeps_text_beside_the_panel():
     assert load_text_stream({"source": "synthetic", **SMALL}) is None
 
 
+def test_default_length_stream_is_the_panels_own():
+    # data.n_bars null at bars under 1h is 125 days of bars (12000 at 15m), not 3000: the stream must be drawn
+    # with the panel's length, else its posts belong to another panel and carry none of the planted effect
+    cfg = {"source": "synthetic", "freq": "15m", "n_symbols": 2, "n_bars": None, "seed": 5, "text_stream": True}
+    panel = load_panel(cfg)
+    stream = load_text_stream(cfg)
+    syn = generate_synthetic(freq="15m", n_symbols=2, n_bars=len(panel) // 2, seed=5, plants={"text_stream": True})
+    assert len(panel) == 2 * 12000
+    cols = ["post_id", "symbol", "text", "engagement"]
+    ours, own = (t[cols].sort_values("post_id").reset_index(drop=True) for t in (stream, syn.streams[STREAM]))
+    pd.testing.assert_frame_equal(ours, own)
+    assert stream["available_at"].max() > panel["timestamp"].iloc[12000 - 2000]  # posts to the panel's end
+
+
 def _posts() -> pd.DataFrame:
     return pd.DataFrame(
         {

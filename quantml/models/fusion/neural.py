@@ -27,7 +27,7 @@ from torch import nn
 from quantml.models.base import Forecast
 from quantml.models.fusion.gate import Standardiser
 from quantml.models.fusion.tabular import DIAGNOSTICS, GATE, TEXT_CONTRIBUTION, activity_summary, check_fusion_params
-from quantml.models.fusion.text import TextColumns
+from quantml.models.fusion.text import TextColumns, warn_if_no_text
 from quantml.models.sequence.trainer import SequenceForecaster
 
 _N_DELTA = 3  # expected return, direction logit, log vol
@@ -110,6 +110,7 @@ class GatedTextMixin:
 
     def fit(self, train, valid=None):
         self.text_columns_ = TextColumns.of(train.data.feature_names, train.data.feature_modalities)
+        warn_if_no_text(self.text_columns_)
         self.gate_summary_ = None
         return super().fit(train, valid)
 

@@ -36,7 +36,7 @@ from quantml.contracts import QuantmlInputError, parse_duration
 from quantml.models.base import Forecast, Forecaster, PanelData, SampleSet, residual_quantiles, scaled_median_capacity
 from quantml.models.fusion.gate import GatedResidual, Standardiser
 from quantml.models.fusion.select import content_groups, select_gated_residual
-from quantml.models.fusion.text import TextColumns
+from quantml.models.fusion.text import TextColumns, warn_if_no_text
 from quantml.validation.crossfit import crossfit_parts
 
 GATE = "gate"
@@ -141,6 +141,7 @@ class ResidualGateForecaster(Forecaster):
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> ResidualGateForecaster:
         data = train.data
         cols = TextColumns.of(data.feature_names, data.feature_modalities)
+        warn_if_no_text(cols)
         self.columns_ = cols
         view = self._view(data)
         fixed = getattr(self, "fixed_capacity", None)

@@ -16,9 +16,12 @@ Rules (on the panel's ``feature_modalities``):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 TEXT_MODALITY = "text"
 MISSING_SUFFIX = "_missing"
@@ -74,3 +77,20 @@ class TextColumns:
         if len(self.flags):
             ok &= ~(np.nan_to_num(X[:, self.flags], nan=0.0) > 0.5).any(axis=1)
         return ok
+
+
+_WARNED_NO_TEXT: set[tuple[str, ...]] = set()  # feature sets already warned about in this process
+NO_TEXT_WARNING = (
+    "fusion=residual_gate: the features have no text (no feature of modality 'text'), so the gate has nothing "
+    "to open on and the model is its base; intended with ablation=no_text, else give it text: "
+    "data.text_stream=true (the synthetic raw posts) or data.text.path=posts.parquet (docs/text.md), or a "
+    "feature set with the social text block (feature_set=full or full_durations)"
+)
+
+
+def warn_if_no_text(columns: TextColumns) -> None:
+    """Log :data:`NO_TEXT_WARNING` once per feature set (a run fits one per fold) when ``columns`` have no text."""
+    if columns.has_text or columns.names in _WARNED_NO_TEXT:
+        return
+    _WARNED_NO_TEXT.add(columns.names)
+    log.warning(NO_TEXT_WARNING)
