@@ -3,7 +3,8 @@
 Two forecast shapes, one score (lower is better, in return units; ``CRPS(F, y) = E|X - y| - E|X - X'|/2
 = 2 * integral over tau of the pinball loss of F's tau-quantile``):
 
-- :func:`sample_crps`: exact for the empirical distribution of draws (a diffusion head's ``sample``);
+- :func:`sample_crps`: from draws (a diffusion head's ``sample``): the fair (unbiased) estimate of the
+  sampler's CRPS, or the empirical distribution's own;
 - :func:`quantile_crps`: for the distribution three quantiles imply: the quantile function is linear in
   ``tau`` between (0.1, q10), (0.5, q50) and (0.9, q90) (a piecewise-linear CDF between the knots), with
   normal tails beyond them (below q10: ``q10 + (q50 - q10) / z * (Phi^-1(tau) + z)``, above q90 the mirror
@@ -25,9 +26,11 @@ Z90 = float(norm.ppf(0.9))
 _ROW_CHUNK = 20000
 
 
-def sample_crps(samples: np.ndarray, realised: np.ndarray) -> np.ndarray:
-    """CRPS of the empirical distribution of ``samples`` [n, S, H] at ``realised`` [n, H] -> [n, H]
-    (NaN where ``realised`` is NaN): ``mean_i |x_i - y| - sum_i (2i - S - 1) x_(i) / S^2``."""
+def sample_crps(samples: np.ndarray, realised: np.ndarray, fair: bool = True) -> np.ndarray:
+    """CRPS from ``samples`` [n, S, H] at ``realised`` [n, H] -> [n, H] (NaN where ``realised`` is NaN):
+    ``mean_i |x_i - y| - sum_i (2i - S - 1) x_(i) / D``. ``fair`` (default): ``D = S (S - 1)``, the
+    unbiased estimate of the CRPS of the distribution the draws come from (Ferro 2014; the empirical
+    distribution's own CRPS, ``D = S^2``, overstates it by ``E|X - X'| / (2 S)``); ``fair=False``: ``D = S^2``."""
     x = np.asarray(samples, dtype=np.float64)
     y = np.asarray(realised, dtype=np.float64)
     if x.ndim != 3 or y.shape != (x.shape[0], x.shape[2]):
@@ -35,7 +38,7 @@ def sample_crps(samples: np.ndarray, realised: np.ndarray) -> np.ndarray:
     S = x.shape[1]
     xs = np.sort(x, axis=1)
     w = (2.0 * np.arange(1, S + 1) - S - 1.0)[None, :, None]
-    spread = (w * xs).sum(axis=1) / S**2
+    spread = (w * xs).sum(axis=1) / (S * (S - 1) if fair and S > 1 else S**2)
     out = np.abs(x - y[:, None, :]).mean(axis=1) - spread
     return np.where(np.isfinite(y), out, np.nan)
 

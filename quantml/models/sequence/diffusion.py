@@ -29,6 +29,9 @@ HEADS = ("quantile", "diffusion")
 SCHEDULES = ("linear", "cosine")
 POINTS = ("samples", "head")
 TARGETS = ("eps", "x0", "v")  # what the denoiser predicts: the noise, the clean target, or v (DiffusionSpec)
+FRAMES = ("returns", "quantile")  # what the head diffuses: the scaled returns, or the quantile head's residual
+Z90 = 1.2815515655446004  # Phi^-1(0.9): (q90 - q10) / (2 Z90) is a normal's sigma
+MIN_FRAME_SCALE = 1e-3  # floor of the quantile frame's scale (scaled units), so the residual stays finite
 TIME_DIM = 16  # sinusoidal embedding of the noise step
 X0_CLIP = 50.0  # predicted clean targets (scaled units) are clipped while sampling, for stability
 SAMPLE_CHUNK = 65536  # rows x samples denoised at once when sampling (bounds memory)
@@ -46,7 +49,11 @@ class DiffusionSpec:
     (the mean head's forecast, trained on MSE); train_draws : noise draws per training row and step (the
     denoiser is small beside the backbone: several draws per row sharpen its gradient at little cost);
     target : what the denoiser predicts and its loss is the MSE of: ``eps`` (the noise, Ho et al. 2020),
-    ``x0`` (the clean scaled returns) or ``v`` (``sqrt(ab) eps - sqrt(1 - ab) x0``, Salimans and Ho 2022).
+    ``x0`` (the clean scaled returns) or ``v`` (``sqrt(ab) eps - sqrt(1 - ab) x0``, Salimans and Ho 2022);
+    frame : what is diffused: ``returns`` (the scaled returns) or ``quantile`` (the residual of the net's
+    own quantile head, ``(y - q50) / ((q90 - q10) / (2 z90))``, location and scale detached: the head learns
+    the residual's shape, its draws are mapped back with the same location and scale; as in CARD, Han et
+    al. 2022, whose diffusion starts from a learned mean).
     """
 
     schedule: str = "cosine"
@@ -60,8 +67,11 @@ class DiffusionSpec:
     point: str = "samples"
     train_draws: int = 8
     target: str = "eps"
+    frame: str = "returns"
 
     def __post_init__(self) -> None:
+        if self.frame not in FRAMES:
+            raise QuantmlInputError(f"head.frame must be one of {', '.join(FRAMES)}, got {self.frame!r}")
         if self.target not in TARGETS:
             raise QuantmlInputError(f"head.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.schedule not in SCHEDULES:
@@ -163,6 +173,14 @@ class DiffusionHead(nn.Module):
     def weight(self) -> float:
         return float(self.spec.weight)
 
+    def frame(self, out: Mapping) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(location, scale)`` [B, H] (detached) of the head's frame from the net's outputs ``out``, or
+        None for ``frame=returns`` (the scaled returns themselves)."""
+        if getattr(self.spec, "frame", "returns") == "returns":  # specs pickled before the key: returns
+            return None
+        q10, q50, q90 = (out[k].detach().float() for k in ("q10", "q50", "q90"))
+        return q50, ((q90 - q10) / (2 * Z90)).clamp_min(MIN_FRAME_SCALE)
+
     def raw(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The denoiser's output [N, H] (its ``target``: eps, x0 or v) from ``x`` [N, H], steps ``k`` [N]
         (or [1]: one step for every row) and the projected context ``cond`` [N, d]."""
@@ -188,10 +206,19 @@ class DiffusionHead(nn.Module):
         ab = self.abar.to(x.device)[kk].unsqueeze(-1).to(x.dtype)
         return self.eps_x0(x, k, cond, ab)[0]
 
-    def loss(self, context: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        context: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        frame: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """MSE of the denoiser's ``target`` (eps, x0 or v) over the finite entries of ``y`` [B, H] (scaled
-        units), ``train_draws`` noise steps and draws per row."""
+        units; in ``frame``, ``(location, scale)`` [B, H] from :meth:`frame`, its residual), ``train_draws``
+        noise steps and draws per row."""
         r = int(self.spec.train_draws)
+        if frame is not None:
+            y = (y.to(frame[0].dtype) - frame[0]) / frame[1]
         cond = self.cond(context).repeat(r, 1)
         y = y.repeat(r, 1)
         ok = torch.isfinite(y)
@@ -207,8 +234,15 @@ class DiffusionHead(nn.Module):
         return torch.where(ok, err, torch.zeros_like(err)).sum() / ok.sum().clamp_min(1)
 
     @torch.no_grad()
-    def sample(self, context: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        """``n_samples`` draws per row from ``p(y | context)``: [B, S, H] in scaled units.
+    def sample(
+        self,
+        context: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator,
+        frame: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``n_samples`` draws per row from ``p(y | context)``: [B, S, H] in scaled units (with ``frame``
+        ``(location, scale)`` [B, H], draws of the residual mapped back: ``location + scale * draw``).
 
         DDIM over ``sample_steps`` evenly spaced noise levels (always ending at level 0) with
         stochasticity ``eta``; every random number comes from ``generator`` (same generator state ->
@@ -235,4 +269,6 @@ class DiffusionHead(nn.Module):
                 if spec.eta > 0 and i + 1 < len(levels):
                     x = x + sigma * torch.randn(n, H, generator=generator, dtype=torch.float32).to(context.device)
             out[lo : lo + rows_per] = x.view(-1, S, H)
+        if frame is not None:
+            out = frame[0].float().unsqueeze(1) + frame[1].float().unsqueeze(1) * out
         return out

@@ -6,7 +6,12 @@ trades a smooth stand-in built from the ``mean`` head (scaled units, about unit 
 * ``tanh``: ``position_i = tanh(scale * mean_i)`` per row and horizon;
 * ``softmax``: ``position_i = B * softmax(scale * mean)_i - 1`` over the batch's ``B`` labelled rows
   (weights that sum to zero across the batch: a long-short book over the rows the batch sampled,
-  which come from every symbol and time; not a per-timestamp cross-section).
+  which come from every symbol and time; not a per-timestamp cross-section);
+* ``cross_section``: the real cross-sectional book's stand-in: per timestamp (``batch["t_id"]``), the
+  demeaned ``tanh(scale * mean_i)`` over that timestamp's labelled symbols, divided by its gross (sum of
+  ``|w|`` = 1: dollar-neutral, gross 1, like the rank book). The batch is then one of whole cross-sections
+  (the trainer's :class:`~quantml.models.sequence.cross_section_batches.TimestampBatchSampler`), and the
+  Sharpe is over the batch's timestamps: ``pnl_t = sum_i w_i y_i - cost * sum_i |w_i - w_prev_i|``.
 
 ``pnl_i = position_i * y_ret_i`` (labelled rows, scaled units) minus, with a cost, ``cost_bps * 1e-4 /
 ret_scale_h * |position_i - position_prev_i|`` where the batch also holds the row's previous bar of the
@@ -22,7 +27,8 @@ import torch
 
 from quantml.contracts import QuantmlInputError
 
-SURROGATES = ("tanh", "softmax")
+SURROGATES = ("tanh", "softmax", "cross_section")
+CROSS_SECTION_KEY = "t_id"  # the batch extra holding each row's timestamp code (cross_section)
 KINDS = ("sharpe", "sortino")
 
 
@@ -72,10 +78,18 @@ class FinancialLoss:
         self.ret_scale = None if ret_scale is None else np.asarray(ret_scale, dtype=np.float64)
         self.eps = float(eps)
 
-    def positions(self, mean: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-        """Surrogate positions [B, H] of the forecasts ``mean`` [B, H] (0 where ``ok`` is False)."""
+    def positions(self, mean: torch.Tensor, ok: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Surrogate positions [B, H] of the forecasts ``mean`` [B, H] (0 where ``ok`` is False);
+        ``groups`` [B] (``cross_section``): each row's timestamp index in 0 .. G-1."""
         z = self.scale * mean
-        if self.surrogate == "tanh":
+        if self.surrogate == "cross_section":
+            okf = ok.to(z.dtype)
+            t = torch.tanh(z) * okf
+            mean_t = _group_sum(t, groups) / _group_sum(okf, groups).clamp_min(1)
+            d = (t - mean_t[groups]) * okf
+            gross = _group_sum(d.abs(), groups).clamp_min(1e-6)
+            pos = d / gross[groups]
+        elif self.surrogate == "tanh":
             pos = torch.tanh(z)
         else:
             logits = z.masked_fill(~ok, -1e4)  # unlabelled rows get no weight (finite: no NaN gradients)
@@ -103,7 +117,15 @@ class FinancialLoss:
         mean = out["mean"].float()
         y = batch["y_ret"].to(mean.device).float()
         ok = torch.isfinite(y)
-        pos = self.positions(mean, ok)
+        groups = None
+        if self.surrogate == "cross_section":
+            if CROSS_SECTION_KEY not in batch:
+                raise QuantmlInputError(
+                    "sharpe_surrogate=cross_section needs batches of whole timestamps with their t_id; "
+                    "train it through a SequenceForecaster (it builds them) or use sharpe_surrogate=tanh"
+                )
+            groups = torch.unique(batch[CROSS_SECTION_KEY].to(mean.device)[:, 0], return_inverse=True)[1]
+        pos = self.positions(mean, ok, groups)
         pnl = pos * torch.nan_to_num(y)
         if self.cost_bps > 0:
             if self.ret_scale is None:
@@ -112,6 +134,9 @@ class FinancialLoss:
             pnl = pnl - cost * self.turnover(pos, batch)
         okf = ok.to(pnl.dtype)
         pnl = pnl * okf
+        if groups is not None:  # one book per timestamp: its pnl is the sum over its symbols
+            pnl, okf = _group_sum(pnl, groups), (_group_sum(okf, groups) >= 2).to(pnl.dtype)
+            pnl = pnl * okf
         n = okf.sum(0)
         m = pnl.sum(0) / n.clamp_min(1)
         if self.kind == "sharpe":
@@ -123,6 +148,13 @@ class FinancialLoss:
             return mean.sum() * 0.0
         ratio = -m / (dev + self.eps)
         return self.weight * ratio[use].mean()
+
+
+def _group_sum(v: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Per-group sums [G, H] of ``v`` [B, H] over rows with ``groups`` [B] in 0 .. G-1."""
+    G = int(groups.max()) + 1 if len(groups) else 0
+    out = torch.zeros(G, v.shape[1], dtype=v.dtype, device=v.device)
+    return out.index_add(0, groups, v)
 
 
 class SumOfTerms:

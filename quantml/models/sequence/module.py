@@ -102,7 +102,7 @@ class SequenceModule(pl.LightningModule):
         head = getattr(self.net, "diffusion", None)
         if head is None:
             return 0.0
-        return head.weight * head.loss(out["context"], batch["y_ret"], generator)
+        return head.weight * head.loss(out["context"], batch["y_ret"], generator, head.frame(out))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)

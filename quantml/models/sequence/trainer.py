@@ -27,8 +27,14 @@ from torch.utils.data import DataLoader
 
 from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, SampleSet
+from quantml.models.sequence.cross_section_batches import TimestampBatchSampler
 from quantml.models.sequence.diffusion import DiffusionHead, parse_head
-from quantml.models.sequence.financial_loss import FinancialLoss, SumOfTerms, check_financial_settings
+from quantml.models.sequence.financial_loss import (
+    CROSS_SECTION_KEY,
+    FinancialLoss,
+    SumOfTerms,
+    check_financial_settings,
+)
 from quantml.models.sequence.heads import LossWeights
 from quantml.models.sequence.module import KeepBestState, RandomState, SequenceModule, SequenceNet
 from quantml.models.sequence.windows import (
@@ -292,12 +298,13 @@ class SequenceForecaster(Forecaster):
                 self.scaler_,
                 symbol_dropout=self.symbol_dropout,
                 rng=np.random.default_rng(self.seed),
-                extras=self._batch_extras(data, self.scaler_),
+                extras={**self._batch_extras(data, self.scaler_), **self._cross_section_extras(data)},
             )
-            sampler = ChunkedBatchSampler(
-                len(rows),
+            sampler = (TimestampBatchSampler if self._cross_section_batches() else ChunkedBatchSampler)(
+                # whole timestamps (cross_section): each dataset position's timestamp code; else the count
+                train_ds.extras[CROSS_SECTION_KEY][train_ds.rows, 0] if self._cross_section_batches() else len(rows),
                 self.batch_size,  # the global batch: under DDP each rank yields its share of it
-                self.batch_chunk,
+                self.batch_chunk,  # cross_section: consecutive timestamps per block (at least 2)
                 torch.Generator().manual_seed(self.seed),
                 drop_last=len(rows) >= 2 * self.batch_size,
                 world_size=self.devices,
@@ -527,6 +534,16 @@ class SequenceForecaster(Forecaster):
             return None
         return terms[0] if len(terms) == 1 else SumOfTerms(terms)
 
+    def _cross_section_batches(self) -> bool:
+        """True when the financial term trades per-timestamp cross-sections (batches of whole timestamps)."""
+        return getattr(self, "w_sharpe", 0.0) > 0 and getattr(self, "sharpe_surrogate", "tanh") == "cross_section"
+
+    def _cross_section_extras(self, data) -> dict[str, np.ndarray]:
+        """``{t_id: [n_rows, 1]}``, each panel row's timestamp code, for ``sharpe_surrogate=cross_section``."""
+        if not self._cross_section_batches():
+            return {}
+        return {CROSS_SECTION_KEY: np.unique(data.t0, return_inverse=True)[1].reshape(-1, 1).astype(np.float32)}
+
     def _attach_head(self, net: torch.nn.Module) -> torch.nn.Module:
         """Give ``net`` its diffusion head (``net.diffusion``) when ``head=diffusion``; the net must expose
         ``context_dim`` and a ``context`` output [B, context_dim]. The quantile head: ``net`` unchanged."""
@@ -557,7 +574,8 @@ class SequenceForecaster(Forecaster):
                 parts = []
 
                 def collect(out, batch, parts=parts):
-                    parts.append(self.net_.diffusion.sample(out["context"], per, gen).numpy())
+                    head = self.net_.diffusion
+                    parts.append(head.sample(out["context"], per, gen, head.frame(out)).numpy())
 
                 self._run(data, rows, collect=collect, stochastic=n_pass > 0)
                 passes.append(np.concatenate(parts) if parts else np.zeros((0, per, len(self.horizons)), np.float32))

@@ -1,0 +1,94 @@
+"""Training batches made of whole cross-sections (``sharpe_surrogate=cross_section``).
+
+A cross-sectional surrogate of the book weighs the symbols of one timestamp against each other, so
+its batches must hold every training row of the timestamps they sample, and the previous bar of
+each (its turnover). :class:`TimestampBatchSampler` shuffles blocks of ``block`` consecutive
+timestamps and packs whole blocks into batches of about ``batch_size`` rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class TimestampBatchSampler(Sampler):
+    """Batches of dataset positions grouped by timestamp.
+
+    ``t_codes`` [n]: the timestamp code of each dataset position (any integers; equal = one
+    timestamp). Each epoch the timestamps are cut into blocks of ``block`` consecutive ones (at a
+    random offset) and the blocks shuffled; a batch is ``max(1, round(batch_size / (rows per
+    timestamp * block)))`` blocks. ``set_epoch(e)`` makes the order a function of the generator's
+    seed and ``e`` (as :class:`~quantml.models.sequence.windows.ChunkedBatchSampler`); with
+    ``world_size > 1`` each rank yields a contiguous share of every batch.
+    """
+
+    def __init__(
+        self,
+        t_codes: np.ndarray,
+        batch_size: int,
+        block: int,
+        generator: torch.Generator,
+        drop_last: bool,
+        world_size: int = 1,
+        rank: int | None = None,
+    ) -> None:
+        t_codes = np.asarray(t_codes)
+        order = np.argsort(t_codes, kind="stable")
+        _, starts = np.unique(t_codes[order], return_index=True)
+        self.groups = np.split(order, starts[1:]) if len(order) else []
+        self.block = max(2, int(block))  # the turnover needs each row's previous bar in the batch
+        per_t = len(order) / max(1, len(self.groups))
+        self.blocks_per_batch = max(1, int(round(batch_size / (per_t * self.block))))
+        self.generator, self.drop_last = generator, drop_last
+        self.world_size, self.rank = max(1, int(world_size)), rank
+        self.epoch: int | None = None
+        self.sampler = self  # Lightning's per-epoch set_epoch reaches batch_sampler.sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict:  # a torch.Generator does not cross DDP spawn pickling
+        state = dict(self.__dict__)
+        g = state.pop("generator")
+        state.pop("sampler")
+        state["generator_state"] = (g.initial_seed(), g.get_state().numpy().copy())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        seed, rng_state = state.pop("generator_state")
+        self.__dict__.update(state)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.generator.set_state(torch.from_numpy(rng_state))
+        self.sampler = self
+
+    def _n_blocks(self) -> int:
+        # an offset cut adds at most one block; len() counts the fewest, so every epoch yields len() batches
+        return -(-len(self.groups) // self.block)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self._n_blocks(), self.blocks_per_batch)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self):
+        if self.epoch is None:
+            generator = self.generator
+        else:
+            seed = np.random.SeedSequence([self.generator.initial_seed(), self.epoch]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(seed))
+        T = len(self.groups)
+        offset = int(torch.randint(self.block, (1,), generator=generator))
+        bounds = np.unique(np.r_[0, np.arange(offset, T, self.block), T])
+        perm = torch.randperm(len(bounds) - 1, generator=generator).numpy()
+        rank = 0
+        if self.world_size > 1:
+            dist = torch.distributed
+            rank = int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else int(self.rank or 0)
+        m = self.blocks_per_batch
+        for b in range(len(self)):
+            chosen = perm[b * m : (b + 1) * m]
+            batch = np.concatenate([np.concatenate(self.groups[bounds[j] : bounds[j + 1]]) for j in chosen])
+            if self.world_size > 1:
+                batch = np.array_split(batch, self.world_size)[rank]
+            yield batch.tolist()
