@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+
+from quantml.models.sequence.windows import ChunkedBatchSampler, EpochClock
 
 
-class TimestampBatchSampler(Sampler):
+class TimestampBatchSampler(ChunkedBatchSampler):
     """Batches of dataset positions grouped by timestamp.
 
     ``t_codes`` [n]: the timestamp code of each dataset position (any integers; equal = one
@@ -44,24 +45,7 @@ class TimestampBatchSampler(Sampler):
         self.generator, self.drop_last = generator, drop_last
         self.world_size, self.rank = max(1, int(world_size)), rank
         self.epoch: int | None = None
-        self.sampler = self  # Lightning's per-epoch set_epoch reaches batch_sampler.sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __getstate__(self) -> dict:  # a torch.Generator does not cross DDP spawn pickling
-        state = dict(self.__dict__)
-        g = state.pop("generator")
-        state.pop("sampler")
-        state["generator_state"] = (g.initial_seed(), g.get_state().numpy().copy())
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        seed, rng_state = state.pop("generator_state")
-        self.__dict__.update(state)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.generator.set_state(torch.from_numpy(rng_state))
-        self.sampler = self
+        self.sampler = EpochClock(self)  # what Lightning's per-epoch ``set_epoch`` call reaches
 
     def _n_blocks(self) -> int:
         # an offset cut adds at most one block; len() counts the fewest, so every epoch yields len() batches
@@ -72,19 +56,12 @@ class TimestampBatchSampler(Sampler):
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self):
-        if self.epoch is None:
-            generator = self.generator
-        else:
-            seed = np.random.SeedSequence([self.generator.initial_seed(), self.epoch]).generate_state(1)[0]
-            generator = torch.Generator().manual_seed(int(seed))
+        generator = self._epoch_generator()
         T = len(self.groups)
         offset = int(torch.randint(self.block, (1,), generator=generator))
         bounds = np.unique(np.r_[0, np.arange(offset, T, self.block), T])
         perm = torch.randperm(len(bounds) - 1, generator=generator).numpy()
-        rank = 0
-        if self.world_size > 1:
-            dist = torch.distributed
-            rank = int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else int(self.rank or 0)
+        rank = self._rank()
         m = self.blocks_per_batch
         for b in range(len(self)):
             chosen = perm[b * m : (b + 1) * m]

@@ -240,7 +240,7 @@ class ChunkedBatchSampler(Sampler):
         self.generator, self.drop_last = generator, drop_last
         self.world_size, self.rank = max(1, int(world_size)), rank
         self.epoch: int | None = None
-        self.sampler = _EpochClock(self)  # what Lightning's per-epoch ``set_epoch`` call reaches
+        self.sampler = EpochClock(self)  # what Lightning's per-epoch ``set_epoch`` call reaches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -274,13 +274,16 @@ class ChunkedBatchSampler(Sampler):
             return int(torch.distributed.get_rank())
         return int(self.rank or 0)
 
+    def _epoch_generator(self) -> torch.Generator:
+        """The generator of this epoch's order: a function of the seed and ``set_epoch``'s epoch."""
+        if self.epoch is None:
+            return self.generator
+        seed = np.random.SeedSequence([self.generator.initial_seed(), self.epoch]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
     def __iter__(self):
         # a generator: the order is drawn at the first batch, after Lightning's set_epoch
-        if self.epoch is None:
-            generator = self.generator
-        else:
-            seed = np.random.SeedSequence([self.generator.initial_seed(), self.epoch]).generate_state(1)[0]
-            generator = torch.Generator().manual_seed(int(seed))
+        generator = self._epoch_generator()
         if self.chunk == 1:
             order = torch.randperm(self.n, generator=generator).numpy()
         else:
@@ -298,7 +301,7 @@ class ChunkedBatchSampler(Sampler):
             yield batch.tolist()
 
 
-class _EpochClock:
+class EpochClock:
     """``batch_sampler.sampler`` of a loader over a :class:`ChunkedBatchSampler`: Lightning calls
     ``set_epoch`` on it at each epoch start (``lightning.fabric.utilities.data._set_sampler_epoch``)."""
 
