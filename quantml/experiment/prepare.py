@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +21,7 @@ from quantml.contracts.exchange_calendars import (
     panel_bars_missing,
     resolve_calendars,
 )
-from quantml.contracts.schema import CORE_COLUMNS
+from quantml.contracts.schema import CORE_COLUMNS, OPTIONAL_COLUMNS
 from quantml.contracts.time import infer_calendars, panel_periods_per_year
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel
 from quantml.features import event_activity_mask
@@ -37,6 +40,7 @@ REALISED = ("ret", "ret_after_cost", "dir", "vol", "t1")
 class PreparedData:
     """The model-ready panel plus what evaluation needs to know about it."""
 
+    # every row; built from a partitioned parquet directory, only the columns read after the build
     panel: pd.DataFrame
     data: PanelData
     samples: np.ndarray  # positions (into data) of development samples, in time order
@@ -88,21 +92,20 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    """Load the panel, build causal features and cost-aware labels, select samples."""
+def prepare_data(cfg: DictConfig, served: bool = False) -> PreparedData:
+    """Load the panel, build causal features and cost-aware labels, select samples.
+
+    A symbol-partitioned parquet ``data.path`` is built one symbol at a time and ``panel`` keeps only the
+    columns read after the build (:func:`_build_partitioned`), plus with ``served`` the columns the
+    features read (stacking serves the experts on ``panel``); any other source is loaded whole."""
     horizons = list(cfg.horizon.horizons)
     costs = build(cfg.cost, "cost", "quantml.market.CostModel")
-    panel = load_panel(cfg.data)
-    declared = declared_calendars(cfg.data, panel)
-    if _require_ready(cfg.data):  # data.require_ready=true: audit before anything is fitted
-        from quantml.data.audit import ReadyThresholds, require_ready
-
-        ready = OmegaConf.to_container(cfg.data.ready, resolve=True) if cfg.data.get("ready") is not None else {}
-        require_ready(panel, declared, ready.get("window"), ReadyThresholds.from_config(ready))
     drop = list(cfg.ablation.drop_modalities or [])
     feature_set = OmegaConf.to_container(cfg.feature_set, resolve=True)
-    # features and labels in one pass over the symbols (quantml.features.build.build)
-    features, labels = features_and_labels(panel, feature_set, horizons, costs.round_trip, drop, declared)
+    built = _build_partitioned(cfg.data, feature_set, horizons, costs.round_trip, drop, served)
+    if built is None:
+        built = _build_in_memory(cfg.data, feature_set, horizons, costs.round_trip, drop)
+    panel, declared, features, labels, fingerprint = built
     text = prepare_text(cfg.data, panel, drop)  # the raw text stream: statistics + sparse towers (docs/text.md)
     if text is not None:
         features = attach_text(features, text)
@@ -144,11 +147,151 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         samples=samples,
         realised=pd.DataFrame(realised),
         contract=contract,
-        fingerprint=data_fingerprint(panel),
+        fingerprint=fingerprint,
         bar=infer_bar_frequency(panel),
         periods_per_year=_periods_per_year(cfg.data, panel, declared),
         skipped_blocks=dict(features.skipped),
     )
+
+
+def _build_in_memory(cfg_data, feature_set: dict, horizons: list[str], round_trip: float, drop: list[str]):
+    """``(panel, declared, FeatureMatrix, Labels, fingerprint)`` from the whole validated panel
+    (:func:`quantml.data.load_panel`), labels float64."""
+    panel = load_panel(cfg_data)
+    declared = declared_calendars(cfg_data, panel)
+    if _require_ready(cfg_data):  # data.require_ready=true: audit before anything is fitted
+        from quantml.data.audit import ReadyThresholds, require_ready
+
+        ready = OmegaConf.to_container(cfg_data.ready, resolve=True) if cfg_data.get("ready") is not None else {}
+        require_ready(panel, declared, ready.get("window"), ReadyThresholds.from_config(ready))
+    # features and labels in one pass over the symbols (quantml.features.build.build)
+    features, labels = features_and_labels(panel, feature_set, horizons, round_trip, drop, declared)
+    return panel, declared, features, labels, data_fingerprint(panel)
+
+
+def _build_partitioned(
+    cfg_data, feature_set: dict, horizons: list[str], round_trip: float, drop: list[str], served: bool
+):
+    """:func:`_build_in_memory`'s result, equal value for value, from a symbol-partitioned parquet
+    directory read one symbol at a time, the returned panel slim (:func:`_slim_panel`); None when the
+    directory or an option needs the whole raw panel (:func:`_partitioned_symbols`, :func:`_check_partitions`)."""
+    from quantml.labels import partitioned_features_and_labels
+
+    found = _partitioned_symbols(cfg_data)
+    if found is None:
+        return None
+    path, symbols = found
+    checked = _check_partitions(path, symbols)
+    if checked is None:
+        return None
+    columns, fingerprint = checked
+    built = partitioned_features_and_labels(
+        path,
+        feature_set,
+        horizons,
+        round_trip,
+        drop,
+        symbols,
+        dtype=np.float64,  # float64 as in memory
+    )
+    panel = _slim_panel(path, symbols, columns, built.features.input_columns if served else ())
+    if len(panel) != len(built.keys):  # pragma: no cover - the files changed while being read
+        raise QuantmlInputError(f"data.path={path} changed while it was read; train on a stable copy")
+    declared = declared_calendars(cfg_data, panel)  # {} (calendars fall back); data.max_gap reads the keys
+    return panel, declared, built.features, built.labels, fingerprint
+
+
+def _partitioned_symbols(cfg_data) -> tuple[str, list[str]] | None:
+    """``(data.path, symbols)`` when ``data.path`` is a directory of ``symbol=<name>/`` partitions only
+    and no option needs the whole raw panel; else None. Left to :func:`_build_in_memory` (None):
+    ``data.streams`` (joined as-of on the whole panel), ``data.start``/``end``, ``data.calendars``
+    (the streaming build takes no declared calendars), ``data.require_ready`` (audits every column),
+    ``data.text.path`` (the text statistics read the panel) and ``data.symbols`` naming a symbol that
+    has no partition (the in-memory path names it in its error)."""
+    from urllib.parse import unquote
+
+    from quantml.data.loaders import _get, is_partitioned
+    from quantml.data.text_stream import text_config
+
+    path = _get(cfg_data, "path")
+    if _get(cfg_data, "source") != "file" or not path or path == "???" or not is_partitioned(path):
+        return None
+    whole = [_get(cfg_data, k) for k in ("streams", "start", "end", "calendars")]
+    if any(whole) or _require_ready(cfg_data) or text_config(cfg_data).get("path"):
+        return None
+    entries = [e for e in Path(path).expanduser().iterdir() if not e.name.startswith((".", "_"))]
+    if not all(e.is_dir() and e.name.startswith(f"{SYMBOL}=") for e in entries):
+        return None
+    have = sorted(unquote(e.name.split("=", 1)[1]) for e in entries)
+    wanted = _get(cfg_data, "symbols")
+    if not wanted:
+        return str(path), have
+    wanted = [s.strip() for s in wanted.split(",")] if isinstance(wanted, str) else [str(s) for s in wanted]
+    return (str(path), sorted(set(wanted))) if set(wanted) <= set(have) else None
+
+
+def _check_partitions(path: str, symbols: list[str]) -> tuple[list[str], str] | None:
+    """Each symbol's partition loaded and validated as :func:`quantml.data.load_panel` does the whole
+    panel (its errors raised), one symbol at a time: ``(columns, fingerprint)``, the validated panel's
+    columns and its :func:`quantml.data.data_fingerprint` (the row hashes of each symbol in turn: the
+    same digest). None when the validated panel would not be the files' values as they are (a column
+    cast or dropped) or when a check spans symbols (columns, bar size, close-only ranges differ): the
+    whole-panel path then decides."""
+    import pyarrow as pa
+
+    from quantml.data.loaders import load_partitioned
+    from quantml.data.panel import _to_utc, degenerate_symbols, validate_panel
+
+    digest, head, shapes = hashlib.sha256(), None, set()
+    for sym in symbols:
+        raw = load_partitioned(path, [sym])
+        if len(raw) == 0 or (raw[SYMBOL] != sym).any():
+            return None
+        raw[TIMESTAMP] = _to_utc(raw[TIMESTAMP])
+        part = validate_panel(raw)
+        kinds = [(c, str(part[c].dtype)) for c in part.columns]
+        # the streaming build reads the files' values: each must already be the validated one
+        cast = list(raw.columns) != list(part.columns) or any(
+            raw[c].dtype != part[c].dtype for c in part.columns if c not in (SYMBOL, TIMESTAMP)
+        )
+        if cast or (head is not None and kinds != head):
+            return None
+        if head is None:
+            head = kinds
+            digest.update("".join(f"{c}:{d};" for c, d in kinds).encode())
+        shapes.add((bool(degenerate_symbols(part)), infer_bar_frequency(part)))
+        rows = pd.util.hash_pandas_object(part, index=False, categorize=False).to_numpy()
+        digest.update(np.ascontiguousarray(rows).tobytes())
+    pa.default_memory_pool().release_unused()  # the partitions' buffers, before the build allocates
+    if len(shapes) > 1:
+        return None
+    return [c for c, _ in head], digest.hexdigest()[:16]
+
+
+# read from PreparedData.panel after the build: the order book's quotes (market()), the event
+# count (ablation.event_window) and what the stacking regime features read besides the bars
+_AFTER_BUILD = (
+    "bid",
+    "ask",
+    "event_count",
+    "funding_rate",
+    "open_interest",
+    "funding_rate_missing",
+    "open_interest_missing",
+)
+
+
+def _slim_panel(path: str, symbols: list[str], columns: list[str], inputs: Sequence[str]) -> pd.DataFrame:
+    """The panel's rows [n] (sorted by symbol, timestamp, as validated) with only the columns read after
+    the build: timestamp, symbol, the bar columns, :data:`_AFTER_BUILD` and ``inputs``; in the validated
+    panel's column order (``columns``), symbol as str as validated."""
+    from quantml.features.partitioned import Partitioned
+
+    keep = {*OPTIONAL_COLUMNS, *_AFTER_BUILD, *inputs}
+    # the build's reader: one copy per column, no whole-table sort (load_partitioned held 3x the columns)
+    thin = Partitioned(path, symbols, [c for c in columns if c in keep]).panel
+    thin = thin.assign(**{SYMBOL: thin[SYMBOL].astype(str)})
+    return thin[[c for c in columns if c in thin.columns]]
 
 
 def declared_calendars(cfg_data, panel: pd.DataFrame) -> dict[str, str]:

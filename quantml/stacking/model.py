@@ -301,7 +301,7 @@ def stack_panel(expert, fingerprint: str | None = None, check: bool = True):
     from quantml.experiment.prepare import prepare_data
 
     cfg = expert.run.config()
-    prep = prepare_data(cfg)
+    prep = prepare_data(cfg, served=True)  # the experts are served on prep.panel: it keeps their inputs
     want = fingerprint or expert.run.tags.get(L.TAG_DATA_FINGERPRINT)
     if check and want and prep.fingerprint != want:
         source = cfg.data.get("name") or cfg.data.get("_target_")
