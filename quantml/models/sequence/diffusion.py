@@ -30,6 +30,7 @@ SCHEDULES = ("linear", "cosine")
 POINTS = ("samples", "head")
 TARGETS = ("eps", "x0", "v")  # what the denoiser predicts: the noise, the clean target, or v (DiffusionSpec)
 FRAMES = ("returns", "quantile")  # what the head diffuses: the scaled returns, or the quantile head's residual
+FITS = ("joint", "after")  # the denoiser trained with the backbone, or after it on its frozen context
 Z90 = 1.2815515655446004  # Phi^-1(0.9): (q90 - q10) / (2 Z90) is a normal's sigma
 MIN_FRAME_SCALE = 1e-3  # floor of the quantile frame's scale (scaled units), so the residual stays finite
 TIME_DIM = 16  # sinusoidal embedding of the noise step
@@ -53,7 +54,11 @@ class DiffusionSpec:
     frame : what is diffused: ``returns`` (the scaled returns) or ``quantile`` (the residual of the net's
     own quantile head, ``(y - q50) / ((q90 - q10) / (2 z90))``, location and scale detached: the head learns
     the residual's shape, its draws are mapped back with the same location and scale; as in CARD, Han et
-    al. 2022, whose diffusion starts from a learned mean).
+    al. 2022, whose diffusion starts from a learned mean);
+    fit : ``joint`` (the denoising loss added to the backbone's, one training) or ``after`` (the backbone
+    trained exactly as with the quantile head, then the denoiser alone on its frozen context:
+    :func:`quantml.models.sequence.diffusion_fit.fit_head_after`); fit_epochs, fit_lr, fit_patience : that
+    second training's epochs, learning rate and early-stopping patience.
     """
 
     schedule: str = "cosine"
@@ -68,8 +73,16 @@ class DiffusionSpec:
     train_draws: int = 8
     target: str = "eps"
     frame: str = "returns"
+    fit: str = "joint"
+    fit_epochs: int = 100
+    fit_lr: float = 2e-3
+    fit_patience: int = 10
 
     def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise QuantmlInputError(f"head.fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if not self.fit_lr > 0:
+            raise QuantmlInputError(f"head.fit_lr must be > 0, got {self.fit_lr}")
         if self.frame not in FRAMES:
             raise QuantmlInputError(f"head.frame must be one of {', '.join(FRAMES)}, got {self.frame!r}")
         if self.target not in TARGETS:
@@ -78,7 +91,16 @@ class DiffusionSpec:
             raise QuantmlInputError(f"head.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.point not in POINTS:
             raise QuantmlInputError(f"head.point must be one of {', '.join(POINTS)}, got {self.point!r}")
-        for name in ("steps", "sample_steps", "n_samples", "hidden", "layers", "train_draws"):
+        for name in (
+            "steps",
+            "sample_steps",
+            "n_samples",
+            "hidden",
+            "layers",
+            "train_draws",
+            "fit_epochs",
+            "fit_patience",
+        ):
             if int(getattr(self, name)) < 1:
                 raise QuantmlInputError(f"head.{name} must be >= 1, got {getattr(self, name)}")
         if int(self.sample_steps) > int(self.steps):

@@ -29,6 +29,7 @@ from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, SampleSet
 from quantml.models.sequence.cross_section_batches import TimestampBatchSampler
 from quantml.models.sequence.diffusion import DiffusionHead, parse_head
+from quantml.models.sequence.diffusion_fit import fit_head_after
 from quantml.models.sequence.financial_loss import (
     CROSS_SECTION_KEY,
     FinancialLoss,
@@ -287,7 +288,9 @@ class SequenceForecaster(Forecaster):
                 "known_idx": known,
             }
             torch.manual_seed(self.seed)
-            net = self._attach_head(self._build_net(self.net_spec_))
+            net = self._build_net(self.net_spec_)
+            if not self._head_after():  # head.fit=after: the head is built once the backbone is trained
+                net = self._attach_head(net)
             module = SequenceModule(net, self.loss_weights, self.lr, self.weight_decay, self._extra_loss_fn())
 
             train_ds = WindowDataset(
@@ -379,6 +382,8 @@ class SequenceForecaster(Forecaster):
             # epochs to the restored best state; without validation, every epoch that ran
             epochs = keeper.best_epoch + 1 if keeper.best_state is not None else len(keeper.history)
             self.capacity_ = {"epochs": max(1, int(epochs))}
+            if self._head_after():
+                self._fit_head_after(data, rows, valid.data if valid_rows is not None else None, valid_rows, fixed)
             self._after_fit(
                 valid.data if valid_rows is not None else data, valid_rows if valid_rows is not None else rows
             )
@@ -558,6 +563,42 @@ class SequenceForecaster(Forecaster):
             )
         net.diffusion = DiffusionHead(int(d_context), len(self.horizons), spec)
         return net
+
+    def _head_after(self) -> bool:
+        spec = getattr(self, "head_spec", None)
+        return spec is not None and getattr(spec, "fit", "joint") == "after"
+
+    def _fit_head_after(self, data, rows: np.ndarray, valid_data, valid_rows, fixed: dict | None) -> None:
+        """``head.fit=after``: attach the diffusion head to the trained ``net_`` and fit it alone on the
+        frozen net's contexts (:func:`~quantml.models.sequence.diffusion_fit.fit_head_after`); with a
+        fixed capacity, for its ``head_epochs``. ``capacity_["head_epochs"]``: the epochs to its best state."""
+        torch.manual_seed(self.seed)
+        head = self._attach_head(self.net_).diffusion
+        epochs = int(fixed["head_epochs"]) if fixed is not None and "head_epochs" in fixed else None
+        train = self._head_inputs(data, rows)
+        valid = self._head_inputs(valid_data, valid_rows) if valid_rows is not None and epochs is None else None
+        with self._torch_threads():
+            history = fit_head_after(head, train, valid, self.seed, epochs)
+        self.head_history_ = history
+        self.capacity_["head_epochs"] = int(np.argmin(history)) + 1 if history else int(epochs or head.spec.fit_epochs)
+
+    def _head_inputs(self, data, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The frozen net's ``context`` [n, d] (and the frame's ``loc``/``scale`` [n, H]) and the scaled
+        returns ``y`` [n, H] of ``rows``: what :func:`fit_head_after` trains the head on."""
+        head = self.net_.diffusion
+        parts: dict[str, list] = {"context": [], "loc": [], "scale": []}
+
+        def collect(out, batch):
+            parts["context"].append(out["context"].float().numpy())
+            frame = head.frame(out)
+            if frame is not None:
+                parts["loc"].append(frame[0].numpy())
+                parts["scale"].append(frame[1].numpy())
+
+        self._run(data, rows, collect=collect)
+        inputs = {k: np.concatenate(v) for k, v in parts.items() if v}
+        inputs["y"] = (data.y_ret[rows] / self.scaler_.ret_scale_).astype(np.float32)
+        return inputs
 
     def _draw(self, data, rows: np.ndarray) -> np.ndarray:
         """The diffusion head's draws for ``rows``, float32 [n, S, H] in scaled units. One generator seeded
