@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from quantml.models.sequence.windows import ChunkedBatchSampler, EpochClock
+from quantml.models.sequence.windows import ChunkedBatchSampler
 
 
 class TimestampBatchSampler(ChunkedBatchSampler):
@@ -42,10 +42,8 @@ class TimestampBatchSampler(ChunkedBatchSampler):
         self.block = max(2, int(block))  # the turnover needs each row's previous bar in the batch
         per_t = len(order) / max(1, len(self.groups))
         self.blocks_per_batch = max(1, int(round(batch_size / (per_t * self.block))))
-        self.generator, self.drop_last = generator, drop_last
-        self.world_size, self.rank = max(1, int(world_size)), rank
-        self.epoch: int | None = None
-        self.sampler = EpochClock(self)  # what Lightning's per-epoch ``set_epoch`` call reaches
+        # the seed, epoch clock, drop_last and ranks as the parent keeps them (its n and chunk go unused)
+        super().__init__(len(order), batch_size, self.block, generator, drop_last, world_size, rank)
 
     def _n_blocks(self) -> int:
         # an offset cut adds at most one block; len() counts the fewest, so every epoch yields len() batches
