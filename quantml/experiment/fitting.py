@@ -39,6 +39,10 @@ from quantml.signals.core import ACTIONS
 from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
 from quantml.validation.purging import parse_embargo, to_ns
 
+# the columns of a prediction frame that fit_calibrator reads
+CALIBRATOR_COLUMNS = frozenset(
+    ("horizon", "prob_up", "prob_up_raw", "q10", "q50", "q90", "ret", "dir", "expected_return", "vol_forecast")
+)
 # share of the inner validation slice's timestamps (the latest ones) kept for calibration
 CALIBRATION_SHARE = 0.5
 _ROW = "_crossfit_row"
@@ -307,7 +311,9 @@ def fit_final(
         return template.with_capacity(capacity_for(len(rows))).fit(prep.data.subset(rows), None)
 
     def fit_predict(fit_rows: np.ndarray, predict_rows: np.ndarray) -> pd.DataFrame:
-        return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised)
+        frame = prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised)
+        # what the calibrator reads: the out-of-fold frame is as long as the development samples x horizons
+        return frame[[c for c in frame.columns if c in CALIBRATOR_COLUMNS]]
 
     oof = crossfit(prep.samples, prep.data.t0, prep.data.t1, fit_predict, splitter.crossfit_folds, splitter.embargo)
     # the block column is not read: no copy of a frame as long as the development samples x horizons

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.models.base import Forecast, SampleSet
-from quantml.models.tabular import QUANTILE_LEVELS, TabularForecaster, importance_series
+from quantml.models.tabular import QUANTILE_LEVELS, TabularForecaster, importance_series, row_blocks
 from quantml.models.threads import AUTO, resolve_threads
 
 
@@ -90,6 +90,15 @@ class LightGBMForecaster(TabularForecaster):
 
     def _prepare(self, X: np.ndarray, fit: bool = False) -> np.ndarray:
         return X
+
+    def _fit_matrix(self, part: SampleSet) -> RowBlocks:
+        """``part``'s rows as views of the panel's matrix where they run consecutively: LightGBM bins
+        a list of blocks as it bins one matrix (the same sampled rows, the same bins), so a fit never
+        copies its training rows (the final model's: the whole development matrix). A warm start
+        reads a copy: LightGBM predicts the source's init scores on one matrix."""
+        if getattr(self, "init_models", None):
+            return part.X
+        return RowBlocks(row_blocks(part.data.X, part.rows))
 
     def _stops(self, Xv, yv) -> bool:
         return not (Xv is None or yv is None or not self.early_stopping_rounds or self._fixed() is not None)
@@ -206,12 +215,15 @@ class LightGBMForecaster(TabularForecaster):
     def _fit_native_quantiles(self, train: SampleSet, valid: SampleSet | None) -> None:
         if self.quantiles == "native":
             has_valid = valid is not None and len(valid)
+            binned = self.__dict__.get("_binned")  # the heads' bins: the quantile heads reuse them
+            X = binned.X if binned is not None else self._fit_matrix(train)
+            Xv = (binned.Xv if binned is not None else self._fit_matrix(valid)) if has_valid else None
             self.quantile_models_ = [
                 [
                     self._fit_regressor(
-                        train.X,
+                        X,
                         np.nan_to_num(train.y_ret[:, j]),
-                        valid.X if has_valid else None,
+                        Xv,
                         np.nan_to_num(valid.y_ret[:, j]) if has_valid else None,
                         key=f"q{round(100 * a)}/{h}",
                         objective="quantile",
@@ -248,6 +260,21 @@ class LightGBMForecaster(TabularForecaster):
         return importance_series(self.feature_names_, gains)
 
 
+class RowBlocks:
+    """A fit's feature rows as a list of ``[rows_b, F]`` blocks (:func:`~quantml.models.tabular.row_blocks`)."""
+
+    def __init__(self, blocks: list[np.ndarray]) -> None:
+        self.blocks = blocks
+        self.n_rows = sum(len(b) for b in blocks)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+
+def _lgb_data(X):
+    return X.blocks if isinstance(X, RowBlocks) else X
+
+
 class _BinnedRows:
     """One fit's feature matrix binned once (and its early-stopping rows on the same bins): each
     head sets its label on the constructed datasets instead of binning the matrix again."""
@@ -255,11 +282,11 @@ class _BinnedRows:
     def __init__(self, X: np.ndarray, Xv: np.ndarray | None, params: dict, threads: int) -> None:
         self.X, self.Xv = X, Xv
         params = {**params, "num_threads": threads}
-        self.train = lgb.Dataset(X, label=np.zeros(len(X)), params=params, free_raw_data=False).construct()
+        self.train = lgb.Dataset(_lgb_data(X), label=np.zeros(len(X)), params=params, free_raw_data=False).construct()
         self.valid = None
         if Xv is not None:
             self.valid = lgb.Dataset(
-                Xv, label=np.zeros(len(Xv)), reference=self.train, params=params, free_raw_data=False
+                _lgb_data(Xv), label=np.zeros(len(Xv)), reference=self.train, params=params, free_raw_data=False
             ).construct()
 
     def train_with(self, y: np.ndarray) -> lgb.Dataset:

@@ -19,15 +19,18 @@ from quantml.models.base import Forecast, Forecaster, SampleSet, residual_quanti
 
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 _VOL_FLOOR = 1e-8
+# rows forecast at a time: predicting a large part (the final model's development samples) never
+# copies more of the feature matrix, nor holds more float64 outputs, than this many rows' worth
+PREDICT_CHUNK_ROWS = 1 << 18
 
 
 class TabularForecaster(Forecaster):
     """Shared fit/predict for backbones that see one feature row per sample."""
 
     def fit(self, train: SampleSet, valid: SampleSet | None = None) -> TabularForecaster:
-        X, Xv = self._prepare(train.X, fit=True), None
+        X, Xv = self._prepare(self._fit_matrix(train), fit=True), None
         if valid is not None and len(valid):
-            Xv = self._prepare(valid.X)
+            Xv = self._prepare(self._fit_matrix(valid))
         self.return_models_, self.direction_models_, self.vol_models_ = [], [], []
         for j, h in enumerate(self.horizons):
             y_ret, y_dir, y_logvol = _targets(train, j)
@@ -49,9 +52,19 @@ class TabularForecaster(Forecaster):
         """``capacity_`` after fit: ``{}`` (a backbone with iterations overrides it)."""
         return {}
 
+    def _fit_matrix(self, part: SampleSet):
+        """What a fit reads ``part``'s features from: ``part.X`` (a copy of its rows), unless a
+        backbone reads them without one (LightGBM: :func:`row_blocks`)."""
+        return part.X
+
     def predict(self, data: SampleSet) -> Forecast:
-        X = self._prepare(data.X)
-        return self._forecast(X)
+        """Forecasts of ``data``'s rows, :data:`PREDICT_CHUNK_ROWS` rows at a time (row by row the
+        same numbers: every head forecasts each row on its own)."""
+        chunks = [
+            self._forecast(self._prepare(data.data.X[data.rows[i : i + PREDICT_CHUNK_ROWS]]))
+            for i in range(0, max(len(data), 1), PREDICT_CHUNK_ROWS)
+        ]
+        return chunks[0] if len(chunks) == 1 else concat_forecasts(chunks)
 
     def _forecast(self, X: np.ndarray) -> Forecast:
         n, H = len(X), len(self.horizons)
@@ -65,7 +78,7 @@ class TabularForecaster(Forecaster):
         return Forecast(self.horizons, er, q10, q50, q90, pu, vol)
 
     def _residual_z(self, data: SampleSet) -> np.ndarray:
-        fc = self._forecast(self._prepare(data.X))
+        fc = self.predict(data)
         resid = (data.y_ret - fc.expected_return) / np.maximum(fc.vol_forecast, _VOL_FLOOR)
         z = np.zeros((3, len(self.horizons)))
         for j in range(len(self.horizons)):
@@ -98,6 +111,43 @@ class _ConstantProbability:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return np.column_stack([np.full(len(X), 1 - self.p), np.full(len(X), self.p)])
+
+
+def concat_forecasts(parts: list[Forecast]) -> Forecast:
+    """Row chunks' forecasts (the same horizons, in row order) as one :class:`Forecast`."""
+    fields = ("expected_return", "q10", "q50", "q90", "prob_up", "vol_forecast")
+    joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in fields}
+    diagnostics = {name: np.concatenate([p.diagnostics[name] for p in parts]) for name in parts[0].diagnostics}
+    return Forecast(parts[0].horizons, **joined, diagnostics=diagnostics)
+
+
+def row_blocks(X: np.ndarray, rows: np.ndarray, min_run: int = 1024, gather: int = 1 << 16) -> list[np.ndarray]:
+    """``X[rows]`` (``X`` [n, F] C-contiguous, ``rows`` sorted int positions) as a list of row blocks
+    in order, without copying runs: each run of at least ``min_run`` consecutive positions is a view
+    of ``X``; the rows between such runs are gathered into copies of up to ``gather`` rows.
+    ``np.concatenate(row_blocks(X, rows))`` equals ``X[rows]``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return [X[rows]]
+    starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
+    ends = np.append(starts[1:], len(rows))
+    blocks, pending = [], []
+
+    def flush() -> None:
+        while pending:
+            taken = np.concatenate(pending)
+            pending.clear()
+            for i in range(0, len(taken), gather):
+                blocks.append(X[taken[i : i + gather]])
+
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        if b - a >= min_run:
+            flush()
+            blocks.append(X[rows[a] : rows[a] + (b - a)])
+        else:
+            pending.append(rows[a:b])
+    flush()
+    return blocks
 
 
 def _predict_proba(model, X: np.ndarray) -> np.ndarray:

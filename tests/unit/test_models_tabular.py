@@ -12,6 +12,7 @@ import pytest
 from quantml.models.base import Forecast, PanelData
 from quantml.models.lightgbm_model import LightGBMForecaster
 from quantml.models.ridge import RidgeForecaster
+from quantml.models.tabular import row_blocks
 
 HORIZONS = ["1h", "4h"]
 
@@ -266,3 +267,44 @@ def test_rank_ic_stopping_and_the_floor_of_rounds():
         LightGBMForecaster(HORIZONS, return_stop_metric="sharpe")
     with pytest.raises(ValueError, match="min_rounds"):
         LightGBMForecaster(HORIZONS, min_rounds=-1)
+
+
+def test_row_blocks_are_views_of_long_runs_and_copies_between_them():
+    X = np.arange(40, dtype=np.float32).reshape(20, 2)
+    rows = np.array([0, 1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 19])
+    blocks = row_blocks(X, rows, min_run=4, gather=1)
+    # [0..3] a view, 5 a copy, [7..12] a view, 19 a copy
+    assert [b[:, 0].tolist() for b in blocks] == [[0, 2, 4, 6], [10], [14, 16, 18, 20, 22, 24], [38]]
+    assert [np.shares_memory(b, X) for b in blocks] == [True, False, True, False]
+    np.testing.assert_array_equal(np.concatenate(row_blocks(X, rows)), X[rows])
+
+
+@pytest.mark.parametrize("quantiles", ["residual", "native"])
+def test_lightgbm_fit_on_row_blocks_grows_the_trees_of_the_copied_rows(monkeypatch, quantiles):
+    """A fit reads its rows as views (``row_blocks``) where 0.1 copied ``X[rows]``: same bins, same trees,
+    and forecasts in chunks equal to forecasts of the whole part at once."""
+    import quantml.models.tabular as tabular
+
+    data = planted_panel(n_per_symbol=1500)
+    rows = np.arange(data.n_rows)
+    train = data.subset(np.concatenate([rows[:1200], rows[1500:2500:2], rows[2600:3800]]))
+    valid, test = data.subset(rows[3850:4000]), data.subset(rows[4000:])
+    assert [np.shares_memory(b, data.X) for b in row_blocks(data.X, train.rows)] == [True, False, True]
+
+    def fit(blocks: bool):
+        make = LightGBMForecaster(HORIZONS, seed=1, n_estimators=30, min_child_samples=20, quantiles=quantiles)
+        if not blocks:
+            monkeypatch.setattr(LightGBMForecaster, "_fit_matrix", lambda self, part: part.X)
+        model = make.fit(train, valid)
+        monkeypatch.undo()
+        return model
+
+    a, b = fit(True), fit(False)
+    assert [m.booster_.model_to_string() for _, m in a._named_heads()] == [
+        m.booster_.model_to_string() for _, m in b._named_heads()
+    ]
+    whole = a.predict(test)
+    monkeypatch.setattr(tabular, "PREDICT_CHUNK_ROWS", 64)
+    chunked = a.predict(test)
+    for name in ("expected_return", "q10", "q90", "prob_up", "vol_forecast"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
