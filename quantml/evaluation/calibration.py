@@ -132,6 +132,18 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     return float(s[min(k, n) - 1])
 
 
+def horizon_rows(column: pd.Series) -> dict[str, np.ndarray]:
+    """``{horizon: boolean mask [n]}`` of a prediction frame's ``horizon`` column, in order of first
+    appearance; a categorical column by its codes (no string per row: a large panel's frames are
+    tens of millions of rows long)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        order = pd.unique(codes[codes >= 0])
+        return {str(column.cat.categories[c]): codes == c for c in order}
+    values = column.astype(str).to_numpy()
+    return {str(h): values == h for h in pd.unique(values)}
+
+
 @dataclass
 class Calibrator:
     """Per-horizon calibration maps fitted on a validation slice. ``transform`` applies them.
@@ -170,14 +182,20 @@ class Calibrator:
         the horizons in ``residual_z`` (needs ``expected_return`` and ``vol_forecast`` then)."""
         if not self.residual_z:
             return frame
-        check_prediction_frame(frame, ("horizon", "expected_return", "vol_forecast"), "frame to calibrate")
-        out = frame.copy()
-        horizons = out["horizon"].astype(str).to_numpy()
+        return self._rebuild_quantiles(frame.copy(), horizon_rows(frame["horizon"]))
+
+    def _rebuild_quantiles(self, out: pd.DataFrame, rows_of: dict[str, np.ndarray]) -> pd.DataFrame:
+        """:meth:`residual_frame` on ``out`` in place (``rows_of``: :func:`horizon_rows` of it)."""
+        if not self.residual_z:
+            return out
+        check_prediction_frame(out, ("horizon", "expected_return", "vol_forecast"), "frame to calibrate")
         er = out["expected_return"].to_numpy(np.float64)
         vol = out["vol_forecast"].to_numpy(np.float64)
         qs = {name: out[name].to_numpy(np.float64).copy() for name in ("q10", "q50", "q90")}
         for h, z in self.residual_z.items():
-            rows = horizons == h
+            rows = rows_of.get(h)
+            if rows is None:
+                continue
             for name, zq in zip(("q10", "q50", "q90"), np.sort(np.asarray(z, dtype=np.float64))):
                 qs[name][rows] = er[rows] + vol[rows] * zq
         for name, values in qs.items():
@@ -210,16 +228,16 @@ class Calibrator:
                 f"the calibrator was fitted on horizons {self.horizons} but the frame has {unknown}; "
                 "fit it on a validation frame with the same horizons"
             )
-        out = self.residual_frame(frame.copy())
+        rows_of = horizon_rows(frame["horizon"])  # one copy of the frame, whatever the steps
+        out = self._rebuild_quantiles(frame.copy(), rows_of)
         raw = (out["prob_up_raw"] if "prob_up_raw" in out.columns else out["prob_up"]).to_numpy(np.float64)
         prob = raw.copy()
         q10 = out["q10"].to_numpy(np.float64).copy()
         q50 = out["q50"].to_numpy(np.float64)
         q90 = out["q90"].to_numpy(np.float64).copy()
-        horizons = out["horizon"].astype(str).to_numpy()
         for h in self.n_fit:
-            rows = horizons == h
-            if not rows.any():
+            rows = rows_of.get(h)
+            if rows is None or not rows.any():
                 continue
             prob[rows] = self.calibrate_prob(raw[rows], h)
             lower, upper = self.shift.get(h, (0.0, 0.0))
@@ -263,8 +281,11 @@ def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None, *, residual_q
     cal = Calibrator(settings)
     prob_col = "prob_up_raw" if "prob_up_raw" in valid_frame.columns else "prob_up"
     extra = ["expected_return", "vol_forecast"] if residual_quantiles else []
-    for h, part in valid_frame.groupby(valid_frame["horizon"].astype(str), sort=False):
-        cols = part[[prob_col, "q10", "q90", "ret", "dir", *extra]].to_numpy(np.float64)
+    table = valid_frame[[prob_col, "q10", "q90", "ret", "dir", *extra]]
+    for h, rows in horizon_rows(valid_frame["horizon"]).items():
+        if not rows.any():
+            continue
+        cols = table[rows].to_numpy(np.float64)
         cols = cols[np.isfinite(cols).all(axis=1)]
         p, q10, q90, y, d = cols.T[:5]
         n = len(cols)

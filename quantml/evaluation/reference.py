@@ -255,19 +255,49 @@ def build_reference(
     for code, h in enumerate(horizon_names):
         rows = np.flatnonzero(horizon_codes == code)
         layout = _Layout.of(df[SYMBOL].iloc[rows], df[TIMESTAMP].to_numpy()[rows])
-        entry = {}
-        for col in PREDICTION_COLUMNS:
-            if col in df.columns:
-                e = _entry(df[col].to_numpy(np.float64)[rows], layout)
-                if e is not None:
-                    entry[col] = e
-        preds[str(h)] = entry
-    out = {"version": REFERENCE_VERSION, "levels": LEVELS, "predictions": preds, "features": {}, "top_features": []}
+        columns = {col: df[col].to_numpy(np.float64)[rows] for col in PREDICTION_COLUMNS if col in df.columns}
+        preds[str(h)] = _prediction_entries(columns, layout)
+    feature_layout = None
     if features is not None and keys is not None and len(feature_names):
+        feature_layout = _Layout.of(keys[SYMBOL], keys[TIMESTAMP].to_numpy())
+    return _assemble(preds, features, feature_names, feature_layout, importance, top_k)
+
+
+def reference_from_columns(
+    predictions: dict[str, dict[str, np.ndarray]],
+    symbols,
+    timestamps,
+    features: np.ndarray | None = None,
+    feature_names=(),
+    importance: pd.Series | None = None,
+    top_k: int = DEFAULT_TOP_K,
+) -> dict:
+    """:func:`build_reference`'s dict from forecasts over one set of rows, without a long frame.
+
+    ``predictions``: per horizon (in order), its :data:`PREDICTION_COLUMNS` values [n] (absent columns
+    skipped); ``symbols``, ``timestamps`` [n]: the rows' keys; ``features``: float [n, F] of the same
+    rows (None: no feature entry). The rows' layout is computed once for every horizon and feature."""
+    layout = _Layout.of(symbols, timestamps)
+    preds = {str(h): _prediction_entries(columns, layout) for h, columns in predictions.items()}
+    return _assemble(preds, features, feature_names, layout, importance, top_k)
+
+
+def _prediction_entries(columns: dict[str, np.ndarray], layout: _Layout) -> dict:
+    entry = {}
+    for col in PREDICTION_COLUMNS:
+        if col in columns:
+            e = _entry(columns[col], layout)
+            if e is not None:
+                entry[col] = e
+    return entry
+
+
+def _assemble(preds: dict, features, feature_names, layout: _Layout | None, importance, top_k: int) -> dict:
+    out = {"version": REFERENCE_VERSION, "levels": LEVELS, "predictions": preds, "features": {}, "top_features": []}
+    if features is not None and layout is not None and len(feature_names):
         names, how = top_features(feature_names, importance, top_k)
         index = {f: j for j, f in enumerate(feature_names)}
         X = np.asarray(features)
-        layout = _Layout.of(keys[SYMBOL], keys[TIMESTAMP].to_numpy())
         for name in names:
             e = _entry(X[:, index[name]], layout)
             if e is not None:

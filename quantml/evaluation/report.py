@@ -13,6 +13,7 @@ import base64
 import html as html_lib
 import warnings
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,8 @@ def symbol_horizon_table(
     the ``ALL`` rows instead of being computed again.
     """
     rows = []
-    groups = [(ALL, oos, ic_mode)] + [(s, part, "time_series") for s, part in oos.groupby(SYMBOL, sort=True)]
+    # one symbol's rows at a time: a list of every symbol's part would hold a second copy of the OOS frame
+    groups = chain([(ALL, oos, ic_mode)], ((s, part, "time_series") for s, part in oos.groupby(SYMBOL, sort=True)))
     for symbol, part, mode in groups:
         known = oos_metrics if symbol == ALL and oos_metrics else None
         metrics = _by_horizon(

@@ -130,6 +130,49 @@ def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame)
     return frame
 
 
+# rows forecast at a time where only some forecast columns are kept (the monitoring reference)
+COLUMN_CHUNK_ROWS = 1 << 18
+
+
+def calibrated_columns(
+    model: Forecaster,
+    part: SampleSet,
+    calibrator: Calibrator | None,
+    fields: tuple[str, ...] = ("expected_return", "prob_up", "vol_forecast"),
+    chunk_rows: int = COLUMN_CHUNK_ROWS,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per horizon (in the forecast's order), ``fields`` of ``model``'s forecasts of ``part`` [len(part)],
+    each the values :func:`prediction_frame` then ``calibrator.transform`` give (float32 but
+    :data:`FLOAT64_COLUMNS`; ``prob_up`` calibrated), without the long frame.
+
+    Forecast ``chunk_rows`` rows at a time (a cross-sectional backbone, which reads each timestamp's
+    whole cross-section, at once): only the kept columns are ever as long as ``part``. The
+    quantiles are not among ``fields`` (their calibration needs the frame's other columns)."""
+    quantiles = sorted(set(fields) & {"q10", "q50", "q90"})
+    if quantiles:
+        raise QuantmlInputError(f"calibrated_columns: {quantiles} need the frame; use prediction_frame")
+    step = len(part) if getattr(model, "cross_sectional", False) else max(int(chunk_rows), 1)
+    kept: dict[str, dict[str, list[np.ndarray]]] = {}
+    for start in range(0, max(len(part), 1), max(step, 1)):
+        forecast = model.predict(part.data.subset(part.rows[start : start + step]))
+        for j, h in enumerate(forecast.horizons):
+            for name in fields:
+                values = getattr(forecast, name)[:, j].astype(_float_type(name))
+                if name == "prob_up" and calibrator is not None:
+                    values = _calibrated_prob(calibrator, values, str(h))
+                kept.setdefault(str(h), {}).setdefault(name, []).append(values)
+    return {h: {name: np.concatenate(chunks) for name, chunks in cols.items()} for h, cols in kept.items()}
+
+
+def _calibrated_prob(calibrator: Calibrator, prob: np.ndarray, horizon: str) -> np.ndarray:
+    if horizon not in calibrator.n_fit:
+        raise QuantmlInputError(
+            f"the calibrator was fitted on horizons {calibrator.horizons} but the model forecasts {horizon!r}; "
+            "fit it on a validation frame with the same horizons"
+        )
+    return calibrator.calibrate_prob(prob, horizon)
+
+
 def _float_type(name: str) -> type:
     return np.float64 if name in FLOAT64_COLUMNS else np.float32
 
@@ -163,6 +206,33 @@ def compact_predictions(frame: pd.DataFrame, int_columns: tuple[str, ...] = ("fo
         elif name in int_columns and column.dtype.kind in "iu" and _fits_int16(column.to_numpy()):
             frame[name] = column.to_numpy(np.int16)
     return frame
+
+
+def own_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each column in an array of its own (no 2-D block shared by several columns), so
+    that :func:`concat_releasing` frees each column as it is joined. Copies ``frame`` once."""
+    return pd.DataFrame({name: frame[name].copy() for name in frame.columns}, copy=False)
+
+
+def concat_releasing(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat(frames, ignore_index=True)`` joined one column at a time, each column popped from
+    every frame once joined, ``frames`` emptied: the frames and their concatenation are not held
+    whole at once (a large panel's out-of-sample frame is gigabytes). A column is freed early when
+    it is an array of its own (:func:`own_columns`). Frames whose columns differ: ``pd.concat``."""
+    if not frames:
+        return pd.DataFrame()
+    columns = list(frames[0].columns)
+    if any(list(f.columns) != columns for f in frames):
+        joined = pd.concat(frames, ignore_index=True)
+        frames.clear()
+        return joined
+    out = {}
+    for name in columns:
+        parts = [f.pop(name) for f in frames]
+        out[name] = pd.concat(parts, ignore_index=True)
+        del parts
+    frames.clear()
+    return pd.DataFrame(out, copy=False)
 
 
 def _fits_int16(values: np.ndarray) -> bool:

@@ -16,7 +16,13 @@ from quantml.evaluation.evaluate import Scorer
 from quantml.evaluation.per_symbol import per_symbol_metrics
 from quantml.experiment.artifacts import FIGURES
 from quantml.experiment.callbacks import FoldCallback
-from quantml.experiment.fitting import FoldCapacity, compact_predictions, fit_fold_model, prediction_frame
+from quantml.experiment.fitting import (
+    FoldCapacity,
+    compact_predictions,
+    fit_fold_model,
+    own_columns,
+    prediction_frame,
+)
 from quantml.experiment.prepare import PreparedData, time_range
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import RunWriter, TrackedRun
@@ -60,7 +66,8 @@ def train_fold(
     test_frame = compute_signals(test_frame, signal)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
-    test_frame = compact_predictions(test_frame)  # what the OOS frame keeps of every fold
+    # what the OOS frame keeps of every fold, each column its own array (concat_releasing frees them)
+    test_frame = own_columns(compact_predictions(test_frame))
     valid_frame = fitted.valid_frame
     if valid_frame is not None:
         valid_frame = compact_predictions(compute_signals(valid_frame, signal))

@@ -72,8 +72,9 @@ class PreparedData:
         PnL runs over, bars without a forecast included."""
         frame = pd.DataFrame(
             {
-                SYMBOL: self.panel[SYMBOL].to_numpy(),
-                TIMESTAMP: self.panel[TIMESTAMP].to_numpy(),
+                # the columns' arrays: to_numpy() would build a str / Timestamp object per row
+                SYMBOL: self.panel[SYMBOL].array,
+                TIMESTAMP: self.panel[TIMESTAMP].array,
                 "ret_next_bar": self.realised["ret_next_bar"].to_numpy(),
             }
         )
@@ -145,7 +146,7 @@ def prepare_data(cfg: DictConfig, served: bool = False) -> PreparedData:
         panel=panel,
         data=data,
         samples=samples,
-        realised=pd.DataFrame(realised),
+        realised=pd.DataFrame(realised, copy=False),  # views of the label arrays: no second copy
         contract=contract,
         fingerprint=fingerprint,
         bar=infer_bar_frequency(panel),

@@ -17,11 +17,17 @@ from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
 from quantml.evaluation import best_monitor, check_selection_keys, ic_mode_for
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
-from quantml.evaluation.reference import REFERENCE_KEY, build_reference, top_features
+from quantml.evaluation.reference import REFERENCE_KEY, reference_from_columns, top_features
 from quantml.evaluation.report import build_report
 from quantml.experiment.artifacts import stage_artifacts
 from quantml.experiment.callbacks import FoldCallback
-from quantml.experiment.fitting import fit_final, prediction_frame
+from quantml.experiment.fitting import (
+    COLUMN_CHUNK_ROWS,
+    calibrated_columns,
+    concat_releasing,
+    fit_final,
+    symbol_column,
+)
 from quantml.experiment.folds import run_folds
 from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_holdout, resolve_lockbox
 from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
@@ -242,9 +248,12 @@ def _run_in_parent(
         fold_frames, fold_metrics, capacities = run_folds(
             cfg, writer, parent, prep, splitter, folds, signal, score, scoring, callbacks
         )
-        oos = pd.concat(fold_frames, ignore_index=True)  # once; the fold frames share its categories
-        fold_frames.clear()  # the OOS frame is the only copy kept
-        summary_job = scoring.submit(_summarise, oos, fold_metrics, score, _tradable(cfg))
+        # once, a column at a time, each fold's column freed as it is joined (the fold frames share
+        # their categories): the OOS frame is the only copy kept
+        oos = concat_releasing(fold_frames)
+        # the report before the final model, not beside it: on a large panel their temporaries
+        # (the report's over the OOS frame, the final fits' over every development sample) would stack
+        metrics, report = _summarise(oos, fold_metrics, score, _tradable(cfg))
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
         if getattr(final_model, "threads_", None):
             parent.set_tags({L.TAG_THREADS: int(final_model.threads_)})
@@ -275,7 +284,6 @@ def _run_in_parent(
             model_uri = log_bundle(bundle, parent.run_id)
         holdout = predict_holdout(final_model, calibrator, prep, signal)
         holdout_job = None if holdout is None else scoring.submit(holdout_scorer(score, prep), holdout, L.SPLIT_HOLDOUT)
-        metrics, report = summary_job.result()
         if holdout_job is not None:  # logged for the record; nothing that chooses reads them
             metrics.update(holdout_job.result())
 
@@ -308,31 +316,25 @@ def _run_in_parent(
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report, holdout)
 
 
-def _reference(prep: PreparedData, model, calibrator) -> dict:
+def _reference(prep: PreparedData, model, calibrator, chunk_rows: int = COLUMN_CHUNK_ROWS) -> dict:
     """The version's monitoring reference (``quantml.evaluation.reference``): the final model's
     calibrated forecasts and the top features on the development samples, never the lockbox. The
     final model's own forecasts, not the folds' OOS ones: earlier folds' models (trained on less
-    data) forecast on another scale, which would read as drift on stationary data."""
+    data) forecast on another scale, which would read as drift on stationary data.
+
+    Only the summarised columns are kept whole (:func:`calibrated_columns`, ``chunk_rows`` rows
+    forecast at a time): no long prediction frame of every development sample, no copy of ``X``."""
     rows = prep.samples
-    frame = prediction_frame(model, prep.data.subset(rows), prep.realised)
-    if calibrator is not None:
-        frame = calibrator.transform(frame)
+    part = prep.data.subset(rows)
+    columns = calibrated_columns(model, part, calibrator, chunk_rows=chunk_rows)
     importance = model.feature_importance() if hasattr(model, "feature_importance") else None
-    keys = prep.data.keys.iloc[rows].reset_index(drop=True)
-    # naive UTC timestamps (the same instants): the reference only groups by them, and a tz-aware
-    # column's to_numpy() would build a Timestamp object per row, per forecast column and feature
-    frame[TIMESTAMP] = _naive_utc(frame[TIMESTAMP])
-    keys[TIMESTAMP] = _naive_utc(keys[TIMESTAMP])
-    # only the summarised columns of the development rows: X[rows] whole is a copy of the training matrix
     names, _ = top_features(prep.data.feature_names, importance)
-    columns = [list(prep.data.feature_names).index(name) for name in names]
-    reference = build_reference(frame, prep.data.X[np.ix_(rows, columns)], names, keys, importance)
+    index = [list(prep.data.feature_names).index(name) for name in names]
+    # the symbols as codes over their sorted names and the naive UTC bar times: no string per row
+    symbols, times = symbol_column(part, 1), prep.data.t0[rows]
+    reference = reference_from_columns(columns, symbols, times, prep.data.X[np.ix_(rows, index)], names, importance)
     reference["source"] = "final model on the development samples"
     return reference
-
-
-def _naive_utc(timestamps: pd.Series) -> pd.Series:
-    return timestamps.dt.tz_convert("UTC").dt.tz_localize(None) if timestamps.dt.tz is not None else timestamps
 
 
 def lockbox_line(prep: PreparedData) -> str:

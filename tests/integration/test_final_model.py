@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from quantml.contracts import TIMESTAMP
 from quantml.contracts.config import build
-from quantml.experiment.fitting import FoldCapacity, fit_final, fit_fold_model, prediction_frame
+from quantml.evaluation.reference import build_reference, top_features
+from quantml.experiment.fitting import (
+    FoldCapacity,
+    compact_predictions,
+    concat_releasing,
+    fit_final,
+    fit_fold_model,
+    own_columns,
+    prediction_frame,
+)
 from quantml.experiment.lockbox import resolve_lockbox
 from quantml.experiment.prepare import prepare_data, reserve_lockbox, seed_everything
+from quantml.experiment.run import _reference
 from quantml.models.base import median_capacity
 from quantml.signals import compute_signals
 from quantml.validation import make_splitter
@@ -137,3 +149,39 @@ def test_final_model_ranks_symbols_like_the_fold_models(fitted, record_property,
     tied = (final.groupby(["horizon", "timestamp"])["expected_return"].std() == 0).groupby(level="horizon").mean()
     record_property("tied_bar_share", tied.round(3).to_dict())
     assert (tied < 0.1).all(), f"share of bars where every symbol gets the same expected_return: {tied.to_dict()}"
+
+
+def test_reference_from_forecast_chunks_is_the_frame_paths_reference(fitted):
+    """The monitoring reference keeps only its columns, forecast a few rows at a time: the same
+    dict, bit for bit, as the long calibrated prediction frame of every development sample gives."""
+    _, prep, _, _, _, _, (model, calibrator, _) = fitted
+    rows = prep.samples
+    frame = calibrator.transform(prediction_frame(model, prep.data.subset(rows), prep.realised))
+    frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_convert("UTC").dt.tz_localize(None)
+    keys = prep.data.keys.iloc[rows].reset_index(drop=True)
+    keys[TIMESTAMP] = keys[TIMESTAMP].dt.tz_convert("UTC").dt.tz_localize(None)
+    names, _ = top_features(prep.data.feature_names, model.feature_importance())
+    columns = [list(prep.data.feature_names).index(n) for n in names]
+    expected = build_reference(frame, prep.data.X[np.ix_(rows, columns)], names, keys, model.feature_importance())
+    got = _reference(prep, model, calibrator, chunk_rows=97)  # chunks that split bars and symbols
+    got.pop("source")
+    assert got == expected
+    assert set(got["predictions"]) == set(prep.data.horizons) and len(got["top_features"]) == len(names)
+
+
+def test_out_of_sample_frame_joined_a_column_at_a_time_equals_pd_concat(fitted):
+    cfg, prep, _, folds, fits, _, _ = fitted
+    costs = build(cfg.cost, "cost", "quantml.market.CostModel")
+    signal = build(cfg.signal, "signal", "quantml.signals.SignalConfig.build", cost=costs.round_trip)
+    frames = []
+    for fold, f in zip(folds, fits):
+        part = prep.data.subset(prep.samples[fold.test])
+        frame = compute_signals(f.calibrator.transform(prediction_frame(f.model, part, prep.realised)), signal)
+        frame["fold"] = fold.fold_id
+        frames.append(own_columns(compact_predictions(frame)))
+    assert all(f._mgr.nblocks == f.shape[1] for f in frames)  # each column its own array
+    expected = pd.concat([f.copy() for f in frames], ignore_index=True)
+    joined = concat_releasing(frames)
+    assert frames == []  # the fold frames are given up as they are joined
+    pd.testing.assert_frame_equal(joined, expected)
+    assert all(isinstance(joined[c].dtype, pd.CategoricalDtype) for c in ("symbol", "horizon", "action"))

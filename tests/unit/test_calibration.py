@@ -268,3 +268,24 @@ def test_a_calibrator_pickled_before_residual_quantiles_still_loads():
     assert clone.residual_z == {}
     test = classifier_frame(100, seed=4)
     pd.testing.assert_frame_equal(clone.transform(test), cal.transform(test))
+
+
+def test_a_categorical_horizon_column_calibrates_as_its_strings_do():
+    """Large frames carry ``horizon`` as a categorical (read by its codes, no string per row): the
+    fitted calibrator and the calibrated frame are those of the same frame with string horizons,
+    including a category with no rows and rows in an order other than the categories'."""
+    horizons = ("4h", "1h", "1d")
+    valid = residual_frame(3000, 3, z_scale=0.5, horizons=horizons)
+    valid["prob_up"] = expit(np.random.default_rng(4).normal(0, 1, len(valid)))
+    test = residual_frame(2000, 5, z_scale=0.5, horizons=horizons)
+    test["prob_up"] = expit(np.random.default_rng(6).normal(0, 1, len(test)))
+
+    def coded(frame):
+        return frame.assign(horizon=pd.Categorical(frame["horizon"], categories=["1d", "1h", "4h", "7d"]))
+
+    plain = fit_calibrator(valid, {}, residual_quantiles=True)
+    cat = fit_calibrator(coded(valid), {}, residual_quantiles=True)
+    assert cat.to_dict() == plain.to_dict() and list(cat.n_fit) == list(horizons)
+    expected, got = plain.transform(test), cat.transform(coded(test))
+    pd.testing.assert_frame_equal(got.drop(columns="horizon"), expected.drop(columns="horizon"))
+    assert (got["horizon"].astype(str) == expected["horizon"]).all()
