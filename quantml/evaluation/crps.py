@@ -8,8 +8,9 @@ Two forecast shapes, one score (lower is better, in return units; ``CRPS(F, y) =
 - :func:`quantile_crps`: for the distribution three quantiles imply: the quantile function is linear in
   ``tau`` between (0.1, q10), (0.5, q50) and (0.9, q90) (a piecewise-linear CDF between the knots), with
   normal tails beyond them (below q10: ``q10 + (q50 - q10) / z * (Phi^-1(tau) + z)``, above q90 the mirror
-  with ``q90 - q50``; ``z = Phi^-1(0.9)``), integrated on ``n_levels`` midpoint levels. This is how a quantile
-  head's CRPS is put beside a diffusion head's (and the ``crps`` of every backbone's q10/q50/q90).
+  with ``q90 - q50``; ``z = Phi^-1(0.9)``), integrated in closed form over its four pieces (exact, O(n): the
+  report scores tens of millions of rows, once per symbol, horizon and fold). This is how a quantile head's
+  CRPS is put beside a diffusion head's (and the ``crps`` of every backbone's q10/q50/q90).
 
 :func:`interval_score`: the proper score of a central ``1 - alpha`` interval (Gneiting and Raftery 2007),
 ``(hi - lo) + 2/alpha * (lo - y)+ + 2/alpha * (y - hi)+``: width plus a penalty for each miss.
@@ -18,12 +19,14 @@ Two forecast shapes, one score (lower is better, in return units; ``CRPS(F, y) =
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr
 from scipy.stats import norm
 
 from quantml.contracts import QuantmlInputError
 
 Z90 = float(norm.ppf(0.9))
-_ROW_CHUNK = 20000
+_TWO_SQRT_PI = 2.0 * float(np.sqrt(np.pi))
+_SQRT_TWO_PI = float(np.sqrt(2.0 * np.pi))
 
 
 def sample_crps(samples: np.ndarray, realised: np.ndarray, fair: bool = True) -> np.ndarray:
@@ -56,23 +59,94 @@ def implied_quantiles(q10, q50, q90, levels: np.ndarray) -> np.ndarray:
     return np.where(tau < 0.1, low, np.where(tau < 0.5, mid_lo, np.where(tau <= 0.9, mid_hi, high)))
 
 
-def quantile_crps(q10, q50, q90, realised, n_levels: int = 400) -> np.ndarray:
+def quantile_crps(q10, q50, q90, realised) -> np.ndarray:
     """CRPS of the distribution implied by ``q10 <= q50 <= q90`` [n, H] at ``realised`` [n, H] -> [n, H]
-    (NaN where any input is NaN): ``2 * mean over levels tau of pinball_tau(y - Q(tau))``."""
+    (NaN where any input is NaN): ``2 * integral over tau in (0, 1) of pinball_tau(y - Q(tau))``, exact.
+
+    With ``rho_tau(y - Q) = (Q - y)^+ - tau (Q - y)``, each of the four pieces of ``Q`` (normal tail,
+    linear, linear, normal tail) is monotone, so ``(Q - y)^+`` integrates exactly on either side of the
+    piece's crossing of ``y``; crossed quantiles (``q10 > q50``) keep each piece monotone and are scored
+    as the same integral."""
     y = np.asarray(realised, dtype=np.float64)
     q = [np.asarray(a, dtype=np.float64) for a in (q10, q50, q90)]
     if any(a.shape != y.shape for a in q):
         raise QuantmlInputError(
             f"quantile_crps needs q10, q50, q90 and realised of one shape, got {[a.shape for a in q]}"
         )
-    tau = (np.arange(n_levels) + 0.5) / n_levels
-    out = np.empty(y.shape)
-    for lo in range(0, len(y), _ROW_CHUNK):
-        sl = slice(lo, lo + _ROW_CHUNK)
-        e = y[sl][..., None] - implied_quantiles(q[0][sl], q[1][sl], q[2][sl], tau)
-        out[sl] = 2.0 * np.maximum(tau * e, (tau - 1.0) * e).mean(axis=-1)
-    ok = np.isfinite(y) & np.isfinite(q[0]) & np.isfinite(q[1]) & np.isfinite(q[2])
+    a, b, c = q
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        pieces = (
+            _TailPiece(b, (b - a) / Z90, 0.0, 0.1),
+            _LinearPiece(a, (b - a) / 0.4, 0.1, 0.1, 0.5),
+            _LinearPiece(b, (c - b) / 0.4, 0.5, 0.5, 0.9),
+            _TailPiece(b, (c - b) / Z90, 0.9, 1.0),
+        )
+        out = 2.0 * (sum(p.positive_part(y) - p.tau_moment(y) for p in pieces))
+    ok = np.isfinite(y) & np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
     return np.where(ok, out, np.nan)
+
+
+class _Piece:
+    """``Q(tau)`` on ``[lo, hi]``, monotone: ``F`` its integral, ``M`` the integral of ``tau Q``, ``level``
+    where ``Q = y`` (clipped to the piece; any point of the piece where ``Q`` is flat)."""
+
+    lo: float
+    hi: float
+
+    def positive_part(self, y: np.ndarray) -> np.ndarray:
+        """``integral over the piece of (Q - y)^+``: the crossing splits it into two parts of one sign."""
+        t, f_t = self.crossing(y)
+        first = f_t - self.F(self.lo) - y * (t - self.lo)
+        second = self.F(self.hi) - self.F(t) - y * (self.hi - t)
+        return np.maximum(first, 0.0) + np.maximum(second, 0.0)
+
+    def tau_moment(self, y: np.ndarray) -> np.ndarray:
+        """``integral over the piece of tau (Q - y)``."""
+        return self.M(self.hi) - self.M(self.lo) - y * (self.hi**2 - self.lo**2) / 2.0
+
+
+class _LinearPiece(_Piece):
+    """``Q = start + slope * (tau - tau0)``."""
+
+    def __init__(self, start, slope, tau0: float, lo: float, hi: float) -> None:
+        self.start, self.slope, self.tau0, self.lo, self.hi = start, slope, tau0, lo, hi
+
+    def F(self, t):
+        d = t - self.tau0
+        return self.start * d + self.slope * d * d / 2.0
+
+    def M(self, t):
+        # integral of t (start + slope (t - tau0)) = (start - slope tau0) t^2 / 2 + slope t^3 / 3
+        return (self.start - self.slope * self.tau0) * t * t / 2.0 + self.slope * t**3 / 3.0
+
+    def crossing(self, y):
+        """``(t, F(t))`` at the level ``t`` where ``Q = y``, clipped to the piece."""
+        t = np.clip(np.where(self.slope != 0, self.tau0 + (y - self.start) / self.slope, self.lo), self.lo, self.hi)
+        return t, self.F(t)
+
+
+class _TailPiece(_Piece):
+    """``Q = centre + scale * Phi^-1(tau)``: ``integral Phi^-1 = -phi(z)``, ``integral tau Phi^-1 =
+    -tau phi(z) + Phi(sqrt(2) z) / (2 sqrt(pi))`` at ``z = Phi^-1(tau)`` (both 0 at ``tau = 0``)."""
+
+    def __init__(self, centre, scale, lo: float, hi: float) -> None:
+        self.centre, self.scale, self.lo, self.hi = centre, scale, lo, hi
+
+    def F(self, t):
+        return self.centre * t - self.scale * norm.pdf(norm.ppf(t))
+
+    def M(self, t):
+        z = norm.ppf(t)
+        return self.centre * t * t / 2.0 + self.scale * (-t * norm.pdf(z) + norm.cdf(np.sqrt(2.0) * z) / _TWO_SQRT_PI)
+
+    def crossing(self, y):
+        """``(t, F(t))`` where ``Q = y``, clipped to the piece: on the ``z = Phi^-1(t)`` scale, where the
+        crossing is ``(y - centre) / scale`` (no inverse normal per row)."""
+        z_lo, z_hi = norm.ppf(self.lo), norm.ppf(self.hi)
+        z = np.clip(np.where(self.scale != 0, (y - self.centre) / self.scale, z_lo), z_lo, z_hi)
+        pdf = np.exp(-0.5 * z * z) / _SQRT_TWO_PI
+        t = ndtr(z)
+        return t, self.centre * t - self.scale * pdf
 
 
 def interval_score(lo, hi, realised, alpha: float = 0.2) -> np.ndarray:

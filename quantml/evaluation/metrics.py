@@ -134,7 +134,9 @@ def ic_series(
     # one integer id per group; the first key (timestamp or bucket) labels the result
     first_codes, first_values = pd.factorize(keys[0], sort=True)
     if len(keys) > 1:
-        group, _ = pd.factorize(pd.MultiIndex.from_arrays([first_codes, pd.factorize(keys[1])[0]]))
+        # the pair as one int64 (a MultiIndex would build a tuple per row): ids in order of first appearance
+        second = pd.factorize(keys[1])[0].astype(np.int64)
+        group, _ = pd.factorize(first_codes.astype(np.int64) * (int(second.max()) + 1) + second)
     else:
         group = first_codes
     group = np.asarray(group, dtype=np.int64)

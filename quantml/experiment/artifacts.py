@@ -39,15 +39,32 @@ def write_parquet(frame: pd.DataFrame, path: Path, chunk_rows: int = PARQUET_CHU
             writer.close()
 
 
-def stage_artifacts(root: Path, oos: pd.DataFrame, fold_metrics: pd.DataFrame, report, model: Forecaster) -> None:
-    """Write the parent run's artifacts into ``root`` (one upload instead of one per file)."""
+def _staged(root: Path, artifact: str) -> Path:
+    target = root / artifact
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def stage_oos(root: Path, oos: pd.DataFrame) -> Path:
+    """Write the out-of-sample frame into ``root`` at its artifact path, returned. A run writes it as
+    soon as it is reported on and drops it while its final model fits: on a large panel it is
+    gigabytes (:func:`read_staged_oos` reads it back)."""
+    target = _staged(root, L.OOS_ARTIFACT)
+    write_parquet(oos, target)
+    return target
+
+
+def read_staged_oos(path: Path) -> pd.DataFrame:
+    """The frame :func:`stage_oos` wrote, equal to it (categories, dtypes and order kept)."""
+    return pd.read_parquet(path)
+
+
+def stage_artifacts(root: Path, fold_metrics: pd.DataFrame, report, model: Forecaster) -> None:
+    """Write the parent run's other artifacts into ``root`` (one upload instead of one per file)."""
 
     def path(artifact: str) -> Path:
-        target = root / artifact
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
+        return _staged(root, artifact)
 
-    write_parquet(oos, path(L.OOS_ARTIFACT))
     fold_metrics.reset_index().to_csv(path(L.FOLD_METRICS_ARTIFACT), index=False)
     report.by_symbol_horizon.to_csv(path(L.REPORT_BY_SYMBOL_HORIZON_ARTIFACT), index=False)
     path(L.REPORT_HTML_ARTIFACT).write_text(report.html, encoding="utf-8")

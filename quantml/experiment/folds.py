@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from quantml.contracts import run_layout as L
+from quantml.contracts.frames import own_columns
 from quantml.evaluation.diagnostics import diagnostic_metrics
 from quantml.evaluation.drift import fold_drift
 from quantml.evaluation.evaluate import Scorer
@@ -20,7 +21,6 @@ from quantml.experiment.fitting import (
     FoldCapacity,
     compact_predictions,
     fit_fold_model,
-    own_columns,
     prediction_frame,
 )
 from quantml.experiment.prepare import PreparedData, time_range

@@ -195,7 +195,7 @@ def _build_partitioned(
         symbols,
         dtype=np.float64,  # float64 as in memory
     )
-    panel = _slim_panel(path, symbols, columns, built.features.input_columns if served else ())
+    panel = _slim_panel(path, symbols, columns, built.features.input_columns, served)
     if len(panel) != len(built.keys):  # pragma: no cover - the files changed while being read
         raise QuantmlInputError(f"data.path={path} changed while it was read; train on a stable copy")
     declared = declared_calendars(cfg_data, panel)  # {} (calendars fall back); data.max_gap reads the keys
@@ -269,12 +269,13 @@ def _check_partitions(path: str, symbols: list[str]) -> tuple[list[str], str] | 
     return [c for c, _ in head], digest.hexdigest()[:16]
 
 
-# read from PreparedData.panel after the build: the order book's quotes (market()), the event
-# count (ablation.event_window) and what the stacking regime features read besides the bars
-_AFTER_BUILD = (
-    "bid",
-    "ask",
-    "event_count",
+# read from PreparedData.panel after the build by training: the order book's quotes (market()) and the
+# event count (ablation.event_window); the keys are always kept
+_AFTER_BUILD = ("bid", "ask", "event_count")
+# read besides the experts' inputs when the panel is served (stacking): the regime features' inputs
+_SERVED_AFTER_BUILD = (
+    "close",
+    *OPTIONAL_COLUMNS,
     "funding_rate",
     "open_interest",
     "funding_rate_missing",
@@ -282,17 +283,18 @@ _AFTER_BUILD = (
 )
 
 
-def _slim_panel(path: str, symbols: list[str], columns: list[str], inputs: Sequence[str]) -> pd.DataFrame:
+def _slim_panel(path: str, symbols: list[str], columns: list[str], inputs: Sequence[str], served: bool) -> pd.DataFrame:
     """The panel's rows [n] (sorted by symbol, timestamp, as validated) with only the columns read after
-    the build: timestamp, symbol, the bar columns, :data:`_AFTER_BUILD` and ``inputs``; in the validated
-    panel's column order (``columns``), symbol as str as validated."""
+    the build: timestamp, symbol and :data:`_AFTER_BUILD`, plus with ``served`` :data:`_SERVED_AFTER_BUILD`
+    and ``inputs``; in the validated panel's column order (``columns``), symbol as str as validated.
+    (At 8.4M bars each dropped bar column is 67 MB held through every fold.)"""
     from quantml.features.partitioned import Partitioned
 
-    keep = {*OPTIONAL_COLUMNS, *_AFTER_BUILD, *inputs}
+    keep = {SYMBOL, TIMESTAMP, *_AFTER_BUILD, *((*_SERVED_AFTER_BUILD, *inputs) if served else ())}
     # the build's reader: one copy per column, no whole-table sort (load_partitioned held 3x the columns)
     thin = Partitioned(path, symbols, [c for c in columns if c in keep]).panel
     thin = thin.assign(**{SYMBOL: thin[SYMBOL].astype(str)})
-    return thin[[c for c in columns if c in thin.columns]]
+    return thin[[c for c in columns if c in keep and c in thin.columns]]
 
 
 def declared_calendars(cfg_data, panel: pd.DataFrame) -> dict[str, str]:

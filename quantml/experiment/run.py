@@ -15,16 +15,16 @@ from quantml.bundle import ModelBundle, warmup_bars
 from quantml.contracts import SYMBOL, TIMESTAMP
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
+from quantml.contracts.frames import concat_releasing
 from quantml.evaluation import best_monitor, check_selection_keys, ic_mode_for
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
 from quantml.evaluation.reference import REFERENCE_KEY, reference_from_columns, top_features
 from quantml.evaluation.report import build_report
-from quantml.experiment.artifacts import stage_artifacts
+from quantml.experiment.artifacts import read_staged_oos, stage_artifacts, stage_oos
 from quantml.experiment.callbacks import FoldCallback
 from quantml.experiment.fitting import (
     COLUMN_CHUNK_ROWS,
     calibrated_columns,
-    concat_releasing,
     fit_final,
     symbol_column,
 )
@@ -168,10 +168,11 @@ def run_experiment(
         lease_s=float(lease_s) if lease_s is not None else DEFAULT_LEASE_S,
     )
     try:
-        with parent.ending():
+        # the parent run's artifacts are written here as they are made, uploaded at the end in one go
+        with parent.ending(), tempfile.TemporaryDirectory(prefix="quantml-artifacts-") as staging:
             parent.log_params(flatten_config(cfg))
             parent.log_resolved_config(cfg)
-            return _run_in_parent(cfg, writer, parent, context.output_dir, list(callbacks), warm)
+            return _run_in_parent(cfg, writer, parent, Path(staging), context.output_dir, list(callbacks), warm)
     finally:
         parent.stop_lease()  # ending() stopped it already; this holds even if ending the run failed
 
@@ -180,6 +181,7 @@ def _run_in_parent(
     cfg: DictConfig,
     writer: RunWriter,
     parent: TrackedRun,
+    staging: Path,
     output_dir: Path | None,
     callbacks: list[FoldCallback],
     warm: WarmSource | None = None,
@@ -254,6 +256,10 @@ def _run_in_parent(
         # the report before the final model, not beside it: on a large panel their temporaries
         # (the report's over the OOS frame, the final fits' over every development sample) would stack
         metrics, report = _summarise(oos, fold_metrics, score, _tradable(cfg))
+        # on disk while the final model fits (on a large panel the frame and the final fits'
+        # temporaries would stack), read back for the result once the run is logged
+        oos_path = stage_oos(staging, oos)
+        del oos
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
         if getattr(final_model, "threads_", None):
             parent.set_tags({L.TAG_THREADS: int(final_model.threads_)})
@@ -298,12 +304,12 @@ def _run_in_parent(
     parent.log_metrics(metrics)
     header = f"Out-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):"
     parent.set_description(run_description(header, report.summary))
-    with tempfile.TemporaryDirectory() as tmp:
-        stage_artifacts(Path(tmp), oos, fold_metrics, report, final_model)
-        if holdout is not None:
-            (Path(tmp) / L.HOLDOUT_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
-            holdout.to_parquet(Path(tmp) / L.HOLDOUT_ARTIFACT, index=False)
-        parent.log_artifacts(tmp)
+    stage_artifacts(staging, fold_metrics, report, final_model)
+    if holdout is not None:
+        (staging / L.HOLDOUT_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
+        holdout.to_parquet(staging / L.HOLDOUT_ARTIFACT, index=False)
+    parent.log_artifacts(str(staging))
+    oos = read_staged_oos(oos_path)
     if output_dir is not None:  # a local copy of the report beside Hydra's outputs
         report.write(output_dir / "report")
 

@@ -108,19 +108,19 @@ class SignalPanel:
             raise QuantmlInputError(
                 "the timestamp column is tz-naive; localise it to UTC (frame['timestamp'].dt.tz_localize('UTC'))"
             )
-        all_h = list(dict.fromkeys(frame["horizon"]))
+        all_h = list(pd.unique(frame["horizon"]))  # order of first appearance; a categorical by its codes
         horizons = list(horizons) if horizons is not None else all_h
         unknown = sorted(set(all_h) - set(horizons))
         if unknown:
             raise QuantmlInputError(f"horizon(s) {unknown} are in the frame but not in horizons={horizons}")
-        timestamps = pd.DatetimeIndex(np.sort(ts.unique()))
-        symbols = sorted(frame[SYMBOL].astype(str).unique())
+        timestamps = ts.unique().sort_values()  # on the int64 instants, no Timestamp object per bar
+        symbols = sorted(str(s) for s in pd.unique(frame[SYMBOL]))
         if market is not None:
             market = _market_of(market, symbols)
             timestamps = timestamps.union(pd.DatetimeIndex(market[TIMESTAMP].unique()))
         t_idx = timestamps.get_indexer(ts)
-        n_idx = pd.Index(symbols).get_indexer(frame[SYMBOL].astype(str))
-        h_idx = pd.Index(horizons).get_indexer(frame["horizon"])
+        n_idx = _positions(frame[SYMBOL], symbols)
+        h_idx = _positions(frame["horizon"], horizons)
         T, N, H = len(timestamps), len(symbols), len(horizons)
 
         def cube(col: str) -> np.ndarray:
@@ -306,6 +306,17 @@ def holding_bars(frame: pd.DataFrame) -> int:
 MARKET_COLUMNS = (SYMBOL, TIMESTAMP, "ret_next_bar")
 
 
+def _positions(column: pd.Series, labels: list) -> np.ndarray:
+    """The position of each row's value in ``labels`` [n] (-1: not there), as
+    ``pd.Index(labels).get_indexer(column.astype(str))``; a categorical column by its codes (no string
+    per row: a large panel's frames are tens of millions of rows)."""
+    index = pd.Index([str(v) for v in labels])
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        table = np.append(index.get_indexer(column.cat.categories.astype(str)), -1)
+        return table[column.cat.codes.to_numpy()]  # code -1 (missing) reads the appended -1
+    return index.get_indexer(column.astype(str))
+
+
 def _utc(values) -> pd.DatetimeIndex:
     idx = pd.DatetimeIndex(pd.to_datetime(values))
     return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
@@ -350,15 +361,20 @@ def book_calendar(frame: pd.DataFrame, market: pd.DataFrame | None) -> pd.Dateti
     then annualises only the bars it has, see docs/evaluation.md)."""
     ts = _utc(frame[TIMESTAMP])
     first, last = ts.min(), ts.max()
-    own = pd.DatetimeIndex(np.sort(ts.unique()))
+    # sorted on the int64 instants (np.sort of tz-aware stamps makes a Timestamp object per bar)
+    own = ts.unique().sort_values()
     if market is None:
         return own
     require_columns(
         market, MARKET_COLUMNS, "market frame", "pass every bar of the panel (symbol, timestamp, ret_next_bar)"
     )
     # the union calendar of the book's own symbols: a one-symbol book runs on that symbol's bars
-    mine = market[market[SYMBOL].astype(str).isin(set(frame[SYMBOL].astype(str)))] if SYMBOL in frame else market
-    bars = pd.DatetimeIndex(np.sort(_utc(mine[TIMESTAMP]).unique()))
+    if SYMBOL in frame:
+        symbols = {str(s) for s in pd.unique(frame[SYMBOL])}  # a categorical's codes, no string per row
+        mine = market[market[SYMBOL].astype(str).isin(symbols)]
+    else:
+        mine = market
+    bars = _utc(mine[TIMESTAMP]).unique().sort_values()
     stop = last
     if "t1" in frame.columns:
         t1 = _utc(frame["t1"])

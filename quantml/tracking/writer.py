@@ -126,6 +126,8 @@ class RunLease:
             if self._stopped.is_set():
                 return False
             run = retrying(self.client.get_run, attempts=_RENEW_ATTEMPTS)(self.run_id)
+            if self._stopped.is_set():  # stop() gave up waiting for this slow read and the job ended the run
+                return False
             if run.info.status != "RUNNING":
                 if not str(run.data.tags.get(L.TAG_ERROR, "")).startswith(LEASE_EXPIRED):
                     log.warning(

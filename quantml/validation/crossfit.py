@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts import QuantmlInputError
+from quantml.contracts.frames import concat_releasing, own_columns
 from quantml.validation.purging import _embargo_ns, _purge_ns, _rows, check_intervals, to_ns, unique_sorted
 
 CROSSFIT_BLOCK = "crossfit_block"  # column crossfit() adds: the block a row was predicted in
@@ -98,7 +99,9 @@ def crossfit(
     frames = []
     for b, (fit, predict) in enumerate(crossfit_parts(positions, t0, t1, n_blocks, embargo)):
         out = fit_predict(fit, predict)
-        out = out.copy() if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
+        # each column an array of its own, joined a column at a time: the out-of-fold frame of a large
+        # panel's development samples x horizons is gigabytes, and pd.concat would hold it twice
+        out = own_columns(out) if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
         out[CROSSFIT_BLOCK] = b
         frames.append(out)
-    return pd.concat(frames, ignore_index=True)
+    return concat_releasing(frames)

@@ -21,14 +21,13 @@ import pytest
 
 from quantml.contracts import TIMESTAMP
 from quantml.contracts.config import build
+from quantml.contracts.frames import concat_releasing, own_columns
 from quantml.evaluation.reference import build_reference, top_features
 from quantml.experiment.fitting import (
     FoldCapacity,
     compact_predictions,
-    concat_releasing,
     fit_final,
     fit_fold_model,
-    own_columns,
     prediction_frame,
 )
 from quantml.experiment.lockbox import resolve_lockbox

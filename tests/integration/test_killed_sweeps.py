@@ -105,6 +105,33 @@ def test_a_failed_renewal_logs_a_warning_and_never_fails_the_job(caplog):
     assert any("could not renew the lease of run deadbeef" in r.getMessage() for r in caplog.records)
 
 
+class _SlowFinishedClient:
+    """A store whose run reads take ``delay`` seconds and find the run FINISHED (the job ended it)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.tags_written = delay, 0
+
+    def get_run(self, run_id):
+        time.sleep(self.delay)
+        info = type("Info", (), {"status": "FINISHED"})()
+        return type("Run", (), {"info": info, "data": type("Data", (), {"tags": {}})()})()
+
+    def set_tag(self, *args):
+        self.tags_written += 1
+
+
+def test_a_renewal_slower_than_stop_neither_warns_nor_writes(caplog):
+    client = _SlowFinishedClient(delay=0.6)
+    lease = RunLease(client, "cafef00d", 3.0, interval_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="quantml.tracking.writer"):
+        lease.start()
+        time.sleep(0.2)  # a renewal is reading the run
+        lease.stop(timeout=0.1)  # gives up waiting for it; the job then ends the run FINISHED
+        time.sleep(1.0)  # the read returns
+    assert not any("by someone else" in r.getMessage() for r in caplog.records)
+    assert client.tags_written == 0 and lease.renewals == 0
+
+
 def test_a_lease_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         RunLease(_BrokenClient(), "x", 0)

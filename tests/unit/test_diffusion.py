@@ -211,6 +211,29 @@ def test_mc_dropout_with_the_diffusion_head_pools_the_passes(panel, rows):
 
 
 # ---- CRPS ---------------------------------------------------------------------------------------
+def _implied_quantiles(q10, q50, q90, tau):
+    """The module docstring's quantile function, written out on a grid of levels ``tau`` [M]."""
+    q10, q50, q90 = (np.asarray(v, dtype=float)[..., None] for v in (q10, q50, q90))
+    z, z90 = norm.ppf(tau), norm.ppf(0.9)
+    mid_lo, mid_hi = q10 + (q50 - q10) * (tau - 0.1) / 0.4, q50 + (q90 - q50) * (tau - 0.5) / 0.4
+    low, high = q10 + (q50 - q10) / z90 * (z + z90), q90 + (q90 - q50) / z90 * (z - z90)
+    return np.where(tau < 0.1, low, np.where(tau < 0.5, mid_lo, np.where(tau <= 0.9, mid_hi, high)))
+
+
+def test_the_closed_form_quantile_crps_is_the_integral_of_the_pinball_loss():
+    rng = np.random.default_rng(3)
+    n = 120
+    b = rng.normal(0, 1, n)
+    a, c = b - np.abs(rng.normal(1, 0.5, n)), b + np.abs(rng.normal(1, 0.5, n))
+    a[:10], c[10:20], a[20:30] = b[:10], b[10:20], b[20:30] + 0.5  # flat pieces; crossed quantiles
+    y = rng.normal(0, 2, n)
+    y[30:40], y[40:50], y[50:60] = b[30:40], a[40:50], c[50:60] + 30  # on the knots; far in a tail
+    tau = (np.arange(100_000) + 0.5) / 100_000
+    e = y[:, None] - _implied_quantiles(a, b, c, tau)
+    midpoint = 2 * np.maximum(tau * e, (tau - 1) * e).mean(axis=-1)
+    np.testing.assert_allclose(quantile_crps(a, b, c, y), midpoint, rtol=2e-5, atol=1e-7)
+
+
 def test_crps_of_samples_and_of_three_quantiles_match_the_normal_closed_form():
     rng = np.random.default_rng(0)
     y = rng.standard_normal((500, 2))

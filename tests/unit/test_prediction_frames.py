@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from quantml.contracts.schema import FORECAST_FIELDS
+from quantml.experiment.artifacts import read_staged_oos, stage_oos, write_parquet
 from quantml.experiment.fitting import FLOAT64_COLUMNS, compact_predictions, prediction_frame
 from quantml.models.ridge import RidgeForecaster
 from quantml.signals import SignalConfig, compute_signals
@@ -56,7 +57,7 @@ def test_prediction_frame_is_compact_and_equals_the_contract_layout():
     assert frame["dir"].dtype == np.float32
 
 
-def test_fold_frames_concatenate_once_without_falling_back_to_strings():
+def test_fold_frames_concatenate_once_without_falling_back_to_strings(tmp_path):
     data = _reversed_symbols_panel()
     realised = _realised(data.n_rows)
     model = RidgeForecaster(HORIZONS).fit(data.subset(np.arange(data.n_rows)))
@@ -78,12 +79,16 @@ def test_fold_frames_concatenate_once_without_falling_back_to_strings():
     assert wide == {"ret", "ret_after_cost", "vol", "ret_next_bar", "prob_up"}
     # far below the float64-and-strings frame (about 185 bytes a row)
     assert oos.memory_usage(deep=True).sum() / len(oos) < 110
+    # the run drops the frame while its final model fits and reads it back: the same frame, categories
+    # (unused ones too), dtypes and all, from a file written in chunks
+    path = stage_oos(tmp_path, oos)
+    pd.testing.assert_frame_equal(read_staged_oos(path), oos, check_exact=True, check_categorical=True)
+    write_parquet(oos, tmp_path / "chunked.parquet", chunk_rows=7)
+    pd.testing.assert_frame_equal(read_staged_oos(tmp_path / "chunked.parquet"), oos, check_exact=True)
 
 
 def test_a_large_frame_is_written_in_chunks_and_reads_back_the_same(tmp_path):
     import pyarrow.parquet as pq
-
-    from quantml.experiment.artifacts import write_parquet
 
     n = 1000
     frame = pd.DataFrame(
