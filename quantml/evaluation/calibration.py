@@ -264,6 +264,13 @@ class Calibrator:
         }
 
 
+def _numeric_values(column: pd.Series) -> np.ndarray:
+    """``column``'s numpy values without a copy where they are plain numbers (else float64, NA as NaN)."""
+    if column.dtype.kind in "fiub":
+        return column.to_numpy()
+    return column.to_numpy(np.float64, na_value=np.nan)
+
+
 def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None, *, residual_quantiles: bool = False) -> Calibrator:
     """Fit a :class:`Calibrator` on calibration-part predictions, per horizon.
 
@@ -281,11 +288,13 @@ def fit_calibrator(valid_frame: pd.DataFrame, cfg_evaluation=None, *, residual_q
     cal = Calibrator(settings)
     prob_col = "prob_up_raw" if "prob_up_raw" in valid_frame.columns else "prob_up"
     extra = ["expected_return", "vol_forecast"] if residual_quantiles else []
-    table = valid_frame[[prob_col, "q10", "q90", "ret", "dir", *extra]]
+    # the columns as they are, each horizon's rows taken from them: no copy of a frame as long as
+    # the development samples x horizons (the final model's out-of-fold frame)
+    columns = [_numeric_values(valid_frame[c]) for c in (prob_col, "q10", "q90", "ret", "dir", *extra)]
     for h, rows in horizon_rows(valid_frame["horizon"]).items():
         if not rows.any():
             continue
-        cols = table[rows].to_numpy(np.float64)
+        cols = np.column_stack([values[rows] for values in columns]).astype(np.float64, copy=False)
         cols = cols[np.isfinite(cols).all(axis=1)]
         p, q10, q90, y, d = cols.T[:5]
         n = len(cols)

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from quantml.evaluation.metrics import reliability_table
-from quantml.market.figures import close_figures, figure_base64, figure_png, new_figure
+from quantml.market.figures import close_figures, figure_base64, figure_png, new_figure, plot_times
 
 NOMINAL_COVERAGE = {"coverage_q10": 0.1, "coverage_q50": 0.5, "coverage_q90": 0.9, "coverage_80": 0.8}
 
@@ -71,9 +71,11 @@ def cumulative_ic_figure(ic: dict[str, pd.Series], rank_ic: dict[str, pd.Series]
     for i, h in enumerate(ic):
         color = f"C{i}"
         if len(ic[h]):
-            ax.plot(ic[h].index, ic[h].cumsum().to_numpy(), color=color, label=f"IC {h}")
+            ax.plot(plot_times(ic[h].index), ic[h].cumsum().to_numpy(), color=color, label=f"IC {h}")
         if h in rank_ic and len(rank_ic[h]):
-            ax.plot(rank_ic[h].index, rank_ic[h].cumsum().to_numpy(), color=color, ls="--", label=f"Rank IC {h}")
+            ax.plot(
+                plot_times(rank_ic[h].index), rank_ic[h].cumsum().to_numpy(), color=color, ls="--", label=f"Rank IC {h}"
+            )
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_title("cumulative IC")
     ax.set_ylabel("sum of IC")
@@ -88,10 +90,10 @@ def equity_figure(equity: dict[str, pd.Series], benchmark: dict[str, pd.Series])
     ax = fig.subplots()
     for i, h in enumerate(equity):
         if len(equity[h]):
-            ax.plot(equity[h].index, equity[h].to_numpy(), color=f"C{i}", label=f"long/short {h}")
+            ax.plot(plot_times(equity[h].index), equity[h].to_numpy(), color=f"C{i}", label=f"long/short {h}")
         if h in benchmark and len(benchmark[h]):
             ax.plot(
-                benchmark[h].index,
+                plot_times(benchmark[h].index),
                 benchmark[h].to_numpy(),
                 color=f"C{i}",
                 ls=":",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -41,3 +43,11 @@ def close_figures(figures: dict) -> None:
 
 
 __all__ = ["Figure", "close_figures", "figure_base64", "figure_png", "new_figure"]
+
+
+def plot_times(index: pd.Index) -> np.ndarray | pd.Index:
+    """A tz-aware bar index as naive UTC ``datetime64`` values, which matplotlib converts at once (it
+    converts a tz-aware index one Timestamp at a time: 10 s a report at 2M rows). Other indexes as they are."""
+    if isinstance(index, pd.DatetimeIndex) and index.tz is not None:
+        return index.tz_convert("UTC").tz_localize(None).to_numpy()
+    return index

@@ -167,3 +167,26 @@ def test_known_oos_metrics_fill_the_all_rows_without_recomputing(oos, fold_metri
     all_rows = rep.by_symbol_horizon.set_index(["symbol", "horizon"])
     assert all_rows.loc[("ALL", "1d"), "ic"] == 123.0
     assert all_rows.loc[("ALL", "7d"), "ic"] == pytest.approx(fresh["oos_ic/7d"])
+
+
+def test_figure_times_are_the_bars_naive_utc_instants_and_draw_the_same_axis():
+    """The report's lines take a tz-aware bar index as naive UTC datetime64 (matplotlib converts
+    those at once, a tz-aware index one Timestamp at a time): same instants, same axis limits."""
+    from matplotlib.dates import date2num
+
+    from quantml.market.figures import new_figure, plot_times
+
+    index = pd.date_range("2024-03-30 22:00", periods=500, freq="5min", tz="Europe/London")
+    times = plot_times(index)
+    assert times.dtype.kind == "M"
+    np.testing.assert_array_equal(times.astype("datetime64[ns]").astype(np.int64), index.as_unit("ns").asi8)
+    limits = []
+    for x in (index, times):
+        ax = new_figure().subplots()
+        ax.plot(x, np.arange(len(index)))
+        limits.append(ax.get_xlim())
+    np.testing.assert_allclose(limits[0], limits[1], rtol=0, atol=1e-9)
+    first, last = (date2num(t.tz_convert("UTC").to_pydatetime()) for t in (index[0], index[-1]))
+    assert limits[0][0] < first < last < limits[0][1]
+    plain = pd.RangeIndex(3)
+    assert plot_times(plain) is plain
