@@ -309,6 +309,9 @@ def _run_in_parent(
         (staging / L.HOLDOUT_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
         holdout.to_parquet(staging / L.HOLDOUT_ARTIFACT, index=False)
     parent.log_artifacts(str(staging))
+    lockbox = lockbox_line(prep)
+    # the panel, its matrix and labels go before the OOS frame comes back: they would stack at the end
+    del prep, score, market, holdout_job, folds, t0s, t1s, calendar
     oos = read_staged_oos(oos_path)
     if output_dir is not None:  # a local copy of the report beside Hydra's outputs
         report.write(output_dir / "report")
@@ -316,7 +319,7 @@ def _run_in_parent(
     if cfg.get("print_report", True):
         print(f"\n{header}")
         print(report.summary)
-        print(lockbox_line(prep))
+        print(lockbox)
         print(f"\nMLflow: experiment '{cfg.tracking.experiment}', parent run {parent.run_id}")
         print(_ui_command(resolve_tracking_uri(cfg.tracking.get("uri")), parent.experiment_id))
     return ExperimentResult(parent.run_id, oos, fold_metrics, metrics, model_uri, report, holdout)
