@@ -21,22 +21,51 @@ FIGURES = "figures"
 PARQUET_CHUNK_ROWS = 1 << 21
 
 
+class ParquetAppender:
+    """One parquet file written frame after frame (each converted to Arrow ``chunk_rows`` rows at a
+    time, one row group each): read back it is the frames concatenated in order (``ignore_index``),
+    with the first frame's columns and dtypes, which every later frame must have."""
+
+    def __init__(self, path: Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> None:
+        self.path, self.chunk_rows = Path(path), max(int(chunk_rows), 1)
+        self._writer: pq.ParquetWriter | None = None
+        self._empty: pd.DataFrame | None = None
+
+    def append(self, frame: pd.DataFrame) -> None:
+        if self._empty is None:
+            self._empty = frame.iloc[:0]
+        for start in range(0, len(frame), self.chunk_rows):
+            table = pa.Table.from_pandas(frame.iloc[start : start + self.chunk_rows], preserve_index=False)
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.path, table.schema)
+            elif not table.schema.equals(self._writer.schema, check_metadata=False):
+                raise ValueError(
+                    f"{self.path.name}: a frame with columns {table.schema} does not match the first "
+                    f"frame's {self._writer.schema}"
+                )
+            self._writer.write_table(table)
+
+    def close(self) -> Path:
+        """Finish the file (an empty frame's columns when no row was appended); returns its path."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        elif not self.path.exists():
+            (self._empty if self._empty is not None else pd.DataFrame()).to_parquet(self.path, index=False)
+        return self.path
+
+
 def write_parquet(frame: pd.DataFrame, path: Path, chunk_rows: int = PARQUET_CHUNK_ROWS) -> None:
     """``frame.to_parquet(path, index=False)``, converted and written ``chunk_rows`` rows at a time
     (one row group each); read back it is the same frame."""
     if len(frame) <= chunk_rows:
         frame.to_parquet(path, index=False)
         return
-    writer = None
+    appender = ParquetAppender(path, chunk_rows)
     try:
-        for start in range(0, len(frame), chunk_rows):
-            table = pa.Table.from_pandas(frame.iloc[start : start + chunk_rows], preserve_index=False)
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
+        appender.append(frame)
     finally:
-        if writer is not None:
-            writer.close()
+        appender.close()
 
 
 def _staged(root: Path, artifact: str) -> Path:
@@ -45,17 +74,26 @@ def _staged(root: Path, artifact: str) -> Path:
     return target
 
 
+def oos_appender(root: Path) -> ParquetAppender:
+    """The out-of-sample frame's file in ``root`` at its artifact path, written fold by fold as each
+    fold is scored: a run never holds every fold's predictions while it still holds the panel (on a
+    large panel both are gigabytes). :func:`read_staged_oos` reads it back once the panel is gone."""
+    return ParquetAppender(_staged(root, L.OOS_ARTIFACT))
+
+
 def stage_oos(root: Path, oos: pd.DataFrame) -> Path:
-    """Write the out-of-sample frame into ``root`` at its artifact path, returned. A run writes it as
-    soon as it is reported on and drops it while its final model fits: on a large panel it is
-    gigabytes (:func:`read_staged_oos` reads it back)."""
-    target = _staged(root, L.OOS_ARTIFACT)
-    write_parquet(oos, target)
-    return target
+    """Write a whole out-of-sample frame into ``root`` at its artifact path, returned."""
+    appender = oos_appender(root)
+    try:
+        appender.append(oos)
+    finally:
+        appender.close()
+    return appender.path
 
 
 def read_staged_oos(path: Path) -> pd.DataFrame:
-    """The frame :func:`stage_oos` wrote, equal to it (categories, dtypes and order kept)."""
+    """The frame :func:`stage_oos` (or :func:`oos_appender`) wrote, equal to it (categories, dtypes and
+    order kept)."""
     return pd.read_parquet(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,7 +11,6 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from quantml.contracts import run_layout as L
-from quantml.contracts.frames import own_columns
 from quantml.evaluation.diagnostics import diagnostic_metrics
 from quantml.evaluation.drift import fold_drift
 from quantml.evaluation.evaluate import Scorer
@@ -66,8 +66,8 @@ def train_fold(
     test_frame = compute_signals(test_frame, signal)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
-    # what the OOS frame keeps of every fold, each column its own array (concat_releasing frees them)
-    test_frame = own_columns(compact_predictions(test_frame))
+    # what the OOS frame keeps of every fold
+    test_frame = compact_predictions(test_frame)
     valid_frame = fitted.valid_frame
     if valid_frame is not None:
         valid_frame = compact_predictions(compute_signals(valid_frame, signal))
@@ -87,9 +87,15 @@ def _log_model_diagnostics(run: TrackedRun, model, test) -> None:
 
 
 def score_fold(
-    run: TrackedRun, test_frame: pd.DataFrame, valid_frame: pd.DataFrame | None, score: Scorer, extra: dict[str, float]
+    run: TrackedRun,
+    test_frame: pd.DataFrame,
+    valid_frame: pd.DataFrame | None,
+    score: Scorer,
+    extra: dict[str, float],
+    keep: Callable[[pd.DataFrame], None] | None = None,
 ) -> dict[str, float]:
-    """Score a fold's predictions, log them and end its run (runs on the scoring thread)."""
+    """Score a fold's predictions, log them, hand the test frame to ``keep`` and end the fold's run
+    (runs on the scoring thread)."""
     try:
         metrics = score(test_frame, "test")
         metrics.update(diagnostic_metrics(test_frame, "test"))  # a fusion model's gate (docs/fusion.md)
@@ -99,6 +105,8 @@ def score_fold(
         run.log_metrics(metrics)
         # per symbol, for a route map's entries (a version serving some symbols is judged on them)
         run.log_text(per_symbol_metrics(test_frame).to_csv(index=False), L.PER_SYMBOL_ARTIFACT)
+        if keep is not None:
+            keep(test_frame)
     except BaseException as exc:
         run.fail(exc)
         raise
@@ -124,19 +132,23 @@ def run_folds(
     signal: SignalConfig,
     score: Scorer,
     scoring: ThreadPoolExecutor,
+    keep: Callable[[pd.DataFrame], None],
     callbacks: list[FoldCallback] = (),
 ):
     """Train folds one after another on this thread while the previous fold is scored and
     logged on ``scoring``: model fitting (LightGBM, torch) releases the GIL, so on two
     cores the quant evaluation and MLflow writes cost little wall time.
 
-    Returns the fold test frames, the fold metrics table (index ``fold``) and the fold models'
-    :class:`FoldCapacity` (fold order; the final model grows their row-scaled median).
+    Each fold's test frame goes to ``keep`` on the scoring thread, in fold order (the run writes
+    it to the OOS file): no more than the last two folds' frames are held here.
+
+    Returns the fold metrics table (index ``fold``) and the fold models' :class:`FoldCapacity`
+    (fold order; the final model grows their row-scaled median).
     """
     bins = int(cfg.evaluation.get("psi_bins", 10))
     blocking = [c for c in callbacks if getattr(c, "blocking", False)]
     background = [c for c in callbacks if not getattr(c, "blocking", False)]
-    frames, pending, capacities = [], [], []
+    previous, pending, capacities = None, [], []
     for fold in folds:
         child = writer.start_fold(parent, fold.fold_id, np.asarray(fold.test_paths).tolist())
         try:
@@ -144,10 +156,11 @@ def run_folds(
         except BaseException as exc:
             child.fail(exc)
             raise
-        drift = fold_drift(frames[-1], test_frame, prep.data.horizons, bins) if frames else {}
-        frames.append(test_frame)
+        drift = fold_drift(previous, test_frame, prep.data.horizons, bins) if previous is not None else {}
+        previous = test_frame
         capacities.append(capacity)
-        future = scoring.submit(score_fold, child, test_frame, valid_frame, score, drift)
+        future = scoring.submit(score_fold, child, test_frame, valid_frame, score, drift, keep)
+        del test_frame, valid_frame
         if background:
             future.add_done_callback(
                 lambda f, i=fold.fold_id: f.exception() is None and _notify(background, i, len(folds), f.result())
@@ -156,4 +169,4 @@ def run_folds(
         for callback in blocking:  # e.g. pruning needs this fold's score now
             callback.on_fold_end(fold.fold_id, len(folds), future.result())
     rows = [{"fold": fold.fold_id, **future.result()} for fold, future in zip(folds, pending)]
-    return frames, pd.DataFrame(rows).set_index("fold"), capacities
+    return pd.DataFrame(rows).set_index("fold"), capacities

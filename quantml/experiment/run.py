@@ -15,12 +15,11 @@ from quantml.bundle import ModelBundle, warmup_bars
 from quantml.contracts import SYMBOL, TIMESTAMP
 from quantml.contracts import run_layout as L
 from quantml.contracts.config import build
-from quantml.contracts.frames import concat_releasing
 from quantml.evaluation import best_monitor, check_selection_keys, ic_mode_for
 from quantml.evaluation.evaluate import Scorer, aggregate_fold_metrics, evaluation_options
 from quantml.evaluation.reference import REFERENCE_KEY, reference_from_columns, top_features
 from quantml.evaluation.report import build_report
-from quantml.experiment.artifacts import read_staged_oos, stage_artifacts, stage_oos
+from quantml.experiment.artifacts import oos_appender, read_staged_oos, stage_artifacts
 from quantml.experiment.callbacks import FoldCallback
 from quantml.experiment.fitting import (
     COLUMN_CHUNK_ROWS,
@@ -247,24 +246,20 @@ def _run_in_parent(
     parent.set_tags({L.TAG_LEAKAGE_AUDIT: "clean" if audit["clean"] else "violations", L.TAG_N_FOLDS: len(folds)})
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantml-scoring") as scoring:
-        fold_frames, fold_metrics, capacities = run_folds(
-            cfg, writer, parent, prep, splitter, folds, signal, score, scoring, callbacks
-        )
-        # once, a column at a time, each fold's column freed as it is joined (the fold frames share
-        # their categories): the OOS frame is the only copy kept
-        oos = concat_releasing(fold_frames)
-        # the report before the final model, not beside it: on a large panel their temporaries
-        # (the report's over the OOS frame, the final fits' over every development sample) would stack
-        metrics, report = _summarise(oos, fold_metrics, score, _tradable(cfg))
-        # on disk while the final model fits (on a large panel the frame and the final fits'
-        # temporaries would stack), read back for the result once the run is logged
-        oos_path = stage_oos(staging, oos)
-        del oos
+        # each fold's predictions go to the OOS file as the fold is scored: on a large panel every
+        # fold's frame held beside the panel would not fit, so the report is built once the panel is gone
+        oos_file = oos_appender(staging)
+        try:
+            fold_metrics, capacities = run_folds(
+                cfg, writer, parent, prep, splitter, folds, signal, score, scoring, oos_file.append, callbacks
+            )
+        finally:
+            oos_path = oos_file.close()
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
         if getattr(final_model, "threads_", None):
             parent.set_tags({L.TAG_THREADS: int(final_model.threads_)})
         model_uri = None
-        if cfg.tracking.get("log_model", True):  # while the report is still being built
+        if cfg.tracking.get("log_model", True):
             bundle = ModelBundle(
                 forecaster=final_model,
                 calibrator=calibrator,
@@ -290,29 +285,31 @@ def _run_in_parent(
             model_uri = log_bundle(bundle, parent.run_id)
         holdout = predict_holdout(final_model, calibrator, prep, signal)
         holdout_job = None if holdout is None else scoring.submit(holdout_scorer(score, prep), holdout, L.SPLIT_HOLDOUT)
-        if holdout_job is not None:  # logged for the record; nothing that chooses reads them
-            metrics.update(holdout_job.result())
+        holdout_metrics = {} if holdout_job is None else holdout_job.result()  # for the record; nothing chooses on them
 
+    lockbox = lockbox_line(prep)
+    horizons = prep.data.horizons
+    # the panel, its matrix and labels go before the OOS frame comes back: they would stack
+    del prep, holdout_job, folds, t0s, t1s, calendar
+    oos = read_staged_oos(oos_path)
+    metrics, report = _summarise(oos, fold_metrics, score, _tradable(cfg))
+    metrics.update(holdout_metrics)
     metrics.update(aggregate_fold_metrics(fold_metrics))
     # a backbone's own figures of its final model (distilled: the student's and teacher's predict latency)
     metrics.update(getattr(final_model, "run_metrics", dict)())
     # the layout keeps its names (best_monitor, quantml.monitor): runs logged before the rename read the same
     selection = str(cfg.evaluation.selection_metric)
-    monitor_name, monitor_value = best_monitor(fold_metrics, selection, prep.data.horizons)
+    monitor_name, monitor_value = best_monitor(fold_metrics, selection, horizons)
     metrics["best_monitor"] = monitor_value
     parent.set_tags({L.TAG_MONITOR: selection, L.TAG_BEST_MONITOR: monitor_name})
     parent.log_metrics(metrics)
-    header = f"Out-of-sample results ({len(folds)} {cfg.validation.method} folds, {ic_mode} IC):"
+    header = f"Out-of-sample results ({len(fold_metrics)} {cfg.validation.method} folds, {ic_mode} IC):"
     parent.set_description(run_description(header, report.summary))
     stage_artifacts(staging, fold_metrics, report, final_model)
     if holdout is not None:
         (staging / L.HOLDOUT_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
         holdout.to_parquet(staging / L.HOLDOUT_ARTIFACT, index=False)
     parent.log_artifacts(str(staging))
-    lockbox = lockbox_line(prep)
-    # the panel, its matrix and labels go before the OOS frame comes back: they would stack at the end
-    del prep, score, market, holdout_job, folds, t0s, t1s, calendar
-    oos = read_staged_oos(oos_path)
     if output_dir is not None:  # a local copy of the report beside Hydra's outputs
         report.write(output_dir / "report")
 

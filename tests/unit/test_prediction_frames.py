@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from quantml.contracts.schema import FORECAST_FIELDS
-from quantml.experiment.artifacts import read_staged_oos, stage_oos, write_parquet
+from quantml.experiment.artifacts import ParquetAppender, read_staged_oos, stage_oos, write_parquet
 from quantml.experiment.fitting import FLOAT64_COLUMNS, compact_predictions, prediction_frame
 from quantml.models.ridge import RidgeForecaster
 from quantml.signals import SignalConfig, compute_signals
@@ -85,6 +86,26 @@ def test_fold_frames_concatenate_once_without_falling_back_to_strings(tmp_path):
     pd.testing.assert_frame_equal(read_staged_oos(path), oos, check_exact=True, check_categorical=True)
     write_parquet(oos, tmp_path / "chunked.parquet", chunk_rows=7)
     pd.testing.assert_frame_equal(read_staged_oos(tmp_path / "chunked.parquet"), oos, check_exact=True)
+    # a run appends each fold's frame to the OOS file as the fold is scored: read back it is their concatenation
+    appender = ParquetAppender(tmp_path / "folds.parquet", chunk_rows=9)
+    for frame in frames:
+        appender.append(frame)
+    read = read_staged_oos(appender.close())
+    pd.testing.assert_frame_equal(read, oos, check_exact=True, check_categorical=True)
+    assert read["symbol"].cat.categories.tolist() == ["S0", "S1", "S2"]  # unused categories kept
+
+
+def test_the_oos_file_refuses_a_fold_frame_whose_columns_differ(tmp_path):
+    first = pd.DataFrame({"a": np.arange(3, dtype=np.float32), "b": np.zeros(3)})
+    appender = ParquetAppender(tmp_path / "oos.parquet")
+    appender.append(first)
+    with pytest.raises(ValueError, match="does not match the first frame"):
+        appender.append(first.assign(b=np.arange(3)))  # int where the first frame had float
+    appender.close()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "oos.parquet"), first)
+    empty = ParquetAppender(tmp_path / "none.parquet")
+    empty.append(first.iloc[:0])
+    assert list(pd.read_parquet(empty.close()).columns) == ["a", "b"]
 
 
 def test_a_large_frame_is_written_in_chunks_and_reads_back_the_same(tmp_path):
