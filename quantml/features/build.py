@@ -219,6 +219,18 @@ def _group_context(ctx: Context, a: int, b: int, breaks: np.ndarray | None, code
     )
 
 
+def _write_rows(block: np.ndarray, a: int, b: int, scratch: np.ndarray, columns: list[int]) -> None:
+    """``block[a:b, j] = scratch[j, :b - a]`` for each ``j`` of ``columns`` (sorted), a run of
+    consecutive columns at a time (one transposed copy per run, no gathered temporary)."""
+    m = b - a
+    start = 0
+    for k in range(1, len(columns) + 1):
+        if k == len(columns) or columns[k] != columns[k - 1] + 1:
+            j0, j1 = columns[start], columns[k - 1] + 1
+            block[a:b, j0:j1] = scratch[j0:j1, :m].T
+            start = k
+
+
 def _run_block(ctx: Context, name: str, params: dict) -> None:
     ctx.block = name
     try:
@@ -311,7 +323,9 @@ def build(
     on ``panel`` (time slices across every symbol); the per-symbol blocks then run group by group, so
     how the rows are grouped never changes a feature. ``labels``: a :class:`quantml.labels.LabelWriter`
     fed each group's timestamps and closes (returned second, finished; None: no labels).
-    The [F, n] float32 matrix is faulted in group by group (:mod:`quantml.features.memory`)."""
+    The [n, F] float32 matrix is faulted in group by group (:mod:`quantml.features.memory`); each group's
+    per-symbol features are written feature-major into a scratch reused by every group, then copied into
+    their rows."""
     from quantml.features.memory import lazy, prefault, reused_heap, trim
 
     cfg = _plain(feature_set_cfg)
@@ -370,14 +384,15 @@ def build(
         source.release()
     codes = codes.astype(np.int16 if len(ctx.symbols) < 2**15 else np.int64)
     per_symbol = [n for n in runnable if not BLOCKS[n].cross_sectional]
-    block = names = made = None
+    block = names = made = own = scratch = None
     with reused_heap():  # every group's temporaries reuse the pages of the group before
         for a, b in source.groups(codes):
             rows = source.rows(a, b)
             sub = _group_context(ctx, a, b, breaks, codes, rows)
-            if names is not None:  # the features are known: written straight into their rows
-                prefault(block[:, a:b])
-                sub.sink = {name: block[j, a:b] for j, name in enumerate(names)}
+            if names is not None:  # the features are known: written straight into a feature-major scratch
+                if scratch is None or scratch.shape[1] < b - a:
+                    scratch = np.empty((len(names), b - a), np.float32)
+                sub.sink = {names[j]: scratch[j, : b - a] for j in own}
             for name in per_symbol:
                 _run_block(sub, name, runnable[name])
                 sub.forget_columns()
@@ -391,21 +406,25 @@ def build(
                 ctx.known_future.extend(sub.known_future)
                 every = [n for blk in blocks for n in (*ctx.features, *made) if ctx.origin[n] == blk]
                 names = _final_names(cfg, every, ctx, drop, expected)
-                block = lazy((len(names), n), np.float32)  # one contiguous row per feature
+                # row-major [n, F]: a fit's row blocks are views of it (the models read rows, not columns)
+                block = lazy((n, len(names)), np.float32)
+                prefault(block.reshape(1, -1))  # every page at once: the cross-sectional columns touch them all
+                own = [j for j, name in enumerate(names) if name not in ctx.features]  # the per-symbol ones
                 for j, name in enumerate(names):
-                    if name in ctx.features:
-                        block[j] = ctx.features.pop(name)
-                prefault(block[:, a:b])
+                    if name in ctx.features:  # a cross-sectional feature, built on the whole panel
+                        block[:, j] = ctx.features.pop(name)
             elif list(sub.features) != made:
                 raise QuantmlInputError(
                     f"the feature blocks built {sorted(set(made) ^ set(sub.features))[:6]} on some symbols "
                     f"only (rows {a}:{b} against the first symbols); a column present for some symbols only "
                     "must be present (or NaN) for every symbol: pass the panel through quantml.data.validate_panel"
                 )
-            for j, name in enumerate(names):
-                if name in sub.features and sub.sink is None:
-                    block[j, a:b] = sub.features[name]
             first = sub.sink is None
+            if first:
+                for j in own:
+                    block[a:b, j] = sub.features[names[j]]
+            else:
+                _write_rows(block, a, b, scratch, own)
             del sub  # before the labels: the first group's features (not written in place) are gone
             if first:
                 trim()
@@ -414,7 +433,7 @@ def build(
             del rows
     dropped = [n for n in every if ctx.modalities[n] in drop]
     ctx.features.clear()
-    frame = pd.DataFrame(block.T, columns=names, index=keys.index, copy=False)
+    frame = pd.DataFrame(block, columns=names, index=keys.index, copy=False)
     # raw exogenous columns of a dropped modality feed only dropped features
     used = sorted(c for c in ctx.used if modality_of(c.removesuffix("_missing")) not in drop)
     rows = np.flatnonzero(flagged)
