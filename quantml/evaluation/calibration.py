@@ -212,8 +212,9 @@ class Calibrator:
             out[ok] = self.isotonic[horizon].predict(prob[ok])
         return np.where(ok, np.clip(out, PROB_CLIP, 1 - PROB_CLIP), np.nan)
 
-    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Calibrated copy of a prediction frame (columns ``horizon, prob_up, q10, q50, q90``).
+    def transform(self, frame: pd.DataFrame, copy: bool = True) -> pd.DataFrame:
+        """Calibrated copy of a prediction frame (columns ``horizon, prob_up, q10, q50, q90``);
+        ``copy=False``: ``frame`` itself calibrated (a caller that owns a long frame saves a copy).
 
         Keeps the uncalibrated probability in ``prob_up_raw`` (and recalibrates from it when
         present, so a second call does not calibrate twice), replaces ``prob_up``, shifts
@@ -229,7 +230,7 @@ class Calibrator:
                 "fit it on a validation frame with the same horizons"
             )
         rows_of = horizon_rows(frame["horizon"])  # one copy of the frame, whatever the steps
-        out = self._rebuild_quantiles(frame.copy(), rows_of)
+        out = self._rebuild_quantiles(frame.copy() if copy else frame, rows_of)
         raw = (out["prob_up_raw"] if "prob_up_raw" in out.columns else out["prob_up"]).to_numpy(np.float64)
         prob = raw.copy()
         q10 = out["q10"].to_numpy(np.float64).copy()

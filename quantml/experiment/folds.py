@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from quantml.experiment.fitting import (
     prediction_frame,
 )
 from quantml.experiment.prepare import PreparedData, time_range
+from quantml.features.memory import trim
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import RunWriter, TrackedRun
 
@@ -61,9 +62,10 @@ def train_fold(
     )
     test_frame = prediction_frame(fitted.model, prep.data.subset(test), prep.realised)
     _log_model_diagnostics(run, fitted.model, prep.data.subset(test))
+    # the frame is this fold's own: calibrated and given its signals in place (no copy of a long frame)
     if fitted.calibrator is not None:
-        test_frame = fitted.calibrator.transform(test_frame)
-    test_frame = compute_signals(test_frame, signal)
+        test_frame = fitted.calibrator.transform(test_frame, copy=False)
+    test_frame = compute_signals(test_frame, signal, copy=False)
     test_frame["fold"] = fold.fold_id
     test_frame["path"] = np.tile(np.asarray(fold.test_paths), len(prep.data.horizons))
     # what the OOS frame keeps of every fold
@@ -122,6 +124,11 @@ def _notify(callbacks: list[FoldCallback], fold_id: int, n_folds: int, metrics: 
             log.warning("fold callback %s failed: %s", type(callback).__name__, exc)
 
 
+# long rows of a fold's frame above which its scoring does not overlap the next fit: a 1M-row panel's
+# folds (about 0.8M rows) overlap, the 8.4M-row panel's (about 4.7M rows) wait
+OVERLAP_MAX_ROWS = 2_000_000
+
+
 def run_folds(
     cfg: DictConfig,
     writer: RunWriter,
@@ -140,7 +147,9 @@ def run_folds(
     cores the quant evaluation and MLflow writes cost little wall time.
 
     Each fold's test frame goes to ``keep`` on the scoring thread, in fold order (the run writes
-    it to the OOS file): no more than the last two folds' frames are held here.
+    it to the OOS file): no more than the last two folds' frames are held here. A fold whose frame
+    has more than :data:`OVERLAP_MAX_ROWS` rows is scored before the next fold starts fitting
+    (a large panel's frame, its scoring and the next fit would stack; the figures are the same).
 
     Returns the fold metrics table (index ``fold``) and the fold models' :class:`FoldCapacity`
     (fold order; the final model grows their row-scaled median).
@@ -148,8 +157,13 @@ def run_folds(
     bins = int(cfg.evaluation.get("psi_bins", 10))
     blocking = [c for c in callbacks if getattr(c, "blocking", False)]
     background = [c for c in callbacks if not getattr(c, "blocking", False)]
-    previous, pending, capacities = None, [], []
+    previous, pending, capacities, last_rows = None, [], [], 0
     for fold in folds:
+        if pending and last_rows > OVERLAP_MAX_ROWS:
+            wait([pending[-1]])  # a long frame and its scoring do not stack under the next fit
+        # the last fold's fit left its freed temporaries in glibc's heap (bins, forecasts, frames):
+        # given back before the next, larger fit instead of stacking under it
+        trim()
         child = writer.start_fold(parent, fold.fold_id, np.asarray(fold.test_paths).tolist())
         try:
             test_frame, valid_frame, capacity = train_fold(cfg, prep, splitter, fold, signal, child)
@@ -157,9 +171,10 @@ def run_folds(
             child.fail(exc)
             raise
         drift = fold_drift(previous, test_frame, prep.data.horizons, bins) if previous is not None else {}
-        previous = test_frame
+        previous = test_frame[["horizon", "expected_return"]]  # what the next fold's drift reads
         capacities.append(capacity)
         future = scoring.submit(score_fold, child, test_frame, valid_frame, score, drift, keep)
+        last_rows = len(test_frame)
         del test_frame, valid_frame
         if background:
             future.add_done_callback(

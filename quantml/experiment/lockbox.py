@@ -47,8 +47,8 @@ def predict_holdout(model, calibrator, prep: PreparedData, signal: SignalConfig)
         return None
     frame = prediction_frame(model, prep.data.subset(prep.holdout_samples), prep.realised)
     if calibrator is not None:
-        frame = calibrator.transform(frame)
-    frame = compute_signals(frame, signal)
+        frame = calibrator.transform(frame, copy=False)
+    frame = compute_signals(frame, signal, copy=False)
     frame["fold"] = -1
     frame["path"] = 0
     return frame

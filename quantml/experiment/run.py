@@ -32,6 +32,7 @@ from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_ho
 from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
 from quantml.experiment.resume import run_identity
 from quantml.experiment.warm_start import WarmSource, check_warm_data, resolve_warm_start, with_warm_source
+from quantml.features.memory import trim
 from quantml.portfolio.strategy import build_strategy
 from quantml.tracking import RunWriter, TrackedRun, flatten_config
 from quantml.tracking.pyfunc import log_bundle
@@ -255,6 +256,7 @@ def _run_in_parent(
             )
         finally:
             oos_path = oos_file.close()
+        trim()  # the folds' freed heap, before the largest fit
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
         if getattr(final_model, "threads_", None):
             parent.set_tags({L.TAG_THREADS: int(final_model.threads_)})
@@ -291,6 +293,7 @@ def _run_in_parent(
     horizons = prep.data.horizons
     # the panel, its matrix and labels go before the OOS frame comes back: they would stack
     del prep, holdout_job, folds, t0s, t1s, calendar
+    trim()
     oos = read_staged_oos(oos_path)
     metrics, report = _summarise(oos, fold_metrics, score, _tradable(cfg))
     metrics.update(holdout_metrics)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,6 +102,11 @@ def prefault(rows: np.ndarray) -> None:
 
 
 def trim() -> None:
-    """Give glibc's free heap memory back to the system."""
+    """Give freed memory back to the system: glibc's free heap pages and, when pyarrow is loaded, what
+    its memory pool (mimalloc or jemalloc) keeps of freed buffers (reading a 5M-row parquet frame
+    leaves about 0.8 GB there at 0.5 GB of frame)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None:
+        pyarrow.default_memory_pool().release_unused()

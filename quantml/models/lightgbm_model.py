@@ -202,6 +202,7 @@ class LightGBMForecaster(TabularForecaster):
         self.__dict__.pop("quantile_models_", None)  # a refit must not read the last fit's heads
         self.__dict__.pop("init_trees_", None)
         self.threads_ = resolve_threads(getattr(self, "n_jobs", -1))
+        train, valid = in_matrix_order(train), None if valid is None else in_matrix_order(valid)
         # the early-stopping rows' timestamps, for the cross-sectional rank metric (fit-time only)
         self.stop_times_ = None if valid is None else valid.data.t0[valid.rows]
         try:
@@ -222,9 +223,9 @@ class LightGBMForecaster(TabularForecaster):
                 [
                     self._fit_regressor(
                         X,
-                        np.nan_to_num(train.y_ret[:, j]),
+                        np.nan_to_num(train.data.y_ret[train.rows, j]),
                         Xv,
-                        np.nan_to_num(valid.y_ret[:, j]) if has_valid else None,
+                        np.nan_to_num(valid.data.y_ret[valid.rows, j]) if has_valid else None,
                         key=f"q{round(100 * a)}/{h}",
                         objective="quantile",
                         alpha=a,
@@ -258,6 +259,18 @@ class LightGBMForecaster(TabularForecaster):
             [m.booster_.feature_importance("gain") for m in self.return_models_ if hasattr(m, "booster_")], axis=0
         )
         return importance_series(self.feature_names_, gains)
+
+
+def in_matrix_order(part: SampleSet) -> SampleSet:
+    """``part`` with its rows in the matrix's order (sorted positions). Samples come in time order, the
+    matrix is symbol-major: in time order no two rows are adjacent, so :func:`row_blocks` would copy
+    every one (the final model's fit: the whole development matrix). The order of a fit's rows carries
+    nothing for the trees (bins are built from, and bags drawn by, the seed's row sample; the
+    early-stopping metrics group by timestamp), so the trees are those of an equally valid draw."""
+    rows = np.asarray(part.rows)
+    if len(rows) < 2 or bool(np.all(rows[1:] > rows[:-1])):
+        return part
+    return part.data.subset(np.sort(rows))
 
 
 class RowBlocks:

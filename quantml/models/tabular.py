@@ -10,7 +10,9 @@ pipeline the calibrator refits those quantiles on a disjoint calibration part
 
 from __future__ import annotations
 
+import itertools
 from abc import abstractmethod
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -60,11 +62,11 @@ class TabularForecaster(Forecaster):
     def predict(self, data: SampleSet) -> Forecast:
         """Forecasts of ``data``'s rows, :data:`PREDICT_CHUNK_ROWS` rows at a time (row by row the
         same numbers: every head forecasts each row on its own)."""
-        chunks = [
+        chunks = (
             self._forecast(self._prepare(data.data.X[data.rows[i : i + PREDICT_CHUNK_ROWS]]))
             for i in range(0, max(len(data), 1), PREDICT_CHUNK_ROWS)
-        ]
-        return chunks[0] if len(chunks) == 1 else concat_forecasts(chunks)
+        )
+        return joined_forecasts(chunks, len(data))
 
     def _forecast(self, X: np.ndarray) -> Forecast:
         n, H = len(X), len(self.horizons)
@@ -78,8 +80,16 @@ class TabularForecaster(Forecaster):
         return Forecast(self.horizons, er, q10, q50, q90, pu, vol)
 
     def _residual_z(self, data: SampleSet) -> np.ndarray:
-        fc = self.predict(data)
-        resid = (data.y_ret - fc.expected_return) / np.maximum(fc.vol_forecast, _VOL_FLOOR)
+        """The vol-standardised return residuals' P10/P50/P90 per horizon [3, H] on ``data``, forecast
+        :data:`PREDICT_CHUNK_ROWS` rows at a time keeping only the residuals [n, H]: the final model
+        (``data``: every development sample) never holds its whole forecast."""
+        resid = np.empty((len(data), len(self.horizons)))
+        for i in range(0, len(data), PREDICT_CHUNK_ROWS):
+            rows = data.rows[i : i + PREDICT_CHUNK_ROWS]
+            fc = self._forecast(self._prepare(data.data.X[rows]))
+            resid[i : i + len(rows)] = (data.data.y_ret[rows] - fc.expected_return) / np.maximum(
+                fc.vol_forecast, _VOL_FLOOR
+            )
         z = np.zeros((3, len(self.horizons)))
         for j in range(len(self.horizons)):
             r = resid[:, j][np.isfinite(resid[:, j])]
@@ -113,12 +123,25 @@ class _ConstantProbability:
         return np.column_stack([np.full(len(X), 1 - self.p), np.full(len(X), self.p)])
 
 
-def concat_forecasts(parts: list[Forecast]) -> Forecast:
-    """Row chunks' forecasts (the same horizons, in row order) as one :class:`Forecast`."""
+def joined_forecasts(parts: Iterator[Forecast], n: int) -> Forecast:
+    """Row chunks' forecasts (the same horizons, in row order, ``n`` rows in all) as one
+    :class:`Forecast`, each chunk written into the whole arrays as it comes: never the chunks and
+    their concatenation at once."""
+    first = next(parts)
+    if len(first.expected_return) == n:
+        return first
     fields = ("expected_return", "q10", "q50", "q90", "prob_up", "vol_forecast")
-    joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in fields}
-    diagnostics = {name: np.concatenate([p.diagnostics[name] for p in parts]) for name in parts[0].diagnostics}
-    return Forecast(parts[0].horizons, **joined, diagnostics=diagnostics)
+    joined = {name: np.empty((n, *getattr(first, name).shape[1:])) for name in fields}
+    diagnostics = {name: np.empty((n, *v.shape[1:])) for name, v in first.diagnostics.items()}
+    start = 0
+    for part in itertools.chain([first], parts):
+        stop = start + len(part.expected_return)
+        for name in fields:
+            joined[name][start:stop] = getattr(part, name)
+        for name in diagnostics:
+            diagnostics[name][start:stop] = part.diagnostics[name]
+        start = stop
+    return Forecast(first.horizons, **joined, diagnostics=diagnostics)
 
 
 def row_blocks(X: np.ndarray, rows: np.ndarray, min_run: int = 1024, gather: int = 1 << 16) -> list[np.ndarray]:
@@ -155,9 +178,11 @@ def _predict_proba(model, X: np.ndarray) -> np.ndarray:
 
 
 def _targets(data: SampleSet, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    y_ret = np.nan_to_num(data.y_ret[:, j])
-    y_dir = np.nan_to_num(data.y_dir[:, j]).astype(int)
-    y_logvol = np.log(np.maximum(np.nan_to_num(data.y_vol[:, j]), _VOL_FLOOR))
+    """Horizon ``j``'s targets of ``data``'s rows [n] (only that column gathered, not [n, H])."""
+    rows = data.rows
+    y_ret = np.nan_to_num(data.data.y_ret[rows, j])
+    y_dir = np.nan_to_num(data.data.y_dir[rows, j]).astype(int)
+    y_logvol = np.log(np.maximum(np.nan_to_num(data.data.y_vol[rows, j]), _VOL_FLOOR))
     return y_ret, y_dir, y_logvol
 
 

@@ -155,13 +155,14 @@ def apply_thresholds(frame: pd.DataFrame, config: SignalConfig) -> pd.Series:
     return pd.Series(np.asarray(ACTIONS, dtype=object)[sign.astype(np.int64) + 1], index=frame.index, name="action")
 
 
-def compute_signals(frame: pd.DataFrame, config: SignalConfig) -> pd.DataFrame:
-    """Add ``edge``, ``score``, ``confidence`` and ``action`` to a long prediction frame.
+def compute_signals(frame: pd.DataFrame, config: SignalConfig, copy: bool = True) -> pd.DataFrame:
+    """Add ``edge``, ``score``, ``confidence`` and ``action`` to a long prediction frame (a copy;
+    ``copy=False``: to ``frame`` itself).
 
     ``frame`` needs ``horizon, expected_return, q10, q90, prob_up, vol_forecast``.
     """
     require_columns(frame, SIGNAL_INPUT_COLUMNS, "compute_signals: the frame", _FIX)
-    out = frame.copy()
+    out = frame.copy() if copy else frame
     er = out["expected_return"].to_numpy(dtype=np.float64)
     vol = out["vol_forecast"].to_numpy(dtype=np.float64)
     edge = np.maximum(np.abs(er) - config.cost, 0.0)

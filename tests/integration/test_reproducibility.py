@@ -27,3 +27,21 @@ def test_same_seed_same_results_other_seed_other_results(tracking_uri, compose_c
     run = mlflow.MlflowClient().get_run(first.parent_run_id)
     assert run.data.tags["quantml.seed"] == "7" and run.data.params["seed"] == "7"
     assert run.data.params["data.seed"] == "7"  # the synthetic generator follows the top-level seed
+
+
+def test_a_fold_scored_before_the_next_fit_gives_the_same_figures(tracking_uri, compose_cfg, monkeypatch):
+    """Large fold frames are scored before the next fold fits (``folds.OVERLAP_MAX_ROWS``), small ones
+    while it fits: the same fold metrics and OOS frame either way."""
+    import quantml.experiment.folds as folds
+
+    waits = []
+    real_wait = folds.wait
+    monkeypatch.setattr(folds, "wait", lambda fs: waits.append(len(fs)) or real_wait(fs))
+    overrides = [*TINY, "backbone=lightgbm", "backbone.n_estimators=20", "tracking.log_model=false"]
+    overlapped = run_experiment(compose_cfg(overrides))
+    assert waits == []
+    monkeypatch.setattr(folds, "OVERLAP_MAX_ROWS", 0)
+    serial = run_experiment(compose_cfg(overrides))
+    assert waits == [1, 1]  # before folds 1 and 2
+    pd.testing.assert_frame_equal(overlapped.fold_metrics, serial.fold_metrics)
+    pd.testing.assert_frame_equal(overlapped.oos, serial.oos)

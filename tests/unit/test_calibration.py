@@ -199,6 +199,17 @@ def test_transform_never_crosses_quantiles(seed, width):
     assert out["prob_up"].between(0, 1).all()
 
 
+def test_transform_in_place_equals_the_copy_and_leaves_a_copied_input_alone():
+    valid, test = gaussian_frame(200, 0, 1.0), gaussian_frame(200, 1, 1.0)
+    cal = fit_calibrator(valid, {"conformal": {"mode": "asymmetric"}})
+    before = test.copy()
+    copied = cal.transform(test)
+    pd.testing.assert_frame_equal(test, before)
+    in_place = cal.transform(test, copy=False)
+    assert in_place is test
+    pd.testing.assert_frame_equal(in_place, copied)
+
+
 def residual_frame(n, seed, z_scale=1.0, horizons=("1d",)):
     """A residual-quantile forecaster whose ``z`` (and so its quantiles) are ``z_scale`` x too narrow."""
     rng = np.random.default_rng(seed)

@@ -31,6 +31,8 @@ def test_heads_equal_the_scikit_learn_wrappers_fitted_one_by_one():
     data, tr, va, te = _parts()
     model = LightGBMForecaster(HORIZONS, seed=3, n_estimators=80, min_child_samples=20, n_jobs=1)
     model.fit(SampleSet(data, tr), SampleSet(data, va))
+    # the fit reads its (time-ordered) rows in the matrix's order (lightgbm_model.in_matrix_order)
+    tr, va = np.sort(tr), np.sort(va)
     X, Xv, Xt = data.X[tr], data.X[va], data.X[te]
     stop = [lgb.early_stopping(model.early_stopping_rounds, first_metric_only=True, verbose=False)]
     for j in range(len(HORIZONS)):

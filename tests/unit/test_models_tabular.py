@@ -279,6 +279,37 @@ def test_row_blocks_are_views_of_long_runs_and_copies_between_them():
     np.testing.assert_array_equal(np.concatenate(row_blocks(X, rows)), X[rows])
 
 
+def test_a_lightgbm_fit_of_time_ordered_rows_reads_views_and_grows_the_trees_of_the_sorted_rows(monkeypatch):
+    """Samples come in time order over a symbol-major matrix (no two adjacent): the fit reads them in
+    the matrix's order, as views of it, and grows the trees it grows on the same rows sorted."""
+    import quantml.models.lightgbm_model as lgbm
+
+    data = planted_panel(n_per_symbol=1500)
+    order = np.lexsort((data.symbol_codes, data.t0))  # time order, as prepare_data's samples
+    train, valid = data.subset(order[: 4 * len(order) // 5]), data.subset(order[4 * len(order) // 5 :])
+    assert not np.any(np.diff(train.rows) == 1)
+    seen = []
+    original = lgbm._BinnedRows.__init__
+
+    def spy(self, X, Xv, params, threads):
+        seen.append([np.shares_memory(b, data.X) for b in X.blocks])
+        original(self, X, Xv, params, threads)
+
+    monkeypatch.setattr(lgbm._BinnedRows, "__init__", spy)
+
+    def fit(part_train, part_valid):
+        make = LightGBMForecaster(HORIZONS, seed=1, n_estimators=20, min_child_samples=20)
+        return make.fit(part_train, part_valid)
+
+    a = fit(train, valid)
+    assert seen and all(seen[0]) and len(seen[0]) == data.symbol_codes.max() + 1  # one view per symbol
+    b = fit(data.subset(np.sort(train.rows)), data.subset(np.sort(valid.rows)))
+    assert [m.booster_.model_to_string() for _, m in a._named_heads()] == [
+        m.booster_.model_to_string() for _, m in b._named_heads()
+    ]
+    np.testing.assert_array_equal(a.residual_z_, b.residual_z_)
+
+
 @pytest.mark.parametrize("quantiles", ["residual", "native"])
 def test_lightgbm_fit_on_row_blocks_grows_the_trees_of_the_copied_rows(monkeypatch, quantiles):
     """A fit reads its rows as views (``row_blocks``) where 0.1 copied ``X[rows]``: same bins, same trees,
@@ -303,8 +334,12 @@ def test_lightgbm_fit_on_row_blocks_grows_the_trees_of_the_copied_rows(monkeypat
     assert [m.booster_.model_to_string() for _, m in a._named_heads()] == [
         m.booster_.model_to_string() for _, m in b._named_heads()
     ]
-    whole = a.predict(test)
+    whole, z_whole = a.predict(test), a._residual_z(test)
     monkeypatch.setattr(tabular, "PREDICT_CHUNK_ROWS", 64)
     chunked = a.predict(test)
     for name in ("expected_return", "q10", "q90", "prob_up", "vol_forecast"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
+    # the residual quantiles keep only each chunk's residuals: the same figures
+    resid = (test.y_ret - whole.expected_return) / np.maximum(whole.vol_forecast, tabular._VOL_FLOOR)
+    np.testing.assert_array_equal(a._residual_z(test), z_whole)
+    np.testing.assert_array_equal(z_whole[:, 0], np.quantile(resid[:, 0][np.isfinite(resid[:, 0])], [0.1, 0.5, 0.9]))

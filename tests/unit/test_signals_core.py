@@ -99,3 +99,13 @@ def test_bad_inputs_name_the_setting_and_fix():
         compute_signals(_frame([0.01], 0.01).drop(columns="vol_forecast"), SignalConfig())
     with pytest.raises(QuantmlInputError, match="not JSON"):
         SignalConfig.from_json("{oops")
+
+
+def test_signals_in_place_equal_the_copy_and_leave_a_copied_input_alone():
+    frame = _frame([0.003, -0.003, 0.0015], [0.01, 0.02, 0.0])
+    before = frame.copy()
+    copied = compute_signals(frame, SignalConfig(cost=0.001))
+    pd.testing.assert_frame_equal(frame, before)
+    in_place = compute_signals(frame, SignalConfig(cost=0.001), copy=False)
+    assert in_place is frame
+    pd.testing.assert_frame_equal(in_place, copied)
