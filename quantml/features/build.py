@@ -220,14 +220,14 @@ def _group_context(ctx: Context, a: int, b: int, breaks: np.ndarray | None, code
 
 
 def _write_rows(block: np.ndarray, a: int, b: int, scratch: np.ndarray, columns: list[int]) -> None:
-    """``block[a:b, j] = scratch[j, :b - a]`` for each ``j`` of ``columns`` (sorted), a run of
+    """``block[a:b, columns[k]] = scratch[k, :b - a]`` for each ``k`` (``columns`` sorted), a run of
     consecutive columns at a time (one transposed copy per run, no gathered temporary)."""
     m = b - a
     start = 0
     for k in range(1, len(columns) + 1):
         if k == len(columns) or columns[k] != columns[k - 1] + 1:
             j0, j1 = columns[start], columns[k - 1] + 1
-            block[a:b, j0:j1] = scratch[j0:j1, :m].T
+            block[a:b, j0:j1] = scratch[start:k, :m].T
             start = k
 
 
@@ -323,9 +323,9 @@ def build(
     on ``panel`` (time slices across every symbol); the per-symbol blocks then run group by group, so
     how the rows are grouped never changes a feature. ``labels``: a :class:`quantml.labels.LabelWriter`
     fed each group's timestamps and closes (returned second, finished; None: no labels).
-    The [n, F] float32 matrix is faulted in group by group (:mod:`quantml.features.memory`); each group's
-    per-symbol features are written feature-major into a scratch reused by every group, then copied into
-    their rows."""
+    The [n, F] float32 matrix (:mod:`quantml.features.memory`) is faulted in once the first group's
+    features are in it; each later group's per-symbol features are written one block at a time into a
+    feature-major scratch as wide as the widest block, then copied into their rows."""
     from quantml.features.memory import lazy, prefault, reused_heap, trim
 
     cfg = _plain(feature_set_cfg)
@@ -384,18 +384,27 @@ def build(
         source.release()
     codes = codes.astype(np.int16 if len(ctx.symbols) < 2**15 else np.int64)
     per_symbol = [n for n in runnable if not BLOCKS[n].cross_sectional]
-    block = names = made = own = scratch = None
+    block = names = made = scratch = None
+    columns_of: dict[str, list[int]] = {}  # per-symbol block -> its columns of the matrix
     with reused_heap():  # every group's temporaries reuse the pages of the group before
         for a, b in source.groups(codes):
             rows = source.rows(a, b)
             sub = _group_context(ctx, a, b, breaks, codes, rows)
-            if names is not None:  # the features are known: written straight into a feature-major scratch
-                if scratch is None or scratch.shape[1] < b - a:
-                    scratch = np.empty((len(names), b - a), np.float32)
-                sub.sink = {names[j]: scratch[j, : b - a] for j in own}
+            built: list[str] = []
             for name in per_symbol:
+                cols = columns_of.get(name, []) if names is not None else []
+                if cols:  # the features are known: written into a scratch of this block's width only
+                    if scratch is None or scratch.shape[1] < b - a:
+                        scratch = np.empty((max(map(len, columns_of.values())), b - a), np.float32)
+                    sub.sink = {names[j]: scratch[k, : b - a] for k, j in enumerate(cols)}
                 _run_block(sub, name, runnable[name])
                 sub.forget_columns()
+                if names is not None:  # then into the block's rows of the matrix: one block's features at a time
+                    if cols:
+                        _write_rows(block, a, b, scratch, cols)
+                    built.extend(sub.features)
+                    sub.features.clear()
+                    sub.sink = None
             if made is None:  # the first group fixes the features: every group resolves the same windows
                 made = list(sub.features)
                 twice = sorted(set(made) & set(ctx.features))
@@ -408,26 +417,25 @@ def build(
                 names = _final_names(cfg, every, ctx, drop, expected)
                 # row-major [n, F]: a fit's row blocks are views of it (the models read rows, not columns)
                 block = lazy((n, len(names)), np.float32)
-                prefault(block.reshape(1, -1))  # every page at once: the cross-sectional columns touch them all
-                own = [j for j, name in enumerate(names) if name not in ctx.features]  # the per-symbol ones
+                for j, name in enumerate(names):
+                    if name in sub.features:
+                        columns_of.setdefault(ctx.origin[name], []).append(j)
+                for j in (j for cols in columns_of.values() for j in cols):
+                    block[a:b, j] = sub.features[names[j]]
+                del sub  # the first group's features, before the cross-sectional columns touch every page
+                trim()
+                prefault(block.reshape(1, -1))
                 for j, name in enumerate(names):
                     if name in ctx.features:  # a cross-sectional feature, built on the whole panel
                         block[:, j] = ctx.features.pop(name)
-            elif list(sub.features) != made:
+            elif built != made:
                 raise QuantmlInputError(
-                    f"the feature blocks built {sorted(set(made) ^ set(sub.features))[:6]} on some symbols "
+                    f"the feature blocks built {sorted(set(made) ^ set(built))[:6]} on some symbols "
                     f"only (rows {a}:{b} against the first symbols); a column present for some symbols only "
                     "must be present (or NaN) for every symbol: pass the panel through quantml.data.validate_panel"
                 )
-            first = sub.sink is None
-            if first:
-                for j in own:
-                    block[a:b, j] = sub.features[names[j]]
             else:
-                _write_rows(block, a, b, scratch, own)
-            del sub  # before the labels: the first group's features (not written in place) are gone
-            if first:
-                trim()
+                del sub
             if labels is not None:
                 labels.write(a, ts_int64(rows[TIMESTAMP]), rows["close"].to_numpy(dtype=np.float64), codes[a:b])
             del rows
