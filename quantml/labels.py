@@ -36,7 +36,7 @@ def parse_horizon(text: str) -> pd.Timedelta:
 class Labels:
     """Targets for ``n`` panel rows and ``H`` horizons (NaN where the label runs past the data).
 
-    ret, ret_after_cost, dir, vol : float64 [n, H]
+    ret, ret_after_cost, dir, vol : float64 [n, H] (``dir`` float32: its 0, 1 and NaN are exact)
         gross forward log return close[t1]/close[t]; ``sign(ret) * max(|ret| - cost, 0)``;
         1.0 if ret > 0 else 0.0; sqrt of the sum of squared 1-bar log returns over (t, t1].
     t0 : datetime64[ns] [n] (UTC, naive numpy)   the bar's own timestamp.
@@ -105,7 +105,8 @@ def check_horizons(horizons: Sequence[str], round_trip_cost: float, bar: pd.Time
 class LabelWriter:
     """Labels of ``n`` rows written symbol segment by symbol segment (:meth:`write`) into
     preallocated [n, H] outputs of ``dtype`` (float64 by default; float32 rounds each value once,
-    computed in float64), then :meth:`finish`. ``alloc(shape, dtype)`` makes the outputs."""
+    computed in float64; ``dir`` is float32 either way), then :meth:`finish`. ``alloc(shape, dtype)``
+    makes the outputs."""
 
     def __init__(
         self, n: int, horizons: Sequence[str], round_trip_cost: float, bar=None, dtype=np.float64, alloc=np.empty
@@ -114,7 +115,7 @@ class LabelWriter:
         H = len(self.horizons)
         self.ret = alloc((n, H), dtype)
         self.after = alloc((n, H), dtype)
-        self.direction = alloc((n, H), dtype)
+        self.direction = alloc((n, H), np.float32)  # 0, 1 or NaN: exact in float32, half of float64
         self.vol = alloc((n, H), dtype)
         self.t1_ns = alloc((n, H), np.int64)
         self.t1_max_ns = alloc((n,), np.int64)

@@ -147,13 +147,20 @@ def evaluate_predictions(
     if not isinstance(costs, CostModel):
         raise QuantmlInputError("costs must be a quantml.market.CostModel (CostModel.from_config(cfg.cost))")
     out: dict[str, float] = {}
-    paths = frame["path"].to_numpy() if "path" in frame.columns else np.zeros(len(frame), dtype=np.int64)
-    for h in pd.unique(frame["horizon"]):
-        rows = frame["horizon"].to_numpy() == h
+    paths = frame["path"].to_numpy() if "path" in frame.columns else None
+    # on a categorical column's codes (first-seen order, as pd.unique): no string per row
+    codes, horizons = pd.factorize(frame["horizon"])
+    for k, h in enumerate(horizons):
+        rows = codes == k
+        part = frame[rows]
+        if paths is None or len(pd.unique(paths[rows])) < 2:  # one path: the part itself, no second copy
+            parts = [part]
+        else:
+            parts = (p for _, p in part.groupby(paths[rows], sort=True))
         per_path = [
-            horizon_metrics(part, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, strategy, market)
-            for _, part in frame[rows].groupby(paths[rows], sort=True)
+            horizon_metrics(p, periods_per_year, costs, ic_mode, ece_bins, ic_bucket, strategy, market) for p in parts
         ]
+        del part
         for key in per_path[0]:
             values = np.array([m[key] for m in per_path], dtype=np.float64)
             with warnings.catch_warnings():

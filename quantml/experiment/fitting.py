@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,40 +94,49 @@ def job_checkpoint_dir(cfg: DictConfig) -> Path:
 FLOAT64_COLUMNS = frozenset(("ret", "ret_after_cost", "vol", "ret_next_bar", "prob_up"))
 
 
-def prediction_frame(model: Forecaster, part: SampleSet, realised: pd.DataFrame) -> pd.DataFrame:
+def prediction_frame(
+    model: Forecaster, part: SampleSet, realised: pd.DataFrame, columns: Collection[str] | None = None
+) -> pd.DataFrame:
     """Forecasts of ``part`` in the long contract layout (horizon-major), joined with what was realised.
 
     Compact at any size (tens of millions of rows for a large panel's folds): ``symbol`` and
     ``horizon`` categorical over the panel's sorted symbols and the sorted horizons (the same
     categories in every frame of a panel, so frames concatenate without falling back to strings,
     and sort as the strings would), float columns float32 but :data:`FLOAT64_COLUMNS`.
+    ``columns``: only these are built (in their usual order), e.g. :data:`CALIBRATOR_COLUMNS`.
     """
     forecast = model.predict(part)
     horizons = list(forecast.horizons)
     n, n_h = len(part), len(horizons)
-    frame = pd.DataFrame(
-        {
-            SYMBOL: symbol_column(part, n_h),
-            # tz-aware values taken as such: to_numpy() would build one Timestamp object per row
-            TIMESTAMP: part.data.keys[TIMESTAMP].array.take(np.tile(part.rows, n_h)),
-            "horizon": pd.Categorical.from_codes(
-                np.repeat(np.searchsorted(sorted(horizons), horizons), n), categories=sorted(horizons)
-            ),
-        }
-    )
+
+    def wanted(name: str) -> bool:
+        return columns is None or name in columns
+
+    frame = pd.DataFrame(index=pd.RangeIndex(n * n_h))
+    if wanted(SYMBOL):
+        frame[SYMBOL] = symbol_column(part, n_h)
+    if wanted(TIMESTAMP):  # tz-aware values taken as such: to_numpy() would build one Timestamp object per row
+        frame[TIMESTAMP] = part.data.keys[TIMESTAMP].array.take(np.tile(part.rows, n_h))
+    if wanted("horizon"):
+        frame["horizon"] = pd.Categorical.from_codes(
+            np.repeat(np.searchsorted(sorted(horizons), horizons), n), categories=sorted(horizons)
+        )
     for name in FORECAST_FIELDS:  # [n, H] -> horizon-major column
-        frame[name] = getattr(forecast, name).T.reshape(-1).astype(_float_type(name))
+        if wanted(name):
+            frame[name] = getattr(forecast, name).T.reshape(-1).astype(_float_type(name))
     for name, values in forecast.diagnostics.items():
-        frame[name] = np.asarray(values).T.reshape(-1).astype(np.float32)
+        if wanted(name):
+            frame[name] = np.asarray(values).T.reshape(-1).astype(np.float32)
     data_horizons = part.data.horizons
     for name in REALISED:
-        if name == "t1" and f"t1@{data_horizons[0]}" not in realised:
-            continue  # a realised table without label ends: the backtest holds by the 0.1 rule
+        if not wanted(name) or (name == "t1" and f"t1@{data_horizons[0]}" not in realised):
+            continue  # (a realised table without label ends: the backtest holds by the 0.1 rule)
         column = np.concatenate([realised[f"{name}@{h}"].to_numpy()[part.rows] for h in data_horizons])
         frame[name] = column.astype(_float_type(name)) if column.dtype == np.float64 else column
     if "t1" in frame.columns:  # label end per row, UTC like the timestamp
         frame["t1"] = pd.to_datetime(frame["t1"]).dt.tz_localize("UTC")
-    frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], n_h)
+    if wanted("ret_next_bar"):
+        frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], n_h)
     return frame
 
 
@@ -354,9 +364,8 @@ def fit_final(
         return template.with_capacity(capacity_for(len(rows))).fit(prep.data.subset(rows), None)
 
     def fit_predict(fit_rows: np.ndarray, predict_rows: np.ndarray) -> pd.DataFrame:
-        frame = prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised)
-        # what the calibrator reads: the out-of-fold frame is as long as the development samples x horizons
-        return frame[[c for c in frame.columns if c in CALIBRATOR_COLUMNS]]
+        # what the calibrator reads only: the out-of-fold frame is as long as the development samples x horizons
+        return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised, CALIBRATOR_COLUMNS)
 
     oof = crossfit(prep.samples, prep.data.t0, prep.data.t1, fit_predict, splitter.crossfit_folds, splitter.embargo)
     # the block column is not read: no copy of a frame as long as the development samples x horizons

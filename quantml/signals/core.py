@@ -143,12 +143,19 @@ def decide_actions(
     return long_.astype(np.float64) - short.astype(np.float64)
 
 
+def per_horizon(horizons: pd.Series, value_of) -> np.ndarray:
+    """``value_of(h)`` for each row's horizon ``h`` [n] float64: looked up once per distinct horizon
+    (a long frame's categorical column read on its codes, no string per row)."""
+    codes, uniques = pd.factorize(horizons)
+    values = np.array([value_of(h) for h in uniques] + [value_of(None)], dtype=np.float64)
+    return values[codes]  # code -1 (a missing horizon): the last entry, the default
+
+
 def apply_thresholds(frame: pd.DataFrame, config: SignalConfig) -> pd.Series:
     """``action`` for a frame that already has ``horizon, score, confidence`` (new thresholds only)."""
     require_columns(frame, ("horizon", "score", "confidence"), "apply_thresholds: the frame", _FIX)
-    horizons = frame["horizon"].to_numpy()
-    thr = np.array([config.threshold_for(h) for h in horizons], dtype=np.float64)
-    min_conf = np.array([config.min_confidence_for(h) for h in horizons], dtype=np.float64)
+    thr = per_horizon(frame["horizon"], config.threshold_for)
+    min_conf = per_horizon(frame["horizon"], config.min_confidence_for)
     sign = decide_actions(
         frame["score"].to_numpy(dtype=np.float64), frame["confidence"].to_numpy(dtype=np.float64), thr, min_conf
     )

@@ -103,3 +103,32 @@ def test_per_symbol_metrics_score_each_symbol_and_horizon_over_time():
     assert out.loc["B", "n"] == 3  # the unrealised row is left out
     assert out.loc["B", "hit_rate"] == pytest.approx(1 / 3)
     assert out.loc["B", "rank_ic"] == pytest.approx(0.5)
+
+
+def test_per_symbol_metrics_match_a_groupby_of_the_rows_whatever_their_order_and_dtypes():
+    """Interleaved rows, categorical columns with unused categories: one row per (symbol, horizon)
+    present, sorted by their names, each computed on its rows in frame order."""
+    import numpy as np
+    import pandas as pd
+
+    from quantml.evaluation.per_symbol import per_symbol_metrics
+
+    rng = np.random.default_rng(0)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "symbol": pd.Categorical(rng.choice(["ZZ", "AA", "MM"], n), categories=["ZZ", "MM", "AA", "unused"]),
+            "horizon": pd.Categorical(rng.choice(["4h", "1h"], n), categories=["4h", "1h", "1d"]),
+            "expected_return": rng.normal(size=n),
+            "ret": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+        }
+    )
+    out = per_symbol_metrics(frame)
+    assert list(zip(out["symbol"], out["horizon"])) == [(s, h) for s in ("AA", "MM", "ZZ") for h in ("1h", "4h")]
+    for row in out.itertuples():
+        part = frame[(frame["symbol"] == row.symbol) & (frame["horizon"] == row.horizon) & frame["ret"].notna()]
+        f, r = part["expected_return"].to_numpy(), part["ret"].to_numpy()
+        assert row.n == len(part)
+        assert row.ic == np.corrcoef(f, r)[0, 1]
+        assert row.rank_ic == pd.Series(f).rank().corr(pd.Series(r).rank())
+        assert row.hit_rate == np.mean(np.sign(f) == np.sign(r))

@@ -109,3 +109,22 @@ def test_signals_in_place_equal_the_copy_and_leave_a_copied_input_alone():
     in_place = compute_signals(frame, SignalConfig(cost=0.001), copy=False)
     assert in_place is frame
     pd.testing.assert_frame_equal(in_place, copied)
+
+
+def test_thresholds_are_read_per_row_horizon_whatever_its_dtype():
+    """A long frame's horizon column, categorical (unused categories, any order) or strings: each row
+    gets its horizon's threshold and minimum confidence, a horizon without an entry the defaults."""
+    cfg = SignalConfig(threshold={"1h": 0.5, "1d": 0.1}, min_confidence={"4h": 0.7}, default_threshold=0.2)
+    rng = np.random.default_rng(1)
+    names = rng.choice(["1d", "4h", "1h", "7d"], 400)
+    base = pd.DataFrame({"score": rng.normal(size=400), "confidence": rng.random(400)})
+    expected = decide_actions(
+        base["score"].to_numpy(),
+        base["confidence"].to_numpy(),
+        np.array([cfg.threshold_for(h) for h in names]),
+        np.array([cfg.min_confidence_for(h) for h in names]),
+    )
+    for horizon in (names, pd.Categorical(names, categories=["7d", "unused", "4h", "1h", "1d"])):
+        actions = apply_thresholds(base.assign(horizon=horizon), cfg)
+        sign = actions.map({"long": 1.0, "flat": 0.0, "short": -1.0}).to_numpy()
+        np.testing.assert_array_equal(sign, expected)
