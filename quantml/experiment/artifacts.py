@@ -34,7 +34,7 @@ class ParquetAppender:
 
     def append(self, frame: pd.DataFrame) -> None:
         if self._empty is None:
-            self._empty = frame.iloc[:0]
+            self._empty = frame.iloc[:0].copy()  # iloc[:0] alone is a view: it would keep the whole first frame
         for start in range(0, len(frame), self.chunk_rows):
             table = pa.Table.from_pandas(frame.iloc[start : start + self.chunk_rows], preserve_index=False)
             if self._writer is None:

@@ -32,6 +32,7 @@ from quantml.data.text_stream import text_config
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
 from quantml.experiment.prepare import REALISED, PreparedData
 from quantml.experiment.resume import run_identity
+from quantml.features.memory import trim
 from quantml.features.text import text_settings
 from quantml.models.base import Forecaster, PanelData, SampleSet, scaled_median_capacity
 from quantml.models.fusion import wrap_fusion
@@ -364,6 +365,7 @@ def fit_final(
         return template.with_capacity(capacity_for(len(rows))).fit(prep.data.subset(rows), None)
 
     def fit_predict(fit_rows: np.ndarray, predict_rows: np.ndarray) -> pd.DataFrame:
+        trim()  # the last block's model and temporaries, given back before the next fit
         # what the calibrator reads only: the out-of-fold frame is as long as the development samples x horizons
         return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised, CALIBRATOR_COLUMNS)
 
@@ -371,4 +373,5 @@ def fit_final(
     # the block column is not read: no copy of a frame as long as the development samples x horizons
     calibrator = fit_calibrator(oof, cfg.evaluation, residual_quantiles=template.uses_residual_quantiles)
     del oof
+    trim()  # the out-of-fold frame's pages, before the largest fit
     return fit_on(prep.samples), calibrator, capacity

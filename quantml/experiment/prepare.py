@@ -82,7 +82,7 @@ class PreparedData:
         if half_spread is not None:  # an order-book stream: the book pays its quoted spread
             frame[HALF_SPREAD] = half_spread
         if self.lockbox.start is None:
-            return frame if part == "development" else frame.iloc[:0]
+            return frame if part == "development" else frame.iloc[:0].copy()  # a view would hold every bar
         inside = (frame[TIMESTAMP] >= self.lockbox.start).to_numpy()
         return frame[~inside if part == "development" else inside].reset_index(drop=True)
 

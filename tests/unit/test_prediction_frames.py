@@ -127,3 +127,18 @@ def test_a_large_frame_is_written_in_chunks_and_reads_back_the_same(tmp_path):
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "chunked.parquet"), pd.read_parquet(tmp_path / "whole.parquet")
     )
+
+
+def test_the_oos_file_keeps_no_fold_frame_alive_once_written(tmp_path):
+    """A fold frame handed to the OOS file is freed with its last reference: the appender keeps the
+    first frame's columns and dtypes only (``iloc[:0]`` alone is a view holding the whole frame)."""
+    import weakref
+
+    appender = ParquetAppender(tmp_path / "oos.parquet")
+    values = np.arange(1000, dtype=np.float64)
+    appender.append(pd.DataFrame({"a": values, "b": values.astype(np.float32)}, copy=False))
+    gone = weakref.ref(values)
+    del values
+    assert gone() is None
+    appender.close()
+    assert len(pd.read_parquet(tmp_path / "oos.parquet")) == 1000
