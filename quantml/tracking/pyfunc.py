@@ -6,9 +6,12 @@ pickled them under this module's name.
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -120,11 +123,19 @@ def log_bundle_info(bundle: ModelBundle, run_id: str, name: str = MODEL_NAME):
         path = Path(tmp) / "bundle.pkl"
         with open(path, "wb") as fh:
             pickle.dump(bundle, fh)
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # pyfunc.log_model's own call with run_id=: `with mlflow.start_run(run_id=...)` would end the run
+        # FINISHED on leaving, while the job still runs (its report, its lease). Without an active run
+        # MLflow files the logged model under the fluent experiment: the run's, through the environment
+        experiment_id = retrying(mlflow.MlflowClient().get_run)(run_id).info.experiment_id
+        with warnings.catch_warnings(), _environment("MLFLOW_EXPERIMENT_ID", experiment_id):
             # the bundle is our own pickle; MLflow's notes on type hints / cloudpickle / input
             # examples do not apply to a panel-in, contract-out model
             warnings.simplefilter("ignore", UserWarning)
-            info = retrying(mlflow.pyfunc.log_model)(
+            info = retrying(mlflow.models.Model.log)(
+                artifact_path=None,
+                flavor=mlflow.pyfunc,
+                flavor_name="pyfunc.ModelFromCode",  # what pyfunc.log_model labels a model from code
+                run_id=run_id,
                 name=name,
                 python_model=str(Path(__file__).with_name("model_code.py")),
                 artifacts={"bundle": str(path)},
@@ -133,6 +144,19 @@ def log_bundle_info(bundle: ModelBundle, run_id: str, name: str = MODEL_NAME):
                 code_paths=None,
             )
     return info
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _requirements() -> list[str]:

@@ -91,3 +91,23 @@ def test_pruned_trial_ends_killed_not_failed(tracking_uri):
     got = mlflow.MlflowClient().get_run(run.run_id)
     assert got.info.status == "KILLED"
     assert got.data.tags["quantml.pruned"] == "true"
+
+
+def test_logging_the_model_leaves_its_run_running_and_its_lease_renewed(tracking_uri, tmp_path):
+    """The model is logged while the job still runs (the report comes after it): the run stays
+    RUNNING, with its lease renewed, until the job ends it."""
+    from quantml.bundle import FeatureContract, ModelBundle
+    from quantml.tracking.pyfunc import load_bundle, log_bundle
+    from quantml.tracking.writer import RunWriter
+
+    writer = RunWriter.prepare(tracking_uri, "t")
+    parent = writer.start_parent("job", horizons=["1h"], validation="walk_forward", lease_s=3.0)
+    columns = ["timestamp", "symbol", "close"]
+    contract = FeatureContract(columns, feature_names=[], feature_set={}, drop_modalities=[], horizons=["1h"])
+    uri = log_bundle(ModelBundle(None, None, contract, {"threshold": {"default": 0.0}}, "fp"), parent.run_id)
+    assert writer.client.get_run(parent.run_id).info.status == "RUNNING"
+    renewed = parent.lease.renewals
+    assert parent.lease.renew() and parent.lease.renewals == renewed + 1 and parent.lease.alive
+    parent.end("FINISHED")
+    assert writer.client.get_run(parent.run_id).info.status == "FINISHED"
+    assert load_bundle(uri, tmp_path).data_fingerprint == "fp"
