@@ -214,10 +214,16 @@ def fold_table(
 def _path_series(oos: pd.DataFrame, fn) -> dict[str, pd.Series]:
     """``fn(part_of_one_horizon_and_path) -> Series`` averaged over paths by index, per horizon."""
     out = {}
-    paths = oos["path"].to_numpy() if "path" in oos.columns else np.zeros(len(oos), dtype=np.int64)
-    for h in pd.unique(oos["horizon"]):
-        rows = (oos["horizon"] == h).to_numpy()  # on the codes of a categorical column, no string per row
-        series = [fn(part) for _, part in oos[rows].groupby(paths[rows], sort=True)]
+    paths = oos["path"].to_numpy() if "path" in oos.columns else None
+    codes, horizons = pd.factorize(oos["horizon"])  # on a categorical column's codes, no string per row
+    for k, h in enumerate(horizons):
+        rows = codes == k
+        part = oos[rows]
+        if paths is None or len(pd.unique(paths[rows])) < 2:  # one path: the part itself, no second copy
+            series = [fn(part)]
+        else:
+            series = [fn(p) for _, p in part.groupby(paths[rows], sort=True)]
+        del part
         series = [s for s in series if len(s)]
         out[str(h)] = pd.concat(series, axis=1).mean(axis=1).sort_index() if series else pd.Series(dtype=np.float64)
     return out
