@@ -555,7 +555,10 @@ class RankLongShort:
                 row_start = calendar.get_indexer(_utc(frame[TIMESTAMP]))
                 row_end = calendar.searchsorted(t1.fillna(calendar[0]), side="left")
                 row_span = np.where(t1.notna(), np.maximum(row_end - row_start, 1), np.nan)
-                k = frame.assign(_span=row_span).pivot(index=TIMESTAMP, columns=SYMBOL, values="_span")
+                # the three columns the pivot reads (frame.assign would copy every column of a long frame)
+                keys = {TIMESTAMP: frame[TIMESTAMP].array, SYMBOL: frame[SYMBOL].array}
+                spans = pd.DataFrame({**keys, "_span": row_span}, copy=False)
+                k = spans.pivot(index=TIMESTAMP, columns=SYMBOL, values="_span")
                 k.index = _utc(k.index)
                 k = k.reindex(index=weights.index, columns=symbols).to_numpy()
                 span = np.where(np.isfinite(k), k, span).astype(np.int64)
