@@ -36,25 +36,52 @@ def parse_horizon(text: str) -> pd.Timedelta:
 class Labels:
     """Targets for ``n`` panel rows and ``H`` horizons (NaN where the label runs past the data).
 
-    ret, ret_after_cost, dir, vol : float64 [n, H] (``dir`` float32: its 0, 1 and NaN are exact)
-        gross forward log return close[t1]/close[t]; ``sign(ret) * max(|ret| - cost, 0)``;
-        1.0 if ret > 0 else 0.0; sqrt of the sum of squared 1-bar log returns over (t, t1].
+    ret, dir, vol : float64 [n, H] (``dir`` float32: its 0, 1 and NaN are exact)
+        gross forward log return close[t1]/close[t]; 1.0 if ret > 0 else 0.0; sqrt of the sum of
+        squared 1-bar log returns over (t, t1].
+    ret_after_cost : float64 [n, H]   ``sign(ret) * max(|ret| - cost, 0)``, computed from ``ret`` when
+        read (:meth:`after_cost` for some rows): it is not stored (float32 labels: from the rounded ``ret``).
     t0 : datetime64[ns] [n] (UTC, naive numpy)   the bar's own timestamp.
-    t1 : datetime64[ns] [n, H]   label end per horizon (NaT when past the data).
+    t1 : datetime64[ns] [n, H]   label end per horizon (NaT when past the data), read from ``t0`` at
+        ``t1_row`` when asked (:meth:`label_end` for some rows).
+    t1_row : int32 (int64 past 2**31 rows) [n, H]   the row whose bar ends each label (-1: past the data).
     t1_max : datetime64[ns] [n]   latest t1 over horizons; NaT when any horizon is NaT
         (its end is unknown, beyond the data).
     ret_next_bar : float64 [n]   log return to the next bar of the same symbol (NaN at the end).
+    cost : the round-trip cost ``ret_after_cost`` takes off.
+
+    Storing ``ret_after_cost`` and ``t1`` would cost 12 bytes per row and horizon (0.4 GB at 8.4M rows
+    and four horizons) for values that are recomputed bit for bit.
     """
 
     horizons: list[str]
     ret: np.ndarray
-    ret_after_cost: np.ndarray
     dir: np.ndarray
     vol: np.ndarray
     t0: np.ndarray
-    t1: np.ndarray
+    t1_row: np.ndarray
     t1_max: np.ndarray
     ret_next_bar: np.ndarray
+    cost: float
+
+    @property
+    def ret_after_cost(self) -> np.ndarray:
+        return self.after_cost(slice(None))
+
+    @property
+    def t1(self) -> np.ndarray:
+        return self.label_end(slice(None))
+
+    def after_cost(self, rows, j=slice(None)) -> np.ndarray:
+        """``ret_after_cost[rows, j]``: the label's formula on the stored ``ret``."""
+        return after_cost(self.ret[rows, j], self.cost)
+
+    def label_end(self, rows, j=slice(None)) -> np.ndarray:
+        """``t1[rows, j]`` (datetime64[ns]; NaT past the data)."""
+        end = self.t1_row[rows, j]
+        t = self.t0.view(np.int64)[np.maximum(end, 0)]
+        t[end < 0] = np.iinfo(np.int64).min
+        return t.view("datetime64[ns]")
 
     def frame(self, horizon: str) -> pd.DataFrame:
         """Columns ret, ret_after_cost, dir, vol, t1 of one horizon, plus ret_next_bar."""
@@ -62,13 +89,20 @@ class Labels:
         return pd.DataFrame(
             {
                 "ret": self.ret[:, j],
-                "ret_after_cost": self.ret_after_cost[:, j],
+                "ret_after_cost": self.after_cost(slice(None), j),
                 "dir": self.dir[:, j],
                 "vol": self.vol[:, j],
-                "t1": self.t1[:, j],
+                "t1": self.label_end(slice(None), j),
                 "ret_next_bar": self.ret_next_bar,
             }
         )
+
+
+def after_cost(ret: np.ndarray, cost: float) -> np.ndarray:
+    """``sign(ret) * max(|ret| - cost, 0)``: a gross log return less a round trip, never past zero;
+    computed in float64, returned in ``ret``'s float type."""
+    r = np.asarray(ret, dtype=np.float64)
+    return (np.sign(r) * np.maximum(np.abs(r) - cost, 0.0)).astype(np.asarray(ret).dtype, copy=False)
 
 
 def _suggest(bar: pd.Timedelta) -> str:
@@ -114,10 +148,9 @@ class LabelWriter:
         self.horizons, self.deltas, self.cost = check_horizons(horizons, round_trip_cost, bar)
         H = len(self.horizons)
         self.ret = alloc((n, H), dtype)
-        self.after = alloc((n, H), dtype)
         self.direction = alloc((n, H), np.float32)  # 0, 1 or NaN: exact in float32, half of float64
         self.vol = alloc((n, H), dtype)
-        self.t1_ns = alloc((n, H), np.int64)
+        self.t1_row = alloc((n, H), np.int32 if n < 2**31 else np.int64)
         self.t1_max_ns = alloc((n,), np.int64)
         self.ret_next = alloc((n,), dtype)
         self.any_ok = np.zeros(H, dtype=bool)
@@ -155,12 +188,11 @@ class LabelWriter:
             del k
             r = np.where(ok, lc_seg[e] - lc_seg, np.nan)
             self.ret[a:b, j] = r
-            self.after[a:b, j] = np.sign(r) * np.maximum(np.abs(r) - self.cost, 0.0)
             self.direction[a:b, j] = np.where(np.isnan(r), np.nan, (r > 0).astype(np.float64))
             del r
             self.vol[a:b, j] = np.where(ok, np.sqrt(np.maximum(cs_seg[e] - cs_seg, 0.0)), np.nan)
+            self.t1_row[a:b, j] = np.where(ok, a + e, -1)
             t = np.where(ok, seg[e], nat)
-            self.t1_ns[a:b, j] = t
             np.maximum(t_max, t, out=t_max)
             unknown |= ~ok
             self.any_ok[j] |= bool(ok.any())
@@ -178,13 +210,13 @@ class LabelWriter:
         return Labels(
             horizons=self.horizons,
             ret=self.ret,
-            ret_after_cost=self.after,
             dir=self.direction,
             vol=self.vol,
             t0=t0,
-            t1=self.t1_ns.view("datetime64[ns]"),
+            t1_row=self.t1_row,
             t1_max=self.t1_max_ns.view("datetime64[ns]"),
             ret_next_bar=self.ret_next,
+            cost=self.cost,
         )
 
 

@@ -97,7 +97,7 @@ def read_staged_oos(path: Path) -> pd.DataFrame:
     order kept). Converted column by column, each Arrow buffer freed once converted, the pool's
     freed memory given back: the peak is about 1.9x the frame (2.7x with a plain ``read_parquet``)."""
     frame = pd.read_parquet(path, to_pandas_kwargs={"split_blocks": True, "self_destruct": True})
-    trim()
+    trim("oos frame read back")
     return frame
 
 

@@ -30,7 +30,7 @@ from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.contracts.schema import FORECAST_FIELDS
 from quantml.data.text_stream import text_config
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
-from quantml.experiment.prepare import REALISED, PreparedData
+from quantml.experiment.prepare import REALISED, PreparedData, RealisedTable
 from quantml.experiment.resume import run_identity
 from quantml.features.memory import trim
 from quantml.features.text import text_settings
@@ -95,8 +95,18 @@ def job_checkpoint_dir(cfg: DictConfig) -> Path:
 FLOAT64_COLUMNS = frozenset(("ret", "ret_after_cost", "vol", "ret_next_bar", "prob_up"))
 
 
+def _take(realised, key: str, rows: np.ndarray) -> np.ndarray:
+    """``rows`` of a realised column, from a :class:`RealisedTable` or a frame of whole columns."""
+    if isinstance(realised, pd.DataFrame):
+        return realised[key].to_numpy()[rows]
+    return realised.take(key, rows)
+
+
 def prediction_frame(
-    model: Forecaster, part: SampleSet, realised: pd.DataFrame, columns: Collection[str] | None = None
+    model: Forecaster,
+    part: SampleSet,
+    realised: RealisedTable | pd.DataFrame,
+    columns: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Forecasts of ``part`` in the long contract layout (horizon-major), joined with what was realised.
 
@@ -132,12 +142,12 @@ def prediction_frame(
     for name in REALISED:
         if not wanted(name) or (name == "t1" and f"t1@{data_horizons[0]}" not in realised):
             continue  # (a realised table without label ends: the backtest holds by the 0.1 rule)
-        column = np.concatenate([realised[f"{name}@{h}"].to_numpy()[part.rows] for h in data_horizons])
+        column = np.concatenate([_take(realised, f"{name}@{h}", part.rows) for h in data_horizons])
         frame[name] = column.astype(_float_type(name)) if column.dtype == np.float64 else column
     if "t1" in frame.columns:  # label end per row, UTC like the timestamp
         frame["t1"] = pd.to_datetime(frame["t1"]).dt.tz_localize("UTC")
     if wanted("ret_next_bar"):
-        frame["ret_next_bar"] = np.tile(realised["ret_next_bar"].to_numpy()[part.rows], n_h)
+        frame["ret_next_bar"] = np.tile(_take(realised, "ret_next_bar", part.rows), n_h)
     return frame
 
 
@@ -365,7 +375,7 @@ def fit_final(
         return template.with_capacity(capacity_for(len(rows))).fit(prep.data.subset(rows), None)
 
     def fit_predict(fit_rows: np.ndarray, predict_rows: np.ndarray) -> pd.DataFrame:
-        trim()  # the last block's model and temporaries, given back before the next fit
+        trim("final model: cross-fit block")  # the last block's model and temporaries, given back before the next fit
         # what the calibrator reads only: the out-of-fold frame is as long as the development samples x horizons
         return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised, CALIBRATOR_COLUMNS)
 
@@ -373,5 +383,5 @@ def fit_final(
     # the block column is not read: no copy of a frame as long as the development samples x horizons
     calibrator = fit_calibrator(oof, cfg.evaluation, residual_quantiles=template.uses_residual_quantiles)
     del oof
-    trim()  # the out-of-fold frame's pages, before the largest fit
+    trim("final model: fit")  # the out-of-fold frame's pages, before the largest fit
     return fit_on(prep.samples), calibrator, capacity

@@ -24,7 +24,7 @@ from quantml.experiment.fitting import (
     prediction_frame,
 )
 from quantml.experiment.prepare import PreparedData, time_range
-from quantml.features.memory import trim
+from quantml.features.memory import mark, trim
 from quantml.signals import SignalConfig, compute_signals
 from quantml.tracking import RunWriter, TrackedRun
 
@@ -60,6 +60,7 @@ def train_fold(
             "n_train_before_inner_split": len(train),
         }
     )
+    mark(f"fold {fold.fold_id}: test frame")
     test_frame = prediction_frame(fitted.model, prep.data.subset(test), prep.realised)
     _log_model_diagnostics(run, fitted.model, prep.data.subset(test))
     # the frame is this fold's own: calibrated and given its signals in place (no copy of a long frame)
@@ -99,6 +100,7 @@ def score_fold(
     """Score a fold's predictions, log them, hand the test frame to ``keep`` and end the fold's run
     (runs on the scoring thread)."""
     try:
+        mark("fold scoring")
         metrics = score(test_frame, "test")
         metrics.update(diagnostic_metrics(test_frame, "test"))  # a fusion model's gate (docs/fusion.md)
         if valid_frame is not None:
@@ -113,6 +115,7 @@ def score_fold(
         run.fail(exc)
         raise
     run.end("FINISHED")
+    mark("fold scored")
     return metrics
 
 
@@ -163,7 +166,7 @@ def run_folds(
             wait([pending[-1]])  # a long frame and its scoring do not stack under the next fit
         # the last fold's fit left its freed temporaries in glibc's heap (bins, forecasts, frames):
         # given back before the next, larger fit instead of stacking under it
-        trim()
+        trim(f"fold {fold.fold_id}")
         child = writer.start_fold(parent, fold.fold_id, np.asarray(fold.test_paths).tolist())
         try:
             test_frame, valid_frame, capacity = train_fold(cfg, prep, splitter, fold, signal, child)

@@ -26,7 +26,7 @@ from quantml.contracts.time import infer_calendars, panel_periods_per_year
 from quantml.data import data_fingerprint, infer_bar_frequency, load_panel
 from quantml.features import event_activity_mask
 from quantml.features.text import attach_text, prepare_text
-from quantml.labels import features_and_labels
+from quantml.labels import Labels, features_and_labels
 from quantml.market.execution import panel_half_spread
 from quantml.models.base import PanelData
 from quantml.portfolio.strategy import HALF_SPREAD
@@ -34,6 +34,38 @@ from quantml.validation.lockbox import Lockbox, calendar_of, split_development
 
 # per horizon, from quantml.labels.Labels; t1 = the label end (datetime64, naive UTC here)
 REALISED = ("ret", "ret_after_cost", "dir", "vol", "t1")
+
+
+class RealisedTable:
+    """What was realised at each panel row, by column name: ``"{field}@{horizon}"`` for the
+    :data:`REALISED` fields, and ``ret_next_bar``. :meth:`take` reads some rows of a column;
+    ``ret_after_cost`` and ``t1`` are computed for those rows from the labels' ``ret`` and
+    ``t1_row`` (:class:`quantml.labels.Labels`), the others are views of the label arrays."""
+
+    def __init__(self, labels: Labels):
+        self.labels = labels
+        self.columns = [f"{name}@{h}" for h in labels.horizons for name in REALISED] + ["ret_next_bar"]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.columns
+
+    def take(self, key: str, rows=slice(None)) -> np.ndarray:
+        """Column ``key`` at ``rows`` (positions into the panel; every row by default)."""
+        if key == "ret_next_bar":
+            return self.labels.ret_next_bar[rows]
+        if key not in self.columns:
+            raise KeyError(f"no realised column {key!r}; the table has {self.columns}")
+        name, h = key.split("@", 1)
+        j = self.labels.horizons.index(h)
+        if name == "ret_after_cost":
+            return self.labels.after_cost(rows, j)
+        if name == "t1":
+            return self.labels.label_end(rows, j)
+        return getattr(self.labels, name)[rows, j]
+
+    def frame(self) -> pd.DataFrame:
+        """Every column at every row (a copy where computed)."""
+        return pd.DataFrame({key: self.take(key) for key in self.columns}, copy=False)
 
 
 @dataclass
@@ -44,7 +76,7 @@ class PreparedData:
     panel: pd.DataFrame
     data: PanelData
     samples: np.ndarray  # positions (into data) of development samples, in time order
-    realised: pd.DataFrame  # per row: ret/ret_after_cost/dir/vol/t1 per horizon + ret_next_bar
+    realised: RealisedTable  # per row: ret/ret_after_cost/dir/vol/t1 per horizon + ret_next_bar
     contract: FeatureContract
     fingerprint: str
     bar: pd.Timedelta
@@ -75,7 +107,7 @@ class PreparedData:
                 # the columns' arrays: to_numpy() would build a str / Timestamp object per row
                 SYMBOL: self.panel[SYMBOL].array,
                 TIMESTAMP: self.panel[TIMESTAMP].array,
-                "ret_next_bar": self.realised["ret_next_bar"].to_numpy(),
+                "ret_next_bar": self.realised.take("ret_next_bar"),
             }
         )
         half_spread = panel_half_spread(self.panel)
@@ -129,8 +161,6 @@ def prepare_data(cfg: DictConfig, served: bool = False) -> PreparedData:
             "no labelled samples: the panel is shorter than the longest horizon "
             f"({horizons[-1]}) or the event window keeps nothing; use more data or shorter horizons"
         )
-    realised = {f"{name}@{h}": getattr(labels, name)[:, j] for j, h in enumerate(horizons) for name in REALISED}
-    realised["ret_next_bar"] = labels.ret_next_bar
     contract = FeatureContract(
         # what the features read, plus timestamp/symbol/close: a served panel needs no bar
         # column the model never read (a close-only model takes a close-only panel)
@@ -146,7 +176,7 @@ def prepare_data(cfg: DictConfig, served: bool = False) -> PreparedData:
         panel=panel,
         data=data,
         samples=samples,
-        realised=pd.DataFrame(realised, copy=False),  # views of the label arrays: no second copy
+        realised=RealisedTable(labels),
         contract=contract,
         fingerprint=fingerprint,
         bar=infer_bar_frequency(panel),

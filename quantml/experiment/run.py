@@ -32,7 +32,7 @@ from quantml.experiment.lockbox import holdout_scorer, lockbox_check, predict_ho
 from quantml.experiment.prepare import PreparedData, prepare_data, reserve_lockbox, seed_everything
 from quantml.experiment.resume import run_identity
 from quantml.experiment.warm_start import WarmSource, check_warm_data, resolve_warm_start, with_warm_source
-from quantml.features.memory import trim
+from quantml.features.memory import mark, trim
 from quantml.portfolio.strategy import build_strategy
 from quantml.tracking import RunWriter, TrackedRun, flatten_config
 from quantml.tracking.pyfunc import log_bundle
@@ -187,6 +187,7 @@ def _run_in_parent(
     warm: WarmSource | None = None,
 ) -> ExperimentResult:
     prep: PreparedData = prepare_data(cfg)
+    mark("data prepared")
     if warm is not None:  # only bars after the source's training end; its features and horizons
         check_warm_data(prep, warm)
         parent.set_tags(warm.tags())
@@ -256,8 +257,9 @@ def _run_in_parent(
             )
         finally:
             oos_path = oos_file.close()
-        trim()  # the folds' freed heap, before the largest fit
+        trim("final model")  # the folds' freed heap, before the largest fit
         final_model, calibrator, capacity = fit_final(cfg, prep, splitter, capacities)
+        mark("final model fitted")
         if getattr(final_model, "threads_", None):
             parent.set_tags({L.TAG_THREADS: int(final_model.threads_)})
         model_uri = None
@@ -285,6 +287,7 @@ def _run_in_parent(
                 strategy=OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.get("strategy") else None,
             )
             model_uri = log_bundle(bundle, parent.run_id)
+        mark("holdout")
         holdout = predict_holdout(final_model, calibrator, prep, signal)
         holdout_job = None if holdout is None else scoring.submit(holdout_scorer(score, prep), holdout, L.SPLIT_HOLDOUT)
         holdout_metrics = {} if holdout_job is None else holdout_job.result()  # for the record; nothing chooses on them
@@ -293,9 +296,11 @@ def _run_in_parent(
     horizons = prep.data.horizons
     # the panel, its matrix and labels go before the OOS frame comes back: they would stack
     del prep, holdout_job, folds, t0s, t1s, calendar
-    trim()
+    trim("report")
     oos = read_staged_oos(oos_path)
+    mark("report: summarise")
     metrics, report = _summarise(oos, fold_metrics, score, _tradable(cfg))
+    mark("report: logging")
     metrics.update(holdout_metrics)
     metrics.update(aggregate_fold_metrics(fold_metrics))
     # a backbone's own figures of its final model (distilled: the student's and teacher's predict latency)

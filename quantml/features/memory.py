@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import mmap
+import os
+import resource
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,12 +105,41 @@ def prefault(rows: np.ndarray) -> None:
             return
 
 
-def trim() -> None:
+_TRACE_START = time.perf_counter()
+
+
+def mark(label: str) -> None:
+    """With ``QUANTML_MEMORY_TRACE=<file>`` set: append one JSON line to it, ``{"s", "at", "rss_mb",
+    "high_water_mb"}`` (seconds since import, ``label``, this process's resident memory now and its peak
+    so far). The scale benchmark reads these to say in which step a run's peak fell; otherwise nothing."""
+    path = os.environ.get("QUANTML_MEMORY_TRACE")
+    if not path:
+        return
+    try:
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * mmap.PAGESIZE / 2**20
+    except OSError:  # not Linux: the peak only
+        rss = float("nan")
+    line = {
+        "s": round(time.perf_counter() - _TRACE_START, 2),
+        "at": label,
+        "rss_mb": round(rss),
+        "high_water_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    with open(path, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def trim(label: str | None = None) -> None:
     """Give freed memory back to the system: glibc's free heap pages and, when pyarrow is loaded, what
     its memory pool (mimalloc or jemalloc) keeps of freed buffers (reading a 5M-row parquet frame
-    leaves about 0.8 GB there at 0.5 GB of frame)."""
+    leaves about 0.8 GB there at 0.5 GB of frame). ``label``: the step about to start, for :func:`mark`."""
+    if label is not None:
+        mark(f"{label} (before trim)")
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
     pyarrow = sys.modules.get("pyarrow")
     if pyarrow is not None:
         pyarrow.default_memory_pool().release_unused()
+    if label is not None:
+        mark(label)

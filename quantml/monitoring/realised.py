@@ -50,7 +50,7 @@ def realised_outcomes(predictions: pd.DataFrame, panel: pd.DataFrame) -> pd.Data
         sel = found & (logged == h)
         ret[sel] = labels.ret[rows[sel], 0]
         direction[sel] = labels.dir[rows[sel], 0]
-        t1[sel] = labels.t1[rows[sel], 0]
+        t1[sel] = labels.label_end(rows[sel], 0)
     out["ret"] = ret
     out["dir"] = direction
     t1_series = pd.Series(pd.to_datetime(t1)).dt.tz_localize("UTC")

@@ -141,9 +141,9 @@ def lockbox_rows(prep, horizons: list[str]) -> pd.DataFrame:
             }
         )
         for name in ("ret", "ret_after_cost", "dir", "vol"):
-            part[name] = prep.realised[f"{name}@{h}"].to_numpy()[rows]
-        part["ret_next_bar"] = prep.realised["ret_next_bar"].to_numpy()[rows]
-        part["t1"] = pd.to_datetime(prep.realised[f"t1@{h}"].to_numpy()[rows]).tz_localize("UTC")
+            part[name] = prep.realised.take(f"{name}@{h}", rows)
+        part["ret_next_bar"] = prep.realised.take("ret_next_bar", rows)
+        part["t1"] = pd.to_datetime(prep.realised.take(f"t1@{h}", rows)).tz_localize("UTC")
         parts.append(part)
     out = pd.concat(parts, ignore_index=True)
     out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True)

@@ -83,6 +83,24 @@ class TreeRssSampler(threading.Thread):
             self.done.wait(self.interval)
 
 
+def _peak_step(trace: Path, high_water_mb: float) -> dict:
+    """The run's step marks (``quantml.features.memory.mark``) and the two between which its
+    high-water mark (``high_water_mb``, the process's own at its exit) was reached."""
+    if not trace.exists():
+        return {}
+    marks = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    if not marks:
+        return {}
+    top = max(m["high_water_mb"] for m in marks)
+    if high_water_mb > top + 1:  # after the last mark
+        return {"peak_between_steps": [marks[-1]["at"], "exit"], "memory_marks": marks}
+    i = next(k for k, m in enumerate(marks) if m["high_water_mb"] == top)
+    return {
+        "peak_between_steps": [marks[i - 1]["at"] if i else "start", marks[i]["at"]],
+        "memory_marks": marks,
+    }
+
+
 # Walk-forward settings for panels of about a year (1M rows of 10 symbols' 5-minute bars): the 7d horizon
 # needs longer inner validation slices than five default splits give (fold 0's slice would hold under 2
 # outcomes of 7 days, and no early-stopping row once its calibration part is purged). The 8.4M-row panel
@@ -121,6 +139,7 @@ def test_bench_train_scale(tmp_path):
         "MLFLOW_TRACKING_URI": sqlite_store(tmp_path),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PYTHONWARNINGS": "ignore",
+        "QUANTML_MEMORY_TRACE": str(tmp_path / "memory.jsonl"),  # quantml.features.memory.mark
     }
     cmd = [train_cli(), *overrides(data, tmp_path / "out", n_bars)]
     load_before = os.getloadavg()[0]
@@ -146,6 +165,7 @@ def test_bench_train_scale(tmp_path):
             "largest_process_high_water": max_child_mb / 1024,
         },
         "rss_trace_mb": sampler.trace,
+        **_peak_step(tmp_path / "memory.jsonl", max_child_mb),
         "target_peak_gb": TARGET_PEAK_GB,
         "within_target": max(sampler.peak_mb, max_child_mb) / 1024 <= TARGET_PEAK_GB,
         "cpu_count": os.cpu_count(),

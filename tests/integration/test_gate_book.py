@@ -49,7 +49,7 @@ def ensure_market_artifact(run_id: str, cfg) -> None:
         {
             SYMBOL: prep.panel[SYMBOL].to_numpy(),
             TIMESTAMP: pd.to_datetime(prep.panel[TIMESTAMP], utc=True).to_numpy(),
-            "ret_next_bar": prep.realised["ret_next_bar"].to_numpy(),
+            "ret_next_bar": prep.realised.take("ret_next_bar"),
         }
     )
     market[TIMESTAMP] = pd.to_datetime(market[TIMESTAMP], utc=True)

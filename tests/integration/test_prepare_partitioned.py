@@ -51,7 +51,7 @@ def test_streaming_prepare_equals_the_whole_panel(partitioned, compose_cfg, monk
     assert new.data.feature_names == old.data.feature_names and new.data.symbols == old.data.symbols
     pd.testing.assert_frame_equal(new.data.keys, old.data.keys)
     np.testing.assert_array_equal(new.samples, old.samples)
-    pd.testing.assert_frame_equal(new.realised, old.realised)
+    pd.testing.assert_frame_equal(new.realised.frame(), old.realised.frame())
     pd.testing.assert_frame_equal(new.market(), old.market())
     assert "half_spread" in new.market().columns
     np.testing.assert_array_equal(new.calendar, old.calendar)
