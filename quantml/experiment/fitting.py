@@ -30,6 +30,7 @@ from quantml.contracts import SYMBOL, TIMESTAMP, QuantmlInputError
 from quantml.contracts.schema import FORECAST_FIELDS
 from quantml.data.text_stream import text_config
 from quantml.evaluation.calibration import Calibrator, fit_calibrator
+from quantml.experiment.artifacts import ParquetAppender, read_staged_oos
 from quantml.experiment.prepare import REALISED, PreparedData, RealisedTable
 from quantml.experiment.resume import run_identity
 from quantml.features.memory import trim
@@ -38,7 +39,7 @@ from quantml.models.base import Forecaster, PanelData, SampleSet, scaled_median_
 from quantml.models.fusion import wrap_fusion
 from quantml.models.text_latents import TextLatentForecaster, has_text_side
 from quantml.signals.core import ACTIONS
-from quantml.validation import CROSSFIT_BLOCK, crossfit, purge
+from quantml.validation import CROSSFIT_BLOCK, crossfit, crossfit_parts, purge
 from quantml.validation.purging import parse_embargo, to_ns
 
 # the columns of a prediction frame that fit_calibrator reads
@@ -346,6 +347,29 @@ class FoldCapacity:
     n_fit: int
 
 
+# long rows of the final model's out-of-fold frame from which each cross-fitting block's frame goes to a
+# temporary parquet file as it is made, read back once the last block is predicted: held in memory, the
+# earlier blocks' frames sat under the last block's fit (1 GB at 8.4M rows: that fit was the run's peak)
+SPILL_MIN_ROWS = 4_000_000
+
+
+def _out_of_fold(prep: PreparedData, splitter, fit_predict) -> pd.DataFrame:
+    """The final model's out-of-fold frame over ``prep.samples`` (:func:`quantml.validation.crossfit`),
+    each block's frame spilled to disk while the next fits when the frame has at least
+    :data:`SPILL_MIN_ROWS` rows (the same frame read back, without the block column)."""
+    args = (prep.samples, prep.data.t0, prep.data.t1)
+    if len(prep.samples) * len(prep.data.horizons) < SPILL_MIN_ROWS:
+        return crossfit(*args, fit_predict, splitter.crossfit_folds, splitter.embargo)
+    with tempfile.TemporaryDirectory(prefix="quantml-oof-") as tmp:
+        appender = ParquetAppender(Path(tmp) / "oof.parquet")
+        try:
+            for fit_rows, predict_rows in crossfit_parts(*args, splitter.crossfit_folds, splitter.embargo):
+                appender.append(fit_predict(fit_rows, predict_rows))
+        finally:
+            path = appender.close()
+        return read_staged_oos(path)
+
+
 def fit_final(
     cfg: DictConfig, prep: PreparedData, splitter, capacities: list[FoldCapacity | dict]
 ) -> tuple[Forecaster, Calibrator, dict]:
@@ -379,7 +403,7 @@ def fit_final(
         # what the calibrator reads only: the out-of-fold frame is as long as the development samples x horizons
         return prediction_frame(fit_on(fit_rows), prep.data.subset(predict_rows), prep.realised, CALIBRATOR_COLUMNS)
 
-    oof = crossfit(prep.samples, prep.data.t0, prep.data.t1, fit_predict, splitter.crossfit_folds, splitter.embargo)
+    oof = _out_of_fold(prep, splitter, fit_predict)
     # the block column is not read: no copy of a frame as long as the development samples x horizons
     calibrator = fit_calibrator(oof, cfg.evaluation, residual_quantiles=template.uses_residual_quantiles)
     del oof

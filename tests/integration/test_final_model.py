@@ -23,6 +23,7 @@ from quantml.contracts import TIMESTAMP
 from quantml.contracts.config import build
 from quantml.contracts.frames import concat_releasing, own_columns
 from quantml.evaluation.reference import build_reference, top_features
+from quantml.experiment.artifacts import read_staged_oos
 from quantml.experiment.fitting import (
     FoldCapacity,
     compact_predictions,
@@ -112,6 +113,21 @@ def test_final_model_grows_the_row_scaled_median_fold_capacity(fitted):
     assert set(capacity) == {f"{head}/{h}" for h in prep.data.horizons for head in ("return", "direction", "vol")}
     assert model.capacity_ == capacity  # grown to it, no early stopping
     assert all(calibrator.fitted.values()) and set(calibrator.residual_z) == set(prep.data.horizons)
+
+
+def test_a_spilled_out_of_fold_frame_calibrates_the_final_model_the_same(fitted, monkeypatch):
+    from quantml.experiment import fitting
+
+    cfg, prep, splitter, _, fits, n_fit, (model, calibrator, _) = fitted
+    monkeypatch.setattr(fitting, "SPILL_MIN_ROWS", 0)  # every cross-fitting block's frame to disk
+    read_back = []
+    monkeypatch.setattr(fitting, "read_staged_oos", lambda path: read_back.append(path) or read_staged_oos(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _, spilled, _ = fit_final(cfg, prep, splitter, [FoldCapacity(f.capacity, n) for f, n in zip(fits, n_fit)])
+    assert len(read_back) == 1
+    frame = prediction_frame(model, prep.data.subset(prep.samples), prep.realised)
+    pd.testing.assert_frame_equal(spilled.transform(frame), calibrator.transform(frame))
 
 
 def test_fold_parts_are_disjoint_and_purged(fitted):
