@@ -51,7 +51,7 @@ benchmark: install
 # $$QUANTML_BENCH_CACHE (default /tmp/quantml-bench); 0.1 runs from the worktree at $$QUANTML_V01 (default
 # /work/v01: git worktree add /work/v01 1858afd); the TFT's pytorch-forecasting side from
 # $$QUANTML_BENCH_VENV (tests/benchmarks/test_bench_tft.py says how to make it). Hours, 8+ GB.
-SCALE_BENCHMARKS := test_bench_scale_features.py test_bench_train_scale.py test_bench_tracking_overhead.py test_bench_tft.py
+SCALE_BENCHMARKS := test_bench_scale_features.py test_bench_readback.py test_bench_train_scale.py test_bench_tracking_overhead.py test_bench_tft.py
 benchmark-scale: install
 	$(BIN)/python -m pytest -q -m benchmark -s $(addprefix tests/benchmarks/,$(SCALE_BENCHMARKS))
 
