@@ -131,8 +131,11 @@ def log_bundle_info(bundle: ModelBundle, run_id: str, name: str = MODEL_NAME):
             # the bundle is our own pickle; MLflow's notes on type hints / cloudpickle / input
             # examples do not apply to a panel-in, contract-out model
             warnings.simplefilter("ignore", UserWarning)
+            # logged by name= (MLflow 3). Model.log still declares the deprecated artifact path as its first,
+            # required parameter: None there, as mlflow.pyfunc.log_model passes it. pyfunc.log_model itself
+            # takes no run_id and would need the fluent run whose exit ends the job's run
             info = retrying(mlflow.models.Model.log)(
-                artifact_path=None,
+                None,
                 flavor=mlflow.pyfunc,
                 flavor_name="pyfunc.ModelFromCode",  # what pyfunc.log_model labels a model from code
                 run_id=run_id,

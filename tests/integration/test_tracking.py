@@ -93,9 +93,10 @@ def test_pruned_trial_ends_killed_not_failed(tracking_uri):
     assert got.data.tags["quantml.pruned"] == "true"
 
 
-def test_logging_the_model_leaves_its_run_running_and_its_lease_renewed(tracking_uri, tmp_path):
+def test_logging_the_model_leaves_its_run_running_and_its_lease_renewed(tracking_uri, tmp_path, caplog):
     """The model is logged while the job still runs (the report comes after it): the run stays
-    RUNNING, with its lease renewed, until the job ends it."""
+    RUNNING, with its lease renewed, until the job ends it. It is logged by ``name`` (MLflow 3), never
+    by the deprecated artifact path."""
     from quantml.bundle import FeatureContract, ModelBundle
     from quantml.tracking.pyfunc import load_bundle, log_bundle
     from quantml.tracking.writer import RunWriter
@@ -104,7 +105,11 @@ def test_logging_the_model_leaves_its_run_running_and_its_lease_renewed(tracking
     parent = writer.start_parent("job", horizons=["1h"], validation="walk_forward", lease_s=3.0)
     columns = ["timestamp", "symbol", "close"]
     contract = FeatureContract(columns, feature_names=[], feature_set={}, drop_modalities=[], horizons=["1h"])
-    uri = log_bundle(ModelBundle(None, None, contract, {"threshold": {"default": 0.0}}, "fp"), parent.run_id)
+    with caplog.at_level("WARNING", logger="mlflow"):
+        uri = log_bundle(ModelBundle(None, None, contract, {"threshold": {"default": 0.0}}, "fp"), parent.run_id)
+    assert not [r for r in caplog.records if "artifact_path" in r.getMessage()]
+    logged = writer.client.search_logged_models([writer.client.get_run(parent.run_id).info.experiment_id])
+    assert [m.name for m in logged if m.source_run_id == parent.run_id] == ["model"]
     assert writer.client.get_run(parent.run_id).info.status == "RUNNING"
     renewed = parent.lease.renewals
     assert parent.lease.renew() and parent.lease.renewals == renewed + 1 and parent.lease.alive
