@@ -153,7 +153,6 @@ class LabelWriter:
         self.t1_row = alloc((n, H), np.int32 if n < 2**31 else np.int64)
         self.t1_max_ns = alloc((n,), np.int64)
         self.ret_next = alloc((n,), dtype)
-        self.any_ok = np.zeros(H, dtype=bool)
 
     def check_bar(self, bar: pd.Timedelta) -> None:
         """Every horizon at least one bar (``bar``: the panel's) long, else the error naming the fix."""
@@ -195,13 +194,14 @@ class LabelWriter:
             t = np.where(ok, seg[e], nat)
             np.maximum(t_max, t, out=t_max)
             unknown |= ~ok
-            self.any_ok[j] |= bool(ok.any())
         t_max[unknown] = nat
         self.t1_max_ns[a:b] = t_max
 
     def finish(self, t0: np.ndarray) -> Labels:
         """The :class:`Labels` (``t0``: datetime64[ns] [n], kept as given, not copied)."""
-        empty = [h for h, some in zip(self.horizons, self.any_ok) if not some]
+        # from the outputs, not a flag each write sets: segments may be written from several threads
+        labelled = (self.t1_row >= 0).any(axis=0) if len(self.t1_row) else np.zeros(len(self.horizons), bool)
+        empty = [h for h, some in zip(self.horizons, labelled) if not some]
         if empty:
             raise QuantmlInputError(
                 f"horizon(s) {empty} are longer than every symbol's history, so no row has a label; "
@@ -267,11 +267,13 @@ def partitioned_features_and_labels(
     symbols=None,
     calendar=None,
     dtype=np.float32,
+    threads: int | None = None,
 ):
     """Features and labels of every row of a symbol-partitioned parquet directory, read one symbol at
     a time (:func:`quantml.features.partitioned.build_partitioned`): a ``PartitionedBuild`` (``keys``,
     ``features``, ``labels``). Labels [n, H] of ``dtype`` (float32: each value computed in float64 and
-    rounded once, so they equal :func:`make_labels` up to float32 rounding; ``t1`` exact)."""
+    rounded once, so they equal :func:`make_labels` up to float32 rounding; ``t1`` exact). ``threads``: symbols
+    built at once (None: this job's share of the CPUs)."""
     from quantml.features.memory import populated
     from quantml.features.partitioned import build_partitioned
 
@@ -280,4 +282,4 @@ def partitioned_features_and_labels(
     def writer(n: int) -> LabelWriter:
         return LabelWriter(n, horizons, round_trip_cost, dtype=dtype, alloc=populated)
 
-    return build_partitioned(path, feature_set_cfg, drop_modalities, symbols, calendar, labels=writer)
+    return build_partitioned(path, feature_set_cfg, drop_modalities, symbols, calendar, labels=writer, threads=threads)

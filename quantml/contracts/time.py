@@ -96,8 +96,11 @@ def _int64_ns(timestamps) -> np.ndarray:
 
 
 def _codes(symbols) -> np.ndarray:
-    """Each row's symbol as an int64 code in order of first appearance. A pandas column is factorised as
-    it is (an Arrow-backed string column natively: no Python string object per row)."""
+    """Each row's symbol as an int64 code: integers as they are (already codes: equal symbols, equal codes,
+    which is all the callers need), anything else factorised in order of first appearance. A pandas column
+    is factorised as it is (an Arrow-backed string column natively: no Python string object per row)."""
+    if isinstance(symbols, np.ndarray) and symbols.dtype.kind in "iu":
+        return symbols.astype(np.int64, copy=False)
     if not isinstance(symbols, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
         symbols = np.asarray(symbols)
     return pd.factorize(symbols)[0].astype(np.int64, copy=False)

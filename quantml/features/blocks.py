@@ -600,12 +600,12 @@ def cross_section(ctx: Context, lags=(1, 24), vol_window: int = 48) -> None:
     if ctx.panel[SYMBOL].nunique() < 2:
         raise Skip("needs at least 2 symbols")
     lc = np.log(ctx.col("close"))
-    tcodes, stamps = pd.factorize(ts_int64(ctx.panel[TIMESTAMP]))
+    tcodes, n_times = kernels.time_codes(ts_int64(ctx.panel[TIMESTAMP]))
     scodes, n_syms = ctx.ops.codes, int(ctx.ops.codes.max()) + 1
     w = ctx.window(vol_window, "vol_window")
 
     def rank(x: np.ndarray) -> np.ndarray:
-        return kernels.rank_pct(x, tcodes, len(stamps), scodes, n_syms)
+        return kernels.rank_pct(x, tcodes, n_times, scodes, n_syms)
 
     for k in ctx.windows(lags, "lags"):
         ctx.add(f"xs_rank_ret_{k.label}", rank(ctx.ops.diff(lc, k.bars)), "cross_section")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import queue
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from quantml.contracts import MODALITIES, SYMBOL, TIMESTAMP, QuantmlInputError, bar_size, modality_of, parse_duration
+from quantml.contracts.cpus import job_threads
 from quantml.contracts.exchange_calendars import declared_calendar, panel_bars_missing
 from quantml.contracts.time import Calendar, bars_missing, infer_calendars
 from quantml.data.panel import ts_int64, unavailable_columns
@@ -307,6 +310,52 @@ class InMemory:
         return self.panel.iloc[a:b]
 
 
+class _LaterGroup:
+    """The per-symbol blocks of one group after the first (whose features fixed ``names``) into its rows
+    of ``block`` (and of the labels): callable from several threads at once, each group's rows its own;
+    every group's records go to ``ctx`` as the first group's did (same keys, same values)."""
+
+    def __init__(self, source, ctx, breaks, codes, per_symbol, runnable, columns_of, names, made, block, labels):
+        self.source, self.ctx, self.breaks, self.codes = source, ctx, breaks, codes
+        self.per_symbol, self.runnable, self.columns_of = per_symbol, runnable, columns_of
+        self.names, self.made, self.block, self.labels = names, made, block, labels
+        self.width = max(map(len, columns_of.values()), default=0)
+        self._scratch: queue.SimpleQueue = queue.SimpleQueue()  # one per thread at most, reused
+
+    def __call__(self, a: int, b: int) -> None:
+        rows = self.source.rows(a, b)
+        sub = _group_context(self.ctx, a, b, self.breaks, self.codes, rows)
+        try:
+            scratch = self._scratch.get_nowait()
+        except queue.Empty:
+            scratch = np.empty((self.width, 0), np.float32)
+        if scratch.shape[1] < b - a:  # a feature-major scratch as wide as the widest block
+            scratch = np.empty((self.width, b - a), np.float32)
+        built: list[str] = []
+        for name in self.per_symbol:
+            cols = self.columns_of.get(name, [])
+            if cols:
+                sub.sink = {self.names[j]: scratch[k, : b - a] for k, j in enumerate(cols)}
+            _run_block(sub, name, self.runnable[name])
+            sub.forget_columns()
+            if cols:  # then into the block's rows of the matrix: one block's features at a time
+                _write_rows(self.block, a, b, scratch, cols)
+            built.extend(sub.features)
+            sub.features.clear()
+            sub.sink = None
+        self._scratch.put(scratch)
+        if built != self.made:
+            raise QuantmlInputError(
+                f"the feature blocks built {sorted(set(self.made) ^ set(built))[:6]} on some symbols "
+                f"only (rows {a}:{b} against the first symbols); a column present for some symbols only "
+                "must be present (or NaN) for every symbol: pass the panel through quantml.data.validate_panel"
+            )
+        del sub
+        if self.labels is not None:
+            close = rows["close"].to_numpy(dtype=np.float64)
+            self.labels.write(a, ts_int64(rows[TIMESTAMP]), close, self.codes[a:b])
+
+
 def build(
     source,
     feature_set_cfg: Mapping,
@@ -315,6 +364,7 @@ def build(
     calendar: Mapping | None = None,
     declared: Mapping[str, str] | None = None,
     labels=None,
+    threads: int | None = None,
 ) -> tuple[FeatureMatrix, object]:
     """:func:`build_features` on a ``source``: ``keys`` (timestamp, symbol of every row, sorted),
     ``panel`` (keys plus the columns the whole-panel steps read: the optional bar columns and what the
@@ -325,7 +375,10 @@ def build(
     fed each group's timestamps and closes (returned second, finished; None: no labels).
     The [n, F] float32 matrix (:mod:`quantml.features.memory`) is faulted in once the first group's
     features are in it; each later group's per-symbol features are written one block at a time into a
-    feature-major scratch as wide as the widest block, then copied into their rows."""
+    feature-major scratch as wide as the widest block, then copied into their rows. The groups after the
+    first run on ``threads`` threads at once (None: this job's share of the CPUs,
+    :func:`quantml.contracts.cpus.job_threads`); each writes only its own rows, so the values do not depend
+    on the thread count."""
     from quantml.features.memory import lazy, prefault, reused_heap, trim
 
     cfg = _plain(feature_set_cfg)
@@ -384,61 +437,50 @@ def build(
         source.release()
     codes = codes.astype(np.int16 if len(ctx.symbols) < 2**15 else np.int64)
     per_symbol = [n for n in runnable if not BLOCKS[n].cross_sectional]
-    block = names = made = scratch = None
-    columns_of: dict[str, list[int]] = {}  # per-symbol block -> its columns of the matrix
+    groups = source.groups(codes)
     with reused_heap():  # every group's temporaries reuse the pages of the group before
-        for a, b in source.groups(codes):
-            rows = source.rows(a, b)
-            sub = _group_context(ctx, a, b, breaks, codes, rows)
-            built: list[str] = []
-            for name in per_symbol:
-                cols = columns_of.get(name, []) if names is not None else []
-                if cols:  # the features are known: written into a scratch of this block's width only
-                    if scratch is None or scratch.shape[1] < b - a:
-                        scratch = np.empty((max(map(len, columns_of.values())), b - a), np.float32)
-                    sub.sink = {names[j]: scratch[k, : b - a] for k, j in enumerate(cols)}
-                _run_block(sub, name, runnable[name])
-                sub.forget_columns()
-                if names is not None:  # then into the block's rows of the matrix: one block's features at a time
-                    if cols:
-                        _write_rows(block, a, b, scratch, cols)
-                    built.extend(sub.features)
-                    sub.features.clear()
-                    sub.sink = None
-            if made is None:  # the first group fixes the features: every group resolves the same windows
-                made = list(sub.features)
-                twice = sorted(set(made) & set(ctx.features))
-                if twice:
-                    raise ValueError(f"feature {twice[0]!r} defined twice; rename it in the feature-set config")
-                ctx.modalities.update(sub.modalities)
-                ctx.origin.update(sub.origin)
-                ctx.known_future.extend(sub.known_future)
-                every = [n for blk in blocks for n in (*ctx.features, *made) if ctx.origin[n] == blk]
-                names = _final_names(cfg, every, ctx, drop, expected)
-                # row-major [n, F]: a fit's row blocks are views of it (the models read rows, not columns)
-                block = lazy((n, len(names)), np.float32)
-                for j, name in enumerate(names):
-                    if name in sub.features:
-                        columns_of.setdefault(ctx.origin[name], []).append(j)
-                for j in (j for cols in columns_of.values() for j in cols):
-                    block[a:b, j] = sub.features[names[j]]
-                del sub  # the first group's features, before the cross-sectional columns touch every page
-                trim()
-                prefault(block.reshape(1, -1))
-                for j, name in enumerate(names):
-                    if name in ctx.features:  # a cross-sectional feature, built on the whole panel
-                        block[:, j] = ctx.features.pop(name)
-            elif built != made:
-                raise QuantmlInputError(
-                    f"the feature blocks built {sorted(set(made) ^ set(built))[:6]} on some symbols "
-                    f"only (rows {a}:{b} against the first symbols); a column present for some symbols only "
-                    "must be present (or NaN) for every symbol: pass the panel through quantml.data.validate_panel"
-                )
-            else:
-                del sub
-            if labels is not None:
-                labels.write(a, ts_int64(rows[TIMESTAMP]), rows["close"].to_numpy(dtype=np.float64), codes[a:b])
-            del rows
+        # the first group fixes the features (every group resolves the same windows) and the matrix
+        (a, b), later = groups[0], groups[1:]
+        rows = source.rows(a, b)
+        sub = _group_context(ctx, a, b, breaks, codes, rows)
+        for name in per_symbol:
+            _run_block(sub, name, runnable[name])
+            sub.forget_columns()
+        made = list(sub.features)
+        twice = sorted(set(made) & set(ctx.features))
+        if twice:
+            raise ValueError(f"feature {twice[0]!r} defined twice; rename it in the feature-set config")
+        ctx.modalities.update(sub.modalities)
+        ctx.origin.update(sub.origin)
+        ctx.known_future.extend(sub.known_future)
+        every = [n for blk in blocks for n in (*ctx.features, *made) if ctx.origin[n] == blk]
+        names = _final_names(cfg, every, ctx, drop, expected)
+        # row-major [n, F]: a fit's row blocks are views of it (the models read rows, not columns)
+        block = lazy((n, len(names)), np.float32)
+        columns_of: dict[str, list[int]] = {}  # per-symbol block -> its columns of the matrix
+        for j, name in enumerate(names):
+            if name in sub.features:
+                columns_of.setdefault(ctx.origin[name], []).append(j)
+        for j in (j for cols in columns_of.values() for j in cols):
+            block[a:b, j] = sub.features[names[j]]
+        del sub  # the first group's features, before the cross-sectional columns touch every page
+        trim()
+        prefault(block.reshape(1, -1))
+        for j, name in enumerate(names):
+            if name in ctx.features:  # a cross-sectional feature, built on the whole panel
+                block[:, j] = ctx.features.pop(name)
+        if labels is not None:
+            labels.write(a, ts_int64(rows[TIMESTAMP]), rows["close"].to_numpy(dtype=np.float64), codes[a:b])
+        del rows
+        group = _LaterGroup(source, ctx, breaks, codes, per_symbol, runnable, columns_of, names, made, block, labels)
+        workers = min(len(later), job_threads() if threads is None else max(1, int(threads)))
+        if workers <= 1:
+            for a, b in later:
+                group(a, b)
+        else:  # the kernels (pandas' rolling, numpy, parquet reads) release the GIL: groups overlap
+            with ThreadPoolExecutor(workers, thread_name_prefix="quantml-features") as pool:
+                for _ in pool.map(lambda ab: group(*ab), later):
+                    pass
     dropped = [n for n in every if ctx.modalities[n] in drop]
     ctx.features.clear()
     frame = pd.DataFrame(block, columns=names, index=keys.index, copy=False)

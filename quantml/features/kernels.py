@@ -21,7 +21,11 @@ scan), so changing later rows leaves it bit-identical.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from quantml.contracts.cpus import job_threads
 
 try:  # pandas' own compiled rolling kernels: the exact arithmetic of Series.rolling, without its per-call cost
     from pandas._libs.window import aggregations as _agg
@@ -72,6 +76,15 @@ def ffill(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return np.where(ok, x[np.where(ok, last, 0)], np.nan)
 
 
+def time_codes(ts: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(codes [n], n_times)``: each row's timestamp (int64 [n]) as its position among the distinct
+    timestamps, in time order. A panel sorted by (symbol, timestamp) is one sorted run per symbol, which a
+    stable sort (timsort) merges in about a pass: half the time of hashing every row (``pd.factorize``)."""
+    s = np.sort(ts, kind="stable")
+    distinct = s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+    return np.searchsorted(distinct, ts), len(distinct)
+
+
 def rank_pct(values: np.ndarray, time_codes: np.ndarray, n_times: int, sym_codes: np.ndarray, n_syms: int):
     """Percentile rank [n] of ``values`` among the rows sharing a time code: average rank of ties
     divided by the number of non-NaN values at that time; NaN stays NaN (pandas' groupby rank,
@@ -82,8 +95,19 @@ def rank_pct(values: np.ndarray, time_codes: np.ndarray, n_times: int, sym_codes
     M[time_codes, sym_codes] = v
     R = np.empty_like(M)
     step = max(1, RANK_CHUNK // max(n_syms, 1))
-    for lo in range(0, n_times, step):  # a block of timestamps at a time: small temporaries
+
+    def rank_block(lo: int) -> None:  # a block of timestamps at a time: small temporaries
         R[lo : lo + step] = _rank_rows(M[lo : lo + step])
+
+    starts = range(0, n_times, step)
+    workers = min(len(starts), job_threads())
+    if workers <= 1:
+        for lo in starts:
+            rank_block(lo)
+    else:  # numpy's sorts release the GIL; each block writes its own rows of R
+        with ThreadPoolExecutor(workers, thread_name_prefix="quantml-rank") as pool:
+            for _ in pool.map(rank_block, starts):
+                pass
     return R[time_codes, sym_codes]
 
 

@@ -65,10 +65,15 @@ class _SymbolRows:
     from the files when a block asks for it; the block context caches what it reads, and forgets all but
     the bar columns after each block), so the raw partition is never whole in memory."""
 
-    def __init__(self, source: Partitioned, sym: str) -> None:
+    def __init__(self, source: Partitioned, sym: str, a: int, b: int) -> None:
         self.columns = pd.Index(source.columns)
         self._source, self._sym = source, sym
-        self._ts, self._order = source._timestamps(sym)
+        self._files = source._open(sym)  # its own open files: symbols may be built on several threads at once
+        if sum(pf.metadata.num_rows for pf, _, _ in self._files) != b - a:  # pragma: no cover
+            raise QuantmlInputError(f"symbol {sym!r} changed while it was read; rebuild from a stable copy")
+        # the timestamps and their sort, as the first pass read them
+        self._ts = source.keys[TIMESTAMP].iloc[a:b].reset_index(drop=True)
+        self._order = source._order[sym]
 
     def __len__(self) -> int:
         return len(self._ts)
@@ -80,7 +85,33 @@ class _SymbolRows:
             return pd.Series(self._source._symbol(self._sym, len(self)), name=SYMBOL)
         if column not in self.columns:
             raise KeyError(column)
-        return pd.Series(self._source._column(self._sym, column, self._order), name=column, copy=False)
+        values = self._source._columns(self._files, [column], self._order)[column]
+        return pd.Series(values, name=column, copy=False)
+
+
+class _Column:
+    """One thin column of every row, written a symbol at a time: into one array while every symbol's values
+    share a numeric dtype, else kept as parts that ``pd.concat`` joins (upcasting, as a whole-panel read would)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.values, self.parts = n, None, None
+
+    def put(self, a: int, values: np.ndarray) -> None:
+        from quantml.features.memory import populated
+
+        if self.parts is None and self.values is None and values.dtype.kind in "fiub":
+            self.values = populated((self.n,), values.dtype)
+        if self.parts is None and self.values is not None and values.dtype == self.values.dtype:
+            self.values[a : a + len(values)] = values
+            return
+        if self.parts is None:  # another dtype than the symbols before: parts from here on
+            self.parts = [] if self.values is None else [self.values[:a]]
+        self.parts.append(values)
+
+    def finish(self, n: int):
+        if self.parts is None:
+            return self.values[:n]
+        return pd.concat([pd.Series(p) for p in self.parts], ignore_index=True)
 
 
 class Partitioned:
@@ -126,31 +157,41 @@ class Partitioned:
                 f"parquet directory {p} has no 'timestamp' or 'close' column (it has {self.columns}); "
                 "a panel needs timestamp, symbol and close"
             )
-        self._opened: tuple = (None, [])
         self._thin = [c for c in dict.fromkeys(["close", *OHLCV, *thin]) if c in self.columns and c != SYMBOL]
         self._read_thin()
 
     def _open(self, sym: str) -> list:
-        if self._opened[0] != sym:  # the files of the symbol being built, with their row-group order
-            self._opened = (sym, [_sorted_groups(f) for f in self._files[sym]])
-        return self._opened[1]
+        """The symbol's files, opened: ``(ParquetFile, row-group order, path)`` each."""
+        return [(*_sorted_groups(f), f) for f in self._files[sym]]
 
-    def _column(self, sym: str, column: str, order: np.ndarray | None) -> np.ndarray:
-        """One column of the symbol, in timestamp order (``order``: the sort of the rows as read)."""
+    @staticmethod
+    def _columns(opened: list, columns: list[str], order: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Columns of a symbol (``opened``: its files, :meth:`_open`) in timestamp order (``order``: the sort
+        of the rows as read): one read of the files for all of them (pyarrow decodes them in parallel)."""
         import pyarrow as pa
 
-        parts = [pf.read_row_groups(groups, columns=[column]).column(0) for pf, groups in self._open(sym)]
-        col = parts[0] if len(parts) == 1 else pa.chunked_array([c for p in parts for c in p.chunks])
-        values = col.to_numpy() if pa.types.is_floating(col.type) else col.to_pandas().to_numpy()
-        return values if order is None else values[order]
+        for pf, _, path in opened:
+            lacking = [c for c in columns if c not in pf.schema_arrow.names]
+            if lacking:
+                raise QuantmlInputError(
+                    f"parquet file {path} lacks column(s) "
+                    f"{lacking} that other files of the panel have; write every partition with the same columns "
+                    "(NaN where a symbol has no values)"
+                )
+        tables = [pf.read_row_groups(groups, columns=columns) for pf, groups, _ in opened]
+        out = {}
+        for c in columns:
+            parts = [t.column(c) for t in tables]
+            col = parts[0] if len(parts) == 1 else pa.chunked_array([k for p in parts for k in p.chunks])
+            values = col.to_numpy() if pa.types.is_floating(col.type) else col.to_pandas().to_numpy()
+            out[c] = values if order is None else values[order]
+        return out
 
-    def _timestamps(self, sym: str) -> tuple[pd.Series, np.ndarray | None]:
-        """The symbol's timestamps (UTC, ns, sorted) and the sort of its rows as read (None: already sorted)."""
+    def _timestamps(self, sym: str, opened: list) -> tuple[np.ndarray, np.ndarray | None]:
+        """The symbol's timestamps (int64 UTC ns, sorted) and the sort of its rows as read (None: already sorted)."""
         import pyarrow as pa
 
-        col = pa.chunked_array(
-            [c for pf, g in self._open(sym) for c in pf.read_row_groups(g, [TIMESTAMP]).column(0).chunks]
-        )
+        col = pa.chunked_array([c for pf, g, _ in opened for c in pf.read_row_groups(g, [TIMESTAMP]).column(0).chunks])
         if not pa.types.is_timestamp(col.type):
             raise QuantmlInputError(f"column 'timestamp' of {self._files[sym][0]} is {col.type}, not a timestamp")
         ns = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64()).to_numpy()  # UTC instants (naive: UTC)
@@ -161,34 +202,40 @@ class Partitioned:
                 raise QuantmlInputError(
                     f"symbol {sym!r} has duplicate timestamps in {self._files[sym][0]}; keep one row per bar"
                 )
-        ts = pd.Series(pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"), name=TIMESTAMP)
-        return ts, order
+        return ns, order
 
     def _symbol(self, sym: str, n: int) -> pd.Categorical:
         return pd.Categorical.from_codes(np.full(n, self.symbols.index(sym), dtype=np.int32), categories=self.symbols)
 
     def _read_thin(self) -> None:
-        stamps, codes, thin, self._rows, a = [], [], {c: [] for c in self._thin if c != TIMESTAMP}, {}, 0
+        """The keys and the thin columns of every row, written symbol by symbol into arrays of every row
+        (their pages mapped at once: no per-symbol parts concatenated afterwards)."""
+        import pyarrow.parquet as pq
+
+        from quantml.features.memory import populated
+
+        n = sum(pq.read_metadata(f).num_rows for s in self.symbols for f in self._files[s])
+        stamps, codes = populated((n,), np.int64), populated((n,), np.int32)
+        thin: dict[str, _Column] = {c: _Column(n) for c in self._thin if c != TIMESTAMP}
+        self._rows, self._order, a = {}, {}, 0
         for k, sym in enumerate(self.symbols):
-            ts, order = self._timestamps(sym)
-            stamps.append(ts.array.asi8)
-            codes.append(np.full(len(ts), k, dtype=np.int32))
-            for c, parts in thin.items():
-                parts.append(self._column(sym, c, order))
-            self._rows[sym] = (a, a + len(ts))
-            a += len(ts)
-        # one copy per column (pd.concat of per-symbol frames took 0.8 s at 4.2M rows, this 0.1 s); a column
-        # whose dtype differs between symbols goes through pd.concat, which upcasts it as it always did
-        ns = np.concatenate(stamps).view("datetime64[ns]")
+            opened = self._open(sym)
+            ns, self._order[sym] = self._timestamps(sym, opened)
+            b = a + len(ns)
+            if b > n:  # pragma: no cover - the files changed while being read
+                raise QuantmlInputError(f"symbol {sym!r} changed while it was read; rebuild from a stable copy")
+            stamps[a:b], codes[a:b] = ns, k
+            for c, values in self._columns(opened, list(thin), self._order[sym]).items():
+                thin[c].put(a, values)
+            self._rows[sym] = (a, b)
+            a = b
+        utc = pd.DatetimeIndex(stamps[:a].view("datetime64[ns]")).tz_localize("UTC")
         data = {
-            SYMBOL: pd.Categorical.from_codes(np.concatenate(codes), categories=self.symbols),
-            TIMESTAMP: pd.Series(pd.DatetimeIndex(ns).tz_localize("UTC"), name=TIMESTAMP),
+            SYMBOL: pd.Categorical.from_codes(codes[:a], categories=self.symbols),
+            TIMESTAMP: pd.Series(utc, name=TIMESTAMP),
         }
-        del stamps, codes
         for c in list(thin):
-            parts = thin.pop(c)
-            same = len({p.dtype for p in parts}) == 1 and parts[0].dtype.kind in "fiub"
-            data[c] = np.concatenate(parts) if same else pd.concat([pd.Series(p) for p in parts], ignore_index=True)
+            data[c] = thin.pop(c).finish(a)
         self.panel = pd.DataFrame(data, copy=False)  # keys + the thin columns, every row
         self.keys = self.panel[[SYMBOL, TIMESTAMP]]
 
@@ -201,10 +248,7 @@ class Partitioned:
 
     def rows(self, a: int, b: int) -> _SymbolRows:
         sym = next(s for s, r in self._rows.items() if r == (a, b))
-        frame = _SymbolRows(self, sym)
-        if len(frame) != b - a:  # pragma: no cover - the files changed while being read
-            raise QuantmlInputError(f"symbol {sym!r} changed while it was read; rebuild from a stable copy")
-        return frame
+        return _SymbolRows(self, sym, a, b)
 
 
 def build_partitioned(
@@ -214,10 +258,12 @@ def build_partitioned(
     symbols: Iterable[str] | None = None,
     calendar: Mapping | None = None,
     labels=None,
+    threads: int | None = None,
 ) -> PartitionedBuild:
     """Features (``feature_set_cfg``) of every row of the symbol-partitioned parquet directory ``path``, one
     symbol partition in memory at a time; ``labels(n)``: the label writer fed alongside (see
-    :func:`quantml.features.build.build`; :func:`quantml.labels.partitioned_features_and_labels` passes one).
+    :func:`quantml.features.build.build`; :func:`quantml.labels.partitioned_features_and_labels` passes one);
+    ``threads``: symbols built at once (None: this job's share of the CPUs; the values never depend on it).
 
     The files are not validated (write them from a validated panel: ``quantml.data.validate_panel``);
     rows are sorted by (symbol, timestamp). Returns :class:`PartitionedBuild` (``labels`` None without a
@@ -229,5 +275,5 @@ def build_partitioned(
     blocks = cfg.get("blocks") or {}
     thin = [c for name in blocks if name in BLOCKS and BLOCKS[name].cross_sectional for c in BLOCKS[name].requires]
     source = Partitioned(path, symbols, thin)
-    features, made = build(source, cfg, drop_modalities, calendar=calendar, labels=labels)
+    features, made = build(source, cfg, drop_modalities, calendar=calendar, labels=labels, threads=threads)
     return PartitionedBuild(keys=source.keys, features=features, labels=made)

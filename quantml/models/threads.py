@@ -13,24 +13,19 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-PARALLEL_JOBS_ENV = "QUANTML_PARALLEL_JOBS"
+from quantml.contracts.cpus import PARALLEL_JOBS_ENV, parallel_jobs, usable_cpus
+
+__all__ = [
+    "PARALLEL_JOBS_ENV",
+    "AUTO",
+    "launcher_parallel_jobs",
+    "parallel_jobs",
+    "resolve_threads",
+    "torch_threads",
+    "usable_cpus",
+]
+
 AUTO = "auto"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a SLURM task's ``cpus_per_task``), else the machine's."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def parallel_jobs() -> int:
-    """Jobs the launcher runs at once (``QUANTML_PARALLEL_JOBS``; 1 when unset or unreadable)."""
-    try:
-        return max(1, int(os.environ.get(PARALLEL_JOBS_ENV, "1")))
-    except ValueError:
-        return 1
 
 
 def resolve_threads(n_jobs) -> int:

@@ -39,6 +39,7 @@ N_SYMBOLS = 10
 FULL_BARS = 841_536  # 8 years of 5-minute bars: 8.4M rows over 10 symbols
 HORIZONS = ["1h", "4h", "1d", "7d"]
 SAMPLE_STRIDE = 997  # rows kept (every k-th) to compare 0.1 and the current build
+REPEATS = int(os.environ.get("QUANTML_BENCH_REPEATS", "2"))
 
 GENERATE = r"""
 import sys, time
@@ -189,7 +190,8 @@ def _run(side: str, root: Path, data: Path, sample: Path) -> dict:
 
 def _compare(a_path: Path, b_path: Path) -> dict:
     """How far the current build's sampled values are from 0.1's: per column, the largest difference in
-    units of float32 rounding of the value (|a - b| / (eps32 * max(|a|, tiny))), and NaN disagreements."""
+    units of float32 rounding of the value (|a - b| / (eps32 * max(|a|, tiny)); for the after-cost return, of
+    the larger of it and the return it is computed from), and NaN disagreements."""
     a, b = np.load(a_path), np.load(b_path)
     common = sorted(set(a.files) & set(b.files))
     out = {
@@ -209,7 +211,10 @@ def _compare(a_path: Path, b_path: Path) -> dict:
         if np.array_equal(a[c], b[c], equal_nan=True):
             identical += 1
             continue
-        scale = np.maximum(np.abs(x[ok]), 1e-30) * np.finfo(np.float32).eps
+        # the after-cost return is computed from the stored (float32-rounded) return: its rounding is the
+        # return's, which can be many ulps of a result near zero (|ret| just above the cost)
+        size = np.maximum(np.abs(x), np.abs(a["l:ret"].astype(np.float64))) if c == "l:ret_after_cost" else np.abs(x)
+        scale = np.maximum(size[ok], 1e-30) * np.finfo(np.float32).eps
         ulp = float(np.max(np.abs(x[ok] - y[ok]) / scale)) if ok.any() else 0.0
         worst = max(worst, ulp)
         if ulp > 4:
@@ -228,9 +233,13 @@ def test_bench_scale_features():
     load_before = os.getloadavg()
     samples = data.parent / f"{data.name}_samples"
     samples.mkdir(exist_ok=True)
-    old = _run("v01", v01, data, samples / "v01.npz")
-    new = _run("current", REPO, data, samples / "current.npz")
-    train = _run("current_in_memory", REPO, data, samples / "current_in_memory.npz")
+    # best of REPEATS, the sides alternating: how long a page's first touch takes on this VM moves from
+    # one minute to the next (the same build took 13-18 s in consecutive runs), and both sides pay it
+    runs: dict[str, list[dict]] = {"v01": [], "current": [], "current_in_memory": []}
+    for _ in range(REPEATS):
+        for side, root in (("v01", v01), ("current", REPO), ("current_in_memory", REPO)):
+            runs[side].append(_run(side, root, data, samples / f"{side}.npz"))
+    old, new, train = (min(runs[s], key=lambda r: r["wall_seconds"]["build"]) for s in runs)
     for side, root in ((old, v01), (new, REPO), (train, REPO)):
         assert Path(side["quantml_file"]).resolve().is_relative_to(root.resolve()), side["quantml_file"]
     same = _compare(samples / "v01.npz", samples / "current.npz")
@@ -255,6 +264,8 @@ def test_bench_scale_features():
         "feature_set": "full",
         "horizons": HORIZONS,
         "cache": str(data),
+        "repeats": REPEATS,
+        "build_wall_seconds_each": {side: [r["wall_seconds"]["build"] for r in rs] for side, rs in runs.items()},
         "v01": old,
         "current": new,
         "current_in_memory": train,

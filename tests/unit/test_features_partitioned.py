@@ -1,5 +1,7 @@
 """The streaming build from a symbol-partitioned parquet directory equals the whole-panel build, bit for bit."""
 
+import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,45 @@ def test_partitioned_errors_name_the_fix(panel, tmp_path, directory):
         partitioned_features_and_labels(directory, FULL, HORIZONS, 0.0, symbols=["NOPE"])
     with pytest.raises(QuantmlInputError, match="shorter than one bar"):
         partitioned_features_and_labels(directory, FULL, ["30m"], 0.0)
+
+
+def test_symbols_built_on_several_threads_give_the_same_bits(directory):
+    one = partitioned_features_and_labels(directory, DURATIONS, HORIZONS, 0.002, threads=1)
+    many = partitioned_features_and_labels(directory, DURATIONS, HORIZONS, 0.002, threads=3)
+    assert list(many.features.frame.columns) == list(one.features.frame.columns)
+    assert _bits(many.features.frame.to_numpy()).tobytes() == _bits(one.features.frame.to_numpy()).tobytes()
+    for name in LABELS:
+        assert _bits(getattr(many.labels, name)).tobytes() == _bits(getattr(one.labels, name)).tobytes(), name
+    for field in ("skipped", "resolved", "calendar", "input_columns"):
+        assert getattr(many.features, field) == getattr(one.features, field), field
+
+
+def test_an_error_on_a_later_symbols_thread_reaches_the_caller(directory, monkeypatch):
+    from quantml.features import blocks
+
+    volume = blocks.BLOCKS["volume"]
+
+    @functools.wraps(volume.fn)  # the same signature: the config's parameters check against it
+    def volume_but_not_for_the_last_symbol(ctx, *args, **params):
+        if len(ctx.panel) and str(ctx.panel["symbol"][0]) == ctx.symbols[-1]:
+            raise blocks.Skip("no volume here")
+        volume.fn(ctx, *args, **params)
+
+    monkeypatch.setitem(blocks.BLOCKS, "volume", dataclasses.replace(volume, fn=volume_but_not_for_the_last_symbol))
+    with pytest.raises(QuantmlInputError, match="on some symbols only"):
+        partitioned_features_and_labels(directory, FULL, HORIZONS, 0.002, threads=3)
+
+
+def test_a_partition_lacking_a_column_is_named(panel, tmp_path):
+    root = tmp_path / "lacking"
+    for sym, part in panel.groupby("symbol", sort=True):
+        rows = part.drop(columns="symbol").reset_index(drop=True)
+        if sym == sorted(panel["symbol"].unique())[-1]:
+            rows = rows.drop(columns="funding_rate")
+        (root / f"symbol={sym}").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), root / f"symbol={sym}" / "p.parquet")
+    with pytest.raises(QuantmlInputError, match=r"lacks column\(s\) \['funding_rate'\].*same columns"):
+        partitioned_features_and_labels(root, FULL, HORIZONS, 0.002, threads=2)
 
 
 def test_memory_helpers_give_ordinary_writable_arrays():
