@@ -140,6 +140,24 @@ def test_conformal_quantile_is_finite_sample_corrected():
     scores = np.arange(1.0, 10.0)  # n = 9: level .8 -> ceil(10 * .8) = 8th smallest
     assert conformal_quantile(scores, 0.8) == 8.0
     assert conformal_quantile(scores, 0.95) == 9.0  # capped at the max
+    shuffled = np.random.default_rng(0).permutation(np.r_[scores, scores[:4]])  # unsorted, with ties
+    for level in (0.05, 0.5, 0.8, 0.999):
+        k = min(int(np.ceil((len(shuffled) + 1) * level)), len(shuffled))
+        assert conformal_quantile(shuffled, level) == np.sort(shuffled)[k - 1]
+    before = shuffled.copy()
+    conformal_quantile(shuffled, 0.5)
+    assert np.array_equal(shuffled, before)  # the caller's scores are not reordered
+
+
+def test_calibration_skips_rows_with_any_non_finite_value():
+    valid = classifier_frame(2000, 6, 3.0, ("1d",))
+    holed = valid.copy()
+    holed.loc[holed.index[::7], "q10"] = np.nan
+    holed.loc[holed.index[3::11], "ret"] = np.inf
+    dropped = holed[holed.index.isin(holed.index[::7]) | holed.index.isin(holed.index[3::11])].index
+    cal, ref = fit_calibrator(holed, {}), fit_calibrator(valid.drop(index=dropped), {})
+    assert cal.n_fit == ref.n_fit == {"1d": 2000 - len(dropped)}
+    assert cal.temperature == ref.temperature and cal.shift == ref.shift
 
 
 def test_calibrator_is_per_horizon_picklable_and_idempotent_on_probabilities():
