@@ -112,6 +112,41 @@ def _by_horizon(metrics: dict[str, float], split: str) -> dict[str, dict[str, fl
     return out
 
 
+def _symbol_parts(oos: pd.DataFrame):
+    """``(symbol, rows)`` in sorted symbol order, each symbol's rows in frame order, one symbol at a time.
+
+    Iterating ``oos.groupby(SYMBOL)`` would first take the whole frame in sorted order (a second
+    copy of a frame of tens of millions of rows); this copies one symbol's rows at a time.
+    """
+    codes, symbols = pd.factorize(oos[SYMBOL], sort=True)
+    for k, symbol in enumerate(symbols):
+        yield symbol, oos.iloc[np.flatnonzero(codes == k)]
+
+
+def _coverage_by_horizon(oos: pd.DataFrame) -> pd.DataFrame:
+    """Share of rows (unlabelled ones count as misses) at or below each quantile, and inside q10..q90, per horizon.
+
+    On the columns' arrays, one horizon's mask at a time: a groupby-apply would first take the
+    whole frame in horizon order.
+    """
+    codes, horizons = pd.factorize(oos["horizon"])
+    ret, q10, q50, q90 = (oos[c].to_numpy(np.float64) for c in ("ret", "q10", "q50", "q90"))
+    rows = []
+    for k in range(len(horizons)):
+        at = codes == k
+        r = ret[at]
+        lo, hi = q10[at], q90[at]
+        rows.append(
+            {
+                "coverage_q10": float(np.mean(r <= lo)),
+                "coverage_q50": float(np.mean(r <= q50[at])),
+                "coverage_q90": float(np.mean(r <= hi)),
+                "coverage_80": float(np.mean((lo <= r) & (r <= hi))),
+            }
+        )
+    return pd.DataFrame(rows, index=pd.Index(np.asarray(horizons), name="horizon"))
+
+
 def symbol_horizon_table(
     oos: pd.DataFrame,
     periods_per_year: float,
@@ -129,8 +164,7 @@ def symbol_horizon_table(
     the ``ALL`` rows instead of being computed again.
     """
     rows = []
-    # one symbol's rows at a time: a list of every symbol's part would hold a second copy of the OOS frame
-    groups = chain([(ALL, oos, ic_mode)], ((s, part, "time_series") for s, part in oos.groupby(SYMBOL, sort=True)))
+    groups = chain([(ALL, oos, ic_mode)], ((s, part, "time_series") for s, part in _symbol_parts(oos)))
     for symbol, part, mode in groups:
         known = oos_metrics if symbol == ALL and oos_metrics else None
         metrics = _by_horizon(
@@ -320,21 +354,7 @@ def build_report(
     )
     by_fold = fold_table(fold_metrics, oos, periods_per_year, costs, ic_mode, strategy, market)
     all_rows = by_sh[by_sh["symbol"] == ALL].set_index("horizon")
-    coverage = (
-        oos.groupby("horizon", sort=False).apply(
-            lambda g: pd.Series(
-                {
-                    "coverage_q10": float(np.mean(g["ret"] <= g["q10"])),
-                    "coverage_q50": float(np.mean(g["ret"] <= g["q50"])),
-                    "coverage_q90": float(np.mean(g["ret"] <= g["q90"])),
-                    "coverage_80": float(np.mean((g["q10"] <= g["ret"]) & (g["ret"] <= g["q90"]))),
-                }
-            ),
-            include_groups=False,
-        )
-        if oos["ret"].notna().any()
-        else pd.DataFrame()
-    )
+    coverage = _coverage_by_horizon(oos) if oos["ret"].notna().any() else pd.DataFrame()
     coverage = coverage.reindex(all_rows.index) if len(coverage) else coverage
     labelled = oos[np.isfinite(oos["ret"].to_numpy(np.float64))]
     ic = _path_series(labelled, lambda p: ic_series(p, ic_mode, "pearson", bucket=ic_bucket))

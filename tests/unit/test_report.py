@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from scipy.stats import norm
 
 from quantml.evaluation import evaluate_predictions
-from quantml.evaluation.report import FIGURE_NAMES, REPORT_METRICS, build_report, fold_table
+from quantml.evaluation.report import FIGURE_NAMES, REPORT_METRICS, _symbol_parts, build_report, fold_table
 from quantml.market import CostModel
 
 COSTS = CostModel(fee_bps=2.0, slippage_bps=1.0)
@@ -119,6 +119,17 @@ def test_all_rows_equal_the_oos_metrics_and_symbol_rows_the_single_symbol_ones(r
     row = table[(table.symbol == "S1") & (table.horizon == "7d")].iloc[0]
     assert row["ic"] == pytest.approx(s1["oos_ic/7d"]) and row["ic_mode"] == "time_series"
     assert row["sharpe_after_cost"] == pytest.approx(s1["oos_sharpe_after_cost/7d"])
+
+
+def test_symbol_parts_are_the_groupby_parts_one_at_a_time(oos):
+    # shuffled rows and a category no row has: the parts are groupby's, in its order, with its row order
+    frame = oos.sample(frac=1.0, random_state=3)
+    frame["symbol"] = pd.Categorical(frame["symbol"], categories=["S9", *sorted(frame["symbol"].unique())[::-1]])
+    expected = list(frame.groupby("symbol", sort=True, observed=True))
+    got = list(_symbol_parts(frame))
+    assert [s for s, _ in got] == [s for s, _ in expected] == sorted(oos["symbol"].unique())[::-1]
+    for (_, part), (_, want) in zip(got, expected, strict=True):
+        pd.testing.assert_frame_equal(part, want)
 
 
 def test_by_fold_reshapes_fold_metrics(report, fold_metrics):
