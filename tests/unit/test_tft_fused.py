@@ -37,8 +37,10 @@ def _outputs_and_gradients(select, params, x, c, probe_o, probe_w):
         (1, 4, 8, 20),  # one variable: no selection GRN, weight 1
     ],
 )
-def test_fused_selection_matches_the_plain_path_with_gradients(n_vars, d_var, d, n, monkeypatch):
-    monkeypatch.setattr(tft, "VAR_GRN_ELEMENTS", 1024)  # several slices, recomputed in the backward pass
+@pytest.mark.parametrize("recompute", [True, False])
+def test_fused_selection_matches_the_plain_path_with_gradients(n_vars, d_var, d, n, recompute, monkeypatch):
+    monkeypatch.setattr(tft, "VAR_GRN_ELEMENTS", 1024)  # several slices
+    monkeypatch.setattr(tft, "VAR_GRN_KEEP_BYTES", 0 if recompute else 1 << 62)  # recomputed, or kept
     vsn, emb = _pair(n_vars, d_var, d)
     g = torch.Generator().manual_seed(1)
     x, c = (torch.randn(n, k, generator=g, dtype=torch.float64) for k in (n_vars, d))
@@ -88,3 +90,32 @@ def test_dropout_mask_rate_and_scale_and_module_behaviour():
     assert torch.equal(Dropout(0.0).train()(x), x)
     y = drop.train()(x)
     assert 0.2 < float((y == 0).float().mean()) < 0.4
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_attention_on_the_query_side_matches_the_textbook_evaluation(training):
+    """Keys and values folded into the queries: the same outputs, attention weights, dropout draws and
+    gradients as projecting every memory step (a causal mask over decoder steps included)."""
+    torch.manual_seed(0)
+    B, Q, T, d, heads = 6, 3, 11, 16, 4
+    att = tft.InterpretableMultiHeadAttention(d, heads, dropout=0.3).double().train(training)
+    with torch.no_grad():
+        for p in att.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    query, memory = torch.randn(B, Q, d, dtype=torch.float64), torch.randn(B, T, d, dtype=torch.float64)
+    allowed = torch.rand(B, Q, T) > 0.3
+    allowed[:, :, -Q:] = torch.ones(Q, Q, dtype=torch.bool).tril()  # every query sees itself
+    probe = torch.randn(B, Q, d, dtype=torch.float64)
+    results = []
+    for fn in (att.forward, lambda *a: tft.reference_attention(att, *a)):
+        q, m = query.clone().requires_grad_(), memory.clone().requires_grad_()
+        torch.manual_seed(1)  # the same dropout draws for both
+        out, weights = fn(q, m, allowed)
+        grads = torch.autograd.grad((out * probe).sum(), [q, m, *att.parameters()])
+        results.append((out, weights, grads))
+    (out, weights, grads), (ref_out, ref_weights, ref_grads) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-10, atol=1e-12)
+    for g, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-11)
+    assert not training or not torch.equal(out, att.eval()(query, memory, allowed)[0])  # dropout did act

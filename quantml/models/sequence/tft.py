@@ -23,7 +23,8 @@ that depends only on the step's features and the symbol — runs once per distin
 of a batch (``xu``) and is gathered into the windows, instead of once per window step. That
 selection is fused (:meth:`VariableSelectionNetwork.select_reals`): the embeddings of the real
 inputs are folded into the linear maps that read them, the per-variable GRNs run variable-major on
-cache-sized row slices recomputed in the backward pass, and the final LayerNorm and weighted sum
+cache-sized row slices (recomputed in the backward pass when their activations would exceed
+``VAR_GRN_KEEP_BYTES``), and the final LayerNorm and weighted sum
 over variables is one hand-differentiated step. Same function and parameters as the plain path
 (``forward(embedding(x))``), which ``tests/unit/test_tft_fused.py`` checks, gradients included.
 """
@@ -48,6 +49,7 @@ STATIC_NAMES = ["symbol", "symbol_ret_scale", "symbol_vol_level"]
 STEP_NAME = "horizon_step"
 INFERENCE_SLICE = 4096  # distinct steps per variable-selection call when predicting
 VAR_GRN_ELEMENTS = 16384  # (row, variable) pairs per slice of the per-variable GRNs: a cache-sized working set
+VAR_GRN_KEEP_BYTES = 512 << 20  # above this, the per-variable GRNs' activations are recomputed in the backward pass
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
@@ -254,9 +256,11 @@ class VariableSelectionNetwork(nn.Module):
 
         Every linear map of an embedding ``x_v w_v + b_v`` is affine in the scalar ``x_v``, so it is folded
         into the embedding's weights; the per-variable GRNs run variable-major ([V, n, .] batched matrix
-        products) on row slices of ``VAR_GRN_ELEMENTS`` (row, variable) pairs, which with autograd are
-        recomputed in the backward pass (activation checkpointing): each slice's working set stays in
-        cache instead of a dozen [N, V, d] tensors going through memory. Same function, same parameters.
+        products) on row slices of ``VAR_GRN_ELEMENTS`` (row, variable) pairs, so each slice's working set
+        stays in cache instead of a dozen [N, V, d] tensors going through memory. With autograd, when the
+        slices' saved activations would take more than ``VAR_GRN_KEEP_BYTES`` (i.i.d. windows of many
+        features: few shared steps), they are recomputed in the backward pass (activation checkpointing);
+        below it keeping them measured faster. Same function, same parameters.
         """
         we, be = embedding.weight, embedding.bias  # [V, d_var]
         if self.n_vars > 1:
@@ -275,10 +279,14 @@ class VariableSelectionNetwork(nn.Module):
         if g.drop.training and g.drop.p > 0:  # drawn once, outside the recomputed slices
             keep = dropout_mask((self.n_vars, len(x), g.fc1.weight.shape[-1]), g.drop.p, x)
         step = max(1, VAR_GRN_ELEMENTS // self.n_vars)
+        # autograd keeps about 3 [V, n, d] and 4 [V, n, d_hidden] tensors per slice: recompute them in the
+        # backward pass instead only when they would take more than VAR_GRN_KEEP_BYTES
+        kept = len(x) * self.n_vars * (3 * g.norm.normalized_shape[0] + 4 * g.fc1.weight.shape[-1]) * x.element_size()
+        recompute = torch.is_grad_enabled() and kept > VAR_GRN_KEEP_BYTES
         parts = []
         for i in range(0, len(x), step):
             args = (x[i : i + step], w[i : i + step], None if keep is None else keep[:, i : i + step], *folded)
-            if torch.is_grad_enabled():
+            if recompute:
                 parts.append(checkpoint(g.weighted_sum_of_normed, *args, use_reentrant=False, preserve_rng_state=False))
             else:
                 parts.append(g.weighted_sum_of_normed(*args))
@@ -316,16 +324,42 @@ class InterpretableMultiHeadAttention(nn.Module):
     def forward(
         self, query: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``query`` [B, Q, d], ``memory`` [B, T, d], ``allowed`` [B, Q, T] -> [B, Q, d], [B, heads, Q, T]."""
+        """``query`` [B, Q, d], ``memory`` [B, T, d], ``allowed`` [B, Q, T] -> [B, Q, d], [B, heads, Q, T].
+
+        The key and value maps are moved to the query side, so neither runs over the T memory steps
+        (the TFT queries only its H decoder steps): head h's score ``q_h . (K_h m_t + b_h)`` is
+        ``(q_h K_h) . m_t + q_h . b_h``, and the heads' mean of ``drop(A_h) V(m)`` is
+        ``V_w (D m) + rowsum(D) V_b`` with ``D`` the heads' mean of ``drop(A_h)``. Same function as
+        :func:`reference_attention`, dropout draws included (``tests/unit/test_tft_fused.py``)."""
         B, Q, _ = query.shape
-        T = memory.shape[1]
-        q = self.q(query).view(B, Q, self.n_heads, self.d_head).transpose(1, 2)
-        k = self.k(memory).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        scale = 1.0 / math.sqrt(self.d_head)
+        q = self.q(query).view(B, Q, self.n_heads, self.d_head) * scale
+        q_k = torch.einsum("bqhe,hed->bhqd", q, self.k.weight.view(self.n_heads, self.d_head, -1))  # [B, heads, Q, d]
+        q_b = torch.einsum("bqhe,he->bhq", q, self.k.bias.view(self.n_heads, self.d_head))
+        scores = torch.baddbmm(
+            q_b.reshape(B, -1, 1), q_k.reshape(B, self.n_heads * Q, -1), memory.transpose(1, 2)
+        ).view(B, self.n_heads, Q, -1)
         scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
         attn = torch.softmax(scores, dim=-1)
-        heads = self.drop(attn) @ self.v(memory).unsqueeze(1)  # [B, heads, Q, d_head]
-        return self.out(heads.mean(1)), attn
+        dropped = self.drop(attn).mean(1)  # [B, Q, T]
+        heads = torch.addcmul(F.linear(dropped @ memory, self.v.weight), dropped.sum(-1, keepdim=True), self.v.bias)
+        return self.out(heads), attn
+
+
+def reference_attention(
+    att: InterpretableMultiHeadAttention, query: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook evaluation of ``att`` (keys and values of every memory step): what
+    :meth:`InterpretableMultiHeadAttention.forward` computes, for tests."""
+    B, Q, _ = query.shape
+    T = memory.shape[1]
+    q = att.q(query).view(B, Q, att.n_heads, att.d_head).transpose(1, 2)
+    k = att.k(memory).view(B, T, att.n_heads, att.d_head).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(att.d_head)
+    scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+    attn = torch.softmax(scores, dim=-1)
+    heads = att.drop(attn) @ att.v(memory).unsqueeze(1)  # [B, heads, Q, d_head]
+    return att.out(heads.mean(1)), attn
 
 
 class TemporalFusionNet(nn.Module):

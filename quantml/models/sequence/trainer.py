@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from quantml.contracts import QuantmlInputError
 from quantml.models.base import Forecast, Forecaster, SampleSet
+from quantml.models.heap import keep_freed_memory
 from quantml.models.sequence.cross_section_batches import TimestampBatchSampler
 from quantml.models.sequence.diffusion import DiffusionHead, parse_head
 from quantml.models.sequence.diffusion_fit import fit_head_after
@@ -275,7 +276,7 @@ class SequenceForecaster(Forecaster):
             valid_rows = valid.rows[np.isfinite(valid.data.y_ret[valid.rows]).any(axis=1)]
             valid_rows = valid_rows if len(valid_rows) else None
 
-        with self._torch_threads(), _quiet_lightning():
+        with self._torch_threads(), _quiet_lightning(), keep_freed_memory():
             pl.seed_everything(self.seed, workers=True, verbose=False)
             self.normalizer_ = SymbolNormalizer(self.clip_features).fit(data, rows)
             self.scaler_ = TargetScaler().fit(data, rows, self.normalizer_)
@@ -652,7 +653,7 @@ class SequenceForecaster(Forecaster):
         parts = {k: [] for k in keys}
         self.net_.train(stochastic)
         try:
-            with self._torch_threads(), torch.inference_mode():
+            with self._torch_threads(), torch.inference_mode(), keep_freed_memory():
                 for batch in dl:
                     out = self.net_(batch)
                     for k in keys:
