@@ -4,6 +4,8 @@ dropout is seeded and of the right rate."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -37,10 +39,10 @@ def _outputs_and_gradients(select, params, x, c, probe_o, probe_w):
         (1, 4, 8, 20),  # one variable: no selection GRN, weight 1
     ],
 )
-@pytest.mark.parametrize("recompute", [True, False])
+@pytest.mark.parametrize("recompute", ["over_budget", "shared_steps", "kept"])
 def test_fused_selection_matches_the_plain_path_with_gradients(n_vars, d_var, d, n, recompute, monkeypatch):
     monkeypatch.setattr(tft, "VAR_GRN_ELEMENTS", 1024)  # several slices
-    monkeypatch.setattr(tft, "VAR_GRN_KEEP_BYTES", 0 if recompute else 1 << 62)  # recomputed, or kept
+    monkeypatch.setattr(tft, "VAR_GRN_KEEP_BYTES", 0 if recompute == "over_budget" else 1 << 62)
     vsn, emb = _pair(n_vars, d_var, d)
     g = torch.Generator().manual_seed(1)
     x, c = (torch.randn(n, k, generator=g, dtype=torch.float64) for k in (n_vars, d))
@@ -48,7 +50,10 @@ def test_fused_selection_matches_the_plain_path_with_gradients(n_vars, d_var, d,
     probe_w = torch.randn(n, n_vars, generator=g, dtype=torch.float64)
     params = list(vsn.parameters()) + list(emb.parameters())
     o1, w1, g1 = _outputs_and_gradients(lambda x, c: vsn(emb(x), c), params, x, c, probe_o, probe_w)
-    o2, w2, g2 = _outputs_and_gradients(lambda x, c: vsn.select_reals(x, emb, c), params, x, c, probe_o, probe_w)
+    shared = recompute == "shared_steps"
+    o2, w2, g2 = _outputs_and_gradients(
+        lambda x, c: vsn.select_reals(x, emb, c, recompute=shared), params, x, c, probe_o, probe_w
+    )
     torch.testing.assert_close(o2, o1, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(w2, w1, rtol=1e-10, atol=1e-10)
     assert len(g1) == len(g2)
@@ -58,6 +63,21 @@ def test_fused_selection_matches_the_plain_path_with_gradients(n_vars, d_var, d,
         else:
             assert b is not None
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("window_steps, recomputed", [(100, False), (199, False), (200, True), (2000, True)])
+def test_selection_of_shared_steps_is_recomputed_in_the_backward_pass(window_steps, recomputed, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tft, "checkpoint", lambda f, *a, **k: calls.append(f) or f(*a))
+    vsn, emb = _pair(4, 4, 8)
+    net = SimpleNamespace(encoder_vsn=vsn, encoder_embedding=emb)  # what ``_select_steps`` reads
+    xu, c = torch.randn(100, 4, dtype=torch.float64), torch.randn(100, 8, dtype=torch.float64)
+    tft.TemporalFusionNet._select_steps(net, xu, c, window_steps)  # 100 distinct steps of `window_steps`
+    assert bool(calls) is recomputed
+    calls.clear()
+    with torch.no_grad():  # nothing to recompute without autograd
+        tft.TemporalFusionNet._select_steps(net, xu, c, window_steps)
+    assert not calls
 
 
 def test_fused_selection_in_training_mode_is_seeded_and_drops_out():
