@@ -356,6 +356,14 @@ def _levels(fc):
 # the test part) the head wins overall (0.004042 vs 0.004057; train_draws 32: 0.004033) but still not on the
 # trigger rows (0.0185 and 0.0183 vs 0.0181): its draws there are wide and one-humped, not two-humped, so
 # the win comes from the other rows. That is not the effect this test plants, so the panel stays as it is.
+# Diagnosed at the next stop: the trigger rows' frame residuals are two-humped in the training part (quantile
+# head's residual percentiles 45/55: -0.78/+0.65, the frame scale 4.5x the other rows'), but the denoiser's
+# draws there are one-humped (share within sd/3 of the median 0.30, as on the other rows). Its validation
+# denoising loss bottoms at epoch 12 and never falls again (patience 100, 128 noise draws per validation row:
+# the same epoch), while the humps only start to form later (150 epochs without early stopping: share 0.24,
+# trigger CRPS no better). On a toy with 4% flagged rows of +-0.9 humps the head forms them with patience 50
+# (share 0.09), not with 10 (0.26). Conditioning the denoiser on the frame's log scale alone wins overall
+# (0.004939 vs 0.004969) but not on the trigger rows (0.02217 vs 0.02163), so it was not shipped.
 # Kept as the target the issue sets; xfail until the head wins on the trigger rows.
 @pytest.mark.slow
 @pytest.mark.xfail(
