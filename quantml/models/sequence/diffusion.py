@@ -2,7 +2,8 @@
 
 The head models ``p(y | c)``: ``y`` [B, H] the scaled horizon returns of a row (``y_ret / ret_scale``),
 ``c`` [B, d_c] the backbone's context embedding of the row (what the sequence net hands its output
-head) joined with the symbol embedding. Training adds the denoising loss (eps-prediction MSE at a
+head) joined with the symbol embedding, or (``condition=scale``) the quantile frame's log scales joined
+with the symbol embedding. Training adds the denoising loss (eps-prediction MSE at a
 uniformly drawn noise step, NaN targets left out) to the usual multi-horizon loss, so the backbone
 learns a context useful to both; at predict, ``n_samples`` draws per row by DDIM over
 ``sample_steps`` of the ``steps`` noise levels (``eta=1`` and ``sample_steps=steps``: ancestral DDPM)
@@ -31,6 +32,7 @@ POINTS = ("samples", "head")
 TARGETS = ("eps", "x0", "v")  # what the denoiser predicts: the noise, the clean target, or v (DiffusionSpec)
 FRAMES = ("returns", "quantile")  # what the head diffuses: the scaled returns, or the quantile head's residual
 FITS = ("joint", "after")  # the denoiser trained with the backbone, or after it on its frozen context
+CONDITIONS = ("context", "scale")  # the denoiser's condition: the context embedding, or the frame's log scales
 Z90 = 1.2815515655446004  # Phi^-1(0.9): (q90 - q10) / (2 Z90) is a normal's sigma
 MIN_FRAME_SCALE = 1e-3  # floor of the quantile frame's scale (scaled units), so the residual stays finite
 TIME_DIM = 16  # sinusoidal embedding of the noise step
@@ -58,7 +60,12 @@ class DiffusionSpec:
     fit : ``joint`` (the denoising loss added to the backbone's, one training) or ``after`` (the backbone
     trained exactly as with the quantile head, then the denoiser alone on its frozen context:
     :func:`quantml.models.sequence.diffusion_fit.fit_head_after`); fit_epochs, fit_lr, fit_patience : that
-    second training's epochs, learning rate and early-stopping patience.
+    second training's epochs, learning rate and early-stopping patience;
+    condition : what the denoiser is conditioned on: ``context`` (the backbone's context embedding joined
+    with the symbol embedding, ``[B, d_context]``) or ``scale`` (``frame=quantile`` only: the frame's log
+    scale per horizon joined with the symbol embedding, ``[B, H + symbol_dim]``; the context reaches the
+    denoiser only through the quantile head's spread, so a small denoiser cannot memorise rows by their
+    contexts: ``docs/diffusion.md``, "Condition").
     """
 
     schedule: str = "cosine"
@@ -77,8 +84,16 @@ class DiffusionSpec:
     fit_epochs: int = 100
     fit_lr: float = 2e-3
     fit_patience: int = 10
+    condition: str = "context"
 
     def __post_init__(self) -> None:
+        if self.condition not in CONDITIONS:
+            raise QuantmlInputError(f"head.condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.condition == "scale" and self.frame != "quantile":
+            raise QuantmlInputError(
+                "head.condition=scale conditions on the quantile frame's scale: set head.frame=quantile, "
+                "or head.condition=context with head.frame=returns"
+            )
         if self.fit not in FITS:
             raise QuantmlInputError(f"head.fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if not self.fit_lr > 0:
@@ -170,17 +185,23 @@ def _time_embedding(k: torch.Tensor, steps: int) -> torch.Tensor:
 class DiffusionHead(nn.Module):
     """The denoiser ``eps(x_k, k, c)`` [N, H] and its training loss and sampler.
 
-    ``x_k`` [N, H] noised scaled returns, ``k`` [N] noise steps, ``c`` [N, d_context]. The context enters
+    ``x_k`` [N, H] noised scaled returns, ``k`` [N] noise steps, ``c`` [N, d_cond] the condition
+    (:meth:`condition`: the context [N, d_context], or with ``condition=scale`` the frame's log scales and
+    the symbol embedding, the last ``symbol_dim`` columns of the context). The condition enters
     through one projection (computed once per row when sampling, then shared by its draws), added to
     the projections of ``x_k`` and of the step embedding and again at the input of each of the ``layers - 1``
     residual SiLU blocks that follow.
     """
 
-    def __init__(self, d_context: int, n_horizons: int, spec: DiffusionSpec) -> None:
+    def __init__(self, d_context: int, n_horizons: int, spec: DiffusionSpec, symbol_dim: int = 0) -> None:
         super().__init__()
         self.spec, self.H = spec, int(n_horizons)
+        self.symbol_dim = int(symbol_dim)
         d = int(spec.hidden)
-        self.cond = nn.Linear(d_context, d)
+        scaled = getattr(spec, "condition", "context") == "scale"
+        if scaled and not 0 <= self.symbol_dim <= d_context:
+            raise ValueError(f"symbol_dim={symbol_dim} must be in [0, d_context={d_context}]")
+        self.cond = nn.Linear(self.H + self.symbol_dim if scaled else d_context, d)
         self.inp = nn.Linear(self.H, d)
         self.time = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(
@@ -202,6 +223,17 @@ class DiffusionHead(nn.Module):
             return None
         q10, q50, q90 = (out[k].detach().float() for k in ("q10", "q50", "q90"))
         return q50, ((q90 - q10) / (2 * Z90)).clamp_min(MIN_FRAME_SCALE)
+
+    def condition(self, context: torch.Tensor, frame: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The denoiser's condition from the row's ``context`` [B, d_context] and ``frame`` (see
+        :meth:`frame`): the context itself, or with ``condition=scale`` ``[log scale [B, H], symbol
+        embedding [B, symbol_dim]]``."""
+        if getattr(self.spec, "condition", "context") == "context":  # specs pickled before the key
+            return context
+        if frame is None:
+            raise ValueError("condition=scale needs the quantile frame (frame=quantile)")
+        symbol = context[:, context.shape[1] - self.symbol_dim :]
+        return torch.cat([frame[1].to(context.dtype).log(), symbol], dim=-1)
 
     def raw(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The denoiser's output [N, H] (its ``target``: eps, x0 or v) from ``x`` [N, H], steps ``k`` [N]
@@ -239,9 +271,9 @@ class DiffusionHead(nn.Module):
         units; in ``frame``, ``(location, scale)`` [B, H] from :meth:`frame`, its residual), ``train_draws``
         noise steps and draws per row."""
         r = int(self.spec.train_draws)
+        cond = self.cond(self.condition(context, frame)).repeat(r, 1)
         if frame is not None:
             y = (y.to(frame[0].dtype) - frame[0]) / frame[1]
-        cond = self.cond(context).repeat(r, 1)
         y = y.repeat(r, 1)
         ok = torch.isfinite(y)
         x0 = torch.nan_to_num(y).to(cond.dtype)
@@ -273,7 +305,7 @@ class DiffusionHead(nn.Module):
         B, S = len(context), int(n_samples)
         abar = self.abar.to(context.device)
         levels = torch.linspace(int(spec.steps) - 1, 0, int(spec.sample_steps)).round().long().unique_consecutive()
-        cond = self.cond(context.float())  # [B, d]: once per row
+        cond = self.cond(self.condition(context.float(), frame))  # [B, d]: once per row
         out = torch.empty(B, S, H, dtype=torch.float32, device=context.device)
         rows_per = max(1, SAMPLE_CHUNK // S)
         for lo in range(0, B, rows_per):

@@ -562,7 +562,7 @@ class SequenceForecaster(Forecaster):
                 f"{self._name()}'s network exposes no context embedding (context_dim) for head=diffusion; "
                 "use head=quantile with this backbone"
             )
-        net.diffusion = DiffusionHead(int(d_context), len(self.horizons), spec)
+        net.diffusion = DiffusionHead(int(d_context), len(self.horizons), spec, symbol_dim=self.symbol_dim)
         return net
 
     def _head_after(self) -> bool:
